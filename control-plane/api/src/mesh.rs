@@ -1,0 +1,701 @@
+//! The mesh description: services, their endpoints and traffic policy, as operators
+//! write it in YAML. The proxy's file mode and the control plane's file source both
+//! parse it here, so a file valid for one is valid for the other.
+//!
+//! Values are validated while they are parsed (newtypes with `TryFrom`), so a bad
+//! value is reported with the YAML line and column it came from. Checks across
+//! values (duplicates) name the field path instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::v1;
+
+/// Default endpoint weight; weights are relative, so 100 leaves room both ways.
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const MAX_WEIGHT: u32 = 10_000;
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSpec {
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: Name,
+    #[serde(default = "default_namespace")]
+    pub namespace: Name,
+    #[serde(default)]
+    pub vips: Vec<IpAddr>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub policy: PolicySpec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolSpec {
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    Opaque,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub weight: Weight,
+    #[serde(default)]
+    pub identity: Option<SpiffeId>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub state: EndpointStateSpec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointStateSpec {
+    #[default]
+    Ready,
+    NotReady,
+    Terminating,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSpec>,
+    /// What `consistent-hash` hashes on.
+    #[serde(default)]
+    pub hash_key: Option<HashKeySpec>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancerSpec {
+    P2cPeakEwma,
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HashKeySpec {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub client_identity: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    #[serde(default)]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub max_pending_requests: u32,
+    #[serde(default)]
+    pub max_active_requests: u32,
+    #[serde(default)]
+    pub max_concurrent_retries: u32,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSpec {
+    pub consecutive_failures: u32,
+    #[serde(default)]
+    pub base_ejection: Option<DurationSpec>,
+    #[serde(default)]
+    pub max_ejection: Option<DurationSpec>,
+    #[serde(default)]
+    pub max_ejected_percent: Option<Percent>,
+    #[serde(default)]
+    pub failure_on: Vec<FailureClassSpec>,
+    #[serde(default)]
+    pub grpc_codes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClassSpec {
+    #[serde(rename = "5xx")]
+    ServerError,
+    Gateway,
+    Connect,
+    Grpc,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default)]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
+    #[serde(default)]
+    pub retry_on_grpc: Vec<u32>,
+    #[serde(default)]
+    pub budget_ratio: Option<f64>,
+    #[serde(default)]
+    pub min_retries_per_second: Option<u32>,
+    #[serde(default)]
+    pub backoff_base: Option<DurationSpec>,
+    #[serde(default)]
+    pub backoff_max: Option<DurationSpec>,
+    #[serde(default)]
+    pub max_buffered_body_bytes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    #[serde(default)]
+    pub request: Option<DurationSpec>,
+    #[serde(default)]
+    pub per_try: Option<DurationSpec>,
+    #[serde(default)]
+    pub connect: Option<DurationSpec>,
+    #[serde(default)]
+    pub idle: Option<DurationSpec>,
+}
+
+fn default_namespace() -> Name {
+    Name(DEFAULT_NAMESPACE.to_string())
+}
+
+/// A DNS-1123 label: what Kubernetes allows for service and namespace names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(format!(
+                "invalid name {s:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'"
+            ))
+        }
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `spiffe://<trust-domain>/<path>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SpiffeId(String);
+
+impl SpiffeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SpiffeId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| format!("invalid SPIFFE ID {s:?}: must start with spiffe://"))?;
+        let (domain, path) = rest.split_once('/').ok_or_else(|| {
+            format!("invalid SPIFFE ID {s:?}: needs a path after the trust domain")
+        })?;
+        if domain.is_empty() || path.is_empty() || s.contains(['?', '#', ' ']) {
+            return Err(format!("invalid SPIFFE ID {s:?}"));
+        }
+        Ok(SpiffeId(s))
+    }
+}
+
+impl From<SpiffeId> for String {
+    fn from(n: SpiffeId) -> String {
+        n.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Weight(u32);
+
+impl Weight {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight(DEFAULT_WEIGHT)
+    }
+}
+
+impl TryFrom<u32> for Weight {
+    type Error = String;
+    fn try_from(w: u32) -> Result<Self, String> {
+        if (1..=MAX_WEIGHT).contains(&w) {
+            Ok(Weight(w))
+        } else {
+            Err(format!("weight {w} out of range 1..={MAX_WEIGHT}"))
+        }
+    }
+}
+
+impl From<Weight> for u32 {
+    fn from(w: Weight) -> u32 {
+        w.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Percent(u32);
+
+impl TryFrom<u32> for Percent {
+    type Error = String;
+    fn try_from(p: u32) -> Result<Self, String> {
+        if p <= 100 {
+            Ok(Percent(p))
+        } else {
+            Err(format!("percentage {p} is over 100"))
+        }
+    }
+}
+
+impl From<Percent> for u32 {
+    fn from(p: Percent) -> u32 {
+        p.0
+    }
+}
+
+/// A duration written the way operators write them: `250ms`, `5s`, `1m 30s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DurationSpec(pub Duration);
+
+impl TryFrom<String> for DurationSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(DurationSpec)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 250ms, 5s, 1m"))
+    }
+}
+
+impl From<DurationSpec> for String {
+    fn from(d: DurationSpec) -> String {
+        humantime::format_duration(d.0).to_string()
+    }
+}
+
+fn millis(d: Option<DurationSpec>) -> u64 {
+    d.map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl MeshSpec {
+    /// Parses and validates a mesh description; `origin` names the file in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, MeshError> {
+        let spec: MeshSpec = if text.trim().is_empty() {
+            MeshSpec::default()
+        } else {
+            yaml_serde::from_str(text).map_err(|e| MeshError::Parse(format!("{origin}: {e}")))?
+        };
+        spec.validate().map_err(|e| match e {
+            MeshError::Invalid { path, reason } => MeshError::Invalid {
+                path: format!("{origin}: {path}"),
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(spec)
+    }
+
+    /// Checks across values that the parser cannot see one value at a time.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        let invalid = |path: String, reason: String| MeshError::Invalid { path, reason };
+        let mut names: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut vips: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        for (i, svc) in self.services.iter().enumerate() {
+            let key = (svc.name.as_str(), svc.namespace.as_str());
+            if let Some(first) = names.insert(key, i) {
+                return Err(invalid(
+                    format!("services[{i}].name"),
+                    format!(
+                        "duplicate service {}.{} (first at services[{first}])",
+                        svc.name, svc.namespace
+                    ),
+                ));
+            }
+            for vip in &svc.vips {
+                for port in &svc.ports {
+                    if let Some(first) = vips.insert((*vip, port.port), i) {
+                        return Err(invalid(
+                            format!("services[{i}].vips"),
+                            format!("{vip}:{} is already used by services[{first}]", port.port),
+                        ));
+                    }
+                }
+            }
+            if !svc.vips.is_empty() && svc.ports.is_empty() {
+                return Err(invalid(
+                    format!("services[{i}].ports"),
+                    "a service with vips needs at least one port".into(),
+                ));
+            }
+            let mut seen = HashMap::new();
+            for (j, ep) in svc.endpoints.iter().enumerate() {
+                if let Some(first) = seen.insert(ep.address, j) {
+                    return Err(invalid(
+                        format!("services[{i}].endpoints[{j}].address"),
+                        format!(
+                            "duplicate endpoint {} (first at endpoints[{first}])",
+                            ep.address
+                        ),
+                    ));
+                }
+            }
+            if let Some(retry) = &svc.policy.retry {
+                if retry.max_attempts > 10 {
+                    return Err(invalid(
+                        format!("services[{i}].policy.retry.max_attempts"),
+                        format!("{} is over the limit of 10", retry.max_attempts),
+                    ));
+                }
+                if let Some(r) = retry.budget_ratio
+                    && !(0.0..=1.0).contains(&r)
+                {
+                    return Err(invalid(
+                        format!("services[{i}].policy.retry.budget_ratio"),
+                        format!("{r} is outside 0.0..=1.0"),
+                    ));
+                }
+            }
+            let hashing = svc.policy.load_balancer == Some(LoadBalancerSpec::ConsistentHash);
+            match &svc.policy.hash_key {
+                Some(key) if key.header.is_some() == key.client_identity => {
+                    return Err(invalid(
+                        format!("services[{i}].policy.hash_key"),
+                        "name exactly one key: header or client_identity".into(),
+                    ));
+                }
+                Some(_) if !hashing => {
+                    return Err(invalid(
+                        format!("services[{i}].policy.hash_key"),
+                        "only meaningful with load_balancer: consistent-hash".into(),
+                    ));
+                }
+                None if hashing => {
+                    return Err(invalid(
+                        format!("services[{i}].policy.hash_key"),
+                        "consistent-hash needs a hash_key (header or client_identity)".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn find(&self, name: &str, namespace: &str) -> Option<&ServiceSpec> {
+        self.services
+            .iter()
+            .find(|s| s.name.as_str() == name && s.namespace.as_str() == namespace)
+    }
+}
+
+impl ServiceSpec {
+    /// The full-state update for this service at `version`.
+    pub fn to_update(&self, version: u64) -> v1::ServiceUpdate {
+        v1::ServiceUpdate {
+            version,
+            service: Some(self.info()),
+            endpoints: Some(v1::service_update::Endpoints::Full(v1::EndpointSet {
+                endpoints: self.endpoints.iter().map(EndpointSpec::to_proto).collect(),
+            })),
+            policy: Some(self.policy.to_proto()),
+            trust_bundle: None,
+        }
+    }
+
+    pub fn info(&self) -> v1::ServiceInfo {
+        v1::ServiceInfo {
+            name: self.name.to_string(),
+            namespace: self.namespace.to_string(),
+            vips: self.vips.iter().map(|v| v.to_string()).collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| v1::ServicePort {
+                    name: p.name.clone(),
+                    port: u32::from(p.port),
+                    protocol: p.protocol.to_proto() as i32,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ProtocolSpec {
+    pub fn to_proto(self) -> v1::Protocol {
+        match self {
+            ProtocolSpec::Detect => v1::Protocol::Detect,
+            ProtocolSpec::Http1 => v1::Protocol::Http1,
+            ProtocolSpec::Http2 => v1::Protocol::Http2,
+            ProtocolSpec::Grpc => v1::Protocol::Grpc,
+            ProtocolSpec::Opaque => v1::Protocol::Opaque,
+        }
+    }
+}
+
+impl EndpointSpec {
+    pub fn to_proto(&self) -> v1::Endpoint {
+        v1::Endpoint {
+            address: Some(v1::SocketAddress {
+                ip: self.address.ip().to_string(),
+                port: u32::from(self.address.port()),
+            }),
+            weight: self.weight.get(),
+            identity: self
+                .identity
+                .as_ref()
+                .map(|i| i.as_str().to_string())
+                .unwrap_or_default(),
+            labels: self.labels.clone().into_iter().collect(),
+            state: match self.state {
+                EndpointStateSpec::Ready => v1::EndpointState::Ready,
+                EndpointStateSpec::NotReady => v1::EndpointState::NotReady,
+                EndpointStateSpec::Terminating => v1::EndpointState::Terminating,
+            } as i32,
+        }
+    }
+}
+
+impl PolicySpec {
+    pub fn to_proto(&self) -> v1::TrafficPolicy {
+        use v1::load_balancer::Algorithm;
+        let load_balancer = self.load_balancer.as_ref().map(|lb| v1::LoadBalancer {
+            algorithm: Some(match lb {
+                LoadBalancerSpec::P2cPeakEwma => Algorithm::P2cPeakEwma(v1::PeakEwma::default()),
+                LoadBalancerSpec::RoundRobin => Algorithm::RoundRobin(v1::RoundRobin {}),
+                LoadBalancerSpec::LeastRequest => Algorithm::LeastRequest(v1::LeastRequest {}),
+                LoadBalancerSpec::ConsistentHash => Algorithm::ConsistentHash(v1::ConsistentHash {
+                    key: Some(
+                        match self.hash_key.as_ref().and_then(|k| k.header.clone()) {
+                            Some(h) => v1::consistent_hash::Key::Header(h),
+                            None => v1::consistent_hash::Key::ClientIdentity(true),
+                        },
+                    ),
+                }),
+            }),
+        });
+        let circuit_breaker = self.circuit_breaker.as_ref().map(|cb| v1::CircuitBreaker {
+            max_connections: cb.max_connections,
+            max_pending_requests: cb.max_pending_requests,
+            max_active_requests: cb.max_active_requests,
+            max_concurrent_retries: cb.max_concurrent_retries,
+            outlier_detection: cb.outlier_detection.as_ref().map(|o| v1::OutlierDetection {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection_ms: millis(o.base_ejection),
+                max_ejection_ms: millis(o.max_ejection),
+                max_ejected_percent: o.max_ejected_percent.map(u32::from).unwrap_or(0),
+                failure_on: o
+                    .failure_on
+                    .iter()
+                    .map(|f| {
+                        (match f {
+                            FailureClassSpec::ServerError => v1::FailureClass::FailureClass5xx,
+                            FailureClassSpec::Gateway => v1::FailureClass::Gateway,
+                            FailureClassSpec::Connect => v1::FailureClass::Connect,
+                            FailureClassSpec::Grpc => v1::FailureClass::Grpc,
+                        }) as i32
+                    })
+                    .collect(),
+                grpc_codes: o.grpc_codes.clone(),
+            }),
+        });
+        let retry = self.retry.as_ref().map(|r| v1::RetryPolicy {
+            max_attempts: r.max_attempts,
+            retry_on_status: r.retry_on_status.iter().map(|s| u32::from(*s)).collect(),
+            retry_on_grpc: r.retry_on_grpc.clone(),
+            budget_ratio: r.budget_ratio.unwrap_or(0.0),
+            min_retries_per_second: r.min_retries_per_second.unwrap_or(0),
+            backoff_base_ms: millis(r.backoff_base),
+            backoff_max_ms: millis(r.backoff_max),
+            max_buffered_body_bytes: r.max_buffered_body_bytes.unwrap_or(0),
+        });
+        let timeouts = self.timeouts.as_ref().map(|t| v1::Timeouts {
+            request_ms: millis(t.request),
+            per_try_ms: millis(t.per_try),
+            connect_ms: millis(t.connect),
+            idle_ms: millis(t.idle),
+        });
+        v1::TrafficPolicy {
+            load_balancer,
+            circuit_breaker,
+            retry,
+            timeouts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+services:
+  - name: orders
+    vips: [10.96.0.10]
+    ports: [{port: 80, protocol: http1}]
+    endpoints:
+      - address: 127.0.0.1:8081
+        identity: spiffe://weft.local/ns/default/sa/orders
+      - address: 127.0.0.1:8082
+        weight: 300
+        state: terminating
+    policy:
+      load_balancer: round-robin
+      timeouts: {request: 5s, connect: 250ms}
+  - name: payments
+    policy:
+      load_balancer: consistent-hash
+      hash_key: {header: x-user}
+"#;
+
+    #[test]
+    fn parses_sample_and_converts_to_update() {
+        let mesh = MeshSpec::from_yaml(SAMPLE, "mesh.yaml").expect("valid sample");
+        assert_eq!(mesh.services.len(), 2);
+        let orders = mesh.find("orders", "default").expect("orders");
+        let update = orders.to_update(7);
+        assert_eq!(update.version, 7);
+        let Some(v1::service_update::Endpoints::Full(set)) = update.endpoints else {
+            panic!("expected full endpoint set");
+        };
+        assert_eq!(set.endpoints.len(), 2);
+        assert_eq!(set.endpoints[0].weight, DEFAULT_WEIGHT);
+        assert_eq!(set.endpoints[1].weight, 300);
+        assert_eq!(
+            set.endpoints[1].state,
+            v1::EndpointState::Terminating as i32
+        );
+        let timeouts = update.policy.and_then(|p| p.timeouts).expect("timeouts");
+        assert_eq!(timeouts.request_ms, 5000);
+        assert_eq!(timeouts.connect_ms, 250);
+    }
+
+    #[test]
+    fn bad_value_names_line_and_field() {
+        let text = "services:\n  - name: orders\n    endpoints:\n      - address: 127.0.0.1:1\n        weight: 0\n";
+        let err = MeshSpec::from_yaml(text, "m.yaml").expect_err("weight 0 is invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("m.yaml"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("weight"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let text = "services:\n  - name: orders\n    endpoint: []\n";
+        let msg = MeshSpec::from_yaml(text, "m.yaml")
+            .expect_err("typo")
+            .to_string();
+        assert!(msg.contains("unknown field `endpoint`"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn duplicates_are_rejected_with_their_path() {
+        let text = "services:\n  - name: a\n  - name: a\n";
+        let msg = MeshSpec::from_yaml(text, "m.yaml")
+            .expect_err("duplicate")
+            .to_string();
+        assert!(msg.contains("services[1].name"), "{msg}");
+        let text = "services:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:1'}]\n";
+        let msg = MeshSpec::from_yaml(text, "m.yaml")
+            .expect_err("duplicate endpoint")
+            .to_string();
+        assert!(msg.contains("services[0].endpoints[1].address"), "{msg}");
+    }
+
+    #[test]
+    fn bad_names_and_identities_are_rejected() {
+        for text in [
+            "services: [{name: Orders}]",
+            "services: [{name: a, endpoints: [{address: '127.0.0.1:1', identity: 'http://x/y'}]}]",
+            "services: [{name: a, policy: {timeouts: {request: fast}}}]",
+        ] {
+            assert!(MeshSpec::from_yaml(text, "m").is_err(), "{text}");
+        }
+    }
+}
