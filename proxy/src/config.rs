@@ -1,0 +1,283 @@
+//! The proxy's own configuration: where it listens, its limits, and (in file mode)
+//! the mesh it routes to. Parsed once into typed values and validated here; the rest
+//! of the proxy never sees raw YAML.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    node: NodeConfig,
+    #[serde(default)]
+    outbound: Option<ListenConfig>,
+    #[serde(default)]
+    inbound: Option<InboundConfig>,
+    #[serde(default)]
+    admin: Option<ListenConfig>,
+    #[serde(default)]
+    upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    control_plane: Option<String>,
+    /// File mode: the mesh itself, in the same schema the control plane reads.
+    #[serde(default)]
+    services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default = "default_node_id")]
+    pub id: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: Name,
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Name used as the `service` label on inbound metrics.
+    #[serde(default)]
+    pub workload: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_node_id(),
+            namespace: default_namespace(),
+            service_account: None,
+            workload: None,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    format!("weft-proxy-{}", std::process::id())
+}
+
+fn default_namespace() -> Name {
+    Name::try_from(weft_api::mesh::DEFAULT_NAMESPACE.to_string())
+        .unwrap_or_else(|_| unreachable!("the default namespace is a valid name"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenConfig {
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundConfig {
+    listen: SocketAddr,
+    /// Where the local application listens.
+    app: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// "name" or "name.namespace".
+    pub service: String,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: DurationSpec,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_detect_timeout")]
+    pub detect_timeout: DurationSpec,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationSpec,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationSpec,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: DurationSpec,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            detect_timeout: default_detect_timeout(),
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(10))
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_detect_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(1))
+}
+fn default_connect_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(3))
+}
+fn default_idle_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(90))
+}
+fn default_shutdown_grace() -> DurationSpec {
+    DurationSpec(Duration::from_secs(10))
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: Option<PathBuf>,
+    pub workers: usize,
+    pub node: NodeConfig,
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    pub admin: SocketAddr,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: LimitsConfig,
+    pub control_plane: Option<String>,
+    pub mesh: MeshSpec,
+}
+
+pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
+pub const DEFAULT_INBOUND: &str = "0.0.0.0:7143";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
+
+/// A sidecar shares its pod's CPU with the app, so it stays small by default.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().min(2))
+        .unwrap_or(1)
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| unreachable!("built-in default address {s} parses"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.path = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parses a config; `origin` names the source in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = yaml_serde::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        let mesh = MeshSpec {
+            services: raw.services,
+        };
+        mesh.validate()
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        let workers = raw.workers.unwrap_or_else(default_workers);
+        if workers == 0 || workers > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: workers: {workers} is outside 1..=64"
+            )));
+        }
+        if raw.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: limits.max_connections: must be at least 1"
+            )));
+        }
+        if raw.limits.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: limits.max_header_bytes: must be at least 8192"
+            )));
+        }
+        for (i, up) in raw.upstreams.iter().enumerate() {
+            if up.service.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{origin}: upstreams[{i}].service: must not be empty"
+                )));
+            }
+        }
+        Ok(Config {
+            path: None,
+            workers,
+            node: raw.node,
+            outbound: Some(
+                raw.outbound
+                    .map(|l| l.listen)
+                    .unwrap_or_else(|| parse_addr(DEFAULT_OUTBOUND)),
+            ),
+            inbound: raw.inbound.map(|i| (i.listen, i.app)),
+            admin: raw
+                .admin
+                .map(|l| l.listen)
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN)),
+            upstreams: raw.upstreams,
+            limits: raw.limits,
+            control_plane: raw.control_plane,
+            mesh,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("{}", "t").expect("valid");
+        assert_eq!(c.outbound, Some(parse_addr(DEFAULT_OUTBOUND)));
+        assert_eq!(c.admin, parse_addr(DEFAULT_ADMIN));
+        assert!(c.inbound.is_none());
+        assert_eq!(c.limits.max_connections, 10_000);
+    }
+
+    #[test]
+    fn errors_name_origin_line_and_field() {
+        let err = Config::parse("workers: 1\nlimits:\n  max_conections: 3\n", "proxy.yaml")
+            .expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("proxy.yaml"), "{msg}");
+        assert!(msg.contains("max_conections"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_mesh_is_rejected() {
+        let err = Config::parse("services:\n  - name: a\n  - name: a\n", "p.yaml")
+            .expect_err("duplicate");
+        assert!(err.to_string().contains("services[1].name"), "{err}");
+    }
+}

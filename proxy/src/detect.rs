@@ -1,0 +1,140 @@
+//! Protocol detection: read the first bytes a client sends and decide HTTP/2 (prior
+//! knowledge preface), HTTP/1 (a request line), TLS, or opaque TCP. The bytes read
+//! are replayed to whoever handles the connection next.
+//!
+//! Detection is bounded by a timeout: in server-speaks-first protocols (MySQL, NATS,
+//! SMTP) the client says nothing until the server greets it, so waiting longer would
+//! deadlock; on timeout the connection is treated as opaque.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::io::PrefixedIo;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Longest method token we accept before the first space of an HTTP/1 request line.
+const MAX_METHOD_LEN: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    Tls,
+    Opaque,
+}
+
+enum Verdict {
+    Done(Detected),
+    NeedMore,
+}
+
+fn classify(buf: &[u8]) -> Verdict {
+    if buf.is_empty() {
+        return Verdict::NeedMore;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Verdict::Done(Detected::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    // A TLS record header: handshake (22), major version 3.
+    if buf[0] == 0x16 {
+        return match buf.get(1) {
+            None => Verdict::NeedMore,
+            Some(3) => Verdict::Done(Detected::Tls),
+            Some(_) => Verdict::Done(Detected::Opaque),
+        };
+    }
+    // An HTTP/1 request line starts with a method token (RFC 9110 tchar, in practice
+    // upper-case letters) followed by a space.
+    for (i, b) in buf.iter().enumerate() {
+        match b {
+            b' ' if i > 0 => return Verdict::Done(Detected::Http1),
+            b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD_LEN => {}
+            _ => return Verdict::Done(Detected::Opaque),
+        }
+    }
+    Verdict::NeedMore
+}
+
+/// Reads until the protocol is known, EOF, or `timeout`. Returns the stream with the
+/// consumed bytes put back in front.
+pub async fn detect<T>(mut io: T, timeout: Duration) -> std::io::Result<(Detected, PrefixedIo<T>)>
+where
+    T: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let verdict = loop {
+        match classify(&buf) {
+            Verdict::Done(d) => break d,
+            Verdict::NeedMore => {}
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => break Detected::Opaque,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_elapsed) => break Detected::Opaque,
+        }
+    };
+    Ok((verdict, PrefixedIo::new(buf.freeze(), io)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn run(input: &[u8], close: bool) -> (Detected, Vec<u8>) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(input).await.expect("write");
+        if close {
+            client.shutdown().await.expect("shutdown");
+        }
+        let (d, mut io) = detect(server, Duration::from_millis(100))
+            .await
+            .expect("detect");
+        drop(client);
+        let mut replay = Vec::new();
+        io.read_to_end(&mut replay).await.expect("read");
+        (d, replay)
+    }
+
+    #[tokio::test]
+    async fn detects_and_replays_every_byte() {
+        let cases: &[(&[u8], Detected)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Detected::Http1),
+            (b"M-SEARCH * HTTP/1.1\r\n", Detected::Http1),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest", Detected::Http2),
+            (b"\x16\x03\x01\x02\x00", Detected::Tls),
+            (b"\x00\x00\x00\x01binary", Detected::Opaque),
+            (b"get / HTTP/1.1\r\n", Detected::Opaque),
+        ];
+        for (input, want) in cases {
+            let (got, replay) = run(input, true).await;
+            assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(&replay, input);
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out_as_opaque() {
+        let (_client, server) = tokio::io::duplex(64);
+        let (d, _) = detect(server, Duration::from_millis(50))
+            .await
+            .expect("detect");
+        assert_eq!(d, Detected::Opaque);
+    }
+
+    #[tokio::test]
+    async fn partial_preface_then_eof_is_opaque() {
+        let (d, replay) = run(b"PRI * HTTP", true).await;
+        assert_eq!(d, Detected::Opaque);
+        assert_eq!(replay, b"PRI * HTTP");
+    }
+}

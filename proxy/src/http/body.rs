@@ -1,0 +1,124 @@
+//! The response body the proxy hands back: either the upstream's, streamed as it
+//! arrives, or a short one the proxy wrote itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+use super::pool::Giveback;
+
+pin_project! {
+    /// An upstream body that returns its HTTP/1 connection to the pool once the
+    /// last byte has been read, so keep-alive reuse never races the response.
+    pub struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        giveback: Option<Giveback>,
+    }
+}
+
+impl PooledBody {
+    pub fn new(inner: Incoming, giveback: Option<Giveback>) -> Self {
+        let mut body = PooledBody { inner, giveback };
+        if body.inner.is_end_stream()
+            && let Some(g) = body.giveback.take()
+        {
+            g.give();
+        }
+        body
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        let done = match &res {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            // A failed body means a broken connection: never return it.
+            Poll::Ready(Some(Err(_))) => {
+                this.giveback.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if done && let Some(g) = this.giveback.take() {
+            g.give();
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream { #[pin] body: PooledBody },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::Full {
+            body: Full::new(bytes),
+        }
+    }
+
+    pub fn upstream(body: PooledBody) -> Self {
+        ProxyBody::Upstream { body }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProj::Full { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body } => body.is_end_stream(),
+            ProxyBody::Full { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body } => body.size_hint(),
+            ProxyBody::Full { body } => body.size_hint(),
+        }
+    }
+}

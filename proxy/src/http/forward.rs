@@ -1,0 +1,139 @@
+//! Forwards one HTTP request to one endpoint and streams the response back.
+//!
+//! Each hop keeps the client's protocol: HTTP/1.1 in, HTTP/1.1 out (with Upgrade
+//! tunnels); HTTP/2 in, HTTP/2 out (so gRPC trailers and bidirectional streams pass).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{PooledBody, ProxyBody};
+use super::error::ProxyError;
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::pool::Pool;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub request_timeout: Option<Duration>,
+}
+
+pub async fn forward(
+    pool: &Pool,
+    req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let fut = async {
+        if req.version() == Version::HTTP_2 {
+            forward_h2(pool, req, target).await
+        } else {
+            forward_h1(pool, req, target).await
+        }
+    };
+    match target.request_timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ProxyError::Timeout)?,
+        None => fut.await,
+    }
+}
+
+fn upstream_error(e: &hyper::Error) -> ProxyError {
+    if e.is_timeout() {
+        ProxyError::Timeout
+    } else {
+        ProxyError::UpstreamReset
+    }
+}
+
+async fn forward_h1(
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upgrade = is_upgrade(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    to_origin_form(&mut req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    *req.version_mut() = Version::HTTP_11;
+
+    let mut conn = pool.h1(target.addr, target.connect_timeout).await?;
+    let mut resp = match conn.tx.try_send_request(req).await {
+        Ok(resp) => resp,
+        Err(mut err) => match err.take_message() {
+            // The peer closed an idle keep-alive connection just as we picked it; the
+            // request was never written, so sending it on a fresh connection is safe.
+            Some(req) if conn.reused => {
+                conn = pool.new_h1(target.addr, target.connect_timeout).await?;
+                conn.tx
+                    .send_request(req)
+                    .await
+                    .map_err(|e| upstream_error(&e))?
+            }
+            _ => return Err(upstream_error(err.error())),
+        },
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        if let Some(downstream_upgrade) = downstream_upgrade {
+            tokio::spawn(async move {
+                let (down, up) = tokio::join!(downstream_upgrade, upstream_upgrade);
+                match (down, up) {
+                    (Ok(down), Ok(up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            tracing::debug!(error = %e, "upgraded tunnel ended");
+                        }
+                    }
+                    (down, up) => {
+                        tracing::debug!(down = down.is_ok(), up = up.is_ok(), "upgrade failed");
+                    }
+                }
+            });
+        }
+        strip_hop_by_hop(resp.headers_mut(), true);
+        return Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None))));
+    }
+
+    strip_hop_by_hop(resp.headers_mut(), false);
+    let giveback = pool.giveback(conn.tx, target.addr);
+    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
+}
+
+/// An absolute-form target (from a client using us as its `http_proxy`) becomes
+/// origin-form, with the authority moved into Host as RFC 9112 §3.2.2 asks.
+fn to_origin_form(req: &mut Request<Incoming>) {
+    let Some(authority) = req.uri().authority().cloned() else {
+        return;
+    };
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().insert(HOST, host);
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+}
+
+async fn forward_h2(
+    pool: &Pool,
+    mut req: Request<Incoming>,
+    target: &Target,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    strip_hop_by_hop(req.headers_mut(), false);
+    let mut tx = pool.h2(target.addr, target.connect_timeout).await?;
+    tx.ready().await.map_err(|e| upstream_error(&e))?;
+    let mut resp = tx.send_request(req).await.map_err(|e| upstream_error(&e))?;
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None))))
+}

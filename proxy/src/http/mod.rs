@@ -1,0 +1,125 @@
+//! HTTP on both sides of the proxy: serving accepted connections, forwarding
+//! requests over pooled connections, and the proxy's own error answers.
+
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use body::ProxyBody;
+
+/// Limits applied to every HTTP connection a client opens to the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// Serves one accepted connection. On `drain`, stops taking new requests (HTTP/1
+/// closes after the current one, HTTP/2 sends GOAWAY) and lets in-flight ones finish.
+pub async fn serve<I, S>(io: I, h2: bool, svc: S, limits: ServerLimits, drain: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let result = if h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drain.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// The destination a request names: its absolute-form authority, else its Host
+/// header. Returns the host (without brackets for IPv6) and the port.
+pub fn authority_of<B>(req: &Request<B>) -> Option<(&str, u16)> {
+    if let Some(a) = req.uri().authority() {
+        let default = if req.uri().scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        return Some((a.host(), a.port_u16().unwrap_or(default)));
+    }
+    let host = req.headers().get(HOST)?.to_str().ok()?;
+    split_host_port(host, 80)
+}
+
+fn split_host_port(s: &str, default_port: u16) -> Option<(&str, u16)> {
+    if s.is_empty() {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((ip, port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h, p.parse().ok()?)),
+        Some(_) => None,
+        None => Some((s, default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_host_and_port() {
+        assert_eq!(split_host_port("orders", 80), Some(("orders", 80)));
+        assert_eq!(split_host_port("orders:8080", 80), Some(("orders", 8080)));
+        assert_eq!(split_host_port("[::1]:9", 80), Some(("::1", 9)));
+        assert_eq!(split_host_port("[::1]", 80), Some(("::1", 80)));
+        assert_eq!(split_host_port("a:b", 80), None);
+        assert_eq!(split_host_port("", 80), None);
+    }
+}

@@ -1,0 +1,235 @@
+//! Keep-alive connections to endpoints, keyed by endpoint address.
+//!
+//! HTTP/1: a stack of idle connections per endpoint; a connection goes back on the
+//! stack when its response body has been read to the end. HTTP/2: one multiplexed
+//! connection per endpoint, shared by all requests. Idle connections are closed after
+//! the idle timeout, which also drains connections to endpoints that left the set.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::error::ProxyError;
+
+/// Idle HTTP/1 connections kept per endpoint; more are closed when returned.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, Shared>>,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+struct Shared {
+    tx: http2::SendRequest<Incoming>,
+    last_used: Instant,
+}
+
+/// An HTTP/1 connection checked out of the pool.
+pub struct H1Conn {
+    pub tx: http1::SendRequest<Incoming>,
+    /// Whether it came from the idle stack (it may have been closed by the peer
+    /// meanwhile, so a request that was never sent on it can be retried).
+    pub reused: bool,
+}
+
+/// Puts an HTTP/1 connection back on its endpoint's idle stack.
+pub struct Giveback {
+    tx: http1::SendRequest<Incoming>,
+    addr: SocketAddr,
+    pool: Weak<PoolInner>,
+}
+
+impl Giveback {
+    pub fn give(self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        if self.tx.is_closed() {
+            return;
+        }
+        let mut h1 = lock(&pool.h1);
+        let stack = h1.entry(self.addr).or_default();
+        if stack.len() < MAX_IDLE_PER_ENDPOINT {
+            stack.push(Idle {
+                tx: self.tx,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            // Requests and responses are written whole; Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "connect failed");
+            Err(connect_error(&e))
+        }
+        Err(_) => Err(ProxyError::ConnectTimeout),
+    }
+}
+
+fn connect_error(e: &io::Error) -> ProxyError {
+    match e.kind() {
+        io::ErrorKind::TimedOut => ProxyError::ConnectTimeout,
+        _ => ProxyError::ConnectRefused,
+    }
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration) -> Pool {
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                h1: Mutex::new(HashMap::new()),
+                h2: Mutex::new(HashMap::new()),
+                idle_timeout,
+            }),
+        };
+        let weak = Arc::downgrade(&pool.inner);
+        let period = (idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.sweep();
+            }
+        });
+        pool
+    }
+
+    pub fn giveback(&self, tx: http1::SendRequest<Incoming>, addr: SocketAddr) -> Giveback {
+        Giveback {
+            tx,
+            addr,
+            pool: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// An idle HTTP/1 connection to `addr`, or a new one.
+    pub async fn h1(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<H1Conn, ProxyError> {
+        loop {
+            let idle = lock(&self.inner.h1).get_mut(&addr).and_then(Vec::pop);
+            let Some(mut idle) = idle else { break };
+            if idle.since.elapsed() > self.inner.idle_timeout || idle.tx.is_closed() {
+                continue;
+            }
+            if idle.tx.ready().await.is_ok() {
+                return Ok(H1Conn {
+                    tx: idle.tx,
+                    reused: true,
+                });
+            }
+        }
+        self.new_h1(addr, connect_timeout).await
+    }
+
+    pub async fn new_h1(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<H1Conn, ProxyError> {
+        let stream = connect(addr, connect_timeout).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::UpstreamReset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(H1Conn { tx, reused: false })
+    }
+
+    /// The shared HTTP/2 connection to `addr`, opened on first use.
+    pub async fn h2(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        {
+            let mut h2 = lock(&self.inner.h2);
+            if let Some(shared) = h2.get_mut(&addr) {
+                if !shared.tx.is_closed() {
+                    shared.last_used = Instant::now();
+                    return Ok(shared.tx.clone());
+                }
+                h2.remove(&addr);
+            }
+        }
+        let stream = connect(addr, connect_timeout).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ProxyError::UpstreamReset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        lock(&self.inner.h2).insert(
+            addr,
+            Shared {
+                tx: tx.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(tx)
+    }
+
+    /// Idle connections per endpoint, for /config and tests.
+    pub fn idle_h1(&self, addr: SocketAddr) -> usize {
+        lock(&self.inner.h1).get(&addr).map_or(0, Vec::len)
+    }
+}
+
+impl PoolInner {
+    fn sweep(&self) {
+        let now = Instant::now();
+        lock(&self.h1).retain(|_, stack| {
+            stack.retain(|i| now.duration_since(i.since) <= self.idle_timeout && !i.tx.is_closed());
+            !stack.is_empty()
+        });
+        // Dropping our handle only closes the connection once in-flight streams,
+        // which hold their own handles, are done.
+        lock(&self.h2).retain(|_, s| {
+            now.duration_since(s.last_used) <= self.idle_timeout && !s.tx.is_closed()
+        });
+    }
+}

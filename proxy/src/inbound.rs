@@ -1,0 +1,100 @@
+//! Inbound: traffic from the mesh to the local app.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, Request, Response};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::detect::{Detected, detect};
+use crate::http::body::ProxyBody;
+use crate::http::forward::{Target, forward};
+use crate::http::pool::Pool;
+use crate::http::{ServerLimits, serve};
+use crate::listener::Conn;
+use crate::metrics::ServiceMetrics;
+
+/// Set by the inbound proxy to the caller's verified identity; anything a client
+/// sends under this name is a forgery and is dropped.
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
+
+pub struct Inbound {
+    app: SocketAddr,
+    pool: Pool,
+    metrics: Arc<ServiceMetrics>,
+    connect_timeout: Duration,
+    detect_timeout: Duration,
+    limits: ServerLimits,
+    drain: CancellationToken,
+}
+
+impl Inbound {
+    pub fn new(
+        app: SocketAddr,
+        pool: Pool,
+        metrics: Arc<ServiceMetrics>,
+        connect_timeout: Duration,
+        detect_timeout: Duration,
+        limits: ServerLimits,
+        drain: CancellationToken,
+    ) -> Arc<Inbound> {
+        Arc::new(Inbound {
+            app,
+            pool,
+            metrics,
+            connect_timeout,
+            detect_timeout,
+            limits,
+            drain,
+        })
+    }
+
+    pub async fn serve_conn(self: Arc<Self>, io: Conn) {
+        let (detected, io) = match detect(io, self.detect_timeout).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound detection failed");
+                return;
+            }
+        };
+        match detected {
+            Detected::Http1 | Detected::Http2 => {
+                let this = self.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                });
+                serve(
+                    io,
+                    detected == Detected::Http2,
+                    svc,
+                    self.limits,
+                    self.drain.clone(),
+                )
+                .await;
+            }
+            Detected::Tls | Detected::Opaque => {
+                crate::tcp::forward(io, self.app, self.connect_timeout).await;
+            }
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        req.headers_mut().remove(CLIENT_ID_HEADER);
+        let target = Target {
+            addr: self.app,
+            connect_timeout: self.connect_timeout,
+            request_timeout: None,
+        };
+        let resp = forward(&self.pool, req, &target).await.unwrap_or_else(|e| {
+            self.metrics.proxy_error(e.reason());
+            e.response()
+        });
+        self.metrics.record(resp.status().as_u16(), start.elapsed());
+        resp
+    }
+}

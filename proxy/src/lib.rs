@@ -1,0 +1,26 @@
+//! weft-proxy: the mesh's sidecar data plane.
+//!
+//! Read top down: `proxy` wires a running proxy from `config`; `listener` accepts;
+//! `detect` sniffs the protocol; `outbound` and `inbound` route; `http` forwards
+//! requests over pooled connections; `tcp` forwards opaque bytes; `snapshot` holds
+//! the dynamic state that `reload` swaps in; `admin` and `metrics` make it visible.
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod listener;
+pub mod metrics;
+pub mod outbound;
+pub mod proxy;
+pub mod reload;
+pub mod snapshot;
+pub mod tcp;
+
+/// rustls panics when more than one crypto provider is compiled in and none is
+/// chosen; Weft uses ring only and installs it before anything touches TLS.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,261 @@
+//! Prometheus metrics. Handles are resolved once — per service when a snapshot is
+//! built, per listener at start — so the hot path only touches atomics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Fine enough at the bottom for sub-millisecond hops, wide enough for slow upstreams.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    open_connections: IntGaugeVec,
+    tcp_opened: IntCounterVec,
+    tcp_closed: IntCounterVec,
+    tcp_rejected: IntCounterVec,
+    bytes_read: IntCounterVec,
+    bytes_written: IntCounterVec,
+    proxy_errors: IntCounterVec,
+    snapshot_version: IntGauge,
+    reloads: IntCounterVec,
+    updates_rejected: IntCounter,
+    services: Mutex<HashMap<(String, String), Arc<ServiceMetrics>>>,
+}
+
+/// Per (direction, service) handles.
+pub struct ServiceMetrics {
+    by_class: [IntCounter; 5],
+    pub duration: Histogram,
+    errors: IntCounterVec,
+    direction: String,
+    service: String,
+}
+
+impl std::fmt::Debug for ServiceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceMetrics({}, {})", self.direction, self.service)
+    }
+}
+
+impl ServiceMetrics {
+    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an error the proxy answered itself, by the reason in `weft-error`.
+    pub fn proxy_error(&self, reason: &str) {
+        self.errors
+            .with_label_values(&[self.direction.as_str(), self.service.as_str(), reason])
+            .inc();
+    }
+}
+
+/// Per-listener connection handles.
+#[derive(Clone)]
+pub struct ConnMetrics {
+    pub open: IntGauge,
+    pub opened: IntCounter,
+    pub closed: IntCounter,
+    pub rejected: IntCounter,
+    pub bytes_read: IntCounter,
+    pub bytes_written: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("static metric {name} is valid: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| unreachable!("metric {name} registered once: {e}"));
+            c
+        };
+        let requests = counter(
+            "weft_requests_total",
+            "HTTP requests by direction, service and response status class.",
+            &["direction", "service", "status_class"],
+        );
+        let tcp_opened = counter(
+            "weft_tcp_connections_opened_total",
+            "TCP connections accepted.",
+            &["direction"],
+        );
+        let tcp_closed = counter(
+            "weft_tcp_connections_closed_total",
+            "TCP connections closed.",
+            &["direction"],
+        );
+        let tcp_rejected = counter(
+            "weft_tcp_connections_rejected_total",
+            "TCP connections refused because the connection limit was reached.",
+            &["direction"],
+        );
+        let bytes_read = counter(
+            "weft_tcp_read_bytes_total",
+            "Bytes read from accepted connections.",
+            &["direction"],
+        );
+        let bytes_written = counter(
+            "weft_tcp_write_bytes_total",
+            "Bytes written to accepted connections.",
+            &["direction"],
+        );
+        let proxy_errors = counter(
+            "weft_proxy_errors_total",
+            "Requests the proxy answered itself, by the reason it gave in weft-error.",
+            &["direction", "service", "reason"],
+        );
+        let reloads = counter(
+            "weft_snapshot_reloads_total",
+            "Attempts to load a new snapshot, by result.",
+            &["result"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weft_request_duration_seconds",
+                "Time from request received to response headers sent.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "service"],
+        )
+        .unwrap_or_else(|e| unreachable!("static histogram is valid: {e}"));
+        let open_connections = IntGaugeVec::new(
+            Opts::new("weft_open_connections", "TCP connections open now."),
+            &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
+        let snapshot_version = IntGauge::new(
+            "weft_snapshot_version",
+            "Version of the snapshot the proxy is serving.",
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
+        let updates_rejected = IntCounter::new(
+            "weft_discovery_updates_rejected_total",
+            "Discovery updates rejected whole because they could not be applied.",
+        )
+        .unwrap_or_else(|e| unreachable!("static counter is valid: {e}"));
+        for c in [
+            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(open_connections.clone()),
+            Box::new(snapshot_version.clone()),
+            Box::new(updates_rejected.clone()),
+        ] {
+            registry
+                .register(c)
+                .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+        }
+        // Make the reload series visible before the first reload.
+        for r in ["ok", "error"] {
+            reloads.with_label_values(&[r]);
+        }
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                duration,
+                open_connections,
+                tcp_opened,
+                tcp_closed,
+                tcp_rejected,
+                bytes_read,
+                bytes_written,
+                proxy_errors,
+                snapshot_version,
+                reloads,
+                updates_rejected,
+                services: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Handles for one service in one direction; cached so snapshots share them.
+    pub fn service(&self, direction: &str, service: &str) -> Arc<ServiceMetrics> {
+        let key = (direction.to_string(), service.to_string());
+        let mut cache = self
+            .inner
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let i = &self.inner;
+                Arc::new(ServiceMetrics {
+                    by_class: STATUS_CLASSES
+                        .map(|class| i.requests.with_label_values(&[direction, service, class])),
+                    duration: i.duration.with_label_values(&[direction, service]),
+                    errors: i.proxy_errors.clone(),
+                    direction: direction.to_string(),
+                    service: service.to_string(),
+                })
+            })
+            .clone()
+    }
+
+    pub fn conn(&self, direction: &str) -> ConnMetrics {
+        let i = &self.inner;
+        ConnMetrics {
+            open: i.open_connections.with_label_values(&[direction]),
+            opened: i.tcp_opened.with_label_values(&[direction]),
+            closed: i.tcp_closed.with_label_values(&[direction]),
+            rejected: i.tcp_rejected.with_label_values(&[direction]),
+            bytes_read: i.bytes_read.with_label_values(&[direction]),
+            bytes_written: i.bytes_written.with_label_values(&[direction]),
+        }
+    }
+
+    pub fn snapshot_loaded(&self, version: u64) {
+        self.inner
+            .snapshot_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.inner.reloads.with_label_values(&["ok"]).inc();
+    }
+
+    pub fn snapshot_rejected(&self) {
+        self.inner.reloads.with_label_values(&["error"]).inc();
+    }
+
+    pub fn update_rejected(&self) {
+        self.inner.updates_rejected.inc();
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.inner.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

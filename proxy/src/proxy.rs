@@ -1,0 +1,201 @@
+//! Wires one proxy together from its config: snapshot, pool, listeners, admin, and
+//! the shutdown sequence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::http::ServerLimits;
+use crate::http::pool::Pool;
+use crate::inbound::Inbound;
+use crate::listener::Acceptor;
+use crate::metrics::Metrics;
+use crate::outbound::{Destination, Outbound};
+use crate::snapshot::{self, SnapshotStore};
+
+/// A running proxy: its bound addresses and the handles to stop it.
+pub struct Proxy {
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    pub store: SnapshotStore,
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    drain: CancellationToken,
+    admin_stop: CancellationToken,
+    tracker: TaskTracker,
+    ready: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+    let metrics = Metrics::new();
+    let initial = snapshot::from_mesh(&config.mesh, 1, config.node.namespace.as_str(), &metrics)
+        .context("the mesh in the config cannot be applied")?;
+    let store = snapshot::store(initial);
+    metrics.snapshot_loaded(1);
+
+    let limits = &config.limits;
+    let server_limits = ServerLimits {
+        header_read_timeout: limits.header_read_timeout.0,
+        max_header_bytes: limits.max_header_bytes,
+    };
+    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let acceptor = Acceptor {
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        drain: drain.clone(),
+        tracker: TaskTracker::new(),
+    };
+    let pool = Pool::new(limits.idle_timeout.0);
+    let outbound = Outbound::new(
+        store.clone(),
+        pool.clone(),
+        &metrics,
+        limits.connect_timeout.0,
+        limits.detect_timeout.0,
+        server_limits,
+        drain.clone(),
+    );
+
+    let mut proxy = Proxy {
+        outbound: None,
+        inbound: None,
+        admin: config.admin,
+        upstreams: Vec::new(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        drain,
+        admin_stop: CancellationToken::new(),
+        tracker: acceptor.tracker.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        grace: limits.shutdown_grace.0,
+    };
+
+    if let Some(addr) = config.outbound {
+        let listener = bind(addr, "outbound").await?;
+        proxy.outbound = Some(listener.local_addr()?);
+        let ob = outbound.clone();
+        acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
+            ob.clone().serve_conn(io, Destination::Authority)
+        });
+    }
+    for up in &config.upstreams {
+        let listener = bind(up.listen, &format!("upstream {}", up.service)).await?;
+        proxy.upstreams.push(listener.local_addr()?);
+        let ob = outbound.clone();
+        let name: Arc<str> = Arc::from(up.service.as_str());
+        acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
+            ob.clone()
+                .serve_conn(io, Destination::Service(name.clone()))
+        });
+    }
+    if let Some((listen, app)) = config.inbound {
+        let listener = bind(listen, "inbound").await?;
+        proxy.inbound = Some(listener.local_addr()?);
+        let workload = config
+            .node
+            .workload
+            .clone()
+            .unwrap_or_else(|| "local".to_string());
+        let ib = Inbound::new(
+            app,
+            pool.clone(),
+            metrics.service("inbound", &workload),
+            limits.connect_timeout.0,
+            limits.detect_timeout.0,
+            server_limits,
+            proxy.drain.clone(),
+        );
+        acceptor.spawn(listener, metrics.conn("inbound"), move |io, _peer| {
+            ib.clone().serve_conn(io)
+        });
+    }
+
+    let admin_listener = bind(config.admin, "admin").await?;
+    proxy.admin = admin_listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        ready: proxy.ready.clone(),
+        shutdown,
+    });
+    admin.spawn(admin_listener, proxy.admin_stop.clone());
+
+    #[cfg(unix)]
+    if let Some(path) = &config.path {
+        crate::reload::on_sighup(path.clone(), store, metrics);
+    }
+
+    proxy.ready.store(true, Ordering::Release);
+    Ok(proxy)
+}
+
+impl Proxy {
+    /// Cancelling this token starts the shutdown sequence.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for a shutdown request (token, SIGTERM or SIGINT), then drains: stop
+    /// accepting, let in-flight requests finish within the grace period, close idle
+    /// connections.
+    pub async fn run_until_shutdown(self) {
+        wait_for_signal(&self.shutdown).await;
+        self.drain().await;
+    }
+
+    pub async fn drain(self) {
+        tracing::info!(grace = ?self.grace, "draining");
+        self.ready.store(false, Ordering::Release);
+        self.drain.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+        self.admin_stop.cancel();
+        tracing::info!("stopped");
+    }
+}
+
+async fn wait_for_signal(shutdown: &CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        if let (Ok(mut term), Ok(mut int)) = (term, int) {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
+        tracing::warn!("cannot listen for signals; only /shutdown stops the proxy");
+    }
+    shutdown.cancelled().await;
+}

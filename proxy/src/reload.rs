@@ -1,0 +1,57 @@
+//! File mode: the mesh comes from the config file and is re-read on SIGHUP. A file
+//! that does not parse or validate is rejected whole; the last good snapshot stays.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::snapshot::{self, SnapshotStore};
+
+/// Re-reads `path` and swaps in its mesh. Returns the new version.
+pub fn reload(path: &Path, store: &SnapshotStore, metrics: &Metrics) -> Result<u64, String> {
+    let result = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let version = store.load().version + 1;
+            snapshot::from_mesh(
+                &config.mesh,
+                version,
+                config.node.namespace.as_str(),
+                metrics,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))
+        });
+    match result {
+        Ok(snap) => {
+            let version = snap.version;
+            store.store(Arc::new(snap));
+            metrics.snapshot_loaded(version);
+            tracing::info!(version, path = %path.display(), "reloaded mesh from file");
+            Ok(version)
+        }
+        Err(e) => {
+            metrics.snapshot_rejected();
+            tracing::warn!(error = %e, "reload rejected; keeping the current snapshot");
+            Err(e)
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until the process ends.
+#[cfg(unix)]
+pub fn on_sighup(path: std::path::PathBuf, store: SnapshotStore, metrics: Metrics) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload disabled");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let _ = reload(&path, &store, &metrics);
+        }
+    });
+}
