@@ -117,6 +117,10 @@ pub struct LimitsConfig {
     pub idle_timeout: DurationSpec,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: DurationSpec,
+    /// How long a request to a destination not yet known waits for the control
+    /// plane's first answer about it.
+    #[serde(default = "default_discovery_timeout")]
+    pub discovery_timeout: DurationSpec,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +133,7 @@ impl Default for LimitsConfig {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            discovery_timeout: default_discovery_timeout(),
         }
     }
 }
@@ -150,6 +155,9 @@ fn default_connect_timeout() -> DurationSpec {
 }
 fn default_idle_timeout() -> DurationSpec {
     DurationSpec(Duration::from_secs(90))
+}
+fn default_discovery_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(3))
 }
 fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod inbound;
 pub mod io;

@@ -36,6 +36,8 @@ struct Inner {
     snapshot_version: IntGauge,
     reloads: IntCounterVec,
     updates_rejected: IntCounter,
+    subscriptions: IntGauge,
+    streams: IntGauge,
     services: Mutex<HashMap<(String, String), Arc<ServiceMetrics>>>,
 }
 
@@ -155,8 +157,20 @@ impl Metrics {
             "Discovery updates rejected whole because they could not be applied.",
         )
         .unwrap_or_else(|e| unreachable!("static counter is valid: {e}"));
+        let subscriptions = IntGauge::new(
+            "weft_discovery_subscriptions",
+            "Destinations this proxy watches through the control plane.",
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
+        let streams = IntGauge::new(
+            "weft_discovery_streams_connected",
+            "Discovery streams currently connected to the control plane.",
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
         for c in [
-            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(subscriptions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(streams.clone()),
+            Box::new(duration.clone()),
             Box::new(open_connections.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(updates_rejected.clone()),
@@ -184,6 +198,8 @@ impl Metrics {
                 snapshot_version,
                 reloads,
                 updates_rejected,
+                subscriptions,
+                streams,
                 services: Mutex::new(HashMap::new()),
             }),
         }
@@ -238,6 +254,16 @@ impl Metrics {
 
     pub fn update_rejected(&self) {
         self.inner.updates_rejected.inc();
+    }
+
+    pub fn discovery_subscriptions(&self, n: usize) {
+        self.inner
+            .subscriptions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn discovery_connected(&self, delta: i64) {
+        self.inner.streams.add(delta);
     }
 
     pub fn registry(&self) -> &Registry {

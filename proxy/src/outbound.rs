@@ -5,6 +5,7 @@
 //! or the connection's original destination (transparent capture, a later step).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detected, detect};
+use crate::discovery::{Dest, Discovery};
 use crate::http::body::ProxyBody;
 use crate::http::error::ProxyError;
 use crate::http::forward::{Target, forward};
@@ -33,6 +35,8 @@ pub enum Destination {
 
 pub struct Outbound {
     store: SnapshotStore,
+    discovery: Option<Arc<Discovery>>,
+    discovery_wait: Duration,
     pool: Pool,
     unknown: Arc<ServiceMetrics>,
     connect_timeout: Duration,
@@ -42,8 +46,11 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: SnapshotStore,
+        discovery: Option<Arc<Discovery>>,
+        discovery_wait: Duration,
         pool: Pool,
         metrics: &Metrics,
         connect_timeout: Duration,
@@ -53,6 +60,8 @@ impl Outbound {
     ) -> Arc<Outbound> {
         Arc::new(Outbound {
             store,
+            discovery,
+            discovery_wait,
             pool,
             unknown: metrics.service("outbound", "unknown"),
             connect_timeout,
@@ -62,9 +71,30 @@ impl Outbound {
         })
     }
 
-    fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
+    /// Looks a destination up in the snapshot; on a miss, and with a control plane,
+    /// subscribes and waits briefly for its first update before looking again.
+    async fn lookup(&self, dest: Dest) -> Option<Arc<Service>> {
+        let find = |dest: &Dest| {
+            let snapshot = self.store.load();
+            match dest {
+                Dest::Name(host) => snapshot.by_host(host).cloned(),
+                Dest::Vip(addr) => snapshot.by_vip(*addr).cloned(),
+            }
+        };
+        if let Some(svc) = find(&dest) {
+            return Some(svc);
+        }
+        let discovery = self.discovery.as_ref()?;
+        if discovery.resolve(dest.clone(), self.discovery_wait).await {
+            find(&dest)
+        } else {
+            None
+        }
+    }
+
+    async fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
         match dest {
-            Destination::Service(name) => self.store.load().by_host(name).cloned(),
+            Destination::Service(name) => self.lookup(Dest::Name(name.to_string())).await,
             Destination::Authority => None,
         }
     }
@@ -73,6 +103,7 @@ impl Outbound {
     pub async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
         let hint = self
             .fixed_service(&dest)
+            .await
             .map(|s| s.protocol(io.get_ref().local_addr().map_or(0, |a| a.port())));
         let (detected, io) = if hint == Some(Protocol::Opaque) {
             (
@@ -106,7 +137,7 @@ impl Outbound {
                 .await;
             }
             Detected::Tls | Detected::Opaque => {
-                let Some(svc) = self.fixed_service(&dest) else {
+                let Some(svc) = self.fixed_service(&dest).await else {
                     tracing::debug!("opaque outbound connection with no destination; closing");
                     return;
                 };
@@ -122,19 +153,20 @@ impl Outbound {
 
     async fn handle(&self, req: Request<Incoming>, dest: &Destination) -> Response<ProxyBody> {
         let start = Instant::now();
-        let svc = {
-            let snapshot = self.store.load();
-            match dest {
-                Destination::Service(name) => snapshot.by_host(name).cloned(),
-                Destination::Authority => match authority_of(&req) {
-                    Some((host, port)) => snapshot.resolve_authority(host, port).cloned(),
-                    None => {
-                        self.unknown.proxy_error(ProxyError::NoAuthority.reason());
-                        return ProxyError::NoAuthority.response();
-                    }
+        let dest = match dest {
+            Destination::Service(name) => Dest::Name(name.to_string()),
+            Destination::Authority => match authority_of(&req) {
+                Some((host, port)) => match host.parse::<IpAddr>() {
+                    Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
+                    Err(_) => Dest::Name(host.to_ascii_lowercase()),
                 },
-            }
+                None => {
+                    self.unknown.proxy_error(ProxyError::NoAuthority.reason());
+                    return ProxyError::NoAuthority.response();
+                }
+            },
         };
+        let svc = self.lookup(dest).await;
         let Some(svc) = svc else {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());

@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weft_api::v1;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::discovery::{Dest, Discovery};
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::inbound::Inbound;
@@ -64,8 +66,29 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         tracker: TaskTracker::new(),
     };
     let pool = Pool::new(limits.idle_timeout.0);
+    let discovery = match &config.control_plane {
+        Some(addr) => {
+            let node = v1::Node {
+                id: config.node.id.clone(),
+                namespace: config.node.namespace.to_string(),
+                service_account: config.node.service_account.clone().unwrap_or_default(),
+                workload: config.node.workload.clone().unwrap_or_default(),
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let d = Discovery::new(addr, node, store.clone(), metrics.clone())
+                .map_err(anyhow::Error::msg)?;
+            for up in &config.upstreams {
+                d.subscribe(Dest::Name(up.service.clone()));
+            }
+            tracing::info!(control_plane = %addr, "discovery from the control plane");
+            Some(d)
+        }
+        None => None,
+    };
     let outbound = Outbound::new(
         store.clone(),
+        discovery,
+        limits.discovery_timeout.0,
         pool.clone(),
         &metrics,
         limits.connect_timeout.0,

@@ -388,12 +388,12 @@ impl Snapshot {
     }
 
     /// A copy of this snapshot with one service added, replaced or (None) removed.
-    pub fn with_service(&self, version: u64, key: &str, svc: Option<Service>) -> Snapshot {
+    pub fn with_service(&self, version: u64, key: &str, svc: Option<Arc<Service>>) -> Snapshot {
         let mut snap = Snapshot::empty(&self.local_namespace);
         snap.version = version;
         snap.services = self.services.clone();
         match svc {
-            Some(s) => snap.services.insert(key.to_string(), Arc::new(s)),
+            Some(s) => snap.services.insert(key.to_string(), s),
             None => snap.services.remove(key),
         };
         snap.reindex();
