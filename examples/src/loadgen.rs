@@ -138,7 +138,7 @@ fn record(
 /// Even requests are checkouts, odd ones profile reads, cycling through the users.
 async fn one_request(client: &HttpClient, target: &BaseUrl, n: u64, users: u64) -> bool {
     let user = n / 2 % users + 1;
-    let result = if n % 2 == 0 {
+    let result = if n.is_multiple_of(2) {
         let item = ["book", "lamp", "mug", "pen"][(n / 2 % 4) as usize];
         let order = serde_json::json!({
             "item": item,
