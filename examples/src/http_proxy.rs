@@ -111,6 +111,23 @@ impl ProxySettings {
     }
 }
 
+impl std::fmt::Display for ProxySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.proxy {
+            None => f.write_str("direct"),
+            Some(proxy) if self.no_proxy.everything => {
+                write!(f, "direct (no_proxy=* overrides {})", proxy.authority)
+            }
+            Some(proxy) => write!(
+                f,
+                "via proxy {} ({} no_proxy entries)",
+                proxy.authority,
+                self.no_proxy.entries.len()
+            ),
+        }
+    }
+}
+
 fn parse_proxy(var: &'static str, value: &str) -> Result<ProxyAddr, ProxyConfigError> {
     let invalid = |reason| ProxyConfigError {
         var,
@@ -495,6 +512,24 @@ mod tests {
             .expect("valid");
         assert!(proxied(&s, "http://host/"));
         assert!(proxied(&s, "http://10.0.0.1/"));
+    }
+
+    #[test]
+    fn the_choice_is_described_for_the_startup_log() {
+        let describe = |proxy, no_proxy| {
+            ProxySettings::parse(proxy, no_proxy)
+                .expect("valid")
+                .to_string()
+        };
+        assert_eq!(describe(None, None), "direct");
+        assert_eq!(
+            describe(Some("http://127.0.0.1:7140"), Some("a,b")),
+            "via proxy 127.0.0.1:7140 (2 no_proxy entries)"
+        );
+        assert_eq!(
+            describe(Some("p:1"), Some("*")),
+            "direct (no_proxy=* overrides p:1)"
+        );
     }
 
     #[test]

@@ -74,13 +74,20 @@ impl Payments for PaymentsService {
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown` completes.
+/// Serves gRPC on `listener` until `shutdown` completes, with the standard
+/// `grpc.health.v1.Health` service beside `Payments` (what gRPC probes call, since a gRPC
+/// server has no `GET /healthz`).
 pub async fn serve(
     listener: TcpListener,
     config: PaymentsConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<PaymentsServer<PaymentsService>>()
+        .await;
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(PaymentsServer::new(PaymentsService::new(config)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

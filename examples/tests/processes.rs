@@ -142,3 +142,13 @@ async fn invalid_flags_are_refused_at_startup() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("http_proxy"));
 }
+
+#[tokio::test]
+async fn services_stop_cleanly_on_sigint() {
+    for name in ["payments", "notifications", "users", "orders", "web"] {
+        let mut service = Proc::spawn(name, listen_any(name));
+        service.listening_addr().await;
+        let status = service.signal("INT").await;
+        assert_eq!(status.code(), Some(0), "{name} exit status");
+    }
+}

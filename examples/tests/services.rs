@@ -471,7 +471,7 @@ async fn notifications_validates_cloudevent_headers() {
 }
 
 #[tokio::test]
-async fn every_http_service_answers_healthz() {
+async fn every_service_answers_its_health_check() {
     let s = start_all().await;
     for addr in [s.web, s.orders, s.users, s.notifications] {
         let reply = client()
@@ -481,5 +481,25 @@ async fn every_http_service_answers_healthz() {
         assert_eq!(reply.status, StatusCode::OK, "{addr}");
         assert_eq!(json(&reply)["status"], "ok");
     }
-    let _ = s.payments;
+
+    let channel = tonic::transport::Endpoint::from_shared(url(s.payments))
+        .expect("payments URI")
+        .connect()
+        .await
+        .expect("connect payments");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "payments.v1.Payments"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(
+            reply.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
 }

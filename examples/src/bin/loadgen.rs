@@ -48,6 +48,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tracing::info!(outgoing_http = %proxy, "proxy settings");
     let config = LoadConfig {
         target: args.target,
         rps: args.rps,

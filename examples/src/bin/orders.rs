@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
     let proxy = ProxySettings::from_env()?;
+    tracing::info!(outgoing_http = %proxy, "proxy settings");
     let timeout = Duration::from_millis(args.timeout_ms);
     let listener = TcpListener::bind(args.listen)
         .await

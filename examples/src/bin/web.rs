@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let args = Args::parse();
     let proxy = ProxySettings::from_env()?;
+    tracing::info!(outgoing_http = %proxy, "proxy settings");
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -234,16 +234,21 @@ impl Proc {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub async fn terminate(mut self) -> ExitStatus {
+    pub async fn terminate(self) -> ExitStatus {
+        self.signal("TERM").await
+    }
+
+    /// Sends SIG`name` (e.g. "INT") and waits for the exit.
+    pub async fn signal(mut self, name: &str) -> ExitStatus {
         let pid = self.child.id().expect("process is running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill -{name} {pid} failed");
         tokio::time::timeout(PATIENCE, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("{} ignored SIGTERM", self.name))
+            .unwrap_or_else(|_| panic!("{} ignored SIG{name}", self.name))
             .expect("wait for the process")
     }
 }
