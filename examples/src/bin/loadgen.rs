@@ -40,6 +40,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let proxy = match ProxySettings::from_env() {
         Ok(proxy) => proxy,
@@ -58,7 +59,7 @@ async fn main() -> ExitCode {
         users: args.users,
     };
     let client = HttpClient::new(proxy, Duration::from_millis(args.timeout_ms));
-    let summary = loadgen::run(config, client, shutdown::signal_received()).await;
+    let summary = loadgen::run(config, client, signals.received()).await;
     println!("{summary}");
     if summary.sent > 0 && summary.ok == 0 {
         ExitCode::FAILURE

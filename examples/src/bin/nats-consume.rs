@@ -26,6 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
@@ -40,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     client.flush().await.context("flush failed")?;
     tracing::info!(subject = %args.subject, "subscribed");
 
-    let stop = shutdown::signal_received();
+    let stop = signals.received();
     tokio::pin!(stop);
     let mut received = 0u64;
     while args.count.is_none_or(|count| received < count) {

@@ -23,12 +23,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let config = NotificationsConfig { keep: args.keep };
-    notifications::serve(listener, config, shutdown::signal_received()).await?;
+    notifications::serve(listener, config, signals.received()).await?;
     Ok(())
 }

@@ -39,6 +39,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let proxy = ProxySettings::from_env()?;
     tracing::info!(outgoing_http = %proxy, "proxy settings");
@@ -55,6 +56,6 @@ async fn main() -> anyhow::Result<()> {
         max_orders: args.max_orders,
     };
     let events = HttpClient::new(proxy, timeout);
-    orders::serve(listener, config, events, shutdown::signal_received()).await?;
+    orders::serve(listener, config, events, signals.received()).await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen)
         .await
@@ -31,6 +32,6 @@ async fn main() -> anyhow::Result<()> {
     let config = PaymentsConfig {
         decline_over_cents: args.decline_over_cents,
     };
-    payments::serve(listener, config, shutdown::signal_received()).await?;
+    payments::serve(listener, config, signals.received()).await?;
     Ok(())
 }

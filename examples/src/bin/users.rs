@@ -23,6 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen)
         .await
@@ -31,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     users::serve(
         listener,
         UsersConfig { count: args.count },
-        shutdown::signal_received(),
+        signals.received(),
     )
     .await?;
     Ok(())

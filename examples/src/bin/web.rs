@@ -32,6 +32,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let proxy = ProxySettings::from_env()?;
     tracing::info!(outgoing_http = %proxy, "proxy settings");
@@ -44,6 +45,6 @@ async fn main() -> anyhow::Result<()> {
         users_url: args.users_url,
     };
     let client = HttpClient::new(proxy, Duration::from_millis(args.timeout_ms));
-    web::serve(listener, config, client, shutdown::signal_received()).await?;
+    web::serve(listener, config, client, signals.received()).await?;
     Ok(())
 }
