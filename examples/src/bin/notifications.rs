@@ -1,0 +1,35 @@
+//! `notifications`: a CloudEvents (binary mode) sink.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use weft_examples::notifications::{self, NotificationsConfig};
+use weft_examples::{shutdown, telemetry};
+
+/// Notifications service: POST /events (CloudEvents, binary mode), GET /events.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "NOTIFICATIONS_LISTEN", default_value = "127.0.0.1:8084")]
+    listen: SocketAddr,
+    /// How many recent events GET /events lists.
+    #[arg(long, env = "NOTIFICATIONS_KEEP", default_value_t = 100)]
+    keep: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let config = NotificationsConfig { keep: args.keep };
+    notifications::serve(listener, config, signals.received()).await?;
+    Ok(())
+}

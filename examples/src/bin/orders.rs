@@ -1,0 +1,61 @@
+//! `orders`: REST/JSON orders service that charges through payments (gRPC).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use http::Uri;
+use tokio::net::TcpListener;
+use weft_examples::http_client::HttpClient;
+use weft_examples::http_proxy::ProxySettings;
+use weft_examples::orders::{self, OrdersConfig};
+use weft_examples::{shutdown, telemetry};
+
+/// Orders service: POST /orders, GET /orders/{id}, GET /orders?user={id}.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ORDERS_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// gRPC address of the payments service (an http:// URL).
+    #[arg(long, env = "PAYMENTS_ADDR", default_value = "http://127.0.0.1:8083")]
+    payments: Uri,
+    /// Where order.placed CloudEvents are POSTed; unset means no events.
+    #[arg(long, env = "EVENTS_URL")]
+    events_url: Option<Uri>,
+    /// The ce-source of published events.
+    #[arg(long, env = "EVENT_SOURCE", default_value = "/weft-examples/orders")]
+    event_source: String,
+    /// Deadline of each call to a dependency, in milliseconds.
+    #[arg(long, env = "ORDERS_TIMEOUT_MS", default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Orders kept in memory (the oldest are forgotten).
+    #[arg(long, env = "ORDERS_MAX", default_value_t = 10_000)]
+    max_orders: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
+    let args = Args::parse();
+    let proxy = ProxySettings::from_env()?;
+    tracing::info!(outgoing_http = %proxy, "proxy settings");
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, payments = %args.payments, "listening");
+    let config = OrdersConfig {
+        payments: args.payments,
+        events_url: args.events_url,
+        event_source: args.event_source,
+        payments_timeout: timeout,
+        max_orders: args.max_orders,
+    };
+    let events = HttpClient::new(proxy, timeout);
+    orders::serve(listener, config, events, signals.received()).await?;
+    Ok(())
+}

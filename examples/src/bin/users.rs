@@ -1,0 +1,39 @@
+//! `users`: deterministic fake user records.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use weft_examples::users::{self, UsersConfig};
+use weft_examples::{shutdown, telemetry};
+
+/// Users service: GET /users/{id}.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "USERS_LISTEN", default_value = "127.0.0.1:8082")]
+    listen: SocketAddr,
+    /// Users 1..=count exist.
+    #[arg(long, env = "USERS_COUNT", default_value_t = 1000)]
+    count: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let signals = shutdown::ShutdownSignals::install();
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    users::serve(
+        listener,
+        UsersConfig { count: args.count },
+        signals.received(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The orders service: REST/JSON in front of a synchronous gRPC call to payments and an
+//! asynchronous `order.placed` CloudEvent to whoever listens at the events URL.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cloudevents;
+use crate::http_client::HttpClient;
+use crate::http_server::{self, Body};
+use crate::payments::proto::ChargeRequest;
+use crate::payments::proto::payments_client::PaymentsClient;
+
+/// The CloudEvents type of the event published for each placed order.
+pub const ORDER_PLACED: &str = "order.placed";
+
+/// How the orders service reaches its dependencies.
+#[derive(Debug, Clone)]
+pub struct OrdersConfig {
+    /// gRPC address of payments, e.g. `http://payments:8083`.
+    pub payments: Uri,
+    /// Where `order.placed` events are POSTed; none means events are not published.
+    pub events_url: Option<Uri>,
+    /// The `ce-source` of published events.
+    pub event_source: String,
+    /// Deadline of each call to payments.
+    pub payments_timeout: Duration,
+    /// Orders kept in memory; the oldest are forgotten beyond this.
+    pub max_orders: usize,
+}
+
+/// A request to place an order.
+#[derive(Debug, Deserialize)]
+pub struct NewOrder {
+    pub item: String,
+    pub quantity: u32,
+    pub amount_cents: u64,
+    #[serde(default = "anonymous")]
+    pub user: String,
+    #[serde(default = "euro")]
+    pub currency: String,
+}
+
+fn anonymous() -> String {
+    "anonymous".to_owned()
+}
+
+fn euro() -> String {
+    "EUR".to_owned()
+}
+
+/// A placed (paid) order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Order {
+    pub id: u64,
+    pub user: String,
+    pub item: String,
+    pub quantity: u32,
+    pub amount_cents: u64,
+    pub currency: String,
+    pub payment_id: String,
+    pub status: String,
+}
+
+struct Store {
+    next_id: u64,
+    orders: BTreeMap<u64, Order>,
+}
+
+struct State {
+    config: OrdersConfig,
+    store: Mutex<Store>,
+    payments: PaymentsClient<Channel>,
+    events: HttpClient,
+    /// Distinguishes this process's event ids from another replica's.
+    instance: String,
+}
+
+impl State {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // The store holds plain data that a panicking holder cannot leave half-written.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves the orders API on `listener` until `shutdown` completes. Payments is dialled
+/// lazily, so orders starts (and answers 502) while payments is down.
+pub async fn serve(
+    listener: TcpListener,
+    config: OrdersConfig,
+    events: HttpClient,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let channel = Endpoint::from(config.payments.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(config.payments_timeout)
+        .connect_lazy();
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let state = Arc::new(State {
+        config,
+        store: Mutex::new(Store {
+            next_id: 1,
+            orders: BTreeMap::new(),
+        }),
+        payments: PaymentsClient::new(channel),
+        events,
+        instance: format!("{started:x}-{:x}", std::process::id()),
+    });
+    http_server::serve(
+        listener,
+        move |req| {
+            let state = state.clone();
+            async move { route(state, req).await }
+        },
+        shutdown,
+    )
+    .await
+}
+
+async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (
+        req.method().clone(),
+        http_server::segments(&path).as_slice(),
+    ) {
+        (Method::POST, ["orders"]) => place(state, req).await,
+        (Method::GET, ["orders"]) => list(&state, req.uri().query()),
+        (Method::GET, ["orders", id]) => get(&state, id),
+        _ => http_server::not_found(),
+    }
+}
+
+async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let new: NewOrder = match http_server::read_json(req).await {
+        Ok(new) => new,
+        Err(resp) => return resp,
+    };
+    if new.item.trim().is_empty() {
+        return http_server::error(StatusCode::BAD_REQUEST, "item must not be empty");
+    }
+    if new.quantity == 0 {
+        return http_server::error(StatusCode::BAD_REQUEST, "quantity must be at least 1");
+    }
+    let id = {
+        let mut store = state.store();
+        let id = store.next_id;
+        store.next_id += 1;
+        id
+    };
+    let charge = ChargeRequest {
+        order_id: id.to_string(),
+        amount_cents: new.amount_cents,
+        currency: new.currency.clone(),
+    };
+    let reply = match state.payments.clone().charge(charge).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            return http_server::error(
+                StatusCode::BAD_REQUEST,
+                format!("payments rejected the charge: {}", status.message()),
+            );
+        }
+        Err(status) => {
+            tracing::warn!(order_id = id, code = ?status.code(), message = status.message(), "payments call failed");
+            return http_server::bad_gateway(
+                "payments",
+                format!(
+                    "payments call failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ),
+            );
+        }
+    };
+    if !reply.approved {
+        return http_server::json(
+            StatusCode::PAYMENT_REQUIRED,
+            &serde_json::json!({"error": "payment declined", "payment_id": reply.payment_id}),
+        );
+    }
+    let order = Order {
+        id,
+        user: new.user,
+        item: new.item,
+        quantity: new.quantity,
+        amount_cents: new.amount_cents,
+        currency: new.currency,
+        payment_id: reply.payment_id,
+        status: "placed".to_owned(),
+    };
+    {
+        let mut store = state.store();
+        store.orders.insert(id, order.clone());
+        while store.orders.len() > state.config.max_orders.max(1) {
+            store.orders.pop_first();
+        }
+    }
+    tracing::info!(order_id = id, user = %order.user, "order placed");
+    publish_placed(&state, &order);
+    let mut resp = http_server::json(StatusCode::CREATED, &order);
+    if let Ok(location) = header::HeaderValue::from_str(&format!("/orders/{id}")) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp
+}
+
+/// Publishes `order.placed` in the background: the customer's response does not wait
+/// for (or fail because of) the notification.
+fn publish_placed(state: &Arc<State>, order: &Order) {
+    let Some(url) = state.config.events_url.clone() else {
+        return;
+    };
+    let body = match serde_json::to_vec(order) {
+        Ok(body) => Bytes::from(body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise the order event");
+            return;
+        }
+    };
+    let event_id = format!("{}-{}", state.instance, order.id);
+    let request = Request::post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(cloudevents::SPECVERSION, cloudevents::SPEC_VERSION_1_0)
+        .header(cloudevents::TYPE, ORDER_PLACED)
+        .header(cloudevents::SOURCE, state.config.event_source.as_str())
+        .header(cloudevents::ID, event_id.as_str())
+        .header(cloudevents::SUBJECT, order.id.to_string())
+        .body(Full::new(body));
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the order event request");
+            return;
+        }
+    };
+    let client = state.events.clone();
+    tokio::spawn(async move {
+        match client.send(request).await {
+            Ok(reply) if reply.status.is_success() => {
+                tracing::debug!(%event_id, "order.placed delivered");
+            }
+            Ok(reply) => tracing::warn!(%event_id, status = %reply.status, "order.placed refused"),
+            Err(e) => tracing::warn!(%event_id, error = %e, "order.placed not delivered"),
+        }
+    });
+}
+
+fn list(state: &State, query: Option<&str>) -> Response<Body> {
+    let user = http_server::query_param(query, "user");
+    let orders: Vec<Order> = state
+        .store()
+        .orders
+        .values()
+        .filter(|o| user.is_none_or(|u| o.user == u))
+        .cloned()
+        .collect();
+    http_server::json(StatusCode::OK, &serde_json::json!({ "orders": orders }))
+}
+
+fn get(state: &State, id: &str) -> Response<Body> {
+    let order = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| state.store().orders.get(&id).cloned());
+    match order {
+        Some(order) => http_server::json(StatusCode::OK, &order),
+        None => http_server::error(StatusCode::NOT_FOUND, format!("no order {id:?}")),
+    }
+}
