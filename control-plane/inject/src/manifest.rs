@@ -35,29 +35,30 @@ impl fmt::Display for Note {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{origin}: document {index}: {source}")]
+    // The causes are part of the message (not `source`), so a plain `{}` shows all.
+    #[error("{origin}: document {index}: {error}")]
     Yaml {
         origin: String,
         index: usize,
-        source: yaml_serde::Error,
+        error: yaml_serde::Error,
     },
-    #[error("{origin}: {object}: {source}")]
+    #[error("{origin}: {object}: {error}")]
     Inject {
         origin: String,
         object: String,
-        source: InjectError,
+        error: InjectError,
     },
-    #[error("{origin}: {object}: the patch does not apply: {source}")]
+    #[error("{origin}: {object}: the patch does not apply: {error}")]
     Patch {
         origin: String,
         object: String,
-        source: json_patch::PatchError,
+        error: json_patch::PatchError,
     },
-    #[error("{origin}: document {index} cannot be written as YAML: {source}")]
+    #[error("{origin}: document {index} cannot be written as YAML: {error}")]
     Write {
         origin: String,
         index: usize,
-        source: yaml_serde::Error,
+        error: yaml_serde::Error,
     },
 }
 
@@ -71,10 +72,10 @@ pub fn inject_manifests(
     let mut out = String::new();
     let mut notes = Vec::new();
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let yaml_err = |source| ManifestError::Yaml {
+        let yaml_err = |error| ManifestError::Yaml {
             origin: origin.to_string(),
             index,
-            source,
+            error,
         };
         let mut doc = Value::deserialize(document).map_err(yaml_err)?;
         if doc.is_null() {
@@ -85,10 +86,10 @@ pub fn inject_manifests(
             out.push_str("---\n");
         }
         out.push_str(
-            &yaml_serde::to_string(&doc).map_err(|source| ManifestError::Write {
+            &yaml_serde::to_string(&doc).map_err(|error| ManifestError::Write {
                 origin: origin.to_string(),
                 index,
-                source,
+                error,
             })?,
         );
     }
@@ -129,7 +130,7 @@ fn inject_object(
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         for i in 0..count {
-            let item = at.with_trailing_token(i);
+            let item = at.with_trailing_token("items").with_trailing_token(i);
             inject_object(injector, root, item, origin, notes)?;
         }
         return Ok(());
@@ -157,17 +158,17 @@ fn inject_object(
     };
     let outcome = injector
         .plan(pod, &template_at)
-        .map_err(|source| ManifestError::Inject {
+        .map_err(|error| ManifestError::Inject {
             origin: origin.to_string(),
             object: label.clone(),
-            source,
+            error,
         })?;
     match outcome {
         Outcome::Inject(patch) => {
-            json_patch::patch(root, &patch).map_err(|source| ManifestError::Patch {
+            json_patch::patch(root, &patch).map_err(|error| ManifestError::Patch {
                 origin: origin.to_string(),
                 object: label.clone(),
-                source,
+                error,
             })?;
             notes.push(Note {
                 object: label,
@@ -181,3 +182,4 @@ fn inject_object(
     }
     Ok(())
 }
+
