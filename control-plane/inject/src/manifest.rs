@@ -182,4 +182,3 @@ fn inject_object(
     }
     Ok(())
 }
-

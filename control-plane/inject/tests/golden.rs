@@ -38,7 +38,11 @@ fn inputs() -> Vec<(String, String)> {
         .expect("golden dir")
         .map(|e| e.expect("dir entry").path())
         .filter_map(|p| {
-            let name = p.file_name()?.to_str()?.strip_suffix(".in.yaml")?.to_string();
+            let name = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".in.yaml")?
+                .to_string();
             Some((name, fs::read_to_string(&p).expect("read input")))
         })
         .collect();
@@ -68,8 +72,16 @@ fn every_kind_matches_its_golden_file() {
         let out = weftctl_inject(&[], input);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         let dir = golden_dir();
-        check(&dir.join(format!("{name}.out.yaml")), &text(&out.stdout), &mut failures);
-        check(&dir.join(format!("{name}.err.txt")), &text(&out.stderr), &mut failures);
+        check(
+            &dir.join(format!("{name}.out.yaml")),
+            &text(&out.stdout),
+            &mut failures,
+        );
+        check(
+            &dir.join(format!("{name}.err.txt")),
+            &text(&out.stderr),
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -129,7 +141,10 @@ fn skip_reasons_are_reported_on_stderr() {
         err.contains("pod/sneaky: skipped: container app runs as the proxy's UID 7102"),
         "{err}"
     );
-    let list = weftctl_inject(&[], &fs::read_to_string(golden_dir().join("list.in.yaml")).expect("read"));
+    let list = weftctl_inject(
+        &[],
+        &fs::read_to_string(golden_dir().join("list.in.yaml")).expect("read"),
+    );
     let err = text(&list.stderr);
     assert!(err.contains("skipped: hostNetwork pod"), "{err}");
 }
@@ -139,19 +154,33 @@ fn a_bad_annotation_fails_the_command_and_writes_nothing() {
     let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    weft.io/opaque-ports: \"3306,http\"\nspec:\n  containers: [{name: a, image: x}]\n";
     let out = weftctl_inject(&[], input);
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "partial output: {}", text(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "partial output: {}",
+        text(&out.stdout)
+    );
     let err = text(&out.stderr);
     assert!(err.contains("pod/p"), "{err}");
     assert!(err.contains("weft.io/opaque-ports"), "{err}");
-    let bad_choice = input.replace("weft.io/opaque-ports: \"3306,http\"", "weft.io/inject: \"true\"");
+    let bad_choice = input.replace(
+        "weft.io/opaque-ports: \"3306,http\"",
+        "weft.io/inject: \"true\"",
+    );
     let out = weftctl_inject(&[], &bad_choice);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("enabled, disabled"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("enabled, disabled"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn broken_yaml_names_the_document() {
-    let out = weftctl_inject(&[], "apiVersion: v1\nkind: ConfigMap\n---\nkind: [unclosed\n");
+    let out = weftctl_inject(
+        &[],
+        "apiVersion: v1\nkind: ConfigMap\n---\nkind: [unclosed\n",
+    );
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("<stdin>: document 1"), "{err}");
