@@ -21,7 +21,8 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub struct InjectConfig {
     /// The sidecar image (`weft-proxy run`).
     pub proxy_image: String,
-    /// The init image (`weft-proxy init`); the same binary by default.
+    /// The init image (`weft-proxy init`): the same binary plus the iptables tools,
+    /// kept out of the long-running sidecar's image.
     pub init_image: String,
     pub image_pull_policy: String,
     /// `host:port` of the control plane's gRPC endpoint.
@@ -46,10 +47,15 @@ pub struct Resources {
     pub memory_limit: Quantity,
 }
 
-/// `weft/weft-proxy:<this crate's version>`: a neutral name that a registry prefix
-/// (`--proxy-image`) replaces in real installs.
+/// `weft/weft-proxy:<this crate's version>`: a neutral name that real installs
+/// replace (`--proxy-image`) with their registry's.
 pub fn default_proxy_image() -> String {
     format!("weft/weft-proxy:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `weft/weft-proxy-init:<this crate's version>` (`--init-image`).
+pub fn default_init_image() -> String {
+    format!("weft/weft-proxy-init:{}", env!("CARGO_PKG_VERSION"))
 }
 
 fn q(s: &str) -> Quantity {
@@ -58,10 +64,9 @@ fn q(s: &str) -> Quantity {
 
 impl Default for InjectConfig {
     fn default() -> Self {
-        let image = default_proxy_image();
         InjectConfig {
-            proxy_image: image.clone(),
-            init_image: image,
+            proxy_image: default_proxy_image(),
+            init_image: default_init_image(),
             image_pull_policy: "IfNotPresent".into(),
             control_plane: DEFAULT_CONTROL_PLANE.into(),
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),

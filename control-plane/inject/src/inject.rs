@@ -8,8 +8,8 @@
 //!
 //! # What an injected pod gets
 //!
-//! - `initContainers[0]` **`weft-init`**: `weft-proxy init`, installs the iptables rules
-//!   and exits. Runs as root with only `NET_ADMIN` and `NET_RAW`, a read-only root
+//! - `initContainers[0]` **`weft-init`**: `weft-proxy init` from the init image (the
+//!   proxy binary plus the iptables tools), installs the iptables rules and exits. Runs as root with only `NET_ADMIN` and `NET_RAW`, a read-only root
 //!   filesystem and an in-memory `/run` (for the xtables lock).
 //! - `initContainers[1]` **`weft-proxy`**: `weft-proxy run` as a native sidecar
 //!   (`restartPolicy: Always`). Its startup probe on `/ready` (admin port 7191) holds

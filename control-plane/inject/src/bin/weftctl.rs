@@ -57,7 +57,8 @@ struct InjectArgs {
     /// Proxy image [default: weft/weft-proxy:<weftctl's version>]
     #[arg(long, env = "WEFT_PROXY_IMAGE")]
     proxy_image: Option<String>,
-    /// Image of the init container (runs `weft-proxy init`) [default: the proxy image]
+    /// Image of the init container (runs `weft-proxy init`)
+    /// [default: weft/weft-proxy-init:<weftctl's version>]
     #[arg(long, env = "WEFT_INIT_IMAGE")]
     init_image: Option<String>,
     #[arg(long, env = "WEFT_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
@@ -89,7 +90,9 @@ impl InjectArgs {
         if let Some(image) = self.proxy_image {
             c.proxy_image = image;
         }
-        c.init_image = self.init_image.unwrap_or_else(|| c.proxy_image.clone());
+        if let Some(image) = self.init_image {
+            c.init_image = image;
+        }
         c.image_pull_policy = self.image_pull_policy;
         c.control_plane = self.control_plane;
         c.trust_domain = self.trust_domain;

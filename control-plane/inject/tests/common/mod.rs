@@ -11,11 +11,12 @@ use weft_inject::InjectConfig;
 
 /// Pinned so golden files do not change with the crate's version.
 pub const GOLDEN_IMAGE: &str = "weft/weft-proxy:0.0.0-golden";
+pub const GOLDEN_INIT_IMAGE: &str = "weft/weft-proxy-init:0.0.0-golden";
 
 pub fn golden_config() -> InjectConfig {
     InjectConfig {
         proxy_image: GOLDEN_IMAGE.into(),
-        init_image: GOLDEN_IMAGE.into(),
+        init_image: GOLDEN_INIT_IMAGE.into(),
         ..InjectConfig::default()
     }
 }
@@ -24,11 +25,16 @@ pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// Runs `weftctl inject --proxy-image <golden> <args>` with `stdin`.
+/// Runs `weftctl inject` with the golden images, `args` and `stdin`.
 pub fn weftctl_inject(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weftctl"))
         .arg("inject")
-        .args(["--proxy-image", GOLDEN_IMAGE])
+        .args([
+            "--proxy-image",
+            GOLDEN_IMAGE,
+            "--init-image",
+            GOLDEN_INIT_IMAGE,
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
