@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// How often a handshake may look at the files' modification times.
-const RECHECK: Duration = Duration::from_secs(10);
+pub const RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -45,7 +45,16 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 /// A server config for the webhook (HTTP/2 and HTTP/1.1, ring, no client auth: the
 /// API server does not present one by default).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let resolver = ReloadingCert::new(cert, key)?;
+    server_config_rechecking(cert, key, RECHECK)
+}
+
+/// [`server_config`] looking for new files at most every `recheck`.
+pub fn server_config_rechecking(
+    cert: &Path,
+    key: &Path,
+    recheck: Duration,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = ReloadingCert::new(cert, key, recheck)?;
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
@@ -60,6 +69,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
+    recheck: Duration,
     state: Mutex<State>,
 }
 
@@ -83,11 +93,12 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 impl ReloadingCert {
-    pub fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    pub fn new(cert: &Path, key: &Path, recheck: Duration) -> Result<Self, TlsError> {
         let current = Arc::new(load_certified_key(cert, key)?);
         Ok(ReloadingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            recheck,
             state: Mutex::new(State {
                 current,
                 stamp: (modified(cert), modified(key)),
@@ -100,7 +111,7 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.checked.elapsed() >= RECHECK {
+        if state.checked.elapsed() >= self.recheck {
             state.checked = Instant::now();
             let stamp = (modified(&self.cert), modified(&self.key));
             if stamp != state.stamp {

@@ -31,14 +31,15 @@ struct Server {
 
 impl Server {
     async fn start(name: &str) -> Server {
-        let cert = rcgen::generate_simple_self_signed(vec!["weft-injector.weft-system.svc".into()])
-            .expect("self-signed certificate");
+        Self::start_rechecking(name, tls::RECHECK).await
+    }
+
+    async fn start_rechecking(name: &str, recheck: std::time::Duration) -> Server {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("webhook-{name}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-        let config = tls::server_config(&cert_path, &key_path).expect("server TLS config");
+        let cert = write_cert(&dir);
+        let config =
+            tls::server_config_rechecking(&dir.join("tls.crt"), &dir.join("tls.key"), recheck)
+                .expect("server TLS config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -50,7 +51,7 @@ impl Server {
         }));
         Server {
             addr,
-            ca: cert.cert.der().clone(),
+            ca: cert,
             stop: Some(stop),
             task,
         }
@@ -149,6 +150,24 @@ impl Server {
             .expect("server stops within its drain timeout")
             .expect("server task");
     }
+}
+
+/// Writes a fresh self-signed certificate and key for the webhook's DNS name into
+/// `dir` (tls.crt, tls.key) and returns the certificate to trust.
+fn write_cert(dir: &std::path::Path) -> CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec!["weft-injector.weft-system.svc".into()])
+        .expect("self-signed certificate");
+    std::fs::create_dir_all(dir).expect("temp dir");
+    // Written beside and renamed, as the kubelet swaps a Secret's files.
+    for (name, pem) in [
+        ("tls.key", cert.signing_key.serialize_pem()),
+        ("tls.crt", cert.cert.pem()),
+    ] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, pem).expect("write PEM");
+        std::fs::rename(&tmp, dir.join(name)).expect("rename PEM");
+    }
+    cert.cert.der().clone()
 }
 
 /// An AdmissionReview v1 as the API server sends it for a pod CREATE.
@@ -385,4 +404,121 @@ async fn a_client_that_does_not_trust_the_certificate_is_refused() {
     let (status, _) = server.send(false, "GET", "/ready", vec![]).await;
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let mut server = Server::start_rechecking("rotate", std::time::Duration::ZERO).await;
+    let (status, _) = server.send(false, "GET", "/ready", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let old = server.ca.clone();
+    // Modification times can be coarse; make sure the new files look newer.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("webhook-rotate");
+    let before = std::fs::metadata(dir.join("tls.crt"))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut new = write_cert(&dir);
+    let mut tries = 0;
+    while std::fs::metadata(dir.join("tls.crt"))
+        .and_then(|m| m.modified())
+        .expect("mtime")
+        == before
+    {
+        tries += 1;
+        assert!(
+            tries < 200,
+            "the file system never showed a new modification time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        new = write_cert(&dir);
+    }
+    server.ca = new;
+    let (status, _) = server.send(true, "GET", "/ready", vec![]).await;
+    assert_eq!(status, StatusCode::OK, "the new certificate is served");
+    server.ca = old;
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = ServerName::try_from("weft-injector.weft-system.svc").expect("name");
+    let result = server.connector(b"http/1.1").connect(name, tcp).await;
+    assert!(result.is_err(), "the old certificate is no longer served");
+    server.stop().await;
+}
+
+#[test]
+fn weftctl_webhook_serves_until_sigterm() {
+    use std::process::{Command, Stdio};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("webhook-binary");
+    let ca = write_cert(&dir);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr").port()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("tls.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weftctl webhook starts");
+    // Stopped even when an assertion below fails.
+    let mut child = Reap(Some(child));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = Server {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        ca,
+        stop: None,
+        task: runtime.spawn(async {}),
+    };
+    // Poll for readiness (bounded), never a fixed sleep.
+    let ready = runtime.block_on(async {
+        for _ in 0..100 {
+            if TcpStream::connect(server.addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(ready, "weftctl webhook did not listen within 5 s");
+    let (pod, _) = golden_pod();
+    let response = runtime.block_on(server.review(false, pod.clone()));
+    let cli = weftctl_inject(
+        &[],
+        &std::fs::read_to_string(golden_dir().join("pod.in.yaml")).expect("input"),
+    );
+    let expected = yaml_docs(&text(&cli.stdout)).pop().expect("pod");
+    // The binary uses the default images, the CLI run the golden ones.
+    let mut injected = apply(&response, pod);
+    for c in injected["spec"]["initContainers"]
+        .as_array_mut()
+        .expect("init containers")
+    {
+        if c["name"] == "weft-init" {
+            c["image"] = json!(common::GOLDEN_INIT_IMAGE);
+        } else if c["name"] == "weft-proxy" {
+            c["image"] = json!(common::GOLDEN_IMAGE);
+        }
+    }
+    assert_eq!(injected, expected);
+    let child = child.0.take().expect("still running");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("weftctl exits");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
