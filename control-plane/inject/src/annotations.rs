@@ -46,21 +46,25 @@ pub enum InjectChoice {
     Disabled,
 }
 
-/// Reads `weft.io/inject` from the annotations, else the labels (the label exists
-/// because the API server can route webhook calls by label, never by annotation).
+/// Reads `weft.io/inject` from the annotations and the labels (the label exists
+/// because the API server routes webhook calls by label, never by annotation).
+/// `disabled` in either wins, as it does in the webhook's object selector.
 pub fn inject_choice(
     annotations: Option<&BTreeMap<String, String>>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> Result<Option<InjectChoice>, AnnotationError> {
-    let value = annotations
-        .and_then(|a| a.get(INJECT))
-        .or_else(|| labels.and_then(|l| l.get(INJECT)));
-    match value.map(String::as_str) {
-        None => Ok(None),
-        Some("enabled") => Ok(Some(InjectChoice::Enabled)),
-        Some("disabled") => Ok(Some(InjectChoice::Disabled)),
-        Some(other) => Err(bad(INJECT, other, "is not one of: enabled, disabled")),
+    let mut choice = None;
+    for value in [annotations, labels]
+        .into_iter()
+        .filter_map(|m| m.and_then(|m| m.get(INJECT)))
+    {
+        match value.as_str() {
+            "disabled" => return Ok(Some(InjectChoice::Disabled)),
+            "enabled" => choice = Some(InjectChoice::Enabled),
+            other => return Err(bad(INJECT, other, "is not one of: enabled, disabled")),
+        }
     }
+    Ok(choice)
 }
 
 /// One port or an inclusive range, as iptables' multiport match takes them.

@@ -487,3 +487,99 @@ fn runtime_default() -> SeccompProfile {
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(extra: Value) -> Value {
+        let mut pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "image": "x"}]}
+        });
+        json_patch::merge(&mut pod, &extra);
+        pod
+    }
+
+    fn plan(pod: &Value) -> Outcome {
+        Injector::new(InjectConfig::default())
+            .plan(pod, Pointer::root())
+            .expect("a valid pod")
+    }
+
+    fn paths(outcome: &Outcome) -> Vec<String> {
+        match outcome {
+            Outcome::Inject(patch) => patch.iter().map(|op| op.path().to_string()).collect(),
+            Outcome::Skip(reason) => panic!("skipped: {reason}"),
+        }
+    }
+
+    #[test]
+    fn annotation_keys_are_escaped_in_patch_paths() {
+        let outcome = plan(&pod(json!({"metadata": {"annotations": {"team": "shop"}}})));
+        let paths = paths(&outcome);
+        assert!(
+            paths.contains(&"/metadata/annotations/prometheus.io~1scrape".to_string()),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn sidecars_go_before_the_pods_own_init_containers() {
+        let outcome = plan(&pod(
+            json!({"spec": {"initContainers": [{"name": "migrate", "image": "x"}]}}),
+        ));
+        let paths = paths(&outcome);
+        assert!(
+            paths.contains(&"/spec/initContainers/0".to_string()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"/spec/initContainers/1".to_string()),
+            "{paths:?}"
+        );
+    }
+
+    #[test]
+    fn opt_out_by_label_or_annotation_wins_over_everything() {
+        for extra in [
+            json!({"metadata": {"labels": {"weft.io/inject": "disabled"}}}),
+            json!({"metadata": {"annotations": {"weft.io/inject": "disabled"}}}),
+            json!({"metadata": {"labels": {"weft.io/inject": "enabled"},
+                                "annotations": {"weft.io/inject": "disabled"}}}),
+            json!({"metadata": {"labels": {"weft.io/inject": "disabled"},
+                                "annotations": {"weft.io/inject": "enabled"}}}),
+        ] {
+            assert_eq!(plan(&pod(extra)), Outcome::Skip(SkipReason::OptedOut));
+        }
+    }
+
+    #[test]
+    fn a_pod_that_cannot_be_meshed_is_skipped_with_its_reason() {
+        let host = pod(json!({"spec": {"hostNetwork": true}}));
+        assert_eq!(plan(&host), Outcome::Skip(SkipReason::HostNetwork));
+        let as_proxy = pod(json!({"spec": {"securityContext": {"runAsUser": 7102}}}));
+        assert_eq!(
+            plan(&as_proxy),
+            Outcome::Skip(SkipReason::RunsAsProxyUid {
+                container: "app".into()
+            })
+        );
+        let half = pod(json!({"spec": {"volumes": [{"name": TOKEN_VOLUME, "emptyDir": {}}]}}));
+        assert!(matches!(
+            plan(&half),
+            Outcome::Skip(SkipReason::AlreadyInjected { .. })
+        ));
+    }
+
+    #[test]
+    fn a_pod_without_spec_is_an_error() {
+        let err = Injector::new(InjectConfig::default())
+            .plan(&json!({"metadata": {}}), Pointer::root())
+            .expect_err("no spec");
+        assert!(err.to_string().contains("no spec"), "{err}");
+    }
+}
