@@ -25,6 +25,8 @@ missing=()
 for tool in kubectl kubernetes-validate checkov; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# The CRD check below uses what kubernetes-validate brings along.
+python3 -c 'import jsonschema, yaml' >/dev/null 2>&1 || missing+=("python3 with jsonschema and yaml")
 if ((${#missing[@]} > 0)); then
     echo "validate.sh: missing tools: ${missing[*]}" >&2
     echo "  install: apt-get install -y kubectl (or kubernetes-client);" \

@@ -1,7 +1,8 @@
 //! deploy/k8s validated offline by deploy/k8s/validate.sh: kustomize builds,
 //! Kubernetes schemas (kubernetes-validate, strict), the custom resources against
 //! the CRDs, checkov, and the checkout example as `weftctl inject` rewrites it.
-//! Without the tools this test skips with a message, except under CI=true, where a
+//! The shell scripts (validate.sh, tests/kind/run.sh) must be shellcheck-clean.
+//! Without the tools these tests skip with a message, except under CI=true, where a
 //! missing tool is a failure.
 
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ const MISSING_TOOLS: i32 = 3;
 
 #[test]
 fn deploy_manifests_validate_offline() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/validate.sh");
+    let script = repo_root().join("deploy/k8s/validate.sh");
     let out = Command::new("bash")
         .arg(&script)
         .env("WEFTCTL", env!("CARGO_BIN_EXE_weftctl"))
@@ -38,4 +39,32 @@ fn deploy_manifests_validate_offline() {
             script.display()
         ),
     }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn shell_scripts_are_shellcheck_clean() {
+    let scripts = [
+        repo_root().join("deploy/k8s/validate.sh"),
+        repo_root().join("tests/kind/run.sh"),
+    ];
+    let out = match Command::new("shellcheck").args(&scripts).output() {
+        Ok(out) => out,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true and shellcheck cannot run ({e}); CI must install it")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED shell_scripts_are_shellcheck_clean: shellcheck: {e}");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "shellcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
