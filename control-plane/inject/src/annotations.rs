@@ -1,0 +1,303 @@
+//! The `weft.io/*` annotations a pod (or pod template) uses to steer injection, parsed
+//! once into [`PodOverrides`] so the rest of the injector never sees raw strings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::config::Resources;
+
+/// `enabled` or `disabled`, on the namespace (label) or the pod (annotation or label).
+pub const INJECT: &str = "weft.io/inject";
+pub const SKIP_INBOUND_PORTS: &str = "weft.io/skip-inbound-ports";
+pub const SKIP_OUTBOUND_PORTS: &str = "weft.io/skip-outbound-ports";
+pub const OPAQUE_PORTS: &str = "weft.io/opaque-ports";
+pub const PROXY_CPU_REQUEST: &str = "weft.io/proxy-cpu-request";
+pub const PROXY_CPU_LIMIT: &str = "weft.io/proxy-cpu-limit";
+pub const PROXY_MEMORY_REQUEST: &str = "weft.io/proxy-memory-request";
+pub const PROXY_MEMORY_LIMIT: &str = "weft.io/proxy-memory-limit";
+
+pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+
+/// A bad annotation value, named so the operator can find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {value:?} {reason}")]
+pub struct AnnotationError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn bad(key: &str, value: &str, reason: impl Into<String>) -> AnnotationError {
+    AnnotationError {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The pod's own choice, if it made one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectChoice {
+    Enabled,
+    Disabled,
+}
+
+/// Reads `weft.io/inject` from the annotations and the labels (the label exists
+/// because the API server routes webhook calls by label, never by annotation).
+/// `disabled` in either wins, as it does in the webhook's object selector.
+pub fn inject_choice(
+    annotations: Option<&BTreeMap<String, String>>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<Option<InjectChoice>, AnnotationError> {
+    let mut choice = None;
+    for value in [annotations, labels]
+        .into_iter()
+        .filter_map(|m| m.and_then(|m| m.get(INJECT)))
+    {
+        match value.as_str() {
+            "disabled" => return Ok(Some(InjectChoice::Disabled)),
+            "enabled" => choice = Some(InjectChoice::Enabled),
+            other => return Err(bad(INJECT, other, "is not one of: enabled, disabled")),
+        }
+    }
+    Ok(choice)
+}
+
+/// One port or an inclusive range, as iptables' multiport match takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// A sorted, de-duplicated list of ports and ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<PortRange>);
+
+impl PortList {
+    /// Parses `"3306, 5432,8000-8099"`; an empty string is an empty list.
+    pub fn parse(key: &str, value: &str) -> Result<Self, AnnotationError> {
+        let mut ranges = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let port = |s: &str| -> Result<u16, AnnotationError> {
+                match s.trim().parse::<u16>() {
+                    Ok(p) if p > 0 => Ok(p),
+                    _ => Err(bad(key, value, format!("has {s:?}, not a port in 1-65535"))),
+                }
+            };
+            let range = match item.split_once('-') {
+                Some((a, b)) => PortRange {
+                    first: port(a)?,
+                    last: port(b)?,
+                },
+                None => {
+                    let p = port(item)?;
+                    PortRange { first: p, last: p }
+                }
+            };
+            if range.first > range.last {
+                return Err(bad(key, value, format!("has the reversed range {item:?}")));
+            }
+            ranges.push(range);
+        }
+        Ok(PortList::from_ranges(ranges))
+    }
+
+    pub fn from_ranges(mut ranges: Vec<PortRange>) -> Self {
+        ranges.sort();
+        ranges.dedup();
+        PortList(ranges)
+    }
+
+    pub fn with(mut self, port: u16) -> Self {
+        self.0.push(PortRange {
+            first: port,
+            last: port,
+        });
+        PortList::from_ranges(self.0)
+    }
+}
+
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a pod's annotations change about its proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodOverrides {
+    pub skip_inbound_ports: PortList,
+    pub skip_outbound_ports: PortList,
+    pub opaque_ports: PortList,
+    pub proxy_resources: Resources,
+}
+
+impl PodOverrides {
+    /// Validates every `weft.io/*` annotation the injector reads; `defaults` are the
+    /// configured proxy resources.
+    pub fn from_annotations(
+        annotations: Option<&BTreeMap<String, String>>,
+        defaults: &Resources,
+    ) -> Result<Self, AnnotationError> {
+        let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let ports = |key: &str| PortList::parse(key, get(key).unwrap_or(""));
+        let quantity = |key: &str, default: &Quantity, unit: Unit| match get(key) {
+            None => Ok(default.clone()),
+            Some(v) => {
+                parse_quantity(v, unit).map_err(|reason| bad(key, v, reason))?;
+                Ok(Quantity(v.trim().to_string()))
+            }
+        };
+        let resources = Resources {
+            cpu_request: quantity(PROXY_CPU_REQUEST, &defaults.cpu_request, Unit::Cpu)?,
+            cpu_limit: quantity(PROXY_CPU_LIMIT, &defaults.cpu_limit, Unit::Cpu)?,
+            memory_request: quantity(PROXY_MEMORY_REQUEST, &defaults.memory_request, Unit::Bytes)?,
+            memory_limit: quantity(PROXY_MEMORY_LIMIT, &defaults.memory_limit, Unit::Bytes)?,
+        };
+        // The API server would reject the pod anyway; saying which annotation to fix
+        // is kinder than its generic message about the container.
+        for (req_key, req, lim_key, lim, unit) in [
+            (
+                PROXY_CPU_REQUEST,
+                &resources.cpu_request,
+                PROXY_CPU_LIMIT,
+                &resources.cpu_limit,
+                Unit::Cpu,
+            ),
+            (
+                PROXY_MEMORY_REQUEST,
+                &resources.memory_request,
+                PROXY_MEMORY_LIMIT,
+                &resources.memory_limit,
+                Unit::Bytes,
+            ),
+        ] {
+            let (r, l) = (parse_quantity(&req.0, unit), parse_quantity(&lim.0, unit));
+            if let (Ok(r), Ok(l)) = (r, l)
+                && r > l
+            {
+                return Err(bad(
+                    req_key,
+                    &req.0,
+                    format!("is above the proxy's limit {}; set {lim_key} too", lim.0),
+                ));
+            }
+        }
+        Ok(PodOverrides {
+            skip_inbound_ports: ports(SKIP_INBOUND_PORTS)?,
+            skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS)?,
+            opaque_ports: ports(OPAQUE_PORTS)?,
+            proxy_resources: resources,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Cpu,
+    Bytes,
+}
+
+/// Parses a Kubernetes quantity (`250m`, `1.5`, `128Mi`, `1e9`) into base units, to
+/// reject what the API server would reject and to compare requests with limits.
+pub fn parse_quantity(s: &str, unit: Unit) -> Result<f64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let valid_number = !number.is_empty()
+        && number != "."
+        && number.matches('.').count() <= 1
+        && number.bytes().any(|b| b.is_ascii_digit());
+    let value: f64 = match number.parse() {
+        Ok(v) if valid_number => v,
+        _ => return Err("is not a quantity such as 250m, 1, 128Mi".into()),
+    };
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        e if e.starts_with(['e', 'E']) => match e[1..].parse::<i32>() {
+            Ok(exp) => 10f64.powi(exp),
+            Err(_) => return Err(format!("has the bad exponent {e:?}")),
+        },
+        other => return Err(format!("has the unknown suffix {other:?}")),
+    };
+    let v = value * scale;
+    if unit == Unit::Bytes && suffix == "m" {
+        return Err("is a fraction of a byte; write e.g. 128Mi".into());
+    }
+    if v <= 0.0 {
+        return Err("must be above zero".into());
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_are_sorted_merged_and_checked() {
+        let l = PortList::parse("k", " 5432,3306, 8000-8010,3306").expect("valid list");
+        assert_eq!(l.to_string(), "3306,5432,8000-8010");
+        assert_eq!(l.with(7191).to_string(), "3306,5432,7191,8000-8010");
+        assert_eq!(PortList::parse("k", "").expect("empty").to_string(), "");
+        for bad in ["0", "65536", "http", "10-5", "1-", "-"] {
+            let err = PortList::parse("weft.io/opaque-ports", bad).expect_err(bad);
+            assert!(err.to_string().contains("weft.io/opaque-ports"), "{err}");
+        }
+    }
+
+    #[test]
+    fn quantities_parse_like_the_api_server() {
+        assert_eq!(parse_quantity("250m", Unit::Cpu), Ok(0.25));
+        assert_eq!(parse_quantity("2", Unit::Cpu), Ok(2.0));
+        assert_eq!(parse_quantity("128Mi", Unit::Bytes), Ok(134_217_728.0));
+        assert_eq!(parse_quantity("1e3", Unit::Bytes), Ok(1000.0));
+        for bad in ["", "m", "1.2.3", "12x", "-1", "0", "1e", ".", "128m"] {
+            assert!(parse_quantity(bad, Unit::Bytes).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_above_limit_names_the_annotation() {
+        let mut a = BTreeMap::new();
+        a.insert(PROXY_CPU_REQUEST.to_string(), "2".to_string());
+        let defaults = crate::config::InjectConfig::default().proxy_resources;
+        let err = PodOverrides::from_annotations(Some(&a), &defaults).expect_err("2 > 1");
+        assert!(err.to_string().contains(PROXY_CPU_LIMIT), "{err}");
+        a.insert(PROXY_CPU_LIMIT.to_string(), "4".to_string());
+        let o = PodOverrides::from_annotations(Some(&a), &defaults).expect("now valid");
+        assert_eq!(o.proxy_resources.cpu_limit.0, "4");
+    }
+}

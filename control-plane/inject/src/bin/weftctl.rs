@@ -1,0 +1,246 @@
+//! `weftctl`: Weft's operator CLI. `weftctl inject` adds the proxy to manifests;
+//! `weftctl webhook` serves the same injection as a mutating admission webhook.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use weft_inject::config::{self, InjectConfig};
+use weft_inject::{Injector, manifest, tls, webhook};
+
+#[derive(Parser)]
+#[command(name = "weftctl", version, about = "Operate a Weft mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add the Weft proxy to Kubernetes manifests (Pods, Deployments, StatefulSets,
+    /// DaemonSets, ReplicaSets, Jobs, CronJobs, Lists; multi-document YAML) and
+    /// write them to stdout. Reads stdin when no file (or `-`) is given.
+    Inject {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        inject: InjectArgs,
+    },
+    /// Serve injection as a mutating admission webhook over HTTPS.
+    Webhook {
+        #[arg(long, env = "WEFT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        #[arg(
+            long,
+            env = "WEFT_WEBHOOK_TLS_CERT",
+            default_value = "/etc/weft/webhook/tls.crt"
+        )]
+        tls_cert: PathBuf,
+        #[arg(
+            long,
+            env = "WEFT_WEBHOOK_TLS_KEY",
+            default_value = "/etc/weft/webhook/tls.key"
+        )]
+        tls_key: PathBuf,
+        #[command(flatten)]
+        inject: InjectArgs,
+    },
+}
+
+/// The injector's settings, identical for both fronts so their output matches.
+#[derive(Args)]
+struct InjectArgs {
+    /// Proxy image [default: weft/weft-proxy:<weftctl's version>]
+    #[arg(long, env = "WEFT_PROXY_IMAGE")]
+    proxy_image: Option<String>,
+    /// Image of the init container (runs `weft-proxy init`)
+    /// [default: weft/weft-proxy-init:<weftctl's version>]
+    #[arg(long, env = "WEFT_INIT_IMAGE")]
+    init_image: Option<String>,
+    #[arg(long, env = "WEFT_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    image_pull_policy: String,
+    /// The control plane's gRPC address, as seen from pods
+    #[arg(long, env = "WEFT_CONTROL_PLANE", default_value = config::DEFAULT_CONTROL_PLANE)]
+    control_plane: String,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = config::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Audience of the projected ServiceAccount token the proxy proves itself with
+    #[arg(long, env = "WEFT_TOKEN_AUDIENCE", default_value = config::DEFAULT_TOKEN_AUDIENCE)]
+    token_audience: String,
+    /// The proxy's log filter (WEFT_LOG in the sidecar)
+    #[arg(long, default_value = "info")]
+    proxy_log_level: String,
+    #[arg(long)]
+    proxy_cpu_request: Option<String>,
+    #[arg(long)]
+    proxy_cpu_limit: Option<String>,
+    #[arg(long)]
+    proxy_memory_request: Option<String>,
+    #[arg(long)]
+    proxy_memory_limit: Option<String>,
+}
+
+impl InjectArgs {
+    fn config(self) -> anyhow::Result<InjectConfig> {
+        let mut c = InjectConfig::default();
+        if let Some(image) = self.proxy_image {
+            c.proxy_image = image;
+        }
+        if let Some(image) = self.init_image {
+            c.init_image = image;
+        }
+        c.image_pull_policy = self.image_pull_policy;
+        c.control_plane = self.control_plane;
+        c.trust_domain = self.trust_domain;
+        c.token_audience = self.token_audience;
+        c.log_level = self.proxy_log_level;
+        let r = &mut c.proxy_resources;
+        for (value, slot, unit, flag) in [
+            (
+                self.proxy_cpu_request,
+                &mut r.cpu_request,
+                weft_inject::annotations::Unit::Cpu,
+                "--proxy-cpu-request",
+            ),
+            (
+                self.proxy_cpu_limit,
+                &mut r.cpu_limit,
+                weft_inject::annotations::Unit::Cpu,
+                "--proxy-cpu-limit",
+            ),
+            (
+                self.proxy_memory_request,
+                &mut r.memory_request,
+                weft_inject::annotations::Unit::Bytes,
+                "--proxy-memory-request",
+            ),
+            (
+                self.proxy_memory_limit,
+                &mut r.memory_limit,
+                weft_inject::annotations::Unit::Bytes,
+                "--proxy-memory-limit",
+            ),
+        ] {
+            if let Some(v) = value {
+                weft_inject::annotations::parse_quantity(&v, unit)
+                    .map_err(|reason| anyhow::anyhow!("{flag} {v:?} {reason}"))?;
+                *slot = Quantity(v);
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inject { files, inject } => run_inject(files, inject),
+        Command::Webhook {
+            listen,
+            tls_cert,
+            tls_key,
+            inject,
+        } => run_webhook(listen, tls_cert, tls_key, inject),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inject(files: Vec<PathBuf>, args: InjectArgs) -> anyhow::Result<()> {
+    let injector = Injector::new(args.config()?);
+    let inputs = if files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        files
+    };
+    // Everything is read and injected before anything is written, so an error
+    // never leaves half a manifest on stdout.
+    let mut output = String::new();
+    for path in &inputs {
+        let (origin, text) = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
+            ("<stdin>".to_string(), text)
+        } else {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (path.display().to_string(), text)
+        };
+        let (yaml, notes) = manifest::inject_manifests(&injector, &text, &origin)?;
+        for note in notes {
+            eprintln!("{note}");
+        }
+        if !yaml.is_empty() {
+            if !output.is_empty() {
+                output.push_str("---\n");
+            }
+            output.push_str(&yaml);
+        }
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(output.as_bytes())
+        .context("writing stdout")?;
+    Ok(())
+}
+
+fn run_webhook(
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    args: InjectArgs,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let injector = Arc::new(Injector::new(args.config()?));
+    let tls = tls::server_config(&cert, &key)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(%listen, "weft injector webhook serving");
+        webhook::serve(listener, tls, injector, shutdown_signal()).await;
+        tracing::info!("weft injector webhook stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM (the kubelet) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
