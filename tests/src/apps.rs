@@ -148,10 +148,7 @@ pub fn standard_handler(name: &str) -> Handler {
                     };
                     extra.push(("x-body-len", received.len().to_string()));
                     extra.push(("x-body-sum", data::checksum(&received).to_string()));
-                    Bytes::from(data::pattern(
-                        usize::try_from(reply).unwrap_or(0),
-                        7,
-                    ))
+                    Bytes::from(data::pattern(usize::try_from(reply).unwrap_or(0), 7))
                 }
                 "/slow" => {
                     let ms = query_param(&req, "ms").unwrap_or(0).min(60_000);
@@ -162,9 +159,13 @@ pub fn standard_handler(name: &str) -> Handler {
             };
             let mut resp = Response::new(Full::new(body));
             let h = resp.headers_mut();
-            for (k, v) in [("x-app", name.to_string()), ("x-host", host), ("x-version", version)]
-                .into_iter()
-                .chain(extra)
+            for (k, v) in [
+                ("x-app", name.to_string()),
+                ("x-host", host),
+                ("x-version", version),
+            ]
+            .into_iter()
+            .chain(extra)
             {
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(k, v);

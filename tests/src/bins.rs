@@ -20,7 +20,9 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("cannot find the test executable")?;
     // target/<profile>/deps/<test>-<hash>
-    let deps = exe.parent().context("test executable has no parent folder")?;
+    let deps = exe
+        .parent()
+        .context("test executable has no parent folder")?;
     let dir = if deps.file_name().is_some_and(|n| n == "deps") {
         deps.parent().unwrap_or(deps)
     } else {

@@ -7,6 +7,7 @@
 //! - [`admin`] is a tiny HTTP client for admin endpoints and readiness polling.
 //! - [`metrics`] reads values out of Prometheus text.
 //! - [`proxy`] writes a weft-proxy config and runs the proxy.
+//! - [`hops`] starts the usual two-proxy path (client pod, server pod).
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
 //! - [`pb`] is a small gRPC echo service for streaming tests.
@@ -16,6 +17,7 @@ pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod data;
+pub mod hops;
 pub mod metrics;
 pub mod ports;
 pub mod process;

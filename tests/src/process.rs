@@ -11,8 +11,15 @@ use anyhow::Context as _;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
-/// How long a process gets to exit after SIGTERM before it is killed.
+/// How long [`Process::stop`] waits for a clean exit after SIGTERM.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a dropped process gets after SIGTERM before SIGKILL. Shorter than
+/// [`STOP_GRACE`]: drop blocks the test's thread, and on a current-thread runtime
+/// that also stalls in-process peers (an HTTP/2 client cannot answer the proxy's
+/// GOAWAY), so a proxy may legitimately wait out its grace. Tests that care about a
+/// clean exit call `stop().await` instead.
+pub const DROP_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Process {
     name: String,
@@ -107,14 +114,17 @@ impl Process {
             return;
         }
         let _ = self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + DROP_GRACE;
         while Instant::now() < deadline {
             if matches!(self.try_exit(), Ok(Some(_)) | Err(_)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        eprintln!("{} ignored SIGTERM for {STOP_GRACE:?}; killing it", self.name);
+        eprintln!(
+            "{} still running {DROP_GRACE:?} after SIGTERM; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         self.exited = self.child.wait().ok();
     }

@@ -261,7 +261,9 @@ pub fn proxy_command(args: &[&str]) -> anyhow::Result<Command> {
     let mut cmd = Command::new(bins::binary("weft-proxy")?);
     cmd.args(args);
     let log = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| DEFAULT_LOG.to_string());
-    cmd.env("RUST_LOG", log).env_remove("WEFT_CONFIG");
+    cmd.env("RUST_LOG", log)
+        .env("NO_COLOR", "1")
+        .env_remove("WEFT_CONFIG");
     Ok(cmd)
 }
 
@@ -292,11 +294,16 @@ impl WeftProxy {
     }
 
     pub fn outbound(&self) -> SocketAddr {
-        self.config.outbound.expect("this proxy has no outbound listener")
+        self.config
+            .outbound
+            .expect("this proxy has no outbound listener")
     }
 
     pub fn inbound(&self) -> SocketAddr {
-        self.config.inbound.expect("this proxy has no inbound listener").0
+        self.config
+            .inbound
+            .expect("this proxy has no inbound listener")
+            .0
     }
 
     pub fn admin(&self) -> SocketAddr {
