@@ -10,13 +10,19 @@
 //! - [`hops`] starts the usual two-proxy path (client pod, server pod).
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
-//! - [`pb`] is a small gRPC echo service for streaming tests.
+//! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
+//!
+//! Tests run on a multi-thread runtime (`#[tokio::test(flavor = "multi_thread",
+//! worker_threads = 2)]`): dropping a [`process::Process`] blocks the test's thread
+//! while the process drains, and the in-process clients and apps it may be waiting
+//! for (an HTTP/2 client answering GOAWAY) must keep running meanwhile.
 
 pub mod admin;
 pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod data;
+pub mod grpc;
 pub mod hops;
 pub mod metrics;
 pub mod ports;

@@ -19,7 +19,7 @@ async fn orders() -> (HttpApp, Hops) {
     (app, hops)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_absolute_form_through_outbound_reaches_app_with_host_preserved() {
     let (app, hops) = orders().await;
     let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
@@ -60,7 +60,7 @@ async fn http1_absolute_form_through_outbound_reaches_app_with_host_preserved() 
     assert_eq!(ok_in, 1.0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_host_form_resolves_and_reaches_the_app_unchanged() {
     let (_app, hops) = orders().await;
     let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
@@ -80,7 +80,7 @@ async fn every_service_host_form_resolves_and_reaches_the_app_unchanged() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_through_upstream_listener_keeps_the_clients_host() {
     let (_app, hops) = orders().await;
     let mut c = H1Client::connect(hops.upstream()).await.expect("connect");
@@ -93,7 +93,7 @@ async fn http1_through_upstream_listener_keeps_the_clients_host() {
     assert_eq!(reply.header("x-host"), Some("api.example:8080"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_do_not_reach_the_app() {
     let (_app, hops) = orders().await;
     let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
@@ -123,7 +123,7 @@ async fn hop_by_hop_headers_do_not_reach_the_app() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_intact_both_ways_over_http1() {
     let (_app, mut hops) = orders().await;
     let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
@@ -146,7 +146,7 @@ async fn large_bodies_stream_intact_both_ways_over_http1() {
     hops.stop().await.expect("both proxies drain and exit 0");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_are_reused_along_the_path() {
     let (app, hops) = orders().await;
     let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
@@ -179,7 +179,7 @@ async fn keep_alive_connections_are_reused_along_the_path() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_stays_http2_end_to_end() {
     let (app, mut hops) = orders().await;
     let c = H2Client::connect(hops.outbound()).await.expect("connect");
@@ -208,7 +208,7 @@ async fn h2c_prior_knowledge_stays_http2_end_to_end() {
     hops.stop().await.expect("both proxies drain and exit 0");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_intact_both_ways_over_h2c() {
     let (_app, mut hops) = orders().await;
     let mut c = H2Client::connect(hops.upstream()).await.expect("connect");
