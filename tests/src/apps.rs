@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,7 +33,14 @@ impl Drop for AbortOnDrop {
 }
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<Response<Full<Bytes>>> + Send + Sync>;
+/// A response body an app can stream (or send whole with [`full`]).
+pub type AppBody = BoxBody<Bytes, Infallible>;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<Response<AppBody>> + Send + Sync>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> AppBody {
+    Full::new(bytes.into()).boxed()
+}
 
 async fn bind_loopback() -> anyhow::Result<TcpListener> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?)
@@ -157,7 +165,7 @@ pub fn standard_handler(name: &str) -> Handler {
                 }
                 _ => Bytes::from(format!("hello from {name}\n")),
             };
-            let mut resp = Response::new(Full::new(body));
+            let mut resp = Response::new(full(body));
             let h = resp.headers_mut();
             for (k, v) in [
                 ("x-app", name.to_string()),
@@ -176,8 +184,8 @@ pub fn standard_handler(name: &str) -> Handler {
     })
 }
 
-fn status_response(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(text.to_string())));
+fn status_response(status: StatusCode, text: &str) -> Response<AppBody> {
+    let mut resp = Response::new(full(text.to_string()));
     *resp.status_mut() = status;
     resp
 }

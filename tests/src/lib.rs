@@ -1,6 +1,10 @@
 //! Test harness for Weft's end-to-end tests: real processes talking over real
 //! sockets on 127.0.0.1.
 //!
+//! Run: `cargo build --workspace --bins && cargo test -p weft-tests` (the tests run
+//! the binaries built into the same target dir and profile; `WEFT_TEST_LOG` sets the
+//! proxies' log filter, printed for a failed test).
+//!
 //! - [`bins`] finds the workspace binaries next to the test executable.
 //! - [`ports`] hands out free loopback ports for the listeners a process will bind.
 //! - [`process`] runs a binary with its output in a log file and stops it on drop.

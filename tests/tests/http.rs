@@ -1,13 +1,25 @@
 //! HTTP/1.1 and HTTP/2 (h2c) through the data path: client proxy (outbound or an
 //! upstream listener) → server proxy inbound → app.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
 use bytes::Bytes;
-use http::{StatusCode, Version};
-use weft_tests::apps::HttpApp;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_tests::apps::{AbortOnDrop, AppBody, HttpApp, full};
+
 use weft_tests::client::{self, H1Client, H2Client};
 use weft_tests::data::{checksum, pattern};
 use weft_tests::hops::Hops;
 use weft_tests::proxy::ServiceDef;
+use weft_tests::{STEP_DEADLINE, within};
 
 const MIB: usize = 1024 * 1024;
 
@@ -229,4 +241,129 @@ async fn large_bodies_stream_intact_both_ways_over_h2c() {
     assert_eq!(reply.header("x-body-sum"), Some(&*sum.to_string()));
     assert!(reply.body == pattern(8 * MIB, 7), "response body corrupted");
     hops.stop().await.expect("both proxies drain and exit 0");
+}
+
+/// A body fed chunk by chunk through the returned sender.
+fn channel_body() -> (mpsc::Sender<Bytes>, BoxBody<Bytes, Infallible>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let frames = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    (tx, StreamBody::new(frames).boxed())
+}
+
+/// An app for proving that bodies stream: `/down` sends "first", then "second" only
+/// once `release` is notified; `/up` reports the first request chunk on `first_up`
+/// before reading the rest.
+async fn streaming_app(release: Arc<Notify>, first_up: mpsc::Sender<Bytes>) -> HttpApp {
+    HttpApp::with_handler(
+        "streamer",
+        Arc::new(move |req: Request<hyper::body::Incoming>| {
+            let release = release.clone();
+            let first_up = first_up.clone();
+            Box::pin(async move {
+                match req.uri().path() {
+                    "/down" => {
+                        let (tx, body) = channel_body();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Bytes::from_static(b"first")).await;
+                            release.notified().await;
+                            let _ = tx.send(Bytes::from_static(b"second")).await;
+                        });
+                        Response::new(body)
+                    }
+                    _ => {
+                        let mut body = req.into_body();
+                        let mut total = 0;
+                        while let Some(Ok(frame)) = body.frame().await {
+                            if let Ok(data) = frame.into_data() {
+                                if total == 0 {
+                                    let _ = first_up.send(data.clone()).await;
+                                }
+                                total += data.len();
+                            }
+                        }
+                        Response::new(full(total.to_string()))
+                    }
+                }
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_bodies_stream_through_without_buffering() {
+    let release = Arc::new(Notify::new());
+    let (first_up_tx, mut first_up) = mpsc::channel(1);
+    let app = streaming_app(release.clone(), first_up_tx).await;
+    let hops = Hops::start(ServiceDef::new("stream"), app.addr)
+        .await
+        .expect("start proxies");
+    let stream = tokio::net::TcpStream::connect(hops.outbound())
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, BoxBody<Bytes, Infallible>>(
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("handshake");
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+
+    // Response: the first chunk arrives while the app still holds back the rest. A
+    // proxy that buffered whole responses would stall here until the deadline.
+    let req = Request::get("http://stream/down")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let resp = within(STEP_DEADLINE, "response head", tx.send_request(req))
+        .await
+        .expect("response");
+    let mut body = resp.into_body();
+    let first = within(STEP_DEADLINE, "first response chunk", body.frame())
+        .await
+        .expect("a frame")
+        .expect("ok")
+        .into_data()
+        .expect("data");
+    assert_eq!(&first[..], b"first");
+    release.notify_one();
+    let rest = within(STEP_DEADLINE, "rest of the response", body.collect())
+        .await
+        .expect("ok")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second");
+
+    // Request: the app sees the first chunk before the client has sent the rest.
+    let (chunks, req_body) = channel_body();
+    let req = Request::post("http://stream/up")
+        .body(req_body)
+        .expect("request");
+    within(STEP_DEADLINE, "connection ready", tx.ready())
+        .await
+        .expect("ready");
+    let pending = tokio::spawn(tx.send_request(req));
+    chunks
+        .send(Bytes::from_static(b"hello"))
+        .await
+        .expect("send chunk");
+    let seen = within(
+        STEP_DEADLINE,
+        "first request chunk at the app",
+        first_up.recv(),
+    )
+    .await
+    .expect("the app saw a chunk");
+    assert_eq!(&seen[..], b"hello");
+    chunks
+        .send(Bytes::from_static(b" world"))
+        .await
+        .expect("send chunk");
+    drop(chunks);
+    let resp = within(STEP_DEADLINE, "upload answer", pending)
+        .await
+        .expect("join")
+        .expect("response");
+    let total = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&total[..], b"11");
 }
