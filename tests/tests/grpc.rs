@@ -9,7 +9,7 @@ use weft_tests::data::{checksum, pattern};
 use weft_tests::grpc::{GrpcEchoApp, echo_client};
 use weft_tests::hops::Hops;
 use weft_tests::pb::Msg;
-use weft_tests::proxy::ServiceDef;
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::{STEP_DEADLINE, within};
 
 const MIB: usize = 1024 * 1024;
@@ -213,4 +213,68 @@ async fn grpc_error_status_arrives_with_code_and_message_intact() {
         .expect_err("the stream ends in error");
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(status.message(), "quota exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_call_to_a_service_without_endpoints_fails_unavailable() {
+    let service = ServiceDef::new("echo").port(50051, "grpc");
+    let proxy = WeftProxy::start(ProxyConfig::new().upstream("echo").service(service))
+        .await
+        .expect("start proxy");
+    let mut client = echo_client(proxy.upstream("echo")).await.expect("connect");
+
+    let status = client.unary(msg("ping")).await.expect_err("no endpoints");
+
+    // UNAVAILABLE, which gRPC clients may retry; the reason rides along.
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "weft: the service has no ready endpoints");
+    assert_eq!(
+        status.metadata().get("weft-error").map(|v| v.as_bytes()),
+        Some(&b"no-endpoints"[..])
+    );
+    // Metrics still count the failure as a 5xx.
+    assert_eq!(
+        proxy
+            .metric(
+                "weft_requests_total",
+                &[
+                    ("direction", "outbound"),
+                    ("service", "echo.default"),
+                    ("status_class", "5xx"),
+                ],
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "weft_proxy_errors_total",
+                &[
+                    ("direction", "outbound"),
+                    ("service", "echo.default"),
+                    ("reason", "no-endpoints"),
+                ],
+            )
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_call_timing_out_in_the_proxy_fails_deadline_exceeded() {
+    let app = weft_tests::apps::TcpApp::silent().await.expect("start app");
+    let service = ServiceDef::new("echo")
+        .port(50051, "grpc")
+        .endpoint(app.addr)
+        .policy("{timeouts: {request: 300ms}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().upstream("echo").service(service))
+        .await
+        .expect("start proxy");
+    let mut client = echo_client(proxy.upstream("echo")).await.expect("connect");
+
+    let status = client.unary(msg("ping")).await.expect_err("times out");
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "weft: the request timed out");
 }

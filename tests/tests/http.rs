@@ -367,3 +367,44 @@ async fn http1_bodies_stream_through_without_buffering() {
     let total = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(&total[..], b"11");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_kept_alive_connections_costs_no_request() {
+    // Answers one request per connection, then closes it without saying so: every
+    // pooled connection the proxy keeps goes stale.
+    let app = weft_tests::apps::TcpApp::serve(|mut stream| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await
+    .expect("start app");
+    let hops = Hops::start(ServiceDef::new("oneshot"), app.addr)
+        .await
+        .expect("start proxies");
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    for i in 0..30 {
+        let reply = c
+            .send(client::get("http://oneshot/"))
+            .await
+            .expect("answer");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {i}: {:?}",
+            reply.header("weft-error")
+        );
+        assert_eq!(&reply.body[..], b"ok");
+    }
+    assert_eq!(app.accepted(), 30);
+}

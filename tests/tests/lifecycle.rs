@@ -255,3 +255,43 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
         .expect("the proxy exits after draining");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_bounds_the_drain_of_long_lived_connections() {
+    let app = weft_tests::apps::TcpApp::banner(b"hi\r\n")
+        .await
+        .expect("start app");
+    let config = ProxyConfig::new()
+        .upstream("chat")
+        .limit("shutdown_grace", "500ms")
+        .service(
+            ServiceDef::new("chat")
+                .port(6667, "opaque")
+                .endpoint(app.addr),
+        );
+    let mut proxy = WeftProxy::start(config).await.expect("start proxy");
+    // An opaque connection that stays open and idle through the shutdown.
+    let mut stream = TcpStream::connect(proxy.upstream("chat"))
+        .await
+        .expect("connect");
+    let mut banner = [0u8; 4];
+    within(
+        STEP_DEADLINE,
+        "banner",
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut banner),
+    )
+    .await
+    .expect("banner");
+
+    proxy.request_shutdown().await.expect("POST /shutdown");
+
+    let status = proxy
+        .process()
+        .wait_exit(STEP_DEADLINE)
+        .await
+        .expect("the proxy exits once the grace period is over");
+    assert!(status.success(), "exit status {status}");
+    weft_tests::client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("the held connection is closed");
+}
