@@ -408,3 +408,40 @@ async fn upstream_closing_kept_alive_connections_costs_no_request() {
     }
     assert_eq!(app.accepted(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_in_responses_do_not_reach_the_client() {
+    let app = HttpApp::with_handler(
+        "hop",
+        Arc::new(|_req: Request<hyper::body::Incoming>| {
+            Box::pin(async {
+                Response::builder()
+                    .header("connection", "x-bar")
+                    .header("x-bar", "secret")
+                    .header("x-end-to-end", "kept")
+                    .body(full("ok"))
+                    .expect("response")
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app");
+    let hops = Hops::start(ServiceDef::new("hop"), app.addr)
+        .await
+        .expect("start proxies");
+
+    // Control: the app really sends them.
+    let mut direct = H1Client::connect(app.addr).await.expect("connect");
+    let reply = direct
+        .send(client::request("GET", "/", &[("host", "hop")], ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.header("x-bar"), Some("secret"));
+
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    let reply = c.send(client::get("http://hop/")).await.expect("answer");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-end-to-end"), Some("kept"));
+    assert_eq!(reply.header("x-bar"), None);
+}
