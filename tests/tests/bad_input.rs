@@ -134,3 +134,24 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
         .expect("answer");
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_on_the_http_proxy_port_is_closed_after_detection() {
+    let (_app, proxy) = proxy_to_app(ProxyConfig::new().limit("detect_timeout", "200ms")).await;
+    let mut stream = TcpStream::connect(proxy.outbound()).await.expect("connect");
+
+    // Says nothing: after detect_timeout it is opaque, and the http_proxy port has
+    // no destination for opaque bytes.
+    let got = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the proxy closes the connection");
+
+    assert!(got.is_empty());
+    let closed = proxy
+        .metric(
+            "weft_tcp_connections_closed_total",
+            &[("direction", "outbound")],
+        )
+        .await;
+    assert!(closed >= 1.0);
+}

@@ -445,3 +445,24 @@ async fn hop_by_hop_headers_in_responses_do_not_reach_the_client() {
     assert_eq!(reply.header("x-end-to-end"), Some("kept"));
     assert_eq!(reply.header("x-bar"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_client_identity_header_never_reaches_the_app() {
+    let (_app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    let req = client::request(
+        "GET",
+        "http://orders/headers",
+        &[("weft-client-id", "spiffe://evil/ns/x/sa/admin")],
+        "",
+    );
+    let reply = c.send(req).await.expect("answer");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        !reply.text().contains("weft-client-id"),
+        "the app saw:\n{}",
+        reply.text()
+    );
+}

@@ -295,3 +295,38 @@ async fn shutdown_grace_bounds_the_drain_of_long_lived_connections() {
         .await
         .expect("the held connection is closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_does_not_drop_in_flight_requests_to_a_removed_endpoint() {
+    let old = HttpApp::start("old").await.expect("start app");
+    let new = HttpApp::start("new").await.expect("start app");
+    let config = ProxyConfig::new().service(orders_at(&old));
+    let mut proxy = WeftProxy::start(config.clone()).await.expect("start proxy");
+    let outbound = proxy.outbound();
+    let in_flight = tokio::spawn(async move {
+        let mut c = H1Client::connect(outbound).await.expect("connect");
+        c.send(client::get("http://orders/slow?ms=1000")).await
+    });
+    eventually(
+        STEP_DEADLINE,
+        "the slow request reaches the old app",
+        || async { (old.requests() == 1).then_some(()) },
+    )
+    .await;
+
+    proxy
+        .write_config(config.with_services(vec![orders_at(&new)]))
+        .expect("write config");
+    proxy.reload().expect("SIGHUP");
+    proxy
+        .wait_metric(RELOADS_OK.0, RELOADS_OK.1, |v| v >= 2.0, STEP_DEADLINE)
+        .await;
+    assert_eq!(app_answering(&proxy).await, "new");
+
+    let reply = within(STEP_DEADLINE, "the in-flight request", in_flight)
+        .await
+        .expect("join")
+        .expect("the in-flight request completes");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-app"), Some("old"));
+}

@@ -135,3 +135,17 @@ async fn server_speaks_first_protocol_gets_its_banner() {
         .expect("close after echo");
     assert_eq!(rest, b"HELO me\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_connection_to_a_refused_endpoint_is_closed() {
+    let service = ServiceDef::new("db")
+        .port(5432, "opaque")
+        .endpoint(weft_tests::ports::closed_addr());
+    let proxy = WeftProxy::start(ProxyConfig::new().upstream("db").service(service))
+        .await
+        .expect("start proxy");
+
+    let answer = send_then_half_close(proxy.upstream("db"), b"\x00\x00\x00\x08hello").await;
+
+    assert!(answer.is_empty(), "got {answer:?}");
+}
