@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detected, detect};
 use crate::http::body::ProxyBody;
+use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Target, forward};
 use crate::http::pool::Pool;
 use crate::http::{ServerLimits, serve};
@@ -65,7 +66,11 @@ impl Inbound {
                 let this = self.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req).await) }
+                    async move {
+                        let grpc = is_grpc(req.headers());
+                        let resp = this.handle(req).await;
+                        Ok::<_, Infallible>(error::for_client(grpc, resp))
+                    }
                 });
                 serve(
                     io,

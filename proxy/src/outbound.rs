@@ -17,6 +17,7 @@ use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
 use crate::http::body::ProxyBody;
 use crate::http::error::ProxyError;
+use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Target, forward};
 use crate::http::pool::Pool;
 use crate::http::{ServerLimits, authority_of, serve};
@@ -125,7 +126,11 @@ impl Outbound {
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     let dest = dest.clone();
-                    async move { Ok::<_, Infallible>(this.handle(req, &dest).await) }
+                    async move {
+                        let grpc = is_grpc(req.headers());
+                        let resp = this.handle(req, &dest).await;
+                        Ok::<_, Infallible>(error::for_client(grpc, resp))
+                    }
                 });
                 serve(
                     io,

@@ -1,1 +1,75 @@
-//! Test harness.
+//! Test harness for Weft's end-to-end tests: real processes talking over real
+//! sockets on 127.0.0.1.
+//!
+//! Run: `cargo build --workspace --bins && cargo test -p weft-tests` (the tests run
+//! the binaries built into the same target dir and profile; `WEFT_TEST_LOG` sets the
+//! proxies' log filter, printed for a failed test).
+//!
+//! - [`bins`] finds the workspace binaries next to the test executable.
+//! - [`ports`] hands out free loopback ports for the listeners a process will bind.
+//! - [`process`] runs a binary with its output in a log file and stops it on drop.
+//! - [`admin`] is a tiny HTTP client for admin endpoints and readiness polling.
+//! - [`metrics`] reads values out of Prometheus text.
+//! - [`proxy`] writes a weft-proxy config and runs the proxy.
+//! - [`hops`] starts the usual two-proxy path (client pod, server pod).
+//! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
+//! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
+//! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
+//!
+//! Tests run on a multi-thread runtime (`#[tokio::test(flavor = "multi_thread",
+//! worker_threads = 2)]`): dropping a [`process::Process`] blocks the test's thread
+//! while the process drains, and the in-process clients and apps it may be waiting
+//! for (an HTTP/2 client answering GOAWAY) must keep running meanwhile.
+
+pub mod admin;
+pub mod apps;
+pub mod bins;
+pub mod client;
+pub mod data;
+pub mod grpc;
+pub mod hops;
+pub mod metrics;
+pub mod ports;
+pub mod process;
+pub mod proxy;
+
+/// Generated code for tests/proto/echo.proto.
+pub mod pb {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("weft.test");
+}
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The longest any single step of a test may take before the test fails. Generous,
+/// because CI shares two cores with other work; a healthy run takes milliseconds.
+pub const STEP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no result within {limit:?}"),
+    }
+}
+
+/// Polls `check` every few milliseconds until it returns `Some`, or fails the test
+/// naming `what` once `limit` has passed. Use it to wait for a state change instead
+/// of sleeping for a guessed time.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: condition not reached within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -2,7 +2,8 @@
 //! reason in words an operator can grep for, and a short text body.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
@@ -50,6 +51,37 @@ impl ProxyError {
         }
     }
 
+    pub fn from_reason(reason: &str) -> Option<ProxyError> {
+        [
+            ProxyError::UnknownService,
+            ProxyError::NoAuthority,
+            ProxyError::NoEndpoints,
+            ProxyError::ConnectRefused,
+            ProxyError::ConnectTimeout,
+            ProxyError::UpstreamReset,
+            ProxyError::Timeout,
+            ProxyError::Overloaded,
+        ]
+        .into_iter()
+        .find(|e| e.reason() == reason)
+    }
+
+    /// The gRPC status code for this error: gRPC's own mapping of the HTTP status
+    /// (404 UNIMPLEMENTED, 400 INTERNAL, 502/503/504 UNAVAILABLE, which clients may
+    /// retry), except a request timeout, which is DEADLINE_EXCEEDED.
+    pub fn grpc_status(self) -> u16 {
+        match self {
+            ProxyError::UnknownService => 12,
+            ProxyError::NoAuthority => 13,
+            ProxyError::Timeout => 4,
+            ProxyError::NoEndpoints
+            | ProxyError::ConnectRefused
+            | ProxyError::ConnectTimeout
+            | ProxyError::UpstreamReset
+            | ProxyError::Overloaded => 14,
+        }
+    }
+
     fn text(self) -> &'static str {
         match self {
             ProxyError::UnknownService => "weft: no service in the mesh matches this destination\n",
@@ -77,5 +109,98 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         resp
+    }
+
+    /// The error as a gRPC client understands it: a trailers-only response (HTTP
+    /// 200, `grpc-status`, `grpc-message`). A gRPC client given a text body instead
+    /// tries to decode it as a message and reports a protocol error (INTERNAL).
+    pub fn grpc_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+        let headers = resp.headers_mut();
+        headers.insert(WEFT_ERROR, HeaderValue::from_static(self.reason()));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        // The texts are printable ASCII without '%', so they need no percent-encoding.
+        if let Ok(message) = HeaderValue::from_str(self.text().trim_end()) {
+            headers.insert("grpc-message", message);
+        }
+        resp
+    }
+}
+
+/// Whether a request is gRPC (by its content type).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// For a gRPC request: turns an error the proxy answered itself into gRPC's form.
+/// Call it after metrics are recorded, so they keep the error's HTTP status class.
+pub fn for_client(grpc: bool, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if !grpc || resp.status().is_success() {
+        return resp;
+    }
+    match resp
+        .headers()
+        .get(WEFT_ERROR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ProxyError::from_reason)
+    {
+        Some(err) => err.grpc_response(),
+        None => resp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_clients_get_trailers_only_errors_with_readable_messages() {
+        let resp = for_client(true, ProxyError::NoEndpoints.response());
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h.get("grpc-status").map(|v| v.as_bytes()), Some(&b"14"[..]));
+        assert_eq!(
+            h.get(WEFT_ERROR).map(|v| v.as_bytes()),
+            Some(&b"no-endpoints"[..])
+        );
+        assert_eq!(
+            h.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(&b"application/grpc"[..])
+        );
+        for reason in [
+            "unknown-service",
+            "no-authority",
+            "no-endpoints",
+            "connect-refused",
+            "connect-timeout",
+            "upstream-reset",
+            "timeout",
+            "overloaded",
+        ] {
+            let err = ProxyError::from_reason(reason).expect("known reason");
+            let text = err.text().trim_end();
+            assert!(
+                text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%'),
+                "{reason}: grpc-message would need percent-encoding"
+            );
+            assert!(err.grpc_response().headers().contains_key("grpc-message"));
+        }
+    }
+
+    #[test]
+    fn other_clients_and_upstream_answers_pass_unchanged() {
+        let resp = for_client(false, ProxyError::Timeout.response());
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        let upstream = Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body(ProxyBody::full(Bytes::new()))
+            .expect("response");
+        assert_eq!(
+            for_client(true, upstream).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

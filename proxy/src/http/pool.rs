@@ -29,7 +29,16 @@ pub struct Pool {
 struct PoolInner {
     h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     h2: Mutex<HashMap<SocketAddr, Shared>>,
+    /// One HTTP/2 dial at a time per endpoint, so a burst of requests to a cold
+    /// endpoint shares one new connection instead of each opening its own.
+    h2_dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Dial>>>>,
     idle_timeout: Duration,
+}
+
+/// The outcome of the last HTTP/2 dial to one endpoint.
+#[derive(Default)]
+struct Dial {
+    failed: Option<(Instant, ProxyError)>,
 }
 
 struct Idle {
@@ -108,6 +117,7 @@ impl Pool {
             inner: Arc::new(PoolInner {
                 h1: Mutex::new(HashMap::new()),
                 h2: Mutex::new(HashMap::new()),
+                h2_dials: Mutex::new(HashMap::new()),
                 idle_timeout,
             }),
         };
@@ -179,16 +189,50 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        if let Some(tx) = self.shared_h2(addr) {
+            return Ok(tx);
+        }
+        let gate = lock(&self.inner.h2_dials).entry(addr).or_default().clone();
+        let waited_since = Instant::now();
+        let mut dial = gate.lock().await;
+        if let Some(tx) = self.shared_h2(addr) {
+            return Ok(tx);
+        }
+        // A dial that failed while we waited answers us too, rather than every
+        // waiter dialing (and timing out) in turn.
+        if let Some((at, err)) = dial.failed
+            && at >= waited_since
         {
-            let mut h2 = lock(&self.inner.h2);
-            if let Some(shared) = h2.get_mut(&addr) {
-                if !shared.tx.is_closed() {
-                    shared.last_used = Instant::now();
-                    return Ok(shared.tx.clone());
-                }
-                h2.remove(&addr);
+            return Err(err);
+        }
+        match self.dial_h2(addr, connect_timeout).await {
+            Ok(tx) => {
+                dial.failed = None;
+                Ok(tx)
+            }
+            Err(e) => {
+                dial.failed = Some((Instant::now(), e));
+                Err(e)
             }
         }
+    }
+
+    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+        let mut h2 = lock(&self.inner.h2);
+        let shared = h2.get_mut(&addr)?;
+        if shared.tx.is_closed() {
+            h2.remove(&addr);
+            return None;
+        }
+        shared.last_used = Instant::now();
+        Some(shared.tx.clone())
+    }
+
+    async fn dial_h2(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
         let stream = connect(addr, connect_timeout).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -231,5 +275,63 @@ impl PoolInner {
         lock(&self.h2).retain(|_, s| {
             now.duration_since(s.last_used) <= self.idle_timeout && !s.tx.is_closed()
         });
+        // A gate nobody holds or waits on is only kept for the next dial.
+        lock(&self.h2_dials).retain(|_, gate| Arc::strong_count(gate) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_burst_to_a_cold_endpoint_opens_one_http2_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let pool = Pool::new(Duration::from_secs(60));
+        let dials: Vec<_> = (0..16)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+            })
+            .collect();
+        for d in dials {
+            assert!(d.await.expect("join").is_ok());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn waiters_share_a_failed_dial_instead_of_retrying_in_turn() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let pool = Pool::new(Duration::from_secs(60));
+        let dials: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+            })
+            .collect();
+        for d in dials {
+            assert!(matches!(
+                d.await.expect("join"),
+                Err(ProxyError::ConnectRefused)
+            ));
+        }
     }
 }

@@ -1,0 +1,146 @@
+//! A child process whose stdout and stderr go to a log file, stopped on drop so no
+//! process outlives a failed test. When a test panics, the log is printed (libtest
+//! shows it with the failure).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// How long [`Process::stop`] waits for a clean exit after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a dropped process gets after SIGTERM before SIGKILL. Shorter than
+/// [`STOP_GRACE`]: drop blocks the test's thread, and on a current-thread runtime
+/// that also stalls in-process peers (an HTTP/2 client cannot answer the proxy's
+/// GOAWAY), so a proxy may legitimately wait out its grace. Tests that care about a
+/// clean exit call `stop().await` instead.
+pub const DROP_GRACE: Duration = Duration::from_secs(2);
+
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Process {
+    /// Starts `cmd` with stdout and stderr appended to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> anyhow::Result<Process> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone().context("cannot duplicate the log file")?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        Ok(Process {
+            name: name.to_string(),
+            child,
+            log,
+            exited: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Everything the process wrote so far (stdout and stderr, interleaved).
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` (SIGHUP to reload, SIGTERM to stop...). Fails if it has exited.
+    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
+        if let Some(status) = self.try_exit()? {
+            anyhow::bail!("{} already exited ({status}); cannot send {sig}", self.name);
+        }
+        let pid = i32::try_from(self.pid()).context("pid out of range")?;
+        signal::kill(Pid::from_raw(pid), sig)
+            .with_context(|| format!("cannot send {sig} to {}", self.name))
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self
+                .child
+                .try_wait()
+                .with_context(|| format!("cannot wait for {}", self.name))?;
+        }
+        Ok(self.exited)
+    }
+
+    /// Waits (polling, without blocking the async runtime) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{} still running after {limit:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.try_exit()? {
+            return Ok(status);
+        }
+        self.signal(Signal::SIGTERM)?;
+        self.wait_exit(STOP_GRACE).await
+    }
+
+    fn stop_blocking(&mut self) {
+        if matches!(self.try_exit(), Ok(Some(_))) {
+            return;
+        }
+        let _ = self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + DROP_GRACE;
+        while Instant::now() < deadline {
+            if matches!(self.try_exit(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!(
+            "{} still running {DROP_GRACE:?} after SIGTERM; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop_blocking();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} output ({}) -----\n{}----- end of {} output -----",
+                self.name,
+                self.log.display(),
+                self.output(),
+                self.name
+            );
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! HTTP/1.1 and HTTP/2 (h2c) through the data path: client proxy (outbound or an
+//! upstream listener) → server proxy inbound → app.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_tests::apps::{AbortOnDrop, AppBody, HttpApp, full};
+
+use weft_tests::client::{self, H1Client, H2Client};
+use weft_tests::data::{checksum, pattern};
+use weft_tests::hops::Hops;
+use weft_tests::proxy::ServiceDef;
+use weft_tests::{STEP_DEADLINE, within};
+
+const MIB: usize = 1024 * 1024;
+
+async fn orders() -> (HttpApp, Hops) {
+    let app = HttpApp::start("orders-app").await.expect("start app");
+    let hops = Hops::start(ServiceDef::new("orders"), app.addr)
+        .await
+        .expect("start proxies");
+    (app, hops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_absolute_form_through_outbound_reaches_app_with_host_preserved() {
+    let (app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    let reply = c
+        .send(client::get("http://orders/hello"))
+        .await
+        .expect("request");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "hello from orders-app\n");
+    assert_eq!(reply.header("x-host"), Some("orders"));
+    assert_eq!(reply.header("x-version"), Some("HTTP/1.1"));
+    assert_eq!(app.requests(), 1);
+    let ok_out = hops
+        .client
+        .metric(
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "orders.default"),
+                ("status_class", "2xx"),
+            ],
+        )
+        .await;
+    assert_eq!(ok_out, 1.0);
+    let ok_in = hops
+        .server
+        .metric(
+            "weft_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("service", "local"),
+                ("status_class", "2xx"),
+            ],
+        )
+        .await;
+    assert_eq!(ok_in, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_host_form_resolves_and_reaches_the_app_unchanged() {
+    let (_app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    for host in [
+        "orders",
+        "orders.default",
+        "orders.default.svc",
+        "orders.default.svc.cluster.local",
+        "orders:8080",
+    ] {
+        let reply = c
+            .send(client::get(&format!("http://{host}/")))
+            .await
+            .expect("request");
+        assert_eq!(reply.status, StatusCode::OK, "host {host}");
+        assert_eq!(reply.header("x-host"), Some(host), "host {host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_through_upstream_listener_keeps_the_clients_host() {
+    let (_app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.upstream()).await.expect("connect");
+
+    let req = client::request("GET", "/path?q=1", &[("host", "api.example:8080")], "");
+    let reply = c.send(req).await.expect("request");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-app"), Some("orders-app"));
+    assert_eq!(reply.header("x-host"), Some("api.example:8080"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_do_not_reach_the_app() {
+    let (_app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    let req = client::request(
+        "GET",
+        "http://orders/headers",
+        &[
+            ("connection", "x-foo, keep-alive"),
+            ("x-foo", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-end-to-end", "kept"),
+        ],
+        "",
+    );
+    let reply = c.send(req).await.expect("request");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.text();
+    assert!(seen.contains("x-end-to-end: kept"), "app saw:\n{seen}");
+    for gone in ["x-foo", "keep-alive", "proxy-authorization", "connection"] {
+        assert!(
+            !seen.lines().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} reached the app:\n{seen}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_intact_both_ways_over_http1() {
+    let (_app, mut hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    let upload = pattern(8 * MIB, 3);
+    let sum = checksum(&upload);
+
+    let req = client::request(
+        "POST",
+        &format!("http://orders/upload?reply={}", 8 * MIB),
+        &[("content-type", "application/octet-stream")],
+        Bytes::from(upload),
+    );
+    let reply = c.send(req).await.expect("request");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-body-len"), Some(&*(8 * MIB).to_string()));
+    assert_eq!(reply.header("x-body-sum"), Some(&*sum.to_string()));
+    assert_eq!(reply.body.len(), 8 * MIB);
+    assert!(reply.body == pattern(8 * MIB, 7), "response body corrupted");
+    hops.stop().await.expect("both proxies drain and exit 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_reused_along_the_path() {
+    let (app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    let n = 20;
+
+    for i in 0..n {
+        let reply = c
+            .send(client::get(&format!("http://orders/r{i}")))
+            .await
+            .expect("request");
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
+    assert_eq!(app.requests(), n);
+    assert!(
+        app.connections() < n,
+        "the app saw {} connections for {n} requests",
+        app.connections()
+    );
+    let opened_in = hops
+        .server
+        .metric(
+            "weft_tcp_connections_opened_total",
+            &[("direction", "inbound")],
+        )
+        .await;
+    assert!(
+        opened_in < n as f64,
+        "the server proxy accepted {opened_in} connections for {n} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_stays_http2_end_to_end() {
+    let (app, mut hops) = orders().await;
+    let c = H2Client::connect(hops.outbound()).await.expect("connect");
+
+    // Concurrent streams on one client connection.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.send(client::get(&format!("http://orders/s{i}"))).await
+        }));
+    }
+    for t in tasks {
+        let reply = t.await.expect("join").expect("request");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.version, Version::HTTP_2);
+        assert_eq!(reply.header("x-version"), Some("HTTP/2.0"));
+        assert_eq!(reply.header("x-host"), Some("orders"));
+    }
+    assert_eq!(app.requests(), 16);
+    assert!(
+        app.connections() < 16,
+        "the app saw {} connections for 16 multiplexed requests",
+        app.connections()
+    );
+    hops.stop().await.expect("both proxies drain and exit 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_intact_both_ways_over_h2c() {
+    let (_app, mut hops) = orders().await;
+    let mut c = H2Client::connect(hops.upstream()).await.expect("connect");
+    let upload = pattern(8 * MIB, 5);
+    let sum = checksum(&upload);
+
+    let req = client::request(
+        "POST",
+        &format!("http://orders/upload?reply={}", 8 * MIB),
+        &[],
+        Bytes::from(upload),
+    );
+    let reply = c.send(req).await.expect("request");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-version"), Some("HTTP/2.0"));
+    assert_eq!(reply.header("x-body-len"), Some(&*(8 * MIB).to_string()));
+    assert_eq!(reply.header("x-body-sum"), Some(&*sum.to_string()));
+    assert!(reply.body == pattern(8 * MIB, 7), "response body corrupted");
+    hops.stop().await.expect("both proxies drain and exit 0");
+}
+
+/// A body fed chunk by chunk through the returned sender.
+fn channel_body() -> (mpsc::Sender<Bytes>, BoxBody<Bytes, Infallible>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let frames = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    (tx, StreamBody::new(frames).boxed())
+}
+
+/// An app for proving that bodies stream: `/down` sends "first", then "second" only
+/// once `release` is notified; `/up` reports the first request chunk on `first_up`
+/// before reading the rest.
+async fn streaming_app(release: Arc<Notify>, first_up: mpsc::Sender<Bytes>) -> HttpApp {
+    HttpApp::with_handler(
+        "streamer",
+        Arc::new(move |req: Request<hyper::body::Incoming>| {
+            let release = release.clone();
+            let first_up = first_up.clone();
+            Box::pin(async move {
+                match req.uri().path() {
+                    "/down" => {
+                        let (tx, body) = channel_body();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Bytes::from_static(b"first")).await;
+                            release.notified().await;
+                            let _ = tx.send(Bytes::from_static(b"second")).await;
+                        });
+                        Response::new(body)
+                    }
+                    _ => {
+                        let mut body = req.into_body();
+                        let mut total = 0;
+                        while let Some(Ok(frame)) = body.frame().await {
+                            if let Ok(data) = frame.into_data() {
+                                if total == 0 {
+                                    let _ = first_up.send(data.clone()).await;
+                                }
+                                total += data.len();
+                            }
+                        }
+                        Response::new(full(total.to_string()))
+                    }
+                }
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_bodies_stream_through_without_buffering() {
+    let release = Arc::new(Notify::new());
+    let (first_up_tx, mut first_up) = mpsc::channel(1);
+    let app = streaming_app(release.clone(), first_up_tx).await;
+    let hops = Hops::start(ServiceDef::new("stream"), app.addr)
+        .await
+        .expect("start proxies");
+    let stream = tokio::net::TcpStream::connect(hops.outbound())
+        .await
+        .expect("connect");
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, BoxBody<Bytes, Infallible>>(
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("handshake");
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+
+    // Response: the first chunk arrives while the app still holds back the rest. A
+    // proxy that buffered whole responses would stall here until the deadline.
+    let req = Request::get("http://stream/down")
+        .body(full(Bytes::new()))
+        .expect("request");
+    let resp = within(STEP_DEADLINE, "response head", tx.send_request(req))
+        .await
+        .expect("response");
+    let mut body = resp.into_body();
+    let first = within(STEP_DEADLINE, "first response chunk", body.frame())
+        .await
+        .expect("a frame")
+        .expect("ok")
+        .into_data()
+        .expect("data");
+    assert_eq!(&first[..], b"first");
+    release.notify_one();
+    let rest = within(STEP_DEADLINE, "rest of the response", body.collect())
+        .await
+        .expect("ok")
+        .to_bytes();
+    assert_eq!(&rest[..], b"second");
+
+    // Request: the app sees the first chunk before the client has sent the rest.
+    let (chunks, req_body) = channel_body();
+    let req = Request::post("http://stream/up")
+        .body(req_body)
+        .expect("request");
+    within(STEP_DEADLINE, "connection ready", tx.ready())
+        .await
+        .expect("ready");
+    let pending = tokio::spawn(tx.send_request(req));
+    chunks
+        .send(Bytes::from_static(b"hello"))
+        .await
+        .expect("send chunk");
+    let seen = within(
+        STEP_DEADLINE,
+        "first request chunk at the app",
+        first_up.recv(),
+    )
+    .await
+    .expect("the app saw a chunk");
+    assert_eq!(&seen[..], b"hello");
+    chunks
+        .send(Bytes::from_static(b" world"))
+        .await
+        .expect("send chunk");
+    drop(chunks);
+    let resp = within(STEP_DEADLINE, "upload answer", pending)
+        .await
+        .expect("join")
+        .expect("response");
+    let total = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&total[..], b"11");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_kept_alive_connections_costs_no_request() {
+    // Answers one request per connection, then closes it without saying so: every
+    // pooled connection the proxy keeps goes stale.
+    let app = weft_tests::apps::TcpApp::serve(|mut stream| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await
+    .expect("start app");
+    let hops = Hops::start(ServiceDef::new("oneshot"), app.addr)
+        .await
+        .expect("start proxies");
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    for i in 0..30 {
+        let reply = c
+            .send(client::get("http://oneshot/"))
+            .await
+            .expect("answer");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {i}: {:?}",
+            reply.header("weft-error")
+        );
+        assert_eq!(&reply.body[..], b"ok");
+    }
+    assert_eq!(app.accepted(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_in_responses_do_not_reach_the_client() {
+    let app = HttpApp::with_handler(
+        "hop",
+        Arc::new(|_req: Request<hyper::body::Incoming>| {
+            Box::pin(async {
+                Response::builder()
+                    .header("connection", "x-bar")
+                    .header("x-bar", "secret")
+                    .header("x-end-to-end", "kept")
+                    .body(full("ok"))
+                    .expect("response")
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app");
+    let hops = Hops::start(ServiceDef::new("hop"), app.addr)
+        .await
+        .expect("start proxies");
+
+    // Control: the app really sends them.
+    let mut direct = H1Client::connect(app.addr).await.expect("connect");
+    let reply = direct
+        .send(client::request("GET", "/", &[("host", "hop")], ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.header("x-bar"), Some("secret"));
+
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    let reply = c.send(client::get("http://hop/")).await.expect("answer");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-end-to-end"), Some("kept"));
+    assert_eq!(reply.header("x-bar"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_client_identity_header_never_reaches_the_app() {
+    let (_app, hops) = orders().await;
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+
+    let req = client::request(
+        "GET",
+        "http://orders/headers",
+        &[("weft-client-id", "spiffe://evil/ns/x/sa/admin")],
+        "",
+    );
+    let reply = c.send(req).await.expect("answer");
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        !reply.text().contains("weft-client-id"),
+        "the app saw:\n{}",
+        reply.text()
+    );
+}
