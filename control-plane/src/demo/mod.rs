@@ -1,0 +1,249 @@
+//! `weft-control demo`: a whole mesh on one machine, with no cluster, no root and no
+//! hand-written config. It starts the control plane on the embedded checkout mesh,
+//! every example service behind its own weft-proxy, a steady stream of traffic, and
+//! a live summary read from the proxies' /metrics, until Ctrl-C (or `--duration`).
+//!
+//! Ports come from one block above `--base-port`, so a demo never collides with a
+//! mesh on the default ports: app = base+i, proxy inbound = base+100+i, outbound =
+//! base+200+i, admin = base+300+i, fixed upstream listeners = base+400+i, control
+//! plane gRPC = base+900, control plane admin = base+990.
+
+mod plan;
+mod summary;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::process::{Child, Command};
+
+pub use plan::{Plan, Workload};
+
+/// Options of `weft-control demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// First port of the block the demo uses.
+    #[arg(long, default_value_t = 17000)]
+    pub base_port: u16,
+    /// Requests per second the load generator sends to `web`.
+    #[arg(long, default_value_t = 50)]
+    pub rps: u32,
+    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Seconds between two summaries.
+    #[arg(long, default_value_t = 2)]
+    pub interval: u64,
+    /// Where configs and logs go (default: a new temporary directory).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A child process with a name, its log file, and a clean stop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> anyhow::Result<Proc> {
+        let log_path = logs.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let err = log.try_clone()?;
+        cmd.stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => {
+                let _ = self.child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// Finds a sibling binary of this executable (cargo puts them all in one folder).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = exe.parent().context("executable has no parent folder")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build every binary first: cargo build --release --workspace --bins",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn wait_ready(url: &str, proc: &mut Proc, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok((200, _)) = summary::http_get(url).await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited early ({status}); see its log", proc.name);
+        }
+        if Instant::now() > deadline {
+            bail!("{} was not ready at {url} within {limit:?}", proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let plan = Plan::new(opts.base_port)?;
+    plan.check_ports_free()?;
+    let (state_dir, _tmp) = match &opts.state_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            (dir.clone(), None)
+        }
+        None => {
+            let tmp = tempfile::Builder::new().prefix("weft-demo-").tempdir()?;
+            (tmp.path().to_path_buf(), Some(tmp))
+        }
+    };
+    let (control, proxy) = (binary("weft-control")?, binary("weft-proxy")?);
+    for w in &plan.workloads {
+        binary(w.name)?;
+    }
+    binary("loadgen")?;
+
+    let mesh_path = state_dir.join("mesh.yaml");
+    std::fs::write(&mesh_path, plan.mesh_yaml())?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = start_and_watch(&opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs).await;
+
+    println!("\nstopping {} processes…", procs.len());
+    // Reverse start order: traffic first, then apps, proxies, control plane last.
+    for p in procs.iter().rev() {
+        p.terminate();
+    }
+    let mut unclean = Vec::new();
+    for p in procs.iter_mut().rev() {
+        match p.wait(Duration::from_secs(12)).await {
+            Some(s) if s.success() => {}
+            other => unclean.push(format!("{} ({other:?})", p.name)),
+        }
+    }
+    if unclean.is_empty() {
+        println!("all stopped cleanly; logs were in {}", state_dir.display());
+    } else {
+        println!("not stopped cleanly: {}", unclean.join(", "));
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_and_watch(
+    opts: &DemoOptions,
+    plan: &Plan,
+    state_dir: &Path,
+    control: &Path,
+    proxy: &Path,
+    mesh_path: &Path,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(control);
+    cmd.arg("serve")
+        .arg("--mesh")
+        .arg(mesh_path)
+        .arg("--grpc")
+        .arg(plan.control_grpc.to_string())
+        .arg("--admin")
+        .arg(plan.control_admin.to_string());
+    procs.push(Proc::spawn("weft-control", cmd, state_dir)?);
+    let last = procs.len() - 1;
+    wait_ready(
+        &format!("http://{}/ready", plan.control_admin),
+        &mut procs[last],
+        Duration::from_secs(15),
+    )
+    .await?;
+
+    for w in &plan.workloads {
+        let config = state_dir.join(format!("{}-proxy.yaml", w.name));
+        std::fs::write(&config, plan.proxy_yaml(w))?;
+        let mut cmd = Command::new(proxy);
+        cmd.arg("run").arg("--config").arg(&config);
+        procs.push(Proc::spawn(&format!("{}-proxy", w.name), cmd, state_dir)?);
+        let last = procs.len() - 1;
+        wait_ready(
+            &format!("http://{}/ready", w.admin),
+            &mut procs[last],
+            Duration::from_secs(15),
+        )
+        .await?;
+    }
+    for w in &plan.workloads {
+        let mut cmd = Command::new(binary(w.name)?);
+        cmd.args(plan.app_args(w)).envs(plan.app_env(w));
+        procs.push(Proc::spawn(w.name, cmd, state_dir)?);
+    }
+    for w in &plan.workloads {
+        let idx = procs
+            .iter()
+            .position(|p| p.name == w.name)
+            .context("app just started")?;
+        wait_ready(&w.health_url(), &mut procs[idx], Duration::from_secs(15)).await?;
+    }
+
+    println!("Weft local mesh is up (state and logs: {})", state_dir.display());
+    println!(
+        "  control plane   gRPC {}   metrics http://{}/metrics",
+        plan.control_grpc, plan.control_admin
+    );
+    for w in &plan.workloads {
+        println!(
+            "  {:<14} app {}   proxy inbound {}   metrics http://{}/metrics",
+            w.name, w.app, w.inbound, w.admin
+        );
+    }
+    println!(
+        "  traffic: loadgen → web's proxy at http://{} ({} rps); try: curl http://{}/profile/1",
+        plan.web_inbound(),
+        opts.rps,
+        plan.web_inbound()
+    );
+    println!("Press Ctrl-C to stop.\n");
+
+    let run_for = opts.duration.map(Duration::from_secs);
+    let loadgen_secs = opts.duration.unwrap_or(3600).max(1);
+    let mut cmd = Command::new(binary("loadgen")?);
+    cmd.args([
+        "--target".to_string(),
+        format!("http://{}", plan.web_inbound()),
+        "--rps".to_string(),
+        opts.rps.to_string(),
+        "--duration".to_string(),
+        loadgen_secs.to_string(),
+    ])
+    .env_remove("http_proxy")
+    .env_remove("HTTP_PROXY");
+    procs.push(Proc::spawn("loadgen", cmd, state_dir)?);
+
+    summary::watch(plan, Duration::from_secs(opts.interval.max(1)), run_for).await
+}
