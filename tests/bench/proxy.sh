@@ -240,6 +240,33 @@ rss_kb() {
     echo "$total"
 }
 
+# server_cpu_ticks: "busy total" clock ticks of the server CPU, all processes.
+server_cpu_ticks() {
+    local name user nice system idle iowait irq softirq steal rest
+    while read -r name user nice system idle iowait irq softirq steal rest; do
+        if [[ $name == "cpu$SERVER_CPU" ]]; then
+            local busy=$((user + nice + system + irq + softirq + steal))
+            echo "$busy $((busy + idle + iowait))"
+            return
+        fi
+    done </proc/stat
+}
+
+# share PART WHOLE: PART as a percentage of WHOLE, no decimals.
+share() { awk -v p="$1" -v w="$2" 'BEGIN { if (w > 0) printf "%.0f", 100 * p / w; else print "nan" }'; }
+
+# rss_breakdown PID: "anon file" resident MB of one process.
+rss_breakdown() {
+    local key value anon=0 file=0
+    while read -r key value _; do
+        case $key in
+        RssAnon:) anon=$value ;;
+        RssFile:) file=$value ;;
+        esac
+    done <"/proc/$1/status"
+    echo "$(mb "$anon") $(mb "$file")"
+}
+
 # to_ms VALUE: a wrk latency ("812.00us", "1.23ms", "1.01s") in milliseconds.
 to_ms() {
     awk -v v="$1" 'BEGIN {
@@ -322,8 +349,8 @@ done
 
 printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run, %s cores, load on CPU %s, servers on CPU %s\n' \
     "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$(nproc)" "$LOAD_CPU" "$SERVER_CPU"
-printf '\n%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s\n' proto path rps p50_ms p99_ms \
-    proxy_us/req up_us/req rss_idle rss_load failed
+printf '\n%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' proto path rps p50_ms \
+    p99_ms proxy_us/req up_us/req rss_idle rss_load failed srv% other%
 for proto in h1 h2; do
     for path in "${paths[@]}"; do
         if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
@@ -335,6 +362,7 @@ for proto in h1 h2; do
             before=$(cpu_ticks "${ps[@]}")
         fi
         up_before=$(cpu_ticks "$upstream_pid")
+        read -r cpu_busy_before cpu_total_before < <(server_cpu_ticks)
         run_load "$proto" "$url" "$DURATION" &
         loader=$!
         peak=0
@@ -355,7 +383,16 @@ for proto in h1 h2; do
         if [[ ${#ps[@]} -gt 0 ]]; then
             proxy_us=$(per_request_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
         fi
-        up_us=$(per_request_us $(($(cpu_ticks "$upstream_pid") - up_before)) "$requests")
+        read -r cpu_busy cpu_total < <(server_cpu_ticks)
+        up_ticks=$(($(cpu_ticks "$upstream_pid") - up_before))
+        ours=$up_ticks
+        if [[ ${#ps[@]} -gt 0 ]]; then
+            ours=$((ours + $(cpu_ticks "${ps[@]}") - before))
+        fi
+        cpu_total=$((cpu_total - cpu_total_before))
+        srv=$(share "$ours" "$cpu_total")
+        other=$(share $((cpu_busy - cpu_busy_before - ours)) "$cpu_total")
+        up_us=$(per_request_us "$up_ticks" "$requests")
         idle_mb=-
         load_mb=-
         if [[ ${#ps[@]} -gt 0 ]]; then
@@ -366,11 +403,16 @@ for proto in h1 h2; do
         result[$proto/$path/cpu]=$proxy_us
         result[$proto/$path/p99]=$p99
         result[$proto/$path/rss]=$peak
-        printf '%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s\n' "$proto" "$path" "$rps" \
-            "$p50" "$p99" "$proxy_us" "$up_us" "$idle_mb" "$load_mb" "$failed"
+        printf '%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' "$proto" "$path" \
+            "$rps" "$p50" "$p99" "$proxy_us" "$up_us" "$idle_mb" "$load_mb" "$failed" "$srv" "$other"
     done
 done
-printf '(RSS in MB, the sum of both processes for a pair; rss_load is the peak during the run)\n'
+cat <<EOF
+(RSS in MB, both processes added for a pair; rss_load: the peak during the run.
+ srv%: the share of the server CPU used by the proxies and the upstream during the run;
+ other%: used by anything else there (other jobs on the machine). rps means little when
+ srv% is well under 100 or other% is high; CPU per request holds up better.)
+EOF
 
 # --- fixed rate ----------------------------------------------------------------------
 
@@ -424,8 +466,11 @@ for proto in h1 h2; do
     printf '%-5s %-18s %8s %6s %8s %6s %10s\n' "$proto" "p99 @${FIXED_RATE}/s" "$s" "" "$p" "" "(info)"
 done
 idle=$(mb "${result[idle/weft/rss]}")
+read -r anon file < <(rss_breakdown "${pid_of[weft]}")
 busy=$(mb "${result[h1/weft/rss]}")
 printf 'weft RSS idle                        %6s MB  %-4s target <= 5 MB   (HAProxy: %s MB)\n' \
     "$idle" "$(verdict "$idle" '<=' 5)" "$(mb "${result[idle/haproxy/rss]}")"
 printf 'weft RSS with %3s keep-alive conns   %6s MB  %-4s target <= 15 MB  (HAProxy: %s MB)\n' \
     "$H1_CONNS" "$busy" "$(verdict "$busy" '<=' 15)" "$(mb "${result[h1/haproxy/rss]}")"
+printf 'weft RSS now: %s MB anonymous, %s MB file-backed (mapped pages of the binary and libraries)\n' \
+    "$anon" "$file"
