@@ -34,6 +34,8 @@
 #   DURATION=10        seconds per load run (QUICK=1: 3)
 #   FIXED_DURATION=5   seconds per fixed-rate run (QUICK=1: 2)
 #   FIXED_RATE=2000    total requests/s of the fixed-rate runs
+#   ROUNDS=1           repeats of the load matrix; the summary takes the median of
+#                      the per-round ratios (ROUNDS=3 DURATION=5 on a busy machine)
 #   H1_CONNS=50 H2_CONNS=10 H2_STREAMS=10
 #   LOAD_CPU=0 SERVER_CPU=1
 #   BASE_PORT=18300    uses BASE_PORT..BASE_PORT+29 on 127.0.0.1
@@ -53,6 +55,7 @@ fi
 DURATION=${DURATION:-10}
 FIXED_DURATION=${FIXED_DURATION:-5}
 FIXED_RATE=${FIXED_RATE:-2000}
+ROUNDS=${ROUNDS:-1}
 H1_CONNS=${H1_CONNS:-50}
 H2_CONNS=${H2_CONNS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
@@ -349,62 +352,66 @@ done
 
 printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run, %s cores, load on CPU %s, servers on CPU %s\n' \
     "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$(nproc)" "$LOAD_CPU" "$SERVER_CPU"
-printf '\n%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' proto path rps p50_ms \
-    p99_ms proxy_us/req up_us/req rss_idle rss_load failed srv% other%
-for proto in h1 h2; do
-    for path in "${paths[@]}"; do
-        if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
-        read -ra ps <<<"${procs[$path]}"
-        # Warm-up: fills connection pools and page caches so they are not measured.
-        run_load "$proto" "$url" "$WARMUP"
-        before=0
-        if [[ ${#ps[@]} -gt 0 ]]; then
-            before=$(cpu_ticks "${ps[@]}")
-        fi
-        up_before=$(cpu_ticks "$upstream_pid")
-        read -r cpu_busy_before cpu_total_before < <(server_cpu_ticks)
-        run_load "$proto" "$url" "$DURATION" &
-        loader=$!
-        peak=0
-        # Peak RSS while the connections are open; builtins only, so the sampling
-        # costs (almost) nothing.
-        while kill -0 "$loader" 2>/dev/null; do
+printf '\n%-3s %-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' '#' proto path rps \
+    p50_ms p99_ms proxy_us/req up_us/req rss_idle rss_load failed srv% other%
+for ((round = 1; round <= ROUNDS; round++)); do
+    for proto in h1 h2; do
+        for path in "${paths[@]}"; do
+            if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
+            read -ra ps <<<"${procs[$path]}"
+            # Warm-up: fills connection pools and page caches so they are not measured.
+            run_load "$proto" "$url" "$WARMUP"
+            before=0
             if [[ ${#ps[@]} -gt 0 ]]; then
-                now=$(rss_kb "${ps[@]}")
-                if ((now > peak)); then
-                    peak=$now
-                fi
+                before=$(cpu_ticks "${ps[@]}")
             fi
-            sleep 0.5
+            up_before=$(cpu_ticks "$upstream_pid")
+            read -r cpu_busy_before cpu_total_before < <(server_cpu_ticks)
+            run_load "$proto" "$url" "$DURATION" &
+            loader=$!
+            peak=0
+            # Peak RSS while the connections are open; builtins only, so the sampling
+            # costs (almost) nothing.
+            while kill -0 "$loader" 2>/dev/null; do
+                if [[ ${#ps[@]} -gt 0 ]]; then
+                    now=$(rss_kb "${ps[@]}")
+                    if ((now > peak)); then
+                        peak=$now
+                    fi
+                fi
+                sleep 0.5
+            done
+            wait "$loader"
+            parse_load "$proto"
+            proxy_us=-
+            if [[ ${#ps[@]} -gt 0 ]]; then
+                proxy_us=$(per_request_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
+            fi
+            read -r cpu_busy cpu_total < <(server_cpu_ticks)
+            up_ticks=$(($(cpu_ticks "$upstream_pid") - up_before))
+            ours=$up_ticks
+            if [[ ${#ps[@]} -gt 0 ]]; then
+                ours=$((ours + $(cpu_ticks "${ps[@]}") - before))
+            fi
+            cpu_total=$((cpu_total - cpu_total_before))
+            srv=$(share "$ours" "$cpu_total")
+            other=$(share $((cpu_busy - cpu_busy_before - ours)) "$cpu_total")
+            up_us=$(per_request_us "$up_ticks" "$requests")
+            idle_mb=-
+            load_mb=-
+            if [[ ${#ps[@]} -gt 0 ]]; then
+                idle_mb=$(mb "${result[idle/$path/rss]}")
+                load_mb=$(mb "$peak")
+            fi
+            result[$proto/$path/rps/$round]=$rps
+            result[$proto/$path/cpu/$round]=$proxy_us
+            if ((peak > ${result[$proto/$path/rss]:-0})); then
+                result[$proto/$path/rss]=$peak
+            fi
+            printf '%-3s %-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' "$round" "$proto" \
+                "$path" "$rps" "$p50" "$p99" "$proxy_us" "$up_us" "$idle_mb" "$load_mb" "$failed" \
+                "$srv" "$other"
         done
-        wait "$loader"
-        parse_load "$proto"
-        proxy_us=-
-        if [[ ${#ps[@]} -gt 0 ]]; then
-            proxy_us=$(per_request_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
-        fi
-        read -r cpu_busy cpu_total < <(server_cpu_ticks)
-        up_ticks=$(($(cpu_ticks "$upstream_pid") - up_before))
-        ours=$up_ticks
-        if [[ ${#ps[@]} -gt 0 ]]; then
-            ours=$((ours + $(cpu_ticks "${ps[@]}") - before))
-        fi
-        cpu_total=$((cpu_total - cpu_total_before))
-        srv=$(share "$ours" "$cpu_total")
-        other=$(share $((cpu_busy - cpu_busy_before - ours)) "$cpu_total")
-        up_us=$(per_request_us "$up_ticks" "$requests")
-        idle_mb=-
-        load_mb=-
-        if [[ ${#ps[@]} -gt 0 ]]; then
-            idle_mb=$(mb "${result[idle/$path/rss]}")
-            load_mb=$(mb "$peak")
-        fi
-        result[$proto/$path/rps]=$rps
-        result[$proto/$path/cpu]=$proxy_us
-        result[$proto/$path/p99]=$p99
-        result[$proto/$path/rss]=$peak
-        printf '%-5s %-13s %9s %8s %8s %10s %9s %9s %9s %7s %5s %6s\n' "$proto" "$path" \
-            "$rps" "$p50" "$p99" "$proxy_us" "$up_us" "$idle_mb" "$load_mb" "$failed" "$srv" "$other"
     done
 done
 cat <<EOF
@@ -442,6 +449,16 @@ done
 
 # ratio A B: A/B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a != "-") printf "%.2f", a / b; else print "nan" }'; }
+# round_ratio PROTO METRIC PATH_A PATH_B: the median over the rounds of A/B, each
+# ratio taken within one round so that both sides saw the same machine load.
+round_ratio() {
+    local r ratios=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        ratios+=("$(ratio "${result[$1/$3/$2/$r]}" "${result[$1/$4/$2/$r]}")")
+    done
+    printf '%s\n' "${ratios[@]}" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 # verdict VALUE OP LIMIT: "ok" or "miss" (printed only; never the exit status).
 verdict() {
     awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
@@ -450,15 +467,16 @@ verdict() {
         print ok ? "ok" : "miss" }'
 }
 
-printf '\nsummary: Weft / HAProxy, same run\n'
+printf '\nsummary: Weft / HAProxy, same run%s\n' \
+    "$( ((ROUNDS > 1)) && echo ", median of $ROUNDS rounds")"
 printf '%-5s %-18s %8s %6s %8s %6s %10s\n' proto metric single "" pair "" target
 for proto in h1 h2; do
-    s=$(ratio "${result[$proto/weft/rps]}" "${result[$proto/haproxy/rps]}")
-    p=$(ratio "${result[$proto/weft-pair/rps]}" "${result[$proto/haproxy-pair/rps]}")
+    s=$(round_ratio "$proto" rps weft haproxy)
+    p=$(round_ratio "$proto" rps weft-pair haproxy-pair)
     printf '%-5s %-18s %8s %6s %8s %6s %10s\n' "$proto" "rps" "$s" "$(verdict "$s" '>=' 1.1)" \
         "$p" "$(verdict "$p" '>=' 1.1)" ">= 1.10"
-    s=$(ratio "${result[$proto/weft/cpu]}" "${result[$proto/haproxy/cpu]}")
-    p=$(ratio "${result[$proto/weft-pair/cpu]}" "${result[$proto/haproxy-pair/cpu]}")
+    s=$(round_ratio "$proto" cpu weft haproxy)
+    p=$(round_ratio "$proto" cpu weft-pair haproxy-pair)
     printf '%-5s %-18s %8s %6s %8s %6s %10s\n' "$proto" "cpu/request" "$s" "$(verdict "$s" '<=' 0.9)" \
         "$p" "$(verdict "$p" '<=' 0.9)" "<= 0.90"
     s=$(ratio "${result[fixed-$proto/weft/p99]}" "${result[fixed-$proto/haproxy/p99]}")
