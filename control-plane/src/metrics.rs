@@ -16,6 +16,8 @@ pub struct Metrics {
     /// From the source change being applied to the index until the update is handed
     /// to a subscriber's stream; initial states are not observed (nothing changed).
     pub push_latency: Histogram,
+    /// Reading and validating the whole source after a change.
+    pub source_load: Histogram,
     pub source_changes_applied: IntCounter,
     pub source_changes_rejected: IntCounter,
     pub source_generation: IntGauge,
@@ -51,6 +53,18 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric push_latency_seconds: {e}"));
         register(&registry, Box::new(push_latency.clone()));
+        let source_load = Histogram::with_opts(
+            HistogramOpts::new(
+                "source_load_seconds",
+                "Time to read and validate the whole mesh description after a change",
+            )
+            .namespace("weft_control")
+            .buckets(vec![
+                0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("metric source_load_seconds: {e}"));
+        register(&registry, Box::new(source_load.clone()));
         Metrics {
             connected_proxies: gauge("connected_proxies", "Open gRPC connections from proxies"),
             subscriptions: gauge("subscriptions", "Open Discovery.Watch streams"),
@@ -59,6 +73,7 @@ impl Metrics {
                 "Service updates handed to subscriber streams, initial states included",
             ),
             push_latency,
+            source_load,
             source_changes_applied: counter(
                 "source_changes_applied_total",
                 "Valid mesh states applied from the source",

@@ -101,7 +101,10 @@ impl Server {
             stopped(stop_rx.clone()),
         ));
 
-        let (publisher, mut states) = Publisher::new(metrics.source_changes_rejected.clone());
+        let (publisher, mut states) = Publisher::new(
+            metrics.source_changes_rejected.clone(),
+            metrics.source_load.clone(),
+        );
         let described = source.describe();
         let mut source_task = tokio::spawn(source.run(publisher));
         tokio::pin!(shutdown);

@@ -19,7 +19,7 @@ use weft_api::mesh::{MeshError, MeshSpec};
 use super::{Publisher, Source};
 
 /// How long the files must be quiet before a burst of events is read as one change.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(5);
 /// A stream of events that never goes quiet is still read this often.
 const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
 
@@ -90,9 +90,12 @@ impl Source for FileSource {
                 }
             }
             let path = self.path.clone();
+            let started = std::time::Instant::now();
             let loaded = tokio::task::spawn_blocking(move || load(&path))
                 .await
                 .context("mesh loader task failed")?;
+            let took = started.elapsed();
+            out.observe_load(took);
             match loaded {
                 Ok(new) if new.texts == current => {
                     tracing::debug!(path = %self.path.display(), "file event without content change");
@@ -105,7 +108,13 @@ impl Source for FileSource {
                     }
                     current_mesh = new.mesh.clone();
                     let generation = out.publish(new.mesh);
-                    tracing::info!(path = %self.path.display(), generation, services = current_mesh.services.len(), "mesh change applied");
+                    tracing::info!(
+                        path = %self.path.display(),
+                        generation,
+                        services = current_mesh.services.len(),
+                        load_ms = took.as_secs_f64() * 1000.0,
+                        "mesh change published"
+                    );
                 }
                 Err(error) => {
                     out.reject();

@@ -9,7 +9,7 @@ pub mod file;
 use std::future::Future;
 use std::sync::Arc;
 
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::watch;
 use weft_api::mesh::MeshSpec;
 
@@ -37,19 +37,30 @@ pub struct Publisher {
     tx: watch::Sender<Option<SourceState>>,
     generation: u64,
     rejected: IntCounter,
+    load_time: Histogram,
 }
 
 impl Publisher {
-    pub fn new(rejected: IntCounter) -> (Self, watch::Receiver<Option<SourceState>>) {
+    /// `rejected` counts rejected changes; `load_time` observes how long a source
+    /// takes to read and validate a change.
+    pub fn new(
+        rejected: IntCounter,
+        load_time: Histogram,
+    ) -> (Self, watch::Receiver<Option<SourceState>>) {
         let (tx, rx) = watch::channel(None);
         (
             Publisher {
                 tx,
                 generation: 0,
                 rejected,
+                load_time,
             },
             rx,
         )
+    }
+
+    pub fn observe_load(&self, took: std::time::Duration) {
+        self.load_time.observe(took.as_secs_f64());
     }
 
     /// Publishes a new valid state; consumers only ever see the latest one.
