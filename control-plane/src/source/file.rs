@@ -7,6 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -71,8 +72,9 @@ impl Source for FileSource {
         // Held for the life of the loop; dropping it stops the watch.
         let _watcher = watch(&self.path, events_tx)?;
         let mut current = first.texts;
-        let mut current_mesh = first.mesh.clone();
-        let generation = out.publish(first.mesh);
+        // Shared with the index rather than cloned: a large mesh is megabytes.
+        let mut current_mesh = Arc::new(first.mesh);
+        let generation = out.publish(Arc::clone(&current_mesh));
         tracing::info!(path = %self.path.display(), generation, services = current_mesh.services.len(), "mesh loaded");
         loop {
             tokio::select! {
@@ -102,12 +104,12 @@ impl Source for FileSource {
                 }
                 Ok(new) => {
                     current = new.texts;
-                    if new.mesh == current_mesh {
+                    if new.mesh == *current_mesh {
                         tracing::debug!(path = %self.path.display(), "content changed but the mesh is the same");
                         continue;
                     }
-                    current_mesh = new.mesh.clone();
-                    let generation = out.publish(new.mesh);
+                    current_mesh = Arc::new(new.mesh);
+                    let generation = out.publish(Arc::clone(&current_mesh));
                     tracing::info!(
                         path = %self.path.display(),
                         generation,

@@ -64,11 +64,11 @@ impl Publisher {
     }
 
     /// Publishes a new valid state; consumers only ever see the latest one.
-    pub fn publish(&mut self, mesh: MeshSpec) -> u64 {
+    pub fn publish(&mut self, mesh: Arc<MeshSpec>) -> u64 {
         self.generation += 1;
         let state = SourceState {
             generation: self.generation,
-            mesh: Arc::new(mesh),
+            mesh,
         };
         self.tx.send_replace(Some(state));
         self.generation
