@@ -226,8 +226,8 @@ impl Index {
             vips,
             ..
         } = &mut *inner;
-        // Channels nobody watches any more are dropped here rather than on every
-        // unsubscribe, which keeps the subscribe path free of bookkeeping.
+        // `release` normally drops unwatched channels; this catches receivers dropped
+        // without it (tests, panics).
         channels.retain(|_, tx| tx.receiver_count() > 0);
         for (dest, tx) in channels.iter() {
             let resolved = match dest {
@@ -266,6 +266,20 @@ impl Index {
         let (tx, rx) = watch::channel(current);
         inner.channels.insert(dest.clone(), tx);
         Some(rx)
+    }
+
+    /// Called as a subscriber's receiver goes away: drops the destination's channel if
+    /// that receiver was the last, so subscriptions to names that never exist cannot
+    /// pile up channels between source changes.
+    pub fn release(&self, dest: &Destination) {
+        let mut inner = self.lock();
+        if inner
+            .channels
+            .get(dest)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            inner.channels.remove(dest);
+        }
     }
 
     /// Ends every subscription (their streams finish) and refuses new ones, so a
@@ -456,6 +470,16 @@ mod tests {
         drop(gone);
         index.apply(2, &mesh(TWO));
         assert_eq!(index.channel_count(), 1);
+        let ghost = svc("ghost", "default");
+        let first = index.subscribe(&ghost).expect("open");
+        let second = index.subscribe(&ghost).expect("open");
+        // A receiver releases while still alive (from its Drop), so one is the last.
+        index.release(&ghost);
+        assert_eq!(index.channel_count(), 2, "two receivers: the channel stays");
+        drop(first);
+        index.release(&ghost);
+        assert_eq!(index.channel_count(), 1);
+        drop(second);
         index.close();
         assert!(rx.has_changed().is_err(), "sender dropped");
         assert!(index.subscribe(&svc("orders", "default")).is_none());

@@ -209,6 +209,7 @@ impl Stream for UpdateStream {
 impl Drop for UpdateStream {
     fn drop(&mut self) {
         self.shared.metrics.subscriptions.dec();
+        self.shared.index.release(&self.dest);
         tracing::debug!(node = %self.node_id, dest = %self.dest, "unsubscribed");
     }
 }
