@@ -94,6 +94,25 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .expect("rss field")
 }
 
+/// The process's user + system CPU time so far (all threads).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -332,6 +351,7 @@ async fn main() {
         let mut all_hold = Vec::with_capacity(CHANGES as usize);
         let texts: Vec<String> = (1..=CHANGES).map(|k| mesh(change + k)).collect();
         let before = scrape(admin).await;
+        let cpu_before = cpu_time(pid);
         for text in &texts {
             change += 1;
             generation += 1;
@@ -357,6 +377,7 @@ async fn main() {
             // Spaces the writes so each is its own change, not part of one burst.
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
+        let cpu_per_change = (cpu_time(pid) - cpu_before) / CHANGES as u32;
         let rss = rss_kib(pid, "VmRSS:");
         let after = scrape(admin).await;
         let (push_mean, push_p99) =
@@ -378,7 +399,8 @@ async fn main() {
             rss as f64 / 1024.0,
         );
         println!(
-            "        server side: source load mean {} | push latency (applied -> handed to stream) mean {} p99 <= {}",
+            "        server side: CPU per change {} | source load mean {} | push latency (applied -> handed to stream) mean {} p99 <= {}",
+            ms(cpu_per_change),
             ms(load_mean),
             ms(push_mean),
             ms(push_p99),

@@ -190,7 +190,10 @@ async fn slow_subscriber_does_not_block_a_fast_one_and_gets_the_latest() {
             break;
         }
     }
-    println!("slow subscriber received {received} of {} versions", EDITS + 1);
+    println!(
+        "slow subscriber received {received} of {} versions",
+        EDITS + 1
+    );
     assert!(
         received < EDITS + 1,
         "slow subscriber got {received} updates: intermediate versions should be skipped"
