@@ -409,6 +409,22 @@ async fn main() {
         for client in clients {
             client.abort();
         }
+        // The server must notice every close before the next scenario's numbers.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = scrape(admin).await;
+            let open = |name: &str| samples(&text, name).first().map(|s| s.1).unwrap_or(0.0);
+            if open("weft_control_connected_proxies ") == 0.0
+                && open("weft_control_subscriptions ") == 0.0
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connections still open after the scenario"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     println!(
         "server process peak RSS (VmHWM): {} KiB",
