@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -77,18 +77,23 @@ impl Source for FileSource {
         let generation = out.publish(Arc::clone(&current_mesh));
         tracing::info!(path = %self.path.display(), generation, services = current_mesh.services.len(), "mesh loaded");
         loop {
-            tokio::select! {
+            let settled = tokio::select! {
                 _ = out.closed() => return Ok(()),
-                ev = events.recv() => if ev.is_none() {
-                    anyhow::bail!("the file watcher for {} stopped", self.path.display());
+                ev = events.recv() => match ev {
+                    Some(signal) => signal == Signal::Settled,
+                    None => anyhow::bail!("the file watcher for {} stopped", self.path.display()),
                 },
-            }
-            // Editors and `kubectl cp` write in several steps; read once they are done.
-            let burst_end = Instant::now() + MAX_DEBOUNCE;
-            while Instant::now() < burst_end {
-                match tokio::time::timeout(self.debounce, events.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) | Err(_) => break,
+            };
+            // Writing in place takes several steps; read once they are done. A rename
+            // into place is already complete, so it is read at once (its stragglers
+            // cause a re-read that finds the same content and stops there).
+            if !settled {
+                let burst_end = Instant::now() + MAX_DEBOUNCE;
+                while Instant::now() < burst_end {
+                    match tokio::time::timeout(self.debounce, events.recv()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
             let path = self.path.clone();
@@ -134,7 +139,17 @@ impl Source for FileSource {
 /// Watches the parent of a file (editors save by writing a new file and renaming it
 /// over the old one, which a watch on the file itself would lose) or the directory
 /// itself.
-fn watch(path: &Path, events: mpsc::Sender<()>) -> anyhow::Result<notify::RecommendedWatcher> {
+/// What a file event means for when to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// A file was renamed into place (or a Kubernetes `..data` symlink swapped): its
+    /// content is complete.
+    Settled,
+    /// Something changed and may still be changing.
+    Changed,
+}
+
+fn watch(path: &Path, events: mpsc::Sender<Signal>) -> anyhow::Result<notify::RecommendedWatcher> {
     let is_dir = path.is_dir();
     let (watched, file_name) = if is_dir {
         (path.to_path_buf(), None)
@@ -151,7 +166,7 @@ fn watch(path: &Path, events: mpsc::Sender<()>) -> anyhow::Result<notify::Recomm
             Err(error) => {
                 tracing::warn!(%error, "file watch error");
                 // Re-reading is harmless and recovers from a missed event.
-                let _ = events.try_send(());
+                let _ = events.try_send(Signal::Changed);
                 return;
             }
         };
@@ -171,8 +186,14 @@ fn watch(path: &Path, events: mpsc::Sender<()>) -> anyhow::Result<notify::Recomm
             }),
         };
         if relevant_kind && relevant_path {
+            let signal = match event.kind {
+                EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                    Signal::Settled
+                }
+                _ => Signal::Changed,
+            };
             // A full channel already holds a pending signal, which is all we need.
-            let _ = events.try_send(());
+            let _ = events.try_send(signal);
         }
     })
     .context("starting the file watcher")?;
