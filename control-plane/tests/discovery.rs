@@ -110,6 +110,12 @@ async fn invalid_edit_is_rejected_and_the_last_good_state_keeps_serving() {
     let update = orders.next().await;
     assert_eq!(update.version, 2);
     assert_eq!(endpoints(&update), ["127.0.0.1:8084"]);
+    // Later events for the same bad bytes did not count it again.
+    assert_eq!(
+        cp.metric("weft_control_source_changes_rejected_total")
+            .await,
+        1.0
+    );
     cp.stop().await;
 }
 

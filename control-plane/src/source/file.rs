@@ -39,7 +39,7 @@ pub enum LoadError {
 #[derive(Debug)]
 pub struct Loaded {
     pub mesh: MeshSpec,
-    pub texts: Vec<(PathBuf, String)>,
+    pub texts: Texts,
 }
 
 pub struct FileSource {
@@ -72,6 +72,7 @@ impl Source for FileSource {
         // Held for the life of the loop; dropping it stops the watch.
         let _watcher = watch(&self.path, events_tx)?;
         let mut current = first.texts;
+        let mut rejected: Option<Texts> = None;
         // Shared with the index rather than cloned: a large mesh is megabytes.
         let mut current_mesh = Arc::new(first.mesh);
         let generation = out.publish(Arc::clone(&current_mesh));
@@ -98,22 +99,48 @@ impl Source for FileSource {
             }
             let path = self.path.clone();
             let started = std::time::Instant::now();
-            let loaded = tokio::task::spawn_blocking(move || load(&path))
+            let texts = tokio::task::spawn_blocking(move || read(&path))
                 .await
-                .context("mesh loader task failed")?;
+                .context("mesh reader task failed")?;
+            // Events often outnumber changes (a rename's stragglers, our own reads,
+            // other files in the directory); unchanged bytes are not parsed again, and
+            // a bad change is rejected (and counted) once.
+            let parsed = match texts {
+                Ok(texts) if texts == current || rejected.as_ref() == Some(&texts) => {
+                    tracing::debug!(path = %self.path.display(), "file event without content change");
+                    continue;
+                }
+                Ok(texts) => {
+                    let (texts, mesh) = tokio::task::spawn_blocking(move || {
+                        let mesh = parse(&texts);
+                        (texts, mesh)
+                    })
+                    .await
+                    .context("mesh parser task failed")?;
+                    match mesh {
+                        Ok(mesh) => Ok((texts, mesh)),
+                        Err(error) => {
+                            rejected = Some(texts);
+                            Err(error)
+                        }
+                    }
+                }
+                Err(error) => {
+                    rejected = None;
+                    Err(error)
+                }
+            };
             let took = started.elapsed();
             out.observe_load(took);
-            match loaded {
-                Ok(new) if new.texts == current => {
-                    tracing::debug!(path = %self.path.display(), "file event without content change");
-                }
-                Ok(new) => {
-                    current = new.texts;
-                    if new.mesh == *current_mesh {
+            match parsed {
+                Ok((texts, mesh)) => {
+                    current = texts;
+                    rejected = None;
+                    if mesh == *current_mesh {
                         tracing::debug!(path = %self.path.display(), "content changed but the mesh is the same");
                         continue;
                     }
-                    current_mesh = Arc::new(new.mesh);
+                    current_mesh = Arc::new(mesh);
                     let generation = out.publish(Arc::clone(&current_mesh));
                     tracing::info!(
                         path = %self.path.display(),
@@ -203,8 +230,18 @@ fn watch(path: &Path, events: mpsc::Sender<Signal>) -> anyhow::Result<notify::Re
     Ok(watcher)
 }
 
+/// The raw contents of the description's files, in merge order.
+pub type Texts = Vec<(PathBuf, String)>;
+
 /// Reads and validates the description at `path` as a whole.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let texts = read(path)?;
+    let mesh = parse(&texts)?;
+    Ok(Loaded { mesh, texts })
+}
+
+/// Reads the file, or the directory's `*.yaml`/`*.yml` files in name order.
+pub fn read(path: &Path) -> Result<Texts, LoadError> {
     let io_err = |p: &Path, source| LoadError::Io {
         path: p.display().to_string(),
         source,
@@ -230,20 +267,28 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     } else {
         vec![path.to_path_buf()]
     };
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(&file).map_err(|e| io_err(&file, e))?;
+            Ok((file, text))
+        })
+        .collect()
+}
 
-    let mut texts = Vec::with_capacity(files.len());
+/// Parses each file, merges their services and validates the result as a whole.
+pub fn parse(texts: &Texts) -> Result<MeshSpec, LoadError> {
     let mut mesh = MeshSpec::default();
     // For each merged service: which file it came from and its index there.
     let mut origins: Vec<(usize, usize)> = Vec::new();
-    for (f, file) in files.iter().enumerate() {
-        let text = std::fs::read_to_string(file).map_err(|e| io_err(file, e))?;
-        let part = MeshSpec::from_yaml(&text, &file.display().to_string())
+    for (f, (file, text)) in texts.iter().enumerate() {
+        let part = MeshSpec::from_yaml(text, &file.display().to_string())
             .map_err(|e| LoadError::Invalid(e.to_string()))?;
         origins.extend((0..part.services.len()).map(|i| (f, i)));
         mesh.services.extend(part.services);
-        texts.push((file.clone(), text));
     }
-    if files.len() > 1 {
+    if texts.len() > 1 {
+        let files: Vec<PathBuf> = texts.iter().map(|(p, _)| p.clone()).collect();
         mesh.validate().map_err(|e| match e {
             MeshError::Invalid { path, reason } => LoadError::Invalid(format!(
                 "{}: {}",
@@ -253,7 +298,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
             other => LoadError::Invalid(other.to_string()),
         })?;
     }
-    Ok(Loaded { mesh, texts })
+    Ok(mesh)
 }
 
 /// Rewrites `services[N]` (an index into the merged list) as `file: services[n]`, so
