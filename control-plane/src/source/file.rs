@@ -163,9 +163,6 @@ impl Source for FileSource {
     }
 }
 
-/// Watches the parent of a file (editors save by writing a new file and renaming it
-/// over the old one, which a watch on the file itself would lose) or the directory
-/// itself.
 /// What a file event means for when to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -176,6 +173,9 @@ enum Signal {
     Changed,
 }
 
+/// Watches the parent of a file (editors save by writing a new file and renaming it
+/// over the old one, which a watch on the file itself would lose) or the directory
+/// itself.
 fn watch(path: &Path, events: mpsc::Sender<Signal>) -> anyhow::Result<notify::RecommendedWatcher> {
     let is_dir = path.is_dir();
     let (watched, file_name) = if is_dir {
