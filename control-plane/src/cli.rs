@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve discovery to the proxies from a mesh description.
     Serve(ServeArgs),
+    /// Run a whole local mesh: this control plane on the embedded checkout example,
+    /// every example service behind its own weft-proxy, traffic and a live summary.
+    Demo(crate::demo::DemoOptions),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

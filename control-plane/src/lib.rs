@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod demo;
 pub mod discovery;
 pub mod index;
 pub mod metrics;
