@@ -116,8 +116,14 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         let listener = bind(addr, "outbound").await?;
         proxy.outbound = Some(listener.local_addr()?);
         let ob = outbound.clone();
+        let transparent = config.outbound_transparent;
         acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
-            ob.clone().serve_conn(io, Destination::Authority)
+            let dest = if transparent {
+                crate::capture::orig_dst::outbound_destination(io.get_ref())
+            } else {
+                Destination::Authority
+            };
+            ob.clone().serve_conn(io, dest)
         });
     }
     for up in &config.upstreams {

@@ -6,8 +6,12 @@
 //! calls safely, so this needs no `unsafe` of its own.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
+
+use tokio::net::TcpStream;
+
+use crate::outbound::Destination;
 
 /// The original destination of an accepted connection. For a connection that was
 /// not redirected this is its own local address (conntrack's tuple is unchanged);
@@ -26,6 +30,40 @@ pub fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> io::Result<Socket
 /// Whether `orig` says the connection was redirected to `local` from elsewhere.
 pub fn redirected(orig: SocketAddr, local: SocketAddr) -> bool {
     orig != local
+}
+
+/// How a transparent outbound listener routes an accepted connection: by its
+/// original destination when it was redirected, else (the app named the proxy
+/// itself, as its `http_proxy`) by each request's authority.
+pub fn outbound_destination(stream: &TcpStream) -> Destination {
+    let Ok(local) = stream.local_addr() else {
+        return Destination::Authority;
+    };
+    match original_dst(stream, local) {
+        Ok(orig) if redirected(orig, local) => Destination::Original(orig),
+        Ok(_) => Destination::Authority,
+        Err(e) => {
+            tracing::debug!(error = %e, "no original destination; routing by authority");
+            Destination::Authority
+        }
+    }
+}
+
+/// Where the inbound side delivers a redirected connection: the app on loopback at
+/// the port the peer dialled. None when the connection was not redirected (nothing
+/// says which app port it is for) or was sent to the inbound port itself (which
+/// would loop back into the proxy).
+pub fn inbound_app(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    let orig = original_dst(stream, local).ok()?;
+    if !redirected(orig, local) || orig.port() == local.port() {
+        return None;
+    }
+    let loopback: IpAddr = match orig {
+        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    };
+    Some(SocketAddr::new(loopback, orig.port()))
 }
 
 #[cfg(test)]
