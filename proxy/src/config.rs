@@ -93,7 +93,8 @@ struct OutboundConfig {
     /// each is routed by its original destination (a service VIP:port, or else
     /// passed through untouched to where the app was going). A connection that was
     /// not redirected (the app names the proxy, as its `http_proxy`) still routes
-    /// by each request's authority.
+    /// by each request's authority. A loopback or wildcard IPv4 listen address
+    /// gets an IPv6 twin (`[::1]` / `[::]`, same port), where ip6tables redirects.
     #[serde(default)]
     transparent: bool,
 }
@@ -105,7 +106,8 @@ struct InboundConfig {
     listen: SocketAddr,
     /// Where the local application listens. Without it (transparent capture) each
     /// connection goes to 127.0.0.1 (or ::1) on the port it was originally sent
-    /// to, so one inbound listener serves every port of the app.
+    /// to, so one inbound listener serves every port of the app; the listener
+    /// then gets an IPv6 twin as a transparent outbound one does.
     #[serde(default)]
     app: Option<SocketAddr>,
 }

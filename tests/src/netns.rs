@@ -3,10 +3,12 @@
 //! its own iptables rules, a weft-proxy running under the proxy UID, and an app.
 //!
 //! ```text
-//!  node netns  "weft-<pid>-<n>-node": bridge br0 10.250.<n>.1/24
-//!     ├─ veth ── pod netns "weft-<pid>-<n>-a": eth0 10.250.<n>.2/24, default via .1
-//!     └─ veth ── pod netns "weft-<pid>-<n>-b": eth0 10.250.<n>.3/24, default via .1
+//!  node netns  "weft-<pid>-<n>-node": bridge br0 10.250.<n>.1/24, fd77:0:0:<n>::1/64
+//!     ├─ veth ── pod netns "weft-<pid>-<n>-a": eth0 10.250.<n>.2/24, fd77:0:0:<n>::2/64
+//!     └─ veth ── pod netns "weft-<pid>-<n>-b": eth0 10.250.<n>.3/24, fd77:0:0:<n>::3/64
 //! ```
+//!
+//! Pods route everything (IPv4 and IPv6) via the bridge's addresses.
 //!
 //! Addresses exist only inside namespaces the bed created; the test process's own
 //! namespace gets nothing, and reaches into a pod (an app's listener, a client
@@ -22,7 +24,7 @@
 //! are missing; under `CI=true` it fails the test instead of skipping it.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
@@ -233,12 +235,22 @@ impl Node {
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "link", "add", BRIDGE, "type", "bridge"])?;
         ip(&["-n", ns, "addr", "add", &gateway, "dev", BRIDGE])?;
+        // nodad: the address is usable at once instead of after duplicate detection.
+        let gateway6 = format!("{}/64", node.ip6(1));
+        ip(&[
+            "-n", ns, "-6", "addr", "add", &gateway6, "dev", BRIDGE, "nodad",
+        ])?;
         ip(&["-n", ns, "link", "set", BRIDGE, "up"])?;
         Ok(node)
     }
 
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 250, self.subnet, 1)
+    }
+
+    /// This node's IPv6 address for `host` (1 is the bridge).
+    fn ip6(&self, host: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd77, 0, 0, self.subnet.into(), 0, 0, 0, host.into())
     }
 
     /// A new pod on this node with the next free address.
@@ -252,6 +264,7 @@ impl Node {
             name: name.to_string(),
             netns,
             ip: ip4,
+            ip6: self.ip6(host),
             log_dir: self.dir.path().to_path_buf(),
         };
         let peer = format!("v{host}");
@@ -270,6 +283,12 @@ impl Node {
         // Service VIPs are not on any interface; a route must exist for the app's
         // connect() to reach the OUTPUT chain that redirects it.
         ip(&["-n", ns, "route", "add", "default", "via", &gw])?;
+        let cidr6 = format!("{}/64", pod.ip6);
+        let gw6 = self.ip6(1).to_string();
+        ip(&[
+            "-n", ns, "-6", "addr", "add", &cidr6, "dev", "eth0", "nodad",
+        ])?;
+        ip(&["-n", ns, "-6", "route", "add", "default", "via", &gw6])?;
         Ok(pod)
     }
 
@@ -306,13 +325,19 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     log_dir: std::path::PathBuf,
 }
 
 impl Pod {
-    /// `addr` as this pod's `ip:port`.
+    /// This pod's IPv4 `ip:port`.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip, port))
+    }
+
+    /// This pod's IPv6 `[ip]:port`.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip6, port))
     }
 
     /// A command run inside the pod as root.
@@ -388,9 +413,10 @@ impl Pod {
         connect(&self.netns, addr).await
     }
 
-    /// Binds a listener inside the pod (an app's).
+    /// Binds a listener inside the pod (an app's) on `[::]:port`, which on Linux
+    /// also accepts IPv4.
     pub async fn listen(&self, port: u16) -> anyhow::Result<TcpListener> {
-        listen(&self.netns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await
+        listen(&self.netns, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await
     }
 
     /// One HTTP/1.1 `GET path` from inside the pod to `addr`, with `host` as Host.

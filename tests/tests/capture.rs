@@ -27,6 +27,7 @@ use weft_tests::{STEP_DEADLINE, eventually, within};
 const WEB_VIP: &str = "10.96.0.10";
 const ECHO_VIP: &str = "10.96.0.11";
 const NATS_VIP: &str = "10.96.0.12";
+const WEB_VIP6: &str = "fd96::10";
 const WEB_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 50051;
 const NATS_PORT: u16 = 4222;
@@ -57,6 +58,10 @@ impl Mesh {
                 .vip(WEB_VIP)
                 .port(80, "http1")
                 .endpoint(b.addr(WEB_PORT)),
+            ServiceDef::new("web6")
+                .vip(WEB_VIP6)
+                .port(80, "http1")
+                .endpoint(b.addr6(WEB_PORT)),
             ServiceDef::new("echo")
                 .vip(ECHO_VIP)
                 .port(ECHO_PORT, "grpc")
@@ -325,6 +330,41 @@ async fn traffic_to_an_address_outside_the_mesh_passes_through() {
         1.0,
         "the connection went through a's outbound, as plain TCP"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_traffic_is_captured_too() {
+    if !netns::available("ipv6_traffic_is_captured_too") {
+        return;
+    }
+    let mesh = Mesh::start().await;
+    let reply = mesh
+        .a
+        .http_get(vip(WEB_VIP6, 80), "[fd96::10]", "/")
+        .await
+        .expect("GET http://[<web6 VIP>]/ from pod a");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body.trim(), "hello from b");
+    let out = mesh
+        .a_proxy
+        .metric(
+            "weft_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "web6.default"),
+                ("status_class", "2xx"),
+            ],
+        )
+        .await;
+    assert_eq!(out, 1.0, "routed by the IPv6 original destination");
+    let outside = mesh.x.addr6(OUTSIDE_PORT);
+    let reply = mesh
+        .a
+        .http_get(outside, &outside.to_string(), "/")
+        .await
+        .expect("GET the outside pod over IPv6");
+    assert_eq!(reply.body.trim(), "hello from x");
+    assert_eq!(passthrough(&mesh.a_proxy).await, 1.0);
 }
 
 /// Connects from pod a with bash's /dev/tcp as `uid` (None: root) to `addr`, sends

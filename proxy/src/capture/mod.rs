@@ -7,10 +7,13 @@
 //!   applies a ruleset atomically with `iptables-restore`.
 //! - [`init`] is `weft-proxy init`: flags and environment → install, uninstall or
 //!   print.
+//! - [`listen`] gives transparent listeners an IPv6 twin, where ip6tables
+//!   redirects to.
 //! - [`orig_dst`] reads where a redirected connection was going
 //!   (`SO_ORIGINAL_DST`), which is how the proxy routes captured traffic.
 
 pub mod init;
 pub mod iptables;
+pub mod listen;
 pub mod orig_dst;
 pub mod rules;
