@@ -24,6 +24,7 @@
 //! are missing; under `CI=true` it fails the test instead of skipping it.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -77,7 +78,11 @@ pub fn available(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg}(CI=true: failing instead of skipping)");
     }
-    eprintln!("{msg}SKIPPED (set CI=true to make this a failure)");
+    // Straight to stderr: libtest hides eprintln! output of tests that pass.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{msg}SKIPPED (set CI=true to make this a failure)"
+    );
     false
 }
 

@@ -12,6 +12,7 @@
 //! say so and skip). Run: `cargo build -p weft-proxy -p weft-examples --bins &&
 //! sudo -E cargo test -p weft-tests --test capture`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use tokio::io::AsyncReadExt;
@@ -172,6 +173,33 @@ async fn app_calls_a_service_vip_through_both_sidecars() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_http_routes_by_original_destination_not_host() {
+    if !netns::available("captured_http_routes_by_original_destination_not_host") {
+        return;
+    }
+    let mesh = Mesh::start().await;
+    // A Host the mesh has never heard of: the VIP the app dialled decides.
+    let reply = mesh
+        .a
+        .http_get(vip(WEB_VIP, 80), "legacy-name.internal", "/")
+        .await
+        .expect("GET the web VIP with a foreign Host");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body.trim(), "hello from b");
+    // An app that names the proxy itself (loopback is not captured) still gets
+    // routing by authority on the same listener.
+    let outbound = SocketAddr::from(([127, 0, 0, 1], OUTBOUND_PORT));
+    let reply = mesh
+        .a
+        .http_get(outbound, "web", "/")
+        .await
+        .expect("GET via the outbound listener as http_proxy");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body.trim(), "hello from b");
+    assert_eq!(mesh.web.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_call_to_a_service_vip_goes_through_both_sidecars() {
     if !netns::available("grpc_call_to_a_service_vip_goes_through_both_sidecars") {
         return;
@@ -244,7 +272,10 @@ async fn nats_publish_and_consume_through_a_service_vip() {
             Ok("true"),
             "nats-server is not installed (CI=true: failing instead of skipping)"
         );
-        eprintln!("\n!!!!! nats-server is not installed: SKIPPED !!!!!\n");
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! nats-server is not installed: SKIPPED !!!!!\n"
+        );
         return;
     }
     let mesh = Mesh::start().await;
