@@ -17,8 +17,9 @@
 //! the namespace it was created in).
 //!
 //! Everything is removed on drop, also when a test fails. A test process killed
-//! outright cannot run drop, so creating a bed first removes what beds of dead test
-//! processes left behind (namespaces named `weft-<pid>-…` whose pid is gone).
+//! outright (Ctrl-C) cannot run drop: the processes it started in pods die with it
+//! (`setpriv --pdeathsig KILL`), and the next bed removes the namespaces that beds
+//! of dead test processes left behind (named `weft-<pid>-…`, pid gone).
 //!
 //! Needs root, iproute2, iptables and setpriv. [`available`] says loudly when they
 //! are missing; under `CI=true` it fails the test instead of skipping it.
@@ -351,10 +352,27 @@ impl Pod {
     }
 
     /// A command run inside the pod as `uid` (group `uid`, no supplementary groups).
+    /// It is killed if the test process dies without cleaning up (`--pdeathsig`).
     pub fn exec_as(&self, uid: u32, program: &str) -> Command {
         let id = uid.to_string();
         let mut cmd = self.exec("setpriv");
-        cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups", program]);
+        cmd.args([
+            "--pdeathsig",
+            "KILL",
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+        ])
+        .arg(program);
+        cmd
+    }
+
+    /// A command run inside the pod as root, killed if the test process dies.
+    fn exec_tied(&self, program: &str) -> Command {
+        let mut cmd = self.exec("setpriv");
+        cmd.args(["--pdeathsig", "KILL", program]);
         cmd
     }
 
@@ -407,7 +425,7 @@ impl Pod {
     ) -> anyhow::Result<Process> {
         let mut cmd = match uid {
             Some(uid) => self.exec_as(uid, program),
-            None => self.exec(program),
+            None => self.exec_tied(program),
         };
         cmd.args(args).env("NO_COLOR", "1");
         Process::spawn(&format!("{}-{name}", self.name), cmd, &self.log_dir)
