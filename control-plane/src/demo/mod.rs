@@ -135,7 +135,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mesh_path = state_dir.join("mesh.yaml");
     std::fs::write(&mesh_path, plan.mesh_yaml())?;
     let mut procs: Vec<Proc> = Vec::new();
-    let result = start_and_watch(&opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs).await;
+    let result = start_and_watch(
+        &opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs,
+    )
+    .await;
 
     println!("\nstopping {} processes…", procs.len());
     // Reverse start order: traffic first, then apps, proxies, control plane last.
@@ -211,7 +214,10 @@ async fn start_and_watch(
         wait_ready(&w.health_url(), &mut procs[idx], Duration::from_secs(15)).await?;
     }
 
-    println!("Weft local mesh is up (state and logs: {})", state_dir.display());
+    println!(
+        "Weft local mesh is up (state and logs: {})",
+        state_dir.display()
+    );
     println!(
         "  control plane   gRPC {}   metrics http://{}/metrics",
         plan.control_grpc, plan.control_admin

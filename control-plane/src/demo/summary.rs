@@ -46,9 +46,14 @@ pub struct Sample {
     pub buckets: BTreeMap<OrderedF64, f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OrderedF64(pub f64);
 impl Eq for OrderedF64 {}
+impl PartialOrd for OrderedF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 impl Ord for OrderedF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
@@ -66,9 +71,15 @@ fn labels(s: &str) -> HashMap<&str, &str> {
 pub fn parse(text: &str, service: &str) -> Sample {
     let mut sample = Sample::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let Some((name, rest)) = series.split_once('{') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let Some((name, rest)) = series.split_once('{') else {
+            continue;
+        };
         let l = labels(rest.trim_end_matches('}'));
         if l.get("direction") != Some(&"inbound") || l.get("service") != Some(&service) {
             continue;
@@ -114,7 +125,11 @@ pub fn quantile(prev: &Sample, cur: &Sample, q: f64) -> Option<f64> {
                 return Some(lower.0);
             }
             let width = count - lower.1;
-            let frac = if width > 0.0 { (rank - lower.1) / width } else { 1.0 };
+            let frac = if width > 0.0 {
+                (rank - lower.1) / width
+            } else {
+                1.0
+            };
             return Some(lower.0 + (le - lower.0) * frac);
         }
         lower = (le, count);
@@ -175,7 +190,10 @@ pub async fn watch(plan: &Plan, every: Duration, run_for: Option<Duration>) -> a
                 "weft demo — {:>4}s — inbound traffic per service (Ctrl-C to stop)",
                 started.elapsed().as_secs()
             );
-            println!("{:<14} {:>8} {:>9} {:>10} {:>10}", "service", "rps", "success", "p50", "p99");
+            println!(
+                "{:<14} {:>8} {:>9} {:>10} {:>10}",
+                "service", "rps", "success", "p50", "p99"
+            );
             for r in rows {
                 println!("{r}");
             }

@@ -8,6 +8,17 @@ const KEEP_ALIVE: &str = "keep-alive";
 const PROXY_CONNECTION: &str = "proxy-connection";
 const PROXY_AUTHORIZATION: &str = "proxy-authorization";
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == CONNECTION
+        || *name == TE
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || matches!(
+            name.as_str(),
+            KEEP_ALIVE | PROXY_CONNECTION | PROXY_AUTHORIZATION
+        )
+}
+
 /// Whether the request asks to switch protocols (WebSocket and friends).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
@@ -24,6 +35,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields. With `upgrade`, keeps `Connection: upgrade` and
 /// `Upgrade`, which the next hop needs to switch protocols too.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names is cheaper than a
+    // hash lookup per hop-by-hop field.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Only this slow path allocates: requests rarely carry Connection at all.
         let named: Vec<HeaderName> = headers

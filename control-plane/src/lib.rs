@@ -1,0 +1,14 @@
+//! Weft's control plane: reads the mesh description from a source, keeps the
+//! per-destination state proxies subscribe to, and streams it to them.
+//!
+//! Data flows one way: [`source`] → [`index`] → [`discovery`]; [`admin`] and
+//! [`metrics`] observe. [`server`] wires them together and [`cli`] is the binary.
+
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod discovery;
+pub mod index;
+pub mod metrics;
+pub mod server;
+pub mod source;

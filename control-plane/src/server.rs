@@ -1,0 +1,279 @@
+//! Wires a source, the index, the discovery API and the admin endpoint together.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::admin::{self, AdminState};
+use crate::discovery::DiscoveryService;
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::source::{Publisher, Source, SourceState};
+
+/// How long open watch streams get to finish once shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A bound, not yet running control plane. Binding first lets callers (tests, the
+/// benchmark) use port 0 and learn the ports before anything runs.
+pub struct Server {
+    grpc: TcpListener,
+    admin: TcpListener,
+    metrics: Arc<Metrics>,
+    index: Arc<Index>,
+}
+
+impl Server {
+    pub async fn bind(config: &ServerConfig) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.grpc)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", config.grpc))?;
+        let admin = TcpListener::bind(config.admin)
+            .await
+            .with_context(|| format!("binding the admin address {}", config.admin))?;
+        Ok(Server {
+            grpc,
+            admin,
+            metrics: Arc::new(Metrics::new()),
+            index: Arc::new(Index::new()),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` resolves (then drains and returns `Ok`) or something
+    /// fails: the source before its first valid state, the source later, or the gRPC
+    /// server.
+    pub async fn run<S: Source>(
+        self,
+        source: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Server {
+            grpc,
+            admin,
+            metrics,
+            index,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which is also a stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let admin_state = Arc::new(AdminState {
+            metrics: Arc::clone(&metrics),
+            ready: false.into(),
+        });
+        tracing::info!(addr = %admin.local_addr()?, "admin listening");
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            Arc::clone(&admin_state),
+            stopped(stop_rx.clone()),
+        ));
+
+        let (publisher, mut states) = Publisher::new(
+            metrics.source_changes_rejected.clone(),
+            metrics.source_load.clone(),
+        );
+        let described = source.describe();
+        let mut source_task = tokio::spawn(source.run(publisher));
+        tokio::pin!(shutdown);
+
+        // Nothing is served before the first valid state: a proxy told "unknown"
+        // would treat a meshed service as not meshed.
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                source_task.abort();
+                let _ = admin_task.await;
+                return Ok(());
+            }
+            changed = states.changed() => {
+                if changed.is_err() {
+                    let _ = stop_tx.send(true);
+                    return Err(source_result(&described, source_task.await));
+                }
+            }
+        }
+        apply(&index, &metrics, &mut states);
+        admin_state.ready.store(true, Ordering::Release);
+
+        let grpc_addr = grpc.local_addr()?;
+        let gauge = metrics.connected_proxies.clone();
+        let incoming = TcpListenerStream::new(grpc).map(move |conn| {
+            conn.map(|stream| {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "set_nodelay failed");
+                }
+                CountedConn::new(stream, gauge.clone())
+            })
+        });
+        let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(DiscoveryService::new(
+                Arc::clone(&index),
+                Arc::clone(&metrics),
+            ))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        tokio::pin!(grpc_server);
+        tracing::info!(addr = %grpc_addr, "discovery listening");
+
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        break Err(source_result(&described, (&mut source_task).await));
+                    }
+                    apply(&index, &metrics, &mut states);
+                }
+                served = &mut grpc_server => {
+                    break Err(match served {
+                        Ok(()) => anyhow::anyhow!("the gRPC server stopped"),
+                        Err(e) => anyhow::Error::new(e).context("the gRPC server failed"),
+                    });
+                }
+            }
+        };
+        tracing::info!("shutting down");
+        // Ending every watch stream lets the gRPC server's graceful shutdown finish.
+        index.close();
+        let _ = stop_tx.send(true);
+        source_task.abort();
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut grpc_server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gRPC connections did not close in time");
+        }
+        let _ = admin_task.await;
+        result
+    }
+}
+
+fn apply(index: &Index, metrics: &Metrics, states: &mut watch::Receiver<Option<SourceState>>) {
+    let Some(state) = states.borrow_and_update().clone() else {
+        return;
+    };
+    let outcome = index.apply(state.generation, &state.mesh);
+    metrics.source_changes_applied.inc();
+    metrics
+        .source_generation
+        .set(i64::try_from(state.generation).unwrap_or(i64::MAX));
+    tracing::info!(
+        generation = state.generation,
+        changed = outcome.changed,
+        removed = outcome.removed,
+        notified = outcome.notified,
+        "mesh state applied"
+    );
+}
+
+fn source_result(
+    described: &str,
+    joined: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    match joined {
+        Ok(Ok(())) => anyhow::anyhow!("{described} stopped"),
+        Ok(Err(e)) => e.context(format!("{described} failed")),
+        Err(e) => anyhow::Error::new(e).context(format!("{described} crashed")),
+    }
+}
+
+/// A proxy's connection, counted in `weft_control_connected_proxies` while open.
+struct CountedConn {
+    inner: TcpStream,
+    gauge: IntGauge,
+}
+
+impl CountedConn {
+    fn new(inner: TcpStream, gauge: IntGauge) -> Self {
+        gauge.inc();
+        CountedConn { inner, gauge }
+    }
+}
+
+impl Drop for CountedConn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Connected for CountedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for CountedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
