@@ -49,6 +49,8 @@ pub const PROXY_UID: u32 = 7102;
 pub const OUTBOUND_PORT: u16 = 7140;
 pub const INBOUND_PORT: u16 = 7143;
 pub const ADMIN_PORT: u16 = 7191;
+/// weft-control's gRPC port, on the node's bridge address.
+pub const CONTROL_PLANE_PORT: u16 = 7443;
 
 const PREFIX: &str = "weft-";
 const BRIDGE: &str = "br0";
@@ -298,6 +300,52 @@ impl Node {
         Ok(pod)
     }
 
+    /// Starts `weft-control serve` in the node's namespace with `services` as the
+    /// mesh; pods reach its gRPC API at [`ControlPlane::url`] (the bridge address).
+    pub async fn start_control_plane(
+        &self,
+        services: &[ServiceDef],
+    ) -> anyhow::Result<ControlPlane> {
+        let mut yaml = String::from("services:\n");
+        for s in services {
+            yaml.push_str(&s.to_yaml());
+        }
+        let mesh = self.dir.path().join("mesh.yaml");
+        std::fs::write(&mesh, yaml).with_context(|| format!("cannot write {}", mesh.display()))?;
+        let grpc = SocketAddr::from((self.gateway(), CONTROL_PLANE_PORT));
+        let bin = bins::binary("weft-control")?;
+        let mut cmd = self.exec("setpriv");
+        cmd.args(["--pdeathsig", "KILL"])
+            .arg(&bin)
+            .arg("serve")
+            .arg("--mesh")
+            .arg(&mesh)
+            .args(["--grpc", &grpc.to_string(), "--admin", "127.0.0.1:7990"])
+            .env("NO_COLOR", "1");
+        let mut process = Process::spawn("weft-control", cmd, self.dir.path())?;
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 7990));
+        let deadline = tokio::time::Instant::now() + crate::proxy::READY_LIMIT;
+        loop {
+            if let Some(status) = process.try_exit()? {
+                bail!("weft-control exited ({status}):\n{}", process.output());
+            }
+            if let Ok(stream) = connect(&self.netns, admin).await
+                && let Ok(r) = admin::request_over(stream, "127.0.0.1", "GET", "/ready").await
+                && r.status == 200
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("weft-control not ready:\n{}", process.output());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(ControlPlane {
+            url: format!("http://{grpc}"),
+            process,
+        })
+    }
+
     /// A command run inside the node's namespace (e.g. tshark on the bridge).
     pub fn exec(&self, program: &str) -> Command {
         netns_command(&self.netns, program)
@@ -312,6 +360,13 @@ impl Drop for Node {
     fn drop(&mut self) {
         delete_netns(&self.netns);
     }
+}
+
+/// weft-control serving discovery to the node's pods; stopped when dropped.
+pub struct ControlPlane {
+    /// What a proxy's `control_plane:` setting says.
+    pub url: String,
+    pub process: Process,
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -460,6 +515,16 @@ impl Pod {
     /// on 127.0.0.1:7140, inbound on 0.0.0.0:7143 delivering to the original port,
     /// admin on 127.0.0.1:7191, and `services` as its mesh (file mode).
     pub async fn start_proxy(&self, services: &[ServiceDef]) -> anyhow::Result<PodProxy> {
+        self.start_proxy_with(services, None).await
+    }
+
+    /// Like [`Pod::start_proxy`], also asking `control_plane` (a URL) about
+    /// destinations its own services do not name.
+    pub async fn start_proxy_with(
+        &self,
+        services: &[ServiceDef],
+        control_plane: Option<&ControlPlane>,
+    ) -> anyhow::Result<PodProxy> {
         let mut yaml = format!(
             "workers: 1\n\
              node: {{workload: {name}}}\n\
@@ -469,6 +534,9 @@ impl Pod {
              limits: {{shutdown_grace: 1s}}\n",
             name = self.name
         );
+        if let Some(cp) = control_plane {
+            yaml.push_str(&format!("control_plane: \"{}\"\n", cp.url));
+        }
         if !services.is_empty() {
             yaml.push_str("services:\n");
             for s in services {

@@ -398,6 +398,65 @@ async fn ipv6_traffic_is_captured_too() {
     assert_eq!(passthrough(&mesh.a_proxy).await, 1.0);
 }
 
+/// With a control plane, a proxy that knows no services learns a VIP on first use
+/// (subscribing by VIP:port), and learns that an outside address is not in the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vips_unknown_to_the_proxy_are_asked_of_the_control_plane() {
+    if !netns::available("vips_unknown_to_the_proxy_are_asked_of_the_control_plane") {
+        return;
+    }
+    let mut node = Node::create().expect("node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    let x = node.pod("x").expect("pod x");
+    let web = HttpApp::on_listener(
+        "b",
+        b.listen(WEB_PORT).await.expect("listener in b"),
+        weft_tests::apps::standard_handler("b"),
+    )
+    .expect("web app");
+    let _outside = HttpApp::on_listener(
+        "x",
+        x.listen(OUTSIDE_PORT).await.expect("listener in x"),
+        weft_tests::apps::standard_handler("x"),
+    )
+    .expect("outside app");
+    let control = node
+        .start_control_plane(&Mesh::services(&b))
+        .await
+        .expect("control plane on the node");
+    a.install_capture().expect("init in a");
+    b.install_capture().expect("init in b");
+    let a_proxy = a
+        .start_proxy_with(&[], Some(&control))
+        .await
+        .expect("proxy in a");
+    let _b_proxy = b
+        .start_proxy_with(&[], Some(&control))
+        .await
+        .expect("proxy in b");
+
+    let reply = a
+        .http_get(vip(WEB_VIP, 80), WEB_VIP, "/")
+        .await
+        .expect("GET the web VIP");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body.trim(), "hello from b");
+    assert_eq!(web.requests(), 1);
+    assert_eq!(
+        a_proxy.metric("weft_discovery_subscriptions", &[]).await,
+        1.0
+    );
+
+    let outside = x.addr(OUTSIDE_PORT);
+    let reply = a
+        .http_get(outside, "x", "/")
+        .await
+        .expect("GET the outside pod");
+    assert_eq!(reply.body.trim(), "hello from x");
+    assert_eq!(passthrough(&a_proxy).await, 1.0);
+}
+
 /// Connects from pod a with bash's /dev/tcp as `uid` (None: root) to `addr`, sends
 /// an HTTP/1.0 request and returns what came back.
 fn bash_get(pod: &Pod, uid: Option<u32>, addr: SocketAddr) -> String {
