@@ -678,14 +678,20 @@ async fn the_wire_between_pods_carries_only_tls() {
         "tshark",
         {
             let mut cmd = mesh.node.exec("tshark");
-            cmd.args(["-i", mesh.node.bridge(), "-f", "tcp", "-w", &pcap_arg]);
+            // -P -l: also print each packet as it is captured, which is how the
+            // test knows the capture is live.
+            cmd.args(["-i", mesh.node.bridge(), "-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
             cmd
         },
         mesh.node.dir.path(),
     )
     .expect("start tshark on the bridge");
-    eventually(STEP_DEADLINE, "tshark capturing", || async {
-        capture.output().contains("Capturing on").then_some(())
+    // "Capturing on" comes before packets are really seen: probe (pod x, which has
+    // no capture rules, knocks on a closed port of the bridge) until one shows up.
+    let probe = SocketAddr::from((mesh.node.gateway(), 9));
+    eventually(STEP_DEADLINE, "tshark sees packets on the bridge", || async {
+        let _ = mesh.x.connect(probe).await;
+        capture.output().contains(" TCP ").then_some(())
     })
     .await;
     let marker = "weft-plaintext-marker-7f3a";
