@@ -215,6 +215,8 @@ pub struct Node {
     /// The third octet of this node's 10.250.x.0/24.
     subnet: u8,
     next_host: u8,
+    /// The node-side veth of each pod, in the bridge.
+    ports: Vec<String>,
     // Dropped last: logs of everything run on the bed.
     pub dir: TempDir,
 }
@@ -236,6 +238,7 @@ impl Node {
             netns,
             subnet,
             next_host: 2,
+            ports: Vec::new(),
             dir,
         };
         let ns = node.netns.as_str();
@@ -285,6 +288,7 @@ impl Node {
         ])?;
         ip(&["-n", node, "link", "set", &peer, "master", BRIDGE])?;
         ip(&["-n", node, "link", "set", &peer, "up"])?;
+        self.ports.push(peer.clone());
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
@@ -353,6 +357,12 @@ impl Node {
 
     pub fn bridge(&self) -> &'static str {
         BRIDGE
+    }
+
+    /// The bridge's ports (one veth per pod). A capture on the bridge device itself
+    /// misses unicast the bridge forwards port to port; capture on these instead.
+    pub fn bridge_ports(&self) -> &[String] {
+        &self.ports
     }
 }
 

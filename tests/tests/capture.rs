@@ -662,7 +662,7 @@ async fn the_called_app_sees_the_callers_spiffe_id() {
     );
 }
 
-/// On the wire between pods there is only TLS: tshark on the node's bridge sees
+/// On the wire between pods there is only TLS: tshark on the node's bridge ports sees
 /// TLS records and none of the plaintext the apps exchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mTLS (issue 4)"]
@@ -678,22 +678,49 @@ async fn the_wire_between_pods_carries_only_tls() {
         "tshark",
         {
             let mut cmd = mesh.node.exec("tshark");
+            for port in mesh.node.bridge_ports() {
+                cmd.args(["-i", port]);
+            }
             // -P -l: also print each packet as it is captured, which is how the
             // test knows the capture is live.
-            cmd.args(["-i", mesh.node.bridge(), "-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
+            cmd.args(["-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
             cmd
         },
         mesh.node.dir.path(),
     )
     .expect("start tshark on the bridge");
-    // "Capturing on" comes before packets are really seen: probe (pod x, which has
-    // no capture rules, knocks on a closed port of the bridge) until one shows up.
-    let probe = SocketAddr::from((mesh.node.gateway(), 9));
-    eventually(STEP_DEADLINE, "tshark sees packets on the bridge", || async {
-        let _ = mesh.x.connect(probe).await;
-        capture.output().contains(" TCP ").then_some(())
-    })
-    .await;
+    // tshark prints "Capturing on" before packets are really seen, and packets it
+    // has not read yet are lost when it stops. So the pods knock on a closed port
+    // of the node (each knock a packet on its port), and the test waits for knocks
+    // that tshark printed: before the traffic (capture live on every port) and
+    // after it (everything before the knock, in order on that port, captured).
+    let gateway = mesh.node.gateway();
+    let probe = SocketAddr::from((gateway, 9));
+    let knocks = |pod: &Pod| {
+        capture
+            .output()
+            .matches(&format!("{} → {gateway} ", pod.ip))
+            .count()
+    };
+    let knock_until_seen = |after: Vec<usize>| {
+        let pods = [&mesh.a, &mesh.b, &mesh.x];
+        eventually(
+            STEP_DEADLINE,
+            "tshark prints a knock from every pod",
+            move || {
+                let after = after.clone();
+                async move {
+                    let mut all = true;
+                    for (pod, before) in pods.iter().zip(after) {
+                        let _ = pod.connect(probe).await;
+                        all &= knocks(pod) > before;
+                    }
+                    all.then_some(())
+                }
+            },
+        )
+    };
+    knock_until_seen(vec![0, 0, 0]).await;
     let marker = "weft-plaintext-marker-7f3a";
     let reply = mesh
         .a
@@ -701,6 +728,7 @@ async fn the_wire_between_pods_carries_only_tls() {
         .await
         .expect("GET through the mesh");
     assert_eq!(reply.status, 200);
+    knock_until_seen([&mesh.a, &mesh.b, &mesh.x].map(knocks).to_vec()).await;
     capture
         .signal(nix::sys::signal::Signal::SIGINT)
         .expect("stop tshark");
