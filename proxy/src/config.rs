@@ -28,7 +28,7 @@ struct RawConfig {
     #[serde(default)]
     node: NodeConfig,
     #[serde(default)]
-    outbound: Option<ListenConfig>,
+    outbound: Option<OutboundConfig>,
     #[serde(default)]
     inbound: Option<InboundConfig>,
     #[serde(default)]
@@ -84,12 +84,32 @@ struct ListenConfig {
     listen: SocketAddr,
 }
 
+/// `outbound: {listen: 127.0.0.1:7140, transparent: true}`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboundConfig {
+    listen: SocketAddr,
+    /// The listener receives connections redirected by `weft-proxy init`'s rules:
+    /// each is routed by its original destination (a service VIP:port, or else
+    /// passed through untouched to where the app was going). A connection that was
+    /// not redirected (the app names the proxy, as its `http_proxy`) still routes
+    /// by each request's authority. A loopback or wildcard IPv4 listen address
+    /// gets an IPv6 twin (`[::1]` / `[::]`, same port), where ip6tables redirects.
+    #[serde(default)]
+    transparent: bool,
+}
+
+/// `inbound: {listen: 0.0.0.0:7143, app: 127.0.0.1:8080}`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InboundConfig {
     listen: SocketAddr,
-    /// Where the local application listens.
-    app: SocketAddr,
+    /// Where the local application listens. Without it (transparent capture) each
+    /// connection goes to 127.0.0.1 (or ::1) on the port it was originally sent
+    /// to, so one inbound listener serves every port of the app; the listener
+    /// then gets an IPv6 twin as a transparent outbound one does.
+    #[serde(default)]
+    app: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +190,10 @@ pub struct Config {
     pub workers: usize,
     pub node: NodeConfig,
     pub outbound: Option<SocketAddr>,
-    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    /// Whether the outbound listener receives redirected connections.
+    pub outbound_transparent: bool,
+    /// (listen, app); no app: the original destination port on loopback.
+    pub inbound: Option<(SocketAddr, Option<SocketAddr>)>,
     pub admin: SocketAddr,
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: LimitsConfig,
@@ -243,9 +266,11 @@ impl Config {
             node: raw.node,
             outbound: Some(
                 raw.outbound
+                    .as_ref()
                     .map(|l| l.listen)
                     .unwrap_or_else(|| parse_addr(DEFAULT_OUTBOUND)),
             ),
+            outbound_transparent: raw.outbound.is_some_and(|l| l.transparent),
             inbound: raw.inbound.map(|i| (i.listen, i.app)),
             admin: raw
                 .admin
@@ -269,7 +294,19 @@ mod tests {
         assert_eq!(c.outbound, Some(parse_addr(DEFAULT_OUTBOUND)));
         assert_eq!(c.admin, parse_addr(DEFAULT_ADMIN));
         assert!(c.inbound.is_none());
+        assert!(!c.outbound_transparent);
         assert_eq!(c.limits.max_connections, 10_000);
+    }
+
+    #[test]
+    fn transparent_capture_needs_no_fixed_app() {
+        let c = Config::parse(
+            "outbound: {listen: 127.0.0.1:7140, transparent: true}\ninbound: {listen: 0.0.0.0:7143}\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(c.outbound_transparent);
+        assert_eq!(c.inbound, Some((parse_addr("0.0.0.0:7143"), None)));
     }
 
     #[test]

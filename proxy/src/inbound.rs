@@ -23,7 +23,9 @@ use crate::metrics::ServiceMetrics;
 pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
 
 pub struct Inbound {
-    app: SocketAddr,
+    /// A fixed app address; None under transparent capture, where each connection
+    /// goes to the port it was originally sent to.
+    app: Option<SocketAddr>,
     pool: Pool,
     metrics: Arc<ServiceMetrics>,
     connect_timeout: Duration,
@@ -34,7 +36,7 @@ pub struct Inbound {
 
 impl Inbound {
     pub fn new(
-        app: SocketAddr,
+        app: Option<SocketAddr>,
         pool: Pool,
         metrics: Arc<ServiceMetrics>,
         connect_timeout: Duration,
@@ -54,6 +56,13 @@ impl Inbound {
     }
 
     pub async fn serve_conn(self: Arc<Self>, io: Conn) {
+        let Some(app) = self
+            .app
+            .or_else(|| crate::capture::orig_dst::inbound_app(io.get_ref()))
+        else {
+            tracing::debug!("inbound connection with no app port to deliver to; closing");
+            return;
+        };
         let (detected, io) = match detect(io, self.detect_timeout).await {
             Ok(pair) => pair,
             Err(e) => {
@@ -68,7 +77,7 @@ impl Inbound {
                     let this = this.clone();
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let resp = this.handle(req).await;
+                        let resp = this.handle(req, app).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
                 });
@@ -82,16 +91,16 @@ impl Inbound {
                 .await;
             }
             Detected::Tls | Detected::Opaque => {
-                crate::tcp::forward(io, self.app, self.connect_timeout).await;
+                crate::tcp::forward(io, app, self.connect_timeout).await;
             }
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: Request<Incoming>, app: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
         req.headers_mut().remove(CLIENT_ID_HEADER);
         let target = Target {
-            addr: self.app,
+            addr: app,
             connect_timeout: self.connect_timeout,
             request_timeout: None,
         };

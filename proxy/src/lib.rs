@@ -3,9 +3,11 @@
 //! Read top down: `proxy` wires a running proxy from `config`; `listener` accepts;
 //! `detect` sniffs the protocol; `outbound` and `inbound` route; `http` forwards
 //! requests over pooled connections; `tcp` forwards opaque bytes; `snapshot` holds
-//! the dynamic state that `reload` swaps in; `admin` and `metrics` make it visible.
+//! the dynamic state that `reload` swaps in; `admin` and `metrics` make it visible;
+//! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod detect;
 pub mod discovery;

@@ -24,6 +24,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Install the transparent-capture iptables rules in this network namespace
+    /// (the pod's init container), or remove or print them.
+    Init(weft_proxy::capture::init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Init(args) => match weft_proxy::capture::init::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

@@ -30,6 +30,7 @@ struct Inner {
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_rejected: IntCounterVec,
+    tcp_passthrough: IntCounterVec,
     bytes_read: IntCounterVec,
     bytes_written: IntCounterVec,
     proxy_errors: IntCounterVec,
@@ -113,6 +114,12 @@ impl Metrics {
             "TCP connections refused because the connection limit was reached.",
             &["direction"],
         );
+        let tcp_passthrough = counter(
+            "weft_tcp_passthrough_total",
+            "Captured connections to destinations the mesh does not know, passed through \
+             untouched as plain TCP.",
+            &["direction"],
+        );
         let bytes_read = counter(
             "weft_tcp_read_bytes_total",
             "Bytes read from accepted connections.",
@@ -192,6 +199,7 @@ impl Metrics {
                 tcp_opened,
                 tcp_closed,
                 tcp_rejected,
+                tcp_passthrough,
                 bytes_read,
                 bytes_written,
                 proxy_errors,
@@ -239,6 +247,11 @@ impl Metrics {
             bytes_read: i.bytes_read.with_label_values(&[direction]),
             bytes_written: i.bytes_written.with_label_values(&[direction]),
         }
+    }
+
+    /// Counts connections passed through outside the mesh.
+    pub fn passthrough(&self, direction: &str) -> IntCounter {
+        self.inner.tcp_passthrough.with_label_values(&[direction])
     }
 
     pub fn snapshot_loaded(&self, version: u64) {

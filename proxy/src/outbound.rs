@@ -2,7 +2,9 @@
 //!
 //! A destination is found one of three ways: the request's authority (the app uses
 //! the proxy as its `http_proxy`), a fixed service (an explicit upstream listener),
-//! or the connection's original destination (transparent capture, a later step).
+//! or the connection's original destination (transparent capture: iptables
+//! redirected a connection the app opened to VIP:port). A captured connection to a
+//! destination the mesh does not know is passed through untouched.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -32,6 +34,9 @@ pub enum Destination {
     Authority,
     /// Every request and byte goes to this service ("name" or "name.namespace").
     Service(Arc<str>),
+    /// Where a captured connection was going: a service VIP:port, or an address
+    /// outside the mesh.
+    Original(SocketAddr),
 }
 
 pub struct Outbound {
@@ -40,6 +45,7 @@ pub struct Outbound {
     discovery_wait: Duration,
     pool: Pool,
     unknown: Arc<ServiceMetrics>,
+    passthrough: prometheus::IntCounter,
     connect_timeout: Duration,
     detect_timeout: Duration,
     limits: ServerLimits,
@@ -65,6 +71,7 @@ impl Outbound {
             discovery_wait,
             pool,
             unknown: metrics.service("outbound", "unknown"),
+            passthrough: metrics.passthrough("outbound"),
             connect_timeout,
             detect_timeout,
             limits,
@@ -96,16 +103,38 @@ impl Outbound {
     async fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
         match dest {
             Destination::Service(name) => self.lookup(Dest::Name(name.to_string())).await,
+            Destination::Original(addr) => self.lookup(Dest::Vip(*addr)).await,
             Destination::Authority => None,
         }
     }
 
+    /// A captured connection to an address the mesh does not know goes where the
+    /// app sent it, byte for byte. The proxy's own connections are exempt from
+    /// capture, so this cannot come back here, except to this very listener: that
+    /// is refused rather than looped.
+    async fn pass_through(&self, io: Conn, orig: SocketAddr) {
+        let local = io.get_ref().local_addr().ok();
+        if local.is_some_and(|l| l.port() == orig.port()) {
+            tracing::debug!(%orig, "captured connection to the outbound port itself; closing");
+            return;
+        }
+        self.passthrough.inc();
+        crate::tcp::forward(io, orig, self.connect_timeout).await;
+    }
+
     /// Handles one accepted connection.
     pub async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
-        let hint = self
-            .fixed_service(&dest)
-            .await
-            .map(|s| s.protocol(io.get_ref().local_addr().map_or(0, |a| a.port())));
+        let svc = self.fixed_service(&dest).await;
+        let port = match &dest {
+            Destination::Original(orig) => orig.port(),
+            _ => io.get_ref().local_addr().map_or(0, |a| a.port()),
+        };
+        if let Destination::Original(orig) = dest
+            && svc.is_none()
+        {
+            return self.pass_through(io, orig).await;
+        }
+        let hint = svc.map(|s| s.protocol(port));
         let (detected, io) = if hint == Some(Protocol::Opaque) {
             (
                 Detected::Opaque,
@@ -160,6 +189,7 @@ impl Outbound {
         let start = Instant::now();
         let dest = match dest {
             Destination::Service(name) => Dest::Name(name.to_string()),
+            Destination::Original(addr) => Dest::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
                     Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),

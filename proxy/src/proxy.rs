@@ -14,12 +14,13 @@ use tokio_util::task::TaskTracker;
 use weft_api::v1;
 
 use crate::admin::Admin;
+use crate::capture::listen::ipv6_twin;
 use crate::config::Config;
 use crate::discovery::{Dest, Discovery};
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::inbound::Inbound;
-use crate::listener::Acceptor;
+use crate::listener::{Acceptor, Conn};
 use crate::metrics::Metrics;
 use crate::outbound::{Destination, Outbound};
 use crate::snapshot::{self, SnapshotStore};
@@ -114,11 +115,22 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
 
     if let Some(addr) = config.outbound {
         let listener = bind(addr, "outbound").await?;
-        proxy.outbound = Some(listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        proxy.outbound = Some(bound);
         let ob = outbound.clone();
-        acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
-            ob.clone().serve_conn(io, Destination::Authority)
-        });
+        let transparent = config.outbound_transparent;
+        let handle = move |io: Conn, _peer| {
+            let dest = if transparent {
+                crate::capture::orig_dst::outbound_destination(io.get_ref())
+            } else {
+                Destination::Authority
+            };
+            ob.clone().serve_conn(io, dest)
+        };
+        if let Some(twin) = transparent.then(|| ipv6_twin(bound)).flatten() {
+            acceptor.spawn(twin, metrics.conn("outbound"), handle.clone());
+        }
+        acceptor.spawn(listener, metrics.conn("outbound"), handle);
     }
     for up in &config.upstreams {
         let listener = bind(up.listen, &format!("upstream {}", up.service)).await?;
@@ -132,7 +144,8 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     }
     if let Some((listen, app)) = config.inbound {
         let listener = bind(listen, "inbound").await?;
-        proxy.inbound = Some(listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        proxy.inbound = Some(bound);
         let workload = config
             .node
             .workload
@@ -147,9 +160,13 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             server_limits,
             proxy.drain.clone(),
         );
-        acceptor.spawn(listener, metrics.conn("inbound"), move |io, _peer| {
-            ib.clone().serve_conn(io)
-        });
+        let handle = move |io: Conn, _peer| ib.clone().serve_conn(io);
+        // Without a fixed app the inbound side is transparent: it also takes what
+        // ip6tables redirects.
+        if let Some(twin) = app.is_none().then(|| ipv6_twin(bound)).flatten() {
+            acceptor.spawn(twin, metrics.conn("inbound"), handle.clone());
+        }
+        acceptor.spawn(listener, metrics.conn("inbound"), handle);
     }
 
     let admin_listener = bind(config.admin, "admin").await?;

@@ -38,10 +38,24 @@ pub async fn post(addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
 }
 
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<Reply> {
+    let stream = tokio::time::timeout(REQUEST_LIMIT, TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr} timed out"))?
+        .with_context(|| format!("{method} http://{addr}{path}"))?;
+    request_over(stream, &addr.to_string(), method, path).await
+}
+
+/// Sends one `Connection: close` request over `stream` (already connected, e.g. from
+/// inside a network namespace) with `host` as its Host header, and reads the reply.
+pub async fn request_over(
+    mut stream: TcpStream,
+    host: &str,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Reply> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();
@@ -50,9 +64,9 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Resu
     };
     let raw = tokio::time::timeout(REQUEST_LIMIT, exchange)
         .await
-        .with_context(|| format!("{method} http://{addr}{path} timed out"))?
-        .with_context(|| format!("{method} http://{addr}{path}"))?;
-    parse_reply(&raw).with_context(|| format!("{method} http://{addr}{path}: bad reply"))
+        .with_context(|| format!("{method} http://{host}{path} timed out"))?
+        .with_context(|| format!("{method} http://{host}{path}"))?;
+    parse_reply(&raw).with_context(|| format!("{method} http://{host}{path}: bad reply"))
 }
 
 /// Parses a complete `Connection: close` HTTP/1.1 response (no chunked bodies: the

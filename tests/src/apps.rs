@@ -62,7 +62,15 @@ impl HttpApp {
     }
 
     pub async fn with_handler(name: &str, handler: Handler) -> anyhow::Result<HttpApp> {
-        let listener = bind_loopback().await?;
+        Self::on_listener(name, bind_loopback().await?, handler)
+    }
+
+    /// Serves on a listener bound elsewhere (e.g. inside a network namespace).
+    pub fn on_listener(
+        name: &str,
+        listener: TcpListener,
+        handler: Handler,
+    ) -> anyhow::Result<HttpApp> {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -203,7 +211,15 @@ impl TcpApp {
         F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = bind_loopback().await?;
+        Self::serve_on(bind_loopback().await?, handler)
+    }
+
+    /// Like [`TcpApp::serve`] on a listener bound elsewhere.
+    pub fn serve_on<F, Fut>(listener: TcpListener, handler: F) -> anyhow::Result<TcpApp>
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();

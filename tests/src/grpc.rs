@@ -111,7 +111,11 @@ pub struct GrpcEchoApp {
 
 impl GrpcEchoApp {
     pub async fn start() -> anyhow::Result<GrpcEchoApp> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::on_listener(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?)
+    }
+
+    /// Serves on a listener bound elsewhere (e.g. inside a network namespace).
+    pub fn on_listener(listener: TcpListener) -> anyhow::Result<GrpcEchoApp> {
         let addr = listener.local_addr()?;
         let service = EchoServer::new(EchoService)
             .max_decoding_message_size(MAX_MESSAGE)

@@ -15,6 +15,8 @@
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
+//! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
+//!   capture, weft-proxy under its own UID (needs root; see its docs).
 //!
 //! Tests run on a multi-thread runtime (`#[tokio::test(flavor = "multi_thread",
 //! worker_threads = 2)]`): dropping a [`process::Process`] blocks the test's thread
@@ -29,6 +31,7 @@ pub mod data;
 pub mod grpc;
 pub mod hops;
 pub mod metrics;
+pub mod netns;
 pub mod ports;
 pub mod process;
 pub mod proxy;

@@ -86,6 +86,13 @@ impl ServiceDef {
         )
     }
 
+    /// This service as one item of a `services:` list.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        self.write_yaml(&mut out);
+        out
+    }
+
     fn write_yaml(&self, out: &mut String) {
         out.push_str(&format!("  - name: {}\n", self.name));
         if let Some(ns) = &self.namespace {
