@@ -93,7 +93,8 @@ impl Outbound {
             return Some(svc);
         }
         let discovery = self.discovery.as_ref()?;
-        if discovery.resolve(dest.clone(), self.discovery_wait).await {
+        // Boxed: first use of a destination is rare; the common path stays small.
+        if Box::pin(discovery.resolve(dest.clone(), self.discovery_wait)).await {
             find(&dest)
         } else {
             None

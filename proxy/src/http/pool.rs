@@ -162,7 +162,9 @@ impl Pool {
                 });
             }
         }
-        self.new_h1(addr, connect_timeout).await
+        // Boxed: the connect path is rare, and keeping it out of line keeps every
+        // request's future (moved on each task spawn) small.
+        Box::pin(self.new_h1(addr, connect_timeout)).await
     }
 
     pub async fn new_h1(
@@ -192,6 +194,16 @@ impl Pool {
         if let Some(tx) = self.shared_h2(addr) {
             return Ok(tx);
         }
+        // Boxed for the same reason as the HTTP/1 connect path.
+        Box::pin(self.h2_dial_once(addr, connect_timeout)).await
+    }
+
+    /// Dials the shared HTTP/2 connection, one dial per endpoint at a time.
+    async fn h2_dial_once(
+        &self,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
         let gate = lock(&self.inner.h2_dials).entry(addr).or_default().clone();
         let waited_since = Instant::now();
         let mut dial = gate.lock().await;
