@@ -158,10 +158,10 @@ impl Prometheus {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let last = self.query(promql).await;
-            if let Ok(series) = &last {
-                if ok(series) {
-                    return series.clone();
-                }
+            if let Ok(series) = &last
+                && ok(series)
+            {
+                return series.clone();
             }
             if tokio::time::Instant::now() >= deadline {
                 let targets = http_get(self.addr, "/api/v1/targets")

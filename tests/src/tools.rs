@@ -47,3 +47,14 @@ pub fn require(name: &str, package: &str, test: &str) -> Option<PathBuf> {
     eprintln!("\n******** SKIPPED {test}: {why} ********\n");
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_installed_programs_only() {
+        assert!(find("sh").is_some());
+        assert_eq!(find("weft-no-such-program"), None);
+    }
+}

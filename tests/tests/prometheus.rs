@@ -7,10 +7,14 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use weft_tests::admin;
+use weft_tests::apps::HttpApp;
+use weft_tests::client::{self, H1Client};
+use weft_tests::control::WeftControl;
 use weft_tests::demo::{Demo, SERVICES};
+use weft_tests::ports::closed_addr;
 use weft_tests::prometheus::{Job, Prometheus, promtool_check};
-use weft_tests::tools;
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+use weft_tests::{STEP_DEADLINE, admin, tools};
 
 /// Prometheus needs a few scrapes for `rate()`; with 1 s scrapes this is plenty.
 const QUERY_LIMIT: Duration = Duration::from_secs(45);
@@ -125,4 +129,69 @@ async fn prometheus_scrapes_the_demo_and_promtool_accepts_every_exposition() {
         demo.output()
     );
     drop(prometheus);
+}
+
+/// Series that only appear after something went wrong (proxy errors, unknown
+/// services, rejected mesh changes) must pass promtool too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_metrics_after_errors_and_rejections() {
+    const TEST: &str = "promtool_accepts_metrics_after_errors_and_rejections";
+    let Some(promtool) = tools::require("promtool", "prometheus", TEST) else {
+        return;
+    };
+    let app = HttpApp::start("app").await.expect("start app");
+    let control = WeftControl::start(&[
+        ServiceDef::new("orders").endpoint(app.addr),
+        ServiceDef::new("gone").endpoint(closed_addr()),
+    ])
+    .await
+    .expect("start the control plane");
+    let proxy = WeftProxy::start(
+        ProxyConfig::new()
+            .inbound(app.addr)
+            .limit("discovery_timeout", "200ms")
+            .control_plane(&control.url()),
+    )
+    .await
+    .expect("start proxy");
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    for (uri, status) in [
+        ("http://orders/", 200),
+        ("http://gone/", 502),
+        ("http://nowhere/", 404),
+    ] {
+        let reply = c.send(client::get(uri)).await.expect("answer");
+        assert_eq!(reply.status.as_u16(), status, "{uri}");
+    }
+    let mut c = H1Client::connect(proxy.inbound()).await.expect("connect");
+    let reply = c
+        .send(client::request("GET", "/", &[("host", "orders")], ""))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status.as_u16(), 200);
+    control
+        .write_mesh_text("services: [{name: Not_A_Name}]\n")
+        .expect("write the mesh");
+    control
+        .wait_metric(
+            "weft_control_source_changes_rejected_total",
+            |v| v >= 1.0,
+            STEP_DEADLINE,
+        )
+        .await;
+
+    let proxy_text = proxy.admin_get("/metrics").await.expect("metrics").body;
+    assert!(
+        proxy_text.contains("weft_proxy_errors_total"),
+        "{proxy_text}"
+    );
+    let control_text = control.metrics_text().await.expect("metrics");
+    for (name, text) in [("proxy", proxy_text), ("control plane", control_text)] {
+        if let Err(e) = promtool_check(&promtool, &text) {
+            panic!("{name}: {e:#}\n{text}");
+        }
+    }
+    // promtool does find problems: a counter without `_total`.
+    let bad = "# HELP weft_bad A counter.\n# TYPE weft_bad counter\nweft_bad 1\n";
+    assert!(promtool_check(&promtool, bad).is_err());
 }
