@@ -3,6 +3,8 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use weft_tests::admin;
 use weft_tests::demo::{Demo, SERVICES, last_summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,6 +54,48 @@ async fn demo_runs_the_checkout_mesh_and_stops_every_child_cleanly() {
         assert!(
             TcpListener::bind((Ipv4Addr::LOCALHOST, addr.port())).is_ok(),
             "{addr} is still bound after the demo exited"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_stopped_during_start_up_leaves_no_child_behind() {
+    let mut demo = Demo::start(&["--duration", "60"]).expect("start the demo");
+    // The control plane is its first child; the proxies and apps are still starting.
+    let control = demo.control_admin();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(admin::get(control, "/ready").await, Ok(r) if r.status == 200) {
+        assert!(
+            demo.process().try_exit().expect("poll the demo").is_none(),
+            "the demo exited early:\n{}",
+            demo.output()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the demo's control plane never became ready:\n{}",
+            demo.output()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    demo.process()
+        .signal(Signal::SIGTERM)
+        .expect("SIGTERM the demo");
+    let status = demo
+        .process()
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("the demo stops");
+    let output = demo.output();
+    assert!(status.success(), "the demo exited with {status}:\n{output}");
+    assert!(output.contains("all stopped cleanly"), "{output}");
+    for addr in SERVICES
+        .iter()
+        .map(|s| demo.proxy_admin(s))
+        .chain([control])
+    {
+        assert!(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, addr.port())).is_ok(),
+            "{addr} is still bound after the demo exited:\n{output}"
         );
     }
 }
