@@ -79,7 +79,15 @@ async fn endpoints_churning_every_100ms_lose_no_request_and_final_weights_hold()
     let spec = LoadSpec::new(proxy.outbound(), "http://orders/");
     let clients = spec.clients;
     let load = Load::start(spec);
+    // Requests that outlive a churn step: they must finish on the endpoint they
+    // started on even when a change removes it meanwhile.
+    let slow = Load::start(LoadSpec {
+        clients: 2,
+        pause: Duration::ZERO,
+        ..LoadSpec::new(proxy.outbound(), "http://orders/slow?ms=150")
+    });
     load.wait_more_ok(50, STEP_DEADLINE).await;
+    slow.wait_more_ok(2, STEP_DEADLINE).await;
 
     let steps = (CHURN_FOR.as_millis() / CHURN_EVERY.as_millis()) as usize;
     let mut tick = tokio::time::interval(CHURN_EVERY);
@@ -89,8 +97,14 @@ async fn endpoints_churning_every_100ms_lose_no_request_and_final_weights_hold()
         control
             .write_mesh(&[churn_state(step, &apps)])
             .expect("write the mesh");
-        assert!(load.running(), "the load stopped early (bounds reached?)");
+        assert!(
+            load.running() && slow.running(),
+            "the load stopped early (bounds reached?)"
+        );
     }
+    let slow = slow.stop().await;
+    slow.assert_no_failures();
+    assert!(slow.ok >= 100, "only {} slow requests ran", slow.ok);
     // Final weights 1:3 between app-0 and app-last.
     control
         .write_mesh(&[orders()
@@ -124,8 +138,8 @@ async fn endpoints_churning_every_100ms_lose_no_request_and_final_weights_hold()
         "removed endpoints still answered: {measured:?}"
     );
     eprintln!(
-        "churn: {steps} mesh changes, {} requests, final share {share:.3}, answers {:?}",
-        report.ok, report.by_app
+        "churn: {steps} mesh changes, {} requests ({} slow), final share {share:.3}, answers {:?}",
+        report.ok, slow.ok, report.by_app
     );
 
     // The churn really reached the proxy: most changes were applied, none refused.
