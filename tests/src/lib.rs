@@ -17,6 +17,11 @@
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
+//! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
+//! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
+//! - [`demo`] runs `weft-control demo` and reads its summary.
+//! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
+//!   such third-party programs (skip, or fail under `CI=true`, when missing).
 //!
 //! Tests run on a multi-thread runtime (`#[tokio::test(flavor = "multi_thread",
 //! worker_threads = 2)]`): dropping a [`process::Process`] blocks the test's thread
@@ -27,14 +32,19 @@ pub mod admin;
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod control;
 pub mod data;
+pub mod demo;
 pub mod grpc;
 pub mod hops;
+pub mod load;
 pub mod metrics;
 pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
+pub mod tools;
 
 /// Generated code for tests/proto/echo.proto.
 pub mod pb {

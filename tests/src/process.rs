@@ -26,6 +26,8 @@ pub struct Process {
     child: Child,
     log: PathBuf,
     exited: Option<ExitStatus>,
+    /// Leads its own process group: whatever it started is killed with it on drop.
+    group: bool,
 }
 
 impl Process {
@@ -45,7 +47,20 @@ impl Process {
             child,
             log,
             exited: None,
+            group: false,
         })
+    }
+
+    /// Like [`Process::spawn`], for a process that starts children of its own (the
+    /// demo): it leads a new process group, and on drop, after it had its chance to
+    /// stop them cleanly, anything left in that group is killed, so a failed test
+    /// leaves no grandchild behind.
+    pub fn spawn_group(name: &str, mut cmd: Command, log_dir: &Path) -> anyhow::Result<Process> {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+        let mut process = Self::spawn(name, cmd, log_dir)?;
+        process.group = true;
+        Ok(process)
     }
 
     pub fn name(&self) -> &str {
@@ -110,11 +125,23 @@ impl Process {
     }
 
     fn stop_blocking(&mut self) {
+        self.stop_leader_blocking();
+        if self.group {
+            // The group's id is the leader's pid; it is gone only once every member is.
+            if let Ok(pid) = i32::try_from(self.pid()) {
+                let _ = signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn stop_leader_blocking(&mut self) {
         if matches!(self.try_exit(), Ok(Some(_))) {
             return;
         }
         let _ = self.signal(Signal::SIGTERM);
-        let deadline = Instant::now() + DROP_GRACE;
+        // A group leader stops its children first, each with its own grace.
+        let grace = if self.group { STOP_GRACE } else { DROP_GRACE };
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if matches!(self.try_exit(), Ok(Some(_)) | Err(_)) {
                 return;
@@ -122,7 +149,7 @@ impl Process {
             std::thread::sleep(Duration::from_millis(10));
         }
         eprintln!(
-            "{} still running {DROP_GRACE:?} after SIGTERM; killing it",
+            "{} still running {grace:?} after SIGTERM; killing it",
             self.name
         );
         let _ = self.child.kill();

@@ -22,7 +22,18 @@ pub const READY_LIMIT: Duration = Duration::from_secs(15);
 /// Log filter for proxies the tests start (override with `WEFT_TEST_LOG`).
 const DEFAULT_LOG: &str = "info,weft_proxy=debug";
 
-/// One service of the mesh, in file mode.
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointDef {
+    pub addr: SocketAddr,
+    /// ready | not-ready | terminating.
+    pub state: String,
+    /// Relative weight; the mesh's default (100) when `None`.
+    pub weight: Option<u32>,
+}
+
+/// One service of the mesh: in a proxy's config (file mode) or in the control
+/// plane's mesh file (the same format).
 #[derive(Debug, Clone)]
 pub struct ServiceDef {
     pub name: String,
@@ -30,8 +41,7 @@ pub struct ServiceDef {
     pub vips: Vec<String>,
     /// (port, protocol): protocol is detect | http1 | http2 | grpc | opaque.
     pub ports: Vec<(u16, String)>,
-    /// (address, state): state is ready | not-ready | terminating.
-    pub endpoints: Vec<(SocketAddr, String)>,
+    pub endpoints: Vec<EndpointDef>,
     /// The `policy:` mapping as YAML flow text, e.g. `{timeouts: {request: 300ms}}`.
     pub policy: Option<String>,
 }
@@ -68,7 +78,21 @@ impl ServiceDef {
     }
 
     pub fn endpoint_in_state(mut self, addr: SocketAddr, state: &str) -> Self {
-        self.endpoints.push((addr, state.to_string()));
+        self.endpoints.push(EndpointDef {
+            addr,
+            state: state.to_string(),
+            weight: None,
+        });
+        self
+    }
+
+    /// A ready endpoint with a weight.
+    pub fn weighted_endpoint(mut self, addr: SocketAddr, weight: u32) -> Self {
+        self.endpoints.push(EndpointDef {
+            addr,
+            state: "ready".to_string(),
+            weight: Some(weight),
+        });
         self
     }
 
@@ -93,7 +117,8 @@ impl ServiceDef {
         out
     }
 
-    fn write_yaml(&self, out: &mut String) {
+    /// Appends this service as one item of a `services:` list.
+    pub fn write_yaml(&self, out: &mut String) {
         out.push_str(&format!("  - name: {}\n", self.name));
         if let Some(ns) = &self.namespace {
             out.push_str(&format!("    namespace: {ns}\n"));
@@ -112,9 +137,14 @@ impl ServiceDef {
             out.push_str(" []\n");
         } else {
             out.push('\n');
-            for (addr, state) in &self.endpoints {
+            for e in &self.endpoints {
+                let weight = e
+                    .weight
+                    .map(|w| format!(", weight: {w}"))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "      - {{address: \"{addr}\", state: {state}}}\n"
+                    "      - {{address: \"{}\", state: {}{weight}}}\n",
+                    e.addr, e.state
                 ));
             }
         }
@@ -201,6 +231,12 @@ impl ProxyConfig {
 
     pub fn workload(mut self, name: &str) -> Self {
         self.workload = Some(name.to_string());
+        self
+    }
+
+    /// Learns the mesh from the control plane at `url` (e.g. `http://127.0.0.1:7443`).
+    pub fn control_plane(mut self, url: &str) -> Self {
+        self.extra.push_str(&format!("control_plane: \"{url}\"\n"));
         self
     }
 

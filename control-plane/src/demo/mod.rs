@@ -114,6 +114,11 @@ async fn wait_ready(url: &str, proc: &mut Proc, limit: Duration) -> anyhow::Resu
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    // Installed before any child starts: a SIGTERM or Ctrl-C during start-up then
+    // stops the children too, instead of killing the demo and orphaning them.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let plan = Plan::new(opts.base_port)?;
     plan.check_ports_free()?;
     let (state_dir, _tmp) = match &opts.state_dir {
@@ -135,10 +140,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mesh_path = state_dir.join("mesh.yaml");
     std::fs::write(&mesh_path, plan.mesh_yaml())?;
     let mut procs: Vec<Proc> = Vec::new();
-    let result = start_and_watch(
-        &opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs,
-    )
-    .await;
+    let result = tokio::select! {
+        result = start_and_watch(
+            &opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs,
+        ) => result,
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+    };
 
     println!("\nstopping {} processes…", procs.len());
     // Reverse start order: traffic first, then apps, proxies, control plane last.
