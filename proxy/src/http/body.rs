@@ -122,3 +122,61 @@ impl Body for ProxyBody {
         }
     }
 }
+
+pin_project! {
+    /// A request body going upstream: the client's, streamed, or a buffered copy
+    /// that can be sent again when the request is retried.
+    #[project = RequestBodyProj]
+    pub enum RequestBody {
+        Streaming { #[pin] body: Incoming },
+        Replay { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl RequestBody {
+    pub fn replay(bytes: Bytes) -> Self {
+        RequestBody::Replay {
+            body: Full::new(bytes),
+        }
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        RequestBody::Streaming { body }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Replay { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming { body } => body.is_end_stream(),
+            RequestBody::Replay { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming { body } => body.size_hint(),
+            RequestBody::Replay { body } => body.size_hint(),
+        }
+    }
+}

@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use super::body::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -42,26 +43,59 @@ struct Dial {
 }
 
 struct Idle {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 struct Shared {
-    tx: http2::SendRequest<Incoming>,
+    tx: http2::SendRequest<RequestBody>,
     last_used: Instant,
 }
 
 /// An HTTP/1 connection checked out of the pool.
 pub struct H1Conn {
-    pub tx: http1::SendRequest<Incoming>,
+    pub tx: http1::SendRequest<RequestBody>,
     /// Whether it came from the idle stack (it may have been closed by the peer
     /// meanwhile, so a request that was never sent on it can be retried).
     pub reused: bool,
 }
 
+/// A service's count of open upstream connections and its cap (0: none). A new
+/// connection takes a unit before dialing and gives it back when it closes; over
+/// the cap the request is answered `overloaded` instead of waiting.
+#[derive(Debug, Clone, Default)]
+pub struct ConnLimit {
+    pub count: Arc<AtomicU32>,
+    pub max: u32,
+}
+
+struct ConnGuard(Option<Arc<AtomicU32>>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnLimit {
+    fn take(limit: Option<&ConnLimit>) -> Result<ConnGuard, ProxyError> {
+        let Some(l) = limit else {
+            return Ok(ConnGuard(None));
+        };
+        let prev = l.count.fetch_add(1, Ordering::Relaxed);
+        if l.max > 0 && prev >= l.max {
+            l.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::Overloaded);
+        }
+        Ok(ConnGuard(Some(l.count.clone())))
+    }
+}
+
 /// Puts an HTTP/1 connection back on its endpoint's idle stack.
 pub struct Giveback {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     addr: SocketAddr,
     pool: Weak<PoolInner>,
 }
@@ -135,7 +169,7 @@ impl Pool {
         pool
     }
 
-    pub fn giveback(&self, tx: http1::SendRequest<Incoming>, addr: SocketAddr) -> Giveback {
+    pub fn giveback(&self, tx: http1::SendRequest<RequestBody>, addr: SocketAddr) -> Giveback {
         Giveback {
             tx,
             addr,
@@ -148,6 +182,7 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
         loop {
             let idle = lock(&self.inner.h1).get_mut(&addr).and_then(Vec::pop);
@@ -162,20 +197,23 @@ impl Pool {
                 });
             }
         }
-        self.new_h1(addr, connect_timeout).await
+        self.new_h1(addr, connect_timeout, limit).await
     }
 
     pub async fn new_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
+        let guard = ConnLimit::take(limit)?;
         let stream = connect(addr, connect_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
         tokio::spawn(async move {
+            let _guard = guard;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
@@ -188,7 +226,8 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         if let Some(tx) = self.shared_h2(addr) {
             return Ok(tx);
         }
@@ -205,7 +244,7 @@ impl Pool {
         {
             return Err(err);
         }
-        match self.dial_h2(addr, connect_timeout).await {
+        match self.dial_h2(addr, connect_timeout, limit).await {
             Ok(tx) => {
                 dial.failed = None;
                 Ok(tx)
@@ -217,7 +256,7 @@ impl Pool {
         }
     }
 
-    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<RequestBody>> {
         let mut h2 = lock(&self.inner.h2);
         let shared = h2.get_mut(&addr)?;
         if shared.tx.is_closed() {
@@ -232,7 +271,9 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let guard = ConnLimit::take(limit)?;
         let stream = connect(addr, connect_timeout).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -243,6 +284,7 @@ impl Pool {
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
         tokio::spawn(async move {
+            let _guard = guard;
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
@@ -283,7 +325,45 @@ impl PoolInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn connections_over_the_service_cap_are_refused_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let pool = Pool::new(Duration::from_secs(60));
+        let limit = ConnLimit {
+            count: Arc::default(),
+            max: 1,
+        };
+        let first = pool
+            .new_h1(addr, Duration::from_secs(5), Some(&limit))
+            .await
+            .expect("first connection");
+        assert!(matches!(
+            pool.new_h1(addr, Duration::from_secs(5), Some(&limit))
+                .await,
+            Err(ProxyError::Overloaded)
+        ));
+        drop(first);
+        // The connection task notices the dropped sender and ends, releasing the slot.
+        for _ in 0..500 {
+            if limit.count.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(limit.count.load(Ordering::Relaxed), 0);
+        server.abort();
+    }
 
     #[tokio::test]
     async fn a_burst_to_a_cold_endpoint_opens_one_http2_connection() {
@@ -304,7 +384,7 @@ mod tests {
         let dials: Vec<_> = (0..16)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
             })
             .collect();
         for d in dials {
@@ -324,7 +404,7 @@ mod tests {
         let dials: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
             })
             .collect();
         for d in dials {
