@@ -34,6 +34,8 @@ pub struct ServiceDef {
     pub endpoints: Vec<(SocketAddr, String)>,
     /// The `policy:` mapping as YAML flow text, e.g. `{timeouts: {request: 300ms}}`.
     pub policy: Option<String>,
+    /// Endpoint weights other than the default.
+    pub weights: Vec<(SocketAddr, u32)>,
 }
 
 impl ServiceDef {
@@ -45,6 +47,7 @@ impl ServiceDef {
             ports: Vec::new(),
             endpoints: Vec::new(),
             policy: None,
+            weights: Vec::new(),
         }
     }
 
@@ -70,6 +73,12 @@ impl ServiceDef {
     pub fn endpoint_in_state(mut self, addr: SocketAddr, state: &str) -> Self {
         self.endpoints.push((addr, state.to_string()));
         self
+    }
+
+    /// A ready endpoint with a weight (the default is 100).
+    pub fn endpoint_weighted(mut self, addr: SocketAddr, weight: u32) -> Self {
+        self.weights.push((addr, weight));
+        self.endpoint(addr)
     }
 
     pub fn policy(mut self, flow_yaml: &str) -> Self {
@@ -106,8 +115,14 @@ impl ServiceDef {
         } else {
             out.push('\n');
             for (addr, state) in &self.endpoints {
+                let weight = self
+                    .weights
+                    .iter()
+                    .find(|(a, _)| a == addr)
+                    .map(|(_, w)| format!(", weight: {w}"))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "      - {{address: \"{addr}\", state: {state}}}\n"
+                    "      - {{address: \"{addr}\", state: {state}{weight}}}\n"
                 ));
             }
         }
