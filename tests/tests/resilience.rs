@@ -519,3 +519,38 @@ async fn a_policy_change_during_load_fails_no_request() {
     let config = config_json(&proxy).await;
     assert!(config.contains("p2c-peak-ewma"), "{config}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_connect_failures_eject_the_endpoint_and_try_another() {
+    let app = weft_tests::apps::TcpApp::echo_after_eof()
+        .await
+        .expect("start app");
+    let dead = weft_tests::ports::closed_addr();
+    let service = ServiceDef::new("db")
+        .port(5432, "opaque")
+        .endpoint(dead)
+        .endpoint(app.addr)
+        .policy(
+            "{load_balancer: round-robin, retry: {max_attempts: 2}, circuit_breaker: \
+             {outlier_detection: {consecutive_failures: 1, base_ejection: 60s, \
+             failure_on: [connect]}}}",
+        );
+    let proxy = WeftProxy::start(ProxyConfig::new().upstream("db").service(service))
+        .await
+        .expect("start proxy");
+    for i in 0..10u8 {
+        let answer =
+            client::raw_exchange_half_closed(proxy.upstream("db"), &[i; 16], STEP_DEADLINE)
+                .await
+                .expect("exchange");
+        assert_eq!(answer, [b"echo:".as_slice(), &[i; 16]].concat());
+    }
+    let labels = [("service", "db.default")];
+    let metrics = proxy.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("weft_outlier_ejections_total", &labels), 1.0);
+    assert_eq!(
+        metrics.value("weft_outlier_ejected_endpoints", &labels),
+        1.0
+    );
+    assert_eq!(app.accepted(), 10);
+}
