@@ -35,10 +35,12 @@ impl Backend {
         let mode = Arc::new(AtomicU8::new(HEALTHY));
         let m = mode.clone();
         let name_owned: Arc<str> = Arc::from(name);
-        let handler = Arc::new(move |_req: Request<hyper::body::Incoming>| {
+        let handler = Arc::new(move |req: Request<hyper::body::Incoming>| {
             let m = m.clone();
             let name = name_owned.clone();
             Box::pin(async move {
+                // Read the whole request first, as a real server would before failing.
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
@@ -553,4 +555,70 @@ async fn opaque_tcp_connect_failures_eject_the_endpoint_and_try_another() {
         1.0
     );
     assert_eq!(app.accepted(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_body_is_replayed_on_retry_and_a_large_one_is_not_retried() {
+    let failing = Backend::start("failing", Duration::ZERO).await;
+    failing.set(FAILING);
+    let good = HttpApp::start("good").await.expect("start app");
+    // Round robin alternates and a retry takes the next turn, so every first attempt
+    // lands on the failing endpoint and every retry on the good one.
+    let service = ServiceDef::new("orders")
+        .endpoint(failing.addr())
+        .endpoint(good.addr)
+        .policy("{load_balancer: round-robin, retry: {max_attempts: 2, retry_on_status: [500]}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    let small = weft_tests::data::pattern(10 * 1024, 3);
+    for _ in 0..4 {
+        let r = c
+            .send(client::request(
+                "POST",
+                "http://orders/upload",
+                &[],
+                small.clone(),
+            ))
+            .await
+            .expect("answer");
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "a POST is retried on a named status"
+        );
+        assert_eq!(r.header("x-body-len"), Some("10240"));
+        assert_eq!(
+            r.header("x-body-sum"),
+            Some(weft_tests::data::checksum(&small).to_string().as_str())
+        );
+    }
+    let large = weft_tests::data::pattern(100 * 1024, 4);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = c
+            .send(client::request(
+                "POST",
+                "http://orders/upload",
+                &[],
+                large.clone(),
+            ))
+            .await
+            .expect("answer");
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses,
+        [200, 500],
+        "over 64 KiB the body streams once, so the failing endpoint's answer stands"
+    );
+    assert_eq!(
+        proxy
+            .metric("weft_retries_total", &[("service", SERVICE)])
+            .await,
+        4.0,
+        "each small POST once, the large ones never"
+    );
 }
