@@ -94,6 +94,7 @@ impl Inbound {
             addr: self.app,
             connect_timeout: self.connect_timeout,
             request_timeout: None,
+            idle_timeout: None,
             gate: None,
         };
         let resp = forward(&self.pool, req.map(Into::into), &target)

@@ -364,6 +364,7 @@ impl Outbound {
             addr: ep.addr,
             connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
             request_timeout: svc.policy.timeouts.per_try,
+            idle_timeout: svc.policy.timeouts.idle,
             gate: Some(Gate {
                 connections: &svc.conn_limit,
                 pending: &concurrency.pending,

@@ -622,3 +622,33 @@ async fn a_buffered_body_is_replayed_on_retry_and_a_large_one_is_not_retried() {
         "each small POST once, the large ones never"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_idle_timeout_retires_kept_alive_upstream_connections() {
+    let app = HttpApp::start("app").await.expect("start app");
+    let service = ServiceDef::new("orders")
+        .endpoint(app.addr)
+        .policy("{timeouts: {idle: 150ms}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    for _ in 0..3 {
+        assert_eq!(
+            c.send(get("/")).await.expect("answer").status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        app.connections(),
+        1,
+        "back-to-back requests reuse the connection"
+    );
+    // Idle for longer than the service allows (the pool's default is 90 s).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        c.send(get("/")).await.expect("answer").status,
+        StatusCode::OK
+    );
+    assert_eq!(app.connections(), 2, "the idle connection was not reused");
+}

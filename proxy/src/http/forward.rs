@@ -26,6 +26,9 @@ pub struct Target<'a> {
     pub connect_timeout: Duration,
     /// Bounds this one attempt, from connect to response head.
     pub request_timeout: Option<Duration>,
+    /// How long a kept-alive connection to this target may sit idle (None: the
+    /// pool's default).
+    pub idle_timeout: Option<Duration>,
     pub gate: Option<Gate<'a>>,
 }
 
@@ -143,7 +146,7 @@ async fn forward_h1(
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    let giveback = pool.giveback(conn.tx, target.addr);
+    let giveback = pool.giveback(conn.tx, target.addr, target.idle_timeout);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
 }
 

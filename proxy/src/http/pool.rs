@@ -45,6 +45,9 @@ struct Dial {
 struct Idle {
     tx: http1::SendRequest<RequestBody>,
     since: Instant,
+    /// The service's idle timeout, or the pool's. Checked when the connection is
+    /// taken, so a shorter one than the pool's holds even between sweeps.
+    timeout: Duration,
 }
 
 struct Shared {
@@ -97,6 +100,7 @@ impl ConnLimit {
 pub struct Giveback {
     tx: http1::SendRequest<RequestBody>,
     addr: SocketAddr,
+    idle_timeout: Option<Duration>,
     pool: Weak<PoolInner>,
 }
 
@@ -114,6 +118,7 @@ impl Giveback {
             stack.push(Idle {
                 tx: self.tx,
                 since: Instant::now(),
+                timeout: self.idle_timeout.unwrap_or(pool.idle_timeout),
             });
         }
     }
@@ -169,10 +174,17 @@ impl Pool {
         pool
     }
 
-    pub fn giveback(&self, tx: http1::SendRequest<RequestBody>, addr: SocketAddr) -> Giveback {
+    /// `idle_timeout` overrides the pool's for this connection (a service's policy).
+    pub fn giveback(
+        &self,
+        tx: http1::SendRequest<RequestBody>,
+        addr: SocketAddr,
+        idle_timeout: Option<Duration>,
+    ) -> Giveback {
         Giveback {
             tx,
             addr,
+            idle_timeout,
             pool: Arc::downgrade(&self.inner),
         }
     }
@@ -187,7 +199,7 @@ impl Pool {
         loop {
             let idle = lock(&self.inner.h1).get_mut(&addr).and_then(Vec::pop);
             let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() > self.inner.idle_timeout || idle.tx.is_closed() {
+            if idle.since.elapsed() > idle.timeout || idle.tx.is_closed() {
                 continue;
             }
             if idle.tx.ready().await.is_ok() {
@@ -309,7 +321,7 @@ impl PoolInner {
     fn sweep(&self) {
         let now = Instant::now();
         lock(&self.h1).retain(|_, stack| {
-            stack.retain(|i| now.duration_since(i.since) <= self.idle_timeout && !i.tx.is_closed());
+            stack.retain(|i| now.duration_since(i.since) <= i.timeout && !i.tx.is_closed());
             !stack.is_empty()
         });
         // Dropping our handle only closes the connection once in-flight streams,
