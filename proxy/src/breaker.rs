@@ -88,6 +88,32 @@ pub fn acquire(count: &AtomicU32, limit: u32) -> Option<Slot<'_>> {
     Some(Slot(Some(count)))
 }
 
+/// A unit of a service's active-request count, owned so it can travel with the
+/// response body: a request stays active until its response has been streamed.
+#[must_use]
+pub struct ActiveSlot(Arc<crate::state::ServiceStats>);
+
+impl std::fmt::Debug for ActiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActiveSlot")
+    }
+}
+
+impl ActiveSlot {
+    pub fn acquire(stats: &Arc<crate::state::ServiceStats>, limit: u32) -> Option<ActiveSlot> {
+        let slot = acquire(&stats.concurrency.active, limit)?;
+        // Ownership of the unit moves to the ActiveSlot, which releases it on drop.
+        std::mem::forget(slot);
+        Some(ActiveSlot(stats.clone()))
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.concurrency.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Failure classes counted toward ejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, HashKey, hash_bytes};
-use crate::breaker::{self, Limit, Outcome};
+use crate::breaker::{self, ActiveSlot, Limit, Outcome};
 use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
 use crate::http::body::{ProxyBody, RequestBody};
@@ -261,13 +261,23 @@ impl Outbound {
         client: Option<IpAddr>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
-        let Some(_active) = breaker::acquire(
-            &svc.stats.concurrency.active,
-            policy.limits.max_active_requests,
-        ) else {
+        let Some(active) = ActiveSlot::acquire(&svc.stats, policy.limits.max_active_requests)
+        else {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
         };
+        self.send_admitted(svc, req, client)
+            .await
+            .map(|resp| resp.map(|body| body.holding(active)))
+    }
+
+    async fn send_admitted(
+        &self,
+        svc: &Service,
+        req: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = &svc.policy;
         let key = match svc.hash_key() {
             None => None,
             Some(HashKey::Header(name)) => {

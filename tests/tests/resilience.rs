@@ -652,3 +652,77 @@ async fn a_service_idle_timeout_retires_kept_alive_upstream_connections() {
     );
     assert_eq!(app.connections(), 2, "the idle connection was not reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_counts_as_active_until_its_response_body_has_streamed() {
+    use http_body_util::{BodyExt as _, StreamBody};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let handler = Arc::new(move |_req: Request<hyper::body::Incoming>| {
+        let r = r.clone();
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+            >(1);
+            tokio::spawn(async move {
+                r.notified().await;
+                let _ = tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"done\n"))))
+                    .await;
+            });
+            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+            Response::new(body)
+        }) as weft_tests::apps::BoxFuture<Response<weft_tests::apps::AppBody>>
+    });
+    let app = HttpApp::with_handler("streaming", handler)
+        .await
+        .expect("start app");
+    let service = ServiceDef::new("orders")
+        .endpoint(app.addr)
+        .policy("{circuit_breaker: {max_active_requests: 1}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    // First request: its head arrives, its body is held back by the app.
+    let mut first = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    first
+        .write_all(b"GET http://orders/ HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    within(STEP_DEADLINE, "response head", async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = first.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the head");
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    let r = c.send(get("/")).await.expect("answer");
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "still streaming: at the limit"
+    );
+    assert_eq!(r.header("weft-error"), Some("overloaded"));
+
+    release.notify_one();
+    eventually(STEP_DEADLINE, "the streamed request to end", || async {
+        // A permit in advance, for this request's body should it get through.
+        release.notify_one();
+        let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+        let r = c.send(get("/")).await.expect("answer");
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    drop(first);
+}

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::pool::Giveback;
+use crate::breaker::ActiveSlot;
 
 pin_project! {
     /// An upstream body that returns its HTTP/1 connection to the pool once the
@@ -19,12 +20,18 @@ pin_project! {
         #[pin]
         inner: Incoming,
         giveback: Option<Giveback>,
+        // Keeps the request counted as active until the body is done or dropped.
+        active: Option<ActiveSlot>,
     }
 }
 
 impl PooledBody {
     pub fn new(inner: Incoming, giveback: Option<Giveback>) -> Self {
-        let mut body = PooledBody { inner, giveback };
+        let mut body = PooledBody {
+            inner,
+            giveback,
+            active: None,
+        };
         if body.inner.is_end_stream()
             && let Some(g) = body.giveback.take()
         {
@@ -54,8 +61,11 @@ impl Body for PooledBody {
             }
             Poll::Pending => false,
         };
-        if done && let Some(g) = this.giveback.take() {
-            g.give();
+        if done {
+            this.active.take();
+            if let Some(g) = this.giveback.take() {
+                g.give();
+            }
         }
         res
     }
@@ -86,6 +96,16 @@ impl ProxyBody {
 
     pub fn upstream(body: PooledBody) -> Self {
         ProxyBody::Upstream { body }
+    }
+
+    /// Holds `slot` until this body has been sent (or dropped).
+    pub fn holding(mut self, slot: ActiveSlot) -> Self {
+        if let ProxyBody::Upstream { body } = &mut self
+            && !body.inner.is_end_stream()
+        {
+            body.active = Some(slot);
+        }
+        self
     }
 }
 
