@@ -275,7 +275,9 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_get_503_at_once_counted_and_memory_stays_flat() {
-    let slow = Backend::start("slow", Duration::from_millis(300)).await;
+    // Slow enough that a request turned away at once cannot be confused with one
+    // that waited for the backend, even on a loaded machine.
+    let slow = Backend::start("slow", Duration::from_secs(1)).await;
     let policy = "{circuit_breaker: {max_active_requests: 4}}";
     let mut proxy =
         WeftProxy::start(ProxyConfig::new().service(orders(std::slice::from_ref(&slow), policy)))

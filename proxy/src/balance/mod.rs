@@ -122,9 +122,17 @@ impl Load {
         self.ewma.store(next.max(1.0).to_bits(), Ordering::Relaxed);
     }
 
-    /// Expected wait for one more request: latency times queue depth.
-    fn cost(&self, default_rtt: Duration) -> f64 {
-        let rtt = self.ewma_nanos().unwrap_or(default_rtt.as_nanos() as f64);
+    /// Expected wait for one more request: latency times queue depth. The estimate
+    /// decays toward zero while the endpoint gets no responses, so one that was
+    /// avoided after a latency spike is tried again rather than starved for good.
+    fn cost(&self, default_rtt: Duration, decay: Duration, now: u64) -> f64 {
+        let rtt = match self.ewma_nanos() {
+            Some(ewma) => {
+                let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
+                ewma * (-idle / nanos(decay).max(1) as f64).exp()
+            }
+            None => default_rtt.as_nanos() as f64,
+        };
         rtt * f64::from(self.in_flight() + 1)
     }
 }
@@ -211,9 +219,9 @@ impl Balancer {
         ok: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         match &self.algorithm {
-            Algorithm::P2cPeakEwma { default_rtt, .. } => {
-                let rtt = *default_rtt;
-                self.p2c(&ok, |i| endpoints[i].stats.load.cost(rtt))
+            Algorithm::P2cPeakEwma { default_rtt, decay } => {
+                let (rtt, decay, now) = (*default_rtt, *decay, now_nanos());
+                self.p2c(&ok, |i| endpoints[i].stats.load.cost(rtt, decay, now))
             }
             Algorithm::LeastRequest => self.p2c(&ok, |i| least_request::cost(&endpoints[i])),
             Algorithm::RoundRobin => self.round_robin.as_ref()?.pick(&ok),
@@ -315,6 +323,16 @@ pub(crate) mod tests {
             after <= 100e6 && after > 10e6,
             "lower samples decay it: {after}"
         );
+    }
+
+    #[test]
+    fn an_avoided_estimate_decays_while_idle() {
+        let load = Load::default();
+        load.observe(Duration::from_millis(100), Duration::from_millis(10));
+        let now = now_nanos();
+        let fresh = load.cost(DEFAULT_RTT, Duration::from_millis(10), now);
+        let later = load.cost(DEFAULT_RTT, Duration::from_millis(10), now + 50_000_000);
+        assert!(later < fresh / 100.0, "{fresh} -> {later}");
     }
 
     #[test]
