@@ -441,7 +441,13 @@ impl<'a> AttemptGuard<'a> {
                 balance::Algorithm::P2cPeakEwma { decay, .. } => *decay,
                 _ => balance::DEFAULT_DECAY,
             };
-            self.ep.stats.load.observe(self.start.elapsed(), decay);
+            let mut rtt = self.start.elapsed();
+            if outcome == Outcome::ConnectFailure {
+                // A refused connect is fast; counted as-is it would make a dead
+                // endpoint look like the best one.
+                rtt = rtt.max(balance::FAILURE_PENALTY);
+            }
+            self.ep.stats.load.observe(rtt, decay);
         }
         self.ep.stats.health.record(
             outcome,

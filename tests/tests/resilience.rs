@@ -728,3 +728,26 @@ async fn a_request_counts_as_active_until_its_response_body_has_streamed() {
     .await;
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_does_not_mistake_a_fast_failing_endpoint_for_a_fast_one() {
+    let good = Backend::start("good", Duration::from_millis(2)).await;
+    // No outlier detection: only the balancer's estimate keeps traffic away.
+    let service = ServiceDef::new("orders")
+        .endpoint(weft_tests::ports::closed_addr())
+        .endpoint(good.addr())
+        .policy("{retry: {max_attempts: 2}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let tally = Arc::new(Tally::default());
+    run_load(proxy.outbound(), 2, 100, tally.clone()).await;
+    assert_eq!(tally.ok.load(Ordering::SeqCst), 200);
+    let retries = proxy
+        .metric("weft_retries_total", &[("service", SERVICE)])
+        .await;
+    assert!(
+        retries <= 10.0,
+        "{retries} requests went to the refusing endpoint first"
+    );
+}

@@ -23,6 +23,9 @@ pub use consistent_hash::hash_bytes;
 /// Defaults of the peak-EWMA balancer when the policy leaves them unset.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The latency recorded for an attempt that got no response (refused, reset, timed
+/// out): high enough that the balancer avoids the endpoint until the estimate decays.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
