@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use crate::balance::{self, HashKey, hash_bytes};
 use crate::breaker::{self, ActiveSlot, Limit, Outcome};
 use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
-use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Gate, Target, forward};
@@ -295,16 +295,33 @@ impl Outbound {
         };
         svc.stats.budget.deposit();
         let (parts, body) = req.into_parts();
-        let body = match replayable(body, retry.max_buffered_body_bytes).await? {
-            Ok(bytes) => bytes,
+        let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
+            Ok(bytes) => Replay::Buffered(bytes),
+            Err(body) if body.size_hint().exact().is_none() => {
+                // Unknown length (chunked, or HTTP/2 as gRPC sends it): stream it and
+                // keep a copy; if it ends within the limit before a retry is needed,
+                // it can be sent again.
+                let recording = Recording::new(retry.max_buffered_body_bytes);
+                let first = RequestBody::Recording {
+                    body,
+                    recording: recording.clone(),
+                };
+                return self
+                    .send_with_retries(svc, retry, key, &parts, first, Replay::Recorded(recording))
+                    .await;
+            }
             Err(body) => {
-                // Too large (or of unknown length) to buffer: one attempt, streamed.
+                // Known to be over the limit: one attempt, streamed.
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
                 let req = Request::from_parts(parts, RequestBody::from(body));
                 return self.attempt(svc, idx, req).await.0;
             }
         };
-        self.send_with_retries(svc, retry, key, &parts, body).await
+        let first = replay
+            .body()
+            .unwrap_or_else(|| RequestBody::replay(Bytes::new()));
+        self.send_with_retries(svc, retry, key, &parts, first, replay)
+            .await
     }
 
     async fn send_with_retries(
@@ -313,21 +330,28 @@ impl Outbound {
         retry: &RetryPolicy,
         key: Option<u64>,
         parts: &Parts,
-        body: Bytes,
+        first: RequestBody,
+        replay: Replay,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let concurrency = &svc.stats.concurrency;
         let mut skip = None;
         let mut _retry_slot = None;
         let mut attempt = 1;
+        let mut body = first;
         loop {
             let idx = svc.pick(key, skip).ok_or(ProxyError::NoEndpoints)?;
-            let (result, attempted) = self.attempt(svc, idx, rebuild(parts, body.clone())).await;
+            let (result, attempted) = self.attempt(svc, idx, rebuild(parts, body)).await;
             let Some(attempted) = attempted else {
                 return result;
             };
             if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, attempted) {
                 return result;
             }
+            // A streamed body that did not end within the limit cannot be sent again.
+            let Some(again) = replay.body() else {
+                return result;
+            };
+            body = again;
             if _retry_slot.is_none() {
                 match breaker::acquire(
                     &concurrency.retries,
@@ -466,7 +490,7 @@ impl Drop for AttemptGuard<'_> {
 }
 
 /// The request body as bytes that can be sent again, if it is known to fit in
-/// `limit`; otherwise the body back, untouched, to be streamed once.
+/// `limit`; otherwise the body back, untouched.
 async fn replayable(body: Incoming, limit: usize) -> Result<Result<Bytes, Incoming>, ProxyError> {
     if body.is_end_stream() {
         return Ok(Ok(Bytes::new()));
@@ -481,8 +505,28 @@ async fn replayable(body: Incoming, limit: usize) -> Result<Result<Bytes, Incomi
     }
 }
 
-fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
-    let mut req = Request::new(RequestBody::replay(body));
+/// Where a retry's body comes from.
+enum Replay {
+    Buffered(Bytes),
+    /// Copied as the first attempt streamed it.
+    Recorded(Arc<Mutex<Recording>>),
+}
+
+impl Replay {
+    fn body(&self) -> Option<RequestBody> {
+        match self {
+            Replay::Buffered(bytes) => Some(RequestBody::replay(bytes.clone())),
+            Replay::Recorded(rec) => rec
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .replay()
+                .map(RequestBody::replay),
+        }
+    }
+}
+
+fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;

@@ -751,3 +751,59 @@ async fn peak_ewma_does_not_mistake_a_fast_failing_endpoint_for_a_fast_one() {
         "{retries} requests went to the refusing endpoint first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_retried_on_a_named_code_though_its_body_length_is_unknown() {
+    // Answers every call UNAVAILABLE (trailers-only), after reading the request.
+    let unavailable = HttpApp::with_handler(
+        "unavailable",
+        Arc::new(|req: Request<hyper::body::Incoming>| {
+            Box::pin(async move {
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                let mut resp = Response::new(full(Bytes::new()));
+                let h = resp.headers_mut();
+                h.insert("content-type", HeaderValue::from_static("application/grpc"));
+                h.insert("grpc-status", HeaderValue::from_static("14"));
+                resp
+            }) as weft_tests::apps::BoxFuture<Response<weft_tests::apps::AppBody>>
+        }),
+    )
+    .await
+    .expect("start failing app");
+    let echo = weft_tests::grpc::GrpcEchoApp::start()
+        .await
+        .expect("start gRPC app");
+    let service = ServiceDef::new("echo")
+        .port(50051, "grpc")
+        .endpoint(unavailable.addr)
+        .endpoint(echo.addr)
+        .policy("{load_balancer: round-robin, retry: {max_attempts: 2, retry_on_grpc: [14]}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().upstream("echo").service(service))
+        .await
+        .expect("start proxy");
+    let mut client = weft_tests::grpc::echo_client(proxy.upstream("echo"))
+        .await
+        .expect("connect");
+    for i in 0..4 {
+        let text = format!("call {i}");
+        let reply = client
+            .unary(weft_tests::pb::Msg {
+                text: text.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("the call succeeds on the retry");
+        assert_eq!(reply.get_ref().text, text);
+    }
+    assert!(
+        unavailable.requests() >= 1,
+        "the failing endpoint was tried"
+    );
+    assert_eq!(
+        proxy
+            .metric("weft_retries_total", &[("service", "echo.default")])
+            .await,
+        unavailable.requests() as f64,
+        "every call that met the failing endpoint was retried"
+    );
+}
