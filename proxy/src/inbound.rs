@@ -103,11 +103,15 @@ impl Inbound {
             addr: app,
             connect_timeout: self.connect_timeout,
             request_timeout: None,
+            idle_timeout: None,
+            gate: None,
         };
-        let resp = forward(&self.pool, req, &target).await.unwrap_or_else(|e| {
-            self.metrics.proxy_error(e.reason());
-            e.response()
-        });
+        let resp = forward(&self.pool, req.map(Into::into), &target)
+            .await
+            .unwrap_or_else(|e| {
+                self.metrics.proxy_error(e.reason());
+                e.response()
+            });
         self.metrics.record(resp.status().as_u16(), start.elapsed());
         resp
     }

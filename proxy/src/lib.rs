@@ -5,8 +5,13 @@
 //! requests over pooled connections; `tcp` forwards opaque bytes; `snapshot` holds
 //! the dynamic state that `reload` swaps in; `admin` and `metrics` make it visible;
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
+//! Per request, `balance` picks an endpoint, `breaker` admits it (concurrency limits,
+//! outlier ejection) and `retry` decides whether a failed attempt goes again; their
+//! per-endpoint state lives in `state`, outside the snapshot, so swaps keep it.
 
 pub mod admin;
+pub mod balance;
+pub mod breaker;
 pub mod capture;
 pub mod config;
 pub mod detect;
@@ -19,7 +24,9 @@ pub mod metrics;
 pub mod outbound;
 pub mod proxy;
 pub mod reload;
+pub mod retry;
 pub mod snapshot;
+pub mod state;
 pub mod tcp;
 
 /// rustls panics when more than one crypto provider is compiled in and none is

@@ -39,7 +39,15 @@ struct Inner {
     updates_rejected: IntCounter,
     subscriptions: IntGauge,
     streams: IntGauge,
+    ejected: IntGaugeVec,
+    ejections: IntCounterVec,
+    overloaded: IntCounterVec,
+    retries: IntCounterVec,
+    retries_refused: IntCounterVec,
     services: Mutex<HashMap<(String, String), Arc<ServiceMetrics>>>,
+    /// Per-endpoint and per-service state that outlives snapshots. It lives here
+    /// because every place that builds a snapshot already holds the metrics.
+    state: crate::state::Registry,
 }
 
 /// Per (direction, service) handles.
@@ -47,6 +55,14 @@ pub struct ServiceMetrics {
     by_class: [IntCounter; 5],
     pub duration: Histogram,
     errors: IntCounterVec,
+    /// Endpoints of this service ejected now.
+    pub ejected: IntGauge,
+    pub ejections: IntCounter,
+    /// Requests turned away by a concurrency limit, by `breaker::Limit`.
+    overloaded: [IntCounter; 4],
+    pub retries: IntCounter,
+    /// Retries not made because the budget or the concurrent-retry limit said no.
+    pub retries_refused: IntCounter,
     direction: String,
     service: String,
 }
@@ -62,6 +78,10 @@ impl ServiceMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn overloaded(&self, limit: crate::breaker::Limit) {
+        self.overloaded[limit as usize].inc();
     }
 
     /// Counts an error the proxy answered itself, by the reason in `weft-error`.
@@ -135,6 +155,26 @@ impl Metrics {
             "Requests the proxy answered itself, by the reason it gave in weft-error.",
             &["direction", "service", "reason"],
         );
+        let ejections = counter(
+            "weft_outlier_ejections_total",
+            "Endpoints ejected by outlier detection (re-ejections after a failed probe too).",
+            &["service"],
+        );
+        let overloaded = counter(
+            "weft_overload_rejections_total",
+            "Requests answered 503 overloaded at once because a concurrency limit was reached.",
+            &["service", "limit"],
+        );
+        let retries = counter(
+            "weft_retries_total",
+            "Attempts made after the first, by service.",
+            &["service"],
+        );
+        let retries_refused = counter(
+            "weft_retries_refused_total",
+            "Retries not made because the retry budget or the concurrent-retry limit was spent.",
+            &["service"],
+        );
         let reloads = counter(
             "weft_snapshot_reloads_total",
             "Attempts to load a new snapshot, by result.",
@@ -152,6 +192,14 @@ impl Metrics {
         let open_connections = IntGaugeVec::new(
             Opts::new("weft_open_connections", "TCP connections open now."),
             &["direction"],
+        )
+        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
+        let ejected = IntGaugeVec::new(
+            Opts::new(
+                "weft_outlier_ejected_endpoints",
+                "Endpoints currently ejected by outlier detection.",
+            ),
+            &["service"],
         )
         .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
         let snapshot_version = IntGauge::new(
@@ -181,6 +229,7 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(snapshot_version.clone()),
             Box::new(updates_rejected.clone()),
+            Box::new(ejected.clone()),
         ] {
             registry
                 .register(c)
@@ -208,7 +257,13 @@ impl Metrics {
                 updates_rejected,
                 subscriptions,
                 streams,
+                ejected,
+                ejections,
+                overloaded,
+                retries,
+                retries_refused,
                 services: Mutex::new(HashMap::new()),
+                state: crate::state::Registry::default(),
             }),
         }
     }
@@ -230,6 +285,12 @@ impl Metrics {
                         .map(|class| i.requests.with_label_values(&[direction, service, class])),
                     duration: i.duration.with_label_values(&[direction, service]),
                     errors: i.proxy_errors.clone(),
+                    ejected: i.ejected.with_label_values(&[service]),
+                    ejections: i.ejections.with_label_values(&[service]),
+                    overloaded: ["connections", "pending", "active", "retries"]
+                        .map(|limit| i.overloaded.with_label_values(&[service, limit])),
+                    retries: i.retries.with_label_values(&[service]),
+                    retries_refused: i.retries_refused.with_label_values(&[service]),
                     direction: direction.to_string(),
                     service: service.to_string(),
                 })
@@ -277,6 +338,10 @@ impl Metrics {
 
     pub fn discovery_connected(&self, delta: i64) {
         self.inner.streams.add(delta);
+    }
+
+    pub fn state(&self) -> &crate::state::Registry {
+        &self.inner.state
     }
 
     pub fn registry(&self) -> &Registry {

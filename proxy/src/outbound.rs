@@ -8,24 +8,32 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::{self, HashKey, hash_bytes};
+use crate::breaker::{self, ActiveSlot, Limit, Outcome};
 use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
-use crate::http::body::ProxyBody;
+use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, is_grpc};
-use crate::http::forward::{Target, forward};
-use crate::http::pool::Pool;
+use crate::http::forward::{Gate, Target, forward};
+use crate::http::headers::is_upgrade;
+use crate::http::pool::{Pool, connect};
 use crate::http::{ServerLimits, authority_of, serve};
 use crate::listener::Conn;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::snapshot::{Protocol, Service, SnapshotStore};
+use crate::retry::{Attempted, RetryPolicy};
+use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
 
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
@@ -125,6 +133,7 @@ impl Outbound {
 
     /// Handles one accepted connection.
     pub async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
+        let client = io.get_ref().peer_addr().ok().map(|a| a.ip());
         let svc = self.fixed_service(&dest).await;
         let port = match &dest {
             Destination::Original(orig) => orig.port(),
@@ -158,7 +167,7 @@ impl Outbound {
                     let dest = dest.clone();
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let resp = this.handle(req, &dest).await;
+                        let resp = this.handle(req, &dest, client).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
                 });
@@ -176,17 +185,58 @@ impl Outbound {
                     tracing::debug!("opaque outbound connection with no destination; closing");
                     return;
                 };
-                let Some(ep) = svc.pick() else {
-                    tracing::debug!(service = %svc.key(), "no endpoints for opaque connection");
-                    return;
-                };
-                let timeout = svc.policy.timeouts.connect.unwrap_or(self.connect_timeout);
-                crate::tcp::forward(io, ep.addr, timeout).await;
+                self.opaque(io, &svc, client).await;
             }
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, dest: &Destination) -> Response<ProxyBody> {
+    /// An opaque connection: balanced per connection; a failed connect feeds
+    /// ejection and, with retries on, tries another endpoint.
+    async fn opaque(&self, io: crate::io::PrefixedIo<Conn>, svc: &Service, client: Option<IpAddr>) {
+        let key = match svc.hash_key() {
+            Some(_) => client.map(hash_ip),
+            None => None,
+        };
+        let timeout = svc.policy.timeouts.connect.unwrap_or(self.connect_timeout);
+        let attempts = svc
+            .policy
+            .retry
+            .as_ref()
+            .map_or(1, |r| r.max_attempts.max(1));
+        let mut skip = None;
+        for _ in 0..attempts {
+            let Some(idx) = svc.pick(key, skip) else {
+                tracing::debug!(service = %svc.key(), "no endpoints for opaque connection");
+                return;
+            };
+            let ep = &svc.endpoints[idx];
+            let mut attempt = AttemptGuard::start(svc, ep);
+            match connect(ep.addr, timeout).await {
+                Ok(server) => {
+                    attempt.finish(Outcome::Response {
+                        status: 200,
+                        grpc: None,
+                    });
+                    // The endpoint stays loaded (in flight) for the connection's life.
+                    let _loaded = attempt;
+                    crate::tcp::splice(io, server, ep.addr).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %ep.addr, reason = e.reason(), "opaque connect failed");
+                    attempt.finish(Outcome::ConnectFailure);
+                    skip = Some(idx);
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        dest: &Destination,
+        client: Option<IpAddr>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let dest = match dest {
             Destination::Service(name) => Dest::Name(name.to_string()),
@@ -210,16 +260,12 @@ impl Outbound {
             self.unknown.record(resp.status().as_u16(), start.elapsed());
             return resp;
         };
-        let result = match svc.pick() {
-            None => Err(ProxyError::NoEndpoints),
-            Some(ep) => {
-                let target = Target {
-                    addr: ep.addr,
-                    connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
-                    request_timeout: svc.policy.timeouts.request,
-                };
-                forward(&self.pool, req, &target).await
-            }
+        // The request timeout covers every attempt and backoff.
+        let result = match svc.policy.timeouts.request {
+            Some(t) => tokio::time::timeout(t, self.send(&svc, req, client))
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+            None => self.send(&svc, req, client).await,
         };
         let resp = result.unwrap_or_else(|e| {
             svc.metrics.proxy_error(e.reason());
@@ -228,4 +274,293 @@ impl Outbound {
         svc.metrics.record(resp.status().as_u16(), start.elapsed());
         resp
     }
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+    }
+}
+
+impl Outbound {
+    /// Admits a request to `svc` and sends it, retrying as the policy allows.
+    async fn send(
+        &self,
+        svc: &Service,
+        req: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = &svc.policy;
+        let Some(active) = ActiveSlot::acquire(&svc.stats, policy.limits.max_active_requests)
+        else {
+            svc.metrics.overloaded(Limit::Active);
+            return Err(ProxyError::Overloaded);
+        };
+        self.send_admitted(svc, req, client)
+            .await
+            .map(|resp| resp.map(|body| body.holding(active)))
+    }
+
+    async fn send_admitted(
+        &self,
+        svc: &Service,
+        req: Request<Incoming>,
+        client: Option<IpAddr>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = &svc.policy;
+        let key = match svc.hash_key() {
+            None => None,
+            Some(HashKey::Header(name)) => {
+                req.headers().get(name).map(|v| hash_bytes(v.as_bytes()))
+            }
+            Some(HashKey::ClientIdentity) => client.map(hash_ip),
+        };
+        let retry = policy
+            .retry
+            .as_ref()
+            .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
+        let Some(retry) = retry else {
+            let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
+            return self.attempt(svc, idx, req.map(Into::into)).await.0;
+        };
+        svc.stats.budget.deposit();
+        let (parts, body) = req.into_parts();
+        let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
+            Ok(bytes) => Replay::Buffered(bytes),
+            Err(body) if body.size_hint().exact().is_none() => {
+                // Unknown length (chunked, or HTTP/2 as gRPC sends it): stream it and
+                // keep a copy; if it ends within the limit before a retry is needed,
+                // it can be sent again.
+                let recording = Recording::new(retry.max_buffered_body_bytes);
+                let first = RequestBody::Recording {
+                    body,
+                    recording: recording.clone(),
+                };
+                return self
+                    .send_with_retries(svc, retry, key, &parts, first, Replay::Recorded(recording))
+                    .await;
+            }
+            Err(body) => {
+                // Known to be over the limit: one attempt, streamed.
+                let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
+                let req = Request::from_parts(parts, RequestBody::from(body));
+                return self.attempt(svc, idx, req).await.0;
+            }
+        };
+        let first = replay
+            .body()
+            .unwrap_or_else(|| RequestBody::replay(Bytes::new()));
+        self.send_with_retries(svc, retry, key, &parts, first, replay)
+            .await
+    }
+
+    async fn send_with_retries(
+        &self,
+        svc: &Service,
+        retry: &RetryPolicy,
+        key: Option<u64>,
+        parts: &Parts,
+        first: RequestBody,
+        replay: Replay,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let concurrency = &svc.stats.concurrency;
+        let mut skip = None;
+        let mut _retry_slot = None;
+        let mut attempt = 1;
+        let mut body = first;
+        loop {
+            let idx = svc.pick(key, skip).ok_or(ProxyError::NoEndpoints)?;
+            let (result, attempted) = self.attempt(svc, idx, rebuild(parts, body)).await;
+            let Some(attempted) = attempted else {
+                return result;
+            };
+            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, attempted) {
+                return result;
+            }
+            // A streamed body that did not end within the limit cannot be sent again.
+            let Some(again) = replay.body() else {
+                return result;
+            };
+            body = again;
+            if _retry_slot.is_none() {
+                match breaker::acquire(
+                    &concurrency.retries,
+                    svc.policy.limits.max_concurrent_retries,
+                ) {
+                    Some(slot) => _retry_slot = Some(slot),
+                    None => {
+                        svc.metrics.overloaded(Limit::Retries);
+                        svc.metrics.retries_refused.inc();
+                        return result;
+                    }
+                }
+            }
+            if !svc
+                .stats
+                .budget
+                .try_withdraw(retry.budget_ratio, retry.min_retries_per_second)
+            {
+                svc.metrics.retries_refused.inc();
+                return result;
+            }
+            // The failed response is dropped unread; nothing of it reached the client.
+            drop(result);
+            svc.metrics.retries.inc();
+            tokio::time::sleep(retry.backoff(attempt)).await;
+            skip = Some(idx);
+            attempt += 1;
+        }
+    }
+
+    /// One attempt on one endpoint, with its outcome recorded for balancing and
+    /// ejection. The second value is what retrying needs to know (None: an attempt
+    /// that must not be retried, e.g. refused by a local limit).
+    async fn attempt(
+        &self,
+        svc: &Service,
+        idx: usize,
+        req: Request<RequestBody>,
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Attempted>) {
+        let ep = &svc.endpoints[idx];
+        let mut guard = AttemptGuard::start(svc, ep);
+        let concurrency = &svc.stats.concurrency;
+        let target = Target {
+            addr: ep.addr,
+            connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
+            request_timeout: svc.policy.timeouts.per_try,
+            idle_timeout: svc.policy.timeouts.idle,
+            gate: Some(Gate {
+                connections: &svc.conn_limit,
+                pending: &concurrency.pending,
+                max_pending: svc.policy.limits.max_pending_requests,
+                metrics: &svc.metrics,
+            }),
+        };
+        let result = forward(&self.pool, req, &target).await;
+        let (outcome, attempted) = match &result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let grpc = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                (
+                    Outcome::Response { status, grpc },
+                    Some(Attempted::Response { status, grpc }),
+                )
+            }
+            Err(ProxyError::Overloaded) => (Outcome::Cancelled, None),
+            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => {
+                (Outcome::ConnectFailure, Some(Attempted::NotSent))
+            }
+            Err(_) => (Outcome::ConnectFailure, Some(Attempted::NoResponse)),
+        };
+        guard.finish(outcome);
+        (result, attempted)
+    }
+}
+
+/// Tracks one attempt on an endpoint: in flight while it runs, latency and outcome
+/// recorded when it ends. Dropped unfinished (the request was cancelled), it only
+/// releases what it holds.
+struct AttemptGuard<'a> {
+    svc: &'a Service,
+    ep: &'a Endpoint,
+    probe: bool,
+    start: Instant,
+    finished: bool,
+}
+
+impl<'a> AttemptGuard<'a> {
+    fn start(svc: &'a Service, ep: &'a Endpoint) -> AttemptGuard<'a> {
+        let probe = ep.stats.health.begin();
+        ep.stats.load.start();
+        AttemptGuard {
+            svc,
+            ep,
+            probe,
+            start: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if outcome != Outcome::Cancelled {
+            let decay = match &self.svc.policy.load_balancer {
+                balance::Algorithm::P2cPeakEwma { decay, .. } => *decay,
+                _ => balance::DEFAULT_DECAY,
+            };
+            let mut rtt = self.start.elapsed();
+            if outcome == Outcome::ConnectFailure {
+                // A refused connect is fast; counted as-is it would make a dead
+                // endpoint look like the best one.
+                rtt = rtt.max(balance::FAILURE_PENALTY);
+            }
+            self.ep.stats.load.observe(rtt, decay);
+        }
+        self.ep.stats.health.record(
+            outcome,
+            self.probe,
+            self.svc.policy.outlier.as_ref(),
+            &self.svc.endpoints,
+        );
+    }
+}
+
+impl Drop for AttemptGuard<'_> {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+        self.ep.stats.load.end();
+    }
+}
+
+/// The request body as bytes that can be sent again, if it is known to fit in
+/// `limit`; otherwise the body back, untouched.
+async fn replayable(body: Incoming, limit: usize) -> Result<Result<Bytes, Incoming>, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Ok(Bytes::new()));
+    }
+    match body.size_hint().exact() {
+        Some(n) if usize::try_from(n).is_ok_and(|n| n <= limit) => match body.collect().await {
+            Ok(collected) => Ok(Ok(collected.to_bytes())),
+            // The client's body broke off; there is nothing left to forward.
+            Err(_) => Err(ProxyError::UpstreamReset),
+        },
+        _ => Ok(Err(body)),
+    }
+}
+
+/// Where a retry's body comes from.
+enum Replay {
+    Buffered(Bytes),
+    /// Copied as the first attempt streamed it.
+    Recorded(Arc<Mutex<Recording>>),
+}
+
+impl Replay {
+    fn body(&self) -> Option<RequestBody> {
+        match self {
+            Replay::Buffered(bytes) => Some(RequestBody::replay(bytes.clone())),
+            Replay::Recorded(rec) => rec
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .replay()
+                .map(RequestBody::replay),
+        }
+    }
+}
+
+fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
 }

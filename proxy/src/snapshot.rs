@@ -6,14 +6,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use weft_api::v1;
 
+use crate::balance::{self, Algorithm, Balancer, HashKey};
+use crate::breaker::{self, FailureClass, Limits, OutlierPolicy};
+use crate::http::pool::ConnLimit;
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::retry::{self, RetryPolicy};
+use crate::state::{EndpointStats, ServiceStats};
 
 pub type SnapshotStore = Arc<ArcSwap<Snapshot>>;
 
@@ -49,9 +53,11 @@ pub struct Endpoint {
     pub identity: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub state: EndpointState,
+    /// Load and health, shared with the previous snapshots that held this endpoint.
+    pub stats: Arc<EndpointStats>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timeouts {
     pub request: Option<Duration>,
     pub per_try: Option<Duration>,
@@ -59,13 +65,16 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
-/// Traffic policy as the data path uses it. Load balancing, breaking and retries are
-/// carried as received until their behaviour lands; timeouts apply now.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Traffic policy as the data path uses it, with defaults filled in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Policy {
+    pub load_balancer: Algorithm,
+    pub limits: Limits,
+    /// None: outlier detection is off.
+    pub outlier: Option<OutlierPolicy>,
+    /// None: no retries.
+    pub retry: Option<RetryPolicy>,
     pub timeouts: Timeouts,
-    #[serde(skip)]
-    pub raw: v1::TrafficPolicy,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,13 +85,13 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<(u16, Protocol)>,
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Indices into `endpoints` that take new requests, repeated by weight ratio so
-    /// the round-robin cursor honours weights without per-request arithmetic.
     #[serde(skip)]
-    schedule: Vec<u32>,
-    #[serde(skip)]
-    cursor: AtomicUsize,
+    balancer: Balancer,
     pub policy: Policy,
+    /// Concurrency counts and retry budget, shared across snapshots.
+    pub stats: Arc<ServiceStats>,
+    #[serde(skip)]
+    pub conn_limit: ConnLimit,
     #[serde(skip)]
     pub metrics: Arc<ServiceMetrics>,
 }
@@ -102,18 +111,22 @@ impl Service {
             .unwrap_or(Protocol::Detect)
     }
 
-    /// Weighted round robin over ready endpoints.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        if self.schedule.is_empty() {
-            return None;
-        }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let idx = self.schedule[n % self.schedule.len()] as usize;
-        self.endpoints.get(idx)
+    /// The endpoint for the next request, by the service's balancer; `key` is the
+    /// hash key for consistent hashing, `skip` an endpoint a retry moves away from.
+    pub fn pick(&self, key: Option<u64>, skip: Option<usize>) -> Option<usize> {
+        self.balancer.pick(&self.endpoints, key, skip)
     }
 
     pub fn has_ready_endpoints(&self) -> bool {
-        !self.schedule.is_empty()
+        self.balancer.has_ready()
+    }
+
+    /// The header consistent hashing hashes on, if the balancer hashes on one.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match self.balancer.algorithm() {
+            Algorithm::ConsistentHash(key) => Some(key),
+            _ => None,
+        }
     }
 
     /// Builds a service from a full-state update, validating everything first.
@@ -158,18 +171,23 @@ impl Service {
                 Ok((port, proto))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let svc_metrics = metrics.service("outbound", &name);
         let endpoints = match &update.endpoints {
             Some(v1::service_update::Endpoints::Full(set)) => set
                 .endpoints
                 .iter()
-                .map(|e| endpoint_from_proto(e).map(Arc::new).map_err(&err))
+                .map(|e| {
+                    endpoint_from_proto(e, &name, metrics, &svc_metrics)
+                        .map(Arc::new)
+                        .map_err(&err)
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(v1::service_update::Endpoints::Delta(_)) => {
                 return Err(err("a delta needs a base; use Service::apply_delta".into()));
             }
             None => Vec::new(),
         };
-        let policy = policy_from_proto(update.policy.clone().unwrap_or_default());
+        let policy = policy_from_proto(&update.policy.clone().unwrap_or_default()).map_err(err)?;
         Ok(Service::assemble(
             info,
             update.version,
@@ -203,8 +221,9 @@ impl Service {
             let addr = socket_addr(removed).map_err(&err)?;
             endpoints.retain(|e| e.addr != addr);
         }
+        let key = self.key();
         for added in &delta.upserted {
-            let ep = endpoint_from_proto(added).map_err(&err)?;
+            let ep = endpoint_from_proto(added, &key, metrics, &self.metrics).map_err(&err)?;
             endpoints.retain(|e| e.addr != ep.addr);
             endpoints.push(Arc::new(ep));
         }
@@ -214,7 +233,7 @@ impl Service {
             ..Default::default()
         });
         let policy = match &update.policy {
-            Some(p) => policy_from_proto(p.clone()),
+            Some(p) => policy_from_proto(p).map_err(err)?,
             None => self.policy.clone(),
         };
         Ok(Service::assemble(
@@ -237,66 +256,25 @@ impl Service {
         policy: Policy,
         metrics: &Metrics,
     ) -> Service {
-        let schedule = weighted_schedule(&endpoints);
         let label = format!("{}.{}", info.name, info.namespace);
+        let stats = metrics.state().service(&label);
         Service {
+            conn_limit: ConnLimit {
+                count: stats.concurrency.connections.clone(),
+                max: policy.limits.max_connections,
+            },
             name: info.name.clone(),
             namespace: info.namespace.clone(),
             version,
             vips,
             ports,
+            balancer: Balancer::new(policy.load_balancer.clone(), &endpoints),
             endpoints,
-            schedule,
-            cursor: AtomicUsize::new(0),
             policy,
+            stats,
             metrics: metrics.service("outbound", &label),
         }
     }
-}
-
-/// Expands weights into a schedule, spreading each endpoint's slots evenly
-/// (smooth weighted round robin, computed once per update instead of per request).
-fn weighted_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
-    let ready: Vec<(usize, u32)> = endpoints
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.state == EndpointState::Ready)
-        .map(|(i, e)| (i, e.weight.max(1)))
-        .collect();
-    if ready.is_empty() {
-        return Vec::new();
-    }
-    let g = ready.iter().fold(0u32, |g, (_, w)| gcd(g, *w)).max(1);
-    let total: u32 = ready.iter().map(|(_, w)| w / g).sum();
-    // Bound the schedule; beyond this, ratios are approximated.
-    let scale = if total > 4096 {
-        f64::from(total) / 4096.0
-    } else {
-        1.0
-    };
-    let weights: Vec<(usize, i64)> = ready
-        .iter()
-        .map(|(i, w)| (*i, ((f64::from(w / g) / scale).round() as i64).max(1)))
-        .collect();
-    let sum: i64 = weights.iter().map(|(_, w)| w).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(sum as usize);
-    for _ in 0..sum {
-        let mut best = 0;
-        for (k, (_, w)) in weights.iter().enumerate() {
-            current[k] += w;
-            if current[k] > current[best] {
-                best = k;
-            }
-        }
-        current[best] -= sum;
-        out.push(weights[best].0 as u32);
-    }
-    out
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn socket_addr(a: &v1::SocketAddress) -> Result<SocketAddr, String> {
@@ -310,7 +288,12 @@ fn socket_addr(a: &v1::SocketAddress) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn endpoint_from_proto(e: &v1::Endpoint) -> Result<Endpoint, String> {
+fn endpoint_from_proto(
+    e: &v1::Endpoint,
+    service: &str,
+    metrics: &Metrics,
+    svc_metrics: &Arc<ServiceMetrics>,
+) -> Result<Endpoint, String> {
     let addr = socket_addr(e.address.as_ref().ok_or("endpoint without address")?)?;
     let weight = match e.weight {
         0 => weft_api::mesh::DEFAULT_WEIGHT,
@@ -335,6 +318,7 @@ fn endpoint_from_proto(e: &v1::Endpoint) -> Result<Endpoint, String> {
         identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
         labels: e.labels.clone().into_iter().collect(),
         state,
+        stats: metrics.state().endpoint(service, addr, svc_metrics),
     })
 }
 
@@ -342,17 +326,131 @@ fn ms(v: u64) -> Option<Duration> {
     (v > 0).then(|| Duration::from_millis(v))
 }
 
-fn policy_from_proto(raw: v1::TrafficPolicy) -> Policy {
+fn dur(v: u64, default: Duration) -> Duration {
+    ms(v).unwrap_or(default)
+}
+
+/// Resolves a received policy, filling defaults. Rejects what cannot be applied
+/// (an update is applied whole or not at all).
+fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, String> {
+    use v1::load_balancer::Algorithm as A;
+    let load_balancer = match raw
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.algorithm.as_ref())
+    {
+        None => Algorithm::default(),
+        Some(A::P2cPeakEwma(p)) => Algorithm::P2cPeakEwma {
+            decay: dur(p.decay_ms, balance::DEFAULT_DECAY),
+            default_rtt: dur(p.default_rtt_ms, balance::DEFAULT_RTT),
+        },
+        Some(A::RoundRobin(_)) => Algorithm::RoundRobin,
+        Some(A::LeastRequest(_)) => Algorithm::LeastRequest,
+        Some(A::ConsistentHash(h)) => Algorithm::ConsistentHash(match &h.key {
+            Some(v1::consistent_hash::Key::Header(name)) => HashKey::Header(
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("consistent hash header {name:?} is not a header name"))?,
+            ),
+            Some(v1::consistent_hash::Key::ClientIdentity(_)) | None => HashKey::ClientIdentity,
+        }),
+    };
+    let cb = raw.circuit_breaker.clone().unwrap_or_default();
+    let limits = Limits {
+        max_connections: cb.max_connections,
+        max_pending_requests: cb.max_pending_requests,
+        max_active_requests: cb.max_active_requests,
+        max_concurrent_retries: cb.max_concurrent_retries,
+    };
+    let outlier = match cb.outlier_detection {
+        Some(o) if o.consecutive_failures > 0 => {
+            let mut failure_on = o
+                .failure_on
+                .iter()
+                .map(|f| match v1::FailureClass::try_from(*f) {
+                    Ok(v1::FailureClass::FailureClass5xx) => Ok(Some(FailureClass::ServerError)),
+                    Ok(v1::FailureClass::Gateway) => Ok(Some(FailureClass::Gateway)),
+                    Ok(v1::FailureClass::Connect) => Ok(Some(FailureClass::Connect)),
+                    Ok(v1::FailureClass::Grpc) => Ok(Some(FailureClass::Grpc)),
+                    Ok(v1::FailureClass::Unspecified) => Ok(None),
+                    Err(_) => Err(format!("unknown failure class {f}")),
+                })
+                .filter_map(Result::transpose)
+                .collect::<Result<Vec<_>, _>>()?;
+            if failure_on.is_empty() {
+                failure_on = vec![FailureClass::ServerError, FailureClass::Connect];
+            }
+            let max_ejected_percent = match o.max_ejected_percent {
+                0 => breaker::DEFAULT_MAX_EJECTED_PERCENT,
+                p if p <= 100 => p,
+                p => return Err(format!("max_ejected_percent {p} is over 100")),
+            };
+            let base_ejection = dur(o.base_ejection_ms, breaker::DEFAULT_BASE_EJECTION);
+            Some(OutlierPolicy {
+                consecutive_failures: o.consecutive_failures,
+                base_ejection,
+                max_ejection: dur(o.max_ejection_ms, breaker::DEFAULT_MAX_EJECTION)
+                    .max(base_ejection),
+                max_ejected_percent,
+                failure_on,
+                grpc_codes: o.grpc_codes,
+            })
+        }
+        _ => None,
+    };
+    let retry = match &raw.retry {
+        Some(r) if r.max_attempts > 1 => {
+            if !(0.0..=1.0).contains(&r.budget_ratio) {
+                return Err(format!(
+                    "retry budget_ratio {} is outside 0..=1",
+                    r.budget_ratio
+                ));
+            }
+            Some(RetryPolicy {
+                max_attempts: r.max_attempts.min(10),
+                retry_on_status: r
+                    .retry_on_status
+                    .iter()
+                    .map(|s| {
+                        u16::try_from(*s)
+                            .ok()
+                            .filter(|s| (100..=599).contains(s))
+                            .ok_or_else(|| format!("retry_on_status {s} is not an HTTP status"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                retry_on_grpc: r.retry_on_grpc.clone(),
+                budget_ratio: if r.budget_ratio > 0.0 {
+                    r.budget_ratio
+                } else {
+                    retry::DEFAULT_BUDGET_RATIO
+                },
+                min_retries_per_second: if r.min_retries_per_second > 0 {
+                    r.min_retries_per_second
+                } else {
+                    retry::DEFAULT_MIN_PER_SECOND
+                },
+                backoff_base: dur(r.backoff_base_ms, retry::DEFAULT_BACKOFF_BASE),
+                backoff_max: dur(r.backoff_max_ms, retry::DEFAULT_BACKOFF_MAX),
+                max_buffered_body_bytes: match r.max_buffered_body_bytes {
+                    0 => retry::DEFAULT_MAX_BODY,
+                    n => n as usize,
+                },
+            })
+        }
+        _ => None,
+    };
     let t = raw.timeouts.unwrap_or_default();
-    Policy {
+    Ok(Policy {
+        load_balancer,
+        limits,
+        outlier,
+        retry,
         timeouts: Timeouts {
             request: ms(t.request_ms),
             per_try: ms(t.per_try_ms),
             connect: ms(t.connect_ms),
             idle: ms(t.idle_ms),
         },
-        raw,
-    }
+    })
 }
 
 /// Every service the proxy knows, indexed the ways a destination can be named.
@@ -503,12 +601,12 @@ mod tests {
     #[test]
     fn round_robin_follows_weights_exactly() {
         let snap = snapshot(
-            "services:\n  - name: a\n    endpoints:\n      - {address: '127.0.0.1:1', weight: 100}\n      - {address: '127.0.0.1:2', weight: 300}\n      - {address: '127.0.0.1:3', state: terminating}\n",
+            "services:\n  - name: a\n    policy: {load_balancer: round-robin}\n    endpoints:\n      - {address: '127.0.0.1:1', weight: 100}\n      - {address: '127.0.0.1:2', weight: 300}\n      - {address: '127.0.0.1:3', state: terminating}\n",
         );
         let svc = snap.by_host("a").expect("service a");
         let mut counts = HashMap::new();
         for _ in 0..400 {
-            let ep = svc.pick().expect("an endpoint");
+            let ep = &svc.endpoints[svc.pick(None, None).expect("an endpoint")];
             *counts.entry(ep.addr.port()).or_insert(0) += 1;
         }
         assert_eq!(counts.get(&1), Some(&100));
@@ -552,5 +650,47 @@ mod tests {
             ..delta
         };
         assert!(svc.apply_delta(&update, &stale, &Metrics::new()).is_err());
+    }
+
+    #[test]
+    fn endpoint_state_survives_a_swap_and_a_policy_change_but_not_removal() {
+        let metrics = Metrics::new();
+        let build = |yaml: &str| {
+            let mesh = MeshSpec::from_yaml(yaml, "t").expect("valid mesh");
+            from_mesh(&mesh, 1, "default", &metrics).expect("valid snapshot")
+        };
+        let first = build(
+            "services:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]\n",
+        );
+        let svc = first.by_host("a").expect("a");
+        svc.endpoints[0].stats.load.start();
+        svc.stats
+            .concurrency
+            .active
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let second = build(
+            "services:\n  - name: a\n    policy: {load_balancer: least-request, circuit_breaker: {max_active_requests: 9}}\n    endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:3'}]\n",
+        );
+        drop(first);
+        let svc = second.by_host("a").expect("a");
+        assert_eq!(svc.policy.load_balancer, Algorithm::LeastRequest);
+        assert_eq!(svc.policy.limits.max_active_requests, 9);
+        assert_eq!(
+            svc.endpoints[0].stats.load.in_flight(),
+            1,
+            "kept across the swap"
+        );
+        assert_eq!(
+            svc.stats
+                .concurrency
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        assert_eq!(
+            metrics.state().endpoints_held(),
+            2,
+            "the endpoint that left has no state any more"
+        );
     }
 }

@@ -5,20 +5,30 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::http::pool::connect;
 
-pub async fn forward<I>(mut client: I, upstream: SocketAddr, connect_timeout: Duration)
+pub async fn forward<I>(client: I, upstream: SocketAddr, connect_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut server = match connect(upstream, connect_timeout).await {
+    let server = match connect(upstream, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%upstream, reason = e.reason(), "opaque connect failed");
             return;
         }
     };
+    splice(client, server, upstream).await;
+}
+
+/// Copies bytes both ways between a client and a connected upstream until both
+/// sides are done.
+pub async fn splice<I>(mut client: I, mut server: TcpStream, upstream: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::io::copy_bidirectional(&mut client, &mut server).await {
         Ok((to_server, to_client)) => {
             tracing::trace!(%upstream, to_server, to_client, "opaque connection closed");

@@ -153,6 +153,18 @@ pub async fn raw_exchange(
     read_until_closed(&mut stream, limit).await
 }
 
+/// Connects, writes `bytes`, shuts down the write half, and reads the whole answer.
+pub async fn raw_exchange_half_closed(
+    addr: SocketAddr,
+    bytes: &[u8],
+    limit: Duration,
+) -> anyhow::Result<Vec<u8>> {
+    let mut stream = connect(addr).await?;
+    stream.write_all(bytes).await?;
+    stream.shutdown().await?;
+    read_until_closed(&mut stream, limit).await
+}
+
 /// Reads until EOF or a reset (both mean "closed"); fails if the connection is
 /// still open after `limit`.
 pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> anyhow::Result<Vec<u8>> {

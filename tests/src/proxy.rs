@@ -96,6 +96,11 @@ impl ServiceDef {
         self
     }
 
+    /// A ready endpoint with a weight (the default is 100).
+    pub fn endpoint_weighted(self, addr: SocketAddr, weight: u32) -> Self {
+        self.weighted_endpoint(addr, weight)
+    }
+
     pub fn policy(mut self, flow_yaml: &str) -> Self {
         self.policy = Some(flow_yaml.to_string());
         self

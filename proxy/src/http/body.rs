@@ -2,6 +2,7 @@
 //! arrives, or a short one the proxy wrote itself.
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::pool::Giveback;
+use crate::breaker::ActiveSlot;
 
 pin_project! {
     /// An upstream body that returns its HTTP/1 connection to the pool once the
@@ -19,12 +21,18 @@ pin_project! {
         #[pin]
         inner: Incoming,
         giveback: Option<Giveback>,
+        // Keeps the request counted as active until the body is done or dropped.
+        active: Option<ActiveSlot>,
     }
 }
 
 impl PooledBody {
     pub fn new(inner: Incoming, giveback: Option<Giveback>) -> Self {
-        let mut body = PooledBody { inner, giveback };
+        let mut body = PooledBody {
+            inner,
+            giveback,
+            active: None,
+        };
         if body.inner.is_end_stream()
             && let Some(g) = body.giveback.take()
         {
@@ -54,8 +62,11 @@ impl Body for PooledBody {
             }
             Poll::Pending => false,
         };
-        if done && let Some(g) = this.giveback.take() {
-            g.give();
+        if done {
+            this.active.take();
+            if let Some(g) = this.giveback.take() {
+                g.give();
+            }
         }
         res
     }
@@ -86,6 +97,16 @@ impl ProxyBody {
 
     pub fn upstream(body: PooledBody) -> Self {
         ProxyBody::Upstream { body }
+    }
+
+    /// Holds `slot` until this body has been sent (or dropped).
+    pub fn holding(mut self, slot: ActiveSlot) -> Self {
+        if let ProxyBody::Upstream { body } = &mut self
+            && !body.inner.is_end_stream()
+        {
+            body.active = Some(slot);
+        }
+        self
     }
 }
 
@@ -120,5 +141,189 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body } => body.size_hint(),
             ProxyBody::Full { body } => body.size_hint(),
         }
+    }
+}
+
+/// A copy of a streamed request body, kept while it is sent so that a retry can
+/// send it again, provided it ended within the limit.
+#[derive(Debug)]
+pub struct Recording {
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    state: Recorded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Partial,
+    Complete,
+    /// Over the limit, broken off, or with trailers: cannot be replayed.
+    Abandoned,
+}
+
+impl Recording {
+    pub fn new(limit: usize) -> Arc<Mutex<Recording>> {
+        Arc::new(Mutex::new(Recording {
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+            state: Recorded::Partial,
+        }))
+    }
+
+    /// The whole body, if it was read to its end within the limit.
+    pub fn replay(&self) -> Option<Bytes> {
+        if self.state != Recorded::Complete {
+            return None;
+        }
+        Some(match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        })
+    }
+
+    fn abandon(&mut self) {
+        self.state = Recorded::Abandoned;
+        self.chunks = Vec::new();
+    }
+
+    fn frame(&mut self, frame: &Frame<Bytes>, end: bool) {
+        if self.state != Recorded::Partial {
+            return;
+        }
+        match frame.data_ref() {
+            Some(data) => {
+                self.len += data.len();
+                if self.len > self.limit {
+                    return self.abandon();
+                }
+                self.chunks.push(data.clone());
+            }
+            None => return self.abandon(),
+        }
+        if end {
+            self.state = Recorded::Complete;
+        }
+    }
+}
+
+fn lock(m: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pin_project! {
+    /// A request body going upstream: the client's, streamed (and perhaps recorded
+    /// for a retry), or a buffered copy sent again when the request is retried.
+    #[project = RequestBodyProj]
+    pub enum RequestBody {
+        Streaming { #[pin] body: Incoming },
+        Recording { #[pin] body: Incoming, recording: Arc<Mutex<Recording>> },
+        Replay { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl RequestBody {
+    pub fn replay(bytes: Bytes) -> Self {
+        RequestBody::Replay {
+            body: Full::new(bytes),
+        }
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        RequestBody::Streaming { body }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Recording {
+                mut body,
+                recording,
+            } => {
+                let res = body.as_mut().poll_frame(cx);
+                match &res {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        lock(recording).frame(frame, body.is_end_stream());
+                    }
+                    Poll::Ready(None) => {
+                        let mut rec = lock(recording);
+                        if rec.state == Recorded::Partial {
+                            rec.state = Recorded::Complete;
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => lock(recording).abandon(),
+                    Poll::Pending => {}
+                }
+                res
+            }
+            RequestBodyProj::Replay { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Streaming { body } | RequestBody::Recording { body, .. } => {
+                body.is_end_stream()
+            }
+            RequestBody::Replay { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Streaming { body } | RequestBody::Recording { body, .. } => {
+                body.size_hint()
+            }
+            RequestBody::Replay { body } => body.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(b: &'static [u8]) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(b))
+    }
+
+    #[test]
+    fn a_recording_replays_only_a_whole_body_within_the_limit() {
+        let rec = Recording::new(8);
+        let mut r = lock(&rec);
+        r.frame(&data(b"abc"), false);
+        assert_eq!(r.replay(), None, "not ended yet");
+        r.frame(&data(b"def"), true);
+        assert_eq!(r.replay(), Some(Bytes::from_static(b"abcdef")));
+
+        let rec = Recording::new(4);
+        let mut r = lock(&rec);
+        r.frame(&data(b"abc"), false);
+        r.frame(&data(b"def"), true);
+        assert_eq!(r.replay(), None, "over the limit");
+        assert!(r.chunks.is_empty(), "and nothing kept");
+
+        let rec = Recording::new(64);
+        let mut r = lock(&rec);
+        r.frame(&data(b"abc"), false);
+        r.frame(&Frame::trailers(http::HeaderMap::new()), true);
+        assert_eq!(r.replay(), None, "trailers are not replayed");
     }
 }

@@ -3,31 +3,68 @@
 //! Each hop keeps the client's protocol: HTTP/1.1 in, HTTP/1.1 out (with Upgrade
 //! tunnels); HTTP/2 in, HTTP/2 out (so gRPC trailers and bidirectional streams pass).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{PooledBody, ProxyBody};
+use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::Pool;
+use super::pool::{ConnLimit, Pool};
+use crate::breaker::{self, Limit};
+use crate::metrics::ServiceMetrics;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Target {
+pub struct Target<'a> {
     pub addr: SocketAddr,
     pub connect_timeout: Duration,
+    /// Bounds this one attempt, from connect to response head.
     pub request_timeout: Option<Duration>,
+    /// How long a kept-alive connection to this target may sit idle (None: the
+    /// pool's default).
+    pub idle_timeout: Option<Duration>,
+    pub gate: Option<Gate<'a>>,
+}
+
+/// A service's connection-level limits: open connections and requests waiting for
+/// one. Over either, the attempt fails `overloaded` at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    pub connections: &'a ConnLimit,
+    pub pending: &'a AtomicU32,
+    pub max_pending: u32,
+    pub metrics: &'a ServiceMetrics,
+}
+
+/// Gets a connection through `connect`, counted as pending meanwhile.
+async fn gated<T>(
+    target: &Target<'_>,
+    connect: impl Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    let Some(gate) = target.gate else {
+        return connect.await;
+    };
+    let Some(_pending) = breaker::acquire(gate.pending, gate.max_pending) else {
+        gate.metrics.overloaded(Limit::Pending);
+        return Err(ProxyError::Overloaded);
+    };
+    let res = connect.await;
+    if res.as_ref().err() == Some(&ProxyError::Overloaded) {
+        gate.metrics.overloaded(Limit::Connections);
+    }
+    res
 }
 
 pub async fn forward(
     pool: &Pool,
-    req: Request<Incoming>,
-    target: &Target,
+    req: Request<RequestBody>,
+    target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let fut = async {
         if req.version() == Version::HTTP_2 {
@@ -54,8 +91,8 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
 
 async fn forward_h1(
     pool: &Pool,
-    mut req: Request<Incoming>,
-    target: &Target,
+    mut req: Request<RequestBody>,
+    target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -63,14 +100,19 @@ async fn forward_h1(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
 
-    let mut conn = pool.h1(target.addr, target.connect_timeout).await?;
+    let limit = target.gate.map(|g| g.connections);
+    let mut conn = gated(target, pool.h1(target.addr, target.connect_timeout, limit)).await?;
     let mut resp = match conn.tx.try_send_request(req).await {
         Ok(resp) => resp,
         Err(mut err) => match err.take_message() {
             // The peer closed an idle keep-alive connection just as we picked it; the
             // request was never written, so sending it on a fresh connection is safe.
             Some(req) if conn.reused => {
-                conn = Box::pin(pool.new_h1(target.addr, target.connect_timeout)).await?;
+                conn = Box::pin(gated(
+                    target,
+                    pool.new_h1(target.addr, target.connect_timeout, limit),
+                ))
+                .await?;
                 conn.tx
                     .send_request(req)
                     .await
@@ -104,13 +146,13 @@ async fn forward_h1(
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    let giveback = pool.giveback(conn.tx, target.addr);
+    let giveback = pool.giveback(conn.tx, target.addr, target.idle_timeout);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
 }
 
 /// An absolute-form target (from a client using us as its `http_proxy`) becomes
 /// origin-form, with the authority moved into Host as RFC 9112 §3.2.2 asks.
-fn to_origin_form(req: &mut Request<Incoming>) {
+fn to_origin_form<B>(req: &mut Request<B>) {
     let Some(authority) = req.uri().authority().cloned() else {
         return;
     };
@@ -127,11 +169,12 @@ fn to_origin_form(req: &mut Request<Incoming>) {
 
 async fn forward_h2(
     pool: &Pool,
-    mut req: Request<Incoming>,
-    target: &Target,
+    mut req: Request<RequestBody>,
+    target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
-    let mut tx = pool.h2(target.addr, target.connect_timeout).await?;
+    let limit = target.gate.map(|g| g.connections);
+    let mut tx = gated(target, pool.h2(target.addr, target.connect_timeout, limit)).await?;
     tx.ready().await.map_err(|e| upstream_error(&e))?;
     let mut resp = tx.send_request(req).await.map_err(|e| upstream_error(&e))?;
     strip_hop_by_hop(resp.headers_mut(), false);

@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use super::body::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -42,27 +43,64 @@ struct Dial {
 }
 
 struct Idle {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     since: Instant,
+    /// The service's idle timeout, or the pool's. Checked when the connection is
+    /// taken, so a shorter one than the pool's holds even between sweeps.
+    timeout: Duration,
 }
 
 struct Shared {
-    tx: http2::SendRequest<Incoming>,
+    tx: http2::SendRequest<RequestBody>,
     last_used: Instant,
 }
 
 /// An HTTP/1 connection checked out of the pool.
 pub struct H1Conn {
-    pub tx: http1::SendRequest<Incoming>,
+    pub tx: http1::SendRequest<RequestBody>,
     /// Whether it came from the idle stack (it may have been closed by the peer
     /// meanwhile, so a request that was never sent on it can be retried).
     pub reused: bool,
 }
 
+/// A service's count of open upstream connections and its cap (0: none). A new
+/// connection takes a unit before dialing and gives it back when it closes; over
+/// the cap the request is answered `overloaded` instead of waiting.
+#[derive(Debug, Clone, Default)]
+pub struct ConnLimit {
+    pub count: Arc<AtomicU32>,
+    pub max: u32,
+}
+
+struct ConnGuard(Option<Arc<AtomicU32>>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConnLimit {
+    fn take(limit: Option<&ConnLimit>) -> Result<ConnGuard, ProxyError> {
+        let Some(l) = limit else {
+            return Ok(ConnGuard(None));
+        };
+        let prev = l.count.fetch_add(1, Ordering::Relaxed);
+        if l.max > 0 && prev >= l.max {
+            l.count.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::Overloaded);
+        }
+        Ok(ConnGuard(Some(l.count.clone())))
+    }
+}
+
 /// Puts an HTTP/1 connection back on its endpoint's idle stack.
 pub struct Giveback {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     addr: SocketAddr,
+    idle_timeout: Option<Duration>,
     pool: Weak<PoolInner>,
 }
 
@@ -80,6 +118,7 @@ impl Giveback {
             stack.push(Idle {
                 tx: self.tx,
                 since: Instant::now(),
+                timeout: self.idle_timeout.unwrap_or(pool.idle_timeout),
             });
         }
     }
@@ -135,10 +174,17 @@ impl Pool {
         pool
     }
 
-    pub fn giveback(&self, tx: http1::SendRequest<Incoming>, addr: SocketAddr) -> Giveback {
+    /// `idle_timeout` overrides the pool's for this connection (a service's policy).
+    pub fn giveback(
+        &self,
+        tx: http1::SendRequest<RequestBody>,
+        addr: SocketAddr,
+        idle_timeout: Option<Duration>,
+    ) -> Giveback {
         Giveback {
             tx,
             addr,
+            idle_timeout,
             pool: Arc::downgrade(&self.inner),
         }
     }
@@ -148,11 +194,12 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
         loop {
             let idle = lock(&self.inner.h1).get_mut(&addr).and_then(Vec::pop);
             let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() > self.inner.idle_timeout || idle.tx.is_closed() {
+            if idle.since.elapsed() > idle.timeout || idle.tx.is_closed() {
                 continue;
             }
             if idle.tx.ready().await.is_ok() {
@@ -164,20 +211,23 @@ impl Pool {
         }
         // Boxed: the connect path is rare, and keeping it out of line keeps every
         // request's future (moved on each task spawn) small.
-        Box::pin(self.new_h1(addr, connect_timeout)).await
+        Box::pin(self.new_h1(addr, connect_timeout, limit)).await
     }
 
     pub async fn new_h1(
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
+        let guard = ConnLimit::take(limit)?;
         let stream = connect(addr, connect_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
         tokio::spawn(async move {
+            let _guard = guard;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
             }
@@ -190,12 +240,13 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         if let Some(tx) = self.shared_h2(addr) {
             return Ok(tx);
         }
         // Boxed for the same reason as the HTTP/1 connect path.
-        Box::pin(self.h2_dial_once(addr, connect_timeout)).await
+        Box::pin(self.h2_dial_once(addr, connect_timeout, limit)).await
     }
 
     /// Dials the shared HTTP/2 connection, one dial per endpoint at a time.
@@ -203,7 +254,8 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         let gate = lock(&self.inner.h2_dials).entry(addr).or_default().clone();
         let waited_since = Instant::now();
         let mut dial = gate.lock().await;
@@ -217,7 +269,7 @@ impl Pool {
         {
             return Err(err);
         }
-        match self.dial_h2(addr, connect_timeout).await {
+        match self.dial_h2(addr, connect_timeout, limit).await {
             Ok(tx) => {
                 dial.failed = None;
                 Ok(tx)
@@ -229,7 +281,7 @@ impl Pool {
         }
     }
 
-    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<Incoming>> {
+    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<RequestBody>> {
         let mut h2 = lock(&self.inner.h2);
         let shared = h2.get_mut(&addr)?;
         if shared.tx.is_closed() {
@@ -244,7 +296,9 @@ impl Pool {
         &self,
         addr: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let guard = ConnLimit::take(limit)?;
         let stream = connect(addr, connect_timeout).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -255,6 +309,7 @@ impl Pool {
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
         tokio::spawn(async move {
+            let _guard = guard;
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
@@ -279,7 +334,7 @@ impl PoolInner {
     fn sweep(&self) {
         let now = Instant::now();
         lock(&self.h1).retain(|_, stack| {
-            stack.retain(|i| now.duration_since(i.since) <= self.idle_timeout && !i.tx.is_closed());
+            stack.retain(|i| now.duration_since(i.since) <= i.timeout && !i.tx.is_closed());
             !stack.is_empty()
         });
         // Dropping our handle only closes the connection once in-flight streams,
@@ -295,7 +350,45 @@ impl PoolInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn connections_over_the_service_cap_are_refused_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let pool = Pool::new(Duration::from_secs(60));
+        let limit = ConnLimit {
+            count: Arc::default(),
+            max: 1,
+        };
+        let first = pool
+            .new_h1(addr, Duration::from_secs(5), Some(&limit))
+            .await
+            .expect("first connection");
+        assert!(matches!(
+            pool.new_h1(addr, Duration::from_secs(5), Some(&limit))
+                .await,
+            Err(ProxyError::Overloaded)
+        ));
+        drop(first);
+        // The connection task notices the dropped sender and ends, releasing the slot.
+        for _ in 0..500 {
+            if limit.count.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(limit.count.load(Ordering::Relaxed), 0);
+        server.abort();
+    }
 
     #[tokio::test]
     async fn a_burst_to_a_cold_endpoint_opens_one_http2_connection() {
@@ -316,7 +409,7 @@ mod tests {
         let dials: Vec<_> = (0..16)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
             })
             .collect();
         for d in dials {
@@ -336,7 +429,7 @@ mod tests {
         let dials: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5)).await })
+                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
             })
             .collect();
         for d in dials {

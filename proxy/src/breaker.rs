@@ -1,0 +1,458 @@
+//! Circuit breaking: concurrency limits per service (over a limit the request is
+//! answered at once, never queued) and outlier ejection per endpoint.
+//!
+//! Ejection: after `consecutive_failures` failures of the configured classes an
+//! endpoint is ejected for `base × times ejected` (capped at `max`). When the time is
+//! up it is half-open: the balancer may pick it again, and the first request it gets
+//! is the probe — its success readmits the endpoint, its failure ejects it again.
+//! At most `max_ejected_percent` of a service's endpoints are ejected at once (but
+//! always at least one), and when all are ejected the balancer uses them all anyway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::metrics::ServiceMetrics;
+use crate::snapshot::Endpoint;
+use crate::state::{nanos, now_nanos};
+
+/// Concurrency limits of one service; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_active_requests: u32,
+    pub max_concurrent_retries: u32,
+}
+
+/// Which limit turned a request away, as the `limit` label of the metric.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    Connections,
+    Pending,
+    Active,
+    Retries,
+}
+
+impl Limit {
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Pending => "pending",
+            Limit::Active => "active",
+            Limit::Retries => "retries",
+        }
+    }
+}
+
+/// Live counts for one service; survives snapshot swaps with the service's stats.
+#[derive(Debug, Default, Serialize)]
+pub struct Concurrency {
+    pub active: AtomicU32,
+    pub pending: AtomicU32,
+    pub retries: AtomicU32,
+    pub connections: Arc<AtomicU32>,
+}
+
+/// A held unit of a limited count, released on drop.
+#[must_use]
+pub struct Slot<'a>(Option<&'a AtomicU32>);
+
+impl Slot<'_> {
+    pub fn none() -> Slot<'static> {
+        Slot(None)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Takes one unit of `count` unless that would go over `limit` (0: unlimited).
+pub fn acquire(count: &AtomicU32, limit: u32) -> Option<Slot<'_>> {
+    if limit == 0 {
+        count.fetch_add(1, Ordering::Relaxed);
+        return Some(Slot(Some(count)));
+    }
+    let prev = count.fetch_add(1, Ordering::Relaxed);
+    if prev >= limit {
+        count.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(Slot(Some(count)))
+}
+
+/// A unit of a service's active-request count, owned so it can travel with the
+/// response body: a request stays active until its response has been streamed.
+#[must_use]
+pub struct ActiveSlot(Arc<crate::state::ServiceStats>);
+
+impl std::fmt::Debug for ActiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActiveSlot")
+    }
+}
+
+impl ActiveSlot {
+    pub fn acquire(stats: &Arc<crate::state::ServiceStats>, limit: u32) -> Option<ActiveSlot> {
+        let slot = acquire(&stats.concurrency.active, limit)?;
+        // Ownership of the unit moves to the ActiveSlot, which releases it on drop.
+        std::mem::forget(slot);
+        Some(ActiveSlot(stats.clone()))
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.concurrency.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Failure classes counted toward ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// Any 5xx, from the endpoint or the proxy.
+    ServerError,
+    /// 502, 503, 504.
+    Gateway,
+    /// Connect refused or timed out, connection reset, no answer within the per-try
+    /// timeout.
+    Connect,
+    /// A gRPC status named in `grpc_codes`.
+    Grpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierPolicy {
+    pub consecutive_failures: u32,
+    #[serde(serialize_with = "as_ms")]
+    pub base_ejection: Duration,
+    #[serde(serialize_with = "as_ms")]
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+    pub failure_on: Vec<FailureClass>,
+    pub grpc_codes: Vec<u32>,
+}
+
+fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+/// How one attempt on an endpoint ended, as far as ejection cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status (and gRPC status from its headers, if any).
+    Response { status: u16, grpc: Option<u32> },
+    /// No response: connect failure, reset, or per-try timeout.
+    ConnectFailure,
+    /// Ended by something other than the endpoint (client gone, request timeout).
+    Cancelled,
+}
+
+impl OutlierPolicy {
+    fn is_failure(&self, outcome: Outcome) -> Option<bool> {
+        let classes = &self.failure_on;
+        match outcome {
+            Outcome::Cancelled => None,
+            Outcome::ConnectFailure => Some(
+                classes.contains(&FailureClass::Connect)
+                    || classes.contains(&FailureClass::Gateway)
+                    || classes.contains(&FailureClass::ServerError),
+            ),
+            Outcome::Response { status, grpc } => Some(
+                (status >= 500 && classes.contains(&FailureClass::ServerError))
+                    || (matches!(status, 502..=504) && classes.contains(&FailureClass::Gateway))
+                    || (classes.contains(&FailureClass::Grpc)
+                        && grpc.is_some_and(|c| self.grpc_codes.contains(&c))),
+            ),
+        }
+    }
+}
+
+/// One endpoint's ejection state. All atomics: the hot path reads `ejected_until`
+/// once per candidate and writes only when an outcome changes something.
+#[derive(Debug)]
+pub struct Health {
+    consecutive: AtomicU32,
+    /// `now_nanos()` when the ejection ends; 0 while admitted.
+    ejected_until: AtomicU64,
+    times_ejected: AtomicU32,
+    probing: AtomicBool,
+    metrics: Arc<ServiceMetrics>,
+}
+
+impl Serialize for Health {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = now_nanos();
+        let state = match until {
+            0 => "admitted",
+            u if u > now => "ejected",
+            _ => "half-open",
+        };
+        let mut st = s.serialize_struct("Health", 4)?;
+        st.serialize_field("state", state)?;
+        st.serialize_field("consecutive_failures", &self.consecutive_failures())?;
+        st.serialize_field("times_ejected", &self.times_ejected.load(Ordering::Relaxed))?;
+        st.serialize_field("ejected_for_ms", &(until.saturating_sub(now) / 1_000_000))?;
+        st.end()
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.metrics.ejected.dec();
+        }
+    }
+}
+
+impl Health {
+    pub fn new(metrics: Arc<ServiceMetrics>) -> Health {
+        Health {
+            consecutive: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            probing: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether the balancer may pick this endpoint: admitted, or half-open with no
+    /// probe out.
+    pub fn eligible(&self, now: u64) -> bool {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => true,
+            until => until <= now && !self.probing.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Called once an endpoint is picked. Returns true when this request is the
+    /// half-open probe (so its outcome decides readmission).
+    pub fn begin(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0
+            && until <= now_nanos()
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Records how an attempt ended. `peers` is the service's endpoint set, for the
+    /// cap on the share ejected.
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        probe: bool,
+        policy: Option<&OutlierPolicy>,
+        peers: &[Arc<Endpoint>],
+    ) {
+        let failed = match policy {
+            Some(p) if p.consecutive_failures > 0 => p.is_failure(outcome),
+            // Ejection is off: nothing to track (and a policy change that turned it
+            // off readmits on the next success).
+            _ => outcome_is_success(outcome),
+        };
+        match failed {
+            None => {
+                if probe {
+                    self.probing.store(false, Ordering::Release);
+                }
+            }
+            Some(false) => {
+                self.consecutive.store(0, Ordering::Relaxed);
+                if self.ejected_until.load(Ordering::Relaxed) != 0 && (probe || policy.is_none()) {
+                    self.readmit();
+                }
+            }
+            Some(true) => {
+                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                let Some(p) = policy else { return };
+                if probe {
+                    self.eject(p);
+                    self.probing.store(false, Ordering::Release);
+                } else if n >= p.consecutive_failures
+                    && self.ejected_until.load(Ordering::Relaxed) == 0
+                    && room_to_eject(p, peers)
+                {
+                    self.eject(p);
+                }
+            }
+        }
+    }
+
+    fn eject(&self, p: &OutlierPolicy) {
+        let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let span = p.base_ejection.saturating_mul(times).min(p.max_ejection);
+        let until = now_nanos().saturating_add(nanos(span)).max(1);
+        let was = self.ejected_until.swap(until, Ordering::AcqRel);
+        self.consecutive.store(0, Ordering::Relaxed);
+        if was == 0 {
+            self.metrics.ejected.inc();
+        }
+        self.metrics.ejections.inc();
+        tracing::info!(ejected_for = ?span, times, "endpoint ejected");
+    }
+
+    fn readmit(&self) {
+        if self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+            self.metrics.ejected.dec();
+            tracing::info!("endpoint readmitted");
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    pub fn eject_for_test(&self, span: Duration) {
+        self.ejected_until
+            .store(now_nanos() + nanos(span), Ordering::Relaxed);
+        self.metrics.ejected.inc();
+    }
+
+    #[cfg(test)]
+    pub fn note_failure_for_test(&self) {
+        self.consecutive.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn outcome_is_success(outcome: Outcome) -> Option<bool> {
+    match outcome {
+        Outcome::Response { status, .. } if status < 500 => Some(false),
+        _ => None,
+    }
+}
+
+fn room_to_eject(p: &OutlierPolicy, peers: &[Arc<Endpoint>]) -> bool {
+    let total = peers.len();
+    let ejected = peers.iter().filter(|e| e.stats.health.is_ejected()).count();
+    let cap = (total * p.max_ejected_percent as usize / 100).max(1);
+    ejected < cap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::tests::endpoints;
+
+    fn policy(n: u32, base_ms: u64) -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: n,
+            base_ejection: Duration::from_millis(base_ms),
+            max_ejection: Duration::from_millis(base_ms * 3),
+            max_ejected_percent: 50,
+            failure_on: vec![FailureClass::ServerError, FailureClass::Connect],
+            grpc_codes: vec![],
+        }
+    }
+
+    const FAIL: Outcome = Outcome::Response {
+        status: 500,
+        grpc: None,
+    };
+    const OK: Outcome = Outcome::Response {
+        status: 200,
+        grpc: None,
+    };
+
+    #[test]
+    fn ejected_after_n_consecutive_failures_only() {
+        let (eps, _reg) = endpoints(&[100, 100, 100, 100]);
+        let p = policy(3, 10_000);
+        let h = &eps[0].stats.health;
+        h.record(FAIL, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), &eps);
+        h.record(OK, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), &eps);
+        assert!(!h.is_ejected(), "a success resets the count");
+        h.record(FAIL, false, Some(&p), &eps);
+        assert!(h.is_ejected());
+        assert!(!h.eligible(now_nanos()));
+    }
+
+    #[test]
+    fn half_open_probe_readmits_or_doubles_the_ejection() {
+        let (eps, _reg) = endpoints(&[100, 100]);
+        let p = policy(1, 1);
+        let h = &eps[0].stats.health;
+        h.record(Outcome::ConnectFailure, false, Some(&p), &eps);
+        assert!(h.is_ejected());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(h.eligible(now_nanos()), "half-open after the ejection time");
+        assert!(h.begin(), "first pick is the probe");
+        assert!(!h.eligible(now_nanos()), "one probe at a time");
+        assert!(!h.begin());
+        h.record(FAIL, true, Some(&p), &eps);
+        assert!(h.is_ejected(), "a failed probe ejects again");
+        assert_eq!(h.times_ejected.load(Ordering::Relaxed), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(h.begin());
+        h.record(OK, true, Some(&p), &eps);
+        assert!(!h.is_ejected(), "a good probe readmits");
+        assert!(h.eligible(now_nanos()));
+    }
+
+    #[test]
+    fn never_more_than_the_cap_ejected() {
+        let (eps, _reg) = endpoints(&[100, 100, 100, 100]);
+        let p = policy(1, 10_000);
+        for e in &eps {
+            e.stats.health.record(FAIL, false, Some(&p), &eps);
+        }
+        let ejected = eps.iter().filter(|e| e.stats.health.is_ejected()).count();
+        assert_eq!(ejected, 2, "50% of 4");
+    }
+
+    #[test]
+    fn only_configured_classes_count() {
+        let (eps, _reg) = endpoints(&[100, 100]);
+        let mut p = policy(1, 10_000);
+        p.failure_on = vec![FailureClass::Gateway];
+        let h = &eps[0].stats.health;
+        h.record(FAIL, false, Some(&p), &eps);
+        assert!(!h.is_ejected(), "500 is not a gateway error");
+        h.record(
+            Outcome::Response {
+                status: 503,
+                grpc: None,
+            },
+            false,
+            Some(&p),
+            &eps,
+        );
+        assert!(h.is_ejected());
+    }
+
+    #[test]
+    fn limits_answer_at_once() {
+        let c = AtomicU32::new(0);
+        let a = acquire(&c, 2).expect("first");
+        let b = acquire(&c, 2).expect("second");
+        assert!(acquire(&c, 2).is_none());
+        drop(a);
+        assert!(acquire(&c, 2).is_some());
+        drop(b);
+        assert!(acquire(&c, 0).is_some(), "0 is unlimited");
+    }
+}
