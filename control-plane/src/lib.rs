@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod discovery;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod server;

@@ -20,6 +20,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::admin::{self, AdminState};
 use crate::discovery::DiscoveryService;
+use crate::identity::ca::CertificateAuthority;
+use crate::identity::proof::IdentityProof;
+use crate::identity::service::IdentityService;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::source::{Publisher, Source, SourceState};
@@ -40,6 +43,15 @@ pub struct Server {
     admin: TcpListener,
     metrics: Arc<Metrics>,
     index: Arc<Index>,
+    identity: Option<IdentityConfig>,
+}
+
+/// What `Identity.Certify` needs; without it the API is not served.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    pub ca: Arc<CertificateAuthority>,
+    pub proof: Arc<dyn IdentityProof>,
+    pub trust_domain: String,
 }
 
 impl Server {
@@ -55,7 +67,14 @@ impl Server {
             admin,
             metrics: Arc::new(Metrics::new()),
             index: Arc::new(Index::new()),
+            identity: None,
         })
+    }
+
+    /// Serves `Identity.Certify` with this CA and proof check.
+    pub fn with_identity(mut self, identity: IdentityConfig) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
@@ -83,6 +102,7 @@ impl Server {
             admin,
             metrics,
             index,
+            identity,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -145,6 +165,14 @@ impl Server {
                 Arc::clone(&index),
                 Arc::clone(&metrics),
             ))
+            .add_optional_service(identity.map(|id| {
+                IdentityService::new(
+                    id.ca,
+                    id.proof,
+                    id.trust_domain,
+                    metrics.certificates.clone(),
+                )
+            }))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tokio::pin!(grpc_server);
         tracing::info!(addr = %grpc_addr, "discovery listening");
