@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
+use weft_api::spiffe::SpiffeId;
+
+use crate::identity::certify::Token;
+use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,6 +43,8 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     control_plane: Option<String>,
+    #[serde(default)]
+    identity: Option<RawIdentity>,
     /// File mode: the mesh itself, in the same schema the control plane reads.
     #[serde(default)]
     services: Vec<ServiceSpec>,
@@ -163,6 +169,176 @@ fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))
 }
 
+/// `identity:` as written. With it, the proxy gets a certificate from the control
+/// plane, speaks mTLS to endpoints that have an identity, and terminates mTLS inbound.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
+    /// Default: node.service_account, else "default".
+    #[serde(default)]
+    service_account: Option<String>,
+    /// The local proof `weft-control token` prints; or `token_file` (re-read on
+    /// every renewal); or the WEFT_IDENTITY_TOKEN environment variable.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    /// Where Identity.Certify is served; default: the top-level control_plane.
+    #[serde(default)]
+    control_plane: Option<String>,
+    #[serde(default)]
+    inbound: RawInbound,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".to_string()
+}
+
+/// One port's inbound policy as written (flat, so YAML stays short).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortPolicy {
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    mode: TlsMode,
+    #[serde(default)]
+    allow_identities: Vec<String>,
+    #[serde(default)]
+    allow_namespaces: Vec<String>,
+    #[serde(default)]
+    allow_any_meshed: Option<bool>,
+    #[serde(default)]
+    allow_unauthenticated: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    #[serde(default)]
+    mode: TlsMode,
+    #[serde(default)]
+    allow_identities: Vec<String>,
+    #[serde(default)]
+    allow_namespaces: Vec<String>,
+    #[serde(default)]
+    allow_any_meshed: Option<bool>,
+    #[serde(default)]
+    allow_unauthenticated: Option<bool>,
+    #[serde(default)]
+    ports: Vec<RawPortPolicy>,
+}
+
+fn port_policy(
+    mode: TlsMode,
+    ids: &[String],
+    namespaces: &[String],
+    any: Option<bool>,
+    unauthenticated: Option<bool>,
+) -> Result<PortPolicy, String> {
+    for id in ids {
+        SpiffeId::parse(id).map_err(|e| e.to_string())?;
+    }
+    // Naming callers means "only these"; naming none means "any meshed caller".
+    let named = !ids.is_empty() || !namespaces.is_empty();
+    Ok(PortPolicy {
+        mode,
+        authorization: Authorization {
+            allow_identities: ids.to_vec(),
+            allow_namespaces: namespaces.to_vec(),
+            allow_any_meshed: any.unwrap_or(!named),
+            allow_unauthenticated: unauthenticated.unwrap_or(mode == TlsMode::Permissive),
+        },
+    })
+}
+
+/// The validated `identity:` section.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub id: SpiffeId,
+    pub token: Token,
+    pub control_plane: String,
+    pub inbound: InboundPolicy,
+}
+
+impl RawIdentity {
+    fn validate(
+        self,
+        node: &NodeConfig,
+        control_plane: Option<&String>,
+        origin: &str,
+    ) -> Result<IdentityConfig, ConfigError> {
+        let invalid = |field: &str, e: String| {
+            ConfigError::Invalid(format!("{origin}: identity.{field}: {e}"))
+        };
+        let account = self
+            .service_account
+            .or_else(|| node.service_account.clone())
+            .unwrap_or_else(|| "default".to_string());
+        let id = SpiffeId::new(&self.trust_domain, node.namespace.as_str(), &account)
+            .map_err(|e| invalid("service_account", e.to_string()))?;
+        let token = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "give token or token_file, not both".into(),
+                ));
+            }
+            (Some(t), None) => Token::Inline(t),
+            (None, Some(f)) => Token::File(f),
+            (None, None) => match std::env::var("WEFT_IDENTITY_TOKEN") {
+                Ok(t) if !t.is_empty() => Token::Inline(t),
+                _ => {
+                    return Err(invalid(
+                        "token",
+                        "a token, token_file or WEFT_IDENTITY_TOKEN is required".into(),
+                    ));
+                }
+            },
+        };
+        let control_plane = self
+            .control_plane
+            .or_else(|| control_plane.cloned())
+            .ok_or_else(|| {
+                invalid(
+                    "control_plane",
+                    "no control plane to get a certificate from".into(),
+                )
+            })?;
+        let raw = self.inbound;
+        let mut inbound = InboundPolicy {
+            default: port_policy(
+                raw.mode,
+                &raw.allow_identities,
+                &raw.allow_namespaces,
+                raw.allow_any_meshed,
+                raw.allow_unauthenticated,
+            )
+            .map_err(|e| invalid("inbound", e))?,
+            ports: Default::default(),
+        };
+        for (i, p) in raw.ports.iter().enumerate() {
+            let policy = port_policy(
+                p.mode,
+                &p.allow_identities,
+                &p.allow_namespaces,
+                p.allow_any_meshed,
+                p.allow_unauthenticated,
+            )
+            .map_err(|e| invalid(&format!("inbound.ports[{i}]"), e))?;
+            inbound.ports.insert(p.port, policy);
+        }
+        Ok(IdentityConfig {
+            id,
+            token,
+            control_plane,
+            inbound,
+        })
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -175,6 +351,7 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: LimitsConfig,
     pub control_plane: Option<String>,
+    pub identity: Option<IdentityConfig>,
     pub mesh: MeshSpec,
 }
 
@@ -237,8 +414,13 @@ impl Config {
                 )));
             }
         }
+        let identity = raw
+            .identity
+            .map(|i| i.validate(&raw.node, raw.control_plane.as_ref(), origin))
+            .transpose()?;
         Ok(Config {
             path: None,
+            identity,
             workers,
             node: raw.node,
             outbound: Some(

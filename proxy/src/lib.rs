@@ -10,6 +10,7 @@ pub mod config;
 pub mod detect;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod listener;

@@ -19,7 +19,7 @@ use crate::http::body::ProxyBody;
 use crate::http::error::ProxyError;
 use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Target, forward};
-use crate::http::pool::Pool;
+use crate::http::pool::{Key, Pool};
 use crate::http::{ServerLimits, authority_of, serve};
 use crate::listener::Conn;
 use crate::metrics::{Metrics, ServiceMetrics};
@@ -151,7 +151,11 @@ impl Outbound {
                     return;
                 };
                 let timeout = svc.policy.timeouts.connect.unwrap_or(self.connect_timeout);
-                crate::tcp::forward(io, ep.addr, timeout).await;
+                let key = Key {
+                    addr: ep.addr,
+                    identity: ep.identity.clone(),
+                };
+                crate::tcp::forward_to(io, &key, timeout, self.pool.identity().map(|i| &**i)).await;
             }
         }
     }
@@ -184,6 +188,7 @@ impl Outbound {
             Some(ep) => {
                 let target = Target {
                     addr: ep.addr,
+                    identity: ep.identity.clone(),
                     connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
                     request_timeout: svc.policy.timeouts.request,
                 };

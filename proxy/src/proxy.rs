@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::discovery::{Dest, Discovery};
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
+use crate::identity::Identity;
+use crate::identity::certify::Certifier;
+use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::Inbound;
 use crate::listener::Acceptor;
 use crate::metrics::Metrics;
@@ -65,7 +68,25 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         drain: drain.clone(),
         tracker: TaskTracker::new(),
     };
-    let pool = Pool::new(limits.idle_timeout.0);
+    let identity = config.identity.as_ref().map(|c| {
+        let identity = Identity::new(
+            c.id.clone(),
+            c.inbound.clone(),
+            IdentityMetrics::new(metrics.registry()),
+        );
+        (identity, c)
+    });
+    let identity = match identity {
+        Some((identity, c)) => {
+            let certifier = Certifier::new(identity.clone(), &c.control_plane, c.token.clone())
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
+            tokio::spawn(certifier.run(shutdown.clone()));
+            Some(identity)
+        }
+        None => None,
+    };
+    let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = match &config.control_plane {
         Some(addr) => {
             let node = v1::Node {
@@ -146,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits.detect_timeout.0,
             server_limits,
             proxy.drain.clone(),
+            identity.clone(),
         );
         acceptor.spawn(listener, metrics.conn("inbound"), move |io, _peer| {
             ib.clone().serve_conn(io)
@@ -159,6 +181,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         store: store.clone(),
         ready: proxy.ready.clone(),
         shutdown,
+        identity,
     });
     admin.spawn(admin_listener, proxy.admin_stop.clone());
 

@@ -46,7 +46,7 @@ pub enum EndpointState {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub state: EndpointState,
 }
@@ -332,7 +332,7 @@ fn endpoint_from_proto(e: &v1::Endpoint) -> Result<Endpoint, String> {
     Ok(Endpoint {
         addr,
         weight,
-        identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+        identity: (!e.identity.is_empty()).then(|| Arc::from(e.identity.as_str())),
         labels: e.labels.clone().into_iter().collect(),
         state,
     })

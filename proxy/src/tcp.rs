@@ -6,13 +6,27 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::pool::connect;
+use crate::http::pool::{Key, connect_to};
+use crate::identity::{Alpn, Identity};
 
-pub async fn forward<I>(mut client: I, upstream: SocketAddr, connect_timeout: Duration)
+pub async fn forward<I>(client: I, upstream: SocketAddr, connect_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut server = match connect(upstream, connect_timeout).await {
+    forward_to(client, &Key::plain(upstream), connect_timeout, None).await
+}
+
+/// Like [`forward`], over mTLS when the endpoint has an identity.
+pub async fn forward_to<I>(
+    mut client: I,
+    key: &Key,
+    connect_timeout: Duration,
+    identity: Option<&Identity>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = key.addr;
+    let mut server = match connect_to(key, connect_timeout, identity, Alpn::Opaque).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%upstream, reason = e.reason(), "opaque connect failed");

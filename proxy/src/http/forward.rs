@@ -4,6 +4,7 @@
 //! tunnels); HTTP/2 in, HTTP/2 out (so gRPC trailers and bidirectional streams pass).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HOST;
@@ -15,13 +16,24 @@ use hyper_util::rt::TokioIo;
 use super::body::{PooledBody, ProxyBody};
 use super::error::ProxyError;
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::Pool;
+use super::pool::{Key, Pool};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// The SPIFFE ID the endpoint must present (mTLS); `None`: plaintext.
+    pub identity: Option<Arc<str>>,
     pub connect_timeout: Duration,
     pub request_timeout: Option<Duration>,
+}
+
+impl Target {
+    fn key(&self) -> Key {
+        Key {
+            addr: self.addr,
+            identity: self.identity.clone(),
+        }
+    }
 }
 
 pub async fn forward(
@@ -63,14 +75,15 @@ async fn forward_h1(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
 
-    let mut conn = pool.h1(target.addr, target.connect_timeout).await?;
+    let key = target.key();
+    let mut conn = pool.h1(&key, target.connect_timeout).await?;
     let mut resp = match conn.tx.try_send_request(req).await {
         Ok(resp) => resp,
         Err(mut err) => match err.take_message() {
             // The peer closed an idle keep-alive connection just as we picked it; the
             // request was never written, so sending it on a fresh connection is safe.
             Some(req) if conn.reused => {
-                conn = pool.new_h1(target.addr, target.connect_timeout).await?;
+                conn = pool.new_h1(&key, target.connect_timeout).await?;
                 conn.tx
                     .send_request(req)
                     .await
@@ -104,7 +117,7 @@ async fn forward_h1(
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    let giveback = pool.giveback(conn.tx, target.addr);
+    let giveback = pool.giveback(conn.tx, key);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
 }
 
@@ -131,7 +144,7 @@ async fn forward_h2(
     target: &Target,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
-    let mut tx = pool.h2(target.addr, target.connect_timeout).await?;
+    let mut tx = pool.h2(&target.key(), target.connect_timeout).await?;
     tx.ready().await.map_err(|e| upstream_error(&e))?;
     let mut resp = tx.send_request(req).await.map_err(|e| upstream_error(&e))?;
     strip_hop_by_hop(resp.headers_mut(), false);
