@@ -25,6 +25,7 @@ pub mod admin;
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod control;
 pub mod data;
 pub mod grpc;
 pub mod hops;

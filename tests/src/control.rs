@@ -1,0 +1,112 @@
+//! Runs weft-control: `serve` on free loopback ports with its own state directory
+//! (so its development CA and token secret are the test's own), polled until ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tempfile::TempDir;
+
+use crate::admin;
+use crate::bins;
+use crate::ports::free_addr;
+use crate::process::Process;
+
+const READY_LIMIT: Duration = Duration::from_secs(15);
+
+pub struct ControlPlane {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    state_dir: PathBuf,
+    process: Process,
+    _dir: TempDir,
+}
+
+fn command(args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(bins::binary("weft-control")?);
+    cmd.args(args)
+        .env("RUST_LOG", "info,weft_control=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("WEFT_CA_CERT")
+        .env_remove("WEFT_CA_KEY")
+        .env_remove("WEFT_STATE_DIR");
+    Ok(cmd)
+}
+
+impl ControlPlane {
+    /// Serves `mesh` (YAML); `extra` are more `serve` arguments, e.g.
+    /// `["--cert-lifetime", "10s"]`.
+    pub async fn start(mesh: &str, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-cp-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let mesh_path = dir.path().join("mesh.yaml");
+        std::fs::write(&mesh_path, mesh)?;
+        let state_dir = dir.path().join("state");
+        let (grpc, admin_addr) = (free_addr(), free_addr());
+        let mut args = vec![
+            "serve".to_string(),
+            "--mesh".into(),
+            mesh_path.to_string_lossy().into_owned(),
+            "--grpc".into(),
+            grpc.to_string(),
+            "--admin".into(),
+            admin_addr.to_string(),
+            "--state-dir".into(),
+            state_dir.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Process::spawn("weft-control", command(&args)?, dir.path())?;
+        admin::wait_ready(&mut process, admin_addr, READY_LIMIT).await?;
+        Ok(ControlPlane {
+            grpc,
+            admin: admin_addr,
+            state_dir,
+            process,
+            _dir: dir,
+        })
+    }
+
+    /// The address proxies put in `control_plane:`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The local identity token for one workload (`weft-control token`).
+    pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+        let state = self.state_dir.to_string_lossy().into_owned();
+        let out = command(&[
+            "token",
+            "--state-dir",
+            &state,
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])?
+        .output()
+        .context("running weft-control token")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "weft-control token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.stop().await
+    }
+}
