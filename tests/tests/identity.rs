@@ -118,7 +118,11 @@ async fn mtls_between_proxies_tells_the_app_who_called() {
 
     assert_eq!(reply.status, StatusCode::OK);
     let body = reply.text();
-    assert_eq!(header_line(&body, "weft-client-id"), Some(CLIENT_ID), "{body}");
+    assert_eq!(
+        header_line(&body, "weft-client-id"),
+        Some(CLIENT_ID),
+        "{body}"
+    );
     assert_eq!(mesh.app.requests(), 1);
     assert_eq!(handshakes_ok(&mesh.client, "outbound").await, 1.0);
     assert_eq!(handshakes_ok(&mesh.server, "inbound").await, 1.0);
@@ -198,7 +202,10 @@ impl ServerCertVerifier for AnyServer {
 
 /// Connects to `addr` with TLS 1.3, presenting `cert` (or none), sends a request
 /// and returns what came back before the connection closed.
-async fn tls_request(addr: SocketAddr, cert: Option<(CertificateDer<'static>, KeyPair)>) -> Vec<u8> {
+async fn tls_request(
+    addr: SocketAddr,
+    cert: Option<(CertificateDer<'static>, KeyPair)>,
+) -> Vec<u8> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -231,7 +238,12 @@ async fn tls_request(addr: SocketAddr, cert: Option<(CertificateDer<'static>, Ke
     {
         return out;
     }
-    let _ = within(STEP_DEADLINE, "reading the reply", tls.read_to_end(&mut out)).await;
+    let _ = within(
+        STEP_DEADLINE,
+        "reading the reply",
+        tls.read_to_end(&mut out),
+    )
+    .await;
     out
 }
 
@@ -281,7 +293,11 @@ async fn strict_inbound_refuses_other_ca_expired_missing_certs_and_plaintext() {
 
     // The control: a valid cert from the mesh CA is served.
     let good = tls_request(inbound, Some(leaf(&mesh_ca, CLIENT_ID, later))).await;
-    assert!(good.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&good));
+    assert!(
+        good.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&good)
+    );
 
     let other_dir = tempfile::tempdir().expect("dir");
     let (other_ca, _, _) = root(other_dir.path());
@@ -293,9 +309,15 @@ async fn strict_inbound_refuses_other_ca_expired_missing_certs_and_plaintext() {
     assert!(expired.is_empty(), "{}", String::from_utf8_lossy(&expired));
 
     let anonymous = tls_request(inbound, None).await;
-    assert!(anonymous.is_empty(), "{}", String::from_utf8_lossy(&anonymous));
+    assert!(
+        anonymous.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&anonymous)
+    );
 
-    let mut plain = tokio::net::TcpStream::connect(inbound).await.expect("connect");
+    let mut plain = tokio::net::TcpStream::connect(inbound)
+        .await
+        .expect("connect");
     plain
         .write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n")
         .await
@@ -305,7 +327,11 @@ async fn strict_inbound_refuses_other_ca_expired_missing_certs_and_plaintext() {
         .unwrap_or_default();
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 
-    assert_eq!(mesh.app.requests(), 1, "only the valid caller reached the app");
+    assert_eq!(
+        mesh.app.requests(),
+        1,
+        "only the valid caller reached the app"
+    );
     for reason in [
         "unknown-ca",
         "expired",
@@ -327,22 +353,29 @@ async fn strict_inbound_refuses_other_ca_expired_missing_certs_and_plaintext() {
 async fn permissive_inbound_serves_plaintext_labelled_tls_false() {
     let mesh = Mesh::start(&[], "{mode: permissive}", SERVER_ID).await;
 
-    let mut c = H1Client::connect(mesh.server.inbound()).await.expect("connect");
+    let mut c = H1Client::connect(mesh.server.inbound())
+        .await
+        .expect("connect");
     let mut req = client::get("/headers");
     req.headers_mut()
         .insert("host", http::HeaderValue::from_static("echo"));
-    req.headers_mut().insert(
-        "weft-client-id",
-        http::HeaderValue::from_static(CLIENT_ID),
-    );
+    req.headers_mut()
+        .insert("weft-client-id", http::HeaderValue::from_static(CLIENT_ID));
     let plain = c.send(req).await.expect("plaintext request");
     // And mTLS still works beside it.
     let meshed = mesh.get("/headers").await;
 
     assert_eq!(plain.status, StatusCode::OK);
-    assert_eq!(header_line(&plain.text(), "weft-client-id"), None, "forged id stripped");
+    assert_eq!(
+        header_line(&plain.text(), "weft-client-id"),
+        None,
+        "forged id stripped"
+    );
     assert_eq!(meshed.status, StatusCode::OK);
-    assert_eq!(header_line(&meshed.text(), "weft-client-id"), Some(CLIENT_ID));
+    assert_eq!(
+        header_line(&meshed.text(), "weft-client-id"),
+        Some(CLIENT_ID)
+    );
     let metric = |tls: &'static str, peer: &'static str| {
         let server = &mesh.server;
         async move {
@@ -360,7 +393,12 @@ async fn permissive_inbound_serves_plaintext_labelled_tls_false() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_allows_named_callers_and_denies_others() {
-    let allowed = Mesh::start(&[], &format!("{{allow_identities: [\"{CLIENT_ID}\"]}}"), SERVER_ID).await;
+    let allowed = Mesh::start(
+        &[],
+        &format!("{{allow_identities: [\"{CLIENT_ID}\"]}}"),
+        SERVER_ID,
+    )
+    .await;
     let reply = allowed.get("/").await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -441,7 +479,11 @@ async fn certificates_rotate_under_load_without_failed_requests() {
             .expect("worker");
     }
     let renewals = |p: &'static str| {
-        let proxy = if p == "client" { &mesh.client } else { &mesh.server };
+        let proxy = if p == "client" {
+            &mesh.client
+        } else {
+            &mesh.server
+        };
         async move {
             proxy
                 .metric("weft_identity_renewals_total", &[("result", "ok")])
