@@ -11,5 +11,6 @@ pub mod discovery;
 pub mod identity;
 pub mod index;
 pub mod metrics;
+pub mod policy;
 pub mod server;
 pub mod source;

@@ -25,6 +25,7 @@ use crate::identity::proof::IdentityProof;
 use crate::identity::service::IdentityService;
 use crate::index::Index;
 use crate::metrics::Metrics;
+use crate::policy::PolicyService;
 use crate::source::{Publisher, Source, SourceState};
 
 /// How long open watch streams get to finish once shutdown starts.
@@ -165,6 +166,7 @@ impl Server {
                 Arc::clone(&index),
                 Arc::clone(&metrics),
             ))
+            .add_service(PolicyService::new(states.clone(), stop_rx.clone()))
             .add_optional_service(identity.map(|id| {
                 IdentityService::new(
                     id.ca,

@@ -388,6 +388,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
         let mesh = MeshSpec {
             services: raw.services,
+            workloads: Vec::new(),
         };
         mesh.validate()
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;

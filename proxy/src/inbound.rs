@@ -22,6 +22,7 @@ use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::ServiceMetrics;
+use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
 /// sends under this name is a forgery and is dropped.
@@ -40,9 +41,13 @@ pub struct Inbound {
 
 /// What the inbound knows about the caller of one connection.
 struct Peer {
-    /// Whether the inbound policy admits the caller; refused HTTP gets 403, refused
-    /// TCP is closed.
+    /// Whether the inbound policy admitted the caller when the connection opened;
+    /// refused TCP is closed. HTTP requests are checked again each, against the
+    /// policy in force, so a policy change applies to open connections too.
     allowed: bool,
+    /// The verified caller, and the port whose policy applies.
+    id: Option<(SpiffeId, Arc<str>)>,
+    port: u16,
     /// The verified SPIFFE ID, as the `weft-client-id` value.
     header: Option<HeaderValue>,
     requests: Option<IntCounter>,
@@ -53,6 +58,8 @@ impl Peer {
     fn unchecked() -> Peer {
         Peer {
             allowed: true,
+            id: None,
+            port: 0,
             header: None,
             requests: None,
         }
@@ -109,9 +116,11 @@ impl Inbound {
                 allowed: port_policy.authorization.allows(Some(&id), Some(&id_str)),
                 header: HeaderValue::from_str(&id_str).ok(),
                 requests: Some(identity.metrics.peer_requests(Some(&id_str))),
+                id: Some((id, id_str)),
+                port,
             };
             if !peer.allowed {
-                tracing::debug!(peer = %id_str, port, "caller denied by inbound policy");
+                tracing::debug!(port, "caller denied by inbound policy");
             }
             match negotiated(&tls) {
                 Some(Alpn::Http2) => {
@@ -131,6 +140,8 @@ impl Inbound {
         } else if port_policy.mode == TlsMode::Permissive {
             let peer = Peer {
                 allowed: port_policy.authorization.allows(None, None),
+                id: None,
+                port,
                 header: None,
                 requests: Some(identity.metrics.peer_requests(None)),
             };
@@ -183,7 +194,22 @@ impl Inbound {
         if let Some(requests) = &peer.requests {
             requests.inc();
         }
-        if !peer.allowed {
+        let allowed = match &self.identity {
+            None => true,
+            Some(identity) => {
+                let (id, id_str) = match &peer.id {
+                    Some((id, s)) => (Some(id), Some(&**s)),
+                    None => (None, None),
+                };
+                identity
+                    .inbound
+                    .load()
+                    .for_port(peer.port)
+                    .authorization
+                    .allows(id, id_str)
+            }
+        };
+        if !allowed {
             let resp = ProxyError::Forbidden.response();
             self.metrics.proxy_error(ProxyError::Forbidden.reason());
             self.metrics.record(resp.status().as_u16(), start.elapsed());

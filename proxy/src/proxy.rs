@@ -82,6 +82,21 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
                 .map_err(anyhow::Error::msg)?;
             tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
             tokio::spawn(certifier.run(shutdown.clone()));
+            let node = v1::Node {
+                id: config.node.id.clone(),
+                namespace: c.id.namespace.clone(),
+                service_account: c.id.service_account.clone(),
+                workload: config.node.workload.clone().unwrap_or_default(),
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            crate::identity::policy_watch::spawn(
+                identity.clone(),
+                &c.control_plane,
+                node,
+                c.inbound.clone(),
+                shutdown.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
             Some(identity)
         }
         None => None,

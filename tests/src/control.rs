@@ -20,6 +20,7 @@ pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
     state_dir: PathBuf,
+    mesh_path: PathBuf,
     process: Process,
     _dir: TempDir,
 }
@@ -66,6 +67,7 @@ impl ControlPlane {
             grpc,
             admin: admin_addr,
             state_dir,
+            mesh_path,
             process,
             _dir: dir,
         })
@@ -74,6 +76,11 @@ impl ControlPlane {
     /// The address proxies put in `control_plane:`.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// Replaces the mesh file (atomically); the control plane picks it up itself.
+    pub fn write_mesh(&self, text: &str) -> anyhow::Result<()> {
+        crate::proxy::write_atomic(&self.mesh_path, text)
     }
 
     pub fn state_dir(&self) -> &Path {

@@ -507,3 +507,53 @@ async fn certificates_rotate_under_load_without_failed_requests() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_policy_from_the_control_plane_is_hot_swapped() {
+    let deny = format!(
+        "{MESH}workloads:\n  - {{service_account: server, inbound: [{{allow_namespaces: [payments]}}]}}\n"
+    );
+    let cp = ControlPlane::start(&deny, &[])
+        .await
+        .expect("start control plane");
+    let app = HttpApp::start("echo-app").await.expect("start app");
+    let mut server_config = ProxyConfig::new().inbound(app.addr);
+    server_config.extra = identity_yaml(&cp, "server", "{}");
+    let server = WeftProxy::start_named("server-proxy", server_config)
+        .await
+        .expect("start server proxy");
+    let mut client_config = ProxyConfig::new().upstream("echo");
+    client_config.extra = format!(
+        "{}{}",
+        identity_yaml(&cp, "client", "{}"),
+        echo_service(server.inbound(), SERVER_ID)
+    );
+    let client = WeftProxy::start_named("client-proxy", client_config)
+        .await
+        .expect("start client proxy");
+    let mesh = Mesh {
+        cp,
+        app,
+        server,
+        client,
+    };
+
+    let denied = eventually(STEP_DEADLINE, "the control plane's deny policy", || async {
+        let reply = mesh.get("/").await;
+        (reply.status == StatusCode::FORBIDDEN).then_some(reply)
+    })
+    .await;
+    assert_eq!(denied.header("weft-error"), Some("forbidden"));
+    assert_eq!(mesh.app.requests(), 0);
+
+    let allow = format!(
+        "{MESH}workloads:\n  - {{service_account: server, inbound: [{{allow_identities: [\"{CLIENT_ID}\"]}}]}}\n"
+    );
+    mesh.cp.write_mesh(&allow).expect("write mesh");
+    eventually(
+        STEP_DEADLINE,
+        "the control plane's allow policy",
+        || async { (mesh.get("/").await.status == StatusCode::OK).then_some(()) },
+    )
+    .await;
+}

@@ -11,6 +11,7 @@ pub mod cert;
 pub mod certify;
 pub mod metrics;
 pub mod policy;
+pub mod policy_watch;
 pub mod verify;
 
 use std::net::SocketAddr;
