@@ -16,8 +16,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use weft_tests::apps::HttpApp;
-use weft_tests::client::{self, H1Client};
+use weft_tests::apps::{HttpApp, TcpApp};
+use weft_tests::client::{self, H1Client, H2Client};
 use weft_tests::control::ControlPlane;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
@@ -52,6 +52,31 @@ struct Mesh {
     client: WeftProxy,
 }
 
+/// A server proxy in front of `app` with `inbound` policy, and a client proxy whose
+/// `echo` endpoint (the server proxy) must be `expect_id`.
+async fn proxies(
+    cp: &ControlPlane,
+    app: SocketAddr,
+    inbound: &str,
+    expect_id: &str,
+) -> (WeftProxy, WeftProxy) {
+    let mut server_config = ProxyConfig::new().inbound(app);
+    server_config.extra = identity_yaml(cp, "server", inbound);
+    let server = WeftProxy::start_named("server-proxy", server_config)
+        .await
+        .expect("start server proxy");
+    let mut client_config = ProxyConfig::new().upstream("echo");
+    client_config.extra = format!(
+        "{}{}",
+        identity_yaml(cp, "client", "{}"),
+        echo_service(server.inbound(), expect_id)
+    );
+    let client = WeftProxy::start_named("client-proxy", client_config)
+        .await
+        .expect("start client proxy");
+    (server, client)
+}
+
 impl Mesh {
     /// Control plane, app, a server proxy in front of the app with `inbound` policy,
     /// and a client proxy whose `echo` endpoint must be `expect_id`.
@@ -60,20 +85,7 @@ impl Mesh {
             .await
             .expect("start control plane");
         let app = HttpApp::start("echo-app").await.expect("start app");
-        let mut server_config = ProxyConfig::new().inbound(app.addr);
-        server_config.extra = identity_yaml(&cp, "server", inbound);
-        let server = WeftProxy::start_named("server-proxy", server_config)
-            .await
-            .expect("start server proxy");
-        let mut client_config = ProxyConfig::new().upstream("echo");
-        client_config.extra = format!(
-            "{}{}",
-            identity_yaml(&cp, "client", "{}"),
-            echo_service(server.inbound(), expect_id)
-        );
-        let client = WeftProxy::start_named("client-proxy", client_config)
-            .await
-            .expect("start client proxy");
+        let (server, client) = proxies(&cp, app.addr, inbound, expect_id).await;
         Mesh {
             cp,
             app,
@@ -517,20 +529,7 @@ async fn inbound_policy_from_the_control_plane_is_hot_swapped() {
         .await
         .expect("start control plane");
     let app = HttpApp::start("echo-app").await.expect("start app");
-    let mut server_config = ProxyConfig::new().inbound(app.addr);
-    server_config.extra = identity_yaml(&cp, "server", "{}");
-    let server = WeftProxy::start_named("server-proxy", server_config)
-        .await
-        .expect("start server proxy");
-    let mut client_config = ProxyConfig::new().upstream("echo");
-    client_config.extra = format!(
-        "{}{}",
-        identity_yaml(&cp, "client", "{}"),
-        echo_service(server.inbound(), SERVER_ID)
-    );
-    let client = WeftProxy::start_named("client-proxy", client_config)
-        .await
-        .expect("start client proxy");
+    let (server, client) = proxies(&cp, app.addr, "{}", SERVER_ID).await;
     let mesh = Mesh {
         cp,
         app,
@@ -556,4 +555,39 @@ async fn inbound_policy_from_the_control_plane_is_hot_swapped() {
         || async { (mesh.get("/").await.status == StatusCode::OK).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_opaque_tcp_cross_the_mtls_hop() {
+    let mesh = Mesh::start(&[], "{}", SERVER_ID).await;
+    let mut h2 = H2Client::connect(mesh.client.upstream("echo"))
+        .await
+        .expect("connect h2");
+    let reply = h2
+        .send(client::get("http://echo/headers"))
+        .await
+        .expect("h2 request");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-version"), Some("HTTP/2.0"));
+    assert_eq!(
+        header_line(&reply.text(), "weft-client-id"),
+        Some(CLIENT_ID)
+    );
+
+    let tcp_app = TcpApp::echo_after_eof().await.expect("tcp app");
+    let (_server, client) = proxies(&mesh.cp, tcp_app.addr, "{}", SERVER_ID).await;
+    let mut stream = tokio::net::TcpStream::connect(client.upstream("echo"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"\x00\x01opaque bytes")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let got = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("read");
+    assert_eq!(got, b"echo:\x00\x01opaque bytes");
+    assert_eq!(tcp_app.accepted(), 1);
+    assert_eq!(handshakes_ok(&client, "outbound").await, 1.0);
 }
