@@ -466,6 +466,43 @@ mod tests {
     }
 
     #[test]
+    fn identity_section_derives_the_spiffe_id_and_policy() {
+        let c = Config::parse(
+            "node: {namespace: shop, service_account: orders}\n\
+             control_plane: http://127.0.0.1:7443\n\
+             identity:\n  token: weft1.00\n  inbound:\n    mode: permissive\n    \
+             allow_namespaces: [shop]\n    ports: [{port: 9090, mode: strict}]\n",
+            "p.yaml",
+        )
+        .expect("valid");
+        let id = c.identity.expect("identity");
+        assert_eq!(
+            id.id.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/orders"
+        );
+        assert_eq!(id.control_plane, "http://127.0.0.1:7443");
+        let default = &id.inbound.default;
+        assert_eq!(default.mode, TlsMode::Permissive);
+        assert!(!default.authorization.allow_any_meshed);
+        assert!(default.authorization.allow_unauthenticated);
+        let strict = id.inbound.for_port(9090);
+        assert_eq!(strict.mode, TlsMode::Strict);
+        assert!(strict.authorization.allow_any_meshed);
+    }
+
+    #[test]
+    fn identity_needs_a_token_and_a_control_plane() {
+        let err = Config::parse("identity: {token: t}\n", "p.yaml").expect_err("no control plane");
+        assert!(err.to_string().contains("identity.control_plane"), "{err}");
+        let err = Config::parse(
+            "identity: {token: t, token_file: /x, control_plane: http://a:1}\n",
+            "p.yaml",
+        )
+        .expect_err("two tokens");
+        assert!(err.to_string().contains("identity.token"), "{err}");
+    }
+
+    #[test]
     fn invalid_mesh_is_rejected() {
         let err = Config::parse("services:\n  - name: a\n  - name: a\n", "p.yaml")
             .expect_err("duplicate");
