@@ -83,7 +83,7 @@ async fn forward_h1(
             // The peer closed an idle keep-alive connection just as we picked it; the
             // request was never written, so sending it on a fresh connection is safe.
             Some(req) if conn.reused => {
-                conn = pool.new_h1(&key, target.connect_timeout).await?;
+                conn = Box::pin(pool.new_h1(&key, target.connect_timeout)).await?;
                 conn.tx
                     .send_request(req)
                     .await

@@ -217,7 +217,10 @@ impl Pool {
                 });
             }
         }
-        self.new_h1(key, connect_timeout).await
+        // Boxed: the dial (with its TLS handshake state) is the cold path, and
+        // inlining it would make every request's future, spawned per HTTP/2
+        // stream, that much larger to allocate and move.
+        Box::pin(self.new_h1(key, connect_timeout)).await
     }
 
     pub async fn new_h1(&self, key: &Key, connect_timeout: Duration) -> Result<H1Conn, ProxyError> {
@@ -266,7 +269,8 @@ impl Pool {
         {
             return Err(err);
         }
-        match self.dial_h2(key, connect_timeout).await {
+        // Boxed for the same reason as in `h1`: dialing is the cold path.
+        match Box::pin(self.dial_h2(key, connect_timeout)).await {
             Ok(tx) => {
                 dial.failed = None;
                 Ok(tx)
