@@ -53,6 +53,10 @@ pub struct IdentityArgs {
         default_value = "cluster.local"
     )]
     pub trust_domain: String,
+    /// More roots (PEM) proxies trust beside the CA's own: the next root while
+    /// rotating the root.
+    #[arg(long, value_name = "FILE", env = "WEFT_EXTRA_ROOTS")]
+    pub extra_roots: Option<PathBuf>,
     /// Lifetime of workload certificates, e.g. 24h, 1h, 10s.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub cert_lifetime: Duration,
@@ -94,6 +98,14 @@ impl IdentityArgs {
                 CertificateAuthority::from_files(cert, key, self.cert_lifetime)?
             }
             _ => CertificateAuthority::development(&self.state_dir, self.cert_lifetime)?,
+        };
+        let ca = match &self.extra_roots {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                ca.with_extra_roots(&pem)?
+            }
+            None => ca,
         };
         weft_api::spiffe::SpiffeId::new(&self.trust_domain, "x", "x").map_err(|_| {
             anyhow::anyhow!(

@@ -15,14 +15,20 @@ use crate::source::SourceState;
 pub struct PolicyService {
     states: watch::Receiver<Option<SourceState>>,
     stop: watch::Receiver<bool>,
+    trust_bundle: Option<v1::TrustBundle>,
 }
 
 impl PolicyService {
     pub fn new(
         states: watch::Receiver<Option<SourceState>>,
         stop: watch::Receiver<bool>,
+        trust_bundle: Option<v1::TrustBundle>,
     ) -> PolicyServer<PolicyService> {
-        PolicyServer::new(PolicyService { states, stop })
+        PolicyServer::new(PolicyService {
+            states,
+            stop,
+            trust_bundle,
+        })
     }
 }
 
@@ -34,6 +40,7 @@ fn policy_for(mesh: &MeshSpec, namespace: &str, account: &str, version: u64) -> 
             v1::InboundPolicy {
                 version,
                 ports: Vec::new(),
+                trust_bundle: None,
             },
             |w| w.to_policy(version),
         )
@@ -60,6 +67,7 @@ impl Policy for PolicyService {
         let (tx, rx) = mpsc::channel(4);
         let mut states = self.states.clone();
         let mut stop = self.stop.clone();
+        let trust_bundle = self.trust_bundle.clone();
         tokio::spawn(async move {
             let mut sent: Option<Vec<v1::PortPolicy>> = None;
             loop {
@@ -67,10 +75,11 @@ impl Policy for PolicyService {
                     .borrow_and_update()
                     .as_ref()
                     .map(|s| policy_for(&s.mesh, &namespace, &account, s.generation));
-                if let Some(policy) = policy
+                if let Some(mut policy) = policy
                     && sent.as_ref() != Some(&policy.ports)
                 {
                     sent = Some(policy.ports.clone());
+                    policy.trust_bundle = trust_bundle.clone();
                     if tx.send(Ok(policy)).await.is_err() {
                         return;
                     }

@@ -27,6 +27,7 @@ use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::policy::PolicyService;
 use crate::source::{Publisher, Source, SourceState};
+use weft_api::v1;
 
 /// How long open watch streams get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,7 +167,13 @@ impl Server {
                 Arc::clone(&index),
                 Arc::clone(&metrics),
             ))
-            .add_service(PolicyService::new(states.clone(), stop_rx.clone()))
+            .add_service(PolicyService::new(
+                states.clone(),
+                stop_rx.clone(),
+                identity.as_ref().map(|id| v1::TrustBundle {
+                    roots_pem: id.ca.bundle(),
+                }),
+            ))
             .add_optional_service(identity.map(|id| {
                 IdentityService::new(
                     id.ca,

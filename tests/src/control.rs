@@ -21,6 +21,8 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     state_dir: PathBuf,
     mesh_path: PathBuf,
+    /// `serve` and the arguments that keep its ports and state across a restart.
+    base_args: Vec<String>,
     process: Process,
     _dir: TempDir,
 }
@@ -59,6 +61,7 @@ impl ControlPlane {
             "--state-dir".into(),
             state_dir.to_string_lossy().into_owned(),
         ];
+        let base_args = args.clone();
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut process = Process::spawn("weft-control", command(&args)?, dir.path())?;
@@ -68,6 +71,7 @@ impl ControlPlane {
             admin: admin_addr,
             state_dir,
             mesh_path,
+            base_args,
             process,
             _dir: dir,
         })
@@ -111,6 +115,17 @@ impl ControlPlane {
 
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+
+    /// Stops the control plane and starts it again on the same ports, mesh and state
+    /// directory, with `extra` arguments instead of the previous ones.
+    pub async fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.process.stop().await?;
+        let mut args: Vec<&str> = self.base_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let log_dir = self._dir.path().to_path_buf();
+        self.process = Process::spawn("weft-control-restarted", command(&args)?, &log_dir)?;
+        admin::wait_ready(&mut self.process, self.admin, READY_LIMIT).await
     }
 
     pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {

@@ -281,6 +281,9 @@ fn leaf(
 fn root(dir: &std::path::Path) -> (Issuer<'static, KeyPair>, String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, dir.to_string_lossy().as_ref());
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key).expect("root");
@@ -590,4 +593,51 @@ async fn http2_and_opaque_tcp_cross_the_mtls_hop() {
     assert_eq!(got, b"echo:\x00\x01opaque bytes");
     assert_eq!(tcp_app.accepted(), 1);
     assert_eq!(handshakes_ok(&client, "outbound").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_root_beside_the_old_reaches_running_proxies() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, cert, key) = root(dir.path());
+    let next_dir = tempfile::tempdir().expect("dir");
+    let (next_ca, next_cert, _) = root(next_dir.path());
+    let mut mesh = Mesh::start(&["--ca-cert", &cert, "--ca-key", &key], "{}", SERVER_ID).await;
+    let inbound = mesh.server.inbound();
+    let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let before = tls_request(inbound, Some(leaf(&next_ca, CLIENT_ID, later))).await;
+    assert!(before.is_empty(), "the next root is not trusted yet");
+
+    mesh.cp
+        .restart(&[
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+            "--extra-roots",
+            &next_cert,
+        ])
+        .await
+        .expect("restart the control plane");
+
+    // The proxies keep their certificates (24 h lifetime); only the policy stream
+    // can have brought the new root.
+    eventually(
+        STEP_DEADLINE,
+        "the next root trusted by the server proxy",
+        || async {
+            let got = tls_request(inbound, Some(leaf(&next_ca, CLIENT_ID, later))).await;
+            got.starts_with(b"HTTP/1.1 200").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        mesh.get("/").await.status,
+        StatusCode::OK,
+        "the old root still works"
+    );
+    let renewals = mesh
+        .server
+        .metric("weft_identity_renewals_total", &[("result", "ok")])
+        .await;
+    assert_eq!(renewals, 1.0, "no new certificate was needed");
 }

@@ -112,6 +112,7 @@ impl WorkloadSpec {
                     }
                 })
                 .collect(),
+            trust_bundle: None,
         }
     }
 }

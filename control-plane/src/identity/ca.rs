@@ -44,6 +44,8 @@ pub struct Issued {
 pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
     root_pem: String,
+    /// Roots trusted beside ours, e.g. the next root during a root rotation.
+    extra_roots: Vec<String>,
     lifetime: Duration,
 }
 
@@ -117,8 +119,32 @@ impl CertificateAuthority {
         Ok(CertificateAuthority {
             issuer,
             root_pem: cert_pem.to_string(),
+            extra_roots: Vec::new(),
             lifetime,
         })
+    }
+
+    /// Trusts the roots in `pem` (one or more certificates) beside this CA's own.
+    pub fn with_extra_roots(mut self, pem: &str) -> anyhow::Result<Self> {
+        let mut found = 0;
+        for block in pem.split_inclusive("-----END CERTIFICATE-----") {
+            if let Some(start) = block.find("-----BEGIN CERTIFICATE-----") {
+                let cert = block[start..].trim().to_string();
+                x509_parser::pem::parse_x509_pem(cert.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("an extra root is not a PEM certificate: {e}"))?;
+                self.extra_roots.push(format!("{cert}\n"));
+                found += 1;
+            }
+        }
+        anyhow::ensure!(found > 0, "no PEM certificate among the extra roots");
+        Ok(self)
+    }
+
+    /// Every root proxies should trust: ours first, then the extra ones.
+    pub fn bundle(&self) -> Vec<String> {
+        std::iter::once(self.root_pem.clone())
+            .chain(self.extra_roots.iter().cloned())
+            .collect()
     }
 
     /// The trust bundle proxies verify peers against.
@@ -253,6 +279,17 @@ mod tests {
         let a = CertificateAuthority::development(dir.path(), Duration::from_secs(60)).expect("a");
         let b = CertificateAuthority::development(dir.path(), Duration::from_secs(60)).expect("b");
         assert_eq!(a.root_pem(), b.root_pem());
+    }
+
+    #[test]
+    fn extra_roots_join_the_bundle_after_ours() {
+        let (next, _) = generate_root("next").expect("next root");
+        let ca = ca().with_extra_roots(&next).expect("extra");
+        let bundle = ca.bundle();
+        assert_eq!(bundle.len(), 2);
+        assert_eq!(bundle[0], ca.root_pem());
+        assert_eq!(bundle[1].trim(), next.trim());
+        assert!(self::ca().with_extra_roots("no pem here").is_err());
     }
 
     fn rustls_pem_der(pem: &str) -> Vec<u8> {

@@ -79,7 +79,7 @@ impl Identity for IdentityService {
         Ok(Response::new(v1::CertifyResponse {
             chain_pem: issued.chain_pem,
             trust_bundle: Some(v1::TrustBundle {
-                roots_pem: vec![self.ca.root_pem().to_string()],
+                roots_pem: self.ca.bundle(),
             }),
             not_after_unix,
         }))

@@ -221,7 +221,7 @@ impl Identity {
     }
 
     /// Rebuilds the TLS configs when the trust bundle differs from the one in use.
-    fn update_roots(&self, roots_pem: &[String]) -> Result<(), InstallError> {
+    pub fn update_roots(&self, roots_pem: &[String]) -> Result<(), InstallError> {
         let mut held = self
             .roots_pem
             .lock()

@@ -43,6 +43,14 @@ pub fn spawn(
                 let mut stream = client.watch_inbound(request).await?.into_inner();
                 while let Some(policy) = stream.message().await? {
                     backoff = BACKOFF_MIN;
+                    if let Some(bundle) = policy
+                        .trust_bundle
+                        .as_ref()
+                        .filter(|b| !b.roots_pem.is_empty())
+                        && let Err(e) = identity.update_roots(&bundle.roots_pem)
+                    {
+                        tracing::warn!(error = %e, "trust bundle rejected; keeping the current one");
+                    }
                     let (next, from) = if policy.ports.is_empty() {
                         (local.clone(), "config")
                     } else {
