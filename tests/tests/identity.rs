@@ -641,3 +641,34 @@ async fn a_new_root_beside_the_old_reaches_running_proxies() {
         .await;
     assert_eq!(renewals, 1.0, "no new certificate was needed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_a_certificate_is_live_but_not_ready() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = ProxyConfig::new();
+    config.extra = format!(
+        "identity:\n  token: weft1.00\n  control_plane: \"http://{}\"\n",
+        weft_tests::ports::closed_addr()
+    );
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config");
+    let cmd = weft_tests::proxy::proxy_command(&["run", "--config", &path.to_string_lossy()])
+        .expect("command");
+    let _proxy =
+        weft_tests::process::Process::spawn("uncertified-proxy", cmd, dir.path()).expect("spawn");
+    let admin = config.admin;
+
+    // Live (it answers), not ready (no certificate), and it keeps asking.
+    eventually(STEP_DEADLINE, "two failed certificate requests", || async {
+        let reply = weft_tests::admin::get(admin, "/metrics").await.ok()?;
+        let m = weft_tests::metrics::Metrics::parse(&reply.body);
+        (m.value("weft_identity_renewals_total", &[("result", "error")]) >= 2.0).then_some(())
+    })
+    .await;
+    let live = weft_tests::admin::get(admin, "/live").await.expect("live");
+    assert_eq!(live.status, 200);
+    let ready = weft_tests::admin::get(admin, "/ready")
+        .await
+        .expect("ready");
+    assert_eq!(ready.status, 503);
+}
