@@ -135,6 +135,15 @@ pub struct ServeArgs {
     pub admin: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    /// Serve the gRPC API over TLS, with a certificate from the mesh CA (DNS name
+    /// --tls-name, IP 127.0.0.1, ::1 and the --grpc address). Proxies then use
+    /// `https://` and trust the CA (its certificate: <state-dir>/ca.pem for the
+    /// development CA) through `identity.trust_bundle` or WEFT_TRUST_BUNDLE.
+    #[arg(long, env = "WEFT_GRPC_TLS")]
+    pub grpc_tls: bool,
+    /// The DNS name in the control plane's serving certificate.
+    #[arg(long, value_name = "NAME", default_value = "weft-control")]
+    pub tls_name: String,
 }
 
 /// Parses the command line, runs it and maps the outcome to the process exit code.
@@ -178,7 +187,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin: args.admin,
     };
     let identity = args.identity.build()?;
-    let server = Server::bind(&config).await?.with_identity(identity);
+    let mut server = Server::bind(&config).await?;
+    if args.grpc_tls {
+        let mut ips = vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        if !args.grpc.ip().is_unspecified() && !ips.contains(&args.grpc.ip()) {
+            ips.push(args.grpc.ip());
+        }
+        // Re-issued at every start; a year covers any realistic uptime.
+        let (chain, key) =
+            identity
+                .ca
+                .issue_server(&args.tls_name, &ips, Duration::from_secs(365 * 24 * 3600))?;
+        server = server.with_tls(crate::server::tls_config(&chain, key)?);
+        tracing::info!(name = %args.tls_name, "gRPC over TLS");
+    }
+    let server = server.with_identity(identity);
     server
         .run(FileSource::new(args.mesh), shutdown_signal())
         .await

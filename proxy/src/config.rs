@@ -188,6 +188,9 @@ struct RawIdentity {
     /// Where Identity.Certify is served; default: the top-level control_plane.
     #[serde(default)]
     control_plane: Option<String>,
+    /// Roots (PEM) that verify an `https://` control plane; else WEFT_TRUST_BUNDLE.
+    #[serde(default)]
+    trust_bundle: Option<PathBuf>,
     #[serde(default)]
     inbound: RawInbound,
 }
@@ -352,6 +355,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub control_plane: Option<String>,
     pub identity: Option<IdentityConfig>,
+    /// Verifies an `https://` control plane.
+    pub trust_bundle: Option<PathBuf>,
     pub mesh: MeshSpec,
 }
 
@@ -415,13 +420,29 @@ impl Config {
                 )));
             }
         }
+        let trust_bundle = raw
+            .identity
+            .as_ref()
+            .and_then(|i| i.trust_bundle.clone())
+            .or_else(|| std::env::var_os("WEFT_TRUST_BUNDLE").map(PathBuf::from));
         let identity = raw
             .identity
             .map(|i| i.validate(&raw.node, raw.control_plane.as_ref(), origin))
             .transpose()?;
+        let https = |a: &String| a.starts_with("https://");
+        if trust_bundle.is_none()
+            && (raw.control_plane.as_ref().is_some_and(https)
+                || identity.as_ref().is_some_and(|i| https(&i.control_plane)))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: identity.trust_bundle: an https:// control plane needs a trust bundle \
+                 (or WEFT_TRUST_BUNDLE)"
+            )));
+        }
         Ok(Config {
             path: None,
             identity,
+            trust_bundle,
             workers,
             node: raw.node,
             outbound: Some(

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control_plane;
 pub mod detect;
 pub mod discovery;
 pub mod http;

@@ -68,6 +68,10 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         drain: drain.clone(),
         tracker: TaskTracker::new(),
     };
+    let cp_tls = match &config.trust_bundle {
+        Some(path) => Some(crate::control_plane::client_config(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let identity = config.identity.as_ref().map(|c| {
         let identity = Identity::new(
             c.id.clone(),
@@ -78,8 +82,13 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     });
     let identity = match identity {
         Some((identity, c)) => {
-            let certifier = Certifier::new(identity.clone(), &c.control_plane, c.token.clone())
-                .map_err(anyhow::Error::msg)?;
+            let certifier = Certifier::new(
+                identity.clone(),
+                &c.control_plane,
+                cp_tls.as_ref(),
+                c.token.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
             tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
             tokio::spawn(certifier.run(shutdown.clone()));
             let node = v1::Node {
@@ -94,6 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
                 &c.control_plane,
                 node,
                 c.inbound.clone(),
+                cp_tls.as_ref(),
                 shutdown.clone(),
             )
             .map_err(anyhow::Error::msg)?;
@@ -111,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
                 workload: config.node.workload.clone().unwrap_or_default(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let d = Discovery::new(addr, node, store.clone(), metrics.clone())
+            let d = Discovery::new(addr, node, store.clone(), metrics.clone(), cp_tls.as_ref())
                 .map_err(anyhow::Error::msg)?;
             for up in &config.upstreams {
                 d.subscribe(Dest::Name(up.service.clone()));

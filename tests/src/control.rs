@@ -18,6 +18,8 @@ const READY_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct ControlPlane {
     pub grpc: SocketAddr,
+    /// Started with `--grpc-tls`: proxies reach it over `https://`.
+    pub tls: bool,
     pub admin: SocketAddr,
     state_dir: PathBuf,
     mesh_path: PathBuf,
@@ -68,6 +70,7 @@ impl ControlPlane {
         admin::wait_ready(&mut process, admin_addr, READY_LIMIT).await?;
         Ok(ControlPlane {
             grpc,
+            tls: extra.contains(&"--grpc-tls"),
             admin: admin_addr,
             state_dir,
             mesh_path,

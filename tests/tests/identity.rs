@@ -30,10 +30,20 @@ const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 /// The identity section of a proxy config.
 fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
     let token = cp.token("default", sa).expect("token");
+    let (url, bundle) = if cp.tls {
+        (
+            format!("https://{}", cp.grpc),
+            format!(
+                "  trust_bundle: \"{}\"\n",
+                cp.state_dir().join("ca.pem").display()
+            ),
+        )
+    } else {
+        (cp.url(), String::new())
+    };
     format!(
         "identity:\n  trust_domain: {TD}\n  service_account: {sa}\n  token: \"{token}\"\n  \
-         control_plane: \"{}\"\n  inbound: {inbound}\n",
-        cp.url()
+         control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n"
     )
 }
 
@@ -671,4 +681,33 @@ async fn a_proxy_without_a_certificate_is_live_but_not_ready() {
         .await
         .expect("ready");
     assert_eq!(ready.status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
+    let mesh = Mesh::start(&["--grpc-tls"], "{}", SERVER_ID).await;
+    assert!(mesh.cp.tls);
+
+    let reply = mesh.get("/headers").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        header_line(&reply.text(), "weft-client-id"),
+        Some(CLIENT_ID)
+    );
+    // A plaintext gRPC client gets nowhere: the port speaks TLS only.
+    let mut plain = tokio::net::TcpStream::connect(mesh.cp.grpc)
+        .await
+        .expect("connect");
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = client::read_until_closed(&mut plain, STEP_DEADLINE)
+        .await
+        .unwrap_or_default();
+    assert!(
+        !answer.windows(4).any(|w| w == b"\x00\x00\x00\x04"),
+        "no HTTP/2 SETTINGS in clear"
+    );
 }

@@ -204,6 +204,41 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A serving certificate for the control plane's own gRPC endpoint: DNS name
+    /// `dns` and the IP addresses `ips`, key generated here. Returns (chain PEM,
+    /// PKCS#8 key DER).
+    pub fn issue_server(
+        &self,
+        dns: &str,
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+    ) -> anyhow::Result<(String, Vec<u8>)> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating a key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, dns);
+        params.subject_alt_names = vec![SanType::DnsName(
+            dns.to_string()
+                .try_into()
+                .with_context(|| format!("{dns:?} is not a DNS name"))?,
+        )];
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + lifetime).into();
+        params.serial_number = Some(random_serial());
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("signing the control plane's certificate")?;
+        Ok((cert.pem(), key.serialize_der()))
+    }
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // Positive and without a leading zero byte, as RFC 5280 §4.1.2.2 wants.

@@ -49,13 +49,18 @@ pub struct Certifier {
 }
 
 impl Certifier {
-    pub fn new(identity: Arc<Identity>, control_plane: &str, token: Token) -> Result<Self, String> {
-        let channel = Endpoint::from_shared(control_plane.to_string())
+    pub fn new(
+        identity: Arc<Identity>,
+        control_plane: &str,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        token: Token,
+    ) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(control_plane.to_string())
             .map_err(|e| format!("control plane address {control_plane:?}: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = crate::control_plane::connect_lazy(endpoint, tls)?;
         Ok(Certifier {
             identity,
             client: IdentityClient::new(channel),

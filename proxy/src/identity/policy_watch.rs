@@ -22,15 +22,16 @@ pub fn spawn(
     control_plane: &str,
     node: v1::Node,
     local: InboundPolicy,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     stop: CancellationToken,
 ) -> Result<(), String> {
-    let channel = Endpoint::from_shared(control_plane.to_string())
+    let endpoint = Endpoint::from_shared(control_plane.to_string())
         .map_err(|e| format!("control plane address {control_plane:?}: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy();
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = crate::control_plane::connect_lazy(endpoint, tls)?;
     let local = Arc::new(local);
     tokio::spawn(async move {
         let mut client = PolicyClient::new(channel);
