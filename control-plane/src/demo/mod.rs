@@ -189,6 +189,9 @@ async fn start_and_watch(
         .arg(&control_state)
         .env_remove("WEFT_CA_CERT")
         .env_remove("WEFT_CA_KEY");
+    if plan.mtls {
+        cmd.arg("--grpc-tls");
+    }
     procs.push(Proc::spawn("weft-control", cmd, state_dir)?);
     let last = procs.len() - 1;
     wait_ready(
@@ -205,7 +208,10 @@ async fn start_and_watch(
             namespace: "default".into(),
             service_account: w.name.to_string(),
         });
-        std::fs::write(&config, plan.proxy_yaml(w, &token))?;
+        std::fs::write(
+            &config,
+            plan.proxy_yaml(w, &token, &control_state.join("ca.pem")),
+        )?;
         let mut cmd = Command::new(proxy);
         cmd.arg("run").arg("--config").arg(&config);
         procs.push(Proc::spawn(&format!("{}-proxy", w.name), cmd, state_dir)?);
@@ -253,7 +259,8 @@ async fn start_and_watch(
     if plan.mtls {
         println!(
             "  mTLS between every pair of sidecars (SPIFFE IDs {}, development CA in {}; \
-             web's inbound is permissive for the load generator). --plaintext turns it off.",
+             web's inbound is permissive for the load generator), TLS to the control plane. \
+             --plaintext turns both off.",
             plan::spiffe_id("<name>"),
             control_state.display()
         );
