@@ -95,14 +95,19 @@ impl CertificateAuthority {
             std::fs::create_dir_all(state_dir)
                 .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
             let (cert, key) = generate_root("Weft development CA")?;
-            crate::identity::write_private(&key_path, &key)?;
-            std::fs::write(&cert_path, cert)
-                .with_context(|| format!("writing {}", cert_path.display()))?;
-            tracing::warn!(
-                cert = %cert_path.display(),
-                "DEVELOPMENT CA generated: its key is a plain file in the state directory; \
-                 give a real root with --ca-cert/--ca-key (WEFT_CA_CERT/WEFT_CA_KEY) in production"
-            );
+            // The key is published first and the certificate last, so whoever sees the
+            // certificate finds its key beside it.
+            if crate::identity::publish(&key_path, &key, true)? {
+                crate::identity::publish(&cert_path, &cert, false)?;
+                tracing::warn!(
+                    cert = %cert_path.display(),
+                    "DEVELOPMENT CA generated: its key is a plain file in the state directory; \
+                     give a real root with --ca-cert/--ca-key (WEFT_CA_CERT/WEFT_CA_KEY) in production"
+                );
+            } else {
+                // Another process sharing the state directory is creating it.
+                wait_for(&cert_path)?;
+            }
         } else {
             tracing::warn!(
                 cert = %cert_path.display(),
@@ -239,6 +244,19 @@ impl CertificateAuthority {
     }
 }
 
+fn wait_for(path: &Path) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if path.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!(
+        "{} has a CA key but no certificate; remove the key to generate a new CA",
+        path.display()
+    )
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // Positive and without a leading zero byte, as RFC 5280 §4.1.2.2 wants.
@@ -306,6 +324,28 @@ mod tests {
             ca.issue("not a csr", &id),
             Err(IssueError::BadCsr(_))
         ));
+    }
+
+    #[test]
+    fn control_planes_starting_together_share_one_development_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let roots: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        CertificateAuthority::development(dir.path(), Duration::from_secs(60))
+                            .expect("ca")
+                            .root_pem()
+                            .to_string()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(roots.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

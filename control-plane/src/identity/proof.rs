@@ -57,7 +57,7 @@ impl LocalTokens {
             std::fs::create_dir_all(state_dir)
                 .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
             let secret: [u8; 32] = rand::random();
-            super::write_private(&path, &hex(&secret))?;
+            super::publish(&path, &hex(&secret), true)?;
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading the token secret {}", path.display()))?;
