@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::server::{Server, ServerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::identity::ca::CertificateAuthority;
+use crate::identity::proof::{LocalTokens, Workload};
+use crate::server::{IdentityConfig, Server, ServerConfig};
 use crate::source::file::FileSource;
 
 #[derive(Debug, Parser)]
@@ -23,6 +28,97 @@ pub enum Command {
     /// Run a whole local mesh: this control plane on the embedded checkout example,
     /// every example service behind its own weft-proxy, traffic and a live summary.
     Demo(crate::demo::DemoOptions),
+    /// Print the local identity token for one workload (what its proxy sends to
+    /// Identity.Certify as proof). Uses the secret in the state directory.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdentityArgs {
+    /// Where the development CA and the token secret live (created on first start).
+    #[arg(long, value_name = "DIR", env = "WEFT_STATE_DIR", default_value_os_t = default_state_dir())]
+    pub state_dir: PathBuf,
+    /// The issuing CA certificate (PEM). Without it, a development CA is generated in
+    /// the state directory.
+    #[arg(long, value_name = "FILE", env = "WEFT_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The issuing CA's private key (PEM, PKCS#8).
+    #[arg(long, value_name = "FILE", env = "WEFT_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// The SPIFFE trust domain of every workload identity.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "WEFT_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub trust_domain: String,
+    /// More roots (PEM) proxies trust beside the CA's own: the next root while
+    /// rotating the root.
+    #[arg(long, value_name = "FILE", env = "WEFT_EXTRA_ROOTS")]
+    pub extra_roots: Option<PathBuf>,
+    /// Lifetime of workload certificates, e.g. 24h, 1h, 10s.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[arg(long, value_name = "DIR", env = "WEFT_STATE_DIR", default_value_os_t = default_state_dir())]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long)]
+    pub service_account: String,
+}
+
+/// `$XDG_STATE_HOME/weft`, else `~/.local/state/weft`, else `./weft-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("weft");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/weft");
+    }
+    PathBuf::from("weft-state")
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = weft_api::mesh::DurationSpec::try_from(s.to_string())?.0;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+impl IdentityArgs {
+    pub fn build(&self) -> anyhow::Result<IdentityConfig> {
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => {
+                CertificateAuthority::from_files(cert, key, self.cert_lifetime)?
+            }
+            _ => CertificateAuthority::development(&self.state_dir, self.cert_lifetime)?,
+        };
+        let ca = match &self.extra_roots {
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                ca.with_extra_roots(&pem)?
+            }
+            None => ca,
+        };
+        weft_api::spiffe::SpiffeId::new(&self.trust_domain, "x", "x").map_err(|_| {
+            anyhow::anyhow!(
+                "--trust-domain {:?} is not a valid trust domain",
+                self.trust_domain
+            )
+        })?;
+        Ok(IdentityConfig {
+            ca: Arc::new(ca),
+            proof: Arc::new(LocalTokens::in_state_dir(&self.state_dir)?),
+            trust_domain: self.trust_domain.clone(),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,11 +133,25 @@ pub struct ServeArgs {
     /// Address for /metrics, /live and /ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7990")]
     pub admin: SocketAddr,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Serve the gRPC API over TLS, with a certificate from the mesh CA (DNS name
+    /// --tls-name, IP 127.0.0.1, ::1 and the --grpc address). Proxies then use
+    /// `https://` and trust the CA (its certificate: <state-dir>/ca.pem for the
+    /// development CA) through `identity.trust_bundle` or WEFT_TRUST_BUNDLE.
+    #[arg(long, env = "WEFT_GRPC_TLS")]
+    pub grpc_tls: bool,
+    /// The DNS name in the control plane's serving certificate.
+    #[arg(long, value_name = "NAME", default_value = "weft-control")]
+    pub tls_name: String,
 }
 
 /// Parses the command line, runs it and maps the outcome to the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // rustls refuses to pick a provider when several could be compiled in; Weft uses
+    // ring only.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -59,6 +169,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
+        Command::Token(args) => token(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,10 +186,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         admin: args.admin,
     };
-    let server = Server::bind(&config).await?;
+    let identity = args.identity.build()?;
+    let mut server = Server::bind(&config).await?;
+    if args.grpc_tls {
+        let mut ips = vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        if !args.grpc.ip().is_unspecified() && !ips.contains(&args.grpc.ip()) {
+            ips.push(args.grpc.ip());
+        }
+        // Re-issued at every start; a year covers any realistic uptime.
+        let (chain, key) =
+            identity
+                .ca
+                .issue_server(&args.tls_name, &ips, Duration::from_secs(365 * 24 * 3600))?;
+        server = server.with_tls(crate::server::tls_config(&chain, key)?);
+        tracing::info!(name = %args.tls_name, "gRPC over TLS");
+    }
+    let server = server.with_identity(identity);
     server
         .run(FileSource::new(args.mesh), shutdown_signal())
         .await
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    let id = weft_api::spiffe::SpiffeId::new("x", &args.namespace, &args.service_account)
+        .map_err(|_| anyhow::anyhow!("invalid namespace or service account"))?;
+    let tokens = LocalTokens::in_state_dir(&args.state_dir)?;
+    println!(
+        "{}",
+        tokens.token(&Workload {
+            namespace: id.namespace,
+            service_account: id.service_account,
+        })
+    );
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT. If the handlers cannot be installed the process

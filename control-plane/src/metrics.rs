@@ -3,7 +3,9 @@
 //! Each server owns its registry (not the process-global one), so several servers in
 //! one test process keep separate counts.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -23,6 +25,8 @@ pub struct Metrics {
     pub source_generation: IntGauge,
     pub acks: IntCounter,
     pub nacks: IntCounter,
+    /// Identity.Certify answers by result: issued, denied (bad proof), invalid.
+    pub certificates: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,7 +69,18 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric source_load_seconds: {e}"));
         register(&registry, Box::new(source_load.clone()));
+        let certificates = IntCounterVec::new(
+            Opts::new(
+                "certificates_total",
+                "Identity.Certify answers by result (issued, denied, invalid)",
+            )
+            .namespace("weft_control"),
+            &["result"],
+        )
+        .unwrap_or_else(|e| panic!("metric certificates_total: {e}"));
+        register(&registry, Box::new(certificates.clone()));
         Metrics {
+            certificates,
             connected_proxies: gauge("connected_proxies", "Open gRPC connections from proxies"),
             subscriptions: gauge("subscriptions", "Open Discovery.Watch streams"),
             updates_pushed: counter(

@@ -20,9 +20,14 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::admin::{self, AdminState};
 use crate::discovery::DiscoveryService;
+use crate::identity::ca::CertificateAuthority;
+use crate::identity::proof::IdentityProof;
+use crate::identity::service::IdentityService;
 use crate::index::Index;
 use crate::metrics::Metrics;
+use crate::policy::PolicyService;
 use crate::source::{Publisher, Source, SourceState};
+use weft_api::v1;
 
 /// How long open watch streams get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +45,36 @@ pub struct Server {
     admin: TcpListener,
     metrics: Arc<Metrics>,
     index: Arc<Index>,
+    identity: Option<IdentityConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The rustls server config for the gRPC endpoint from a PEM chain and a PKCS#8 key.
+pub fn tls_config(chain_pem: &str, key_der: Vec<u8>) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing the serving certificate")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_single_cert(
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)),
+        )
+        .context("the serving certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What `Identity.Certify` needs; without it the API is not served.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    pub ca: Arc<CertificateAuthority>,
+    pub proof: Arc<dyn IdentityProof>,
+    pub trust_domain: String,
 }
 
 impl Server {
@@ -55,7 +90,21 @@ impl Server {
             admin,
             metrics: Arc::new(Metrics::new()),
             index: Arc::new(Index::new()),
+            identity: None,
+            tls: None,
         })
+    }
+
+    /// Serves gRPC over TLS.
+    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Serves `Identity.Certify` with this CA and proof check.
+    pub fn with_identity(mut self, identity: IdentityConfig) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     pub fn grpc_addr(&self) -> io::Result<SocketAddr> {
@@ -83,6 +132,8 @@ impl Server {
             admin,
             metrics,
             index,
+            identity,
+            tls,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -130,7 +181,7 @@ impl Server {
 
         let grpc_addr = grpc.local_addr()?;
         let gauge = metrics.connected_proxies.clone();
-        let incoming = TcpListenerStream::new(grpc).map(move |conn| {
+        let plain = TcpListenerStream::new(grpc).map(move |conn| {
             conn.map(|stream| {
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%error, "set_nodelay failed");
@@ -138,6 +189,12 @@ impl Server {
                 CountedConn::new(stream, gauge.clone())
             })
         });
+        let incoming: std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = io::Result<GrpcConn>> + Send>,
+        > = match tls {
+            None => Box::pin(plain.map(|c| c.map(GrpcConn::Plain))),
+            Some(acceptor) => Box::pin(tls_incoming(plain, acceptor)),
+        };
         let grpc_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -145,6 +202,21 @@ impl Server {
                 Arc::clone(&index),
                 Arc::clone(&metrics),
             ))
+            .add_service(PolicyService::new(
+                states.clone(),
+                stop_rx.clone(),
+                identity.as_ref().map(|id| v1::TrustBundle {
+                    roots_pem: id.ca.bundle(),
+                }),
+            ))
+            .add_optional_service(identity.map(|id| {
+                IdentityService::new(
+                    id.ca,
+                    id.proof,
+                    id.trust_domain,
+                    metrics.certificates.clone(),
+                )
+            }))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
         tokio::pin!(grpc_server);
         tracing::info!(addr = %grpc_addr, "discovery listening");
@@ -208,6 +280,97 @@ fn source_result(
         Ok(Ok(())) => anyhow::anyhow!("{described} stopped"),
         Ok(Err(e)) => e.context(format!("{described} failed")),
         Err(e) => anyhow::Error::new(e).context(format!("{described} crashed")),
+    }
+}
+
+/// Handshakes run concurrently, so one slow client cannot hold up the others.
+fn tls_incoming(
+    plain: impl futures_util::Stream<Item = io::Result<CountedConn>> + Send + 'static,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures_util::Stream<Item = io::Result<GrpcConn>> + Send {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::pin!(plain);
+        while let Some(conn) = plain.next().await {
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(GrpcConn::Tls(Box::new(stream)))).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "gRPC TLS handshake failed"),
+                    Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A gRPC connection, plaintext or TLS.
+enum GrpcConn {
+    Plain(CountedConn),
+    Tls(Box<tokio_rustls::server::TlsStream<CountedConn>>),
+}
+
+impl Connected for GrpcConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            GrpcConn::Plain(c) => c.connect_info(),
+            GrpcConn::Tls(t) => t.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for GrpcConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcConn::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            GrpcConn::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for GrpcConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GrpcConn::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            GrpcConn::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcConn::Plain(c) => Pin::new(c).poll_flush(cx),
+            GrpcConn::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcConn::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            GrpcConn::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

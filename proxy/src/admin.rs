@@ -24,6 +24,8 @@ pub struct Admin {
     /// once draining starts, so no new traffic is sent to a proxy on its way out.
     pub ready: Arc<AtomicBool>,
     pub shutdown: CancellationToken,
+    /// With mTLS on, not ready while the proxy holds no valid certificate.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Admin {
@@ -63,7 +65,8 @@ impl Admin {
             ),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) {
+                let certified = self.identity.as_ref().is_none_or(|i| i.has_valid_cert());
+                if self.ready.load(Ordering::Acquire) && certified {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
+use weft_api::spiffe::SpiffeId;
+
+use crate::identity::certify::Token;
+use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,6 +43,8 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     control_plane: Option<String>,
+    #[serde(default)]
+    identity: Option<RawIdentity>,
     /// File mode: the mesh itself, in the same schema the control plane reads.
     #[serde(default)]
     services: Vec<ServiceSpec>,
@@ -183,6 +189,179 @@ fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))
 }
 
+/// `identity:` as written. With it, the proxy gets a certificate from the control
+/// plane, speaks mTLS to endpoints that have an identity, and terminates mTLS inbound.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
+    /// Default: node.service_account, else "default".
+    #[serde(default)]
+    service_account: Option<String>,
+    /// The local proof `weft-control token` prints; or `token_file` (re-read on
+    /// every renewal); or the WEFT_IDENTITY_TOKEN environment variable.
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    /// Where Identity.Certify is served; default: the top-level control_plane.
+    #[serde(default)]
+    control_plane: Option<String>,
+    /// Roots (PEM) that verify an `https://` control plane; else WEFT_TRUST_BUNDLE.
+    #[serde(default)]
+    trust_bundle: Option<PathBuf>,
+    #[serde(default)]
+    inbound: RawInbound,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".to_string()
+}
+
+/// One port's inbound policy as written (flat, so YAML stays short).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortPolicy {
+    #[serde(default)]
+    port: u16,
+    #[serde(default)]
+    mode: TlsMode,
+    #[serde(default)]
+    allow_identities: Vec<String>,
+    #[serde(default)]
+    allow_namespaces: Vec<String>,
+    #[serde(default)]
+    allow_any_meshed: Option<bool>,
+    #[serde(default)]
+    allow_unauthenticated: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    #[serde(default)]
+    mode: TlsMode,
+    #[serde(default)]
+    allow_identities: Vec<String>,
+    #[serde(default)]
+    allow_namespaces: Vec<String>,
+    #[serde(default)]
+    allow_any_meshed: Option<bool>,
+    #[serde(default)]
+    allow_unauthenticated: Option<bool>,
+    #[serde(default)]
+    ports: Vec<RawPortPolicy>,
+}
+
+fn port_policy(
+    mode: TlsMode,
+    ids: &[String],
+    namespaces: &[String],
+    any: Option<bool>,
+    unauthenticated: Option<bool>,
+) -> Result<PortPolicy, String> {
+    for id in ids {
+        SpiffeId::parse(id).map_err(|e| e.to_string())?;
+    }
+    // Naming callers means "only these"; naming none means "any meshed caller".
+    let named = !ids.is_empty() || !namespaces.is_empty();
+    Ok(PortPolicy {
+        mode,
+        authorization: Authorization {
+            allow_identities: ids.to_vec(),
+            allow_namespaces: namespaces.to_vec(),
+            allow_any_meshed: any.unwrap_or(!named),
+            allow_unauthenticated: unauthenticated.unwrap_or(mode == TlsMode::Permissive),
+        },
+    })
+}
+
+/// The validated `identity:` section.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub id: SpiffeId,
+    pub token: Token,
+    pub control_plane: String,
+    pub inbound: InboundPolicy,
+}
+
+impl RawIdentity {
+    fn validate(
+        self,
+        node: &NodeConfig,
+        control_plane: Option<&String>,
+        origin: &str,
+    ) -> Result<IdentityConfig, ConfigError> {
+        let invalid = |field: &str, e: String| {
+            ConfigError::Invalid(format!("{origin}: identity.{field}: {e}"))
+        };
+        let account = self
+            .service_account
+            .or_else(|| node.service_account.clone())
+            .unwrap_or_else(|| "default".to_string());
+        let id = SpiffeId::new(&self.trust_domain, node.namespace.as_str(), &account)
+            .map_err(|e| invalid("service_account", e.to_string()))?;
+        let token = match (self.token, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "token",
+                    "give token or token_file, not both".into(),
+                ));
+            }
+            (Some(t), None) => Token::Inline(t),
+            (None, Some(f)) => Token::File(f),
+            (None, None) => match std::env::var("WEFT_IDENTITY_TOKEN") {
+                Ok(t) if !t.is_empty() => Token::Inline(t),
+                _ => {
+                    return Err(invalid(
+                        "token",
+                        "a token, token_file or WEFT_IDENTITY_TOKEN is required".into(),
+                    ));
+                }
+            },
+        };
+        let control_plane = self
+            .control_plane
+            .or_else(|| control_plane.cloned())
+            .ok_or_else(|| {
+                invalid(
+                    "control_plane",
+                    "no control plane to get a certificate from".into(),
+                )
+            })?;
+        let raw = self.inbound;
+        let mut inbound = InboundPolicy {
+            default: port_policy(
+                raw.mode,
+                &raw.allow_identities,
+                &raw.allow_namespaces,
+                raw.allow_any_meshed,
+                raw.allow_unauthenticated,
+            )
+            .map_err(|e| invalid("inbound", e))?,
+            ports: Default::default(),
+        };
+        for (i, p) in raw.ports.iter().enumerate() {
+            let policy = port_policy(
+                p.mode,
+                &p.allow_identities,
+                &p.allow_namespaces,
+                p.allow_any_meshed,
+                p.allow_unauthenticated,
+            )
+            .map_err(|e| invalid(&format!("inbound.ports[{i}]"), e))?;
+            inbound.ports.insert(p.port, policy);
+        }
+        Ok(IdentityConfig {
+            id,
+            token,
+            control_plane,
+            inbound,
+        })
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -198,6 +377,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: LimitsConfig,
     pub control_plane: Option<String>,
+    pub identity: Option<IdentityConfig>,
+    /// Verifies an `https://` control plane.
+    pub trust_bundle: Option<PathBuf>,
     pub mesh: MeshSpec,
 }
 
@@ -234,6 +416,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
         let mesh = MeshSpec {
             services: raw.services,
+            workloads: Vec::new(),
         };
         mesh.validate()
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
@@ -260,8 +443,29 @@ impl Config {
                 )));
             }
         }
+        let trust_bundle = raw
+            .identity
+            .as_ref()
+            .and_then(|i| i.trust_bundle.clone())
+            .or_else(|| std::env::var_os("WEFT_TRUST_BUNDLE").map(PathBuf::from));
+        let identity = raw
+            .identity
+            .map(|i| i.validate(&raw.node, raw.control_plane.as_ref(), origin))
+            .transpose()?;
+        let https = |a: &String| a.starts_with("https://");
+        if trust_bundle.is_none()
+            && (raw.control_plane.as_ref().is_some_and(https)
+                || identity.as_ref().is_some_and(|i| https(&i.control_plane)))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: identity.trust_bundle: an https:// control plane needs a trust bundle \
+                 (or WEFT_TRUST_BUNDLE)"
+            )));
+        }
         Ok(Config {
             path: None,
+            identity,
+            trust_bundle,
             workers,
             node: raw.node,
             outbound: Some(
@@ -317,6 +521,43 @@ mod tests {
         assert!(msg.contains("proxy.yaml"), "{msg}");
         assert!(msg.contains("max_conections"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn identity_section_derives_the_spiffe_id_and_policy() {
+        let c = Config::parse(
+            "node: {namespace: shop, service_account: orders}\n\
+             control_plane: http://127.0.0.1:7443\n\
+             identity:\n  token: weft1.00\n  inbound:\n    mode: permissive\n    \
+             allow_namespaces: [shop]\n    ports: [{port: 9090, mode: strict}]\n",
+            "p.yaml",
+        )
+        .expect("valid");
+        let id = c.identity.expect("identity");
+        assert_eq!(
+            id.id.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/orders"
+        );
+        assert_eq!(id.control_plane, "http://127.0.0.1:7443");
+        let default = &id.inbound.default;
+        assert_eq!(default.mode, TlsMode::Permissive);
+        assert!(!default.authorization.allow_any_meshed);
+        assert!(default.authorization.allow_unauthenticated);
+        let strict = id.inbound.for_port(9090);
+        assert_eq!(strict.mode, TlsMode::Strict);
+        assert!(strict.authorization.allow_any_meshed);
+    }
+
+    #[test]
+    fn identity_needs_a_token_and_a_control_plane() {
+        let err = Config::parse("identity: {token: t}\n", "p.yaml").expect_err("no control plane");
+        assert!(err.to_string().contains("identity.control_plane"), "{err}");
+        let err = Config::parse(
+            "identity: {token: t, token_file: /x, control_plane: http://a:1}\n",
+            "p.yaml",
+        )
+        .expect_err("two tokens");
+        assert!(err.to_string().contains("identity.token"), "{err}");
     }
 
     #[test]

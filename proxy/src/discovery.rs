@@ -70,6 +70,7 @@ impl Discovery {
         node: v1::Node,
         store: SnapshotStore,
         metrics: Metrics,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Arc<Discovery>, String> {
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| format!("control plane address {addr:?}: {e}"))?
@@ -79,7 +80,7 @@ impl Discovery {
             .keep_alive_timeout(Duration::from_secs(10));
         let version = store.load().version;
         Ok(Arc::new(Discovery {
-            channel: endpoint.connect_lazy(),
+            channel: crate::control_plane::connect_lazy(endpoint, tls)?,
             node,
             store,
             metrics,

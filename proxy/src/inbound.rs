@@ -5,18 +5,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detected, detect};
 use crate::http::body::ProxyBody;
-use crate::http::error::{self, is_grpc};
+use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{Target, forward};
 use crate::http::pool::Pool;
 use crate::http::{ServerLimits, serve};
+use crate::identity::policy::TlsMode;
+use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
+use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::ServiceMetrics;
+use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
 /// sends under this name is a forgery and is dropped.
@@ -32,9 +38,41 @@ pub struct Inbound {
     detect_timeout: Duration,
     limits: ServerLimits,
     drain: CancellationToken,
+    identity: Option<Arc<Identity>>,
+}
+
+/// What the inbound knows about the caller of one connection.
+struct Peer {
+    /// Whether the inbound policy admitted the caller when the connection opened;
+    /// refused TCP is closed. HTTP requests are checked again each, against the
+    /// policy in force, so a policy change applies to open connections too.
+    allowed: bool,
+    /// The verified caller, and the port whose policy applies.
+    id: Option<(SpiffeId, Arc<str>)>,
+    port: u16,
+    /// Where the local app listens for this connection.
+    app: SocketAddr,
+    /// The verified SPIFFE ID, as the `weft-client-id` value.
+    header: Option<HeaderValue>,
+    requests: Option<IntCounter>,
+}
+
+impl Peer {
+    /// Identity is off: nothing is known and nothing is checked.
+    fn unchecked(app: SocketAddr) -> Peer {
+        Peer {
+            allowed: true,
+            id: None,
+            port: 0,
+            app,
+            header: None,
+            requests: None,
+        }
+    }
 }
 
 impl Inbound {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         app: Option<SocketAddr>,
         pool: Pool,
@@ -43,6 +81,7 @@ impl Inbound {
         detect_timeout: Duration,
         limits: ServerLimits,
         drain: CancellationToken,
+        identity: Option<Arc<Identity>>,
     ) -> Arc<Inbound> {
         Arc::new(Inbound {
             app,
@@ -52,6 +91,7 @@ impl Inbound {
             detect_timeout,
             limits,
             drain,
+            identity,
         })
     }
 
@@ -63,6 +103,12 @@ impl Inbound {
             tracing::debug!("inbound connection with no app port to deliver to; closing");
             return;
         };
+        // The port whose policy applies: the app's port as the caller dialled it
+        // (the original destination under capture), else this listener's port.
+        let port = match self.app {
+            Some(_) => io.get_ref().local_addr().map_or(0, |a| a.port()),
+            None => app.port(),
+        };
         let (detected, io) = match detect(io, self.detect_timeout).await {
             Ok(pair) => pair,
             Err(e) => {
@@ -70,14 +116,79 @@ impl Inbound {
                 return;
             }
         };
+        let Some(identity) = self.identity.clone() else {
+            return self
+                .serve_detected(detected, io, Peer::unchecked(app))
+                .await;
+        };
+        let policy = identity.inbound.load_full();
+        let port_policy = policy.for_port(port);
+        if detected == Detected::Tls {
+            let (tls, id, id_str) = match identity.accept(io).await {
+                Ok(accepted) => accepted,
+                Err(failure) => {
+                    tracing::debug!(reason = failure.reason(), "inbound mTLS handshake failed");
+                    return;
+                }
+            };
+            let peer = Peer {
+                allowed: port_policy.authorization.allows(Some(&id), Some(&id_str)),
+                header: HeaderValue::from_str(&id_str).ok(),
+                requests: Some(identity.metrics.peer_requests(Some(&id_str))),
+                id: Some((id, id_str)),
+                port,
+                app,
+            };
+            if !peer.allowed {
+                tracing::debug!(port, "caller denied by inbound policy");
+            }
+            match negotiated(&tls) {
+                Some(Alpn::Http2) => {
+                    let io = PrefixedIo::new(Default::default(), tls);
+                    self.serve_detected(Detected::Http2, io, peer).await
+                }
+                Some(Alpn::Http1) => {
+                    let io = PrefixedIo::new(Default::default(), tls);
+                    self.serve_detected(Detected::Http1, io, peer).await
+                }
+                _ => match detect(tls, self.detect_timeout).await {
+                    // Inside the tunnel, "TLS" is the app's own TLS: opaque to us.
+                    Ok((inner, io)) => self.serve_detected(inner, io, peer).await,
+                    Err(e) => tracing::debug!(error = %e, "detection inside mTLS failed"),
+                },
+            }
+        } else if port_policy.mode == TlsMode::Permissive {
+            let peer = Peer {
+                allowed: port_policy.authorization.allows(None, None),
+                id: None,
+                port,
+                app,
+                header: None,
+                requests: Some(identity.metrics.peer_requests(None)),
+            };
+            self.serve_detected(detected, io, peer).await
+        } else {
+            identity
+                .metrics
+                .handshake("inbound", Some(&HandshakeFailure::Plaintext));
+            tracing::debug!(port, "plaintext refused in strict mode");
+        }
+    }
+
+    async fn serve_detected<I>(self: Arc<Self>, detected: Detected, io: I, peer: Peer)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
+                let peer = Arc::new(peer);
                 let svc = hyper::service::service_fn(move |req| {
                     let this = this.clone();
+                    let peer = peer.clone();
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let resp = this.handle(req, app).await;
+                        let resp = this.handle(req, &peer).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
                 });
@@ -91,16 +202,46 @@ impl Inbound {
                 .await;
             }
             Detected::Tls | Detected::Opaque => {
-                crate::tcp::forward(io, app, self.connect_timeout).await;
+                if peer.allowed {
+                    crate::tcp::forward(io, peer.app, self.connect_timeout).await;
+                }
             }
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, app: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         req.headers_mut().remove(CLIENT_ID_HEADER);
+        if let Some(requests) = &peer.requests {
+            requests.inc();
+        }
+        let allowed = match &self.identity {
+            None => true,
+            Some(identity) => {
+                let (id, id_str) = match &peer.id {
+                    Some((id, s)) => (Some(id), Some(&**s)),
+                    None => (None, None),
+                };
+                identity
+                    .inbound
+                    .load()
+                    .for_port(peer.port)
+                    .authorization
+                    .allows(id, id_str)
+            }
+        };
+        if !allowed {
+            let resp = ProxyError::Forbidden.response();
+            self.metrics.proxy_error(ProxyError::Forbidden.reason());
+            self.metrics.record(resp.status().as_u16(), start.elapsed());
+            return resp;
+        }
+        if let Some(id) = &peer.header {
+            req.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
+        }
         let target = Target {
-            addr: app,
+            addr: peer.app,
+            identity: None,
             connect_timeout: self.connect_timeout,
             request_timeout: None,
             idle_timeout: None,

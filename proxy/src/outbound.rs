@@ -28,8 +28,9 @@ use crate::http::error::ProxyError;
 use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Gate, Target, forward};
 use crate::http::headers::is_upgrade;
-use crate::http::pool::{Pool, connect};
+use crate::http::pool::{Key, Pool, connect_to};
 use crate::http::{ServerLimits, authority_of, serve};
+use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::retry::{Attempted, RetryPolicy};
@@ -211,7 +212,12 @@ impl Outbound {
             };
             let ep = &svc.endpoints[idx];
             let mut attempt = AttemptGuard::start(svc, ep);
-            match connect(ep.addr, timeout).await {
+            let endpoint = Key {
+                addr: ep.addr,
+                identity: ep.identity.clone(),
+            };
+            let identity = self.pool.identity().map(|i| &**i);
+            match connect_to(&endpoint, timeout, identity, Alpn::Opaque).await {
                 Ok(server) => {
                     attempt.finish(Outcome::Response {
                         status: 200,
@@ -427,6 +433,7 @@ impl Outbound {
         let concurrency = &svc.stats.concurrency;
         let target = Target {
             addr: ep.addr,
+            identity: ep.identity.clone(),
             connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
             request_timeout: svc.policy.timeouts.per_try,
             idle_timeout: svc.policy.timeouts.idle,

@@ -19,6 +19,9 @@ use crate::config::Config;
 use crate::discovery::{Dest, Discovery};
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
+use crate::identity::Identity;
+use crate::identity::certify::Certifier;
+use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::Inbound;
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::Metrics;
@@ -66,7 +69,50 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         drain: drain.clone(),
         tracker: TaskTracker::new(),
     };
-    let pool = Pool::new(limits.idle_timeout.0);
+    let cp_tls = match &config.trust_bundle {
+        Some(path) => Some(crate::control_plane::client_config(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let identity = config.identity.as_ref().map(|c| {
+        let identity = Identity::new(
+            c.id.clone(),
+            c.inbound.clone(),
+            IdentityMetrics::new(metrics.registry()),
+        );
+        (identity, c)
+    });
+    let identity = match identity {
+        Some((identity, c)) => {
+            let certifier = Certifier::new(
+                identity.clone(),
+                &c.control_plane,
+                cp_tls.as_ref(),
+                c.token.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
+            tokio::spawn(certifier.run(shutdown.clone()));
+            let node = v1::Node {
+                id: config.node.id.clone(),
+                namespace: c.id.namespace.clone(),
+                service_account: c.id.service_account.clone(),
+                workload: config.node.workload.clone().unwrap_or_default(),
+                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            crate::identity::policy_watch::spawn(
+                identity.clone(),
+                &c.control_plane,
+                node,
+                c.inbound.clone(),
+                cp_tls.as_ref(),
+                shutdown.clone(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            Some(identity)
+        }
+        None => None,
+    };
+    let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = match &config.control_plane {
         Some(addr) => {
             let node = v1::Node {
@@ -76,7 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
                 workload: config.node.workload.clone().unwrap_or_default(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let d = Discovery::new(addr, node, store.clone(), metrics.clone())
+            let d = Discovery::new(addr, node, store.clone(), metrics.clone(), cp_tls.as_ref())
                 .map_err(anyhow::Error::msg)?;
             for up in &config.upstreams {
                 d.subscribe(Dest::Name(up.service.clone()));
@@ -159,6 +205,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits.detect_timeout.0,
             server_limits,
             proxy.drain.clone(),
+            identity.clone(),
         );
         let handle = move |io: Conn, _peer| ib.clone().serve_conn(io);
         // Without a fixed app the inbound side is transparent: it also takes what
@@ -176,6 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         store: store.clone(),
         ready: proxy.ready.clone(),
         shutdown,
+        identity,
     });
     admin.spawn(admin_listener, proxy.admin_stop.clone());
 

@@ -50,7 +50,7 @@ pub enum EndpointState {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
-    pub identity: Option<String>,
+    pub identity: Option<Arc<str>>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub state: EndpointState,
     /// Load and health, shared with the previous snapshots that held this endpoint.
@@ -315,7 +315,7 @@ fn endpoint_from_proto(
     Ok(Endpoint {
         addr,
         weight,
-        identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+        identity: (!e.identity.is_empty()).then(|| Arc::from(e.identity.as_str())),
         labels: e.labels.clone().into_iter().collect(),
         state,
         stats: metrics.state().endpoint(service, addr, svc_metrics),

@@ -90,7 +90,10 @@ impl WeftControl {
             .arg("--grpc")
             .arg(self.grpc.to_string())
             .arg("--admin")
-            .arg(self.admin.to_string());
+            .arg(self.admin.to_string())
+            // Its CA and token secret stay in the test's own directory.
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"));
         let log = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| DEFAULT_LOG.to_string());
         cmd.env("RUST_LOG", log).env("NO_COLOR", "1");
         let mut process = Process::spawn(&name, cmd, self.dir.path())?;

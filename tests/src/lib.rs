@@ -33,6 +33,7 @@ pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod control;
+pub mod control_ca;
 pub mod data;
 pub mod demo;
 pub mod grpc;

@@ -33,6 +33,88 @@ pub enum MeshError {
 pub struct MeshSpec {
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Inbound policy per workload (namespace + service account), served by
+    /// `Policy.WatchInbound`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadSpec>,
+}
+
+/// Who may call one workload, per port.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    #[serde(default = "default_namespace")]
+    pub namespace: Name,
+    pub service_account: Name,
+    #[serde(default)]
+    pub inbound: Vec<InboundPortSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsModeSpec {
+    #[default]
+    Strict,
+    Permissive,
+}
+
+/// One port's inbound policy; port 0 (the default) applies to ports not listed.
+/// Naming identities or namespaces means "only these"; naming none, any meshed caller.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPortSpec {
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub mode: TlsModeSpec,
+    #[serde(default)]
+    pub allow_identities: Vec<SpiffeId>,
+    #[serde(default)]
+    pub allow_namespaces: Vec<Name>,
+    #[serde(default)]
+    pub allow_any_meshed: Option<bool>,
+    /// Plaintext callers in permissive mode; default: allowed in permissive mode.
+    #[serde(default)]
+    pub allow_unauthenticated: Option<bool>,
+}
+
+impl WorkloadSpec {
+    pub fn to_policy(&self, version: u64) -> v1::InboundPolicy {
+        v1::InboundPolicy {
+            version,
+            ports: self
+                .inbound
+                .iter()
+                .map(|p| {
+                    let named = !p.allow_identities.is_empty() || !p.allow_namespaces.is_empty();
+                    let permissive = p.mode == TlsModeSpec::Permissive;
+                    v1::PortPolicy {
+                        port: u32::from(p.port),
+                        mode: if permissive {
+                            v1::TlsMode::Permissive as i32
+                        } else {
+                            v1::TlsMode::Strict as i32
+                        },
+                        authorization: Some(v1::Authorization {
+                            allow_identities: p
+                                .allow_identities
+                                .iter()
+                                .map(|i| i.as_str().to_string())
+                                .collect(),
+                            allow_namespaces: p
+                                .allow_namespaces
+                                .iter()
+                                .map(|n| n.as_str().to_string())
+                                .collect(),
+                            allow_any_meshed: p.allow_any_meshed.unwrap_or(!named),
+                            allow_unauthenticated: p.allow_unauthenticated.unwrap_or(permissive),
+                        }),
+                    }
+                })
+                .collect(),
+            trust_bundle: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -385,6 +467,25 @@ impl MeshSpec {
         let invalid = |path: String, reason: String| MeshError::Invalid { path, reason };
         let mut names: HashMap<(&str, &str), usize> = HashMap::new();
         let mut vips: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        let mut workloads: HashMap<(&str, &str), usize> = HashMap::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let key = (w.namespace.as_str(), w.service_account.as_str());
+            if let Some(first) = workloads.insert(key, i) {
+                return Err(invalid(
+                    format!("workloads[{i}].service_account"),
+                    format!("duplicate workload (first at workloads[{first}])"),
+                ));
+            }
+            let mut ports = std::collections::HashSet::new();
+            for (j, p) in w.inbound.iter().enumerate() {
+                if !ports.insert(p.port) {
+                    return Err(invalid(
+                        format!("workloads[{i}].inbound[{j}].port"),
+                        format!("port {} listed twice", p.port),
+                    ));
+                }
+            }
+        }
         for (i, svc) in self.services.iter().enumerate() {
             let key = (svc.name.as_str(), svc.namespace.as_str());
             if let Some(first) = names.insert(key, i) {

@@ -20,6 +20,8 @@ use tokio::process::{Child, Command};
 
 pub use plan::{Plan, Workload};
 
+use crate::identity::proof::{LocalTokens, Workload as IdentityWorkload};
+
 /// Options of `weft-control demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
@@ -38,6 +40,10 @@ pub struct DemoOptions {
     /// Where configs and logs go (default: a new temporary directory).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Plaintext between the sidecars instead of mTLS (the default is mTLS, with a
+    /// development CA in the state directory).
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 /// A child process with a name, its log file, and a clean stop.
@@ -119,7 +125,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let plan = Plan::new(opts.base_port)?;
+    let plan = Plan::new(opts.base_port, !opts.plaintext)?;
     plan.check_ports_free()?;
     let (state_dir, _tmp) = match &opts.state_dir {
         Some(dir) => {
@@ -178,6 +184,7 @@ async fn start_and_watch(
     mesh_path: &Path,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
+    let control_state = state_dir.join("control");
     let mut cmd = Command::new(control);
     cmd.arg("serve")
         .arg("--mesh")
@@ -185,7 +192,14 @@ async fn start_and_watch(
         .arg("--grpc")
         .arg(plan.control_grpc.to_string())
         .arg("--admin")
-        .arg(plan.control_admin.to_string());
+        .arg(plan.control_admin.to_string())
+        .arg("--state-dir")
+        .arg(&control_state)
+        .env_remove("WEFT_CA_CERT")
+        .env_remove("WEFT_CA_KEY");
+    if plan.mtls {
+        cmd.arg("--grpc-tls");
+    }
     procs.push(Proc::spawn("weft-control", cmd, state_dir)?);
     let last = procs.len() - 1;
     wait_ready(
@@ -197,7 +211,15 @@ async fn start_and_watch(
 
     for w in &plan.workloads {
         let config = state_dir.join(format!("{}-proxy.yaml", w.name));
-        std::fs::write(&config, plan.proxy_yaml(w))?;
+        // The control plane created the token secret when it started.
+        let token = LocalTokens::in_state_dir(&control_state)?.token(&IdentityWorkload {
+            namespace: "default".into(),
+            service_account: w.name.to_string(),
+        });
+        std::fs::write(
+            &config,
+            plan.proxy_yaml(w, &token, &control_state.join("ca.pem")),
+        )?;
         let mut cmd = Command::new(proxy);
         cmd.arg("run").arg("--config").arg(&config);
         procs.push(Proc::spawn(&format!("{}-proxy", w.name), cmd, state_dir)?);
@@ -242,6 +264,15 @@ async fn start_and_watch(
         opts.rps,
         plan.web_inbound()
     );
+    if plan.mtls {
+        println!(
+            "  mTLS between every pair of sidecars (SPIFFE IDs {}, development CA in {}; \
+             web's inbound is permissive for the load generator), TLS to the control plane. \
+             --plaintext turns both off.",
+            plan::spiffe_id("<name>"),
+            control_state.display()
+        );
+    }
     println!("Press Ctrl-C to stop.\n");
 
     let run_for = opts.duration.map(Duration::from_secs);

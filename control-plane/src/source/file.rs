@@ -286,6 +286,7 @@ pub fn parse(texts: &Texts) -> Result<MeshSpec, LoadError> {
             .map_err(|e| LoadError::Invalid(e.to_string()))?;
         origins.extend((0..part.services.len()).map(|i| (f, i)));
         mesh.services.extend(part.services);
+        mesh.workloads.extend(part.workloads);
     }
     if texts.len() > 1 {
         let files: Vec<PathBuf> = texts.iter().map(|(p, _)| p.clone()).collect();

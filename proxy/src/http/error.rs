@@ -25,6 +25,10 @@ pub enum ProxyError {
     Timeout,
     /// Too many connections or requests; answered at once instead of queueing.
     Overloaded,
+    /// The mTLS handshake with the endpoint failed (untrusted or wrong identity).
+    TlsFailed,
+    /// Inbound authorization refused the caller.
+    Forbidden,
 }
 
 impl ProxyError {
@@ -33,7 +37,10 @@ impl ProxyError {
             ProxyError::UnknownService => StatusCode::NOT_FOUND,
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectRefused | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectRefused | ProxyError::UpstreamReset | ProxyError::TlsFailed => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -48,6 +55,8 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::Timeout => "timeout",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::TlsFailed => "tls-failed",
+            ProxyError::Forbidden => "forbidden",
         }
     }
 
@@ -61,6 +70,8 @@ impl ProxyError {
             ProxyError::UpstreamReset,
             ProxyError::Timeout,
             ProxyError::Overloaded,
+            ProxyError::TlsFailed,
+            ProxyError::Forbidden,
         ]
         .into_iter()
         .find(|e| e.reason() == reason)
@@ -78,7 +89,9 @@ impl ProxyError {
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::UpstreamReset
+            | ProxyError::TlsFailed
             | ProxyError::Overloaded => 14,
+            ProxyError::Forbidden => 7,
         }
     }
 
@@ -96,6 +109,8 @@ impl ProxyError {
             }
             ProxyError::Timeout => "weft: the request timed out\n",
             ProxyError::Overloaded => "weft: over the concurrency limit\n",
+            ProxyError::TlsFailed => "weft: the mTLS handshake with the upstream failed\n",
+            ProxyError::Forbidden => "weft: the caller is not allowed by this workload's policy\n",
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -16,13 +17,15 @@ use hyper_util::rt::TokioIo;
 use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::{ConnLimit, Pool};
+use super::pool::{ConnLimit, Key, Pool};
 use crate::breaker::{self, Limit};
 use crate::metrics::ServiceMetrics;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Target<'a> {
     pub addr: SocketAddr,
+    /// The SPIFFE ID the endpoint must present (mTLS); `None`: plaintext.
+    pub identity: Option<Arc<str>>,
     pub connect_timeout: Duration,
     /// Bounds this one attempt, from connect to response head.
     pub request_timeout: Option<Duration>,
@@ -59,6 +62,15 @@ async fn gated<T>(
         gate.metrics.overloaded(Limit::Connections);
     }
     res
+}
+
+impl Target<'_> {
+    fn key(&self) -> Key {
+        Key {
+            addr: self.addr,
+            identity: self.identity.clone(),
+        }
+    }
 }
 
 pub async fn forward(
@@ -101,7 +113,8 @@ async fn forward_h1(
     *req.version_mut() = Version::HTTP_11;
 
     let limit = target.gate.map(|g| g.connections);
-    let mut conn = gated(target, pool.h1(target.addr, target.connect_timeout, limit)).await?;
+    let key = target.key();
+    let mut conn = gated(target, pool.h1(&key, target.connect_timeout, limit)).await?;
     let mut resp = match conn.tx.try_send_request(req).await {
         Ok(resp) => resp,
         Err(mut err) => match err.take_message() {
@@ -110,7 +123,7 @@ async fn forward_h1(
             Some(req) if conn.reused => {
                 conn = Box::pin(gated(
                     target,
-                    pool.new_h1(target.addr, target.connect_timeout, limit),
+                    pool.new_h1(&key, target.connect_timeout, limit),
                 ))
                 .await?;
                 conn.tx
@@ -146,7 +159,7 @@ async fn forward_h1(
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    let giveback = pool.giveback(conn.tx, target.addr, target.idle_timeout);
+    let giveback = pool.giveback(conn.tx, key, target.idle_timeout);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
 }
 
@@ -174,7 +187,11 @@ async fn forward_h2(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
     let limit = target.gate.map(|g| g.connections);
-    let mut tx = gated(target, pool.h2(target.addr, target.connect_timeout, limit)).await?;
+    let mut tx = gated(
+        target,
+        pool.h2(&target.key(), target.connect_timeout, limit),
+    )
+    .await?;
     tx.ready().await.map_err(|e| upstream_error(&e))?;
     let mut resp = tx.send_request(req).await.map_err(|e| upstream_error(&e))?;
     strip_hop_by_hop(resp.headers_mut(), false);

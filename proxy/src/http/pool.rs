@@ -1,4 +1,6 @@
-//! Keep-alive connections to endpoints, keyed by endpoint address.
+//! Keep-alive connections to endpoints, keyed by endpoint address and the identity
+//! the endpoint must prove (mTLS when it has one), so a connection verified for one
+//! identity is never reused for a request that expects another.
 //!
 //! HTTP/1: a stack of idle connections per endpoint; a connection goes back on the
 //! stack when its response body has been read to the end. HTTP/2: one multiplexed
@@ -16,8 +18,30 @@ use super::body::RequestBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use super::error::ProxyError;
+use crate::identity::{Alpn, Identity};
+
+/// One endpoint as the pool sees it: where, and who it must be.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub addr: SocketAddr,
+    /// The SPIFFE ID the endpoint must present; `None`: plaintext.
+    pub identity: Option<Arc<str>>,
+}
+
+impl Key {
+    pub fn plain(addr: SocketAddr) -> Key {
+        Key {
+            addr,
+            identity: None,
+        }
+    }
+}
+
+/// A connection to an endpoint, in plaintext or mTLS.
+pub type Upstream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
@@ -28,12 +52,13 @@ pub struct Pool {
 }
 
 struct PoolInner {
-    h1: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, Shared>>,
+    h1: Mutex<HashMap<Key, Vec<Idle>>>,
+    h2: Mutex<HashMap<Key, Shared>>,
     /// One HTTP/2 dial at a time per endpoint, so a burst of requests to a cold
     /// endpoint shares one new connection instead of each opening its own.
-    h2_dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Dial>>>>,
+    h2_dials: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Dial>>>>,
     idle_timeout: Duration,
+    identity: Option<Arc<Identity>>,
 }
 
 /// The outcome of the last HTTP/2 dial to one endpoint.
@@ -99,7 +124,7 @@ impl ConnLimit {
 /// Puts an HTTP/1 connection back on its endpoint's idle stack.
 pub struct Giveback {
     tx: http1::SendRequest<RequestBody>,
-    addr: SocketAddr,
+    key: Key,
     idle_timeout: Option<Duration>,
     pool: Weak<PoolInner>,
 }
@@ -113,7 +138,7 @@ impl Giveback {
             return;
         }
         let mut h1 = lock(&pool.h1);
-        let stack = h1.entry(self.addr).or_default();
+        let stack = h1.entry(self.key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
                 tx: self.tx,
@@ -150,14 +175,43 @@ fn connect_error(e: &io::Error) -> ProxyError {
     }
 }
 
+/// Opens a connection to `key`: TCP, then mTLS when the endpoint has an identity.
+pub async fn connect_to(
+    key: &Key,
+    timeout: Duration,
+    identity: Option<&Identity>,
+    alpn: Alpn,
+) -> Result<Upstream, ProxyError> {
+    let stream = connect(key.addr, timeout).await?;
+    let Some(expected) = &key.identity else {
+        return Ok(Either::Left(stream));
+    };
+    // An endpoint that must prove an identity is never spoken to in plaintext.
+    let identity = identity.ok_or(ProxyError::TlsFailed)?;
+    match tokio::time::timeout(timeout, identity.connect(stream, key.addr, expected, alpn)).await {
+        Ok(Ok(tls)) => Ok(Either::Right(tls)),
+        Ok(Err(failure)) => {
+            tracing::debug!(addr = %key.addr, reason = failure.reason(), "mTLS handshake failed");
+            Err(ProxyError::TlsFailed)
+        }
+        Err(_) => Err(ProxyError::ConnectTimeout),
+    }
+}
+
 impl Pool {
     pub fn new(idle_timeout: Duration) -> Pool {
+        Self::with_identity(idle_timeout, None)
+    }
+
+    /// A pool that can open mTLS connections with `identity`'s certificate.
+    pub fn with_identity(idle_timeout: Duration, identity: Option<Arc<Identity>>) -> Pool {
         let pool = Pool {
             inner: Arc::new(PoolInner {
                 h1: Mutex::new(HashMap::new()),
                 h2: Mutex::new(HashMap::new()),
                 h2_dials: Mutex::new(HashMap::new()),
                 idle_timeout,
+                identity,
             }),
         };
         let weak = Arc::downgrade(&pool.inner);
@@ -174,30 +228,35 @@ impl Pool {
         pool
     }
 
+    /// The identity mTLS connections present, when the proxy has one.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.inner.identity.as_ref()
+    }
+
     /// `idle_timeout` overrides the pool's for this connection (a service's policy).
     pub fn giveback(
         &self,
         tx: http1::SendRequest<RequestBody>,
-        addr: SocketAddr,
+        key: Key,
         idle_timeout: Option<Duration>,
     ) -> Giveback {
         Giveback {
             tx,
-            addr,
+            key,
             idle_timeout,
             pool: Arc::downgrade(&self.inner),
         }
     }
 
-    /// An idle HTTP/1 connection to `addr`, or a new one.
+    /// An idle HTTP/1 connection to `key`, or a new one.
     pub async fn h1(
         &self,
-        addr: SocketAddr,
+        key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
         loop {
-            let idle = lock(&self.inner.h1).get_mut(&addr).and_then(Vec::pop);
+            let idle = lock(&self.inner.h1).get_mut(key).and_then(Vec::pop);
             let Some(mut idle) = idle else { break };
             if idle.since.elapsed() > idle.timeout || idle.tx.is_closed() {
                 continue;
@@ -209,19 +268,27 @@ impl Pool {
                 });
             }
         }
-        // Boxed: the connect path is rare, and keeping it out of line keeps every
-        // request's future (moved on each task spawn) small.
-        Box::pin(self.new_h1(addr, connect_timeout, limit)).await
+        // Boxed: the dial (with its TLS handshake state) is the cold path, and
+        // inlining it would make every request's future, spawned per HTTP/2
+        // stream, that much larger to allocate and move.
+        Box::pin(self.new_h1(key, connect_timeout, limit)).await
     }
 
     pub async fn new_h1(
         &self,
-        addr: SocketAddr,
+        key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
+        let addr = key.addr;
         let guard = ConnLimit::take(limit)?;
-        let stream = connect(addr, connect_timeout).await?;
+        let stream = connect_to(
+            key,
+            connect_timeout,
+            self.inner.identity.as_deref(),
+            Alpn::Http1,
+        )
+        .await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -235,31 +302,23 @@ impl Pool {
         Ok(H1Conn { tx, reused: false })
     }
 
-    /// The shared HTTP/2 connection to `addr`, opened on first use.
+    /// The shared HTTP/2 connection to `key`, opened on first use.
     pub async fn h2(
         &self,
-        addr: SocketAddr,
+        key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        if let Some(tx) = self.shared_h2(addr) {
+        if let Some(tx) = self.shared_h2(key) {
             return Ok(tx);
         }
-        // Boxed for the same reason as the HTTP/1 connect path.
-        Box::pin(self.h2_dial_once(addr, connect_timeout, limit)).await
-    }
-
-    /// Dials the shared HTTP/2 connection, one dial per endpoint at a time.
-    async fn h2_dial_once(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        limit: Option<&ConnLimit>,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        let gate = lock(&self.inner.h2_dials).entry(addr).or_default().clone();
+        let gate = lock(&self.inner.h2_dials)
+            .entry(key.clone())
+            .or_default()
+            .clone();
         let waited_since = Instant::now();
         let mut dial = gate.lock().await;
-        if let Some(tx) = self.shared_h2(addr) {
+        if let Some(tx) = self.shared_h2(key) {
             return Ok(tx);
         }
         // A dial that failed while we waited answers us too, rather than every
@@ -269,7 +328,8 @@ impl Pool {
         {
             return Err(err);
         }
-        match self.dial_h2(addr, connect_timeout, limit).await {
+        // Boxed for the same reason as in `h1`: dialing is the cold path.
+        match Box::pin(self.dial_h2(key, connect_timeout, limit)).await {
             Ok(tx) => {
                 dial.failed = None;
                 Ok(tx)
@@ -281,11 +341,11 @@ impl Pool {
         }
     }
 
-    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_h2(&self, key: &Key) -> Option<http2::SendRequest<RequestBody>> {
         let mut h2 = lock(&self.inner.h2);
-        let shared = h2.get_mut(&addr)?;
+        let shared = h2.get_mut(key)?;
         if shared.tx.is_closed() {
-            h2.remove(&addr);
+            h2.remove(key);
             return None;
         }
         shared.last_used = Instant::now();
@@ -294,12 +354,19 @@ impl Pool {
 
     async fn dial_h2(
         &self,
-        addr: SocketAddr,
+        key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let addr = key.addr;
         let guard = ConnLimit::take(limit)?;
-        let stream = connect(addr, connect_timeout).await?;
+        let stream = connect_to(
+            key,
+            connect_timeout,
+            self.inner.identity.as_deref(),
+            Alpn::Http2,
+        )
+        .await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -315,7 +382,7 @@ impl Pool {
             }
         });
         lock(&self.inner.h2).insert(
-            addr,
+            key.clone(),
             Shared {
                 tx: tx.clone(),
                 last_used: Instant::now(),
@@ -326,7 +393,11 @@ impl Pool {
 
     /// Idle connections per endpoint, for /config and tests.
     pub fn idle_h1(&self, addr: SocketAddr) -> usize {
-        lock(&self.inner.h1).get(&addr).map_or(0, Vec::len)
+        lock(&self.inner.h1)
+            .iter()
+            .filter(|(k, _)| k.addr == addr)
+            .map(|(_, v)| v.len())
+            .sum()
     }
 }
 
@@ -370,11 +441,11 @@ mod tests {
             max: 1,
         };
         let first = pool
-            .new_h1(addr, Duration::from_secs(5), Some(&limit))
+            .new_h1(&Key::plain(addr), Duration::from_secs(5), Some(&limit))
             .await
             .expect("first connection");
         assert!(matches!(
-            pool.new_h1(addr, Duration::from_secs(5), Some(&limit))
+            pool.new_h1(&Key::plain(addr), Duration::from_secs(5), Some(&limit))
                 .await,
             Err(ProxyError::Overloaded)
         ));
@@ -409,7 +480,10 @@ mod tests {
         let dials: Vec<_> = (0..16)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
+                tokio::spawn(async move {
+                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None)
+                        .await
+                })
             })
             .collect();
         for d in dials {
@@ -429,7 +503,10 @@ mod tests {
         let dials: Vec<_> = (0..8)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.h2(addr, Duration::from_secs(5), None).await })
+                tokio::spawn(async move {
+                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None)
+                        .await
+                })
             })
             .collect();
         for d in dials {

@@ -1,0 +1,388 @@
+//! Workload identity in the proxy: the current certificate (renewed by
+//! [`certify`]), the TLS configurations built around it, and the two handshakes:
+//! outbound (mTLS to an endpoint whose SPIFFE ID discovery names) and inbound
+//! (terminating mTLS and learning the caller's SPIFFE ID).
+//!
+//! Certificates are swapped through rustls resolvers that read an `ArcSwap`, so a
+//! renewal changes what new handshakes present without touching open connections.
+//! The TLS configurations themselves are rebuilt only when the trust bundle changes.
+
+pub mod cert;
+pub mod certify;
+pub mod metrics;
+pub mod policy;
+pub mod policy_watch;
+pub mod verify;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+use weft_api::spiffe::SpiffeId;
+
+use self::metrics::IdentityMetrics;
+use self::policy::InboundPolicy;
+use self::verify::{SpiffeServerVerifier, peer_identity};
+
+/// What a hop speaks inside TLS; chooses the ALPN the outbound side offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+const ALPN_H2: &[u8] = b"h2";
+const ALPN_H1: &[u8] = b"http/1.1";
+
+/// Why a handshake failed, as the `reason` label of the handshake metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    NoCertificate,
+    UnknownCa,
+    Expired,
+    BadCertificate,
+    NoClientCertificate,
+    WrongIdentity,
+    PeerRefused,
+    Protocol,
+    Io,
+    Timeout,
+    /// A plaintext connection to a port in strict mode.
+    Plaintext,
+}
+
+impl HandshakeFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            HandshakeFailure::NoCertificate => "no-local-certificate",
+            HandshakeFailure::UnknownCa => "unknown-ca",
+            HandshakeFailure::Expired => "expired",
+            HandshakeFailure::BadCertificate => "bad-certificate",
+            HandshakeFailure::NoClientCertificate => "no-client-certificate",
+            HandshakeFailure::WrongIdentity => "wrong-identity",
+            HandshakeFailure::PeerRefused => "peer-refused",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Io => "io",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Plaintext => "plaintext-refused",
+        }
+    }
+
+    fn from_io(e: &std::io::Error) -> Self {
+        use rustls::{CertificateError as C, Error as E};
+        match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
+            Some(E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+                HandshakeFailure::Expired
+            }
+            Some(E::InvalidCertificate(C::UnknownIssuer | C::BadSignature)) => {
+                HandshakeFailure::UnknownCa
+            }
+            Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+                HandshakeFailure::WrongIdentity
+            }
+            Some(E::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
+            Some(E::NoCertificatesPresented) => HandshakeFailure::NoClientCertificate,
+            Some(E::AlertReceived(_)) => HandshakeFailure::PeerRefused,
+            Some(_) => HandshakeFailure::Protocol,
+            None => HandshakeFailure::Io,
+        }
+    }
+}
+
+/// The current certificate, shared by the resolvers of every TLS config.
+#[derive(Debug, Default)]
+struct CurrentCert(ArcSwapOption<CertifiedKey>);
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load_full()
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.load_full()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.load().is_some()
+    }
+}
+
+struct TlsConfigs {
+    h1: TlsConnector,
+    h2: TlsConnector,
+    opaque: TlsConnector,
+    server: TlsAcceptor,
+}
+
+pub struct Identity {
+    pub id: SpiffeId,
+    id_str: Arc<str>,
+    provider: Arc<CryptoProvider>,
+    current: Arc<CurrentCert>,
+    /// Unix seconds; 0 while there is no certificate.
+    not_after: AtomicI64,
+    tls: ArcSwapOption<TlsConfigs>,
+    roots_pem: Mutex<Vec<String>>,
+    pub inbound: ArcSwap<InboundPolicy>,
+    pub metrics: IdentityMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("the certificate chain is empty or not PEM")]
+    BadChain,
+    #[error("the trust bundle has no usable root")]
+    BadBundle,
+    #[error("the certificate names {found:?}, not {expected}")]
+    WrongIdentity {
+        expected: String,
+        found: Option<String>,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+impl Identity {
+    pub fn new(id: SpiffeId, inbound: InboundPolicy, metrics: IdentityMetrics) -> Arc<Identity> {
+        Arc::new(Identity {
+            id_str: Arc::from(id.to_string()),
+            id,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: Arc::default(),
+            not_after: AtomicI64::new(0),
+            tls: ArcSwapOption::empty(),
+            roots_pem: Mutex::new(Vec::new()),
+            inbound: ArcSwap::from_pointee(inbound),
+            metrics,
+        })
+    }
+
+    pub fn spiffe_id(&self) -> &Arc<str> {
+        &self.id_str
+    }
+
+    /// True while the proxy holds a certificate that has not expired.
+    pub fn has_valid_cert(&self) -> bool {
+        let not_after = self.not_after.load(Ordering::Acquire);
+        not_after > unix_now()
+    }
+
+    /// Installs a freshly issued certificate (and the trust bundle that came with
+    /// it). New handshakes use it at once; open connections are untouched.
+    pub fn install(
+        &self,
+        chain_pem: &[String],
+        key: PrivateKeyDer<'static>,
+        roots_pem: &[String],
+        not_after_unix: i64,
+    ) -> Result<(), InstallError> {
+        let chain: Vec<CertificateDer<'static>> = chain_pem
+            .iter()
+            .flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| InstallError::BadChain)?;
+        let leaf = chain.first().ok_or(InstallError::BadChain)?;
+        let found = cert::uri_san(leaf);
+        if found.as_deref() != Some(&*self.id_str) {
+            return Err(InstallError::WrongIdentity {
+                expected: self.id_str.to_string(),
+                found,
+            });
+        }
+        let signer = self
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| InstallError::Tls(e.to_string()))?;
+        let certified = CertifiedKey::new(chain, signer);
+        self.update_roots(roots_pem)?;
+        self.current.0.store(Some(Arc::new(certified)));
+        self.not_after.store(not_after_unix, Ordering::Release);
+        self.metrics.cert_expiry.set(not_after_unix);
+        Ok(())
+    }
+
+    /// Rebuilds the TLS configs when the trust bundle differs from the one in use.
+    pub fn update_roots(&self, roots_pem: &[String]) -> Result<(), InstallError> {
+        let mut held = self
+            .roots_pem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *held == roots_pem && self.tls.load().is_some() {
+            return Ok(());
+        }
+        let mut roots = RootCertStore::empty();
+        for pem in roots_pem {
+            for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let der = der.map_err(|_| InstallError::BadBundle)?;
+                roots.add(der).map_err(|_| InstallError::BadBundle)?;
+            }
+        }
+        if roots.is_empty() {
+            return Err(InstallError::BadBundle);
+        }
+        let configs = self.build(Arc::new(roots))?;
+        self.tls.store(Some(Arc::new(configs)));
+        *held = roots_pem.to_vec();
+        tracing::info!(roots = roots_pem.len(), "trust bundle installed");
+        Ok(())
+    }
+
+    fn build(&self, roots: Arc<RootCertStore>) -> Result<TlsConfigs, InstallError> {
+        let tls = |e: rustls::Error| InstallError::Tls(e.to_string());
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            roots.clone(),
+            self.id.trust_domain.clone(),
+            self.provider.clone(),
+        ));
+        let client = |alpn: &[&[u8]]| -> Result<TlsConnector, InstallError> {
+            let mut c = ClientConfig::builder_with_provider(self.provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(tls)?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_client_cert_resolver(self.current.clone());
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(TlsConnector::from(Arc::new(c)))
+        };
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, self.provider.clone())
+                .build()
+                .map_err(|e| InstallError::Tls(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(client_verifier)
+            .with_cert_resolver(self.current.clone());
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_H1.to_vec()];
+        Ok(TlsConfigs {
+            h1: client(&[ALPN_H1])?,
+            h2: client(&[ALPN_H2])?,
+            opaque: client(&[])?,
+            server: TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+
+    /// mTLS to an endpoint that must prove it is `expected`.
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        expected: &str,
+        alpn: Alpn,
+    ) -> Result<client::TlsStream<TcpStream>, HandshakeFailure> {
+        let result = self.connect_inner(tcp, addr, expected, alpn).await;
+        self.metrics.handshake("outbound", result.as_ref().err());
+        result
+    }
+
+    async fn connect_inner(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        expected: &str,
+        alpn: Alpn,
+    ) -> Result<client::TlsStream<TcpStream>, HandshakeFailure> {
+        let configs = self.tls.load_full();
+        let Some(configs) = configs.filter(|_| self.has_valid_cert()) else {
+            return Err(HandshakeFailure::NoCertificate);
+        };
+        let connector = match alpn {
+            Alpn::Http1 => &configs.h1,
+            Alpn::Http2 => &configs.h2,
+            Alpn::Opaque => &configs.opaque,
+        };
+        // The name only keys rustls' session cache (per endpoint); the verifier
+        // checks the SPIFFE ID instead.
+        let name = ServerName::IpAddress(addr.ip().into());
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| HandshakeFailure::from_io(&e))?;
+        let presented = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(cert::uri_san);
+        if presented.as_deref() != Some(expected) {
+            tracing::warn!(%addr, expected, ?presented, "endpoint presented the wrong identity");
+            return Err(HandshakeFailure::WrongIdentity);
+        }
+        Ok(stream)
+    }
+
+    /// Terminates mTLS from a caller; returns the stream and the caller's identity.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> Result<(server::TlsStream<IO>, SpiffeId, Arc<str>), HandshakeFailure>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let result = self.accept_inner(io).await;
+        self.metrics.handshake("inbound", result.as_ref().err());
+        result
+    }
+
+    async fn accept_inner<IO>(
+        &self,
+        io: IO,
+    ) -> Result<(server::TlsStream<IO>, SpiffeId, Arc<str>), HandshakeFailure>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let configs = self.tls.load_full();
+        let Some(configs) = configs.filter(|_| self.has_valid_cert()) else {
+            return Err(HandshakeFailure::NoCertificate);
+        };
+        let stream = configs
+            .server
+            .accept(io)
+            .await
+            .map_err(|e| HandshakeFailure::from_io(&e))?;
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or(HandshakeFailure::NoClientCertificate)?;
+        let id = peer_identity(leaf, &self.id.trust_domain)
+            .map_err(|_| HandshakeFailure::BadCertificate)?;
+        let id_str = Arc::from(id.to_string());
+        Ok((stream, id, id_str))
+    }
+}
+
+/// The protocol a terminated inbound connection negotiated, if ALPN settled it.
+pub fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
+    match stream.get_ref().1.alpn_protocol() {
+        Some(ALPN_H2) => Some(Alpn::Http2),
+        Some(ALPN_H1) => Some(Alpn::Http1),
+        _ => None,
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,137 @@
+//! Runs weft-control: `serve` on free loopback ports with its own state directory
+//! (so its development CA and token secret are the test's own), polled until ready.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tempfile::TempDir;
+
+use crate::admin;
+use crate::bins;
+use crate::ports::free_addr;
+use crate::process::Process;
+
+const READY_LIMIT: Duration = Duration::from_secs(15);
+
+pub struct ControlPlane {
+    pub grpc: SocketAddr,
+    /// Started with `--grpc-tls`: proxies reach it over `https://`.
+    pub tls: bool,
+    pub admin: SocketAddr,
+    state_dir: PathBuf,
+    mesh_path: PathBuf,
+    /// `serve` and the arguments that keep its ports and state across a restart.
+    base_args: Vec<String>,
+    process: Process,
+    _dir: TempDir,
+}
+
+fn command(args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(bins::binary("weft-control")?);
+    cmd.args(args)
+        .env("RUST_LOG", "info,weft_control=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("WEFT_CA_CERT")
+        .env_remove("WEFT_CA_KEY")
+        .env_remove("WEFT_STATE_DIR");
+    Ok(cmd)
+}
+
+impl ControlPlane {
+    /// Serves `mesh` (YAML); `extra` are more `serve` arguments, e.g.
+    /// `["--cert-lifetime", "10s"]`.
+    pub async fn start(mesh: &str, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-cp-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let mesh_path = dir.path().join("mesh.yaml");
+        std::fs::write(&mesh_path, mesh)?;
+        let state_dir = dir.path().join("state");
+        let (grpc, admin_addr) = (free_addr(), free_addr());
+        let mut args = vec![
+            "serve".to_string(),
+            "--mesh".into(),
+            mesh_path.to_string_lossy().into_owned(),
+            "--grpc".into(),
+            grpc.to_string(),
+            "--admin".into(),
+            admin_addr.to_string(),
+            "--state-dir".into(),
+            state_dir.to_string_lossy().into_owned(),
+        ];
+        let base_args = args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut process = Process::spawn("weft-control", command(&args)?, dir.path())?;
+        admin::wait_ready(&mut process, admin_addr, READY_LIMIT).await?;
+        Ok(ControlPlane {
+            grpc,
+            tls: extra.contains(&"--grpc-tls"),
+            admin: admin_addr,
+            state_dir,
+            mesh_path,
+            base_args,
+            process,
+            _dir: dir,
+        })
+    }
+
+    /// The address proxies put in `control_plane:`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Replaces the mesh file (atomically); the control plane picks it up itself.
+    pub fn write_mesh(&self, text: &str) -> anyhow::Result<()> {
+        crate::proxy::write_atomic(&self.mesh_path, text)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The local identity token for one workload (`weft-control token`).
+    pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
+        let state = self.state_dir.to_string_lossy().into_owned();
+        let out = command(&[
+            "token",
+            "--state-dir",
+            &state,
+            "--namespace",
+            namespace,
+            "--service-account",
+            service_account,
+        ])?
+        .output()
+        .context("running weft-control token")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "weft-control token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Stops the control plane and starts it again on the same ports, mesh and state
+    /// directory, with `extra` arguments instead of the previous ones.
+    pub async fn restart(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.process.stop().await?;
+        let mut args: Vec<&str> = self.base_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let log_dir = self._dir.path().to_path_buf();
+        self.process = Process::spawn("weft-control-restarted", command(&args)?, &log_dir)?;
+        admin::wait_ready(&mut self.process, self.admin, READY_LIMIT).await
+    }
+
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.stop().await
+    }
+}
