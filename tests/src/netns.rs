@@ -51,6 +51,8 @@ pub const INBOUND_PORT: u16 = 7143;
 pub const ADMIN_PORT: u16 = 7191;
 /// weft-control's gRPC port, on the node's bridge address.
 pub const CONTROL_PLANE_PORT: u16 = 7443;
+/// The trust domain of the pods' identities (the proxies' default).
+pub const TRUST_DOMAIN: &str = "cluster.local";
 
 const PREFIX: &str = "weft-";
 const BRIDGE: &str = "br0";
@@ -316,6 +318,8 @@ impl Node {
         }
         let mesh = self.dir.path().join("mesh.yaml");
         std::fs::write(&mesh, yaml).with_context(|| format!("cannot write {}", mesh.display()))?;
+        // The node's own CA and token secret, never the machine's default state dir.
+        let state_dir = self.dir.path().join("control-state");
         let grpc = SocketAddr::from((self.gateway(), CONTROL_PLANE_PORT));
         let bin = bins::binary("weft-control")?;
         let mut cmd = self.exec("setpriv");
@@ -325,7 +329,12 @@ impl Node {
             .arg("--mesh")
             .arg(&mesh)
             .args(["--grpc", &grpc.to_string(), "--admin", "127.0.0.1:7990"])
-            .env("NO_COLOR", "1");
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env("NO_COLOR", "1")
+            .env_remove("WEFT_CA_CERT")
+            .env_remove("WEFT_CA_KEY")
+            .env_remove("WEFT_STATE_DIR");
         let mut process = Process::spawn("weft-control", cmd, self.dir.path())?;
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 7990));
         let deadline = tokio::time::Instant::now() + crate::proxy::READY_LIMIT;
@@ -346,6 +355,7 @@ impl Node {
         }
         Ok(ControlPlane {
             url: format!("http://{grpc}"),
+            state_dir,
             process,
         })
     }
@@ -376,7 +386,26 @@ impl Drop for Node {
 pub struct ControlPlane {
     /// What a proxy's `control_plane:` setting says.
     pub url: String,
+    /// Its `--state-dir`: the development CA and the token secret.
+    pub state_dir: std::path::PathBuf,
     pub process: Process,
+}
+
+impl ControlPlane {
+    /// The local identity token of service account `sa` in namespace `default`
+    /// (`weft-control token`).
+    pub fn token(&self, sa: &str) -> anyhow::Result<String> {
+        let bin = bins::binary("weft-control")?;
+        let out = run(Command::new(bin)
+            .args(["token", "--namespace", "default", "--service-account", sa])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .env_remove("WEFT_STATE_DIR"))?;
+        Ok(String::from_utf8(out.stdout)
+            .context("weft-control token printed non-UTF-8")?
+            .trim()
+            .to_string())
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -535,6 +564,40 @@ impl Pod {
         services: &[ServiceDef],
         control_plane: Option<&ControlPlane>,
     ) -> anyhow::Result<PodProxy> {
+        self.start_proxy_config(services, control_plane, "").await
+    }
+
+    /// This pod's SPIFFE ID: service account = the pod's name, namespace `default`.
+    pub fn spiffe_id(&self) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{}", self.name)
+    }
+
+    /// Like [`Pod::start_proxy`], with [`Pod::spiffe_id`] as its identity: a
+    /// certificate from `ca`'s CA (over its plaintext gRPC channel, which only
+    /// serves identity and inbound policy here: discovery stays `services`), mTLS
+    /// to endpoints that name an identity, and strict (mTLS-only) inbound.
+    pub async fn start_proxy_with_identity(
+        &self,
+        services: &[ServiceDef],
+        ca: &ControlPlane,
+    ) -> anyhow::Result<PodProxy> {
+        let token = ca.token(&self.name)?;
+        let identity = format!(
+            "identity:\n  trust_domain: {TRUST_DOMAIN}\n  service_account: {sa}\n  \
+             token: \"{token}\"\n  control_plane: \"{url}\"\n  inbound: {{mode: strict}}\n",
+            sa = self.name,
+            url = ca.url
+        );
+        self.start_proxy_config(services, None, &identity).await
+    }
+
+    /// Starts weft-proxy with `extra` (top-level YAML) added to its config.
+    async fn start_proxy_config(
+        &self,
+        services: &[ServiceDef],
+        control_plane: Option<&ControlPlane>,
+        extra: &str,
+    ) -> anyhow::Result<PodProxy> {
         let mut yaml = format!(
             "workers: 1\n\
              node: {{workload: {name}}}\n\
@@ -547,6 +610,7 @@ impl Pod {
         if let Some(cp) = control_plane {
             yaml.push_str(&format!("control_plane: \"{}\"\n", cp.url));
         }
+        yaml.push_str(extra);
         if !services.is_empty() {
             yaml.push_str("services:\n");
             for s in services {

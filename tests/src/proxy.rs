@@ -30,6 +30,8 @@ pub struct EndpointDef {
     pub state: String,
     /// Relative weight; the mesh's default (100) when `None`.
     pub weight: Option<u32>,
+    /// The SPIFFE ID the endpoint must present; `None`: plaintext.
+    pub identity: Option<String>,
 }
 
 /// One service of the mesh: in a proxy's config (file mode) or in the control
@@ -82,6 +84,18 @@ impl ServiceDef {
             addr,
             state: state.to_string(),
             weight: None,
+            identity: None,
+        });
+        self
+    }
+
+    /// A ready endpoint reached over mTLS, which must present `identity`.
+    pub fn endpoint_with_identity(mut self, addr: SocketAddr, identity: &str) -> Self {
+        self.endpoints.push(EndpointDef {
+            addr,
+            state: "ready".to_string(),
+            weight: None,
+            identity: Some(identity.to_string()),
         });
         self
     }
@@ -92,6 +106,7 @@ impl ServiceDef {
             addr,
             state: "ready".to_string(),
             weight: Some(weight),
+            identity: None,
         });
         self
     }
@@ -147,8 +162,13 @@ impl ServiceDef {
                     .weight
                     .map(|w| format!(", weight: {w}"))
                     .unwrap_or_default();
+                let identity = e
+                    .identity
+                    .as_ref()
+                    .map(|id| format!(", identity: \"{id}\""))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "      - {{address: \"{}\", state: {}{weight}}}\n",
+                    "      - {{address: \"{}\", state: {}{weight}{identity}}}\n",
                     e.addr, e.state
                 ));
             }

@@ -19,7 +19,9 @@ use tokio::io::AsyncReadExt;
 use weft_tests::apps::HttpApp;
 use weft_tests::bins;
 use weft_tests::grpc::GrpcEchoApp;
-use weft_tests::netns::{self, INBOUND_PORT, Node, OUTBOUND_PORT, PROXY_UID, Pod, PodProxy};
+use weft_tests::netns::{
+    self, ControlPlane, INBOUND_PORT, Node, OUTBOUND_PORT, PROXY_UID, Pod, PodProxy,
+};
 use weft_tests::pb::Msg;
 use weft_tests::pb::echo_client::EchoClient;
 use weft_tests::proxy::ServiceDef;
@@ -43,6 +45,8 @@ fn vip(ip: &str, port: u16) -> SocketAddr {
 struct Mesh {
     a_proxy: PodProxy,
     b_proxy: PodProxy,
+    /// The CA the proxies' certificates come from, when they have identities.
+    _control: Option<ControlPlane>,
     web: HttpApp,
     _echo: GrpcEchoApp,
     outside: HttpApp,
@@ -54,27 +58,52 @@ struct Mesh {
 
 impl Mesh {
     fn services(b: &Pod) -> Vec<ServiceDef> {
+        Self::services_as(b, None)
+    }
+
+    /// The mesh's services, all on pod b; with `identity`, b's endpoints must
+    /// present it (reached over mTLS).
+    fn services_as(b: &Pod, identity: Option<&str>) -> Vec<ServiceDef> {
+        let endpoint = |s: ServiceDef, addr: SocketAddr| match identity {
+            Some(id) => s.endpoint_with_identity(addr, id),
+            None => s.endpoint(addr),
+        };
         vec![
-            ServiceDef::new("web")
-                .vip(WEB_VIP)
-                .port(80, "http1")
-                .endpoint(b.addr(WEB_PORT)),
-            ServiceDef::new("web6")
-                .vip(WEB_VIP6)
-                .port(80, "http1")
-                .endpoint(b.addr6(WEB_PORT)),
-            ServiceDef::new("echo")
-                .vip(ECHO_VIP)
-                .port(ECHO_PORT, "grpc")
-                .endpoint(b.addr(ECHO_PORT)),
-            ServiceDef::new("nats")
-                .vip(NATS_VIP)
-                .port(NATS_PORT, "opaque")
-                .endpoint(b.addr(NATS_PORT)),
+            endpoint(
+                ServiceDef::new("web").vip(WEB_VIP).port(80, "http1"),
+                b.addr(WEB_PORT),
+            ),
+            endpoint(
+                ServiceDef::new("web6").vip(WEB_VIP6).port(80, "http1"),
+                b.addr6(WEB_PORT),
+            ),
+            endpoint(
+                ServiceDef::new("echo")
+                    .vip(ECHO_VIP)
+                    .port(ECHO_PORT, "grpc"),
+                b.addr(ECHO_PORT),
+            ),
+            endpoint(
+                ServiceDef::new("nats")
+                    .vip(NATS_VIP)
+                    .port(NATS_PORT, "opaque"),
+                b.addr(NATS_PORT),
+            ),
         ]
     }
 
+    /// The mesh with plaintext between the sidecars.
     async fn start() -> Mesh {
+        Self::start_with(false).await
+    }
+
+    /// The mesh with mTLS between the sidecars: a control plane on the node is the
+    /// CA, each proxy's identity is its pod's service account, b's inbound is strict.
+    async fn start_with_mtls() -> Mesh {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(mtls: bool) -> Mesh {
         let mut node = Node::create().expect("create the node");
         let a = node.pod("a").expect("pod a");
         let b = node.pod("b").expect("pod b");
@@ -93,14 +122,33 @@ impl Mesh {
             weft_tests::apps::standard_handler("x"),
         )
         .expect("outside app");
-        let services = Self::services(&b);
         a.install_capture().expect("init in a");
         b.install_capture().expect("init in b");
-        let a_proxy = a.start_proxy(&services).await.expect("proxy in a");
-        let b_proxy = b.start_proxy(&services).await.expect("proxy in b");
+        let (a_proxy, b_proxy, control) = if mtls {
+            let services = Self::services_as(&b, Some(&b.spiffe_id()));
+            let control = node
+                .start_control_plane(&services)
+                .await
+                .expect("control plane (the CA) on the node");
+            let a_proxy = a
+                .start_proxy_with_identity(&services, &control)
+                .await
+                .expect("proxy in a");
+            let b_proxy = b
+                .start_proxy_with_identity(&services, &control)
+                .await
+                .expect("proxy in b");
+            (a_proxy, b_proxy, Some(control))
+        } else {
+            let services = Self::services(&b);
+            let a_proxy = a.start_proxy(&services).await.expect("proxy in a");
+            let b_proxy = b.start_proxy(&services).await.expect("proxy in b");
+            (a_proxy, b_proxy, None)
+        };
         Mesh {
             a_proxy,
             b_proxy,
+            _control: control,
             web,
             _echo: echo,
             outside,
@@ -637,14 +685,13 @@ async fn init_without_net_admin_says_so() {
     assert!(!rules.contains("WEFT"), "{rules}");
 }
 
-/// With mTLS between the sidecars (issue 4), b's app learns who called it.
+/// With mTLS between the sidecars, b's app learns who called it: a's SPIFFE ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs mTLS (issue 4)"]
 async fn the_called_app_sees_the_callers_spiffe_id() {
     if !netns::available("the_called_app_sees_the_callers_spiffe_id") {
         return;
     }
-    let mesh = Mesh::start().await;
+    let mesh = Mesh::start_with_mtls().await;
     let reply = mesh
         .a
         .http_get(vip(WEB_VIP, 80), WEB_VIP, "/headers")
@@ -656,22 +703,18 @@ async fn the_called_app_sees_the_callers_spiffe_id() {
         .lines()
         .find_map(|l| l.strip_prefix("weft-client-id: "))
         .unwrap_or_else(|| panic!("no weft-client-id in {}", reply.body));
-    assert!(
-        id.starts_with("spiffe://") && id.contains("/ns/default/sa/"),
-        "{id}"
-    );
+    assert_eq!(id, "spiffe://cluster.local/ns/default/sa/a");
 }
 
 /// On the wire between pods there is only TLS: tshark on the node's bridge ports sees
 /// TLS records and none of the plaintext the apps exchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs mTLS (issue 4)"]
 async fn the_wire_between_pods_carries_only_tls() {
     if !netns::available("the_wire_between_pods_carries_only_tls") {
         return;
     }
     assert!(netns::on_path("tshark"), "tshark is not installed");
-    let mesh = Mesh::start().await;
+    let mesh = Mesh::start_with_mtls().await;
     let pcap = mesh.node.dir.path().join("bridge.pcapng");
     let pcap_arg = pcap.to_string_lossy().into_owned();
     let mut capture = weft_tests::process::Process::spawn(
@@ -738,6 +781,9 @@ async fn the_wire_between_pods_carries_only_tls() {
         .expect("tshark exits");
     let read = |filter: &str, fields: &[&str]| {
         let mut cmd = std::process::Command::new("tshark");
+        // Heuristics first: by port alone tshark takes 8080 for HTTP and would
+        // not look for TLS there (the heuristics still find plaintext HTTP).
+        cmd.args(["-o", "tcp.try_heuristic_first:TRUE"]);
         cmd.args(["-r", &pcap_arg, "-Y", filter, "-T", "fields"]);
         for f in fields {
             cmd.args(["-e", f]);
