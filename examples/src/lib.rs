@@ -9,6 +9,7 @@ pub mod cloudevents;
 pub mod http_client;
 pub mod http_proxy;
 pub mod http_server;
+pub mod listen;
 pub mod loadgen;
 pub mod notifications;
 pub mod orders;

@@ -3,14 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use http::Uri;
-use tokio::net::TcpListener;
 use weft_examples::http_client::HttpClient;
 use weft_examples::http_proxy::ProxySettings;
 use weft_examples::orders::{self, OrdersConfig};
-use weft_examples::{shutdown, telemetry};
+use weft_examples::{listen, shutdown, telemetry};
 
 /// Orders service: POST /orders, GET /orders/{id}, GET /orders?user={id}.
 #[derive(Parser, Debug)]
@@ -44,10 +42,8 @@ async fn main() -> anyhow::Result<()> {
     let proxy = ProxySettings::from_env()?;
     tracing::info!(outgoing_http = %proxy, "proxy settings");
     let timeout = Duration::from_millis(args.timeout_ms);
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, payments = %args.payments, "listening");
+    let listener = listen::bind(args.listen).await?;
+    tracing::info!(payments = %args.payments, "calling payments");
     let config = OrdersConfig {
         payments: args.payments,
         events_url: args.events_url,

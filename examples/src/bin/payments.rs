@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
 use weft_examples::payments::{self, PaymentsConfig};
-use weft_examples::{shutdown, telemetry};
+use weft_examples::{listen, shutdown, telemetry};
 
 /// gRPC payments service: Charge approves amounts up to a limit.
 #[derive(Parser, Debug)]
@@ -25,10 +23,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let listener = listen::bind(args.listen).await?;
     let config = PaymentsConfig {
         decline_over_cents: args.decline_over_cents,
     };

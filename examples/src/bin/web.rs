@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
 use weft_examples::http_client::{BaseUrl, HttpClient};
 use weft_examples::http_proxy::ProxySettings;
 use weft_examples::web::{self, WebConfig};
-use weft_examples::{shutdown, telemetry};
+use weft_examples::{listen, shutdown, telemetry};
 
 /// Web service: POST /checkout, GET /profile/{user_id}.
 #[derive(Parser, Debug)]
@@ -36,10 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let proxy = ProxySettings::from_env()?;
     tracing::info!(outgoing_http = %proxy, "proxy settings");
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let listener = listen::bind(args.listen).await?;
     let config = WebConfig {
         orders_url: args.orders_url,
         users_url: args.users_url,
