@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -188,7 +189,7 @@ impl Inbound {
                     let peer = peer.clone();
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let resp = this.handle(req, &peer).await;
+                        let resp = pin!(this.handle(req, &peer)).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
                 });
@@ -247,7 +248,7 @@ impl Inbound {
             idle_timeout: None,
             gate: None,
         };
-        let resp = forward(&self.pool, req.map(Into::into), &target)
+        let resp = pin!(forward(&self.pool, req.map(Into::into), &target))
             .await
             .unwrap_or_else(|e| {
                 self.metrics.proxy_error(e.reason());

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,7 +169,7 @@ impl Outbound {
                     let dest = dest.clone();
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let resp = this.handle(req, &dest, client).await;
+                        let resp = pin!(this.handle(req, &dest, client)).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
                 });
@@ -258,7 +259,7 @@ impl Outbound {
                 }
             },
         };
-        let svc = self.lookup(dest).await;
+        let svc = pin!(self.lookup(dest)).await;
         let Some(svc) = svc else {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());
@@ -266,12 +267,13 @@ impl Outbound {
             self.unknown.record(resp.status().as_u16(), start.elapsed());
             return resp;
         };
-        // The request timeout covers every attempt and backoff.
+        // The request timeout covers every attempt and backoff. Boxed when set, so
+        // the untimed path does not lay the request's future out twice.
         let result = match svc.policy.timeouts.request {
-            Some(t) => tokio::time::timeout(t, self.send(&svc, req, client))
+            Some(t) => Box::pin(tokio::time::timeout(t, self.send(&svc, req, client)))
                 .await
                 .unwrap_or(Err(ProxyError::Timeout)),
-            None => self.send(&svc, req, client).await,
+            None => pin!(self.send(&svc, req, client)).await,
         };
         let resp = result.unwrap_or_else(|e| {
             svc.metrics.proxy_error(e.reason());
@@ -303,7 +305,7 @@ impl Outbound {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
         };
-        self.send_admitted(svc, req, client)
+        pin!(self.send_admitted(svc, req, client))
             .await
             .map(|resp| resp.map(|body| body.holding(active)))
     }
@@ -328,8 +330,20 @@ impl Outbound {
             .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
         let Some(retry) = retry else {
             let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
-            return self.attempt(svc, idx, req.map(Into::into)).await.0;
+            return pin!(self.attempt(svc, idx, req.map(Into::into))).await.0;
         };
+        // Boxed: with retries on, the request carries its replay state and a backoff
+        // timer; keeping that out of line keeps every other request's future small.
+        Box::pin(self.send_retrying(svc, retry, key, req)).await
+    }
+
+    async fn send_retrying(
+        &self,
+        svc: &Service,
+        retry: &RetryPolicy,
+        key: Option<u64>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         svc.stats.budget.deposit();
         let (parts, body) = req.into_parts();
         let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
@@ -444,7 +458,7 @@ impl Outbound {
                 metrics: &svc.metrics,
             }),
         };
-        let result = forward(&self.pool, req, &target).await;
+        let result = pin!(forward(&self.pool, req, &target)).await;
         let (outcome, attempted) = match &result {
             Ok(resp) => {
                 let status = resp.status().as_u16();

@@ -11,7 +11,8 @@
 # HTTP/1.1 request, see proxy.sh's notes).
 #
 # Env: REQUESTS (default 10000), WARMUP (1000), CONNS (50), STREAMS (h2 streams per conn, 10),
-#      BASE_PORT (29100). Needs: valgrind, h2load (nghttp2-client), haproxy.
+#      BASE_PORT (29100), KEEP (a directory to keep the callgrind files in, for
+#      callgrind_annotate). Needs: valgrind, h2load (nghttp2-client), haproxy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -33,6 +34,9 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$work"/*.callgrind* "$KEEP"/ 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT

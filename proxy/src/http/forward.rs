@@ -3,8 +3,8 @@
 //! Each hop keeps the client's protocol: HTTP/1.1 in, HTTP/1.1 out (with Upgrade
 //! tunnels); HTTP/2 in, HTTP/2 out (so gRPC trailers and bidirectional streams pass).
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -12,12 +12,13 @@ use std::time::Duration;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::{ConnLimit, Key, Pool};
+use super::pool::{ConnLimit, H1Conn, Key, Pool};
 use crate::breaker::{self, Limit};
 use crate::metrics::ServiceMetrics;
 
@@ -45,23 +46,27 @@ pub struct Gate<'a> {
     pub metrics: &'a ServiceMetrics,
 }
 
-/// Gets a connection through `connect`, counted as pending meanwhile.
-async fn gated<T>(
-    target: &Target<'_>,
-    connect: impl Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
+/// Counts the request as pending while it waits for a connection; refuses it at once
+/// over the service's cap. Kept apart from the connect future (rather than wrapping
+/// it) so that future is not stored twice in every request's state.
+fn admit<'a>(target: &Target<'a>) -> Result<Option<breaker::Slot<'a>>, ProxyError> {
     let Some(gate) = target.gate else {
-        return connect.await;
+        return Ok(None);
     };
-    let Some(_pending) = breaker::acquire(gate.pending, gate.max_pending) else {
-        gate.metrics.overloaded(Limit::Pending);
-        return Err(ProxyError::Overloaded);
-    };
-    let res = connect.await;
-    if res.as_ref().err() == Some(&ProxyError::Overloaded) {
+    match breaker::acquire(gate.pending, gate.max_pending) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            gate.metrics.overloaded(Limit::Pending);
+            Err(ProxyError::Overloaded)
+        }
+    }
+}
+
+/// Counts a connect refused by the service's connection cap.
+fn note_connect<T>(target: &Target<'_>, res: &Result<T, ProxyError>) {
+    if let (Some(gate), Err(ProxyError::Overloaded)) = (target.gate, res) {
         gate.metrics.overloaded(Limit::Connections);
     }
-    res
 }
 
 impl Target<'_> {
@@ -73,23 +78,34 @@ impl Target<'_> {
     }
 }
 
+// On the request path, nested futures are awaited through `pin!`: awaiting one by
+// value made rustc lay it out twice in the caller's state, at every level (the
+// outbound request future measured 27 KB before, 5 KB after), and hyper moves that
+// future whenever it spawns an HTTP/2 stream.
 pub async fn forward(
     pool: &Pool,
     req: Request<RequestBody>,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let fut = async {
-        if req.version() == Version::HTTP_2 {
-            forward_h2(pool, req, target).await
-        } else {
-            forward_h1(pool, req, target).await
-        }
-    };
+    // The timed path is boxed: wrapping the request's future in a Timeout would
+    // otherwise lay it out twice in every request's state, timed or not.
     match target.request_timeout {
-        Some(t) => tokio::time::timeout(t, fut)
+        Some(t) => Box::pin(tokio::time::timeout(t, forward_untimed(pool, req, target)))
             .await
             .map_err(|_| ProxyError::Timeout)?,
-        None => fut.await,
+        None => pin!(forward_untimed(pool, req, target)).await,
+    }
+}
+
+async fn forward_untimed(
+    pool: &Pool,
+    req: Request<RequestBody>,
+    target: &Target<'_>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if req.version() == Version::HTTP_2 {
+        pin!(forward_h2(pool, req, target)).await
+    } else {
+        pin!(forward_h1(pool, req, target)).await
     }
 }
 
@@ -114,22 +130,20 @@ async fn forward_h1(
 
     let limit = target.gate.map(|g| g.connections);
     let key = target.key();
-    let mut conn = gated(target, pool.h1(&key, target.connect_timeout, limit)).await?;
-    let mut resp = match conn.tx.try_send_request(req).await {
+    let pending = admit(target)?;
+    let conn = pin!(pool.h1(&key, target.connect_timeout, limit)).await;
+    note_connect(target, &conn);
+    drop(pending);
+    let mut conn = conn?;
+    let mut resp = match pin!(conn.tx.try_send_request(req)).await {
         Ok(resp) => resp,
         Err(mut err) => match err.take_message() {
             // The peer closed an idle keep-alive connection just as we picked it; the
             // request was never written, so sending it on a fresh connection is safe.
             Some(req) if conn.reused => {
-                conn = Box::pin(gated(
-                    target,
-                    pool.new_h1(&key, target.connect_timeout, limit),
-                ))
-                .await?;
-                conn.tx
-                    .send_request(req)
-                    .await
-                    .map_err(|e| upstream_error(&e))?
+                let (fresh, resp) = Box::pin(send_on_fresh(pool, &key, target, req)).await?;
+                conn = fresh;
+                resp
             }
             _ => return Err(upstream_error(err.error())),
         },
@@ -138,21 +152,7 @@ async fn forward_h1(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         if let Some(downstream_upgrade) = downstream_upgrade {
-            tokio::spawn(async move {
-                let (down, up) = tokio::join!(downstream_upgrade, upstream_upgrade);
-                match (down, up) {
-                    (Ok(down), Ok(up)) => {
-                        let mut down = TokioIo::new(down);
-                        let mut up = TokioIo::new(up);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                            tracing::debug!(error = %e, "upgraded tunnel ended");
-                        }
-                    }
-                    (down, up) => {
-                        tracing::debug!(down = down.is_ok(), up = up.is_ok(), "upgrade failed");
-                    }
-                }
-            });
+            tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
         }
         strip_hop_by_hop(resp.headers_mut(), true);
         return Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None))));
@@ -161,6 +161,43 @@ async fn forward_h1(
     strip_hop_by_hop(resp.headers_mut(), false);
     let giveback = pool.giveback(conn.tx, key, target.idle_timeout);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback)))))
+}
+
+/// Sends a request on a new connection: the cold path of a stale keep-alive pick.
+async fn send_on_fresh(
+    pool: &Pool,
+    key: &Key,
+    target: &Target<'_>,
+    req: Request<RequestBody>,
+) -> Result<(H1Conn, Response<hyper::body::Incoming>), ProxyError> {
+    let pending = admit(target)?;
+    let limit = target.gate.map(|g| g.connections);
+    let fresh = pool.new_h1(key, target.connect_timeout, limit).await;
+    note_connect(target, &fresh);
+    drop(pending);
+    let mut conn = fresh?;
+    let resp = conn
+        .tx
+        .send_request(req)
+        .await
+        .map_err(|e| upstream_error(&e))?;
+    Ok((conn, resp))
+}
+
+/// Joins the client's and the upstream's sides of an upgraded (101) connection.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    match tokio::join!(downstream, upstream) {
+        (Ok(down), Ok(up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded tunnel ended");
+            }
+        }
+        (down, up) => {
+            tracing::debug!(down = down.is_ok(), up = up.is_ok(), "upgrade failed");
+        }
+    }
 }
 
 /// An absolute-form target (from a client using us as its `http_proxy`) becomes
@@ -187,13 +224,15 @@ async fn forward_h2(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
     let limit = target.gate.map(|g| g.connections);
-    let mut tx = gated(
-        target,
-        pool.h2(&target.key(), target.connect_timeout, limit),
-    )
-    .await?;
+    let pending = admit(target)?;
+    let tx = pin!(pool.h2(&target.key(), target.connect_timeout, limit)).await;
+    note_connect(target, &tx);
+    drop(pending);
+    let mut tx = tx?;
     tx.ready().await.map_err(|e| upstream_error(&e))?;
-    let mut resp = tx.send_request(req).await.map_err(|e| upstream_error(&e))?;
+    let mut resp = pin!(tx.send_request(req))
+        .await
+        .map_err(|e| upstream_error(&e))?;
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None))))
 }

@@ -312,6 +312,18 @@ impl Pool {
         if let Some(tx) = self.shared_h2(key) {
             return Ok(tx);
         }
+        // Boxed: waiting for or making a dial is the cold path.
+        Box::pin(self.h2_dial_once(key, connect_timeout, limit)).await
+    }
+
+    /// Waits for the endpoint's dial gate, then uses a connection another waiter
+    /// made, or that waiter's failure, or dials.
+    async fn h2_dial_once(
+        &self,
+        key: &Key,
+        connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         let gate = lock(&self.inner.h2_dials)
             .entry(key.clone())
             .or_default()
@@ -328,8 +340,7 @@ impl Pool {
         {
             return Err(err);
         }
-        // Boxed for the same reason as in `h1`: dialing is the cold path.
-        match Box::pin(self.dial_h2(key, connect_timeout, limit)).await {
+        match self.dial_h2(key, connect_timeout, limit).await {
             Ok(tx) => {
                 dial.failed = None;
                 Ok(tx)
