@@ -341,23 +341,33 @@ impl CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// A serving certificate for the control plane's own gRPC endpoint: DNS name
-    /// `dns` and the IP addresses `ips`, key generated here. Returns (chain PEM,
-    /// PKCS#8 key DER).
+    /// A serving certificate for the control plane's own gRPC endpoint: the DNS
+    /// names `dns` (the first also its common name) and the IP addresses `ips`, key
+    /// generated here. Returns (chain PEM, PKCS#8 key DER).
     pub fn issue_server(
         &self,
-        dns: &str,
+        dns: &[String],
         ips: &[std::net::IpAddr],
         lifetime: Duration,
     ) -> anyhow::Result<(String, Vec<u8>)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating a key")?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, dns);
-        params.subject_alt_names = vec![SanType::DnsName(
-            dns.to_string()
-                .try_into()
-                .with_context(|| format!("{dns:?} is not a DNS name"))?,
-        )];
+        let first = dns
+            .first()
+            .context("the serving certificate needs a DNS name")?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
+        params.subject_alt_names = dns
+            .iter()
+            .map(|name| {
+                Ok(SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .with_context(|| format!("{name:?} is not a DNS name"))?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
         params
             .subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
@@ -611,7 +621,7 @@ mod tests {
                 "the leaf alone does not reach the root"
             );
             let (server_chain, _) = ca
-                .issue_server("weft-control", &[], Duration::from_secs(60))
+                .issue_server(&["weft-control".into()], &[], Duration::from_secs(60))
                 .expect("serving cert");
             assert_eq!(pem_certificates(&server_chain).expect("pem").len(), 2);
         }
