@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve discovery to the proxies from a mesh description.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a whole local mesh: this control plane on the embedded checkout example,
     /// every example service behind its own weft-proxy, traffic and a live summary.
     Demo(crate::demo::DemoOptions),
@@ -256,7 +256,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
         Command::Token(args) => token(&args),
     };

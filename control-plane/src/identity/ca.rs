@@ -612,7 +612,7 @@ mod tests {
         .expect("intermediate followed by its root");
         for ca in [with_root, bundled] {
             assert_eq!(ca.bundle(), vec![root.clone()], "proxies trust the root");
-            assert_eq!(ca.chain(), [intermediate.clone()]);
+            assert_eq!(ca.chain(), std::slice::from_ref(&intermediate));
             let issued = ca.issue(&csr_for(&[&id.to_string()]), &id).expect("issued");
             assert_eq!(issued.chain_pem.len(), 2, "leaf, then the intermediate");
             verifies(&issued.chain_pem, &ca.bundle()).expect("leaf verifies through it");
