@@ -362,3 +362,68 @@ async fn a_proxy_gets_its_own_identity_with_its_service_account_token_and_none_w
     }
     assert!(log.contains("certificate refused"), "refusals are logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_waits_out_an_api_server_that_does_not_answer() {
+    let api = stand_in().await;
+    api.set_mode(Mode::Hang);
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let cp = ControlPlane::start_with_env(
+        MESH,
+        &[
+            "--identity-proof",
+            "kubernetes",
+            "--token-review-timeout",
+            "1s",
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .expect("start weft-control with the TokenReview proof");
+    let token_file = dir.path().join("orders-token");
+    std::fs::write(&token_file, ORDERS_TOKEN).expect("token file");
+    let mut config = ProxyConfig::new();
+    config.extra = orders_identity(&cp, &token_file);
+    let admin = config.admin;
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config");
+    let cmd = weft_tests::proxy::proxy_command(&["run", "--config", &path.to_string_lossy()])
+        .expect("command");
+    let mut proxy =
+        weft_tests::process::Process::spawn("orders-proxy", cmd, dir.path()).expect("spawn");
+
+    // Certify answers UNAVAILABLE (not a refusal) while the API server is silent...
+    eventually(STEP_DEADLINE, "two unanswered TokenReviews", || async {
+        (metric(
+            cp.admin,
+            "weft_control_certificates_total",
+            &[("result", "unavailable")],
+        )
+        .await?
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let ready = weft_tests::admin::get(admin, "/ready")
+        .await
+        .expect("ready");
+    assert_eq!(ready.status, 503, "no certificate yet");
+
+    // ...and the proxy, retrying, gets its certificate once it answers.
+    api.set_mode(Mode::Answer);
+    weft_tests::admin::wait_ready(&mut proxy, admin, STEP_DEADLINE)
+        .await
+        .expect("ready once the API server answers");
+    assert_eq!(
+        metric(
+            cp.admin,
+            "weft_control_certificates_total",
+            &[("result", "denied")]
+        )
+        .await,
+        Some(0.0),
+        "an unanswered review is never a refusal"
+    );
+}
