@@ -93,7 +93,13 @@ pub struct ProofArgs {
     )]
     pub token_audience: String,
     /// How long one TokenReview may take before the proxy is told to retry.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "WEFT_TOKEN_REVIEW_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
     pub token_review_timeout: Duration,
 }
 

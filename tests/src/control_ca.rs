@@ -46,6 +46,7 @@ fn command(args: &[&str], env: &[(String, String)]) -> anyhow::Result<Command> {
         "WEFT_LOG",
         "WEFT_IDENTITY_PROOF",
         "WEFT_TOKEN_AUDIENCE",
+        "WEFT_TOKEN_REVIEW_TIMEOUT",
         "WEFT_GRPC_LISTEN",
         "WEFT_ADMIN_LISTEN",
         "WEFT_GRPC_TLS",

@@ -589,6 +589,17 @@ mod tests {
         let issued = ca.issue(&csr_for(&[&id.to_string()]), &id).expect("issued");
         assert_eq!(issued.chain_pem.len(), 1);
         verifies(&issued.chain_pem, &ca.bundle()).expect("leaf verifies against the root");
+        // cert-manager's Secret for a self-signed CA: ca.crt is tls.crt again.
+        let (cert, key) = generate_root("self-signed").expect("root");
+        let ca = CertificateAuthority::from_pem_with_root(
+            &cert,
+            &key,
+            Some(&cert),
+            Duration::from_secs(60),
+        )
+        .expect("root given as its own root");
+        assert!(ca.chain().is_empty());
+        assert_eq!(ca.bundle(), vec![cert]);
     }
 
     #[test]
