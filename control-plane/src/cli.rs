@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::identity::ca::CertificateAuthority;
-use crate::identity::proof::{LocalTokens, Workload};
+use crate::identity::proof::{IdentityProof, LocalTokens, Workload};
+use crate::identity::token_review::TokenReviewer;
 use crate::server::{IdentityConfig, Server, ServerConfig};
 use crate::source::file::FileSource;
 
@@ -24,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve discovery to the proxies from a mesh description.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a whole local mesh: this control plane on the embedded checkout example,
     /// every example service behind its own weft-proxy, traffic and a live summary.
     Demo(crate::demo::DemoOptions),
@@ -38,13 +39,18 @@ pub struct IdentityArgs {
     /// Where the development CA and the token secret live (created on first start).
     #[arg(long, value_name = "DIR", env = "WEFT_STATE_DIR", default_value_os_t = default_state_dir())]
     pub state_dir: PathBuf,
-    /// The issuing CA certificate (PEM). Without it, a development CA is generated in
-    /// the state directory.
+    /// The issuing CA certificate (PEM), optionally followed by the intermediates
+    /// above it. Without it, a development CA is generated in the state directory.
     #[arg(long, value_name = "FILE", env = "WEFT_CA_CERT", requires = "ca_key")]
     pub ca_cert: Option<PathBuf>,
     /// The issuing CA's private key (PEM, PKCS#8).
     #[arg(long, value_name = "FILE", env = "WEFT_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// The root certificate (PEM) when --ca-cert is an intermediate below it (e.g.
+    /// `ca.crt` of a cert-manager Secret): proxies trust this root, and the
+    /// intermediates go out with every certificate.
+    #[arg(long, value_name = "FILE", env = "WEFT_CA_ROOT", requires = "ca_cert")]
+    pub ca_root: Option<PathBuf>,
     /// The SPIFFE trust domain of every workload identity.
     #[arg(
         long,
@@ -60,6 +66,71 @@ pub struct IdentityArgs {
     /// Lifetime of workload certificates, e.g. 24h, 1h, 10s.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub cert_lifetime: Duration,
+    #[command(flatten)]
+    pub proof: ProofArgs,
+}
+
+/// What a proxy must show to get a certificate.
+#[derive(Debug, clap::Args)]
+pub struct ProofArgs {
+    /// `local`: the HMAC tokens `weft-control token` prints. `kubernetes`: the pod's
+    /// projected ServiceAccount token, checked with the TokenReview API of the API
+    /// server found like kubectl does ($KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(
+        long = "identity-proof",
+        value_enum,
+        value_name = "KIND",
+        env = "WEFT_IDENTITY_PROOF",
+        default_value = "local"
+    )]
+    pub kind: ProofKind,
+    /// The audience the proxies' projected tokens are bound to (kubernetes proof).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "WEFT_TOKEN_AUDIENCE",
+        default_value = crate::identity::token_review::DEFAULT_AUDIENCE
+    )]
+    pub token_audience: String,
+    /// How long one TokenReview may take before the proxy is told to retry.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "WEFT_TOKEN_REVIEW_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_duration
+    )]
+    pub token_review_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProofKind {
+    Local,
+    Kubernetes,
+}
+
+impl ProofArgs {
+    async fn build(&self, state_dir: &std::path::Path) -> anyhow::Result<Arc<dyn IdentityProof>> {
+        Ok(match self.kind {
+            ProofKind::Local => Arc::new(LocalTokens::in_state_dir(state_dir)?),
+            ProofKind::Kubernetes => {
+                anyhow::ensure!(
+                    !self.token_audience.trim().is_empty(),
+                    "--token-audience must not be empty"
+                );
+                let reviewer = TokenReviewer::from_environment(
+                    self.token_audience.clone(),
+                    self.token_review_timeout,
+                )
+                .await?;
+                tracing::info!(
+                    audience = %self.token_audience,
+                    "proofs of identity: Kubernetes ServiceAccount tokens (TokenReview)"
+                );
+                Arc::new(reviewer)
+            }
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,11 +163,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl IdentityArgs {
-    pub fn build(&self) -> anyhow::Result<IdentityConfig> {
+    pub async fn build(&self) -> anyhow::Result<IdentityConfig> {
         let ca = match (&self.ca_cert, &self.ca_key) {
-            (Some(cert), Some(key)) => {
-                CertificateAuthority::from_files(cert, key, self.cert_lifetime)?
-            }
+            (Some(cert), Some(key)) => CertificateAuthority::from_files_with_root(
+                cert,
+                key,
+                self.ca_root.as_deref(),
+                self.cert_lifetime,
+            )?,
             _ => CertificateAuthority::development(&self.state_dir, self.cert_lifetime)?,
         };
         let ca = match &self.extra_roots {
@@ -115,7 +189,7 @@ impl IdentityArgs {
         })?;
         Ok(IdentityConfig {
             ca: Arc::new(ca),
-            proof: Arc::new(LocalTokens::in_state_dir(&self.state_dir)?),
+            proof: self.proof.build(&self.state_dir).await?,
             trust_domain: self.trust_domain.clone(),
         })
     }
@@ -128,22 +202,41 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub mesh: PathBuf,
     /// Address for the gRPC API (weft.v1.Discovery).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "WEFT_GRPC_LISTEN",
+        default_value = "127.0.0.1:7443"
+    )]
     pub grpc: SocketAddr,
     /// Address for /metrics, /live and /ready.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7990")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "WEFT_ADMIN_LISTEN",
+        default_value = "127.0.0.1:7990"
+    )]
     pub admin: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
-    /// Serve the gRPC API over TLS, with a certificate from the mesh CA (DNS name
+    /// Serve the gRPC API over TLS, with a certificate from the mesh CA (DNS names
     /// --tls-name, IP 127.0.0.1, ::1 and the --grpc address). Proxies then use
-    /// `https://` and trust the CA (its certificate: <state-dir>/ca.pem for the
-    /// development CA) through `identity.trust_bundle` or WEFT_TRUST_BUNDLE.
+    /// `https://` and trust the CA's root (<state-dir>/ca.pem for the development
+    /// CA) through `identity.trust_bundle` or WEFT_TRUST_BUNDLE. The environment
+    /// variable takes true/false.
     #[arg(long, env = "WEFT_GRPC_TLS")]
     pub grpc_tls: bool,
-    /// The DNS name in the control plane's serving certificate.
-    #[arg(long, value_name = "NAME", default_value = "weft-control")]
-    pub tls_name: String,
+    /// A DNS name in the control plane's serving certificate: the name proxies dial,
+    /// e.g. weft-control.weft-system.svc in a cluster. Repeat the flag, or give a
+    /// comma-separated list in the environment variable, for several names.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "WEFT_TLS_NAME",
+        value_delimiter = ',',
+        default_value = "weft-control"
+    )]
+    pub tls_name: Vec<String>,
 }
 
 /// Parses the command line, runs it and maps the outcome to the process exit code.
@@ -152,9 +245,11 @@ pub fn main() -> ExitCode {
     // rustls refuses to pick a provider when several could be compiled in; Weft uses
     // ring only.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // WEFT_LOG (what the manifests set), else RUST_LOG, else info.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
@@ -167,7 +262,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
         Command::Token(args) => token(&args),
     };
@@ -186,7 +281,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         admin: args.admin,
     };
-    let identity = args.identity.build()?;
+    let identity = args.identity.build().await?;
     let mut server = Server::bind(&config).await?;
     if args.grpc_tls {
         let mut ips = vec![
@@ -202,7 +297,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .ca
                 .issue_server(&args.tls_name, &ips, Duration::from_secs(365 * 24 * 3600))?;
         server = server.with_tls(crate::server::tls_config(&chain, key)?);
-        tracing::info!(name = %args.tls_name, "gRPC over TLS");
+        tracing::info!(names = ?args.tls_name, "gRPC over TLS");
     }
     let server = server.with_identity(identity);
     server

@@ -25,7 +25,8 @@ pub struct Metrics {
     pub source_generation: IntGauge,
     pub acks: IntCounter,
     pub nacks: IntCounter,
-    /// Identity.Certify answers by result: issued, denied (bad proof), invalid.
+    /// Identity.Certify answers by result: issued, denied (bad proof), invalid,
+    /// unavailable (the proof could not be checked, e.g. the API server is down).
     pub certificates: IntCounterVec,
 }
 
@@ -72,7 +73,7 @@ impl Metrics {
         let certificates = IntCounterVec::new(
             Opts::new(
                 "certificates_total",
-                "Identity.Certify answers by result (issued, denied, invalid)",
+                "Identity.Certify answers by result (issued, denied, invalid, unavailable)",
             )
             .namespace("weft_control"),
             &["result"],

@@ -199,8 +199,10 @@ struct RawIdentity {
     /// Default: node.service_account, else "default".
     #[serde(default)]
     service_account: Option<String>,
-    /// The local proof `weft-control token` prints; or `token_file` (re-read on
-    /// every renewal); or the WEFT_IDENTITY_TOKEN environment variable.
+    /// The proof of identity: the local token `weft-control token` prints (it
+    /// starts with `weft1.`), or a Kubernetes ServiceAccount token (anything else,
+    /// e.g. the projected token in `token_file`, re-read on every renewal); or the
+    /// WEFT_IDENTITY_TOKEN environment variable.
     #[serde(default)]
     token: Option<String>,
     #[serde(default)]

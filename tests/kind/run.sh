@@ -107,17 +107,26 @@ openssl req -newkey rsa:2048 -nodes -subj "/CN=weft-injector.weft-system.svc" \
 printf 'subjectAltName=DNS:weft-injector.weft-system.svc,DNS:weft-injector.weft-system.svc.cluster.local\nextendedKeyUsage=serverAuth\n' >"$work/webhook.ext"
 openssl x509 -req -in "$work/webhook.csr" -CA "$work/webhook-ca.crt" -CAkey "$work/webhook-ca.key" \
     -CAcreateserial -days 2 -extfile "$work/webhook.ext" -out "$work/webhook.crt" 2>/dev/null
-# The mesh's issuing CA (identity), shared by the control plane replicas.
+# The mesh's CA (identity), shared by the control plane replicas, shaped as
+# cert-manager makes it: a root (ca.crt) and an issuing intermediate below it
+# (tls.crt, with its PKCS#8 key in tls.key). Proxies trust the root.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/O=weft/CN=weft mesh CA" -addext "basicConstraints=critical,CA:TRUE" \
+    -subj "/O=weft/CN=weft mesh root CA" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -keyout "$work/mesh-ca.key" -out "$work/mesh-ca.crt" 2>/dev/null
+    -keyout "$work/mesh-root.key" -out "$work/mesh-root.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/O=weft/CN=weft mesh issuing CA" \
+    -keyout "$work/mesh-ca.key" -out "$work/mesh-ca.csr" 2>/dev/null
+printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n' >"$work/mesh-ca.ext"
+openssl x509 -req -in "$work/mesh-ca.csr" -CA "$work/mesh-root.crt" -CAkey "$work/mesh-root.key" \
+    -CAcreateserial -days 2 -extfile "$work/mesh-ca.ext" -out "$work/mesh-ca.crt" 2>/dev/null
 
 kubectl apply -f "$repo/deploy/k8s/namespace.yaml"
 kubectl -n weft-system create secret tls weft-injector-tls \
     --cert "$work/webhook.crt" --key "$work/webhook.key" --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n weft-system create secret tls weft-identity-ca \
-    --cert "$work/mesh-ca.crt" --key "$work/mesh-ca.key" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n weft-system create secret generic weft-identity-ca --type=kubernetes.io/tls \
+    --from-file=tls.crt="$work/mesh-ca.crt" --from-file=tls.key="$work/mesh-ca.key" \
+    --from-file=ca.crt="$work/mesh-root.crt" --dry-run=client -o yaml | kubectl apply -f -
 
 log "control plane and injector"
 kubectl apply -k "$repo/deploy/k8s"

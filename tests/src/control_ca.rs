@@ -25,18 +25,37 @@ pub struct ControlPlane {
     mesh_path: PathBuf,
     /// `serve` and the arguments that keep its ports and state across a restart.
     base_args: Vec<String>,
+    /// Environment given at start, given again on restart.
+    env: Vec<(String, String)>,
     process: Process,
     _dir: TempDir,
 }
 
-fn command(args: &[&str]) -> anyhow::Result<Command> {
+fn command(args: &[&str], env: &[(String, String)]) -> anyhow::Result<Command> {
     let mut cmd = Command::new(bins::binary("weft-control")?);
     cmd.args(args)
         .env("RUST_LOG", "info,weft_control=debug")
-        .env("NO_COLOR", "1")
-        .env_remove("WEFT_CA_CERT")
-        .env_remove("WEFT_CA_KEY")
-        .env_remove("WEFT_STATE_DIR");
+        .env("NO_COLOR", "1");
+    // Only the test's arguments count, not what the environment running the tests
+    // happens to set.
+    for name in [
+        "WEFT_CA_CERT",
+        "WEFT_CA_KEY",
+        "WEFT_CA_ROOT",
+        "WEFT_STATE_DIR",
+        "WEFT_LOG",
+        "WEFT_IDENTITY_PROOF",
+        "WEFT_TOKEN_AUDIENCE",
+        "WEFT_TOKEN_REVIEW_TIMEOUT",
+        "WEFT_GRPC_LISTEN",
+        "WEFT_ADMIN_LISTEN",
+        "WEFT_GRPC_TLS",
+        "WEFT_TLS_NAME",
+        "KUBECONFIG",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     Ok(cmd)
 }
 
@@ -44,6 +63,20 @@ impl ControlPlane {
     /// Serves `mesh` (YAML); `extra` are more `serve` arguments, e.g.
     /// `["--cert-lifetime", "10s"]`.
     pub async fn start(mesh: &str, extra: &[&str]) -> anyhow::Result<ControlPlane> {
+        Self::start_with_env(mesh, extra, &[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with environment variables `env` set (e.g.
+    /// `KUBECONFIG`).
+    pub async fn start_with_env(
+        mesh: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlPlane> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::Builder::new()
             .prefix("weft-cp-")
             .tempdir()
@@ -66,7 +99,7 @@ impl ControlPlane {
         let base_args = args.clone();
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut process = Process::spawn("weft-control", command(&args)?, dir.path())?;
+        let mut process = Process::spawn("weft-control", command(&args, &env)?, dir.path())?;
         admin::wait_ready(&mut process, admin_addr, READY_LIMIT).await?;
         Ok(ControlPlane {
             grpc,
@@ -75,6 +108,7 @@ impl ControlPlane {
             state_dir,
             mesh_path,
             base_args,
+            env,
             process,
             _dir: dir,
         })
@@ -97,15 +131,18 @@ impl ControlPlane {
     /// The local identity token for one workload (`weft-control token`).
     pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
         let state = self.state_dir.to_string_lossy().into_owned();
-        let out = command(&[
-            "token",
-            "--state-dir",
-            &state,
-            "--namespace",
-            namespace,
-            "--service-account",
-            service_account,
-        ])?
+        let out = command(
+            &[
+                "token",
+                "--state-dir",
+                &state,
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+            ],
+            &[],
+        )?
         .output()
         .context("running weft-control token")?;
         anyhow::ensure!(
@@ -127,7 +164,11 @@ impl ControlPlane {
         let mut args: Vec<&str> = self.base_args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
         let log_dir = self._dir.path().to_path_buf();
-        self.process = Process::spawn("weft-control-restarted", command(&args)?, &log_dir)?;
+        self.process = Process::spawn(
+            "weft-control-restarted",
+            command(&args, &self.env)?,
+            &log_dir,
+        )?;
         admin::wait_ready(&mut self.process, self.admin, READY_LIMIT).await
     }
 

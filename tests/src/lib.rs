@@ -18,6 +18,7 @@
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
 //! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
+//! - [`apiserver`] is a stand-in Kubernetes API server answering TokenReviews.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
@@ -29,6 +30,7 @@
 //! for (an HTTP/2 client answering GOAWAY) must keep running meanwhile.
 
 pub mod admin;
+pub mod apiserver;
 pub mod apps;
 pub mod bins;
 pub mod client;

@@ -195,8 +195,12 @@ async fn start_and_watch(
         .arg(plan.control_admin.to_string())
         .arg("--state-dir")
         .arg(&control_state)
+        // The demo hands its proxies local tokens, whatever the environment says.
+        .arg("--identity-proof")
+        .arg("local")
         .env_remove("WEFT_CA_CERT")
-        .env_remove("WEFT_CA_KEY");
+        .env_remove("WEFT_CA_KEY")
+        .env_remove("WEFT_CA_ROOT");
     if plan.mtls {
         cmd.arg("--grpc-tls");
     }

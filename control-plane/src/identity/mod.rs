@@ -1,9 +1,11 @@
-//! Workload identity: the CA ([`ca`]), proofs of who a proxy is ([`proof`]), and the
-//! `Identity.Certify` API that joins them ([`service`]).
+//! Workload identity: the CA ([`ca`]), proofs of who a proxy is ([`proof`], and
+//! Kubernetes ServiceAccount tokens in [`token_review`]), and the `Identity.Certify`
+//! API that joins them ([`service`]).
 
 pub mod ca;
 pub mod proof;
 pub mod service;
+pub mod token_review;
 
 use std::path::Path;
 

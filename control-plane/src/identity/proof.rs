@@ -2,7 +2,7 @@
 //! given SPIFFE ID. Every kind of proof answers one question through
 //! [`IdentityProof`]: which (namespace, service account) does this proof allow?
 //! The local kind is an HMAC token the control plane derives from a secret in its
-//! state directory; the Kubernetes kind (TokenReview) plugs in beside it.
+//! state directory; the Kubernetes kind is in [`super::token_review`].
 
 use std::path::Path;
 
@@ -29,6 +29,10 @@ pub enum ProofError {
     Unsupported(&'static str),
     #[error("the proof is not valid for {0}")]
     Rejected(String),
+    /// The proof could not be checked right now (e.g. the Kubernetes API server did
+    /// not answer); the caller should retry, the proof itself may be fine.
+    #[error("the proof cannot be checked now: {0}")]
+    Unavailable(String),
 }
 
 /// Checks a proof for the workload the caller claims to be.

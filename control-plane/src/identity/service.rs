@@ -10,7 +10,7 @@ use weft_api::v1;
 use weft_api::v1::identity_server::{Identity, IdentityServer};
 
 use super::ca::CertificateAuthority;
-use super::proof::{IdentityProof, Workload};
+use super::proof::{IdentityProof, ProofError, Workload};
 
 pub struct IdentityService {
     ca: Arc<CertificateAuthority>,
@@ -61,10 +61,19 @@ impl Identity for IdentityService {
             namespace: id.namespace.clone(),
             service_account: id.service_account.clone(),
         };
-        if let Err(e) = self.proof.verify(req.proof.as_ref(), &claimed).await {
-            self.count("denied");
-            tracing::warn!(identity = %id, error = %e, "certificate refused");
-            return Err(Status::permission_denied(e.to_string()));
+        match self.proof.verify(req.proof.as_ref(), &claimed).await {
+            Ok(()) => {}
+            // Not the proxy's fault: UNAVAILABLE makes it retry with backoff.
+            Err(e @ ProofError::Unavailable(_)) => {
+                self.count("unavailable");
+                tracing::warn!(identity = %id, error = %e, "cannot check the proof of identity");
+                return Err(Status::unavailable(e.to_string()));
+            }
+            Err(e) => {
+                self.count("denied");
+                tracing::warn!(identity = %id, error = %e, "certificate refused");
+                return Err(Status::permission_denied(e.to_string()));
+            }
         }
         let issued = self.ca.issue(&req.csr_pem, &id).map_err(|e| {
             self.count("invalid");
