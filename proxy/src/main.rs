@@ -21,10 +21,10 @@ enum Command {
         #[arg(long, short, env = "WEFT_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Check a config file and exit.
+    /// Check a config file (or, without one, the WEFT_* environment) and exit.
     Check {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Install the transparent-capture iptables rules in this network namespace
     /// (the pod's init container), or remove or print them.
@@ -50,9 +50,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match config
+            .as_deref()
+            .map_or_else(Config::from_env, Config::load)
+        {
             Ok(_) => {
-                println!("{}: ok", config.display());
+                let origin = config.map_or("the environment".into(), |p| p.display().to_string());
+                println!("{origin}: ok");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -42,6 +42,19 @@ impl Token {
     }
 }
 
+/// The proof a token is: `weft-control token`'s local tokens carry the `weft1.`
+/// prefix; anything else (in a pod: the projected ServiceAccount token, a JWT) is a
+/// Kubernetes service-account token for the control plane's TokenReview. So one
+/// WEFT_IDENTITY_TOKEN_FILE works in a cluster and on a laptop alike.
+fn proof(token: String) -> v1::certify_request::Proof {
+    use v1::certify_request::Proof;
+    if token.starts_with("weft1.") {
+        Proof::LocalToken(token)
+    } else {
+        Proof::ServiceAccountToken(token)
+    }
+}
+
 pub struct Certifier {
     identity: Arc<Identity>,
     client: IdentityClient<Channel>,
@@ -90,7 +103,7 @@ impl Certifier {
             .certify(v1::CertifyRequest {
                 csr_pem,
                 identity: id,
-                proof: Some(v1::certify_request::Proof::LocalToken(token)),
+                proof: Some(proof(token)),
             })
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
@@ -147,5 +160,21 @@ impl Certifier {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::certify_request::Proof;
+
+    #[test]
+    fn local_tokens_and_service_account_tokens_are_told_apart() {
+        assert_eq!(
+            proof("weft1.00ff".into()),
+            Proof::LocalToken("weft1.00ff".into())
+        );
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsid2VmdCJdfQ.c2ln".to_string();
+        assert_eq!(proof(jwt.clone()), Proof::ServiceAccountToken(jwt));
     }
 }
