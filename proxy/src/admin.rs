@@ -76,6 +76,12 @@ impl Admin {
     ) -> Response<Full<Bytes>> {
         // An IPv4 caller of a dual-stack socket shows up as ::ffff:a.b.c.d.
         let local_caller = peer.ip().to_canonical().is_loopback();
+        if let Some(rest) = req.uri().path().strip_prefix(crate::probe::GRPC_PREFIX) {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            return crate::probe::forward_grpc(rest, &self.probe_ports, self.probe_timeout).await;
+        }
         if let Some(rest) = req.uri().path().strip_prefix(crate::probe::PREFIX) {
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

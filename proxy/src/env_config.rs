@@ -17,7 +17,7 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | transparent listener on all addresses; the app port is the original destination |
 //! | `WEFT_ADMIN_PORT` | `7191` | admin server on all addresses (kubelet probes, Prometheus); `/shutdown` and `/config` answer loopback callers only |
 //! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
-//! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes the admin server forwards |
+//! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
 //!
 //! A config file, when given, is the whole config: these variables are then not

@@ -7,6 +7,11 @@
 //! `127.0.0.1:<port>` with the kubelet's headers, and the app's status comes back.
 //! Ports not in the list are refused, so the admin port is no open relay to
 //! whatever listens on the pod's loopback.
+//!
+//! A `grpc` probe becomes `GET /app-grpc-probe/<port>[/<service>]`: the proxy
+//! calls `grpc.health.v1.Health/Check` over h2c on `127.0.0.1:<port>` and answers
+//! 200 when the app says SERVING, 503 otherwise, as the kubelet's own gRPC probe
+//! decides.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,8 +24,12 @@ use tokio::net::TcpStream;
 
 use crate::ports::PortSet;
 
-/// The path prefix the injector rewrites probes to.
+/// The path prefix the injector rewrites HTTP probes to.
 pub const PREFIX: &str = "/app-probe/";
+/// The path prefix the injector rewrites gRPC probes to.
+pub const GRPC_PREFIX: &str = "/app-grpc-probe/";
+/// A health answer is a few bytes; anything larger is not one.
+const MAX_GRPC_BODY: usize = 4 * 1024;
 /// The kubelet reads no more than this much of a probe's body.
 const MAX_BODY: usize = 10 * 1024;
 
@@ -76,6 +85,144 @@ pub async fn forward(
             format!("the app on port {port} did not answer within {timeout:?}\n"),
         ),
     }
+}
+
+/// Answers `GET /app-grpc-probe/<port>[/<service>]` (`rest`: after the prefix).
+pub async fn forward_grpc(
+    rest: &str,
+    allowed: &PortSet,
+    timeout: Duration,
+) -> Response<Full<Bytes>> {
+    let (port, service) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(port) = port.parse::<u16>() else {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    };
+    if !allowed.contains(port) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("port {port} is not a probe port of this pod\n"),
+        );
+    }
+    let app = SocketAddr::from(([127, 0, 0, 1], port));
+    match tokio::time::timeout(timeout, grpc_health(app, service)).await {
+        Ok(Ok(SERVING)) => text(StatusCode::OK, "SERVING\n".into()),
+        Ok(Ok(status)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app on port {port} reports health status {status}, not SERVING\n"),
+        ),
+        Ok(Err(e)) => {
+            tracing::debug!(%app, error = %e, "app gRPC probe failed");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the app on port {port} did not answer the health check: {e}\n"),
+            )
+        }
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the app on port {port} did not answer within {timeout:?}\n"),
+        ),
+    }
+}
+
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: u64 = 1;
+
+/// One `grpc.health.v1.Health/Check` over h2c; returns the serving status. The two
+/// messages are one string and one enum field, encoded here by hand rather than
+/// pulling generated code into the proxy for them.
+async fn grpc_health(app: SocketAddr, service: &str) -> Result<u64, BoxError> {
+    let stream = TcpStream::connect(app).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // HealthCheckRequest { string service = 1; }, in a gRPC length-prefixed frame.
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    frame.extend_from_slice(&message);
+    let req = Request::post(format!("http://{app}/grpc.health.v1.Health/Check"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(Full::new(Bytes::from(frame)))?;
+    let resp = sender.send_request(req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("HTTP status {}", resp.status()).into());
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::Limited::new(body, MAX_GRPC_BODY)
+        .collect()
+        .await?;
+    // grpc-status comes in the trailers, or in the headers of a trailers-only reply.
+    let grpc_status = collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if grpc_status != "0" {
+        return Err(format!("grpc-status {grpc_status:?}").into());
+    }
+    serving_status(&collected.to_bytes()).ok_or_else(|| "a malformed health reply".into())
+}
+
+/// The `status` field (1, varint) of a framed `HealthCheckResponse`; 0 (UNKNOWN)
+/// when the field is absent, as protobuf defaults it.
+fn serving_status(framed: &[u8]) -> Option<u64> {
+    let (&compressed, rest) = framed.split_first()?;
+    if compressed != 0 || rest.len() < 4 {
+        return None;
+    }
+    let (len, mut msg) = rest.split_at(4);
+    let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+    msg = msg.get(..len)?;
+    let mut status = 0;
+    while let Some((&key, rest)) = msg.split_first() {
+        msg = rest;
+        match key & 0x07 {
+            0 => {
+                let (v, rest) = take_varint(msg)?;
+                msg = rest;
+                if key >> 3 == 1 {
+                    status = v;
+                }
+            }
+            2 => {
+                let (n, rest) = take_varint(msg)?;
+                msg = rest.get(usize::try_from(n).ok()?..)?;
+            }
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(buf: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, &buf[i + 1..]));
+        }
+    }
+    None
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -166,6 +313,28 @@ mod tests {
         assert_eq!(h(&host("shop.example")), "shop.example");
         assert_eq!(h(&host("shop.example:9000")), "shop.example:9000");
         assert_eq!(h(&HeaderMap::new()), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn health_replies_are_decoded() {
+        // status: SERVING; status: NOT_SERVING; empty message (UNKNOWN).
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 0x01]), Some(1));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 0x02]), Some(2));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 0]), Some(0));
+        // An unknown length-delimited field before the status is skipped.
+        assert_eq!(
+            serving_status(&[0, 0, 0, 0, 5, 0x12, 0x01, b'x', 0x08, 0x01]),
+            Some(1)
+        );
+        assert_eq!(
+            serving_status(&[1, 0, 0, 0, 2, 0x08, 0x01]),
+            None,
+            "compressed"
+        );
+        assert_eq!(serving_status(&[0, 0, 0, 0, 9, 0x08]), None, "truncated");
+        let mut v = Vec::new();
+        put_varint(&mut v, 300);
+        assert_eq!(take_varint(&v), Some((300, &[][..])));
     }
 
     #[tokio::test]

@@ -227,3 +227,43 @@ async fn rewritten_probes_reach_the_app_through_the_admin_port() {
         "no request reached an undeclared port"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_grpc_probes_ask_the_apps_health_service() {
+    // The checkout example's payments service: gRPC with grpc.health.v1 beside it.
+    let port = free_port();
+    let grpc_app = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cmd = std::process::Command::new(
+        weft_tests::bins::binary("payments").expect("the payments example (weft-examples bins)"),
+    );
+    cmd.env("PAYMENTS_LISTEN", grpc_app.to_string())
+        .env("NO_COLOR", "1");
+    let _payments = Process::spawn("payments", cmd, dir.path()).expect("spawn payments");
+    weft_tests::eventually(STEP_DEADLINE, "payments listens", || async {
+        TcpStream::connect(grpc_app).await.ok()
+    })
+    .await;
+    let http_only = HttpApp::start("http-only").await.expect("start app");
+    let undeclared = free_port();
+    let proxy = WeftProxy::start(
+        ProxyConfig::new().probe_ports(&format!("{port},{}", http_only.addr.port())),
+    )
+    .await
+    .expect("start proxy");
+    let admin = proxy.admin();
+
+    for path in [
+        format!("/app-grpc-probe/{port}"),
+        format!("/app-grpc-probe/{port}/payments.v1.Payments"),
+    ] {
+        let reply = probe(admin, &path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    let unknown = probe(admin, &format!("/app-grpc-probe/{port}/no.such.Service")).await;
+    assert_eq!(unknown.status, 503, "{}", unknown.body);
+    let not_grpc = probe(admin, &format!("/app-grpc-probe/{}", http_only.addr.port())).await;
+    assert_eq!(not_grpc.status, 503, "{}", not_grpc.body);
+    let relay = probe(admin, &format!("/app-grpc-probe/{undeclared}")).await;
+    assert_eq!(relay.status, 403, "{}", relay.body);
+}

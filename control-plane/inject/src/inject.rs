@@ -31,7 +31,7 @@
 //!   `prometheus.io/path: /metrics`, only when the pod has none of the
 //!   `prometheus.io/*` annotations (an app that exports its own metrics keeps them;
 //!   Weft's scrape config finds the proxy by its `weft-admin` container port).
-//! - the app containers' `httpGet` probes, rewritten to go through the proxy's admin
+//! - the app containers' `httpGet` and `grpc` probes, rewritten to go through the proxy's admin
 //!   port (see [`crate::probes`]), with the originals in the annotation
 //!   `weft.io/original-probes`.
 //!
@@ -51,7 +51,7 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | listen on all addresses (redirect target of PREROUTING) |
 //! | `WEFT_ADMIN_PORT` | `7191` | listen on all addresses: the kubelet probes it and Prometheus scrapes it |
 //! | `WEFT_OPAQUE_PORTS` | e.g. `3306,8000-8099`, may be empty | destination/app ports never sniffed, handled as opaque TCP both ways |
-//! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`); other ports are refused |
+//! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
 //!
 //! # Environment contract of the init container (`weft-proxy init`)

@@ -8,6 +8,11 @@
 //! answers with the app's status. Only ports listed in the proxy's
 //! `WEFT_PROBE_PORTS` are forwarded, so the admin port is no open relay.
 //!
+//! A `grpc` probe (plaintext HTTP/2 from the kubelet, refused the same way)
+//! becomes an `httpGet` of `/app-grpc-probe/<port>[/<service>]` on the admin port:
+//! the proxy asks the app's `grpc.health.v1.Health/Check` and answers 200 only for
+//! SERVING, which is how the kubelet itself judges a gRPC probe.
+//!
 //! Left alone, and why:
 //! - `httpGet` with `scheme: HTTPS`: the proxy would have to speak TLS to the app;
 //!   under strict mTLS such a probe fails (use a permissive port or an HTTP probe);
@@ -17,13 +22,11 @@
 //! - `tcpSocket`: the connection is accepted by the proxy's inbound listener
 //!   whatever the app does, so the probe always succeeds once the proxy runs (it
 //!   says "the pod's network is up", no more);
-//! - `grpc`: plaintext HTTP/2 from the kubelet, refused under strict mTLS like any
-//!   plaintext; use an HTTP health endpoint, or a permissive port;
 //! - `exec`: runs inside the container, no network involved;
 //! - probes of the pod's own init containers (native sidecars).
 //!
-//! The original `httpGet` of every rewritten probe is kept in the pod annotation
-//! `weft.io/original-probes` (JSON: container → probe → httpGet), so what the
+//! The original handler of every rewritten probe is kept in the pod annotation
+//! `weft.io/original-probes` (JSON: container → probe → `{httpGet|grpc: …}`), so what the
 //! kubelet checks can always be traced back; injection itself never runs twice on
 //! a pod (the proxy container marks it).
 
@@ -38,6 +41,8 @@ use crate::config::ADMIN_PORT;
 
 /// The path prefix the proxy's admin server forwards.
 pub const PROBE_PREFIX: &str = "/app-probe/";
+/// The path prefix under which the proxy asks the app's gRPC health service.
+pub const GRPC_PROBE_PREFIX: &str = "/app-grpc-probe/";
 /// Pod annotation with the original `httpGet` of each rewritten probe.
 pub const ORIGINAL_PROBES: &str = "weft.io/original-probes";
 
@@ -46,7 +51,8 @@ const KINDS: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
 /// What rewriting the probes adds to the patch.
 #[derive(Debug, Default)]
 pub struct ProbeRewrite {
-    /// (path under the pod: ["spec", "containers", i, kind, "httpGet", field], value)
+    /// JSON Patch `add`s: (path under the pod, value). An HTTP probe gets a new
+    /// `httpGet.port` and `.path`; a gRPC probe is replaced whole.
     pub fields: Vec<(Vec<String>, Value)>,
     /// The app ports probed, for `WEFT_PROBE_PORTS`.
     pub ports: PortList,
@@ -58,7 +64,7 @@ pub struct ProbeRewrite {
 /// received, so the kept originals are exactly what the user wrote.
 pub fn rewrite(spec: &PodSpec, raw: &Value) -> ProbeRewrite {
     let mut out = ProbeRewrite::default();
-    let mut originals: BTreeMap<String, BTreeMap<&str, Value>> = BTreeMap::new();
+    let mut originals: BTreeMap<String, BTreeMap<&str, BTreeMap<&str, Value>>> = BTreeMap::new();
     let mut ports = Vec::new();
     for (i, container) in spec.containers.iter().enumerate() {
         for kind in KINDS {
@@ -67,6 +73,50 @@ pub fn rewrite(spec: &PodSpec, raw: &Value) -> ProbeRewrite {
                 "readinessProbe" => container.readiness_probe.as_ref(),
                 _ => container.startup_probe.as_ref(),
             };
+            let raw_probe = |handler: &str| {
+                raw.pointer(&format!("/spec/containers/{i}/{kind}/{handler}"))
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
+            if let Some(port) = probe.and_then(grpc_port) {
+                let service = probe
+                    .and_then(|p| p.grpc.as_ref())
+                    .and_then(|g| g.service.as_deref())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default();
+                // The probe as written (timings, thresholds), with its handler swapped.
+                let mut new = raw
+                    .pointer(&format!("/spec/containers/{i}/{kind}"))
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                let original = raw_probe("grpc");
+                if let Some(map) = new.as_object_mut() {
+                    map.remove("grpc");
+                    map.insert(
+                        "httpGet".into(),
+                        serde_json::json!({
+                            "path": format!("{GRPC_PROBE_PREFIX}{port}{service}"),
+                            "port": ADMIN_PORT,
+                        }),
+                    );
+                }
+                out.fields.push((
+                    ["spec", "containers", &i.to_string(), kind]
+                        .map(String::from)
+                        .to_vec(),
+                    new,
+                ));
+                originals
+                    .entry(container.name.clone())
+                    .or_default()
+                    .insert(kind, BTreeMap::from([("grpc", original)]));
+                ports.push(PortRange {
+                    first: port,
+                    last: port,
+                });
+                continue;
+            }
             let Some((get, port)) = probe.and_then(|p| rewritable(container, p)) else {
                 continue;
             };
@@ -86,14 +136,10 @@ pub fn rewrite(spec: &PodSpec, raw: &Value) -> ProbeRewrite {
                 at("path"),
                 Value::String(format!("{PROBE_PREFIX}{port}{path}")),
             ));
-            let original = raw
-                .pointer(&format!("/spec/containers/{i}/{kind}/httpGet"))
-                .cloned()
-                .unwrap_or(Value::Null);
             originals
                 .entry(container.name.clone())
                 .or_default()
-                .insert(kind, original);
+                .insert(kind, BTreeMap::from([("httpGet", raw_probe("httpGet"))]));
             ports.push(PortRange {
                 first: port,
                 last: port,
@@ -105,6 +151,14 @@ pub fn rewrite(spec: &PodSpec, raw: &Value) -> ProbeRewrite {
         out.originals = serde_json::to_string(&originals).ok();
     }
     out
+}
+
+/// The port of a gRPC probe the proxy can stand in for.
+fn grpc_port(probe: &Probe) -> Option<u16> {
+    let port = u16::try_from(probe.grpc.as_ref()?.port)
+        .ok()
+        .filter(|p| *p > 0)?;
+    (port != ADMIN_PORT).then_some(port)
 }
 
 /// The probe's httpGet and its numeric port, if the proxy can stand in for it.
@@ -182,9 +236,40 @@ mod tests {
         let originals: Value =
             serde_json::from_str(&r.originals.expect("originals")).expect("JSON");
         assert_eq!(
-            originals["app"]["livenessProbe"]["port"],
+            originals["app"]["livenessProbe"]["httpGet"]["port"],
             json!("http"),
             "{originals}"
+        );
+    }
+
+    #[test]
+    fn grpc_probes_become_health_checks_through_the_admin_port() {
+        let r = plan(json!([{
+            "name": "app", "image": "x",
+            "livenessProbe": {"grpc": {"port": 9000}, "periodSeconds": 7},
+            "readinessProbe": {"grpc": {"port": 9000, "service": "shop.v1.Cart"}}
+        }]));
+        let probe = |kind: &str| {
+            r.fields
+                .iter()
+                .find(|(p, _)| p.join("/") == format!("spec/containers/0/{kind}"))
+                .map(|(_, v)| v.clone())
+                .expect("rewritten")
+        };
+        assert_eq!(
+            probe("livenessProbe"),
+            json!({"httpGet": {"path": "/app-grpc-probe/9000", "port": 7191}, "periodSeconds": 7})
+        );
+        assert_eq!(
+            probe("readinessProbe")["httpGet"]["path"],
+            json!("/app-grpc-probe/9000/shop.v1.Cart")
+        );
+        assert_eq!(r.ports.to_string(), "9000");
+        let originals: Value =
+            serde_json::from_str(&r.originals.expect("originals")).expect("JSON");
+        assert_eq!(
+            originals["app"]["readinessProbe"]["grpc"]["service"],
+            json!("shop.v1.Cart")
         );
     }
 
@@ -198,7 +283,7 @@ mod tests {
         }, {
             "name": "other", "image": "x",
             "livenessProbe": {"tcpSocket": {"port": 5432}},
-            "readinessProbe": {"grpc": {"port": 9000}},
+            "readinessProbe": {"grpc": {"port": 7191}},
             "startupProbe": {"exec": {"command": ["true"]}}
         }]));
         assert!(r.fields.is_empty(), "{:?}", r.fields);
