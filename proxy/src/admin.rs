@@ -1,9 +1,15 @@
-//! The admin server: metrics, health, the current snapshot, and shutdown.
+//! The admin server: metrics, health, the current snapshot, shutdown, and the
+//! app's rewritten kubelet probes ([`crate::probe`]).
+//!
+//! In a pod it listens on all addresses (the kubelet and Prometheus call it from
+//! outside), so what must stay local is checked against the caller's address, not
+//! the listener's: `POST /shutdown` and `GET /config` answer loopback callers only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -15,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::ports::PortSet;
 use crate::snapshot::SnapshotStore;
 
 pub struct Admin {
@@ -26,6 +33,9 @@ pub struct Admin {
     pub shutdown: CancellationToken,
     /// With mTLS on, not ready while the proxy holds no valid certificate.
     pub identity: Option<Arc<crate::identity::Identity>>,
+    /// App ports whose probes may be forwarded (`WEFT_PROBE_PORTS`).
+    pub probe_ports: PortSet,
+    pub probe_timeout: Duration,
 }
 
 impl Admin {
@@ -43,10 +53,11 @@ impl Admin {
                     },
                 };
                 let this = self.clone();
+                let port = stream.local_addr().map_or(0, |a| a.port());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let this = this.clone();
-                        async move { Ok::<_, Infallible>(this.handle(req, peer)) }
+                        async move { Ok::<_, Infallible>(this.handle(req, peer, port).await) }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -56,7 +67,35 @@ impl Admin {
         });
     }
 
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// `port`: the admin port as the caller reached it.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        port: u16,
+    ) -> Response<Full<Bytes>> {
+        // An IPv4 caller of a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let local_caller = peer.ip().to_canonical().is_loopback();
+        if let Some(rest) = req.uri().path().strip_prefix(crate::probe::GRPC_PREFIX) {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            return crate::probe::forward_grpc(rest, &self.probe_ports, self.probe_timeout).await;
+        }
+        if let Some(rest) = req.uri().path().strip_prefix(crate::probe::PREFIX) {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            return crate::probe::forward(
+                rest,
+                req.uri().query(),
+                req.headers(),
+                &self.probe_ports,
+                port,
+                self.probe_timeout,
+            )
+            .await;
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => respond(
                 StatusCode::OK,
@@ -73,6 +112,13 @@ impl Admin {
                 }
             }
             (&Method::GET, "/config") => {
+                // Service names, endpoints and identities: not for other pods.
+                if !local_caller {
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "config is shown to loopback callers only\n",
+                    );
+                }
                 let snapshot = self.store.load_full();
                 match serde_json::to_vec_pretty(&*snapshot) {
                     Ok(body) => respond(StatusCode::OK, "application/json", body),
@@ -81,7 +127,7 @@ impl Admin {
             }
             (&Method::POST, "/shutdown") => {
                 // Only something on this host may stop the proxy.
-                if !peer.ip().is_loopback() {
+                if !local_caller {
                     return text(
                         StatusCode::FORBIDDEN,
                         "shutdown is allowed from loopback only\n",

@@ -2,7 +2,7 @@
 //! the mesh it routes to. Parsed once into typed values and validated here; the rest
 //! of the proxy never sees raw YAML.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,8 +10,10 @@ use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
+use crate::control_plane::TrustAnchors;
 use crate::identity::certify::Token;
 use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
+use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,7 +38,7 @@ struct RawConfig {
     #[serde(default)]
     inbound: Option<InboundConfig>,
     #[serde(default)]
-    admin: Option<ListenConfig>,
+    admin: Option<AdminConfig>,
     #[serde(default)]
     upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
@@ -62,6 +64,9 @@ pub struct NodeConfig {
     /// Name used as the `service` label on inbound metrics.
     #[serde(default)]
     pub workload: Option<String>,
+    /// The pod's IP, for logs (`WEFT_NODE_IP` in a pod).
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -71,11 +76,12 @@ impl Default for NodeConfig {
             namespace: default_namespace(),
             service_account: None,
             workload: None,
+            ip: None,
         }
     }
 }
 
-fn default_node_id() -> String {
+pub(crate) fn default_node_id() -> String {
     format!("weft-proxy-{}", std::process::id())
 }
 
@@ -84,10 +90,15 @@ fn default_namespace() -> Name {
         .unwrap_or_else(|_| unreachable!("the default namespace is a valid name"))
 }
 
+/// `admin: {listen: 0.0.0.0:7191, probe_ports: "8080"}`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenConfig {
+struct AdminConfig {
     listen: SocketAddr,
+    /// App ports whose kubelet probes the injector rewrote to `/app-probe/<port>/...`
+    /// here; only these are forwarded, so the admin port is no relay to localhost.
+    #[serde(default)]
+    probe_ports: PortSet,
 }
 
 /// `outbound: {listen: 127.0.0.1:7140, transparent: true}`
@@ -103,6 +114,9 @@ struct OutboundConfig {
     /// gets an IPv6 twin (`[::1]` / `[::]`, same port), where ip6tables redirects.
     #[serde(default)]
     transparent: bool,
+    /// Destination ports (of the original destination) never sniffed: opaque TCP.
+    #[serde(default)]
+    opaque_ports: PortSet,
 }
 
 /// `inbound: {listen: 0.0.0.0:7143, app: 127.0.0.1:8080}`
@@ -116,6 +130,11 @@ struct InboundConfig {
     /// then gets an IPv6 twin as a transparent outbound one does.
     #[serde(default)]
     app: Option<SocketAddr>,
+    /// App ports never sniffed: opaque TCP even when the bytes look like HTTP. Over
+    /// mTLS the calling proxy says so itself (ALPN `weft.opaque/1`); this list is
+    /// for callers that cannot (plaintext, permissive mode).
+    #[serde(default)]
+    opaque_ports: PortSet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +166,10 @@ pub struct LimitsConfig {
     /// plane's first answer about it.
     #[serde(default = "default_discovery_timeout")]
     pub discovery_timeout: DurationSpec,
+    /// How long the admin server waits for the app when it forwards a kubelet
+    /// probe; the kubelet's own `timeoutSeconds` usually ends it sooner.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout: DurationSpec,
 }
 
 impl Default for LimitsConfig {
@@ -160,6 +183,7 @@ impl Default for LimitsConfig {
             idle_timeout: default_idle_timeout(),
             shutdown_grace: default_shutdown_grace(),
             discovery_timeout: default_discovery_timeout(),
+            probe_timeout: default_probe_timeout(),
         }
     }
 }
@@ -184,6 +208,9 @@ fn default_idle_timeout() -> DurationSpec {
 }
 fn default_discovery_timeout() -> DurationSpec {
     DurationSpec(Duration::from_secs(3))
+}
+fn default_probe_timeout() -> DurationSpec {
+    DurationSpec(Duration::from_secs(5))
 }
 fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))
@@ -217,7 +244,7 @@ struct RawIdentity {
     inbound: RawInbound,
 }
 
-fn default_trust_domain() -> String {
+pub(crate) fn default_trust_domain() -> String {
     "cluster.local".to_string()
 }
 
@@ -373,15 +400,21 @@ pub struct Config {
     pub outbound: Option<SocketAddr>,
     /// Whether the outbound listener receives redirected connections.
     pub outbound_transparent: bool,
+    /// Original destination ports handled as opaque TCP, whatever the service says.
+    pub outbound_opaque_ports: PortSet,
     /// (listen, app); no app: the original destination port on loopback.
     pub inbound: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// App ports handled as opaque TCP even from a plaintext caller.
+    pub inbound_opaque_ports: PortSet,
     pub admin: SocketAddr,
+    /// App ports the admin server forwards kubelet probes to (`/app-probe/<port>/…`).
+    pub probe_ports: PortSet,
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: LimitsConfig,
     pub control_plane: Option<String>,
     pub identity: Option<IdentityConfig>,
     /// Verifies an `https://` control plane.
-    pub trust_bundle: Option<PathBuf>,
+    pub trust_bundle: Option<TrustAnchors>,
     pub mesh: MeshSpec,
 }
 
@@ -390,13 +423,13 @@ pub const DEFAULT_INBOUND: &str = "0.0.0.0:7143";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
 
 /// A sidecar shares its pod's CPU with the app, so it stays small by default.
-fn default_workers() -> usize {
+pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().min(2))
         .unwrap_or(1)
 }
 
-fn parse_addr(s: &str) -> SocketAddr {
+pub(crate) fn parse_addr(s: &str) -> SocketAddr {
     s.parse()
         .unwrap_or_else(|_| unreachable!("built-in default address {s} parses"))
 }
@@ -449,7 +482,8 @@ impl Config {
             .identity
             .as_ref()
             .and_then(|i| i.trust_bundle.clone())
-            .or_else(|| std::env::var_os("WEFT_TRUST_BUNDLE").map(PathBuf::from));
+            .or_else(|| std::env::var_os("WEFT_TRUST_BUNDLE").map(PathBuf::from))
+            .map(TrustAnchors::File);
         let identity = raw
             .identity
             .map(|i| i.validate(&raw.node, raw.control_plane.as_ref(), origin))
@@ -476,12 +510,20 @@ impl Config {
                     .map(|l| l.listen)
                     .unwrap_or_else(|| parse_addr(DEFAULT_OUTBOUND)),
             ),
-            outbound_transparent: raw.outbound.is_some_and(|l| l.transparent),
+            outbound_transparent: raw.outbound.as_ref().is_some_and(|l| l.transparent),
+            outbound_opaque_ports: raw.outbound.map(|l| l.opaque_ports).unwrap_or_default(),
+            inbound_opaque_ports: raw
+                .inbound
+                .as_ref()
+                .map(|i| i.opaque_ports.clone())
+                .unwrap_or_default(),
             inbound: raw.inbound.map(|i| (i.listen, i.app)),
             admin: raw
                 .admin
+                .as_ref()
                 .map(|l| l.listen)
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN)),
+            probe_ports: raw.admin.map(|a| a.probe_ports).unwrap_or_default(),
             upstreams: raw.upstreams,
             limits: raw.limits,
             control_plane: raw.control_plane,

@@ -1,8 +1,9 @@
 //! The gRPC channel to the control plane: plaintext for `http://` addresses, TLS for
 //! `https://` ones, verified against the trust bundle the operator gives the proxy
-//! (`identity.trust_bundle` or `WEFT_TRUST_BUNDLE`), with the usual host-name check.
+//! (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE` or `WEFT_TRUST_ANCHORS`), with the
+//! usual host-name check.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::Uri;
@@ -15,19 +16,50 @@ use tonic::transport::{Channel, Endpoint};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A TLS client config trusting the roots in the PEM file at `path`.
-pub fn client_config(path: &Path) -> Result<Arc<ClientConfig>, String> {
+/// Where the roots that verify the control plane come from: a PEM file
+/// (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE`) or PEM text in the environment
+/// (`WEFT_TRUST_ANCHORS`, which the injector writes into the pod spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl TrustAnchors {
+    /// Names the source in errors.
+    fn origin(&self) -> String {
+        match self {
+            TrustAnchors::File(path) => format!("trust bundle {}", path.display()),
+            TrustAnchors::Pem(_) => "WEFT_TRUST_ANCHORS".to_string(),
+        }
+    }
+
+    /// The certificates, parsed; an error names the source.
+    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+        let origin = self.origin();
+        let certs: Vec<CertificateDer<'static>> = match self {
+            TrustAnchors::File(path) => CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{origin}: {e}"))?
+                .collect::<Result<_, _>>(),
+            TrustAnchors::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.map(CertificateDer::into_owned))
+                .collect::<Result<_, _>>(),
+        }
+        .map_err(|e| format!("{origin}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{origin}: no PEM certificate"));
+        }
+        Ok(certs)
+    }
+}
+
+/// A TLS client config trusting `anchors`.
+pub fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("trust bundle {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("trust bundle {}: {e}", path.display()))?;
+    for cert in anchors.certificates()? {
         roots
             .add(cert)
-            .map_err(|e| format!("trust bundle {}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("trust bundle {}: no certificate", path.display()));
+            .map_err(|e| format!("{}: {e}", anchors.origin()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -49,7 +81,7 @@ pub fn connect_lazy(
         (false, _) => Ok(endpoint.connect_lazy()),
         (true, None) => Err(format!(
             "control plane {} is https but no trust bundle is configured \
-             (identity.trust_bundle or WEFT_TRUST_BUNDLE)",
+             (identity.trust_bundle, WEFT_TRUST_BUNDLE or WEFT_TRUST_ANCHORS)",
             endpoint.uri()
         )),
         (true, Some(config)) => {

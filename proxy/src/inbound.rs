@@ -23,6 +23,7 @@ use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::ServiceMetrics;
+use crate::ports::PortSet;
 use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
@@ -40,6 +41,8 @@ pub struct Inbound {
     limits: ServerLimits,
     drain: CancellationToken,
     identity: Option<Arc<Identity>>,
+    /// App ports whose bytes are never parsed, whatever they look like.
+    opaque_ports: PortSet,
 }
 
 /// What the inbound knows about the caller of one connection.
@@ -83,6 +86,7 @@ impl Inbound {
         limits: ServerLimits,
         drain: CancellationToken,
         identity: Option<Arc<Identity>>,
+        opaque_ports: PortSet,
     ) -> Arc<Inbound> {
         Arc::new(Inbound {
             app,
@@ -93,6 +97,7 @@ impl Inbound {
             limits,
             drain,
             identity,
+            opaque_ports,
         })
     }
 
@@ -110,6 +115,15 @@ impl Inbound {
             Some(_) => io.get_ref().local_addr().map_or(0, |a| a.port()),
             None => app.port(),
         };
+        let declared_opaque = self.opaque_ports.contains(app.port());
+        if declared_opaque && self.identity.is_none() {
+            let io = PrefixedIo::new(Default::default(), io);
+            return self
+                .serve_detected(Detected::Opaque, io, Peer::unchecked(app))
+                .await;
+        }
+        // With identity on, even a declared-opaque port is sniffed, only to tell a
+        // peer proxy's mTLS from plaintext; what follows is never parsed as HTTP.
         let (detected, io) = match detect(io, self.detect_timeout).await {
             Ok(pair) => pair,
             Err(e) => {
@@ -144,6 +158,15 @@ impl Inbound {
                 tracing::debug!(port, "caller denied by inbound policy");
             }
             match negotiated(&tls) {
+                // The calling proxy already decided: opaque bytes, not to be sniffed.
+                Some(Alpn::Opaque) => {
+                    let io = PrefixedIo::new(Default::default(), tls);
+                    self.serve_detected(Detected::Opaque, io, peer).await
+                }
+                _ if declared_opaque => {
+                    let io = PrefixedIo::new(Default::default(), tls);
+                    self.serve_detected(Detected::Opaque, io, peer).await
+                }
                 Some(Alpn::Http2) => {
                     let io = PrefixedIo::new(Default::default(), tls);
                     self.serve_detected(Detected::Http2, io, peer).await
@@ -166,6 +189,11 @@ impl Inbound {
                 app,
                 header: None,
                 requests: Some(identity.metrics.peer_requests(None)),
+            };
+            let detected = if declared_opaque {
+                Detected::Opaque
+            } else {
+                detected
             };
             self.serve_detected(detected, io, peer).await
         } else {

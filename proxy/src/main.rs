@@ -13,16 +13,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy. Without a config file, the config comes from WEFT_*
+    /// environment variables, as the injector sets them in a pod (see the
+    /// proxy's env_config module); a file, when given, is the whole config.
     Run {
         /// The proxy's YAML config (listeners, limits, and in file mode the mesh).
         #[arg(long, short, env = "WEFT_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
-    /// Check a config file and exit.
+    /// Check a config file (or, without one, the WEFT_* environment) and exit.
     Check {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Install the transparent-capture iptables rules in this network namespace
     /// (the pod's init container), or remove or print them.
@@ -31,13 +33,14 @@ enum Command {
 
 fn main() -> ExitCode {
     weft_proxy::install_crypto_provider();
+    let (filter, bad_filter) = log_filter();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some((name, e)) = bad_filter {
+        tracing::warn!(error = %e, "{name} is not a valid log filter; logging at info");
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Init(args) => match weft_proxy::capture::init::run(&args) {
@@ -47,9 +50,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match config
+            .as_deref()
+            .map_or_else(Config::from_env, Config::load)
+        {
             Ok(_) => {
-                println!("{}: ok", config.display());
+                let origin = config.map_or("the environment".into(), |p| p.display().to_string());
+                println!("{origin}: ok");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -58,7 +65,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(&config) {
+            let config = match config {
+                Some(path) => Config::load(&path),
+                None => Config::from_env(),
+            };
+            let config = match config {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -68,6 +79,27 @@ fn main() -> ExitCode {
             run(config)
         }
     }
+}
+
+/// WEFT_LOG (the injector's name for it), else RUST_LOG, else `info`. A bad filter
+/// is reported once logging works rather than stopping the proxy.
+fn log_filter() -> (
+    tracing_subscriber::EnvFilter,
+    Option<(&'static str, tracing_subscriber::filter::ParseError)>,
+) {
+    use tracing_subscriber::EnvFilter;
+    for name in ["WEFT_LOG", "RUST_LOG"] {
+        match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => {
+                return match EnvFilter::try_new(v.trim()) {
+                    Ok(f) => (f, None),
+                    Err(e) => (EnvFilter::new("info"), Some((name, e))),
+                };
+            }
+            _ => {}
+        }
+    }
+    (EnvFilter::new("info"), None)
 }
 
 fn run(config: Config) -> ExitCode {

@@ -34,6 +34,7 @@ use crate::http::{ServerLimits, authority_of, serve};
 use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::ports::PortSet;
 use crate::retry::{Attempted, RetryPolicy};
 use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
 
@@ -60,6 +61,8 @@ pub struct Outbound {
     detect_timeout: Duration,
     limits: ServerLimits,
     drain: CancellationToken,
+    /// Original destination ports handled as opaque TCP without sniffing.
+    opaque_ports: PortSet,
 }
 
 impl Outbound {
@@ -74,6 +77,7 @@ impl Outbound {
         detect_timeout: Duration,
         limits: ServerLimits,
         drain: CancellationToken,
+        opaque_ports: PortSet,
     ) -> Arc<Outbound> {
         Arc::new(Outbound {
             store,
@@ -86,6 +90,7 @@ impl Outbound {
             detect_timeout,
             limits,
             drain,
+            opaque_ports,
         })
     }
 
@@ -147,7 +152,9 @@ impl Outbound {
             return self.pass_through(io, orig).await;
         }
         let hint = svc.map(|s| s.protocol(port));
-        let (detected, io) = if hint == Some(Protocol::Opaque) {
+        let declared_opaque =
+            matches!(dest, Destination::Original(_)) && self.opaque_ports.contains(port);
+        let (detected, io) = if hint == Some(Protocol::Opaque) || declared_opaque {
             (
                 Detected::Opaque,
                 crate::io::PrefixedIo::new(Default::default(), io),

@@ -70,7 +70,9 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         tracker: TaskTracker::new(),
     };
     let cp_tls = match &config.trust_bundle {
-        Some(path) => Some(crate::control_plane::client_config(path).map_err(anyhow::Error::msg)?),
+        Some(anchors) => {
+            Some(crate::control_plane::client_config(anchors).map_err(anyhow::Error::msg)?)
+        }
         None => None,
     };
     let identity = config.identity.as_ref().map(|c| {
@@ -142,6 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         limits.detect_timeout.0,
         server_limits,
         drain.clone(),
+        config.outbound_opaque_ports.clone(),
     );
 
     let mut proxy = Proxy {
@@ -206,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             server_limits,
             proxy.drain.clone(),
             identity.clone(),
+            config.inbound_opaque_ports.clone(),
         );
         let handle = move |io: Conn, _peer| ib.clone().serve_conn(io);
         // Without a fixed app the inbound side is transparent: it also takes what
@@ -224,7 +228,19 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         ready: proxy.ready.clone(),
         shutdown,
         identity,
+        probe_ports: config.probe_ports.clone(),
+        probe_timeout: limits.probe_timeout.0,
     });
+    // On all addresses (in a pod) the kubelet may probe the pod's IPv6 address.
+    if let Some(twin) = config
+        .admin
+        .ip()
+        .is_unspecified()
+        .then(|| ipv6_twin(proxy.admin))
+        .flatten()
+    {
+        admin.clone().spawn(twin, proxy.admin_stop.clone());
+    }
     admin.spawn(admin_listener, proxy.admin_stop.clone());
 
     #[cfg(unix)]

@@ -591,6 +591,52 @@ impl Pod {
         self.start_proxy_config(services, None, &identity).await
     }
 
+    /// Starts weft-proxy as an injected pod's sidecar: `weft-proxy run` without a
+    /// config file, configured only by the injector's WEFT_* variables (identity:
+    /// namespace `default`, service account = the pod's name, certified by `ca`,
+    /// whose plaintext URL stands in for the in-cluster TLS address; the token in a
+    /// file, as the projected token volume gives it), plus `extra` variables.
+    pub async fn start_injected_proxy(
+        &self,
+        ca: &ControlPlane,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<PodProxy> {
+        let token_file = self.log_dir.join(format!("{}-token", self.name));
+        std::fs::write(&token_file, ca.token(&self.name)?)
+            .with_context(|| format!("cannot write {}", token_file.display()))?;
+        set_mode(&token_file, 0o644)?;
+        let bin = bins::binary("weft-proxy")?;
+        let log = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info,weft_proxy=debug".into());
+        let mut cmd = self.exec_as(PROXY_UID, &bin.to_string_lossy());
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("NO_COLOR", "1")
+            .env("WEFT_CONTROL_PLANE", &ca.url)
+            .env("WEFT_TRUST_DOMAIN", TRUST_DOMAIN)
+            .env("WEFT_IDENTITY_TOKEN_FILE", &token_file)
+            .env("WEFT_NODE_ID", format!("{}-pod", self.name))
+            .env("WEFT_NODE_NAMESPACE", "default")
+            .env("WEFT_NODE_SERVICE_ACCOUNT", &self.name)
+            .env("WEFT_NODE_IP", self.ip.to_string())
+            .env("WEFT_OUTBOUND_PORT", OUTBOUND_PORT.to_string())
+            .env("WEFT_INBOUND_PORT", INBOUND_PORT.to_string())
+            .env("WEFT_ADMIN_PORT", ADMIN_PORT.to_string())
+            .env("WEFT_OPAQUE_PORTS", "")
+            .env("WEFT_PROBE_PORTS", "")
+            .env("WEFT_LOG", log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let process = Process::spawn(&format!("{}-proxy", self.name), cmd, &self.log_dir)?;
+        let mut proxy = PodProxy {
+            netns: self.netns.clone(),
+            process,
+        };
+        proxy.wait_ready().await?;
+        Ok(proxy)
+    }
+
     /// Starts weft-proxy with `extra` (top-level YAML) added to its config.
     async fn start_proxy_config(
         &self,

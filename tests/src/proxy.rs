@@ -188,6 +188,10 @@ pub struct ProxyConfig {
     /// (listen, app)
     pub inbound: Option<(SocketAddr, SocketAddr)>,
     pub admin: SocketAddr,
+    /// `admin.probe_ports`: app ports whose kubelet probes the admin server forwards.
+    pub probe_ports: Option<String>,
+    /// `inbound.opaque_ports`: app ports never sniffed.
+    pub inbound_opaque_ports: Option<String>,
     /// (service, listen)
     pub upstreams: Vec<(String, SocketAddr)>,
     /// `limits:` keys and their YAML values, e.g. ("detect_timeout", "200ms").
@@ -213,6 +217,8 @@ impl ProxyConfig {
             outbound: Some(free_addr()),
             inbound: None,
             admin: free_addr(),
+            probe_ports: None,
+            inbound_opaque_ports: None,
             upstreams: Vec::new(),
             limits: Vec::new(),
             services: Vec::new(),
@@ -229,6 +235,18 @@ impl ProxyConfig {
     /// A fixed-destination listener for `service` on a free port.
     pub fn upstream(mut self, service: &str) -> Self {
         self.upstreams.push((service.to_string(), free_addr()));
+        self
+    }
+
+    /// `admin.probe_ports`, in the injector's list syntax (`8080,9000-9010`).
+    pub fn probe_ports(mut self, ports: &str) -> Self {
+        self.probe_ports = Some(ports.to_string());
+        self
+    }
+
+    /// `inbound.opaque_ports`, in the injector's list syntax.
+    pub fn inbound_opaque_ports(mut self, ports: &str) -> Self {
+        self.inbound_opaque_ports = Some(ports.to_string());
         self
     }
 
@@ -277,11 +295,24 @@ impl ProxyConfig {
             out.push_str(&format!("outbound: {{listen: \"{addr}\"}}\n"));
         }
         if let Some((listen, app)) = self.inbound {
+            let opaque = self
+                .inbound_opaque_ports
+                .as_ref()
+                .map(|p| format!(", opaque_ports: \"{p}\""))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "inbound: {{listen: \"{listen}\", app: \"{app}\"}}\n"
+                "inbound: {{listen: \"{listen}\", app: \"{app}\"{opaque}}}\n"
             ));
         }
-        out.push_str(&format!("admin: {{listen: \"{}\"}}\n", self.admin));
+        let probe_ports = self
+            .probe_ports
+            .as_ref()
+            .map(|p| format!(", probe_ports: \"{p}\""))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "admin: {{listen: \"{}\"{probe_ports}}}\n",
+            self.admin
+        ));
         if !self.upstreams.is_empty() {
             out.push_str("upstreams:\n");
             for (service, listen) in &self.upstreams {

@@ -806,3 +806,130 @@ async fn the_wire_between_pods_carries_only_tls() {
         "the request path went over the wire in clear"
     );
 }
+
+/// Two pods as the injector leaves them: both sidecars are `weft-proxy run` with
+/// only the WEFT_* environment (no config file), learn the mesh from the control
+/// plane, get certificates and speak mTLS; pod a declares a port opaque
+/// (WEFT_OPAQUE_PORTS), and a kubelet stand-in outside the mesh probes pod b's app
+/// through the admin port (WEFT_PROBE_PORTS) while its plaintext to the app port
+/// is refused (strict inbound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pods_configured_by_env_alone() {
+    if !netns::available("injected_pods_configured_by_env_alone") {
+        return;
+    }
+    const RAW_VIP: &str = "10.96.0.13";
+    const RAW_PORT: u16 = 5433;
+    let mut node = Node::create().expect("create the node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    let x = node.pod("x").expect("pod x");
+    let _web = HttpApp::on_listener(
+        "b",
+        b.listen(WEB_PORT).await.expect("web listener in b"),
+        weft_tests::apps::standard_handler("b"),
+    )
+    .expect("web app");
+    let _raw = weft_tests::apps::TcpApp::serve_on(
+        b.listen(RAW_PORT).await.expect("raw listener in b"),
+        |mut stream| async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut got = Vec::new();
+            if stream.read_to_end(&mut got).await.is_ok() {
+                let _ = stream.write_all(b"echo:").await;
+                let _ = stream.write_all(&got).await;
+                let _ = stream.shutdown().await;
+            }
+        },
+    )
+    .expect("raw app");
+    a.install_capture().expect("init in a");
+    b.install_capture().expect("init in b");
+    let b_id = b.spiffe_id();
+    let services = [
+        ServiceDef::new("web")
+            .vip(WEB_VIP)
+            .port(80, "http1")
+            .endpoint_with_identity(b.addr(WEB_PORT), &b_id),
+        // Declared HTTP by the service; pod a's annotation says opaque.
+        ServiceDef::new("raw")
+            .vip(RAW_VIP)
+            .port(RAW_PORT, "http1")
+            .endpoint_with_identity(b.addr(RAW_PORT), &b_id),
+    ];
+    let control = node
+        .start_control_plane(&services)
+        .await
+        .expect("control plane on the node");
+    let raw_port = RAW_PORT.to_string();
+    let _a_proxy = a
+        .start_injected_proxy(&control, &[("WEFT_OPAQUE_PORTS", &raw_port)])
+        .await
+        .expect("proxy in a");
+    let probe_port = WEB_PORT.to_string();
+    let _b_proxy = b
+        .start_injected_proxy(&control, &[("WEFT_PROBE_PORTS", &probe_port)])
+        .await
+        .expect("proxy in b");
+
+    let reply = a
+        .http_get(vip(WEB_VIP, 80), "web", "/headers")
+        .await
+        .expect("GET web's VIP from a");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains(&format!("weft-client-id: {}", a.spiffe_id())),
+        "b's app learns a's identity: {}",
+        reply.body
+    );
+
+    let mut payload = b"GET / HTTP/1.1\r\n".to_vec();
+    payload.extend(weft_tests::data::pattern(16 * 1024, 5));
+    let mut stream = a.connect(vip(RAW_VIP, RAW_PORT)).await.expect("connect");
+    {
+        use tokio::io::AsyncWriteExt as _;
+        stream.write_all(&payload).await.expect("write");
+        stream.shutdown().await.expect("half-close");
+    }
+    let echoed = weft_tests::client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("read");
+    assert!(
+        echoed.starts_with(b"echo:") && echoed[5..] == payload[..],
+        "opaque both hops: {:?}",
+        String::from_utf8_lossy(&echoed[..echoed.len().min(64)])
+    );
+
+    // The kubelet, from outside the mesh: the rewritten probe works, the original
+    // would not (plaintext to a strict inbound), and the admin port is no relay.
+    let probe = x
+        .http_get(
+            b.addr(7191),
+            &format!("{}:7191", b.ip),
+            "/app-probe/8080/healthz",
+        )
+        .await
+        .expect("probe through b's admin port");
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    assert!(probe.body.contains("hello from b"), "{}", probe.body);
+    let direct = x.http_get(b.addr(WEB_PORT), "b", "/healthz").await;
+    assert!(
+        direct.as_ref().map_or(true, |r| r.status != 200),
+        "plaintext to the app port got through: {direct:?}"
+    );
+    let relay = x
+        .http_get(b.addr(7191), "b", &format!("/app-probe/{RAW_PORT}/"))
+        .await
+        .expect("reply");
+    assert_eq!(relay.status, 403, "{}", relay.body);
+    let config = x
+        .http_get(b.addr(7191), "b", "/config")
+        .await
+        .expect("reply");
+    assert_eq!(
+        config.status, 403,
+        "the snapshot is for loopback callers only"
+    );
+}

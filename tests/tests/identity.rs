@@ -711,3 +711,49 @@ async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
         "no HTTP/2 SETTINGS in clear"
     );
 }
+
+/// Over mTLS the calling proxy says "opaque" itself (ALPN `weft.opaque/1`), so
+/// the server proxy forwards bytes that look like HTTP untouched without any port
+/// list of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_port_stays_opaque_across_an_mtls_hop() {
+    let cp = ControlPlane::start(MESH, &[])
+        .await
+        .expect("start control plane");
+    let app = TcpApp::echo_after_eof().await.expect("tcp app");
+    let mut server_config = ProxyConfig::new().inbound(app.addr);
+    server_config.extra = identity_yaml(&cp, "server", "{}");
+    let server = WeftProxy::start_named("server-proxy", server_config)
+        .await
+        .expect("start server proxy");
+    let mut client_config = ProxyConfig::new().upstream("db");
+    client_config.extra = format!(
+        "{}services:\n  - name: db\n    ports: [{{port: 5432, protocol: opaque}}]\n    \
+         endpoints:\n      - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
+        identity_yaml(&cp, "client", "{}"),
+        server.inbound()
+    );
+    let client = WeftProxy::start_named("client-proxy", client_config)
+        .await
+        .expect("start client proxy");
+    let mut payload = b"GET / HTTP/1.1\r\n".to_vec();
+    payload.extend(weft_tests::data::pattern(64 * 1024, 3));
+
+    let mut stream = tokio::net::TcpStream::connect(client.upstream("db"))
+        .await
+        .expect("connect");
+    stream.write_all(&payload).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let got = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("read");
+
+    assert!(
+        got.starts_with(b"echo:"),
+        "got {:?}",
+        String::from_utf8_lossy(&got[..got.len().min(64)])
+    );
+    assert!(got[5..] == payload[..], "echoed bytes differ");
+    assert_eq!(handshakes_ok(&client, "outbound").await, 1.0);
+    assert_eq!(handshakes_ok(&server, "inbound").await, 1.0);
+}

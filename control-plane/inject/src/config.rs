@@ -27,6 +27,10 @@ pub struct InjectConfig {
     pub image_pull_policy: String,
     /// `host:port` of the control plane's gRPC endpoint.
     pub control_plane: String,
+    /// PEM roots that verify the control plane's TLS certificate, written into each
+    /// proxy as `WEFT_TRUST_ANCHORS` (`--trust-anchors FILE`). Without them injected
+    /// proxies cannot reach a TLS control plane, so both fronts warn.
+    pub trust_anchors: Option<String>,
     pub trust_domain: String,
     pub token_audience: String,
     /// Lifetime of the projected token; the kubelet refreshes it at 80 %.
@@ -69,6 +73,7 @@ impl Default for InjectConfig {
             init_image: default_init_image(),
             image_pull_policy: "IfNotPresent".into(),
             control_plane: DEFAULT_CONTROL_PLANE.into(),
+            trust_anchors: None,
             trust_domain: DEFAULT_TRUST_DOMAIN.into(),
             token_audience: DEFAULT_TOKEN_AUDIENCE.into(),
             token_expiration_seconds: 3600,
@@ -89,4 +94,23 @@ impl Default for InjectConfig {
             },
         }
     }
+}
+
+/// Reads and checks a PEM file of trust anchors (`--trust-anchors`): at least one
+/// certificate, nothing that is not PEM. The text is kept as read, so the pod spec
+/// carries exactly what the operator gave.
+pub fn read_trust_anchors(path: &std::path::Path) -> Result<String, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let origin = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{origin}: {e}"))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        cert.map_err(|e| format!("{origin}: {e}"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!("{origin}: no PEM certificate"));
+    }
+    Ok(text)
 }

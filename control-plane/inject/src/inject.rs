@@ -31,12 +31,16 @@
 //!   `prometheus.io/path: /metrics`, only when the pod has none of the
 //!   `prometheus.io/*` annotations (an app that exports its own metrics keeps them;
 //!   Weft's scrape config finds the proxy by its `weft-admin` container port).
+//! - the app containers' `httpGet` and `grpc` probes, rewritten to go through the proxy's admin
+//!   port (see [`crate::probes`]), with the originals in the annotation
+//!   `weft.io/original-probes`.
 //!
 //! # Environment contract of the proxy container (`weft-proxy run`)
 //!
 //! | variable | value | notes |
 //! |---|---|---|
 //! | `WEFT_CONTROL_PLANE` | `weft-control.weft-system.svc:7443` | gRPC over TLS; the host part is the TLS server name |
+//! | `WEFT_TRUST_ANCHORS` | PEM certificates (`--trust-anchors FILE`) | roots that verify the control plane's certificate; absent when the injector has none (the proxy then refuses to start) |
 //! | `WEFT_TRUST_DOMAIN` | `cluster.local` | SPIFFE trust domain: `spiffe://<td>/ns/<ns>/sa/<sa>` |
 //! | `WEFT_IDENTITY_TOKEN_FILE` | `/var/run/secrets/weft.io/serviceaccount/token` | proof for `CertifyRequest.service_account_token`; re-read on every use |
 //! | `WEFT_NODE_ID` | downward API `metadata.name` | `weft.v1.Node.id` (the pod's name) |
@@ -47,6 +51,7 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | listen on all addresses (redirect target of PREROUTING) |
 //! | `WEFT_ADMIN_PORT` | `7191` | listen on all addresses: the kubelet probes it and Prometheus scrapes it |
 //! | `WEFT_OPAQUE_PORTS` | e.g. `3306,8000-8099`, may be empty | destination/app ports never sniffed, handled as opaque TCP both ways |
+//! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
 //!
 //! # Environment contract of the init container (`weft-proxy init`)
@@ -63,9 +68,10 @@
 //! without spaces. Loopback traffic is the init's business (never redirected, except
 //! what the proxy needs); the injector does not encode it.
 //!
-//! Not done here: rewriting the app's HTTP probes. The kubelet's plaintext probes of
-//! an app port arrive through the inbound redirect, so the inbound side must admit
-//! them (or a later change rewrites probes to go through the admin port).
+//! The trust anchors travel in the pod spec (as Linkerd's do) rather than in a
+//! ConfigMap volume: a pod in any namespace gets them without a per-namespace copy,
+//! and a pod keeps the roots it started with. Rotating the roots means restarting
+//! the injector with the new file and rolling the workloads.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,8 +87,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::annotations::{self, AnnotationError, InjectChoice, PodOverrides};
+use crate::annotations::{self, AnnotationError, InjectChoice, PodOverrides, PortList};
 use crate::config::{ADMIN_PORT, INBOUND_PORT, InjectConfig, OUTBOUND_PORT, PROXY_UID, Resources};
+use crate::probes;
 
 pub const INIT_CONTAINER: &str = "weft-init";
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -176,18 +183,28 @@ impl Injector {
             ops.push(PatchOperation::Add(AddOperation { path, value }));
         };
 
-        let scrape = scrape_annotations();
+        let probes = probes::rewrite(&spec, pod);
+        let mut new_annotations = BTreeMap::new();
         let has_prometheus =
             annotations.is_some_and(|a| a.keys().any(|k| k.starts_with("prometheus.io/")));
         if !has_prometheus {
+            new_annotations.extend(scrape_annotations());
+        }
+        if let Some(originals) = &probes.originals {
+            new_annotations.insert(probes::ORIGINAL_PROBES.to_string(), originals.clone());
+        }
+        if !new_annotations.is_empty() {
             match (pod.get("metadata"), annotations) {
                 (None, _) => add(
                     path(&["metadata"]),
-                    serde_json::json!({ "annotations": scrape }),
+                    serde_json::json!({ "annotations": new_annotations }),
                 ),
-                (Some(_), None) => add(path(&["metadata", "annotations"]), to_json(&scrape)),
+                (Some(_), None) => add(
+                    path(&["metadata", "annotations"]),
+                    to_json(&new_annotations),
+                ),
                 (Some(_), Some(_)) => {
-                    for (k, v) in &scrape {
+                    for (k, v) in &new_annotations {
                         add(
                             path(&["metadata", "annotations", k]),
                             Value::String(v.clone()),
@@ -227,9 +244,14 @@ impl Injector {
             }
         }
 
+        for (field, value) in &probes.fields {
+            let tokens: Vec<&str> = field.iter().map(String::as_str).collect();
+            add(path(&tokens), value.clone());
+        }
+
         let containers = [
             self.init_container(&overrides),
-            self.proxy_container(&overrides),
+            self.proxy_container(&overrides, &probes.ports),
         ];
         match spec.init_containers.as_ref() {
             None => add(path(&["spec", "initContainers"]), to_json(&containers)),
@@ -319,7 +341,7 @@ impl Injector {
         }
     }
 
-    fn proxy_container(&self, overrides: &PodOverrides) -> Container {
+    fn proxy_container(&self, overrides: &PodOverrides, probe_ports: &PortList) -> Container {
         let http = |path: &str, period: i32, failures: i32| Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(path.into()),
@@ -338,20 +360,31 @@ impl Injector {
             args: Some(vec!["run".into()]),
             // A restartable init container is a native sidecar (Kubernetes 1.29+).
             restart_policy: Some("Always".into()),
-            env: Some(vec![
-                env("WEFT_CONTROL_PLANE", self.config.control_plane.clone()),
-                env("WEFT_TRUST_DOMAIN", self.config.trust_domain.clone()),
-                env("WEFT_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
-                field_env("WEFT_NODE_ID", "metadata.name"),
-                field_env("WEFT_NODE_NAMESPACE", "metadata.namespace"),
-                field_env("WEFT_NODE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-                field_env("WEFT_NODE_IP", "status.podIP"),
-                env("WEFT_OUTBOUND_PORT", OUTBOUND_PORT.to_string()),
-                env("WEFT_INBOUND_PORT", INBOUND_PORT.to_string()),
-                env("WEFT_ADMIN_PORT", ADMIN_PORT.to_string()),
-                env("WEFT_OPAQUE_PORTS", overrides.opaque_ports.to_string()),
-                env("WEFT_LOG", self.config.log_level.clone()),
-            ]),
+            env: Some(
+                [env("WEFT_CONTROL_PLANE", self.config.control_plane.clone())]
+                    .into_iter()
+                    .chain(
+                        self.config
+                            .trust_anchors
+                            .clone()
+                            .map(|pem| env("WEFT_TRUST_ANCHORS", pem)),
+                    )
+                    .chain([
+                        env("WEFT_TRUST_DOMAIN", self.config.trust_domain.clone()),
+                        env("WEFT_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+                        field_env("WEFT_NODE_ID", "metadata.name"),
+                        field_env("WEFT_NODE_NAMESPACE", "metadata.namespace"),
+                        field_env("WEFT_NODE_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+                        field_env("WEFT_NODE_IP", "status.podIP"),
+                        env("WEFT_OUTBOUND_PORT", OUTBOUND_PORT.to_string()),
+                        env("WEFT_INBOUND_PORT", INBOUND_PORT.to_string()),
+                        env("WEFT_ADMIN_PORT", ADMIN_PORT.to_string()),
+                        env("WEFT_OPAQUE_PORTS", overrides.opaque_ports.to_string()),
+                        env("WEFT_PROBE_PORTS", probe_ports.to_string()),
+                        env("WEFT_LOG", self.config.log_level.clone()),
+                    ])
+                    .collect(),
+            ),
             ports: Some(vec![ContainerPort {
                 name: Some(ADMIN_PORT_NAME.into()),
                 container_port: i32::from(ADMIN_PORT),

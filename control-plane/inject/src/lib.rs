@@ -7,6 +7,7 @@ pub mod annotations;
 pub mod config;
 pub mod inject;
 pub mod manifest;
+pub mod probes;
 pub mod tls;
 pub mod webhook;
 

@@ -186,3 +186,56 @@ fn broken_yaml_names_the_document() {
     assert!(err.contains("<stdin>: document 1"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// Runs `weftctl inject` with only `args` (no golden trust anchors).
+fn weftctl_inject_bare(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .arg("inject")
+        .args(args)
+        .env_remove("WEFT_TRUST_ANCHORS_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weftctl starts");
+    // weftctl may refuse its arguments before it reads stdin.
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes());
+    child.wait_with_output().expect("weftctl finishes")
+}
+
+#[test]
+fn trust_anchors_are_checked_and_their_absence_is_warned_about() {
+    let pod = fs::read_to_string(golden_dir().join("pod.in.yaml")).expect("read");
+    let out = weftctl_inject_bare(&[], &pod);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("warning: no --trust-anchors"), "{err}");
+    assert!(!text(&out.stdout).contains("WEFT_TRUST_ANCHORS"));
+
+    let dir = tempfile_dir();
+    let bad = dir.join("not-pem.txt");
+    fs::write(&bad, "hello\n").expect("write");
+    let out = weftctl_inject_bare(&["--trust-anchors", bad.to_str().expect("utf-8")], &pod);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--trust-anchors") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the target dir (the crate has no tempfile dependency).
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("weftctl-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}

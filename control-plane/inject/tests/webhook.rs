@@ -458,6 +458,8 @@ fn weftctl_webhook_serves_until_sigterm() {
         .arg(dir.join("tls.crt"))
         .arg("--tls-key")
         .arg(dir.join("tls.key"))
+        // As the webhook Deployment gives it, through the environment.
+        .env("WEFT_TRUST_ANCHORS_FILE", common::golden_trust_anchors())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -40,11 +40,16 @@ use self::verify::{SpiffeServerVerifier, peer_identity};
 pub enum Alpn {
     Http1,
     Http2,
+    /// The outbound side decided the connection is opaque TCP (a port declared
+    /// opaque, or bytes it found not to be HTTP): the inbound side must not sniff
+    /// again, since bytes that merely look like HTTP would be parsed as HTTP there.
     Opaque,
 }
 
 const ALPN_H2: &[u8] = b"h2";
 const ALPN_H1: &[u8] = b"http/1.1";
+/// Weft's own protocol name for "opaque bytes follow"; only proxies offer it.
+const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
 
 /// Why a handshake failed, as the `reason` label of the handshake metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,11 +277,11 @@ impl Identity {
             .map_err(tls)?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(self.current.clone());
-        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_H1.to_vec()];
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_H1.to_vec(), ALPN_OPAQUE.to_vec()];
         Ok(TlsConfigs {
             h1: client(&[ALPN_H1])?,
             h2: client(&[ALPN_H2])?,
-            opaque: client(&[])?,
+            opaque: client(&[ALPN_OPAQUE])?,
             server: TlsAcceptor::from(Arc::new(server)),
         })
     }
@@ -377,6 +382,7 @@ pub fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
     match stream.get_ref().1.alpn_protocol() {
         Some(ALPN_H2) => Some(Alpn::Http2),
         Some(ALPN_H1) => Some(Alpn::Http1),
+        Some(ALPN_OPAQUE) => Some(Alpn::Opaque),
         _ => None,
     }
 }

@@ -66,6 +66,10 @@ struct InjectArgs {
     /// The control plane's gRPC address, as seen from pods
     #[arg(long, env = "WEFT_CONTROL_PLANE", default_value = config::DEFAULT_CONTROL_PLANE)]
     control_plane: String,
+    /// PEM file of the roots that verify the control plane's TLS certificate (the
+    /// mesh CA); injected proxies get its text as WEFT_TRUST_ANCHORS
+    #[arg(long, value_name = "FILE", env = "WEFT_TRUST_ANCHORS_FILE")]
+    trust_anchors: Option<PathBuf>,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = config::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Audience of the projected ServiceAccount token the proxy proves itself with
@@ -95,6 +99,11 @@ impl InjectArgs {
         }
         c.image_pull_policy = self.image_pull_policy;
         c.control_plane = self.control_plane;
+        c.trust_anchors = self
+            .trust_anchors
+            .map(|path| config::read_trust_anchors(&path))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--trust-anchors {e}"))?;
         c.trust_domain = self.trust_domain;
         c.token_audience = self.token_audience;
         c.log_level = self.proxy_log_level;
@@ -155,8 +164,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Said once per run: such proxies cannot verify a TLS control plane.
+const NO_TRUST_ANCHORS: &str = "no --trust-anchors: injected proxies get no WEFT_TRUST_ANCHORS \
+     and cannot verify the control plane";
+
 fn run_inject(files: Vec<PathBuf>, args: InjectArgs) -> anyhow::Result<()> {
     let injector = Injector::new(args.config()?);
+    if injector.config().trust_anchors.is_none() {
+        eprintln!("weftctl: warning: {NO_TRUST_ANCHORS}");
+    }
     let inputs = if files.is_empty() {
         vec![PathBuf::from("-")]
     } else {
@@ -208,6 +224,9 @@ fn run_webhook(
         )
         .init();
     let injector = Arc::new(Injector::new(args.config()?));
+    if injector.config().trust_anchors.is_none() {
+        tracing::warn!("{NO_TRUST_ANCHORS}");
+    }
     let tls = tls::server_config(&cert, &key)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {

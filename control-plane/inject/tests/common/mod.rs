@@ -17,8 +17,17 @@ pub fn golden_config() -> InjectConfig {
     InjectConfig {
         proxy_image: GOLDEN_IMAGE.into(),
         init_image: GOLDEN_INIT_IMAGE.into(),
+        trust_anchors: Some(
+            weft_inject::config::read_trust_anchors(&golden_trust_anchors())
+                .expect("golden trust anchors"),
+        ),
         ..InjectConfig::default()
     }
+}
+
+/// The mesh CA the golden pods trust (a fixed self-signed test certificate).
+pub fn golden_trust_anchors() -> PathBuf {
+    golden_dir().join("trust-anchors.pem")
 }
 
 pub fn golden_dir() -> PathBuf {
@@ -35,6 +44,8 @@ pub fn weftctl_inject(args: &[&str], stdin: &str) -> Output {
             "--init-image",
             GOLDEN_INIT_IMAGE,
         ])
+        .arg("--trust-anchors")
+        .arg(golden_trust_anchors())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
