@@ -13,6 +13,7 @@ use crate::identity::ca::CertificateAuthority;
 use crate::identity::proof::{LocalTokens, Workload};
 use crate::server::{IdentityConfig, Server, ServerConfig};
 use crate::source::file::FileSource;
+use crate::source::kubernetes::KubernetesSource;
 
 #[derive(Debug, Parser)]
 #[command(name = "weft-control", version, about = "Weft's control plane")]
@@ -31,6 +32,25 @@ pub enum Command {
     /// Print the local identity token for one workload (what its proxy sends to
     /// Identity.Certify as proof). Uses the secret in the state directory.
     Token(TokenArgs),
+    /// Print the CustomResourceDefinitions of Weft's policy resources (multi-document
+    /// YAML), or write one file per CRD into --out-dir.
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write <plural>.weft.io.yaml files here (deploy/k8s/crds) instead of printing.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Where the served mesh comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// A watched YAML file or directory (--mesh).
+    File,
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kubernetes,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,8 +145,13 @@ impl IdentityArgs {
 pub struct ServeArgs {
     /// A mesh YAML file, or a directory whose *.yaml and *.yml files are merged.
     /// Watched: valid changes are served at once, invalid ones are rejected.
-    #[arg(long, value_name = "PATH")]
-    pub mesh: PathBuf,
+    /// Required with --source file.
+    #[arg(long, value_name = "PATH", required_if_eq("source", "file"))]
+    pub mesh: Option<PathBuf>,
+    /// Where the mesh comes from: a file, or the Kubernetes API (Services,
+    /// EndpointSlices, Pods and weft.io policies).
+    #[arg(long, value_enum, env = "WEFT_SOURCE", default_value = "file")]
+    pub source: SourceKind,
     /// Address for the gRPC API (weft.v1.Discovery).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7443")]
     pub grpc: SocketAddr,
@@ -170,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
         Command::Token(args) => token(&args),
+        Command::Crds(args) => crds(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,10 +230,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server = server.with_tls(crate::server::tls_config(&chain, key)?);
         tracing::info!(name = %args.tls_name, "gRPC over TLS");
     }
+    let trust_domain = identity.trust_domain.clone();
     let server = server.with_identity(identity);
-    server
-        .run(FileSource::new(args.mesh), shutdown_signal())
-        .await
+    match (args.source, args.mesh) {
+        (SourceKind::Kubernetes, _) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
+            tracing::info!(%trust_domain, "source: kubernetes API");
+            let source = KubernetesSource::new(client, trust_domain);
+            server.run(source, shutdown_signal()).await
+        }
+        (SourceKind::File, Some(mesh)) => {
+            tracing::info!(path = %mesh.display(), "source: file");
+            server.run(FileSource::new(mesh), shutdown_signal()).await
+        }
+        (SourceKind::File, None) => anyhow::bail!("--source file needs --mesh"),
+    }
+}
+
+fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
+    use crate::source::kubernetes::crd;
+    let mut documents = Vec::new();
+    for (file, definition) in crd::definitions() {
+        let text = crd::to_yaml(&definition)?;
+        match &args.out_dir {
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => documents.push(text),
+        }
+    }
+    if !documents.is_empty() {
+        print!("{}", documents.join("---\n"));
+    }
+    Ok(())
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
