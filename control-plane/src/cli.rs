@@ -146,7 +146,7 @@ pub struct ServeArgs {
     /// A mesh YAML file, or a directory whose *.yaml and *.yml files are merged.
     /// Watched: valid changes are served at once, invalid ones are rejected.
     /// Required with --source file.
-    #[arg(long, value_name = "PATH", required_if_eq("source", "file"))]
+    #[arg(long, value_name = "PATH")]
     pub mesh: Option<PathBuf>,
     /// Where the mesh comes from: a file, or the Kubernetes API (Services,
     /// EndpointSlices, Pods and weft.io policies).
@@ -208,6 +208,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Chosen before anything is bound or created, so a wrong choice fails at once.
+    let source = match (args.source, &args.mesh) {
+        (SourceKind::File, None) => anyhow::bail!("--source file needs --mesh"),
+        (SourceKind::File, Some(mesh)) => ChosenSource::File(mesh.clone()),
+        (SourceKind::Kubernetes, _) => ChosenSource::Kubernetes(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?,
+        ),
+    };
     let config = ServerConfig {
         grpc: args.grpc,
         admin: args.admin,
@@ -232,21 +242,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let trust_domain = identity.trust_domain.clone();
     let server = server.with_identity(identity);
-    match (args.source, args.mesh) {
-        (SourceKind::Kubernetes, _) => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
+    match source {
+        ChosenSource::Kubernetes(client) => {
             tracing::info!(%trust_domain, "source: kubernetes API");
             let source = KubernetesSource::new(client, trust_domain);
             server.run(source, shutdown_signal()).await
         }
-        (SourceKind::File, Some(mesh)) => {
+        ChosenSource::File(mesh) => {
             tracing::info!(path = %mesh.display(), "source: file");
             server.run(FileSource::new(mesh), shutdown_signal()).await
         }
-        (SourceKind::File, None) => anyhow::bail!("--source file needs --mesh"),
     }
+}
+
+enum ChosenSource {
+    File(PathBuf),
+    Kubernetes(kube::Client),
 }
 
 fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
