@@ -97,8 +97,16 @@ impl Source for KubernetesSource {
                     "object rejected; the rest of the mesh is served"
                 );
             }
-            if current.as_deref() != Some(&translation.mesh) {
-                let mesh = Arc::new(translation.mesh);
+            let mesh = match translation.mesh {
+                Ok(mesh) => Some(mesh),
+                Err(error) => {
+                    out.reject();
+                    tracing::error!(%error, serving_generation = out.generation(), "translated mesh is invalid; the last state keeps serving");
+                    None
+                }
+            };
+            if let Some(mesh) = mesh.filter(|m| current.as_deref() != Some(m)) {
+                let mesh = Arc::new(mesh);
                 let generation = out.publish(Arc::clone(&mesh));
                 tracing::info!(
                     generation,

@@ -168,7 +168,10 @@ fn payments() -> Objects {
 }
 
 fn only_service(objects: &Objects) -> ServiceSpec {
-    let mesh = Translator::new(TRUST_DOMAIN).translate(objects).mesh;
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(objects)
+        .mesh
+        .expect("valid mesh");
     assert_eq!(mesh.services.len(), 1, "{mesh:?}");
     mesh.services[0].clone()
 }
@@ -431,19 +434,22 @@ fn invalid_or_conflicting_policy_is_rejected_alone_and_last_good_kept() {
         mesh.find("payments", "shop")
             .and_then(|s| s.policy.load_balancer.clone())
     };
-    assert_eq!(lb(&first.mesh), Some(LoadBalancerSpec::RoundRobin));
+    assert_eq!(
+        lb(first.mesh.as_ref().expect("valid mesh")),
+        Some(LoadBalancerSpec::RoundRobin)
+    );
 
-    // A bad edit of the same object: rejected, its last good translation stays; a
-    // newer policy for the same Service conflicts; a bad policy with no past is
-    // ignored. Every service is still published.
+    // A bad edit of the same object (a value its type cannot hold): rejected, its
+    // last good translation stays on its Service. A newer policy for the same Service
+    // conflicts. Bad policies with no past are ignored. Every service is still
+    // published.
     objects.traffic_policies = vec![
         traffic_policy(
             "shop",
             "payments",
             "2026-01-02T00:00:00Z",
             "6",
-            json!({"targetRef": {"kind": "Service", "name": "payments"},
-                   "loadBalancer": "least-request", "timeouts": {"request": "soon"}}),
+            json!({"targetRef": {"kind": "Service", "name": "payments"}, "loadBalancer": "random"}),
         ),
         traffic_policy(
             "shop",
@@ -459,18 +465,23 @@ fn invalid_or_conflicting_policy_is_rejected_alone_and_last_good_kept() {
             "1",
             json!({"targetRef": {"kind": "Service", "name": "orders"}, "retry": {"maxAttempts": 50}}),
         ),
+        traffic_policy(
+            "shop",
+            "orders-2",
+            "2026-01-04T00:00:00Z",
+            "1",
+            json!({"targetRef": {"kind": "Service", "name": "orders"}, "timeouts": {"request": "soon"}}),
+        ),
     ];
     let second = translator.translate(&objects);
-    assert_eq!(second.mesh.services.len(), 2);
+    let mesh = second.mesh.as_ref().expect("valid mesh");
+    assert_eq!(mesh.services.len(), 2);
     assert_eq!(
-        lb(&second.mesh),
+        lb(mesh),
         Some(LoadBalancerSpec::RoundRobin),
         "last good kept"
     );
-    let orders = second
-        .mesh
-        .find("orders", "shop")
-        .expect("orders still served");
+    let orders = mesh.find("orders", "shop").expect("orders still served");
     assert_eq!(orders.policy, Default::default());
     let mut rejected: Vec<(String, bool)> = second
         .new_rejections
@@ -482,6 +493,7 @@ fn invalid_or_conflicting_policy_is_rejected_alone_and_last_good_kept() {
         rejected,
         [
             ("TrafficPolicy shop/orders".to_string(), false),
+            ("TrafficPolicy shop/orders-2".to_string(), false),
             ("TrafficPolicy shop/payments".to_string(), true),
             ("TrafficPolicy shop/payments-2".to_string(), false),
         ]
@@ -491,25 +503,22 @@ fn invalid_or_conflicting_policy_is_rejected_alone_and_last_good_kept() {
         .iter()
         .map(|r| r.reason.as_str())
         .collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("invalid duration")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("already has TrafficPolicy shop/payments")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("max_attempts")),
-        "{reasons:?}"
-    );
+    for expected in [
+        "unknown variant `random`",
+        "invalid duration",
+        "already has TrafficPolicy shop/payments",
+        "max_attempts",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:?}"
+        );
+    }
 
     // The same object versions are reported once, however often the mesh is rebuilt.
     let third = translator.translate(&objects);
     assert!(third.new_rejections.is_empty());
-    assert_eq!(third.rejected, 3);
+    assert_eq!(third.rejected, 4);
 }
 
 #[test]
@@ -551,7 +560,8 @@ fn inbound_authorization_becomes_the_workloads_policy() {
         ),
     ];
     let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
-    let workloads = &translation.mesh.workloads;
+    let mesh = translation.mesh.as_ref().expect("valid mesh");
+    let workloads = &mesh.workloads;
     assert_eq!(workloads.len(), 1, "{workloads:?}");
     let w = &workloads[0];
     assert_eq!(
@@ -568,7 +578,7 @@ fn inbound_authorization_becomes_the_workloads_policy() {
     assert_eq!(w.inbound[1].mode, TlsModeSpec::Permissive);
     assert_eq!(w.inbound[1].allow_unauthenticated, Some(true));
     assert_eq!(translation.rejected, 2);
-    assert_eq!(translation.mesh.services.len(), 1, "services unaffected");
+    assert_eq!(mesh.services.len(), 1, "services unaffected");
 }
 
 /// The checked-in CRDs are what the Rust types generate.

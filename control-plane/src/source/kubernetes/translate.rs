@@ -95,7 +95,8 @@ pub struct Rejection {
 /// The result of one translation.
 #[derive(Debug)]
 pub struct Translation {
-    pub mesh: MeshSpec,
+    /// The mesh, or why it failed the final validation.
+    pub mesh: Result<MeshSpec, String>,
     /// Objects rejected in this version for the first time (each object version is
     /// reported once, however often the mesh is rebuilt).
     pub new_rejections: Vec<Rejection>,
@@ -108,8 +109,9 @@ pub struct Translation {
 #[derive(Debug)]
 pub struct Translator {
     trust_domain: String,
-    last_good_policies: HashMap<ObjectKey, PolicySpec>,
-    last_good_workloads: HashMap<ObjectKey, WorkloadSpec>,
+    /// Per object: the target it names and its last valid translation.
+    last_good_policies: HashMap<ObjectKey, (String, PolicySpec)>,
+    last_good_workloads: HashMap<ObjectKey, (String, WorkloadSpec)>,
     /// Rejected objects and the resourceVersion they were reported at.
     reported: HashMap<ObjectKey, String>,
 }
@@ -126,19 +128,44 @@ impl Translator {
 
     pub fn translate(&mut self, objects: &Objects) -> Translation {
         let mut rejections: Vec<(Rejection, String)> = Vec::new();
-        let policies = self.traffic_policies(&objects.traffic_policies, &mut rejections);
+        let policies = resolve(
+            "TrafficPolicy",
+            "Service",
+            &objects.traffic_policies,
+            &mut self.last_good_policies,
+            |_, object| {
+                let spec = spec_of::<TrafficPolicySpec>(object)?;
+                Ok((spec.target_ref.name.clone(), policy_spec(&spec)?))
+            },
+            &mut rejections,
+        );
         let services = self.services(objects, &policies, &mut rejections);
-        let workloads = self.workloads(&objects.inbound_authorizations, &mut rejections);
-        let mut mesh = MeshSpec {
+        let workloads = resolve(
+            "InboundAuthorization",
+            "ServiceAccount",
+            &objects.inbound_authorizations,
+            &mut self.last_good_workloads,
+            |namespace, object| {
+                let spec = spec_of::<InboundAuthorizationSpec>(object)?;
+                Ok((
+                    spec.service_account_name.clone(),
+                    workload_spec(namespace, &spec)?,
+                ))
+            },
+            &mut rejections,
+        )
+        .into_values()
+        .collect();
+        let mesh = MeshSpec {
             services,
             workloads,
         };
-        if let Err(error) = mesh.validate() {
-            // Each part was validated alone above, so this is a bug, not bad input;
-            // publishing nothing new is still better than a mesh the index rejects.
-            tracing::error!(%error, "translated mesh failed validation; dropping it");
-            mesh = MeshSpec::default();
-        }
+        // Each part was validated alone above, so a failure here is a bug, not bad
+        // input; the caller keeps the last state rather than serve this one.
+        let mesh = match mesh.validate() {
+            Ok(()) => Ok(mesh),
+            Err(error) => Err(error.to_string()),
+        };
         let rejected = rejections.len();
         let mut still = HashMap::with_capacity(rejected);
         let mut new_rejections = Vec::new();
@@ -156,68 +183,10 @@ impl Translator {
         }
     }
 
-    /// The effective policy of each Service, keyed by (namespace, name).
-    fn traffic_policies(
-        &mut self,
-        objects: &[Arc<DynamicObject>],
-        rejections: &mut Vec<(Rejection, String)>,
-    ) -> HashMap<(String, String), PolicySpec> {
-        let mut sorted: Vec<&DynamicObject> = objects.iter().map(|o| o.as_ref()).collect();
-        sorted.sort_by_key(|o| age_order(&o.metadata));
-        let present: HashSet<ObjectKey> = sorted
-            .iter()
-            .map(|o| ObjectKey::of("TrafficPolicy", &o.metadata))
-            .collect();
-        self.last_good_policies.retain(|k, _| present.contains(k));
-        let mut claimed: HashMap<(String, String), (PolicySpec, ObjectKey)> = HashMap::new();
-        for object in sorted {
-            let key = ObjectKey::of("TrafficPolicy", &object.metadata);
-            let version = object.metadata.resource_version.clone().unwrap_or_default();
-            let spec = spec_of::<TrafficPolicySpec>(object);
-            let target_name = match &spec {
-                Ok(spec) => spec.target_ref.name.clone(),
-                Err(_) => String::new(),
-            };
-            let target = (key.namespace.clone(), target_name);
-            let (policy, failure) = match spec.and_then(|spec| policy_spec(&spec)) {
-                Ok(policy) => {
-                    self.last_good_policies.insert(key.clone(), policy.clone());
-                    (Some(policy), None)
-                }
-                Err(reason) => (self.last_good_policies.get(&key).cloned(), Some(reason)),
-            };
-            let failure = match (&policy, claimed.get(&target)) {
-                (Some(_), Some((_, owner))) => Some(format!(
-                    "Service {} already has {owner}, which is older",
-                    target.1
-                )),
-                _ => failure,
-            };
-            if let Some(reason) = failure {
-                let kept_last_good = policy.is_some() && !claimed.contains_key(&target);
-                rejections.push((
-                    Rejection {
-                        object: key.clone(),
-                        reason,
-                        kept_last_good,
-                    },
-                    version,
-                ));
-                if !kept_last_good {
-                    continue;
-                }
-            }
-            if let Some(policy) = policy {
-                claimed.insert(target, (policy, key));
-            }
-        }
-        claimed.into_iter().map(|(k, (p, _))| (k, p)).collect()
-    }
-
     fn services(
         &self,
         objects: &Objects,
-        policies: &HashMap<(String, String), PolicySpec>,
+        policies: &BTreeMap<(String, String), PolicySpec>,
         rejections: &mut Vec<(Rejection, String)>,
     ) -> Vec<ServiceSpec> {
         let pods: HashMap<(&str, &str), &Pod> = objects
@@ -459,64 +428,71 @@ impl Translator {
         let id = weft_api::spiffe::SpiffeId::new(&self.trust_domain, namespace, account).ok()?;
         SpiffeId::try_from(id.to_string()).ok()
     }
+}
 
-    fn workloads(
-        &mut self,
-        objects: &[Arc<DynamicObject>],
-        rejections: &mut Vec<(Rejection, String)>,
-    ) -> Vec<WorkloadSpec> {
-        let mut sorted: Vec<&DynamicObject> = objects.iter().map(|o| o.as_ref()).collect();
-        sorted.sort_by_key(|o| age_order(&o.metadata));
-        let present: HashSet<ObjectKey> = sorted
-            .iter()
-            .map(|o| ObjectKey::of("InboundAuthorization", &o.metadata))
-            .collect();
-        self.last_good_workloads.retain(|k, _| present.contains(k));
-        let mut claimed: BTreeMap<(String, String), (WorkloadSpec, ObjectKey)> = BTreeMap::new();
-        for object in sorted {
-            let key = ObjectKey::of("InboundAuthorization", &object.metadata);
-            let version = object.metadata.resource_version.clone().unwrap_or_default();
-            let spec = spec_of::<InboundAuthorizationSpec>(object);
-            let account = match &spec {
-                Ok(spec) => spec.service_account_name.clone(),
-                Err(_) => String::new(),
+/// The effective translation of each target (namespace, name) of one kind of policy
+/// object. An object applies with its own translation if valid, else with its last
+/// good one; the oldest object naming a target wins it, later ones are rejected.
+fn resolve<T: Clone>(
+    kind: &'static str,
+    target_kind: &str,
+    objects: &[Arc<DynamicObject>],
+    last_good: &mut HashMap<ObjectKey, (String, T)>,
+    translate: impl Fn(&str, &DynamicObject) -> Result<(String, T), String>,
+    rejections: &mut Vec<(Rejection, String)>,
+) -> BTreeMap<(String, String), T> {
+    let mut sorted: Vec<&DynamicObject> = objects.iter().map(|o| o.as_ref()).collect();
+    sorted.sort_by_key(|o| age_order(&o.metadata));
+    let present: HashSet<ObjectKey> = sorted
+        .iter()
+        .map(|o| ObjectKey::of(kind, &o.metadata))
+        .collect();
+    last_good.retain(|k, _| present.contains(k));
+    let mut claimed: BTreeMap<(String, String), (T, ObjectKey)> = BTreeMap::new();
+    for object in sorted {
+        let key = ObjectKey::of(kind, &object.metadata);
+        let version = object.metadata.resource_version.clone().unwrap_or_default();
+        let (effective, failure) = match translate(&key.namespace, object) {
+            Ok(translated) => {
+                last_good.insert(key.clone(), translated.clone());
+                (Some(translated), None)
+            }
+            Err(reason) => (last_good.get(&key).cloned(), Some(reason)),
+        };
+        let Some((target, value)) = effective else {
+            let reason = failure.unwrap_or_default();
+            let rejection = Rejection {
+                object: key,
+                reason,
+                kept_last_good: false,
             };
-            let target = (key.namespace.clone(), account);
-            let (workload, failure) =
-                match spec.and_then(|spec| workload_spec(&key.namespace, &spec)) {
-                    Ok(w) => {
-                        self.last_good_workloads.insert(key.clone(), w.clone());
-                        (Some(w), None)
-                    }
-                    Err(reason) => (self.last_good_workloads.get(&key).cloned(), Some(reason)),
-                };
-            let failure = match (&workload, claimed.get(&target)) {
-                (Some(_), Some((_, owner))) => Some(format!(
-                    "ServiceAccount {} already has {owner}, which is older",
+            rejections.push((rejection, version));
+            continue;
+        };
+        let target = (key.namespace.clone(), target);
+        if let Some((_, owner)) = claimed.get(&target) {
+            let rejection = Rejection {
+                reason: format!(
+                    "{target_kind} {} already has {owner}, which is older",
                     target.1
-                )),
-                _ => failure,
+                ),
+                object: key,
+                kept_last_good: false,
             };
-            if let Some(reason) = failure {
-                let kept_last_good = workload.is_some() && !claimed.contains_key(&target);
-                rejections.push((
-                    Rejection {
-                        object: key.clone(),
-                        reason,
-                        kept_last_good,
-                    },
-                    version,
-                ));
-                if !kept_last_good {
-                    continue;
-                }
-            }
-            if let Some(workload) = workload {
-                claimed.insert(target, (workload, key));
-            }
+            rejections.push((rejection, version));
+            continue;
         }
-        claimed.into_values().map(|(w, _)| w).collect()
+        if let Some(reason) = failure {
+            let rejection = Rejection {
+                object: key.clone(),
+                reason,
+                kept_last_good: true,
+            };
+            rejections.push((rejection, version));
+        }
+        claimed.insert(target, (value, key));
     }
+    claimed.into_iter().map(|(k, (v, _))| (k, v)).collect()
 }
 
 /// A custom resource's `spec` as its Rust type. The API server has checked it against
