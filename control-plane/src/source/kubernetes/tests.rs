@@ -328,12 +328,43 @@ fn endpoint_port_is_the_slices_port_for_the_service_port_name() {
         .expect("ports"),
     );
     objects.slices = vec![Arc::new(two_ports)];
-    let svc = only_service(&objects);
-    assert_eq!(svc.ports.len(), 1, "meshed on its first TCP port only");
-    assert_eq!(svc.ports[0].port, 80);
-    assert_eq!(svc.ports[0].protocol, ProtocolSpec::Http1);
-    assert_eq!(svc.endpoints.len(), 1);
-    assert_eq!(svc.endpoints[0].address.to_string(), "10.244.1.5:8081");
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(&objects)
+        .mesh
+        .expect("valid mesh");
+    // The first port is the service by its own name; the second is `<port>-<name>`,
+    // both on the cluster IP, each with the endpoints' port for that port name.
+    let summary: Vec<(String, Vec<String>, Vec<u16>, Vec<String>)> = mesh
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.to_string(),
+                s.vips.iter().map(|v| v.to_string()).collect(),
+                s.ports.iter().map(|p| p.port).collect(),
+                s.endpoints.iter().map(|e| e.address.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "payments".to_string(),
+                vec!["10.96.0.20".to_string()],
+                vec![80],
+                vec!["10.244.1.5:8081".to_string()]
+            ),
+            (
+                "9090-payments".to_string(),
+                vec!["10.96.0.20".to_string()],
+                vec![9090],
+                vec!["10.244.1.5:9090".to_string()]
+            ),
+        ]
+    );
+    assert_eq!(mesh.services[0].ports[0].protocol, ProtocolSpec::Http1);
+    assert_eq!(mesh.services[1].ports[0].protocol, ProtocolSpec::Detect);
 }
 
 #[test]

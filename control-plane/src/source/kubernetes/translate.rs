@@ -5,9 +5,11 @@
 //! - A Service (not `ExternalName`) becomes the mesh service `name` in its namespace,
 //!   reachable by name (`name`, `name.ns`, `name.ns.svc.<domain>`) and by each cluster IP
 //!   and port. Headless Services have no VIPs and are reachable by name only.
-//! - The mesh gives a service one endpoint set, so a Service with several TCP ports is
-//!   meshed on its first TCP port; its other ports stay unmeshed (proxies pass them
-//!   through to kube-proxy unchanged) until the model carries per-port endpoints.
+//! - The mesh gives a service one endpoint set, and the ports of a Service may map to
+//!   different target ports; so each further TCP port `p` of a Service is the mesh
+//!   service `<p>-<name>` (a name no Kubernetes Service can have), with the same VIPs
+//!   and policy. Captured traffic finds it by VIP and port; by name, `name` is the
+//!   first port.
 //! - Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`, at
 //!   the port the slice resolved for that Service port (by port name). Ready endpoints
 //!   serve; serving-and-terminating ones drain; the rest are left out. An endpoint in
@@ -237,9 +239,8 @@ impl Translator {
                 .get(&(key.namespace.clone(), key.name.clone()))
                 .cloned()
                 .unwrap_or_default();
-            let mut spec = match self.service(service, own_slices, &pods) {
-                Ok(Some(spec)) => spec,
-                Ok(None) => continue,
+            let specs = match self.service(service, own_slices, &pods) {
+                Ok(specs) => specs,
                 Err(reason) => {
                     let rejection = Rejection {
                         object: key,
@@ -250,53 +251,60 @@ impl Translator {
                     continue;
                 }
             };
-            spec.policy = policy;
-            // Two Services cannot share a cluster IP in a real cluster; if objects say
-            // so anyway (a stale cache), the older claim keeps the address.
-            let clash = spec.vips.iter().find_map(|vip| {
-                spec.ports.iter().find_map(|p| {
-                    used_vips
-                        .get(&(*vip, p.port))
-                        .map(|owner| (*vip, p.port, owner))
-                })
-            });
-            if let Some((vip, port, owner)) = clash {
-                rejections.push((
-                    Rejection {
-                        object: key.clone(),
-                        reason: format!(
-                            "{vip}:{port} is already {owner}'s; serving it by name only"
-                        ),
-                        kept_last_good: false,
-                    },
-                    version,
-                ));
-                spec.vips.clear();
-            }
-            for vip in &spec.vips {
-                for port in &spec.ports {
-                    used_vips.insert((*vip, port.port), key.clone());
+            for mut spec in specs {
+                spec.policy = policy.clone();
+                // Two Services cannot share a cluster IP in a real cluster; if objects
+                // say so anyway (a stale cache), the first claim keeps the address.
+                let clash = spec.vips.iter().find_map(|vip| {
+                    spec.ports.iter().find_map(|p| {
+                        used_vips
+                            .get(&(*vip, p.port))
+                            .map(|owner| (*vip, p.port, owner))
+                    })
+                });
+                if let Some((vip, port, owner)) = clash {
+                    rejections.push((
+                        Rejection {
+                            object: key.clone(),
+                            reason: format!(
+                                "{vip}:{port} is already {owner}'s; serving it by name only"
+                            ),
+                            kept_last_good: false,
+                        },
+                        version.clone(),
+                    ));
+                    spec.vips.clear();
                 }
+                for vip in &spec.vips {
+                    for port in &spec.ports {
+                        used_vips.insert((*vip, port.port), key.clone());
+                    }
+                }
+                out.push(spec);
             }
-            out.push(spec);
         }
         out
     }
 
-    /// One Service with its endpoints; `None` for Services the mesh does not serve.
+    /// The mesh services of one Service (none for those the mesh does not serve): the
+    /// first TCP port is the service `name`; each further TCP port `p` is the service
+    /// `<p>-<name>`, a name no Kubernetes Service can have (theirs start with a letter),
+    /// since the mesh gives a service one endpoint set and ports may map to different
+    /// target ports.
     fn service(
         &self,
         service: &Service,
         slices: &[&EndpointSlice],
         pods: &HashMap<(&str, &str), &Pod>,
-    ) -> Result<Option<ServiceSpec>, String> {
+    ) -> Result<Vec<ServiceSpec>, String> {
         let Some(spec) = service.spec.as_ref() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         if spec.type_.as_deref() == Some("ExternalName") {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let name = name(service.metadata.name.clone())?;
+        let service_name = service.metadata.name.clone().unwrap_or_default();
+        let name = name(Some(service_name.clone()))?;
         let namespace = name_of_namespace(service.metadata.namespace.clone())?;
         let mut cluster_ips: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
         if cluster_ips.is_empty() {
@@ -314,35 +322,71 @@ impl Translator {
                 vips.push(ip);
             }
         }
-        let primary = spec
+        let ports: Vec<_> = spec
             .ports
             .iter()
             .flatten()
-            .find(|p| is_tcp(p.protocol.as_deref()));
-        let Some(primary) = primary else {
-            // No TCP port: nothing to mesh, but the name still resolves (to nothing),
-            // so callers by name learn the service exists.
-            return Ok(Some(ServiceSpec {
+            .filter(|p| is_tcp(p.protocol.as_deref()))
+            .collect();
+        if ports.is_empty() {
+            // No TCP port: nothing to mesh, but the name still resolves (to no
+            // endpoints), so callers by name learn the service exists.
+            return Ok(vec![ServiceSpec {
                 name,
                 namespace,
                 vips: Vec::new(),
                 ports: Vec::new(),
                 endpoints: Vec::new(),
                 policy: PolicySpec::default(),
-            }));
-        };
-        let port = u16::try_from(primary.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("port {} is out of range", primary.port))?;
-        let port_name = primary.name.clone().unwrap_or_default();
+            }]);
+        }
+        let mut out = Vec::with_capacity(ports.len());
+        for (i, service_port) in ports.into_iter().enumerate() {
+            let port = u16::try_from(service_port.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("port {} is out of range", service_port.port))?;
+            let mesh_name = if i == 0 {
+                name.clone()
+            } else {
+                match Name::try_from(format!("{port}-{service_name}")) {
+                    Ok(n) => n,
+                    // Too long for a name: this port stays unmeshed.
+                    Err(_) => continue,
+                }
+            };
+            let port_name = service_port.name.clone().unwrap_or_default();
+            out.push(ServiceSpec {
+                name: mesh_name,
+                namespace: namespace.clone(),
+                vips: vips.clone(),
+                ports: vec![PortSpec {
+                    port,
+                    name: port_name.clone(),
+                    protocol: protocol_hint(service_port.app_protocol.as_deref()),
+                }],
+                endpoints: self.endpoints(&port_name, slices, pods),
+                policy: PolicySpec::default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The endpoints of one Service port (by name, as EndpointSlices list them), in
+    /// address order.
+    fn endpoints(
+        &self,
+        port_name: &str,
+        slices: &[&EndpointSlice],
+        pods: &HashMap<(&str, &str), &Pod>,
+    ) -> Vec<EndpointSpec> {
         let mut endpoints: BTreeMap<SocketAddr, EndpointSpec> = BTreeMap::new();
         for slice in slices {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
                 continue;
             }
             let Some(target_port) = slice.ports.iter().flatten().find_map(|p| {
-                let same_name = p.name.clone().unwrap_or_default() == port_name;
+                let same_name = p.name.as_deref().unwrap_or_default() == port_name;
                 (same_name && is_tcp(p.protocol.as_deref()))
                     .then_some(p.port)
                     .flatten()
@@ -356,6 +400,8 @@ impl Translator {
                 let Some(state) = endpoint_state(endpoint) else {
                     continue;
                 };
+                // The addresses of one endpoint are fungible; the API says to use the
+                // first.
                 let Some(ip) = endpoint
                     .addresses
                     .first()
@@ -364,37 +410,26 @@ impl Translator {
                     continue;
                 };
                 let address = SocketAddr::new(ip, target_port);
-                let candidate = EndpointSpec {
-                    address,
-                    weight: Weight::default(),
-                    identity: self.identity(endpoint, slice_namespace, pods),
-                    labels: endpoint
-                        .zone
-                        .iter()
-                        .map(|z| (ZONE_LABEL.to_string(), z.clone()))
-                        .collect(),
-                    state,
-                };
                 match endpoints.get(&address) {
                     Some(seen) if rank(seen.state) >= rank(state) => {}
                     _ => {
+                        let candidate = EndpointSpec {
+                            address,
+                            weight: Weight::default(),
+                            identity: self.identity(endpoint, slice_namespace, pods),
+                            labels: endpoint
+                                .zone
+                                .iter()
+                                .map(|z| (ZONE_LABEL.to_string(), z.clone()))
+                                .collect(),
+                            state,
+                        };
                         endpoints.insert(address, candidate);
                     }
                 }
             }
         }
-        Ok(Some(ServiceSpec {
-            name,
-            namespace,
-            vips,
-            ports: vec![PortSpec {
-                port,
-                name: port_name,
-                protocol: protocol_hint(primary.app_protocol.as_deref()),
-            }],
-            endpoints: endpoints.into_values().collect(),
-            policy: PolicySpec::default(),
-        }))
+        endpoints.into_values().collect()
     }
 
     /// The SPIFFE ID an endpoint must present: its Pod's ServiceAccount, if the Pod
