@@ -334,33 +334,22 @@ fn endpoint_port_is_the_slices_port_for_the_service_port_name() {
         .expect("valid mesh");
     // The first port is the service by its own name; the second is `<port>-<name>`,
     // both on the cluster IP, each with the endpoints' port for that port name.
-    let summary: Vec<(String, Vec<String>, Vec<u16>, Vec<String>)> = mesh
+    let summary: Vec<String> = mesh
         .services
         .iter()
         .map(|s| {
-            (
-                s.name.to_string(),
-                s.vips.iter().map(|v| v.to_string()).collect(),
-                s.ports.iter().map(|p| p.port).collect(),
-                s.endpoints.iter().map(|e| e.address.to_string()).collect(),
-            )
+            let vips: Vec<String> = s.vips.iter().map(|v| v.to_string()).collect();
+            let ports: Vec<u16> = s.ports.iter().map(|p| p.port).collect();
+            let endpoints: Vec<String> =
+                s.endpoints.iter().map(|e| e.address.to_string()).collect();
+            format!("{} {vips:?} {ports:?} -> {endpoints:?}", s.name)
         })
         .collect();
     assert_eq!(
         summary,
         [
-            (
-                "payments".to_string(),
-                vec!["10.96.0.20".to_string()],
-                vec![80],
-                vec!["10.244.1.5:8081".to_string()]
-            ),
-            (
-                "9090-payments".to_string(),
-                vec!["10.96.0.20".to_string()],
-                vec![9090],
-                vec!["10.244.1.5:9090".to_string()]
-            ),
+            r#"payments ["10.96.0.20"] [80] -> ["10.244.1.5:8081"]"#,
+            r#"9090-payments ["10.96.0.20"] [9090] -> ["10.244.1.5:9090"]"#,
         ]
     );
     assert_eq!(mesh.services[0].ports[0].protocol, ProtocolSpec::Http1);
