@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 /// What `humantime` reads, as the API server checks it: `250ms`, `5s`, `1m 30s`.
 const DURATION_PATTERN: &str =
     r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m|min|h|d)( ?[0-9]+(\.[0-9]+)?(ns|us|ms|s|m|min|h|d))*$";
+// Unsigned fields say their maximum so that the API server refuses what the types
+// could not read (`u32::MAX`); the translation would reject it anyway, later.
 /// A DNS-1123 label, as Kubernetes names services, namespaces and accounts.
 const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 const SPIFFE_PATTERN: &str = "^spiffe://[^/?# ]+/[^?# ]+$";
@@ -100,12 +102,16 @@ pub struct HashKey {
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_pending_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_active_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_concurrent_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
@@ -115,6 +121,7 @@ pub struct CircuitBreaker {
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Consecutive failures that eject an endpoint; 0 disables ejection.
+    #[schemars(range(max = u32::MAX))]
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
@@ -161,6 +168,7 @@ pub struct Retry {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub budget_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub min_retries_per_second: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
@@ -169,6 +177,7 @@ pub struct Retry {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub backoff_max: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = u32::MAX))]
     pub max_buffered_body_bytes: Option<u32>,
 }
 

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::{FutureExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt as _;
@@ -82,6 +82,7 @@ pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
     let services = follow(
         Api::all(client.clone()),
         (),
+        slim,
         "services",
         changed,
         &mut watches,
@@ -89,16 +90,24 @@ pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
     let slices = follow(
         Api::all(client.clone()),
         (),
+        slim,
         "endpointslices",
         changed,
         &mut watches,
     );
-    let pods = follow(Api::all(client.clone()), (), "pods", changed, &mut watches);
+    let pods = follow(
+        Api::all(client.clone()),
+        (),
+        slim_pod,
+        "pods",
+        changed,
+        &mut watches,
+    );
     // Weft's own resources are read untyped and parsed one by one in the translation:
     // one object the types cannot read must not fail the whole list.
     let custom = |resource: ApiResource, kind, watches: &mut Watches| {
         let api = Api::all_with(client.clone(), &resource);
-        follow(api, resource, kind, changed, watches)
+        follow(api, resource, slim, kind, changed, watches)
     };
     let traffic_policies = custom(
         ApiResource::erase::<TrafficPolicy>(&()),
@@ -122,25 +131,44 @@ pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
     )
 }
 
-/// What the translation never reads, dropped before it is stored: pods are the bulk of
-/// a cluster's objects, and managed fields and last-applied copies double their size.
-trait Slim {
-    fn slim(&mut self);
+/// Drops what the translation never reads before it is stored: managed fields and
+/// last-applied copies often double an object's size.
+fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
-impl<K: Resource> Slim for K {
-    fn slim(&mut self) {
-        let meta = self.meta_mut();
-        meta.managed_fields = None;
-        if let Some(annotations) = meta.annotations.as_mut() {
-            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
+/// Pods are the bulk of a cluster's objects, and only their ServiceAccount and
+/// container names matter here (to tell injected pods from the rest).
+fn slim_pod(pod: &mut Pod) {
+    slim(pod);
+    pod.status = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let names = |containers: &[Container]| -> Vec<Container> {
+            containers
+                .iter()
+                .map(|c| Container {
+                    name: c.name.clone(),
+                    ..Container::default()
+                })
+                .collect()
+        };
+        *spec = PodSpec {
+            service_account_name: spec.service_account_name.take(),
+            containers: names(&spec.containers),
+            init_containers: spec.init_containers.as_deref().map(names),
+            ..PodSpec::default()
+        };
     }
 }
 
 fn follow<K>(
     api: Api<K>,
     dynamic_type: K::DynamicType,
+    slim: fn(&mut K),
     kind: &'static str,
     changed: &Arc<Notify>,
     watches: &mut Watches,
@@ -152,7 +180,7 @@ where
     let writer = reflector::store::Writer::new(dynamic_type);
     let store = writer.as_reader();
     let stream = watcher::watcher(api, watcher::Config::default())
-        .modify(|object: &mut K| object.slim())
+        .modify(slim)
         .default_backoff()
         .reflect(writer);
     let changed = Arc::clone(changed);
