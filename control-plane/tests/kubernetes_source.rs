@@ -299,6 +299,16 @@ async fn watches_resume_after_api_errors_without_losing_state() {
     api.put(SLICES, slice(&["10.244.1.5"]));
     api.put(PODS, pod(0));
     api.put(TRAFFIC_POLICIES, traffic_policy());
+    // An object the API server would have refused (no schema checks here) and the
+    // types cannot read: rejected alone, the list and the rest of the mesh still work.
+    api.put(
+        INBOUND_AUTHORIZATIONS,
+        json!({
+            "apiVersion": "weft.io/v1alpha1", "kind": "InboundAuthorization",
+            "metadata": {"name": "broken", "namespace": "shop"},
+            "spec": {"serviceAccountName": "payments", "ports": [{"port": 70000}]}
+        }),
+    );
     // The policies' first lists fail: nothing may be published before they succeed.
     api.lock().fail_first_lists.insert(TRAFFIC_POLICIES, 2);
     let addr = serve(api.clone()).await;
@@ -360,6 +370,11 @@ async fn watches_resume_after_api_errors_without_losing_state() {
     let after = wait_for(&mut rx, "the second endpoint", |s| endpoints(s).len() == 2).await;
     assert_eq!(endpoints(&after), ["10.244.1.5:8080", "10.244.1.6:8080"]);
     assert!(after.generation > first.generation);
-    assert_eq!(rejected.get(), 0);
+    assert_eq!(
+        rejected.get(),
+        1,
+        "the broken InboundAuthorization, counted once"
+    );
+    assert!(after.mesh.workloads.is_empty());
     task.abort();
 }
