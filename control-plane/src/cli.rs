@@ -14,6 +14,7 @@ use crate::identity::proof::{IdentityProof, LocalTokens, Workload};
 use crate::identity::token_review::TokenReviewer;
 use crate::server::{IdentityConfig, Server, ServerConfig};
 use crate::source::file::FileSource;
+use crate::source::kubernetes::KubernetesSource;
 
 #[derive(Debug, Parser)]
 #[command(name = "weft-control", version, about = "Weft's control plane")]
@@ -32,6 +33,25 @@ pub enum Command {
     /// Print the local identity token for one workload (what its proxy sends to
     /// Identity.Certify as proof). Uses the secret in the state directory.
     Token(TokenArgs),
+    /// Print the CustomResourceDefinitions of Weft's policy resources (multi-document
+    /// YAML), or write one file per CRD into --out-dir.
+    Crds(CrdsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write <plural>.weft.io.yaml files here (deploy/k8s/crds) instead of printing.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Where the served mesh comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    /// A watched YAML file or directory (--mesh).
+    File,
+    /// The Kubernetes API (in-cluster config or KUBECONFIG).
+    Kubernetes,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,8 +219,13 @@ impl IdentityArgs {
 pub struct ServeArgs {
     /// A mesh YAML file, or a directory whose *.yaml and *.yml files are merged.
     /// Watched: valid changes are served at once, invalid ones are rejected.
+    /// Required with --source file.
     #[arg(long, value_name = "PATH")]
-    pub mesh: PathBuf,
+    pub mesh: Option<PathBuf>,
+    /// Where the mesh comes from: a file, or the Kubernetes API (Services,
+    /// EndpointSlices, Pods and weft.io policies).
+    #[arg(long, value_enum, env = "WEFT_SOURCE", default_value = "file")]
+    pub source: SourceKind,
     /// Address for the gRPC API (weft.v1.Discovery).
     #[arg(
         long,
@@ -265,6 +290,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Demo(opts) => runtime.block_on(crate::demo::run(opts)),
         Command::Token(args) => token(&args),
+        Command::Crds(args) => crds(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +303,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Chosen before anything is bound or created, so a wrong choice fails at once.
+    let source = match (args.source, &args.mesh) {
+        (SourceKind::File, None) => anyhow::bail!("--source file needs --mesh"),
+        (SourceKind::File, Some(mesh)) => ChosenSource::File(mesh.clone()),
+        (SourceKind::Kubernetes, _) => ChosenSource::Kubernetes(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?,
+        ),
+    };
     let config = ServerConfig {
         grpc: args.grpc,
         admin: args.admin,
@@ -299,10 +335,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server = server.with_tls(crate::server::tls_config(&chain, key)?);
         tracing::info!(names = ?args.tls_name, "gRPC over TLS");
     }
+    let trust_domain = identity.trust_domain.clone();
     let server = server.with_identity(identity);
-    server
-        .run(FileSource::new(args.mesh), shutdown_signal())
-        .await
+    match source {
+        ChosenSource::Kubernetes(client) => {
+            tracing::info!(%trust_domain, "source: kubernetes API");
+            let source = KubernetesSource::new(client, trust_domain);
+            server.run(source, shutdown_signal()).await
+        }
+        ChosenSource::File(mesh) => {
+            tracing::info!(path = %mesh.display(), "source: file");
+            server.run(FileSource::new(mesh), shutdown_signal()).await
+        }
+    }
+}
+
+enum ChosenSource {
+    File(PathBuf),
+    Kubernetes(kube::Client),
+}
+
+fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
+    use crate::source::kubernetes::crd;
+    let mut documents = Vec::new();
+    for (file, definition) in crd::definitions() {
+        let text = crd::to_yaml(&definition)?;
+        match &args.out_dir {
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => documents.push(text),
+        }
+    }
+    if !documents.is_empty() {
+        print!("{}", documents.join("---\n"));
+    }
+    Ok(())
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {

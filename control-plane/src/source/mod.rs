@@ -1,10 +1,13 @@
 //! Where the mesh description comes from. A source produces whole, validated
 //! [`MeshSpec`] states; the rest of the control plane never sees a half-valid one.
 //!
-//! Today there is the file source ([`file::FileSource`]); a Kubernetes source will
-//! implement the same trait.
+//! Two sources implement it: the file source ([`file::FileSource`], a watched YAML file
+//! or directory, for local use) and the Kubernetes source
+//! ([`kubernetes::KubernetesSource`]: Services, EndpointSlices, Pods and Weft's CRDs,
+//! watched through the API server). `weft-control serve --source` picks one.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::future::Future;
 use std::sync::Arc;

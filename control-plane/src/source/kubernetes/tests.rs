@@ -1,0 +1,619 @@
+//! Translation on objects as the API server sends them (JSON through k8s-openapi's
+//! own deserializers).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use weft_api::mesh::{EndpointStateSpec, LoadBalancerSpec, ProtocolSpec, ServiceSpec, TlsModeSpec};
+
+use super::translate::{Objects, Translator};
+use kube::api::DynamicObject;
+
+const TRUST_DOMAIN: &str = "cluster.local";
+
+fn object<K: DeserializeOwned>(value: Value) -> Arc<K> {
+    Arc::new(serde_json::from_value(value).expect("object as the API server sends it"))
+}
+
+fn service(ns: &str, name: &str, cluster_ip: &str, ports: Value) -> Arc<Service> {
+    let ips = if cluster_ip == "None" {
+        json!(["None"])
+    } else {
+        json!([cluster_ip])
+    };
+    object(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "100",
+                     "uid": format!("uid-svc-{name}"),
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": ips,
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "ports": ports,
+            "selector": {"app": name},
+            "sessionAffinity": "None",
+            "internalTrafficPolicy": "Cluster"
+        },
+        "status": {"loadBalancer": {}}
+    }))
+}
+
+/// `endpoints`: (ip, pod name, ready, serving, terminating).
+fn slice(
+    ns: &str,
+    service: &str,
+    slice_name: &str,
+    port_name: &str,
+    port: u16,
+    endpoints: &[(&str, &str, bool, bool, bool)],
+) -> Arc<EndpointSlice> {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, pod, ready, serving, terminating)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "nodeName": "node-a",
+                "zone": "zone-a",
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": pod, "uid": format!("uid-{pod}")}
+            })
+        })
+        .collect();
+    object(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": slice_name,
+            "namespace": ns,
+            "resourceVersion": "200",
+            "generateName": format!("{service}-"),
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
+            },
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service,
+                                 "uid": format!("uid-svc-{service}"), "controller": true,
+                                 "blockOwnerDeletion": true}]
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]
+    }))
+}
+
+fn pod(ns: &str, name: &str, account: &str, injected: bool) -> Arc<Pod> {
+    let mut init = Vec::new();
+    if injected {
+        init.push(json!({"name": "weft-init", "image": "weft/weft-proxy:0.1.0"}));
+        init.push(
+            json!({"name": "weft-proxy", "image": "weft/weft-proxy:0.1.0",
+                         "restartPolicy": "Always"}),
+        );
+    }
+    object(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "300",
+                     "labels": {"app": "payments"}},
+        "spec": {
+            "serviceAccountName": account,
+            "initContainers": init,
+            "containers": [{"name": "app", "image": "example/payments:1"}]
+        },
+        "status": {"phase": "Running", "podIP": "10.244.1.5"}
+    }))
+}
+
+fn traffic_policy(
+    ns: &str,
+    name: &str,
+    created: &str,
+    version: &str,
+    spec: Value,
+) -> Arc<DynamicObject> {
+    object(json!({
+        "apiVersion": "weft.io/v1alpha1",
+        "kind": "TrafficPolicy",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": version,
+                     "creationTimestamp": created, "generation": 1},
+        "spec": spec
+    }))
+}
+
+fn inbound_authorization(ns: &str, name: &str, created: &str, spec: Value) -> Arc<DynamicObject> {
+    object(json!({
+        "apiVersion": "weft.io/v1alpha1",
+        "kind": "InboundAuthorization",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1",
+                     "creationTimestamp": created},
+        "spec": spec
+    }))
+}
+
+fn payments() -> Objects {
+    Objects {
+        services: vec![service(
+            "shop",
+            "payments",
+            "10.96.0.20",
+            json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c"}]),
+        )],
+        slices: vec![slice(
+            "shop",
+            "payments",
+            "payments-abcde",
+            "http",
+            8080,
+            &[
+                ("10.244.1.5", "payments-1", true, true, false),
+                ("10.244.1.6", "payments-2", false, true, true),
+                ("10.244.1.7", "payments-3", false, false, true),
+                ("10.244.1.8", "payments-4", false, false, false),
+            ],
+        )],
+        pods: vec![
+            pod("shop", "payments-1", "payments", true),
+            pod("shop", "payments-2", "payments", true),
+        ],
+        ..Objects::default()
+    }
+}
+
+fn only_service(objects: &Objects) -> ServiceSpec {
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(objects)
+        .mesh
+        .expect("valid mesh");
+    assert_eq!(mesh.services.len(), 1, "{mesh:?}");
+    mesh.services[0].clone()
+}
+
+#[test]
+fn service_gets_cluster_ip_port_and_protocol_hint() {
+    let svc = only_service(&payments());
+    assert_eq!(svc.name.as_str(), "payments");
+    assert_eq!(svc.namespace.as_str(), "shop");
+    assert_eq!(
+        svc.vips,
+        ["10.96.0.20".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(svc.ports.len(), 1);
+    assert_eq!(svc.ports[0].port, 80);
+    assert_eq!(svc.ports[0].name, "http");
+    assert_eq!(svc.ports[0].protocol, ProtocolSpec::Http2);
+}
+
+#[test]
+fn endpoint_conditions_decide_serving_draining_or_left_out() {
+    let svc = only_service(&payments());
+    let states: Vec<(String, EndpointStateSpec)> = svc
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("10.244.1.5:8080".to_string(), EndpointStateSpec::Ready),
+            (
+                "10.244.1.6:8080".to_string(),
+                EndpointStateSpec::Terminating
+            ),
+        ],
+        "terminating but not serving (.7) and not ready (.8) take no traffic"
+    );
+    assert_eq!(
+        svc.endpoints[0]
+            .labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
+        Some("zone-a")
+    );
+}
+
+#[test]
+fn slices_of_one_service_are_merged_without_duplicates() {
+    let mut objects = payments();
+    objects.slices.push(slice(
+        "shop",
+        "payments",
+        "payments-fghij",
+        "http",
+        8080,
+        &[
+            // Moving between slices: listed in both, ready in this one.
+            ("10.244.1.6", "payments-2", true, true, false),
+            ("10.244.2.9", "payments-9", true, true, false),
+        ],
+    ));
+    // Another service's slice in the same namespace stays out.
+    objects.slices.push(slice(
+        "shop",
+        "orders",
+        "orders-1",
+        "http",
+        9000,
+        &[("10.244.3.1", "orders-1", true, true, false)],
+    ));
+    let svc = only_service(&objects);
+    let states: Vec<(String, EndpointStateSpec)> = svc
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("10.244.1.5:8080".to_string(), EndpointStateSpec::Ready),
+            ("10.244.1.6:8080".to_string(), EndpointStateSpec::Ready),
+            ("10.244.2.9:8080".to_string(), EndpointStateSpec::Ready),
+        ]
+    );
+}
+
+#[test]
+fn identity_comes_from_the_pods_service_account_only_when_injected() {
+    let mut objects = payments();
+    objects.slices = vec![slice(
+        "shop",
+        "payments",
+        "payments-abcde",
+        "http",
+        8080,
+        &[
+            ("10.244.1.5", "payments-1", true, true, false),
+            ("10.244.1.9", "legacy-1", true, true, false),
+            ("10.244.1.10", "unknown-pod", true, true, false),
+        ],
+    )];
+    objects.pods.push(pod("shop", "legacy-1", "legacy", false));
+    let svc = only_service(&objects);
+    let ids: Vec<(String, Option<String>)> = svc
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.identity.as_ref().map(|i| i.as_str().to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (
+                "10.244.1.5:8080".to_string(),
+                Some("spiffe://cluster.local/ns/shop/sa/payments".to_string())
+            ),
+            ("10.244.1.9:8080".to_string(), None),
+            ("10.244.1.10:8080".to_string(), None),
+        ]
+    );
+}
+
+#[test]
+fn endpoint_port_is_the_slices_port_for_the_service_port_name() {
+    let mut objects = payments();
+    objects.services = vec![service(
+        "shop",
+        "payments",
+        "10.96.0.20",
+        json!([
+            {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
+        ]),
+    )];
+    let mut two_ports: EndpointSlice = (*slice(
+        "shop",
+        "payments",
+        "payments-x",
+        "web",
+        8081,
+        &[("10.244.1.5", "payments-1", true, true, false)],
+    ))
+    .clone();
+    two_ports.ports = Some(
+        serde_json::from_value(json!([
+            {"name": "metrics", "port": 9090, "protocol": "TCP"},
+            {"name": "web", "port": 8081, "protocol": "TCP"}
+        ]))
+        .expect("ports"),
+    );
+    objects.slices = vec![Arc::new(two_ports)];
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(&objects)
+        .mesh
+        .expect("valid mesh");
+    // The first port is the service by its own name; the second is `<port>-<name>`,
+    // both on the cluster IP, each with the endpoints' port for that port name.
+    let summary: Vec<String> = mesh
+        .services
+        .iter()
+        .map(|s| {
+            let vips: Vec<String> = s.vips.iter().map(|v| v.to_string()).collect();
+            let ports: Vec<u16> = s.ports.iter().map(|p| p.port).collect();
+            let endpoints: Vec<String> =
+                s.endpoints.iter().map(|e| e.address.to_string()).collect();
+            format!("{} {vips:?} {ports:?} -> {endpoints:?}", s.name)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            r#"payments ["10.96.0.20"] [80] -> ["10.244.1.5:8081"]"#,
+            r#"9090-payments ["10.96.0.20"] [9090] -> ["10.244.1.5:9090"]"#,
+        ]
+    );
+    assert_eq!(mesh.services[0].ports[0].protocol, ProtocolSpec::Http1);
+    assert_eq!(mesh.services[1].ports[0].protocol, ProtocolSpec::Detect);
+}
+
+#[test]
+fn app_protocol_hints() {
+    use super::translate::protocol_hint;
+    for (hint, want) in [
+        (None, ProtocolSpec::Detect),
+        (Some("kubernetes.io/h2c"), ProtocolSpec::Http2),
+        (Some("http"), ProtocolSpec::Http1),
+        (Some("HTTP2"), ProtocolSpec::Http2),
+        (Some("grpc"), ProtocolSpec::Grpc),
+        (Some("tcp"), ProtocolSpec::Opaque),
+        (Some("postgresql"), ProtocolSpec::Opaque),
+        (Some("example.com/custom"), ProtocolSpec::Detect),
+    ] {
+        assert_eq!(protocol_hint(hint), want, "{hint:?}");
+    }
+}
+
+#[test]
+fn headless_and_external_name_services() {
+    let mut objects = payments();
+    objects.services = vec![
+        service(
+            "shop",
+            "payments",
+            "None",
+            json!([{"name": "http", "port": 80, "protocol": "TCP"}]),
+        ),
+        object(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "external", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"}
+        })),
+    ];
+    let svc = only_service(&objects);
+    assert!(svc.vips.is_empty(), "headless: by name only");
+    assert_eq!(svc.endpoints.len(), 2, "pod endpoints still served by name");
+}
+
+#[test]
+fn traffic_policy_becomes_the_services_policy() {
+    let mut objects = payments();
+    objects.traffic_policies = vec![traffic_policy(
+        "shop",
+        "payments",
+        "2026-01-02T00:00:00Z",
+        "5",
+        json!({
+            "targetRef": {"kind": "Service", "name": "payments"},
+            "loadBalancer": "consistent-hash",
+            "hashKey": {"header": "x-user"},
+            "circuitBreaker": {"maxPendingRequests": 100,
+                "outlierDetection": {"consecutiveFailures": 5, "baseEjection": "30s",
+                                     "maxEjectedPercent": 50, "failureOn": ["5xx", "connect"]}},
+            "retry": {"maxAttempts": 3, "retryOnStatus": [503], "budgetRatio": 0.2},
+            "timeouts": {"request": "5s", "connect": "250ms"}
+        }),
+    )];
+    let policy = only_service(&objects).policy;
+    assert_eq!(policy.load_balancer, Some(LoadBalancerSpec::ConsistentHash));
+    assert_eq!(
+        policy.hash_key.and_then(|k| k.header).as_deref(),
+        Some("x-user")
+    );
+    let cb = policy.circuit_breaker.expect("circuit breaker");
+    assert_eq!(cb.max_pending_requests, 100);
+    let outlier = cb.outlier_detection.expect("outlier detection");
+    assert_eq!(outlier.consecutive_failures, 5);
+    assert_eq!(outlier.base_ejection.map(|d| d.0.as_secs()), Some(30));
+    assert_eq!(policy.retry.expect("retry").max_attempts, 3);
+    let timeouts = policy.timeouts.expect("timeouts");
+    assert_eq!(timeouts.connect.map(|d| d.0.as_millis()), Some(250));
+}
+
+#[test]
+fn invalid_or_conflicting_policy_is_rejected_alone_and_last_good_kept() {
+    let good = json!({"targetRef": {"kind": "Service", "name": "payments"},
+                      "loadBalancer": "round-robin", "timeouts": {"request": "5s"}});
+    let mut objects = payments();
+    objects.services.push(service(
+        "shop",
+        "orders",
+        "10.96.0.30",
+        json!([{"port": 80, "protocol": "TCP"}]),
+    ));
+    objects.traffic_policies = vec![traffic_policy(
+        "shop",
+        "payments",
+        "2026-01-02T00:00:00Z",
+        "5",
+        good,
+    )];
+    let mut translator = Translator::new(TRUST_DOMAIN);
+    let first = translator.translate(&objects);
+    assert!(first.new_rejections.is_empty());
+    let lb = |mesh: &weft_api::mesh::MeshSpec| {
+        mesh.find("payments", "shop")
+            .and_then(|s| s.policy.load_balancer.clone())
+    };
+    assert_eq!(
+        lb(first.mesh.as_ref().expect("valid mesh")),
+        Some(LoadBalancerSpec::RoundRobin)
+    );
+
+    // A bad edit of the same object (a value its type cannot hold): rejected, its
+    // last good translation stays on its Service. A newer policy for the same Service
+    // conflicts. Bad policies with no past are ignored. Every service is still
+    // published.
+    objects.traffic_policies = vec![
+        traffic_policy(
+            "shop",
+            "payments",
+            "2026-01-02T00:00:00Z",
+            "6",
+            json!({"targetRef": {"kind": "Service", "name": "payments"}, "loadBalancer": "random"}),
+        ),
+        traffic_policy(
+            "shop",
+            "payments-2",
+            "2026-01-03T00:00:00Z",
+            "1",
+            json!({"targetRef": {"kind": "Service", "name": "payments"}, "loadBalancer": "least-request"}),
+        ),
+        traffic_policy(
+            "shop",
+            "orders",
+            "2026-01-03T00:00:00Z",
+            "1",
+            json!({"targetRef": {"kind": "Service", "name": "orders"}, "retry": {"maxAttempts": 50}}),
+        ),
+        traffic_policy(
+            "shop",
+            "orders-2",
+            "2026-01-04T00:00:00Z",
+            "1",
+            json!({"targetRef": {"kind": "Service", "name": "orders"}, "timeouts": {"request": "soon"}}),
+        ),
+    ];
+    let second = translator.translate(&objects);
+    let mesh = second.mesh.as_ref().expect("valid mesh");
+    assert_eq!(mesh.services.len(), 2);
+    assert_eq!(
+        lb(mesh),
+        Some(LoadBalancerSpec::RoundRobin),
+        "last good kept"
+    );
+    let orders = mesh.find("orders", "shop").expect("orders still served");
+    assert_eq!(orders.policy, Default::default());
+    let mut rejected: Vec<(String, bool)> = second
+        .new_rejections
+        .iter()
+        .map(|r| (r.object.to_string(), r.kept_last_good))
+        .collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [
+            ("TrafficPolicy shop/orders".to_string(), false),
+            ("TrafficPolicy shop/orders-2".to_string(), false),
+            ("TrafficPolicy shop/payments".to_string(), true),
+            ("TrafficPolicy shop/payments-2".to_string(), false),
+        ]
+    );
+    let reasons: Vec<&str> = second
+        .new_rejections
+        .iter()
+        .map(|r| r.reason.as_str())
+        .collect();
+    for expected in [
+        "unknown variant `random`",
+        "invalid duration",
+        "already has TrafficPolicy shop/payments",
+        "max_attempts",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:?}"
+        );
+    }
+
+    // The same object versions are reported once, however often the mesh is rebuilt.
+    let third = translator.translate(&objects);
+    assert!(third.new_rejections.is_empty());
+    assert_eq!(third.rejected, 4);
+}
+
+#[test]
+fn inbound_authorization_becomes_the_workloads_policy() {
+    let mut objects = payments();
+    objects.inbound_authorizations = vec![
+        inbound_authorization(
+            "shop",
+            "payments",
+            "2026-01-02T00:00:00Z",
+            json!({
+                "serviceAccountName": "payments",
+                "ports": [
+                    {"port": 8080, "mode": "strict",
+                     "authorization": {"allowIdentities": ["spiffe://cluster.local/ns/shop/sa/orders"]}},
+                    {"port": 0, "mode": "permissive", "authorization": {"allowUnauthenticated": true}}
+                ]
+            }),
+        ),
+        // Conflicts with the older one above.
+        inbound_authorization(
+            "shop",
+            "payments-open",
+            "2026-01-05T00:00:00Z",
+            json!({
+                "serviceAccountName": "payments",
+                "ports": [{"port": 0, "mode": "permissive"}]
+            }),
+        ),
+        // Invalid: plaintext callers in strict mode.
+        inbound_authorization(
+            "shop",
+            "orders",
+            "2026-01-02T00:00:00Z",
+            json!({
+                "serviceAccountName": "orders",
+                "ports": [{"port": 0, "authorization": {"allowUnauthenticated": true}}]
+            }),
+        ),
+    ];
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let mesh = translation.mesh.as_ref().expect("valid mesh");
+    let workloads = &mesh.workloads;
+    assert_eq!(workloads.len(), 1, "{workloads:?}");
+    let w = &workloads[0];
+    assert_eq!(
+        (w.namespace.as_str(), w.service_account.as_str()),
+        ("shop", "payments")
+    );
+    assert_eq!(w.inbound.len(), 2);
+    assert_eq!(w.inbound[0].port, 8080);
+    assert_eq!(w.inbound[0].mode, TlsModeSpec::Strict);
+    assert_eq!(
+        w.inbound[0].allow_identities[0].as_str(),
+        "spiffe://cluster.local/ns/shop/sa/orders"
+    );
+    assert_eq!(w.inbound[1].mode, TlsModeSpec::Permissive);
+    assert_eq!(w.inbound[1].allow_unauthenticated, Some(true));
+    assert_eq!(translation.rejected, 2);
+    assert_eq!(mesh.services.len(), 1, "services unaffected");
+}
+
+/// The checked-in CRDs are what the Rust types generate.
+#[test]
+fn checked_in_crds_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/crds");
+    for (file, definition) in super::crd::definitions() {
+        let want = super::crd::to_yaml(&definition).expect("CRD as YAML");
+        let path = dir.join(file);
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "{} differs from the CRD generated from control-plane/src/source/kubernetes/crd.rs; \
+             regenerate with: cargo run -p weft-control -- crds --out-dir deploy/k8s/crds",
+            path.display()
+        );
+    }
+}
