@@ -35,7 +35,8 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ -n "${KEEP:-}" ]; then
-        mkdir -p "$KEEP" && cp "$work"/*.callgrind* "$KEEP"/ 2>/dev/null || true
+        mkdir -p "$KEEP"
+        cp "$work"/*.callgrind* "$KEEP"/ 2>/dev/null || true
     fi
     rm -rf "$work"
 }
