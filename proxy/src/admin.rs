@@ -134,6 +134,9 @@ impl Admin {
                     );
                 }
                 tracing::info!("shutdown requested through the admin server");
+                // Not ready from this answer on, before the drain task even runs, so
+                // a probe right after it never sees a proxy on its way out as ready.
+                self.ready.store(false, Ordering::Release);
                 self.shutdown.cancel();
                 text(StatusCode::OK, "shutting down\n")
             }
