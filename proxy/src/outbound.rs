@@ -38,6 +38,13 @@ use crate::ports::PortSet;
 use crate::retry::{Attempted, RetryPolicy};
 use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
 
+/// A destination as a request names it, borrowed from the request or connection.
+#[derive(Debug, Clone, Copy)]
+enum Wanted<'a> {
+    Name(&'a str),
+    Vip(SocketAddr),
+}
+
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
 pub enum Destination {
@@ -96,21 +103,26 @@ impl Outbound {
 
     /// Looks a destination up in the snapshot; on a miss, and with a control plane,
     /// subscribes and waits briefly for its first update before looking again.
-    async fn lookup(&self, dest: Dest) -> Option<Arc<Service>> {
-        let find = |dest: &Dest| {
+    /// Takes the name borrowed: the common case, a hit, allocates nothing.
+    async fn lookup(&self, want: Wanted<'_>) -> Option<Arc<Service>> {
+        let find = |want: Wanted<'_>| {
             let snapshot = self.store.load();
-            match dest {
-                Dest::Name(host) => snapshot.by_host(host).cloned(),
-                Dest::Vip(addr) => snapshot.by_vip(*addr).cloned(),
+            match want {
+                Wanted::Name(host) => snapshot.by_host(host).cloned(),
+                Wanted::Vip(addr) => snapshot.by_vip(addr).cloned(),
             }
         };
-        if let Some(svc) = find(&dest) {
+        if let Some(svc) = find(want) {
             return Some(svc);
         }
         let discovery = self.discovery.as_ref()?;
+        let dest = match want {
+            Wanted::Name(host) => Dest::Name(host.to_ascii_lowercase()),
+            Wanted::Vip(addr) => Dest::Vip(addr),
+        };
         // Boxed: first use of a destination is rare; the common path stays small.
-        if Box::pin(discovery.resolve(dest.clone(), self.discovery_wait)).await {
-            find(&dest)
+        if Box::pin(discovery.resolve(dest, self.discovery_wait)).await {
+            find(want)
         } else {
             None
         }
@@ -118,8 +130,8 @@ impl Outbound {
 
     async fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
         match dest {
-            Destination::Service(name) => self.lookup(Dest::Name(name.to_string())).await,
-            Destination::Original(addr) => self.lookup(Dest::Vip(*addr)).await,
+            Destination::Service(name) => self.lookup(Wanted::Name(name)).await,
+            Destination::Original(addr) => self.lookup(Wanted::Vip(*addr)).await,
             Destination::Authority => None,
         }
     }
@@ -252,13 +264,13 @@ impl Outbound {
         client: Option<IpAddr>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let dest = match dest {
-            Destination::Service(name) => Dest::Name(name.to_string()),
-            Destination::Original(addr) => Dest::Vip(*addr),
+        let want = match dest {
+            Destination::Service(name) => Wanted::Name(name),
+            Destination::Original(addr) => Wanted::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
-                    Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => Dest::Name(host.to_ascii_lowercase()),
+                    Ok(ip) => Wanted::Vip(SocketAddr::new(ip, port)),
+                    Err(_) => Wanted::Name(host),
                 },
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
@@ -266,7 +278,7 @@ impl Outbound {
                 }
             },
         };
-        let svc = pin!(self.lookup(dest)).await;
+        let svc = pin!(self.lookup(want)).await;
         let Some(svc) = svc else {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());

@@ -15,6 +15,7 @@ use weft_api::v1;
 use crate::balance::{self, Algorithm, Balancer, HashKey};
 use crate::breaker::{self, FailureClass, Limits, OutlierPolicy};
 use crate::http::pool::ConnLimit;
+use crate::FastMap;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::retry::{self, RetryPolicy};
 use crate::state::{EndpointStats, ServiceStats};
@@ -459,9 +460,9 @@ pub struct Snapshot {
     pub version: u64,
     pub services: HashMap<String, Arc<Service>>,
     #[serde(skip)]
-    by_host: HashMap<String, Arc<Service>>,
+    by_host: FastMap<String, Arc<Service>>,
     #[serde(skip)]
-    by_vip: HashMap<SocketAddr, Arc<Service>>,
+    by_vip: FastMap<SocketAddr, Arc<Service>>,
     #[serde(skip)]
     local_namespace: String,
 }

@@ -7,7 +7,6 @@
 //! connection per endpoint, shared by all requests. Idle connections are closed after
 //! the idle timeout, which also drains connections to endpoints that left the set.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::error::ProxyError;
+use crate::FastMap;
 use crate::identity::{Alpn, Identity};
 
 /// One endpoint as the pool sees it: where, and who it must be.
@@ -52,11 +52,11 @@ pub struct Pool {
 }
 
 struct PoolInner {
-    h1: Mutex<HashMap<Key, Vec<Idle>>>,
-    h2: Mutex<HashMap<Key, Shared>>,
+    h1: Mutex<FastMap<Key, Vec<Idle>>>,
+    h2: Mutex<FastMap<Key, Shared>>,
     /// One HTTP/2 dial at a time per endpoint, so a burst of requests to a cold
     /// endpoint shares one new connection instead of each opening its own.
-    h2_dials: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Dial>>>>,
+    h2_dials: Mutex<FastMap<Key, Arc<tokio::sync::Mutex<Dial>>>>,
     idle_timeout: Duration,
     identity: Option<Arc<Identity>>,
 }
@@ -207,9 +207,9 @@ impl Pool {
     pub fn with_identity(idle_timeout: Duration, identity: Option<Arc<Identity>>) -> Pool {
         let pool = Pool {
             inner: Arc::new(PoolInner {
-                h1: Mutex::new(HashMap::new()),
-                h2: Mutex::new(HashMap::new()),
-                h2_dials: Mutex::new(HashMap::new()),
+                h1: Mutex::new(FastMap::default()),
+                h2: Mutex::new(FastMap::default()),
+                h2_dials: Mutex::new(FastMap::default()),
                 idle_timeout,
                 identity,
             }),
