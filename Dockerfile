@@ -30,9 +30,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(cat /rust-target)" \
     && cargo build --release --locked --target "$target" \
-        -p weft-proxy -p weft-control -p weft-inject -p weft-examples \
+        -p weft-control -p weft-inject -p weft-examples \
+    && cargo build --profile sidecar --locked --target "$target" -p weft-proxy \
     && mkdir -p /out \
-    && for bin in weft-proxy weft-control weftctl web orders payments notifications users; do \
+    && cp "target/$target/sidecar/weft-proxy" /out/ \
+    && for bin in weft-control weftctl web orders payments notifications users; do \
         cp "target/$target/release/$bin" /out/; \
     done
 

@@ -11,7 +11,8 @@
 # HTTP/1.1 request, see proxy.sh's notes).
 #
 # Env: REQUESTS (default 10000), WARMUP (1000), CONNS (50), STREAMS (h2 streams per conn, 10),
-#      BASE_PORT (29100), KEEP (a directory to keep the callgrind files in, for
+#      BASE_PORT (29100), PROFILE (cargo profile of weft-proxy: sidecar, as shipped, or
+#      release), KEEP (a directory to keep the callgrind files in, for
 #      callgrind_annotate). Needs: valgrind, h2load (nghttp2-client), haproxy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,8 +28,11 @@ need valgrind valgrind
 need h2load nghttp2-client
 need haproxy haproxy
 
-cargo build --release -q -p weft-proxy -p weft-tests --bin weft-proxy --bin bench-upstream
+PROFILE=${PROFILE:-sidecar}
+cargo build --profile "$PROFILE" -q -p weft-proxy --bin weft-proxy
+cargo build --release -q -p weft-tests --bin bench-upstream
 target=${CARGO_TARGET_DIR:-target}/release
+weft_bin=${CARGO_TARGET_DIR:-target}/$PROFILE/weft-proxy
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -105,7 +109,7 @@ for proto in h1 h2; do
     wport=$weft_listen
     hport=$hap_h1
     [ "$proto" = h2 ] && hport=$hap_h2
-    w=$(count weft "$proto" "$wport" "$target/weft-proxy" run --config "$work/weft.yaml")
+    w=$(count weft "$proto" "$wport" "$weft_bin" run --config "$work/weft.yaml")
     h=$(count haproxy "$proto" "$hport" haproxy -db -f "$work/haproxy.cfg")
     ratio=$(awk -v w="$w" -v h="$h" 'BEGIN { if (h > 0) printf "%.2f", w / h; else print "-" }')
     printf '%-6s %14s %14s %8s\n' "$proto" "$w" "$h" "$ratio"

@@ -39,7 +39,8 @@
 #   H1_CONNS=50 H2_CONNS=10 H2_STREAMS=10
 #   LOAD_CPU=0 SERVER_CPU=1
 #   BASE_PORT=18300    uses BASE_PORT..BASE_PORT+29 on 127.0.0.1
-#   CARGO_TARGET_DIR   where the release binaries are built (default: <repo>/target)
+#   CARGO_TARGET_DIR   where the binaries are built (default: <repo>/target)
+#   PROFILE=sidecar    cargo profile of weft-proxy: sidecar (fat LTO, as shipped) or release
 #   KEEP_LOGS=1        keep the work directory (configs, logs, h2load logs)
 # Debian packages: wrk, nghttp2-client (h2load), haproxy, util-linux (taskset), curl.
 
@@ -84,12 +85,13 @@ if [[ $missing == 1 ]]; then
     exit 1
 fi
 
-echo "building weft-proxy and bench-upstream (release)..."
+PROFILE=${PROFILE:-sidecar}
+echo "building weft-proxy ($PROFILE) and bench-upstream (release)..."
 # Two builds, not one: each package then keeps the feature set it is built with alone,
 # so a tree already built by `cargo build --release -p weft-proxy` is reused.
-(cd "$repo" && cargo build --release --quiet -p weft-proxy)
+(cd "$repo" && cargo build --profile "$PROFILE" --quiet -p weft-proxy)
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)
-weft_bin=$target_dir/release/weft-proxy
+weft_bin=$target_dir/$PROFILE/weft-proxy
 upstream_bin=$target_dir/release/bench-upstream
 
 # --- processes -------------------------------------------------------------------
