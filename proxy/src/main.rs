@@ -4,6 +4,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use weft_proxy::config::Config;
 
+// mimalloc rather than the C library's allocator: tokio allocates every task (two per
+// proxied HTTP/2 request) 128-byte aligned, glibc's aligned path cost ~700
+// instructions a time, and the shipped static binary would otherwise get musl's
+// allocator, slower still. Measured with callgrind (tests/bench/instructions.sh):
+// 7% fewer instructions per HTTP/2 request, 1.6% per HTTP/1.1 one, for 0.35 MB more
+// anonymous memory at idle.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "weft-proxy", version, about = "Weft's sidecar proxy")]
 struct Cli {
