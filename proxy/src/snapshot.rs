@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use weft_api::v1;
 
+use crate::FastMap;
 use crate::balance::{self, Algorithm, Balancer, HashKey};
 use crate::breaker::{self, FailureClass, Limits, OutlierPolicy};
 use crate::http::pool::ConnLimit;
-use crate::FastMap;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::retry::{self, RetryPolicy};
 use crate::state::{EndpointStats, ServiceStats};
