@@ -12,6 +12,7 @@
 //! | `WEFT_NODE_ID` | `weft-proxy-<pid>` | `Node.id` |
 //! | `WEFT_NODE_NAMESPACE` | required | namespace of the SPIFFE ID |
 //! | `WEFT_NODE_SERVICE_ACCOUNT` | required | service account of the SPIFFE ID |
+//! | `WEFT_NODE_WORKLOAD` | the service account | the inbound metrics' `service` label |
 //! | `WEFT_NODE_IP` | | the pod's IP (logged) |
 //! | `WEFT_OUTBOUND_PORT` | `7140` | transparent listener on 127.0.0.1 (and `[::1]`) |
 //! | `WEFT_INBOUND_PORT` | `7143` | transparent listener on all addresses; the app port is the original destination |
@@ -156,8 +157,8 @@ impl Config {
             node: NodeConfig {
                 id: get("WEFT_NODE_ID").unwrap_or_else(default_node_id),
                 namespace,
+                workload: Some(get("WEFT_NODE_WORKLOAD").unwrap_or_else(|| account.clone())),
                 service_account: Some(account),
-                workload: None,
                 ip,
             },
             outbound: Some(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), outbound)),
