@@ -43,6 +43,21 @@ const HOP_BY_HOP: [header::HeaderName; 6] = [
     header::CONTENT_LENGTH,
 ];
 
+/// The app port a probe path names, if it is one the injector declared: the admin
+/// port must not become a relay to anything else listening on loopback.
+fn probe_port(port: &str, allowed: &PortSet) -> Result<u16, (StatusCode, String)> {
+    let Ok(port) = port.parse::<u16>() else {
+        return Err((StatusCode::NOT_FOUND, "not found\n".into()));
+    };
+    if !allowed.contains(port) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("port {port} is not a probe port of this pod\n"),
+        ));
+    }
+    Ok(port)
+}
+
 /// Answers `GET /app-probe/<port>/<path>?<query>` (the path after the prefix
 /// already split off by the caller is `rest`).
 pub async fn forward(
@@ -57,15 +72,10 @@ pub async fn forward(
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let Ok(port) = port.parse::<u16>() else {
-        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    let port = match probe_port(port, allowed) {
+        Ok(port) => port,
+        Err((status, why)) => return text(status, why),
     };
-    if !allowed.contains(port) {
-        return text(
-            StatusCode::FORBIDDEN,
-            format!("port {port} is not a probe port of this pod\n"),
-        );
-    }
     let path_and_query = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
@@ -94,15 +104,10 @@ pub async fn forward_grpc(
     timeout: Duration,
 ) -> Response<Full<Bytes>> {
     let (port, service) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(port) = port.parse::<u16>() else {
-        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    let port = match probe_port(port, allowed) {
+        Ok(port) => port,
+        Err((status, why)) => return text(status, why),
     };
-    if !allowed.contains(port) {
-        return text(
-            StatusCode::FORBIDDEN,
-            format!("port {port} is not a probe port of this pod\n"),
-        );
-    }
     let app = SocketAddr::from(([127, 0, 0, 1], port));
     match tokio::time::timeout(timeout, grpc_health(app, service)).await {
         Ok(Ok(SERVING)) => text(StatusCode::OK, "SERVING\n".into()),
