@@ -48,6 +48,16 @@ async fn reviewer(kubeconfig: &Path, timeout: Duration) -> TokenReviewer {
     TokenReviewer::from_config(config, "weft".into(), timeout).expect("reviewer")
 }
 
+/// A stand-in API server and a reviewer that asks it (the kubeconfig lives in the
+/// returned directory, kept for the test's life).
+async fn reviewing() -> (ApiServer, TokenReviewer, tempfile::TempDir) {
+    let api = stand_in().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
+    let r = reviewer(&kubeconfig, STEP_DEADLINE).await;
+    (api, r, dir)
+}
+
 async fn verify(r: &TokenReviewer, proof: Proof) -> Result<(), ProofError> {
     within(
         STEP_DEADLINE,
@@ -73,13 +83,7 @@ fn unavailable_because(result: Result<(), ProofError>, why: &str) {
 
 #[tokio::test]
 async fn a_token_of_the_claimed_account_for_our_audience_is_accepted() {
-    let api = stand_in().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let r = reviewer(
-        &api.write_kubeconfig(dir.path()).expect("kubeconfig"),
-        STEP_DEADLINE,
-    )
-    .await;
+    let (api, r, _dir) = reviewing().await;
 
     verify(&r, token(ORDERS_TOKEN))
         .await
@@ -110,13 +114,7 @@ async fn a_token_of_the_claimed_account_for_our_audience_is_accepted() {
 
 #[tokio::test]
 async fn an_invalid_token_is_rejected_with_the_api_servers_reason() {
-    let api = stand_in().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let r = reviewer(
-        &api.write_kubeconfig(dir.path()).expect("kubeconfig"),
-        STEP_DEADLINE,
-    )
-    .await;
+    let (_api, r, _dir) = reviewing().await;
 
     rejected_because(
         verify(&r, token("eyJhbGciOiJSUzI1NiJ9.forged.sig")).await,
@@ -126,13 +124,7 @@ async fn an_invalid_token_is_rejected_with_the_api_servers_reason() {
 
 #[tokio::test]
 async fn a_token_for_another_audience_is_rejected() {
-    let api = stand_in().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let r = reviewer(
-        &api.write_kubeconfig(dir.path()).expect("kubeconfig"),
-        STEP_DEADLINE,
-    )
-    .await;
+    let (api, r, _dir) = reviewing().await;
 
     // The API server itself refuses it for our audience...
     rejected_because(
@@ -153,13 +145,7 @@ async fn a_token_for_another_audience_is_rejected() {
 
 #[tokio::test]
 async fn a_token_of_another_service_account_proves_only_that_account() {
-    let api = stand_in().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let r = reviewer(
-        &api.write_kubeconfig(dir.path()).expect("kubeconfig"),
-        STEP_DEADLINE,
-    )
-    .await;
+    let (_api, r, _dir) = reviewing().await;
 
     rejected_because(
         verify(&r, token(ADMIN_TOKEN)).await,
@@ -180,13 +166,7 @@ async fn a_token_of_another_service_account_proves_only_that_account() {
 
 #[tokio::test]
 async fn no_request_is_made_for_a_missing_or_local_proof() {
-    let api = stand_in().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let r = reviewer(
-        &api.write_kubeconfig(dir.path()).expect("kubeconfig"),
-        STEP_DEADLINE,
-    )
-    .await;
+    let (api, r, _dir) = reviewing().await;
 
     assert!(matches!(
         r.verify(None, &orders()).await,
