@@ -281,14 +281,7 @@ impl Pool {
         limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
         let addr = key.addr;
-        let guard = ConnLimit::take(limit)?;
-        let stream = connect_to(
-            key,
-            connect_timeout,
-            self.inner.identity.as_deref(),
-            Alpn::Http1,
-        )
-        .await?;
+        let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http1).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -363,6 +356,20 @@ impl Pool {
         Some(shared.tx.clone())
     }
 
+    /// A new connection to `key` (mTLS when it has an identity), counted against
+    /// the service's connection cap for as long as the returned guard lives.
+    async fn open(
+        &self,
+        key: &Key,
+        connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
+        alpn: Alpn,
+    ) -> Result<(ConnGuard, Upstream), ProxyError> {
+        let guard = ConnLimit::take(limit)?;
+        let stream = connect_to(key, connect_timeout, self.inner.identity.as_deref(), alpn).await?;
+        Ok((guard, stream))
+    }
+
     async fn dial_h2(
         &self,
         key: &Key,
@@ -370,14 +377,7 @@ impl Pool {
         limit: Option<&ConnLimit>,
     ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         let addr = key.addr;
-        let guard = ConnLimit::take(limit)?;
-        let stream = connect_to(
-            key,
-            connect_timeout,
-            self.inner.identity.as_deref(),
-            Alpn::Http2,
-        )
-        .await?;
+        let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
