@@ -1,0 +1,28 @@
+# shellcheck shell=bash
+# Sourced by proxy.sh and instructions.sh: which target to build weft-proxy for.
+#
+# The shipped sidecar is a static musl binary (Dockerfile), and that is what the
+# benchmarks measure by default: it maps no libc.so, libm or ld.so, which a glibc
+# build adds to its resident set (about 1.7 MB at idle), and its allocator is
+# mimalloc either way. TARGET=host measures the glibc build instead. Without the
+# musl target (rustup target add x86_64-unknown-linux-musl) or musl-gcc (apt-get
+# install -y musl-tools, for ring's C), the host build is measured, with a warning.
+#
+# shipped_target prints the target triple to build for, or nothing for the host.
+shipped_target() {
+    local want="${TARGET:-$(uname -m)-unknown-linux-musl}"
+    if [[ $want == host ]]; then
+        return
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$want"; then
+        echo "warning: target $want not installed (rustup target add $want);" \
+            "measuring the host build, not the shipped one" >&2
+        return
+    fi
+    if [[ $want == *musl ]] && ! command -v musl-gcc >/dev/null 2>&1; then
+        echo "warning: musl-gcc missing (apt-get install -y musl-tools);" \
+            "measuring the host build, not the shipped one" >&2
+        return
+    fi
+    echo "$want"
+}
