@@ -54,7 +54,13 @@ where
             }
         }
     } else {
+        // writev(false): hyper then joins head and body into one buffer and writes
+        // it with send(2) (std's TcpStream::write) rather than writev(2), which
+        // costs more in the kernel per call. Measured on the proxy.sh path, 5
+        // alternating rounds: CPU per HTTP/1.1 request 1.06-1.10x HAProxy's, against
+        // 1.11-1.23x with writev. Bodies are copied once more in user space.
         let conn = http1::Builder::new()
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes)

@@ -282,7 +282,9 @@ impl Pool {
     ) -> Result<H1Conn, ProxyError> {
         let addr = key.addr;
         let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http1).await?;
+        // send(2) rather than writev(2): see the server side in http/mod.rs.
         let (tx, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
