@@ -37,6 +37,7 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::ports::PortSet;
 use crate::retry::{Attempted, RetryPolicy};
 use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
+use crate::state::now_nanos;
 
 /// A destination as a request names it, borrowed from the request or connection.
 #[derive(Debug, Clone, Copy)]
@@ -509,7 +510,9 @@ struct AttemptGuard<'a> {
     svc: &'a Service,
     ep: &'a Endpoint,
     probe: bool,
-    start: Instant,
+    /// `now_nanos()` at the start: the same clock `Load` keeps its stamps in, so
+    /// `finish` reads the clock once for both the latency and the EWMA's stamp.
+    start: u64,
     finished: bool,
 }
 
@@ -521,7 +524,7 @@ impl<'a> AttemptGuard<'a> {
             svc,
             ep,
             probe,
-            start: Instant::now(),
+            start: now_nanos(),
             finished: false,
         }
     }
@@ -536,13 +539,14 @@ impl<'a> AttemptGuard<'a> {
                 balance::Algorithm::P2cPeakEwma { decay, .. } => *decay,
                 _ => balance::DEFAULT_DECAY,
             };
-            let mut rtt = self.start.elapsed();
+            let now = now_nanos();
+            let mut rtt = Duration::from_nanos(now.saturating_sub(self.start));
             if outcome == Outcome::ConnectFailure {
                 // A refused connect is fast; counted as-is it would make a dead
                 // endpoint look like the best one.
                 rtt = rtt.max(balance::FAILURE_PENALTY);
             }
-            self.ep.stats.load.observe(rtt, decay);
+            self.ep.stats.load.observe_at(rtt, decay, now);
         }
         self.ep.stats.health.record(
             outcome,

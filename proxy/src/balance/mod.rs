@@ -111,7 +111,12 @@ impl Load {
     /// (the "peak"), so a backend that slows down is avoided immediately; lower
     /// samples pull it down with a weight that grows with the time since the last.
     pub fn observe(&self, rtt: Duration, decay: Duration) {
-        let now = now_nanos();
+        self.observe_at(rtt, decay, now_nanos());
+    }
+
+    /// `observe` with the clock already read (`now_nanos()`), for a caller that
+    /// has just read it to measure `rtt`.
+    pub fn observe_at(&self, rtt: Duration, decay: Duration, now: u64) {
         let sample = rtt.as_nanos() as f64;
         let last = self.stamp.swap(now, Ordering::Relaxed);
         let next = match self.ewma_nanos() {
@@ -200,30 +205,32 @@ impl Balancer {
         if self.ready.is_empty() {
             return None;
         }
+        // One clock read per pick: it is on every request's path.
         let now = now_nanos();
         let healthy = |i: usize| endpoints[i].stats.health.eligible(now);
         if self.ready.len() > 1
             && let Some(s) = skip
         {
-            let pick = self.pick_with(endpoints, key, |i| i != s && healthy(i));
+            let pick = self.pick_with(endpoints, key, now, |i| i != s && healthy(i));
             if pick.is_some() {
                 return pick;
             }
         }
-        self.pick_with(endpoints, key, healthy)
+        self.pick_with(endpoints, key, now, healthy)
             // Panic mode: every ready endpoint is ejected; use them all anyway.
-            .or_else(|| self.pick_with(endpoints, key, |_| true))
+            .or_else(|| self.pick_with(endpoints, key, now, |_| true))
     }
 
     fn pick_with(
         &self,
         endpoints: &[Arc<Endpoint>],
         key: Option<u64>,
+        now: u64,
         ok: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         match &self.algorithm {
             Algorithm::P2cPeakEwma { default_rtt, decay } => {
-                let (rtt, decay, now) = (*default_rtt, *decay, now_nanos());
+                let (rtt, decay) = (*default_rtt, *decay);
                 self.p2c(&ok, |i| endpoints[i].stats.load.cost(rtt, decay, now))
             }
             Algorithm::LeastRequest => self.p2c(&ok, |i| least_request::cost(&endpoints[i])),
