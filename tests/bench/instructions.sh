@@ -83,7 +83,7 @@ count() {
     local name=$1 proto=$2 port=$3
     shift 3
     local out="$work/$name-$proto.callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$work/$name-$proto.log" 2>&1 &
+    valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$out" "$@" >"$work/$name-$proto.log" 2>&1 &
     local pid=$!
     wait_port "$port"
     local flags=(-c "$CONNS")
