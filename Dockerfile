@@ -14,10 +14,13 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 ARG TARGETARCH
-# musl-gcc builds ring's C and assembly for the static target.
+# musl-gcc builds ring's C and assembly for the static target; h2load, curl and
+# llvm-tools are for the proxy's profile-guided build (proxy/pgo.sh), which trains it
+# on loopback traffic inside this stage.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools \
+    && apt-get install -y --no-install-recommends musl-tools nghttp2-client curl \
     && rm -rf /var/lib/apt/lists/*
+RUN rustup component add llvm-tools
 RUN case "${TARGETARCH:-amd64}" in \
         arm64) echo aarch64-unknown-linux-musl ;; \
         amd64) echo x86_64-unknown-linux-musl ;; \
@@ -31,9 +34,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     target="$(cat /rust-target)" \
     && cargo build --release --locked --target "$target" \
         -p weft-control -p weft-inject -p weft-examples \
-    && cargo build --profile sidecar --locked --target "$target" -p weft-proxy \
     && mkdir -p /out \
-    && cp "target/$target/sidecar/weft-proxy" /out/ \
+    && proxy/pgo.sh --target "$target" --profile sidecar --out /out/weft-proxy \
     && for bin in weft-control weftctl web orders payments notifications users; do \
         cp "target/$target/release/$bin" /out/; \
     done
