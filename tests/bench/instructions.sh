@@ -12,8 +12,8 @@
 #
 # Env: REQUESTS (default 10000), WARMUP (1000), CONNS (50), STREAMS (h2 streams per conn, 10),
 #      BASE_PORT (29100), PROFILE (cargo profile of weft-proxy: sidecar, as shipped, or
-#      release), TARGET (the shipped musl build by default, see shipped-target.sh;
-#      host for glibc), KEEP (a directory to keep the callgrind files in, for
+#      release), TARGET (the shipped musl build by default, see shipped-build.sh;
+#      host for glibc), PGO (1, as shipped; 0 without), KEEP (a directory to keep the callgrind files in, for
 #      callgrind_annotate). Needs: valgrind, h2load (nghttp2-client), haproxy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,14 +30,11 @@ need h2load nghttp2-client
 need haproxy haproxy
 
 PROFILE=${PROFILE:-sidecar}
-# shellcheck source=SCRIPTDIR/shipped-target.sh
-source tests/bench/shipped-target.sh
-weft_target=$(shipped_target)
-echo "weft-proxy: $PROFILE, ${weft_target:-host}" >&2
-cargo build --profile "$PROFILE" ${weft_target:+--target "$weft_target"} -q -p weft-proxy --bin weft-proxy
+# shellcheck source=SCRIPTDIR/shipped-build.sh
+source tests/bench/shipped-build.sh
+weft_bin=$(build_shipped_proxy "$PWD" "$PROFILE")
 cargo build --release -q -p weft-tests --bin bench-upstream
 target=${CARGO_TARGET_DIR:-target}/release
-weft_bin=${CARGO_TARGET_DIR:-target}/${weft_target:+$weft_target/}$PROFILE/weft-proxy
 work=$(mktemp -d)
 pids=()
 cleanup() {

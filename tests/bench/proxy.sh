@@ -42,7 +42,9 @@
 #   CARGO_TARGET_DIR   where the binaries are built (default: <repo>/target)
 #   PROFILE=sidecar    cargo profile of weft-proxy: sidecar (fat LTO, as shipped) or release
 #   TARGET             target of weft-proxy: by default the shipped static musl build
-#                      (see shipped-target.sh); TARGET=host for the glibc build
+#                      (see shipped-build.sh); TARGET=host for the glibc build
+#   PGO=1              build weft-proxy with profile-guided optimisation, as shipped
+#                      (proxy/pgo.sh); PGO=0 without
 #   KEEP_LOGS=1        keep the work directory (configs, logs, h2load logs)
 # Debian packages: wrk, nghttp2-client (h2load), haproxy, util-linux (taskset), curl.
 
@@ -88,15 +90,11 @@ if [[ $missing == 1 ]]; then
 fi
 
 PROFILE=${PROFILE:-sidecar}
-# shellcheck source=SCRIPTDIR/shipped-target.sh
-source "$here/shipped-target.sh"
-weft_target=$(shipped_target)
-echo "building weft-proxy ($PROFILE, ${weft_target:-host}) and bench-upstream (release)..."
-# Two builds, not one: each package then keeps the feature set it is built with alone,
-# so a tree already built by `cargo build --release -p weft-proxy` is reused.
-(cd "$repo" && cargo build --profile "$PROFILE" ${weft_target:+--target "$weft_target"} --quiet -p weft-proxy)
+# shellcheck source=SCRIPTDIR/shipped-build.sh
+source "$here/shipped-build.sh"
+weft_bin=$(build_shipped_proxy "$repo" "$PROFILE")
+echo "building bench-upstream (release)..."
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)
-weft_bin=$target_dir/${weft_target:+$weft_target/}$PROFILE/weft-proxy
 upstream_bin=$target_dir/release/bench-upstream
 
 # --- processes -------------------------------------------------------------------

@@ -1,12 +1,15 @@
 # shellcheck shell=bash
-# Sourced by proxy.sh and instructions.sh: which target to build weft-proxy for.
+# Sourced by proxy.sh and instructions.sh: builds weft-proxy as the Dockerfile ships it.
 #
-# The shipped sidecar is a static musl binary (Dockerfile), and that is what the
-# benchmarks measure by default: it maps no libc.so, libm or ld.so, which a glibc
-# build adds to its resident set (about 1.7 MB at idle), and its allocator is
-# mimalloc either way. TARGET=host measures the glibc build instead. Without the
-# musl target (rustup target add x86_64-unknown-linux-musl) or musl-gcc (apt-get
-# install -y musl-tools, for ring's C), the host build is measured, with a warning.
+# The shipped sidecar is a static musl binary, and that is what the benchmarks
+# measure by default: it maps no libc.so, libm or ld.so, which a glibc build adds to
+# its resident set (about 1.7 MB at idle), and its allocator is mimalloc either way.
+# TARGET=host measures the glibc build instead. Without the musl target (rustup
+# target add x86_64-unknown-linux-musl) or musl-gcc (apt-get install -y musl-tools,
+# for ring's C), the host build is measured, with a warning.
+#
+# It is also built with profile-guided optimisation (proxy/pgo.sh, a few minutes more
+# the first time); PGO=0 measures the build without it.
 #
 # shipped_target prints the target triple to build for, or nothing for the host.
 shipped_target() {
@@ -25,4 +28,18 @@ shipped_target() {
         return
     fi
     echo "$want"
+}
+
+# build_shipped_proxy REPO PROFILE: builds weft-proxy and prints the binary's path.
+build_shipped_proxy() {
+    local repo=$1 profile=$2 target
+    target=$(shipped_target)
+    echo "building weft-proxy ($profile, ${target:-host}, PGO ${PGO:-1})..." >&2
+    if [[ ${PGO:-1} != 0 ]]; then
+        "$repo/proxy/pgo.sh" --profile "$profile" ${target:+--target "$target"} | tail -n 1
+    else
+        (cd "$repo" && cargo build --profile "$profile" ${target:+--target "$target"} \
+            --quiet -p weft-proxy)
+        echo "${CARGO_TARGET_DIR:-$repo/target}/${target:+$target/}$profile/weft-proxy"
+    fi
 }
