@@ -9,7 +9,8 @@
 # for ring's C), the host build is measured, with a warning.
 #
 # It is also built with profile-guided optimisation (proxy/pgo.sh, a few minutes more
-# the first time); PGO=0 measures the build without it.
+# the first time); PGO=0 measures the build without it, as does a machine without
+# llvm-tools (with a warning).
 #
 # shipped_target prints the target triple to build for, or nothing for the host.
 shipped_target() {
@@ -34,8 +35,15 @@ shipped_target() {
 build_shipped_proxy() {
     local repo=$1 profile=$2 target
     target=$(shipped_target)
-    echo "building weft-proxy ($profile, ${target:-host}, PGO ${PGO:-1})..." >&2
-    if [[ ${PGO:-1} != 0 ]]; then
+    local pgo=${PGO:-1} host
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    if [[ $pgo != 0 && ! -x $(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata ]]; then
+        echo "warning: llvm-tools not installed (rustup component add llvm-tools);" \
+            "measuring the build without PGO, not the shipped one" >&2
+        pgo=0
+    fi
+    echo "building weft-proxy ($profile, ${target:-host}, PGO $pgo)..." >&2
+    if [[ $pgo != 0 ]]; then
         "$repo/proxy/pgo.sh" --profile "$profile" ${target:+--target "$target"} | tail -n 1
     else
         (cd "$repo" && cargo build --profile "$profile" ${target:+--target "$target"} \
