@@ -17,7 +17,7 @@ use crate::http::body::ProxyBody;
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{Target, forward};
 use crate::http::pool::Pool;
-use crate::http::{ServerLimits, serve};
+use crate::http::{ServerLimits, serve_handler};
 use crate::identity::policy::TlsMode;
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::io::PrefixedIo;
@@ -212,7 +212,7 @@ impl Inbound {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
                 let peer = Arc::new(peer);
-                let svc = hyper::service::service_fn(move |req| {
+                let handler = move |req: Request<Incoming>| {
                     let this = this.clone();
                     let peer = peer.clone();
                     async move {
@@ -220,11 +220,11 @@ impl Inbound {
                         let resp = pin!(this.handle(req, &peer)).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
-                });
-                serve(
+                };
+                serve_handler(
                     io,
                     detected == Detected::Http2,
-                    svc,
+                    handler,
                     self.limits,
                     self.drain.clone(),
                 )

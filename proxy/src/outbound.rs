@@ -30,7 +30,7 @@ use crate::http::error::{self, is_grpc};
 use crate::http::forward::{Gate, Target, forward};
 use crate::http::headers::is_upgrade;
 use crate::http::pool::{Key, Pool, connect_to};
-use crate::http::{ServerLimits, authority_of, serve};
+use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Metrics, ServiceMetrics};
@@ -184,7 +184,7 @@ impl Outbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
-                let svc = hyper::service::service_fn(move |req| {
+                let handler = move |req: Request<Incoming>| {
                     let this = this.clone();
                     let dest = dest.clone();
                     async move {
@@ -192,11 +192,11 @@ impl Outbound {
                         let resp = pin!(this.handle(req, &dest, client)).await;
                         Ok::<_, Infallible>(error::for_client(grpc, resp))
                     }
-                });
-                serve(
+                };
+                serve_handler(
                     io,
                     detected == Detected::Http2,
-                    svc,
+                    handler,
                     self.limits,
                     self.drain.clone(),
                 )

@@ -28,6 +28,39 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
 }
 
+/// Serves one accepted connection with `handler` answering each request; see `serve`.
+///
+/// For HTTP/2 the handler's future is boxed: hyper spawns a task per stream and moves
+/// the future into it, and the proxy's per-request future is several KB, so boxing
+/// turns two copies of it into one allocation (callgrind, shipped build: 37.9k ->
+/// 35.2k instructions per HTTP/2 request). HTTP/1 keeps it inline: its dispatcher
+/// moves the future once, and boxing cost more there than it saved.
+pub async fn serve_handler<I, F, Fut>(
+    io: I,
+    h2: bool,
+    handler: F,
+    limits: ServerLimits,
+    drain: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    if h2 {
+        let svc = hyper::service::service_fn(move |req| Box::pin(handler(req)));
+        serve(io, true, svc, limits, drain).await;
+    } else {
+        serve(
+            io,
+            false,
+            hyper::service::service_fn(handler),
+            limits,
+            drain,
+        )
+        .await;
+    }
+}
+
 /// Serves one accepted connection. On `drain`, stops taking new requests (HTTP/1
 /// closes after the current one, HTTP/2 sends GOAWAY) and lets in-flight ones finish.
 pub async fn serve<I, S>(io: I, h2: bool, svc: S, limits: ServerLimits, drain: CancellationToken)
