@@ -23,6 +23,7 @@
 # Usage:  tests/bench/mtls.sh          QUICK=1 tests/bench/mtls.sh
 # Environment: DURATION=10 H1_CONNS=50 H2_CONNS=10 H2_STREAMS=10 LOAD_CPU=0
 #   SERVER_CPU=1 BASE_PORT=18400 TLS_SECONDS=5 CARGO_TARGET_DIR KEEP_LOGS=1
+#   PROFILE TARGET PGO (how weft-proxy is built: as shipped by default, see proxy.sh)
 # Debian packages: wrk, nghttp2-client (h2load), haproxy, openssl, util-linux, curl.
 
 set -euo pipefail
@@ -53,11 +54,13 @@ for tool in wrk h2load haproxy openssl taskset curl cargo; do
 done
 [[ $missing == 0 ]] || exit 1
 
-echo "building weft-proxy, weft-control and bench-upstream (release)..."
-(cd "$repo" && cargo build --release --quiet -p weft-proxy)
+# weft-proxy as shipped (see shipped-build.sh; PROFILE, TARGET and PGO as in proxy.sh).
+# shellcheck source=SCRIPTDIR/shipped-build.sh
+source "$here/shipped-build.sh"
+weft_bin=$(build_shipped_proxy "$repo" "${PROFILE:-sidecar}")
+echo "building weft-control and bench-upstream (release)..."
 (cd "$repo" && cargo build --release --quiet -p weft-control)
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)
-weft_bin=$target_dir/release/weft-proxy
 control_bin=$target_dir/release/weft-control
 upstream_bin=$target_dir/release/bench-upstream
 
