@@ -7,7 +7,9 @@
 #      through one proxy in front of bench-upstream, through an outbound -> inbound
 #      pair in plaintext, and through one over mTLS with certificates from
 #      weft-control's development CA (the same paths tests/bench measures, plus mTLS:
-#      the listeners are generic over their stream type, so each is its own code);
+#      the listeners are generic over their stream type, so each is its own code),
+#      and through one proxy whose service has timeouts, retries and a circuit
+#      breaker on, which take their own code paths per request;
 #   3. llvm-profdata merge;
 #   4. the final build (-Cprofile-use).
 #
@@ -26,7 +28,7 @@
 # their own target directories (CARGO_TARGET_DIR, default <repo>/target, plus
 # /pgo-generate and /pgo-use), since their RUSTFLAGS differ; bench-upstream and
 # weft-control (release) are built in CARGO_TARGET_DIR itself.
-# Environment: BASE_PORT (default 29950; uses BASE_PORT..+19 on 127.0.0.1),
+# Environment: BASE_PORT (default 29950; uses BASE_PORT..+20 on 127.0.0.1),
 #   KEEP_LOGS=1 keeps the work directory.
 # Needs: llvm-tools (rustup component add llvm-tools), h2load (nghttp2-client), curl.
 set -euo pipefail
@@ -161,9 +163,31 @@ render weft-client.yaml.in "$work/pa.yaml" ID=pgo-pa OUTBOUND_PORT="$(port 12)" 
     ADMIN_PORT="$(port 13)" LISTEN_PORT="$(port 14)" ENDPOINT="127.0.0.1:$(port 15)"
 render weft-server.yaml.in "$work/pb.yaml" ID=pgo-pb OUTBOUND_PORT="$(port 16)" \
     ADMIN_PORT="$(port 17)" LISTEN_PORT="$(port 15)" ENDPOINT="127.0.0.1:$UPSTREAM"
+cat >"$work/guarded.yaml" <<CONF
+workers: 1
+node: {id: pgo-guarded, namespace: default, workload: bench-client}
+outbound: {listen: 127.0.0.1:$(port 18)}
+admin: {listen: 127.0.0.1:$(port 19)}
+upstreams:
+  - {service: guarded, listen: 127.0.0.1:$(port 20)}
+services:
+  - name: guarded
+    namespace: default
+    endpoints:
+      - {address: 127.0.0.1:$UPSTREAM}
+    policy:
+      load_balancer: p2c-peak-ewma
+      circuit_breaker:
+        max_connections: 100000
+        max_pending_requests: 100000
+        max_active_requests: 100000
+        outlier_detection: {consecutive_failures: 5, base_ejection: 30s, failure_on: [5xx, connect]}
+      retry: {max_attempts: 3, budget_ratio: 0.2, min_retries_per_second: 10}
+      timeouts: {request: 5s, per_try: 2s, connect: 1s}
+CONF
 
 proxies=()
-for name in single a b pa pb; do
+for name in single a b pa pb guarded; do
     RUST_LOG=warn start "$name" "$weft_bin" run --config "$work/$name.yaml"
     proxies+=("$started")
 done
@@ -172,11 +196,13 @@ wait_ready a "http://127.0.0.1:$(port 7)/ready"
 wait_ready b "http://127.0.0.1:$(port 11)/ready"
 wait_ready pa "http://127.0.0.1:$(port 13)/ready"
 wait_ready pb "http://127.0.0.1:$(port 17)/ready"
+wait_ready guarded "http://127.0.0.1:$(port 19)/ready"
 
 echo "pgo: training..." >&2
 load "http://127.0.0.1:$(port 5)/"
 load "http://127.0.0.1:$(port 8)/"
 load "http://127.0.0.1:$(port 14)/"
+load "http://127.0.0.1:$(port 20)/"
 
 # The profile is written when a proxy exits; SIGTERM is its graceful shutdown.
 for pid in "${proxies[@]}"; do kill -TERM "$pid"; done
