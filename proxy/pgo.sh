@@ -176,15 +176,7 @@ services:
     namespace: default
     endpoints:
       - {address: 127.0.0.1:$UPSTREAM}
-    policy:
-      load_balancer: p2c-peak-ewma
-      circuit_breaker:
-        max_connections: 100000
-        max_pending_requests: 100000
-        max_active_requests: 100000
-        outlier_detection: {consecutive_failures: 5, base_ejection: 30s, failure_on: [5xx, connect]}
-      retry: {max_attempts: 3, budget_ratio: 0.2, min_retries_per_second: 10}
-      timeouts: {request: 5s, per_try: 2s, connect: 1s}
+$(grep -v '^#' "$bench/guarded-policy.yaml")
 CONF
 
 proxies=()

@@ -85,16 +85,7 @@ services:
     policy: {load_balancer: round-robin}
   - name: guarded
     endpoints: $endpoints
-    policy:
-      load_balancer: p2c-peak-ewma
-      circuit_breaker:
-        max_connections: 100000
-        max_pending_requests: 100000
-        max_active_requests: 100000
-        max_concurrent_retries: 1000
-        outlier_detection: {consecutive_failures: 5, base_ejection: 30s, failure_on: [5xx, connect]}
-      retry: {max_attempts: 3, budget_ratio: 0.2, min_retries_per_second: 10}
-      timeouts: {request: 5s, per_try: 2s, connect: 1s}
+$(grep -v '^#' "$here/guarded-policy.yaml")
 CONF
 RUST_LOG=warn "$WEFT_PROXY" run --config "$work/proxy.yaml" &
 pids+=($!)
