@@ -46,8 +46,10 @@ build_shipped_proxy() {
     if [[ $pgo != 0 ]]; then
         "$repo/proxy/pgo.sh" --profile "$profile" ${target:+--target "$target"} | tail -n 1
     else
-        (cd "$repo" && cargo build --profile "$profile" ${target:+--target "$target"} \
-            --quiet -p weft-proxy)
+        # The codegen flag pgo.sh builds the proxy with (see there), so that PGO=0
+        # differs from the shipped build by the profile alone.
+        (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -Cllvm-args=--max-store-memcpy=32" \
+            cargo build --profile "$profile" ${target:+--target "$target"} --quiet -p weft-proxy)
         echo "${CARGO_TARGET_DIR:-$repo/target}/${target:+$target/}$profile/weft-proxy"
     fi
 }
