@@ -13,9 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detected, detect};
-use crate::http::body::ProxyBody;
+use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::{self, ProxyError, is_grpc};
-use crate::http::forward::{Target, forward};
+use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::pool::Pool;
 use crate::http::{ServerLimits, serve_handler};
 use crate::identity::policy::TlsMode;
@@ -215,6 +215,7 @@ impl Inbound {
                 let handler = move |req: Request<Incoming>| {
                     let this = this.clone();
                     let peer = peer.clone();
+                    let req = Box::new(req.map(RequestBody::from));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &peer)).await;
@@ -238,7 +239,7 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: BoxedRequest, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         req.headers_mut().remove(CLIENT_ID_HEADER);
         if let Some(requests) = &peer.requests {
@@ -276,7 +277,7 @@ impl Inbound {
             idle_timeout: None,
             gate: None,
         };
-        let resp = pin!(forward(&self.pool, req.map(Into::into), &target))
+        let resp = pin!(forward(&self.pool, req, &target))
             .await
             .unwrap_or_else(|e| {
                 self.metrics.proxy_error(e.reason());

@@ -27,7 +27,7 @@ use crate::discovery::{Dest, Discovery};
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, is_grpc};
-use crate::http::forward::{Gate, Target, forward};
+use crate::http::forward::{BoxedRequest, Gate, Target, forward};
 use crate::http::headers::is_upgrade;
 use crate::http::pool::{Key, Pool, connect_to};
 use crate::http::{ServerLimits, authority_of, serve_handler};
@@ -187,6 +187,7 @@ impl Outbound {
                 let handler = move |req: Request<Incoming>| {
                     let this = this.clone();
                     let dest = dest.clone();
+                    let req = Box::new(req.map(RequestBody::from));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &dest, client)).await;
@@ -260,7 +261,7 @@ impl Outbound {
 
     async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: BoxedRequest,
         dest: &Destination,
         client: Option<IpAddr>,
     ) -> Response<ProxyBody> {
@@ -316,7 +317,7 @@ impl Outbound {
     async fn send(
         &self,
         svc: &Service,
-        req: Request<Incoming>,
+        req: BoxedRequest,
         client: Option<IpAddr>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
@@ -333,7 +334,7 @@ impl Outbound {
     async fn send_admitted(
         &self,
         svc: &Service,
-        req: Request<Incoming>,
+        req: BoxedRequest,
         client: Option<IpAddr>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
@@ -350,7 +351,7 @@ impl Outbound {
             .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
         let Some(retry) = retry else {
             let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
-            return pin!(self.attempt(svc, idx, req.map(Into::into))).await.0;
+            return pin!(self.attempt(svc, idx, req)).await.0;
         };
         // Boxed: with retries on, the request carries its replay state and a backoff
         // timer; keeping that out of line keeps every other request's future small.
@@ -362,10 +363,19 @@ impl Outbound {
         svc: &Service,
         retry: &RetryPolicy,
         key: Option<u64>,
-        req: Request<Incoming>,
+        req: BoxedRequest,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         svc.stats.budget.deposit();
         let (parts, body) = req.into_parts();
+        let body = match body {
+            RequestBody::Streaming { body } => body,
+            // Only a client's body is ever handed in here; anything else is sent once.
+            other => {
+                let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
+                let req = Box::new(Request::from_parts(parts, other));
+                return self.attempt(svc, idx, req).await.0;
+            }
+        };
         let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
             Ok(bytes) => Replay::Buffered(bytes),
             Err(body) if body.size_hint().exact().is_none() => {
@@ -384,7 +394,7 @@ impl Outbound {
             Err(body) => {
                 // Known to be over the limit: one attempt, streamed.
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
-                let req = Request::from_parts(parts, RequestBody::from(body));
+                let req = Box::new(Request::from_parts(parts, RequestBody::from(body)));
                 return self.attempt(svc, idx, req).await.0;
             }
         };
@@ -411,7 +421,7 @@ impl Outbound {
         let mut body = first;
         loop {
             let idx = svc.pick(key, skip).ok_or(ProxyError::NoEndpoints)?;
-            let (result, attempted) = self.attempt(svc, idx, rebuild(parts, body)).await;
+            let (result, attempted) = self.attempt(svc, idx, Box::new(rebuild(parts, body))).await;
             let Some(attempted) = attempted else {
                 return result;
             };
@@ -460,7 +470,7 @@ impl Outbound {
         &self,
         svc: &Service,
         idx: usize,
-        req: Request<RequestBody>,
+        req: BoxedRequest,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Attempted>) {
         let ep = &svc.endpoints[idx];
         let mut guard = AttemptGuard::start(svc, ep);

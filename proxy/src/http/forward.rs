@@ -16,6 +16,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
+
+/// A request on its way through the proxy's layers. Boxed once, where it enters:
+/// each layer is an async fn that would otherwise hold its own 272-byte slot for
+/// it, and the per-request future is allocated and moved whole (hyper moves it
+/// into its HTTP/1 dispatcher, and into a task per HTTP/2 stream).
+pub type BoxedRequest = Box<Request<RequestBody>>;
 use super::error::ProxyError;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::pool::{ConnLimit, H1Conn, Key, Pool};
@@ -84,7 +90,7 @@ impl Target<'_> {
 // future whenever it spawns an HTTP/2 stream.
 pub async fn forward(
     pool: &Pool,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The timed path is boxed: wrapping the request's future in a Timeout would
@@ -99,7 +105,7 @@ pub async fn forward(
 
 async fn forward_untimed(
     pool: &Pool,
-    req: Request<RequestBody>,
+    req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if req.version() == Version::HTTP_2 {
@@ -119,11 +125,11 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
 
 async fn forward_h1(
     pool: &Pool,
-    mut req: Request<RequestBody>,
+    mut req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = is_upgrade(req.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     to_origin_form(&mut req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
@@ -135,7 +141,7 @@ async fn forward_h1(
     note_connect(target, &conn);
     drop(pending);
     let mut conn = conn?;
-    let mut resp = match pin!(conn.tx.try_send_request(req)).await {
+    let mut resp = match pin!(conn.tx.try_send_request(*req)).await {
         Ok(resp) => resp,
         Err(mut err) => match err.take_message() {
             // The peer closed an idle keep-alive connection just as we picked it; the
@@ -219,7 +225,7 @@ fn to_origin_form<B>(req: &mut Request<B>) {
 
 async fn forward_h2(
     pool: &Pool,
-    mut req: Request<RequestBody>,
+    mut req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
@@ -230,7 +236,7 @@ async fn forward_h2(
     drop(pending);
     let mut tx = tx?;
     tx.ready().await.map_err(|e| upstream_error(&e))?;
-    let mut resp = pin!(tx.send_request(req))
+    let mut resp = pin!(tx.send_request(*req))
         .await
         .map_err(|e| upstream_error(&e))?;
     strip_hop_by_hop(resp.headers_mut(), false);
