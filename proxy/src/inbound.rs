@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -24,6 +24,7 @@ use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::ServiceMetrics;
 use crate::ports::PortSet;
+use crate::state::{now_nanos, since};
 use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
@@ -240,7 +241,7 @@ impl Inbound {
     }
 
     async fn handle(&self, mut req: BoxedRequest, peer: &Peer) -> Response<ProxyBody> {
-        let start = Instant::now();
+        let start = now_nanos();
         req.headers_mut().remove(CLIENT_ID_HEADER);
         if let Some(requests) = &peer.requests {
             requests.inc();
@@ -263,13 +264,14 @@ impl Inbound {
         if !allowed {
             let resp = ProxyError::Forbidden.response();
             self.metrics.proxy_error(ProxyError::Forbidden.reason());
-            self.metrics.record(resp.status().as_u16(), start.elapsed());
+            self.metrics.record(resp.status().as_u16(), since(start));
             return resp;
         }
         if let Some(id) = &peer.header {
             req.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
         }
         let target = Target {
+            started: start,
             addr: peer.app,
             identity: None,
             connect_timeout: self.connect_timeout,
@@ -283,7 +285,7 @@ impl Inbound {
                 self.metrics.proxy_error(e.reason());
                 e.response()
             });
-        self.metrics.record(resp.status().as_u16(), start.elapsed());
+        self.metrics.record(resp.status().as_u16(), since(start));
         resp
     }
 }

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::ports::PortSet;
 use crate::retry::{Attempted, RetryPolicy};
 use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
-use crate::state::now_nanos;
+use crate::state::{now_nanos, since};
 
 /// A destination as a request names it, borrowed from the request or connection.
 #[derive(Debug, Clone, Copy)]
@@ -233,7 +233,7 @@ impl Outbound {
                 return;
             };
             let ep = &svc.endpoints[idx];
-            let mut attempt = AttemptGuard::start(svc, ep);
+            let mut attempt = AttemptGuard::start(svc, ep, now_nanos());
             let endpoint = Key {
                 addr: ep.addr,
                 identity: ep.identity.clone(),
@@ -265,7 +265,9 @@ impl Outbound {
         dest: &Destination,
         client: Option<IpAddr>,
     ) -> Response<ProxyBody> {
-        let start = Instant::now();
+        // The request's one clock read on the way in: its latency, its pick and its
+        // first attempt all start here.
+        let start = now_nanos();
         let want = match dest {
             Destination::Service(name) => Wanted::Name(name),
             Destination::Original(addr) => Wanted::Vip(*addr),
@@ -285,22 +287,22 @@ impl Outbound {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());
             let resp = ProxyError::UnknownService.response();
-            self.unknown.record(resp.status().as_u16(), start.elapsed());
+            self.unknown.record(resp.status().as_u16(), since(start));
             return resp;
         };
         // The request timeout covers every attempt and backoff. Boxed when set, so
         // the untimed path does not lay the request's future out twice.
         let result = match svc.policy.timeouts.request {
-            Some(t) => Box::pin(tokio::time::timeout(t, self.send(&svc, req, client)))
+            Some(t) => Box::pin(tokio::time::timeout(t, self.send(&svc, req, client, start)))
                 .await
                 .unwrap_or(Err(ProxyError::Timeout)),
-            None => pin!(self.send(&svc, req, client)).await,
+            None => pin!(self.send(&svc, req, client, start)).await,
         };
         let resp = result.unwrap_or_else(|e| {
             svc.metrics.proxy_error(e.reason());
             e.response()
         });
-        svc.metrics.record(resp.status().as_u16(), start.elapsed());
+        svc.metrics.record(resp.status().as_u16(), since(start));
         resp
     }
 }
@@ -319,6 +321,7 @@ impl Outbound {
         svc: &Service,
         req: BoxedRequest,
         client: Option<IpAddr>,
+        start: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
         let Some(active) = ActiveSlot::acquire(&svc.stats, policy.limits.max_active_requests)
@@ -326,7 +329,7 @@ impl Outbound {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
         };
-        pin!(self.send_admitted(svc, req, client))
+        pin!(self.send_admitted(svc, req, client, start))
             .await
             .map(|resp| resp.map(|body| body.holding(active)))
     }
@@ -336,6 +339,7 @@ impl Outbound {
         svc: &Service,
         req: BoxedRequest,
         client: Option<IpAddr>,
+        start: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
         let key = match svc.hash_key() {
@@ -350,8 +354,10 @@ impl Outbound {
             .as_ref()
             .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
         let Some(retry) = retry else {
-            let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
-            return pin!(self.attempt(svc, idx, req)).await.0;
+            let idx = svc
+                .pick_at(key, None, start)
+                .ok_or(ProxyError::NoEndpoints)?;
+            return pin!(self.attempt(svc, idx, req, start)).await.0;
         };
         // Boxed: with retries on, the request carries its replay state and a backoff
         // timer; keeping that out of line keeps every other request's future small.
@@ -373,7 +379,7 @@ impl Outbound {
             other => {
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
                 let req = Box::new(Request::from_parts(parts, other));
-                return self.attempt(svc, idx, req).await.0;
+                return self.attempt(svc, idx, req, now_nanos()).await.0;
             }
         };
         let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
@@ -395,7 +401,7 @@ impl Outbound {
                 // Known to be over the limit: one attempt, streamed.
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
                 let req = Box::new(Request::from_parts(parts, RequestBody::from(body)));
-                return self.attempt(svc, idx, req).await.0;
+                return self.attempt(svc, idx, req, now_nanos()).await.0;
             }
         };
         let first = replay
@@ -420,8 +426,11 @@ impl Outbound {
         let mut attempt = 1;
         let mut body = first;
         loop {
-            let idx = svc.pick(key, skip).ok_or(ProxyError::NoEndpoints)?;
-            let (result, attempted) = self.attempt(svc, idx, Box::new(rebuild(parts, body))).await;
+            let now = now_nanos();
+            let idx = svc.pick_at(key, skip, now).ok_or(ProxyError::NoEndpoints)?;
+            let (result, attempted) = self
+                .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
+                .await;
             let Some(attempted) = attempted else {
                 return result;
             };
@@ -471,11 +480,13 @@ impl Outbound {
         svc: &Service,
         idx: usize,
         req: BoxedRequest,
+        now: u64,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Attempted>) {
         let ep = &svc.endpoints[idx];
-        let mut guard = AttemptGuard::start(svc, ep);
+        let mut guard = AttemptGuard::start(svc, ep, now);
         let concurrency = &svc.stats.concurrency;
         let target = Target {
+            started: now,
             addr: ep.addr,
             identity: ep.identity.clone(),
             connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
@@ -527,14 +538,15 @@ struct AttemptGuard<'a> {
 }
 
 impl<'a> AttemptGuard<'a> {
-    fn start(svc: &'a Service, ep: &'a Endpoint) -> AttemptGuard<'a> {
+    /// An attempt that started at `now`, a `now_nanos()` reading.
+    fn start(svc: &'a Service, ep: &'a Endpoint, now: u64) -> AttemptGuard<'a> {
         let probe = ep.stats.health.begin();
         ep.stats.load.start();
         AttemptGuard {
             svc,
             ep,
             probe,
-            start: now_nanos(),
+            start: now,
             finished: false,
         }
     }

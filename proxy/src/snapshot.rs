@@ -118,6 +118,11 @@ impl Service {
         self.balancer.pick(&self.endpoints, key, skip)
     }
 
+    /// `pick` at `now`, a `now_nanos()` reading the caller already has.
+    pub fn pick_at(&self, key: Option<u64>, skip: Option<usize>, now: u64) -> Option<usize> {
+        self.balancer.pick_at(&self.endpoints, key, skip, now)
+    }
+
     pub fn has_ready_endpoints(&self) -> bool {
         self.balancer.has_ready()
     }

@@ -26,6 +26,11 @@ pub fn now_nanos() -> u64 {
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The time since `start`, a `now_nanos()` reading.
+pub fn since(start: u64) -> Duration {
+    Duration::from_nanos(now_nanos().saturating_sub(start))
+}
+
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -202,11 +202,21 @@ impl Balancer {
         key: Option<u64>,
         skip: Option<usize>,
     ) -> Option<usize> {
+        self.pick_at(endpoints, key, skip, now_nanos())
+    }
+
+    /// `pick` at `now` (a `now_nanos()` reading): a request reads the clock once
+    /// as it starts and uses that reading for its pick and its attempt.
+    pub fn pick_at(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        key: Option<u64>,
+        skip: Option<usize>,
+        now: u64,
+    ) -> Option<usize> {
         if self.ready.is_empty() {
             return None;
         }
-        // One clock read per pick: it is on every request's path.
-        let now = now_nanos();
         let healthy = |i: usize| endpoints[i].stats.health.eligible(now);
         if self.ready.len() > 1
             && let Some(s) = skip

@@ -30,6 +30,8 @@ use crate::metrics::ServiceMetrics;
 
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
+    /// When the attempt started (`now_nanos()`): stamps a shared connection's use.
+    pub started: u64,
     pub addr: SocketAddr,
     /// The SPIFFE ID the endpoint must present (mTLS); `None`: plaintext.
     pub identity: Option<Arc<str>>,
@@ -137,7 +139,7 @@ async fn forward_h1(
     let limit = target.gate.map(|g| g.connections);
     let key = target.key();
     let pending = admit(target)?;
-    let conn = pin!(pool.h1(&key, target.connect_timeout, limit)).await;
+    let conn = pin!(pool.h1(&key, target.connect_timeout, limit, target.started)).await;
     note_connect(target, &conn);
     drop(pending);
     let mut conn = conn?;
@@ -231,7 +233,7 @@ async fn forward_h2(
     strip_hop_by_hop(req.headers_mut(), false);
     let limit = target.gate.map(|g| g.connections);
     let pending = admit(target)?;
-    let tx = pin!(pool.h2(&target.key(), target.connect_timeout, limit)).await;
+    let tx = pin!(pool.h2(&target.key(), target.connect_timeout, limit, target.started)).await;
     note_connect(target, &tx);
     drop(pending);
     let mut tx = tx?;

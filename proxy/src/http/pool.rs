@@ -22,6 +22,7 @@ use tokio_util::either::Either;
 use super::error::ProxyError;
 use crate::FastMap;
 use crate::identity::{Alpn, Identity};
+use crate::state::now_nanos;
 
 /// One endpoint as the pool sees it: where, and who it must be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,7 +70,8 @@ struct Dial {
 
 struct Idle {
     tx: http1::SendRequest<RequestBody>,
-    since: Instant,
+    /// `now_nanos()` when it went idle.
+    since: u64,
     /// The service's idle timeout, or the pool's. Checked when the connection is
     /// taken, so a shorter one than the pool's holds even between sweeps.
     timeout: Duration,
@@ -77,7 +79,8 @@ struct Idle {
 
 struct Shared {
     tx: http2::SendRequest<RequestBody>,
-    last_used: Instant,
+    /// `now_nanos()` when a request last took it.
+    last_used: u64,
 }
 
 /// An HTTP/1 connection checked out of the pool.
@@ -142,7 +145,7 @@ impl Giveback {
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
                 tx: self.tx,
-                since: Instant::now(),
+                since: now_nanos(),
                 timeout: self.idle_timeout.unwrap_or(pool.idle_timeout),
             });
         }
@@ -248,17 +251,20 @@ impl Pool {
         }
     }
 
-    /// An idle HTTP/1 connection to `key`, or a new one.
+    /// An idle HTTP/1 connection to `key`, or a new one; `now` is a `now_nanos()`
+    /// reading the request already has.
     pub async fn h1(
         &self,
         key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
+        now: u64,
     ) -> Result<H1Conn, ProxyError> {
         loop {
             let idle = lock(&self.inner.h1).get_mut(key).and_then(Vec::pop);
             let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() > idle.timeout || idle.tx.is_closed() {
+            let idle_for = Duration::from_nanos(now.saturating_sub(idle.since));
+            if idle_for > idle.timeout || idle.tx.is_closed() {
                 continue;
             }
             if idle.tx.ready().await.is_ok() {
@@ -297,14 +303,16 @@ impl Pool {
         Ok(H1Conn { tx, reused: false })
     }
 
-    /// The shared HTTP/2 connection to `key`, opened on first use.
+    /// The shared HTTP/2 connection to `key`, opened on first use; `now` (a
+    /// `now_nanos()` reading the request already has) stamps its last use.
     pub async fn h2(
         &self,
         key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
+        now: u64,
     ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-        if let Some(tx) = self.shared_h2(key) {
+        if let Some(tx) = self.shared_h2(key, now) {
             return Ok(tx);
         }
         // Boxed: waiting for or making a dial is the cold path.
@@ -325,7 +333,7 @@ impl Pool {
             .clone();
         let waited_since = Instant::now();
         let mut dial = gate.lock().await;
-        if let Some(tx) = self.shared_h2(key) {
+        if let Some(tx) = self.shared_h2(key, now_nanos()) {
             return Ok(tx);
         }
         // A dial that failed while we waited answers us too, rather than every
@@ -347,14 +355,14 @@ impl Pool {
         }
     }
 
-    fn shared_h2(&self, key: &Key) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_h2(&self, key: &Key, now: u64) -> Option<http2::SendRequest<RequestBody>> {
         let mut h2 = lock(&self.inner.h2);
         let shared = h2.get_mut(key)?;
         if shared.tx.is_closed() {
             h2.remove(key);
             return None;
         }
-        shared.last_used = Instant::now();
+        shared.last_used = shared.last_used.max(now);
         Some(shared.tx.clone())
     }
 
@@ -402,7 +410,7 @@ impl Pool {
             key.clone(),
             Shared {
                 tx: tx.clone(),
-                last_used: Instant::now(),
+                last_used: now_nanos(),
             },
         );
         Ok(tx)
@@ -420,16 +428,16 @@ impl Pool {
 
 impl PoolInner {
     fn sweep(&self) {
-        let now = Instant::now();
+        let now = now_nanos();
+        let idle_for = |since: u64| Duration::from_nanos(now.saturating_sub(since));
         lock(&self.h1).retain(|_, stack| {
-            stack.retain(|i| now.duration_since(i.since) <= i.timeout && !i.tx.is_closed());
+            stack.retain(|i| idle_for(i.since) <= i.timeout && !i.tx.is_closed());
             !stack.is_empty()
         });
         // Dropping our handle only closes the connection once in-flight streams,
         // which hold their own handles, are done.
-        lock(&self.h2).retain(|_, s| {
-            now.duration_since(s.last_used) <= self.idle_timeout && !s.tx.is_closed()
-        });
+        lock(&self.h2)
+            .retain(|_, s| idle_for(s.last_used) <= self.idle_timeout && !s.tx.is_closed());
         // A gate nobody holds or waits on is only kept for the next dial.
         lock(&self.h2_dials).retain(|_, gate| Arc::strong_count(gate) > 1);
     }
@@ -498,7 +506,7 @@ mod tests {
             .map(|_| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None)
+                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None, now_nanos())
                         .await
                 })
             })
@@ -521,7 +529,7 @@ mod tests {
             .map(|_| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None)
+                    pool.h2(&Key::plain(addr), Duration::from_secs(5), None, now_nanos())
                         .await
                 })
             })
