@@ -329,19 +329,6 @@ impl Outbound {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
         };
-        pin!(self.send_admitted(svc, req, client, start))
-            .await
-            .map(|resp| resp.map(|body| body.holding(active)))
-    }
-
-    async fn send_admitted(
-        &self,
-        svc: &Service,
-        req: BoxedRequest,
-        client: Option<IpAddr>,
-        start: u64,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let policy = &svc.policy;
         let key = match svc.hash_key() {
             None => None,
             Some(HashKey::Header(name)) => {
@@ -353,15 +340,19 @@ impl Outbound {
             .retry
             .as_ref()
             .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
-        let Some(retry) = retry else {
-            let idx = svc
-                .pick_at(key, None, start)
-                .ok_or(ProxyError::NoEndpoints)?;
-            return pin!(self.attempt(svc, idx, req, start)).await.0;
+        let result = match retry {
+            None => {
+                let idx = svc
+                    .pick_at(key, None, start)
+                    .ok_or(ProxyError::NoEndpoints)?;
+                pin!(self.attempt(svc, idx, req, start)).await.0
+            }
+            // Boxed: with retries on, the request carries its replay state and a
+            // backoff timer; keeping that out of line keeps every other request's
+            // future small.
+            Some(retry) => Box::pin(self.send_retrying(svc, retry, key, req)).await,
         };
-        // Boxed: with retries on, the request carries its replay state and a backoff
-        // timer; keeping that out of line keeps every other request's future small.
-        Box::pin(self.send_retrying(svc, retry, key, req)).await
+        result.map(|resp| resp.map(|body| body.holding(active)))
     }
 
     async fn send_retrying(
