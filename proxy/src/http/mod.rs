@@ -15,7 +15,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,7 @@ where
 {
     let io = TokioIo::new(io);
     let result = if h2 {
-        let conn = http2::Builder::new(TokioExecutor::new())
+        let conn = http2::Builder::new(BoxingExecutor)
             .timer(TokioTimer::new())
             .adaptive_window(true)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -110,6 +110,24 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Spawns hyper's HTTP/2 tasks (one or two per request) boxed. A tokio task is
+/// 128-byte aligned, and mimalloc serves such blocks from its slow aligned path
+/// unless they are small: the client's per-request task is an enum as large as
+/// its connection task (1.4 KB). Boxed, the task is small and the box a plain
+/// allocation. callgrind, release, h2c: 46.9k -> 45.9k instructions per request
+/// for the client's tasks, and -0.1k more for the server's per-stream task.
+#[derive(Clone, Copy)]
+pub(crate) struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
     }
 }
 

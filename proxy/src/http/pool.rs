@@ -392,7 +392,7 @@ impl Pool {
         // task of one enum type whose largest variant holds the connection, IO
         // included, so an inline TLS stream made each request's task ~1 KB larger
         // to allocate and copy.
-        let (tx, conn) = http2::Builder::new(BoxingExecutor)
+        let (tx, conn) = http2::Builder::new(super::BoxingExecutor)
             .timer(TokioTimer::new())
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(30))
@@ -423,23 +423,6 @@ impl Pool {
             .filter(|(k, _)| k.addr == addr)
             .map(|(_, v)| v.len())
             .sum()
-    }
-}
-
-/// Spawns hyper's HTTP/2 client tasks boxed. hyper spawns every request on a
-/// connection as one enum type whose largest variant is the connection itself
-/// (1.4 KB), and a tokio task is 128-byte aligned: mimalloc serves that from its
-/// slow aligned path on every request. Boxed, the task is small and the box a
-/// plain allocation.
-#[derive(Clone, Copy)]
-struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
     }
 }
 
