@@ -16,17 +16,17 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
+use super::error::ProxyError;
+use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::pool::{ConnLimit, H1Conn, Key, Pool};
+use crate::breaker::{self, Limit};
+use crate::metrics::ServiceMetrics;
 
 /// A request on its way through the proxy's layers. Boxed once, where it enters:
 /// each layer is an async fn that would otherwise hold its own 272-byte slot for
 /// it, and the per-request future is allocated and moved whole (hyper moves it
 /// into its HTTP/1 dispatcher, and into a task per HTTP/2 stream).
 pub type BoxedRequest = Box<Request<RequestBody>>;
-use super::error::ProxyError;
-use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::{ConnLimit, H1Conn, Key, Pool};
-use crate::breaker::{self, Limit};
-use crate::metrics::ServiceMetrics;
 
 #[derive(Debug, Clone)]
 pub struct Target<'a> {
