@@ -10,13 +10,13 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::pool::Pool;
+use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, serve_handler};
 use crate::identity::policy::TlsMode;
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
@@ -40,7 +40,6 @@ pub struct Inbound {
     connect_timeout: Duration,
     detect_timeout: Duration,
     limits: ServerLimits,
-    drain: CancellationToken,
     identity: Option<Arc<Identity>>,
     /// App ports whose bytes are never parsed, whatever they look like.
     opaque_ports: PortSet,
@@ -85,7 +84,6 @@ impl Inbound {
         connect_timeout: Duration,
         detect_timeout: Duration,
         limits: ServerLimits,
-        drain: CancellationToken,
         identity: Option<Arc<Identity>>,
         opaque_ports: PortSet,
     ) -> Arc<Inbound> {
@@ -96,7 +94,6 @@ impl Inbound {
             connect_timeout,
             detect_timeout,
             limits,
-            drain,
             identity,
             opaque_ports,
         })
@@ -213,24 +210,18 @@ impl Inbound {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
                 let peer = Arc::new(peer);
-                let handler = move |req: Request<Incoming>| {
+                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
                     let req = Box::new(req.map(RequestBody::from));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &peer)).await;
-                        Ok::<_, Infallible>(error::for_client(grpc, resp))
+                        let resp = error::for_client(grpc, resp);
+                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
                     }
                 };
-                serve_handler(
-                    io,
-                    detected == Detected::Http2,
-                    handler,
-                    self.limits,
-                    self.drain.clone(),
-                )
-                .await;
+                serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
             }
             Detected::Tls | Detected::Opaque => {
                 if peer.allowed {

@@ -18,7 +18,6 @@ use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, HashKey, hash_bytes};
 use crate::breaker::{self, ActiveSlot, Limit, Outcome};
@@ -30,6 +29,7 @@ use crate::http::error::{self, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
 use crate::http::headers::is_upgrade;
 use crate::http::pool::{Key, Pool, connect_to};
+use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
@@ -68,7 +68,6 @@ pub struct Outbound {
     connect_timeout: Duration,
     detect_timeout: Duration,
     limits: ServerLimits,
-    drain: CancellationToken,
     /// Original destination ports handled as opaque TCP without sniffing.
     opaque_ports: PortSet,
 }
@@ -84,7 +83,6 @@ impl Outbound {
         connect_timeout: Duration,
         detect_timeout: Duration,
         limits: ServerLimits,
-        drain: CancellationToken,
         opaque_ports: PortSet,
     ) -> Arc<Outbound> {
         Arc::new(Outbound {
@@ -97,7 +95,6 @@ impl Outbound {
             connect_timeout,
             detect_timeout,
             limits,
-            drain,
             opaque_ports,
         })
     }
@@ -184,24 +181,18 @@ impl Outbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
-                let handler = move |req: Request<Incoming>| {
+                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let dest = dest.clone();
                     let req = Box::new(req.map(RequestBody::from));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &dest, client)).await;
-                        Ok::<_, Infallible>(error::for_client(grpc, resp))
+                        let resp = error::for_client(grpc, resp);
+                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
                     }
                 };
-                serve_handler(
-                    io,
-                    detected == Detected::Http2,
-                    handler,
-                    self.limits,
-                    self.drain.clone(),
-                )
-                .await;
+                serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
             }
             Detected::Tls | Detected::Opaque => {
                 let Some(svc) = self.fixed_service(&dest).await else {

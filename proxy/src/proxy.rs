@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::discovery::{Dest, Discovery};
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
+use crate::http::watch::Watch;
 use crate::identity::Identity;
 use crate::identity::certify::Certifier;
 use crate::identity::metrics::IdentityMetrics;
@@ -58,12 +59,12 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     metrics.snapshot_loaded(1);
 
     let limits = &config.limits;
-    let server_limits = ServerLimits {
-        header_read_timeout: limits.header_read_timeout.0,
-        max_header_bytes: limits.max_header_bytes,
-    };
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
+    let server_limits = ServerLimits {
+        conns: Watch::start(limits.header_read_timeout.0, drain.clone()),
+        max_header_bytes: limits.max_header_bytes,
+    };
     let acceptor = Acceptor {
         slots: Arc::new(Semaphore::new(limits.max_connections)),
         drain: drain.clone(),
@@ -142,8 +143,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         &metrics,
         limits.connect_timeout.0,
         limits.detect_timeout.0,
-        server_limits,
-        drain.clone(),
+        server_limits.clone(),
         config.outbound_opaque_ports.clone(),
     );
 
@@ -207,7 +207,6 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits.connect_timeout.0,
             limits.detect_timeout.0,
             server_limits,
-            proxy.drain.clone(),
             identity.clone(),
             config.inbound_opaque_ports.clone(),
         );

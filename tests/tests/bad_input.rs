@@ -99,6 +99,41 @@ async fn client_sending_headers_too_slowly_is_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_spares_a_slow_answer_but_not_an_idle_client() {
+    let (app, proxy) = proxy_to_app(ProxyConfig::new().limit("header_read_timeout", "300ms")).await;
+
+    // The answer takes three times the timeout: the clock stops while a request is
+    // in flight, and the kept-alive connection serves the next request too.
+    let mut client = H1Client::connect(proxy.outbound()).await.expect("connect");
+    for _ in 0..2 {
+        let reply = client
+            .send(client::get("http://orders/slow?ms=900"))
+            .await
+            .expect("answer");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(&reply.body[..], b"slow done\n");
+    }
+
+    // Left idle after its answer, a client is cut off like one that never asked.
+    let mut stream = TcpStream::connect(proxy.outbound()).await.expect("connect");
+    stream
+        .write_all(b"GET /slow?ms=900 HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the proxy closes the idle connection");
+    assert_eq!(
+        raw_status(&got),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.ends_with(b"slow done\n"));
+    assert_eq!(app.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     let (_app, proxy) = proxy_to_app(ProxyConfig::new().limit("max_connections", "2")).await;
     let mut first = H1Client::connect(proxy.outbound()).await.expect("connect");

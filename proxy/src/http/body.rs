@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use super::pool::Giveback;
+use super::watch::InFlight;
 use crate::breaker::ActiveSlot;
 
 pin_project! {
@@ -23,6 +24,8 @@ pin_project! {
         giveback: Option<Giveback>,
         // Keeps the request counted as active until the body is done or dropped.
         active: Option<ActiveSlot>,
+        // Stops the client connection's head clock until the body is sent.
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -32,6 +35,7 @@ impl PooledBody {
             inner,
             giveback,
             active: None,
+            in_flight: None,
         };
         if body.inner.is_end_stream()
             && let Some(g) = body.giveback.take()
@@ -105,6 +109,17 @@ impl ProxyBody {
             && !body.inner.is_end_stream()
         {
             body.active = Some(slot);
+        }
+        self
+    }
+
+    /// Holds the client connection's `InFlight` mark until this body has been sent
+    /// (or dropped); see `watch`.
+    pub fn until_sent(mut self, in_flight: Option<InFlight>) -> Self {
+        if let ProxyBody::Upstream { body } = &mut self
+            && !body.inner.is_end_stream()
+        {
+            body.in_flight = in_flight;
         }
         self
     }

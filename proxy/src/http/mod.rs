@@ -6,9 +6,10 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod watch;
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::header::HOST;
 use http::{Request, Response};
@@ -17,53 +18,51 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use body::ProxyBody;
+use watch::{InFlight, Stop, Watch, Watched};
 
 /// Limits applied to every HTTP connection a client opens to the proxy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerLimits {
-    pub header_read_timeout: Duration,
+    /// Stops connections on drain and enforces the header-read timeout.
+    pub conns: Watch,
     pub max_header_bytes: usize,
 }
 
-/// Serves one accepted connection with `handler` answering each request; see `serve`.
+/// Serves one accepted connection with `handler` answering each request. On
+/// HTTP/1 the handler also gets the request's `InFlight` mark, which the response
+/// body must hold (`ProxyBody::until_sent`) so the header-read clock stays stopped
+/// until the response is sent.
 ///
 /// For HTTP/2 the handler's future is boxed: hyper spawns a task per stream and moves
 /// the future into it, so boxing turns two copies of it into one allocation
 /// (callgrind, shipped build: 37.9k -> 35.2k instructions per HTTP/2 request when the
 /// future was 5 KB; at 2 KB, unboxing it still cost 1.7%). HTTP/1 keeps it inline:
 /// its dispatcher moves the future once, and boxing cost more there than it saved.
-pub async fn serve_handler<I, F, Fut>(
-    io: I,
-    h2: bool,
-    handler: F,
-    limits: ServerLimits,
-    drain: CancellationToken,
-) where
+pub async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    F: Fn(Request<Incoming>, Option<InFlight>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     if h2 {
-        let svc = hyper::service::service_fn(move |req| Box::pin(handler(req)));
-        serve(io, true, svc, limits, drain).await;
+        let watched = limits.conns.watch(false);
+        let svc = hyper::service::service_fn(move |req| Box::pin(handler(req, None)));
+        serve_h2(io, svc, &watched, limits).await;
     } else {
-        serve(
-            io,
-            false,
-            hyper::service::service_fn(handler),
-            limits,
-            drain,
-        )
-        .await;
+        let watched = Arc::new(limits.conns.watch(true));
+        let svc = hyper::service::service_fn({
+            let watched = Arc::clone(&watched);
+            move |req| handler(req, Some(watched.begin()))
+        });
+        serve_h1(io, svc, &watched, limits).await;
     }
 }
 
-/// Serves one accepted connection. On `drain`, stops taking new requests (HTTP/1
-/// closes after the current one, HTTP/2 sends GOAWAY) and lets in-flight ones finish.
-pub async fn serve<I, S>(io: I, h2: bool, svc: S, limits: ServerLimits, drain: CancellationToken)
+/// Serves one accepted HTTP/2 connection. On drain, sends GOAWAY and lets
+/// in-flight streams finish.
+async fn serve_h2<I, S>(io: I, svc: S, watched: &Watched, limits: &ServerLimits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -71,38 +70,55 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let io = TokioIo::new(io);
-    let result = if h2 {
-        let conn = http2::Builder::new(BoxingExecutor)
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .serve_connection(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+    let conn = http2::Builder::new(BoxingExecutor)
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = watched.stopped() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
-    } else {
-        // writev(false): hyper then joins head and body into one buffer and writes
-        // it with send(2) (std's TcpStream::write) rather than writev(2), which
-        // costs more in the kernel per call. Measured on the proxy.sh path, 5
-        // alternating rounds: CPU per HTTP/1.1 request 1.06-1.10x HAProxy's, against
-        // 1.11-1.23x with writev. Bodies are copied once more in user space.
-        let conn = http1::Builder::new()
-            .writev(false)
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes)
-            .serve_connection(io, svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.cancelled() => {
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Serves one accepted HTTP/1 connection. On drain, closes it after the current
+/// request. A client that leaves it idle for the header-read timeout, or sends a
+/// request head too slowly, is cut off (`watch`, in place of hyper's timeout).
+async fn serve_h1<I, S>(io: I, svc: S, watched: &Watched, limits: &ServerLimits)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // writev(false): hyper then joins head and body into one buffer and writes
+    // it with send(2) (std's TcpStream::write) rather than writev(2), which
+    // costs more in the kernel per call. Measured on the proxy.sh path, 5
+    // alternating rounds: CPU per HTTP/1.1 request 1.06-1.10x HAProxy's, against
+    // 1.11-1.23x with writev. Bodies are copied once more in user space.
+    let conn = http1::Builder::new()
+        .writev(false)
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        stop = watched.stopped() => match stop {
+            Stop::HeadTimeout => {
+                tracing::debug!("client sent no complete request head in time; closing");
+                return;
+            }
+            Stop::Drain => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
