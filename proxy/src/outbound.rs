@@ -25,7 +25,7 @@ use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
-use crate::http::error::{self, is_grpc};
+use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
 use crate::http::headers::is_upgrade;
 use crate::http::pool::{Key, Pool, connect_to};
@@ -487,7 +487,7 @@ impl Outbound {
                 let status = resp.status().as_u16();
                 let grpc = resp
                     .headers()
-                    .get("grpc-status")
+                    .get(GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
                 (

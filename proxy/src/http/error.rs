@@ -3,11 +3,14 @@
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
 pub const WEFT_ERROR: &str = "weft-error";
+/// A parsed name: looking a header up by `&str` parses the name on every call, and
+/// the outbound path reads this one from every response.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
@@ -134,7 +137,7 @@ impl ProxyError {
         let headers = resp.headers_mut();
         headers.insert(WEFT_ERROR, HeaderValue::from_static(self.reason()));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_status()));
         // The texts are printable ASCII without '%', so they need no percent-encoding.
         if let Ok(message) = HeaderValue::from_str(self.text().trim_end()) {
             headers.insert("grpc-message", message);
