@@ -76,7 +76,9 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // biased: the connection first, with no random pick on every wake.
     let result = tokio::select! {
+        biased;
         res = conn.as_mut() => res,
         _ = watched.stopped() => {
             conn.as_mut().graceful_shutdown();
@@ -111,7 +113,9 @@ where
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
+    // biased: the connection first, with no random pick on every wake.
     let result = tokio::select! {
+        biased;
         res = conn.as_mut() => res,
         stop = watched.stopped() => match stop {
             Stop::HeadTimeout => {
