@@ -56,7 +56,10 @@ pub struct Registry {
     services: Mutex<HashMap<String, Weak<ServiceStats>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m` even if a thread panicked while holding it: the proxy's critical
+/// sections leave their data whole, and one panicked request must not take every
+/// later one down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use super::pool::Giveback;
 use super::watch::InFlight;
 use crate::breaker::ActiveSlot;
+use crate::state::lock;
 
 pin_project! {
     /// An upstream body that returns its HTTP/1 connection to the pool once the
@@ -222,10 +223,6 @@ impl Recording {
             self.state = Recorded::Complete;
         }
     }
-}
-
-fn lock(m: &Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pin_project! {

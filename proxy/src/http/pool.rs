@@ -22,7 +22,7 @@ use tokio_util::either::Either;
 use super::error::ProxyError;
 use crate::FastMap;
 use crate::identity::{Alpn, Identity};
-use crate::state::now_nanos;
+use crate::state::{lock, now_nanos};
 
 /// One endpoint as the pool sees it: where, and who it must be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -150,10 +150,6 @@ impl Giveback {
             });
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {

@@ -12,9 +12,9 @@
 //! connection fell idle, at its first pass after, so a request reads no clock: a
 //! client is cut off between the timeout and the timeout plus two periods.
 //!
-//! Each connection's task waits on its own `Stop` rather than on the drain token:
-//! it polls that future every time it wakes, and a token's future costs a lock
-//! where `Stop` costs an atomic load and a waker check.
+//! Each connection's task waits on its own `Stopped` future rather than on the
+//! drain token: it polls that future every time it wakes, and a token's future
+//! costs a lock where `Stopped` costs an atomic load and a waker check.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{nanos, now_nanos};
+use crate::state::{lock, nanos, now_nanos};
 
 /// Why a connection's server should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,10 +114,6 @@ impl Watch {
         }
         Watched(conn)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Cuts off the HTTP/1 clients over time and forgets the ended connections.
