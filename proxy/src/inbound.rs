@@ -213,7 +213,7 @@ impl Inbound {
                 let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
-                    let req = Box::new(req.map(RequestBody::from));
+                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &peer)).await;

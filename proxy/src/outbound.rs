@@ -184,7 +184,7 @@ impl Outbound {
                 let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let dest = dest.clone();
-                    let req = Box::new(req.map(RequestBody::from));
+                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &dest, client)).await;
@@ -355,8 +355,9 @@ impl Outbound {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         svc.stats.budget.deposit();
         let (parts, body) = req.into_parts();
-        let body = match body {
-            RequestBody::Streaming { body } => body,
+        // The mark goes with the body; it is dropped once the body is read whole.
+        let (body, in_flight) = match body {
+            RequestBody::Streaming { body, in_flight } => (body, in_flight),
             // Only a client's body is ever handed in here; anything else is sent once.
             other => {
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
@@ -374,6 +375,7 @@ impl Outbound {
                 let first = RequestBody::Recording {
                     body,
                     recording: recording.clone(),
+                    in_flight,
                 };
                 return self
                     .send_with_retries(svc, retry, key, &parts, first, Replay::Recorded(recording))
@@ -382,7 +384,8 @@ impl Outbound {
             Err(body) => {
                 // Known to be over the limit: one attempt, streamed.
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
-                let req = Box::new(Request::from_parts(parts, RequestBody::from(body)));
+                let body = RequestBody::Streaming { body, in_flight };
+                let req = Box::new(Request::from_parts(parts, body));
                 return self.attempt(svc, idx, req, now_nanos()).await.0;
             }
         };

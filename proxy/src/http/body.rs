@@ -228,10 +228,17 @@ impl Recording {
 pin_project! {
     /// A request body going upstream: the client's, streamed (and perhaps recorded
     /// for a retry), or a buffered copy sent again when the request is retried.
+    /// The client's holds its connection's `InFlight` mark until it has been read
+    /// to the end: an answer can come before the upload ends, and the client's
+    /// head clock must not run while it is still sending.
     #[project = RequestBodyProj]
     pub enum RequestBody {
-        Streaming { #[pin] body: Incoming },
-        Recording { #[pin] body: Incoming, recording: Arc<Mutex<Recording>> },
+        Streaming { #[pin] body: Incoming, in_flight: Option<InFlight> },
+        Recording {
+            #[pin] body: Incoming,
+            recording: Arc<Mutex<Recording>>,
+            in_flight: Option<InFlight>,
+        },
         Replay { #[pin] body: Full<Bytes> },
     }
 }
@@ -242,11 +249,30 @@ impl RequestBody {
             body: Full::new(bytes),
         }
     }
+
+    /// A client's body, holding a copy of the request's `in_flight` mark unless it
+    /// is already at its end.
+    pub fn client(body: Incoming, in_flight: Option<&InFlight>) -> Self {
+        let in_flight = in_flight.filter(|_| !body.is_end_stream()).cloned();
+        RequestBody::Streaming { body, in_flight }
+    }
 }
 
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
-        RequestBody::Streaming { body }
+        RequestBody::Streaming {
+            body,
+            in_flight: None,
+        }
+    }
+}
+
+/// Whether a body that returned `res` from `poll_frame` is finished with.
+fn ended<T, E>(res: &Poll<Option<Result<T, E>>>, at_end: bool) -> bool {
+    match res {
+        Poll::Ready(Some(Ok(_))) => at_end,
+        Poll::Ready(_) => true,
+        Poll::Pending => false,
     }
 }
 
@@ -259,12 +285,25 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
-            RequestBodyProj::Streaming { body } => body.poll_frame(cx),
+            RequestBodyProj::Streaming {
+                mut body,
+                in_flight,
+            } => {
+                let res = body.as_mut().poll_frame(cx);
+                if in_flight.is_some() && ended(&res, body.is_end_stream()) {
+                    in_flight.take();
+                }
+                res
+            }
             RequestBodyProj::Recording {
                 mut body,
                 recording,
+                in_flight,
             } => {
                 let res = body.as_mut().poll_frame(cx);
+                if in_flight.is_some() && ended(&res, body.is_end_stream()) {
+                    in_flight.take();
+                }
                 match &res {
                     Poll::Ready(Some(Ok(frame))) => {
                         lock(recording).frame(frame, body.is_end_stream());
@@ -291,7 +330,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Streaming { body } | RequestBody::Recording { body, .. } => {
+            RequestBody::Streaming { body, .. } | RequestBody::Recording { body, .. } => {
                 body.is_end_stream()
             }
             RequestBody::Replay { body } => body.is_end_stream(),
@@ -300,7 +339,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Streaming { body } | RequestBody::Recording { body, .. } => {
+            RequestBody::Streaming { body, .. } | RequestBody::Recording { body, .. } => {
                 body.size_hint()
             }
             RequestBody::Replay { body } => body.size_hint(),

@@ -251,6 +251,15 @@ fn stop_of(state: u8) -> Option<Stop> {
 #[derive(Debug)]
 pub struct InFlight(Arc<Conn>);
 
+impl Clone for InFlight {
+    /// Another hold on the same connection's clock (the request body's, beside the
+    /// response body's).
+    fn clone(&self) -> Self {
+        self.0.in_flight.fetch_add(1, Ordering::Release);
+        InFlight(Arc::clone(&self.0))
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.idle_since.store(UNSTAMPED, Ordering::Release);
@@ -325,6 +334,27 @@ mod tests {
         assert_eq!(stopped_now(&conn), None, "just idle");
         sweep(&registry(&watch), ended + 9 * SECOND);
         assert_eq!(stopped_now(&conn), None, "timed from the response's end");
+        sweep(&registry(&watch), ended + 10 * SECOND);
+        assert_eq!(stopped_now(&conn), Some(Stop::HeadTimeout));
+    }
+
+    #[tokio::test]
+    async fn the_clock_waits_for_every_hold_on_a_request() {
+        let watch = Watch::start(Duration::from_secs(10), CancellationToken::new());
+        let conn = watch.watch(true);
+        let opened = now_nanos();
+        sweep(&registry(&watch), opened);
+        let response = conn.begin();
+        let upload = response.clone();
+
+        // The answer is sent while the client is still uploading.
+        drop(response);
+        sweep(&registry(&watch), opened + 30 * SECOND);
+        assert_eq!(stopped_now(&conn), None, "cut off mid-upload");
+
+        drop(upload);
+        let ended = opened + 31 * SECOND;
+        sweep(&registry(&watch), ended);
         sweep(&registry(&watch), ended + 10 * SECOND);
         assert_eq!(stopped_now(&conn), Some(Stop::HeadTimeout));
     }
