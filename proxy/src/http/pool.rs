@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::body::RequestBody;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
@@ -389,8 +389,9 @@ impl Pool {
         // included, so an inline TLS stream made each request's task ~1 KB larger
         // to allocate and copy.
         let (tx, conn) = http2::Builder::new(super::BoxingExecutor)
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .timer(super::timer::CoarseTimer::new())
+            .initial_stream_window_size(super::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(Box::new(stream)))
