@@ -471,6 +471,22 @@ impl Config {
                 "{origin}: limits.max_header_bytes: must be at least 8192"
             )));
         }
+        // Zero would cut off every client, connection or probe at once. Only the
+        // shutdown grace and the discovery wait may be zero: "do not wait".
+        let limits = &raw.limits;
+        for (field, d) in [
+            ("header_read_timeout", limits.header_read_timeout.0),
+            ("detect_timeout", limits.detect_timeout.0),
+            ("connect_timeout", limits.connect_timeout.0),
+            ("idle_timeout", limits.idle_timeout.0),
+            ("probe_timeout", limits.probe_timeout.0),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(ConfigError::Invalid(format!(
+                    "{origin}: limits.{field}: must be at least 1ms"
+                )));
+            }
+        }
         for (i, up) in raw.upstreams.iter().enumerate() {
             if up.service.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -565,6 +581,30 @@ mod tests {
         assert!(msg.contains("proxy.yaml"), "{msg}");
         assert!(msg.contains("max_conections"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected_by_name() {
+        for field in [
+            "header_read_timeout",
+            "detect_timeout",
+            "connect_timeout",
+            "idle_timeout",
+            "probe_timeout",
+        ] {
+            let err =
+                Config::parse(&format!("limits: {{{field}: 0s}}\n"), "p.yaml").expect_err(field);
+            assert!(
+                err.to_string().contains(&format!("limits.{field}")),
+                "{err}"
+            );
+        }
+        let c = Config::parse(
+            "limits: {shutdown_grace: 0s, discovery_timeout: 0s}\n",
+            "p.yaml",
+        )
+        .expect("zero grace and discovery wait are allowed");
+        assert_eq!(c.limits.shutdown_grace.0, Duration::ZERO);
     }
 
     #[test]

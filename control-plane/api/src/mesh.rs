@@ -541,6 +541,27 @@ impl MeshSpec {
                     ));
                 }
             }
+            if let Some(t) = &svc.policy.timeouts {
+                for (field, d) in [
+                    ("request", &t.request),
+                    ("per_try", &t.per_try),
+                    ("connect", &t.connect),
+                    ("idle", &t.idle),
+                ] {
+                    // The wire carries whole milliseconds and reads 0 as "no timeout".
+                    if let Some(d) = d
+                        && d.0 < Duration::from_millis(1)
+                    {
+                        return Err(invalid(
+                            format!("services[{i}].policy.timeouts.{field}"),
+                            format!(
+                                "{} is under 1ms; leave it out for no timeout",
+                                String::from(*d)
+                            ),
+                        ));
+                    }
+                }
+            }
             let hashing = svc.policy.load_balancer == Some(LoadBalancerSpec::ConsistentHash);
             match &svc.policy.hash_key {
                 Some(key) if key.header.is_some() == key.client_identity => {
@@ -798,5 +819,18 @@ services:
         ] {
             assert!(MeshSpec::from_yaml(text, "m").is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn timeouts_under_a_millisecond_are_rejected() {
+        for text in [
+            "services: [{name: a, policy: {timeouts: {request: 0s}}}]",
+            "services: [{name: a, policy: {timeouts: {connect: 500us}}}]",
+        ] {
+            let msg = MeshSpec::from_yaml(text, "m").expect_err(text).to_string();
+            assert!(msg.contains("services[0].policy.timeouts."), "{msg}");
+        }
+        let ok = "services: [{name: a, policy: {timeouts: {request: 1ms}}}]";
+        assert!(MeshSpec::from_yaml(ok, "m").is_ok());
     }
 }
