@@ -11,17 +11,39 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::h2_client::H2Body;
 use super::pool::Giveback;
 use super::watch::InFlight;
 use crate::breaker::ActiveSlot;
 use crate::state::lock;
+
+/// Errors of a body the proxy streams: hyper's (HTTP/1 upstreams, clients) or
+/// h2's (HTTP/2 upstreams). Boxed only when one happens.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    #[project = UpstreamProj]
+    enum Upstream {
+        H1 { #[pin] body: Incoming },
+        H2 { #[pin] body: H2Body },
+    }
+}
+
+impl Upstream {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::H1 { body } => body.is_end_stream(),
+            Upstream::H2 { body } => Body::is_end_stream(body),
+        }
+    }
+}
 
 pin_project! {
     /// An upstream body that returns its HTTP/1 connection to the pool once the
     /// last byte has been read, so keep-alive reuse never races the response.
     pub struct PooledBody {
         #[pin]
-        inner: Incoming,
+        inner: Upstream,
         giveback: Option<Giveback>,
         // Keeps the request counted as active until the body is done or dropped.
         active: Option<ActiveSlot>,
@@ -33,7 +55,7 @@ pin_project! {
 impl PooledBody {
     pub fn new(inner: Incoming, giveback: Option<Giveback>) -> Self {
         let mut body = PooledBody {
-            inner,
+            inner: Upstream::H1 { body: inner },
             giveback,
             active: None,
             in_flight: None,
@@ -45,18 +67,31 @@ impl PooledBody {
         }
         body
     }
+
+    /// A response body from a shared HTTP/2 connection: nothing to give back.
+    pub fn h2(inner: H2Body) -> Self {
+        PooledBody {
+            inner: Upstream::H2 { body: inner },
+            giveback: None,
+            active: None,
+            in_flight: None,
+        }
+    }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
-        let res = this.inner.as_mut().poll_frame(cx);
+        let res = match this.inner.as_mut().project() {
+            UpstreamProj::H1 { body } => body.poll_frame(cx).map_err(BodyError::from),
+            UpstreamProj::H2 { body } => body.poll_frame(cx).map_err(BodyError::from),
+        };
         let done = match &res {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
@@ -81,7 +116,10 @@ impl Body for PooledBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Upstream::H1 { body } => body.size_hint(),
+            Upstream::H2 { body } => body.size_hint(),
+        }
     }
 }
 
@@ -128,12 +166,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
             ProxyBodyProj::Full { body } => match body.poll_frame(cx) {

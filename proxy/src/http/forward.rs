@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
+use super::h2_client::{H2Body, H2Sender, SendError};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::pool::{ConnLimit, H1Conn, Key, Pool};
 use crate::breaker::{self, Limit};
@@ -263,16 +264,34 @@ async fn forward_h2(
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
+    let tx = pin!(shared_h2(pool, target)).await?;
+    let mut resp = match pin!(tx.send(req)).await {
+        Ok(resp) => resp,
+        // The shared connection is going away (GOAWAY) or gone, so the request
+        // was not sent: it takes a new connection, once.
+        Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)).await?,
+        Err(SendError::Failed) => return Err(ProxyError::UpstreamReset),
+    };
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+}
+
+/// The pool's HTTP/2 connection to the target, counted as a pending request while
+/// it is dialled.
+async fn shared_h2(pool: &Pool, target: &Target<'_>) -> Result<H2Sender, ProxyError> {
     let limit = target.gate.map(|g| g.connections);
     let pending = admit(target)?;
     let tx = pin!(pool.h2(&target.key(), target.connect_timeout, limit, target.started)).await;
     note_connect(target, &tx);
     drop(pending);
-    let mut tx = tx?;
-    tx.ready().await.map_err(|e| upstream_error(&e))?;
-    let mut resp = pin!(tx.send_request(*req))
-        .await
-        .map_err(|e| upstream_error(&e))?;
-    strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None))))
+    tx
+}
+
+async fn resend_h2(
+    pool: &Pool,
+    req: BoxedRequest,
+    target: &Target<'_>,
+) -> Result<Response<H2Body>, ProxyError> {
+    let tx = shared_h2(pool, target).await?;
+    tx.send(req).await.map_err(|_| ProxyError::UpstreamReset)
 }

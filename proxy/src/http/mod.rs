@@ -4,9 +4,9 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod h2_client;
 pub mod headers;
 pub mod pool;
-pub mod timer;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -17,11 +17,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use body::ProxyBody;
-use timer::CoarseTimer;
 use watch::{InFlight, Stop, Watch, Watched};
 
 /// HTTP/2 flow-control windows, the same on the proxy's server and client sides so
@@ -82,7 +81,7 @@ where
     S::Future: Send + 'static,
 {
     let conn = http2::Builder::new(BoxingExecutor)
-        .timer(CoarseTimer::new())
+        .timer(TokioTimer::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::body::RequestBody;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::error::ProxyError;
+use super::h2_client::H2Sender;
 use crate::FastMap;
 use crate::identity::{Alpn, Identity};
 use crate::state::{lock, now_nanos};
@@ -78,7 +79,7 @@ struct Idle {
 }
 
 struct Shared {
-    tx: http2::SendRequest<RequestBody>,
+    tx: H2Sender,
     /// `now_nanos()` when a request last took it.
     last_used: u64,
 }
@@ -307,7 +308,7 @@ impl Pool {
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
         now: u64,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    ) -> Result<H2Sender, ProxyError> {
         if let Some(tx) = self.shared_h2(key, now) {
             return Ok(tx);
         }
@@ -322,7 +323,7 @@ impl Pool {
         key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    ) -> Result<H2Sender, ProxyError> {
         let gate = lock(&self.inner.h2_dials)
             .entry(key.clone())
             .or_default()
@@ -351,7 +352,7 @@ impl Pool {
         }
     }
 
-    fn shared_h2(&self, key: &Key, now: u64) -> Option<http2::SendRequest<RequestBody>> {
+    fn shared_h2(&self, key: &Key, now: u64) -> Option<H2Sender> {
         let mut h2 = lock(&self.inner.h2);
         let shared = h2.get_mut(key)?;
         if shared.tx.is_closed() {
@@ -381,28 +382,12 @@ impl Pool {
         key: &Key,
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    ) -> Result<H2Sender, ProxyError> {
         let addr = key.addr;
         let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
-        // The stream is boxed: hyper spawns every request on this connection as a
-        // task of one enum type whose largest variant holds the connection, IO
-        // included, so an inline TLS stream made each request's task ~1 KB larger
-        // to allocate and copy.
-        let (tx, conn) = http2::Builder::new(super::BoxingExecutor)
-            .timer(super::timer::CoarseTimer::new())
-            .initial_stream_window_size(super::H2_STREAM_WINDOW)
-            .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(Box::new(stream)))
+        let tx = super::h2_client::handshake(stream, addr, guard)
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
         lock(&self.inner.h2).insert(
             key.clone(),
             Shared {

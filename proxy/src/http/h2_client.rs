@@ -1,0 +1,564 @@
+//! The client side of an upstream HTTP/2 connection, on the `h2` crate directly.
+//!
+//! hyper's HTTP/2 client hands every request to the connection's task over a
+//! channel, spawns a task per request to await the response, and answers through a
+//! oneshot: three allocations and two task wakes per request that a proxy, which
+//! already runs each request in a task of its own, does not need. Here the
+//! request's own task opens the stream and awaits the response; the connection
+//! task only drives the socket.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+use super::body::RequestBody;
+
+/// Pings a connection that has been quiet this long...
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and drops it if the pong does not come back within this.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's client default: how much request body h2 may queue beyond the window.
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// hyper's client default for the response head.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Why a request on a shared connection failed.
+pub enum SendError {
+    /// The connection cannot take a new stream (closed, or going away), so the
+    /// request was not sent: here it is back, for another connection.
+    Unsent(Box<Request<RequestBody>>),
+    /// The stream failed (refused, reset, or the connection broke).
+    Failed,
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Unsent(_) => f.write_str("Unsent"),
+            SendError::Failed => f.write_str("Failed"),
+        }
+    }
+}
+
+/// A handle to one upstream HTTP/2 connection; clones share it.
+#[derive(Clone)]
+pub struct H2Sender {
+    tx: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl H2Sender {
+    /// Whether the connection has ended or refused a stream; the pool drops it then.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` and waits for the response head. A request body is streamed by a
+    /// task of its own, so the response can come (and stream) before it ends.
+    pub async fn send(self, req: Box<Request<RequestBody>>) -> Result<Response<H2Body>, SendError> {
+        let H2Sender { mut tx, closed } = self;
+        if poll_fn(|cx| tx.poll_ready(cx)).await.is_err() {
+            closed.store(true, Ordering::Relaxed);
+            return Err(SendError::Unsent(req));
+        }
+        let (parts, body) = req.into_parts();
+        let eos = body.is_end_stream();
+        let (response, send) = tx
+            .send_request(Request::from_parts(parts, ()), eos)
+            .map_err(|_| {
+                closed.store(true, Ordering::Relaxed);
+                SendError::Failed
+            })?;
+        // Dropped before the response head arrives, this request is cancelled:
+        // the body task then resets the stream.
+        let mut cancel = (!eos).then(|| {
+            let (cancel, cancelled) = oneshot::channel();
+            tokio::spawn(send_body(body, send, cancelled));
+            CancelOnDrop(Some(cancel))
+        });
+        let response = response.await.map_err(|_| SendError::Failed)?;
+        if let Some(c) = cancel.as_mut() {
+            c.0.take();
+        }
+        Ok(response.map(H2Body::new))
+    }
+}
+
+struct CancelOnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            let _ = cancel.send(());
+        }
+    }
+}
+
+/// Opens an HTTP/2 connection over `io` and spawns the task that drives it.
+pub async fn handshake<T, G>(io: T, addr: SocketAddr, guard: G) -> Result<H2Sender, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
+    let (tx, mut conn) = h2::client::Builder::new()
+        .initial_window_size(super::H2_STREAM_WINDOW)
+        .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .enable_push(false)
+        .handshake::<T, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let pings = conn.ping_pong();
+    let ended = closed.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let (dead, no_pong) = oneshot::channel();
+        let pinger = pings.map(|p| tokio::spawn(keep_alive(p, dead)));
+        // biased: the connection first; the keep-alive verdict is rare.
+        tokio::select! {
+            biased;
+            res = conn => {
+                if let Err(e) = res {
+                    tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                }
+            }
+            Ok(()) = no_pong => {
+                tracing::debug!(%addr, "upstream HTTP/2 connection missed its keep-alive pong");
+            }
+        }
+        ended.store(true, Ordering::Relaxed);
+        if let Some(p) = pinger {
+            p.abort();
+        }
+    });
+    Ok(H2Sender { tx, closed })
+}
+
+/// Pings every `KEEP_ALIVE_INTERVAL`; a pong that does not come back in time
+/// declares the connection dead, which drops it and fails its streams.
+async fn keep_alive(mut pings: PingPong, dead: oneshot::Sender<()>) {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection is gone already.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let _ = dead.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Streams a request body into its HTTP/2 stream, a frame at a time as flow
+/// control allows, then its trailers. A failing body, a reset from the peer or a
+/// cancelled request resets the stream.
+async fn send_body(
+    body: RequestBody,
+    mut send: SendStream<Bytes>,
+    mut cancelled: oneshot::Receiver<()>,
+) {
+    let mut body = std::pin::pin!(body);
+    // Until the response head arrives, a dropped request sends on `cancelled`;
+    // after it, the sender is dropped unused and stops being polled.
+    let mut listening = true;
+    let mut is_cancelled = |cx: &mut Context<'_>| -> bool {
+        if !listening {
+            return false;
+        }
+        match Pin::new(&mut cancelled).poll(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => {
+                listening = false;
+                false
+            }
+            Poll::Pending => false,
+        }
+    };
+    loop {
+        // Wait for window (h2 then queues one whole frame, as hyper does), for the
+        // peer to reset, or for the request to be cancelled.
+        send.reserve_capacity(1);
+        let ready = poll_fn(|cx| {
+            if is_cancelled(cx) {
+                return Poll::Ready(Err(Reason::CANCEL));
+            }
+            if let Poll::Ready(r) = send.poll_reset(cx) {
+                return Poll::Ready(Err(r.unwrap_or(Reason::CANCEL)));
+            }
+            if send.capacity() > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(_)) | None) => Poll::Ready(Err(Reason::CANCEL)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        if let Err(reason) = ready {
+            send.send_reset(reason);
+            return;
+        }
+        let frame = poll_fn(|cx| {
+            if is_cancelled(cx) {
+                return Poll::Ready(Err(Reason::CANCEL));
+            }
+            if let Poll::Ready(r) = send.poll_reset(cx) {
+                return Poll::Ready(Err(r.unwrap_or(Reason::CANCEL)));
+            }
+            body.as_mut().poll_frame(cx).map(Ok)
+        })
+        .await;
+        let frame = match frame {
+            Err(reason) => {
+                send.send_reset(reason);
+                return;
+            }
+            Ok(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body failed; resetting the stream");
+                send.send_reset(Reason::CANCEL);
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let eos = body.is_end_stream();
+                if send.send_data(data, eos).is_err() || eos {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A response body read from an HTTP/2 stream, giving back flow-control window as
+/// each chunk is taken.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+    done: bool,
+}
+
+impl H2Body {
+    fn new(recv: RecvStream) -> Self {
+        let done = recv.is_end_stream();
+        H2Body {
+            recv,
+            data_done: done,
+            done,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match this.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if this.recv.is_end_stream() {
+                        this.data_done = true;
+                        this.done = true;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => this.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let trailers: Result<Option<HeaderMap>, h2::Error> =
+            std::task::ready!(this.recv.poll_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h2::server::SendResponse;
+    use http_body_util::BodyExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    const MIB: usize = 1024 * 1024;
+    /// Bounds every wait in these tests.
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    /// An h2 server on loopback that hands each request to `handler`; with `goaway`,
+    /// each connection goes away gracefully after its first request.
+    async fn serve<F, Fut>(handler: F, goaway: bool) -> SocketAddr
+    where
+        F: Fn(Request<RecvStream>, SendResponse<Bytes>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, resp))) = conn.accept().await {
+                        tokio::spawn(handler(req, resp));
+                        if goaway {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn connect(addr: SocketAddr) -> H2Sender {
+        let socket = TcpStream::connect(addr).await.expect("connect");
+        handshake(socket, addr, ()).await.expect("handshake")
+    }
+
+    fn get() -> Box<Request<RequestBody>> {
+        Box::new(
+            Request::get("http://test/")
+                .body(RequestBody::replay(Bytes::new()))
+                .expect("request"),
+        )
+    }
+
+    /// Sends `len` bytes on `send` in 64 KiB frames as the window allows.
+    async fn send_bytes(send: &mut SendStream<Bytes>, mut len: usize) {
+        while len > 0 {
+            send.reserve_capacity(len.min(64 * 1024));
+            let granted = poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .expect("open")
+                .expect("capacity");
+            let n = granted.min(len);
+            send.send_data(Bytes::from(vec![7u8; n]), false)
+                .expect("send");
+            len -= n;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_larger_than_every_window_streams_whole_with_its_trailers() {
+        let addr = serve(
+            |_req, mut resp: SendResponse<Bytes>| async move {
+                let head = Response::new(());
+                let mut send = resp.send_response(head, false).expect("head");
+                send_bytes(&mut send, 6 * MIB).await;
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                send.send_trailers(trailers).expect("trailers");
+            },
+            false,
+        )
+        .await;
+        let sender = connect(addr).await;
+        let resp = tokio::time::timeout(LIMIT, sender.send(get()))
+            .await
+            .expect("in time")
+            .map_err(|e| format!("{e:?}"))
+            .expect("response");
+        let body = tokio::time::timeout(LIMIT, resp.into_body().collect())
+            .await
+            .expect("in time: the window is given back as the body is read")
+            .expect("body");
+        let trailers = body.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(body.to_bytes().len(), 6 * MIB);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_larger_than_every_window_is_sent_whole() {
+        let addr = serve(
+            |req: Request<RecvStream>, mut resp: SendResponse<Bytes>| async move {
+                let mut body = req.into_body();
+                let mut got = 0;
+                while let Some(Ok(data)) = body.data().await {
+                    got += data.len();
+                    let _ = body.flow_control().release_capacity(data.len());
+                }
+                let head = Response::builder()
+                    .header("x-got", got.to_string())
+                    .body(())
+                    .expect("head");
+                let _ = resp.send_response(head, true);
+            },
+            false,
+        )
+        .await;
+        let sender = connect(addr).await;
+        let req = Request::post("http://test/")
+            .body(RequestBody::replay(Bytes::from(vec![1u8; 6 * MIB])))
+            .expect("request");
+        let resp = tokio::time::timeout(LIMIT, sender.send(Box::new(req)))
+            .await
+            .expect("in time")
+            .map_err(|e| format!("{e:?}"))
+            .expect("response");
+        assert_eq!(resp.headers()["x-got"], (6 * MIB).to_string().as_str());
+        assert!(resp.body().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_answer_resets_the_stream() {
+        let (tx, mut resets) = tokio::sync::mpsc::channel(1);
+        let addr = serve(
+            move |_req, mut resp: SendResponse<Bytes>| {
+                let tx = tx.clone();
+                async move {
+                    let reason = poll_fn(|cx| resp.poll_reset(cx)).await;
+                    let _ = tx.send(reason.ok()).await;
+                }
+            },
+            false,
+        )
+        .await;
+        let sender = connect(addr).await;
+        // The server never answers: the send is still waiting when it times out.
+        let waited = tokio::time::timeout(Duration::from_millis(200), sender.send(get())).await;
+        assert!(waited.is_err(), "the server does not answer");
+        let reason = tokio::time::timeout(LIMIT, resets.recv())
+            .await
+            .expect("in time")
+            .expect("a reset");
+        assert_eq!(reason, Some(Reason::CANCEL));
+    }
+
+    #[tokio::test]
+    async fn a_connection_going_away_is_marked_closed_and_refuses_new_requests() {
+        let addr = serve(
+            |_req, mut resp: SendResponse<Bytes>| async move {
+                let _ = resp.send_response(Response::new(()), true);
+            },
+            true,
+        )
+        .await;
+        let sender = connect(addr).await;
+        let first = tokio::time::timeout(LIMIT, sender.clone().send(get()))
+            .await
+            .expect("in time");
+        assert!(first.is_ok(), "the first request is answered");
+        let give_up = tokio::time::Instant::now() + LIMIT;
+        while !sender.is_closed() && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(sender.is_closed(), "the pool would still hand it out");
+        let again = tokio::time::timeout(LIMIT, sender.send(get()))
+            .await
+            .expect("in time");
+        assert!(
+            matches!(again, Err(SendError::Unsent(_))),
+            "{:?}",
+            again.map(|r| r.status())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_a_going_away_connection_refuses_is_resent_on_a_new_one() {
+        use crate::http::forward::{Target, forward};
+        use crate::http::pool::Pool;
+        // The first request is held unanswered, so its connection stays open after
+        // the server's GOAWAY and the pool still holds it.
+        let (hold, held) = oneshot::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(Some(held)));
+        let addr = serve(
+            move |_req, mut resp: SendResponse<Bytes>| {
+                let held = held.lock().ok().and_then(|mut h| h.take());
+                async move {
+                    if let Some(held) = held {
+                        let _ = held.await;
+                    }
+                    let _ = resp.send_response(Response::new(()), true);
+                }
+            },
+            true,
+        )
+        .await;
+        let pool = Pool::new(Duration::from_secs(60));
+        let send = |pool: Pool| async move {
+            let target = Target {
+                started: crate::state::now_nanos(),
+                addr,
+                identity: None,
+                connect_timeout: Duration::from_secs(5),
+                request_timeout: None,
+                idle_timeout: None,
+                gate: None,
+            };
+            let mut req = get();
+            *req.version_mut() = http::Version::HTTP_2;
+            forward(&pool, req, &target).await.map(|r| r.status())
+        };
+        let first = tokio::spawn(send(pool.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = tokio::time::timeout(LIMIT, send(pool.clone()))
+            .await
+            .expect("in time");
+        assert_eq!(second, Ok(http::StatusCode::OK));
+        drop(hold);
+        let first = tokio::time::timeout(LIMIT, first).await.expect("in time");
+        assert_eq!(first.expect("join"), Ok(http::StatusCode::OK));
+    }
+}
