@@ -25,10 +25,20 @@ use tokio::sync::oneshot;
 
 use super::body::RequestBody;
 
-/// Pings a connection that has been quiet this long...
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// ...and drops it if the pong does not come back within this.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a connection's liveness is checked: a ping every `interval`, and the
+/// connection dropped if its pong is not back within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl KeepAlive {
+    pub const DEFAULT: KeepAlive = KeepAlive {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(10),
+    };
+}
 /// hyper's client default: how much request body h2 may queue beyond the window.
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// hyper's client default for the response head.
@@ -107,7 +117,12 @@ impl Drop for CancelOnDrop {
 }
 
 /// Opens an HTTP/2 connection over `io` and spawns the task that drives it.
-pub async fn handshake<T, G>(io: T, addr: SocketAddr, guard: G) -> Result<H2Sender, h2::Error>
+pub async fn handshake<T, G>(
+    io: T,
+    addr: SocketAddr,
+    guard: G,
+    keep_alive: KeepAlive,
+) -> Result<H2Sender, h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     G: Send + 'static,
@@ -126,7 +141,7 @@ where
     tokio::spawn(async move {
         let _guard = guard;
         let (dead, no_pong) = oneshot::channel();
-        let pinger = pings.map(|p| tokio::spawn(keep_alive(p, dead)));
+        let pinger = pings.map(|p| tokio::spawn(ping_every(keep_alive, p, dead)));
         // biased: the connection first; the keep-alive verdict is rare.
         tokio::select! {
             biased;
@@ -147,12 +162,12 @@ where
     Ok(H2Sender { tx, closed })
 }
 
-/// Pings every `KEEP_ALIVE_INTERVAL`; a pong that does not come back in time
-/// declares the connection dead, which drops it and fails its streams.
-async fn keep_alive(mut pings: PingPong, dead: oneshot::Sender<()>) {
+/// Pings every `interval`; a pong that does not come back in time declares the
+/// connection dead, which drops it and fails its streams.
+async fn ping_every(keep_alive: KeepAlive, mut pings: PingPong, dead: oneshot::Sender<()>) {
     loop {
-        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
-        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, pings.ping(Ping::opaque())).await {
+        tokio::time::sleep(keep_alive.interval).await;
+        match tokio::time::timeout(keep_alive.timeout, pings.ping(Ping::opaque())).await {
             Ok(Ok(_)) => {}
             // The connection is gone already.
             Ok(Err(_)) => return,
@@ -374,7 +389,9 @@ mod tests {
 
     async fn connect(addr: SocketAddr) -> H2Sender {
         let socket = TcpStream::connect(addr).await.expect("connect");
-        handshake(socket, addr, ()).await.expect("handshake")
+        handshake(socket, addr, (), KeepAlive::DEFAULT)
+            .await
+            .expect("handshake")
     }
 
     fn get() -> Box<Request<RequestBody>> {
@@ -560,5 +577,33 @@ mod tests {
         drop(hold);
         let first = tokio::time::timeout(LIMIT, first).await.expect("in time");
         assert_eq!(first.expect("join"), Ok(http::StatusCode::OK));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_is_dropped() {
+        // A peer that reads everything and never writes: the handshake completes
+        // (a client does not wait for the server's settings), no pong ever comes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut sink = tokio::io::sink();
+                let _ = tokio::io::copy(&mut socket, &mut sink).await;
+            }
+        });
+        let socket = TcpStream::connect(addr).await.expect("connect");
+        let keep_alive = KeepAlive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(200),
+        };
+        let sender = handshake(socket, addr, (), keep_alive)
+            .await
+            .expect("handshake");
+        assert!(!sender.is_closed());
+        let give_up = tokio::time::Instant::now() + LIMIT;
+        while !sender.is_closed() && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sender.is_closed(), "a connection without pongs was kept");
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::error::ProxyError;
-use super::h2_client::H2Sender;
+use super::h2_client::{H2Sender, KeepAlive};
 use crate::FastMap;
 use crate::identity::{Alpn, Identity};
 use crate::state::{lock, now_nanos};
@@ -385,7 +385,7 @@ impl Pool {
     ) -> Result<H2Sender, ProxyError> {
         let addr = key.addr;
         let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
-        let tx = super::h2_client::handshake(stream, addr, guard)
+        let tx = super::h2_client::handshake(stream, addr, guard, KeepAlive::DEFAULT)
             .await
             .map_err(|_| ProxyError::UpstreamReset)?;
         lock(&self.inner.h2).insert(
