@@ -47,13 +47,13 @@ if [[ $SHAPE != pair && $SHAPE != single ]]; then
     exit 2
 fi
 
-missing=0
-for tool in wrk:wrk h2load:nghttp2-client haproxy:haproxy taskset:util-linux curl:curl; do
-    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
-        echo "missing tool '${tool%%:*}': apt-get install -y ${tool#*:}" >&2
-        missing=1
-    fi
-done
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$here/lib.sh"
+need wrk wrk
+need h2load nghttp2-client
+need haproxy haproxy
+need taskset util-linux
+need curl curl
 if [[ $missing == 1 ]]; then
     exit 1
 fi
@@ -61,53 +61,7 @@ fi
 echo "building bench-upstream (release)..."
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/weft-compare.XXXXXX")
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { echo $((BASE_PORT + $1)); }
-
-render() { # TEMPLATE OUT NAME=VALUE...: replaces each @NAME@ in TEMPLATE
-    local template=$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do
-        args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${args[@]}" "$here/$template" >"$out"
-}
-
-started=
-start() { # NAME COMMAND...: runs COMMAND on the server CPU; sets $started
-    local name=$1
-    shift
-    taskset -c "$SERVER_CPU" "$@" >"$work/$name.log" 2>&1 &
-    started=$!
-    pids+=("$started")
-}
-
-wait_ready() { # NAME URL [curl options]: polls until URL answers 200 (~10 s at most)
-    local name=$1 url=$2 i
-    shift 2
-    for ((i = 0; i < 200; i++)); do
-        if curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "$name did not become ready at $url" >&2
-    cat "$work/$name.log" >&2 2>/dev/null || true
-    exit 1
-}
+make_workdir weft-compare
 
 UPSTREAM=$(port 0)
 start upstream "$target_dir/release/bench-upstream" "127.0.0.1:$UPSTREAM"

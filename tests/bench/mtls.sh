@@ -54,6 +54,9 @@ for tool in wrk h2load haproxy openssl taskset curl cargo; do
 done
 [[ $missing == 0 ]] || exit 1
 
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$here/lib.sh"
+
 # weft-proxy as shipped (see shipped-build.sh; PROFILE, TARGET and PGO as in proxy.sh).
 # shellcheck source=SCRIPTDIR/shipped-build.sh
 source "$here/shipped-build.sh"
@@ -64,17 +67,8 @@ echo "building weft-control and bench-upstream (release)..."
 control_bin=$target_dir/release/weft-control
 upstream_bin=$target_dir/release/bench-upstream
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/weft-mtls-bench.XXXXXX")
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [[ "${KEEP_LOGS:-0}" == 1 ]]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+make_workdir weft-mtls-bench
 
-port() { echo $((BASE_PORT + $1)); }
 UPSTREAM=$(port 0)
 CP_GRPC=$(port 1)
 CP_ADMIN=$(port 2)
@@ -84,34 +78,6 @@ HAPA_H1=$(port 5)
 HAPA_H2=$(port 6)
 HAPB_H1=$(port 7)
 HAPB_H2=$(port 8)
-
-render() {
-    local template=$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-    sed "${args[@]}" "$here/$template" >"$out"
-}
-
-started=
-start() {
-    local name=$1
-    shift
-    taskset -c "$SERVER_CPU" "$@" >"$work/$name.log" 2>&1 &
-    started=$!
-    pids+=("$started")
-}
-
-wait_ready() {
-    local name=$1 url=$2 i
-    shift 2
-    for ((i = 0; i < 200; i++)); do
-        if curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "$name did not become ready at $url" >&2
-    [[ -f $work/$name.log ]] && cat "$work/$name.log" >&2
-    exit 1
-}
 
 start upstream "$upstream_bin" "127.0.0.1:$UPSTREAM"
 wait_ready upstream "http://127.0.0.1:$UPSTREAM/"

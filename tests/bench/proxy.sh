@@ -73,13 +73,8 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
 # --- tools -----------------------------------------------------------------------
 
-missing=0
-need() { # command package
-    if ! command -v "$1" >/dev/null 2>&1; then
-        echo "missing tool '$1': apt-get install -y $2" >&2
-        missing=1
-    fi
-}
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$here/lib.sh"
 need wrk wrk
 need h2load nghttp2-client
 need haproxy haproxy
@@ -100,25 +95,8 @@ upstream_bin=$target_dir/release/bench-upstream
 
 # --- processes -------------------------------------------------------------------
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "${KEEP_LOGS:-0}" == 1 ]]; then
-        echo "work directory kept: $work"
-    else
-        rm -rf "$work"
-    fi
-}
-trap cleanup EXIT
+make_workdir weft-bench
 
-port() { echo $((BASE_PORT + $1)); }
 UPSTREAM=$(port 0)
 WEFT=$(port 1)         # weft single: upstream listener
 WEFT_A=$(port 2)       # weft pair: A's upstream listener
@@ -129,43 +107,6 @@ HAPA_H1=$(port 6)      # haproxy pair A
 HAPA_H2=$(port 7)
 HAPB_H1=$(port 8)      # haproxy pair B
 HAPB_H2=$(port 9)
-
-# render TEMPLATE OUT NAME=VALUE...: replaces each @NAME@ in TEMPLATE.
-render() {
-    local template=$1 out=$2 kv args=()
-    shift 2
-    for kv in "$@"; do
-        args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${args[@]}" "$here/$template" >"$out"
-}
-
-# start NAME COMMAND...: runs COMMAND on the server CPU; sets $started to its pid.
-started=
-start() {
-    local name=$1
-    shift
-    taskset -c "$SERVER_CPU" "$@" >"$work/$name.log" 2>&1 &
-    started=$!
-    pids+=("$started")
-}
-
-# wait_ready NAME URL [curl options]: polls until URL answers 200 (about 10 s at most).
-wait_ready() {
-    local name=$1 url=$2 i
-    shift 2
-    for ((i = 0; i < 200; i++)); do
-        if curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "$name did not become ready at $url" >&2
-    if [[ -f $work/$name.log ]]; then
-        cat "$work/$name.log" >&2
-    fi
-    exit 1
-}
 
 start upstream "$upstream_bin" "127.0.0.1:$UPSTREAM"
 upstream_pid=$started

@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# Shared by the benchmark scripts in this directory (sourced, not run): tool checks, a
+# work directory whose processes are stopped on exit, config templates, and starting
+# and waiting for the processes under test. The caller sets $here (this directory),
+# $SERVER_CPU and $BASE_PORT.
+
+# need COMMAND PACKAGE: reports a missing tool and sets $missing; check it after.
+# shellcheck disable=SC2034 # read by the scripts that source this
+missing=0
+need() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "missing tool '$1': apt-get install -y $2" >&2
+        # shellcheck disable=SC2034
+        missing=1
+    fi
+}
+
+# make_workdir PREFIX: sets $work to a fresh directory. On exit every process in $pids
+# is stopped and $work removed (kept with KEEP_LOGS=1).
+work=
+pids=()
+make_workdir() {
+    work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    trap stop_all EXIT
+}
+
+stop_all() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${KEEP_LOGS:-0}" == 1 ]]; then
+        echo "work directory kept: $work"
+    else
+        rm -rf "$work"
+    fi
+}
+
+port() { echo $((BASE_PORT + $1)); }
+
+# render TEMPLATE OUT NAME=VALUE...: replaces each @NAME@ in TEMPLATE.
+render() {
+    local template=$1 out=$2 kv args=()
+    shift 2
+    for kv in "$@"; do
+        args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+    done
+    # shellcheck disable=SC2154 # $here is set by the sourcing script
+    sed "${args[@]}" "$here/$template" >"$out"
+}
+
+# start NAME COMMAND...: runs COMMAND on the server CPU, its output in
+# $work/NAME.log; sets $started to its pid.
+started=
+start() {
+    local name=$1
+    shift
+    taskset -c "$SERVER_CPU" "$@" >"$work/$name.log" 2>&1 &
+    started=$!
+    pids+=("$started")
+}
+
+# wait_ready NAME URL [curl options]: polls until URL answers 200 (about 10 s at most).
+wait_ready() {
+    local name=$1 url=$2 i
+    shift 2
+    for ((i = 0; i < 200; i++)); do
+        if curl -fsS -o /dev/null --max-time 1 "$@" "$url" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "$name did not become ready at $url" >&2
+    if [[ -f $work/$name.log ]]; then
+        cat "$work/$name.log" >&2
+    fi
+    exit 1
+}
