@@ -27,18 +27,9 @@ if [[ -z "${WEFT_PROXY:-}" ]]; then
     WEFT_PROXY="${CARGO_TARGET_DIR:-$repo/target}/release/weft-proxy"
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=SCRIPTDIR/lib.sh
+source "$here/lib.sh"
+make_workdir weft-policy-bench
 
 # A free port each: the kernel picks, we read it back.
 free_port() {
