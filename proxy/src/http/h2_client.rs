@@ -39,6 +39,7 @@ impl KeepAlive {
         timeout: Duration::from_secs(10),
     };
 }
+
 /// hyper's client default: how much request body h2 may queue beyond the window.
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// hyper's client default for the response head.
@@ -85,12 +86,11 @@ impl H2Sender {
         }
         let (parts, body) = req.into_parts();
         let eos = body.is_end_stream();
+        // An error here is this request's own (h2 refuses e.g. a connection-specific
+        // header): the connection stays, or a client could make us redial at will.
         let (response, send) = tx
             .send_request(Request::from_parts(parts, ()), eos)
-            .map_err(|_| {
-                closed.store(true, Ordering::Relaxed);
-                SendError::Failed
-            })?;
+            .map_err(|_| SendError::Failed)?;
         // Dropped before the response head arrives, this request is cancelled:
         // the body task then resets the stream.
         let mut cancel = (!eos).then(|| {
@@ -605,5 +605,34 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(sender.is_closed(), "a connection without pongs was kept");
+    }
+
+    #[tokio::test]
+    async fn a_request_h2_refuses_fails_alone_and_keeps_the_connection() {
+        let addr = serve(
+            |_req, mut resp: SendResponse<Bytes>| async move {
+                let _ = resp.send_response(Response::new(()), true);
+            },
+            false,
+        )
+        .await;
+        let sender = connect(addr).await;
+        let mut bad = get();
+        bad.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        let refused = tokio::time::timeout(LIMIT, sender.clone().send(bad))
+            .await
+            .expect("in time");
+        assert!(matches!(refused, Err(SendError::Failed)));
+        assert!(
+            !sender.is_closed(),
+            "one bad request must not cost the connection"
+        );
+        let next = tokio::time::timeout(LIMIT, sender.send(get()))
+            .await
+            .expect("in time");
+        assert!(next.is_ok(), "the connection still serves");
     }
 }
