@@ -191,17 +191,18 @@ async fn send_body(
     // Until the response head arrives, a dropped request sends on `cancelled`;
     // after it, the sender is dropped unused and stops being polled.
     let mut listening = true;
-    let mut is_cancelled = |cx: &mut Context<'_>| -> bool {
-        if !listening {
-            return false;
-        }
-        match Pin::new(&mut cancelled).poll(cx) {
-            Poll::Ready(Ok(())) => true,
-            Poll::Ready(Err(_)) => {
-                listening = false;
-                false
+    // Why the stream must stop now: the request was cancelled, or the peer reset it.
+    let mut stopped = |send: &mut SendStream<Bytes>, cx: &mut Context<'_>| -> Option<Reason> {
+        if listening {
+            match Pin::new(&mut cancelled).poll(cx) {
+                Poll::Ready(Ok(())) => return Some(Reason::CANCEL),
+                Poll::Ready(Err(_)) => listening = false,
+                Poll::Pending => {}
             }
-            Poll::Pending => false,
+        }
+        match send.poll_reset(cx) {
+            Poll::Ready(r) => Some(r.unwrap_or(Reason::CANCEL)),
+            Poll::Pending => None,
         }
     };
     loop {
@@ -209,11 +210,8 @@ async fn send_body(
         // peer to reset, or for the request to be cancelled.
         send.reserve_capacity(1);
         let ready = poll_fn(|cx| {
-            if is_cancelled(cx) {
-                return Poll::Ready(Err(Reason::CANCEL));
-            }
-            if let Poll::Ready(r) = send.poll_reset(cx) {
-                return Poll::Ready(Err(r.unwrap_or(Reason::CANCEL)));
+            if let Some(reason) = stopped(&mut send, cx) {
+                return Poll::Ready(Err(reason));
             }
             if send.capacity() > 0 {
                 return Poll::Ready(Ok(()));
@@ -230,11 +228,8 @@ async fn send_body(
             return;
         }
         let frame = poll_fn(|cx| {
-            if is_cancelled(cx) {
-                return Poll::Ready(Err(Reason::CANCEL));
-            }
-            if let Poll::Ready(r) = send.poll_reset(cx) {
-                return Poll::Ready(Err(r.unwrap_or(Reason::CANCEL)));
+            if let Some(reason) = stopped(&mut send, cx) {
+                return Poll::Ready(Err(reason));
             }
             body.as_mut().poll_frame(cx).map(Ok)
         })
