@@ -11,8 +11,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::h1_client::H1Body;
 use super::h2_client::H2Body;
-use super::pool::Giveback;
 use super::watch::InFlight;
 use crate::breaker::ActiveSlot;
 use crate::state::lock;
@@ -24,7 +24,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pin_project! {
     #[project = UpstreamProj]
     enum Upstream {
-        H1 { #[pin] body: Incoming },
+        H1 { #[pin] body: H1Body },
         H2 { #[pin] body: H2Body },
     }
 }
@@ -32,19 +32,18 @@ pin_project! {
 impl Upstream {
     fn is_end_stream(&self) -> bool {
         match self {
-            Upstream::H1 { body } => body.is_end_stream(),
+            Upstream::H1 { body } => Body::is_end_stream(body),
             Upstream::H2 { body } => Body::is_end_stream(body),
         }
     }
 }
 
 pin_project! {
-    /// An upstream body that returns its HTTP/1 connection to the pool once the
-    /// last byte has been read, so keep-alive reuse never races the response.
+    /// An upstream's response body, streamed. (An HTTP/1 body returns its
+    /// connection to the pool itself, once its last byte has been read.)
     pub struct PooledBody {
         #[pin]
         inner: Upstream,
-        giveback: Option<Giveback>,
         // Keeps the request counted as active until the body is done or dropped.
         active: Option<ActiveSlot>,
         // Stops the client connection's head clock until the body is sent.
@@ -53,26 +52,18 @@ pin_project! {
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, giveback: Option<Giveback>) -> Self {
-        let mut body = PooledBody {
+    pub fn h1(inner: H1Body) -> Self {
+        PooledBody {
             inner: Upstream::H1 { body: inner },
-            giveback,
             active: None,
             in_flight: None,
-        };
-        if body.inner.is_end_stream()
-            && let Some(g) = body.giveback.take()
-        {
-            g.give();
         }
-        body
     }
 
     /// A response body from a shared HTTP/2 connection: nothing to give back.
     pub fn h2(inner: H2Body) -> Self {
         PooledBody {
             inner: Upstream::H2 { body: inner },
-            giveback: None,
             active: None,
             in_flight: None,
         }
@@ -95,18 +86,10 @@ impl Body for PooledBody {
         let done = match &res {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            // A failed body means a broken connection: never return it.
-            Poll::Ready(Some(Err(_))) => {
-                this.giveback.take();
-                false
-            }
-            Poll::Pending => false,
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
         };
         if done {
             this.active.take();
-            if let Some(g) = this.giveback.take() {
-                g.give();
-            }
         }
         res
     }

@@ -17,9 +17,10 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
+use super::h1_client::{self, H1Body, Upgraded};
 use super::h2_client::{H2Body, H2Sender, SendError};
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::{ConnLimit, H1Conn, Key, Pool};
+use super::pool::{ConnLimit, Key, Pool};
 use crate::breaker::{self, Limit};
 use crate::metrics::ServiceMetrics;
 
@@ -121,14 +122,6 @@ async fn forward_untimed(
     }
 }
 
-fn upstream_error(e: &hyper::Error) -> ProxyError {
-    if e.is_timeout() {
-        ProxyError::Timeout
-    } else {
-        ProxyError::UpstreamReset
-    }
-}
-
 async fn forward_h1(
     pool: &Pool,
     mut req: BoxedRequest,
@@ -146,62 +139,44 @@ async fn forward_h1(
     let conn = pin!(pool.h1(&key, target.connect_timeout, limit, target.started)).await;
     note_connect(target, &conn);
     drop(pending);
-    let mut conn = conn?;
+    let conn = conn?;
     // The stale-connection path is set up inside the match and awaited after it, so
     // the send's result (which can hold the whole request) is not kept in this
-    // future's state across that await: it made every request's future 550 bytes
-    // larger.
-    let resend = match pin!(conn.tx.try_send_request(*req)).await {
-        Ok(resp) => {
-            return Ok(respond_h1(
-                pool,
-                conn,
-                key,
-                target,
-                resp,
-                downstream_upgrade,
-            ));
+    // future's state across that await.
+    let resend = match pin!(conn.send(req, upgrade)).await {
+        Ok(resp) => return Ok(respond_h1(pool, key, target, resp, downstream_upgrade)),
+        // The peer closed a kept-alive connection just as we picked it, before
+        // answering a request that may be repeated: it goes on a fresh connection.
+        Err(h1_client::SendError::Stale(req)) => {
+            Box::pin(send_on_fresh(pool, &key, target, req, upgrade))
         }
-        Err(mut err) => match err.take_message() {
-            // The peer closed an idle keep-alive connection just as we picked it; the
-            // request was never written, so sending it on a fresh connection is safe.
-            Some(req) if conn.reused => Box::pin(send_on_fresh(pool, &key, target, req)),
-            _ => return Err(upstream_error(err.error())),
-        },
+        Err(h1_client::SendError::Failed) => return Err(ProxyError::UpstreamReset),
     };
-    let (fresh, resp) = resend.await?;
-    Ok(respond_h1(
-        pool,
-        fresh,
-        key,
-        target,
-        resp,
-        downstream_upgrade,
-    ))
+    let resp = resend.await?;
+    Ok(respond_h1(pool, key, target, resp, downstream_upgrade))
 }
 
 /// The client's response from an HTTP/1 upstream's: the connection goes back to the
 /// pool once the body is read, or into a tunnel on 101.
 fn respond_h1(
     pool: &Pool,
-    conn: H1Conn,
     key: Key,
     target: &Target<'_>,
-    mut resp: Response<hyper::body::Incoming>,
+    mut resp: Response<H1Body>,
     downstream_upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        if let Some(downstream_upgrade) = downstream_upgrade {
-            tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
+        if let (Some(down), Some(up)) = (downstream_upgrade, resp.body_mut().take_upgraded()) {
+            tokio::spawn(tunnel(down, up));
         }
         strip_hop_by_hop(resp.headers_mut(), true);
-        return resp.map(|b| ProxyBody::upstream(PooledBody::new(b, None)));
+        return resp.map(|b| ProxyBody::upstream(PooledBody::h1(b)));
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    let giveback = pool.giveback(conn.tx, key, target.idle_timeout);
-    resp.map(|b| ProxyBody::upstream(PooledBody::new(b, Some(giveback))))
+    resp.body_mut()
+        .give_back(pool.giveback(key, target.idle_timeout));
+    resp.map(|b| ProxyBody::upstream(PooledBody::h1(b)))
 }
 
 /// Sends a request on a new connection: the cold path of a stale keep-alive pick.
@@ -209,35 +184,30 @@ async fn send_on_fresh(
     pool: &Pool,
     key: &Key,
     target: &Target<'_>,
-    req: Request<RequestBody>,
-) -> Result<(H1Conn, Response<hyper::body::Incoming>), ProxyError> {
+    req: BoxedRequest,
+    upgrade: bool,
+) -> Result<Response<H1Body>, ProxyError> {
     let pending = admit(target)?;
     let limit = target.gate.map(|g| g.connections);
     let fresh = pool.new_h1(key, target.connect_timeout, limit).await;
     note_connect(target, &fresh);
     drop(pending);
-    let mut conn = fresh?;
-    let resp = conn
-        .tx
-        .send_request(req)
+    fresh?
+        .send(req, upgrade)
         .await
-        .map_err(|e| upstream_error(&e))?;
-    Ok((conn, resp))
+        .map_err(|_| ProxyError::UpstreamReset)
 }
 
 /// Joins the client's and the upstream's sides of an upgraded (101) connection.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
-    match tokio::join!(downstream, upstream) {
-        (Ok(down), Ok(up)) => {
+async fn tunnel(downstream: OnUpgrade, mut upstream: Upgraded) {
+    match downstream.await {
+        Ok(down) => {
             let mut down = TokioIo::new(down);
-            let mut up = TokioIo::new(up);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut upstream).await {
                 tracing::debug!(error = %e, "upgraded tunnel ended");
             }
         }
-        (down, up) => {
-            tracing::debug!(down = down.is_ok(), up = up.is_ok(), "upgrade failed");
-        }
+        Err(e) => tracing::debug!(error = %e, "client upgrade failed"),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod h1_client;
 pub mod h2_client;
 pub mod headers;
 pub mod pool;

@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::body::RequestBody;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::error::ProxyError;
+use super::h1_client::H1Conn;
 use super::h2_client::{H2Sender, KeepAlive};
 use crate::FastMap;
 use crate::identity::{Alpn, Identity};
@@ -70,7 +68,7 @@ struct Dial {
 }
 
 struct Idle {
-    tx: http1::SendRequest<RequestBody>,
+    conn: H1Conn,
     /// `now_nanos()` when it went idle.
     since: u64,
     /// The service's idle timeout, or the pool's. Checked when the connection is
@@ -84,14 +82,6 @@ struct Shared {
     last_used: u64,
 }
 
-/// An HTTP/1 connection checked out of the pool.
-pub struct H1Conn {
-    pub tx: http1::SendRequest<RequestBody>,
-    /// Whether it came from the idle stack (it may have been closed by the peer
-    /// meanwhile, so a request that was never sent on it can be retried).
-    pub reused: bool,
-}
-
 /// A service's count of open upstream connections and its cap (0: none). A new
 /// connection takes a unit before dialing and gives it back when it closes; over
 /// the cap the request is answered `overloaded` instead of waiting.
@@ -101,7 +91,7 @@ pub struct ConnLimit {
     pub max: u32,
 }
 
-struct ConnGuard(Option<Arc<AtomicU32>>);
+pub(super) struct ConnGuard(Option<Arc<AtomicU32>>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -127,25 +117,21 @@ impl ConnLimit {
 
 /// Puts an HTTP/1 connection back on its endpoint's idle stack.
 pub struct Giveback {
-    tx: http1::SendRequest<RequestBody>,
     key: Key,
     idle_timeout: Option<Duration>,
     pool: Weak<PoolInner>,
 }
 
 impl Giveback {
-    pub fn give(self) {
+    pub fn give(self, conn: H1Conn) {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        if self.tx.is_closed() {
-            return;
-        }
         let mut h1 = lock(&pool.h1);
         let stack = h1.entry(self.key).or_default();
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
             stack.push(Idle {
-                tx: self.tx,
+                conn,
                 since: now_nanos(),
                 timeout: self.idle_timeout.unwrap_or(pool.idle_timeout),
             });
@@ -234,14 +220,8 @@ impl Pool {
     }
 
     /// `idle_timeout` overrides the pool's for this connection (a service's policy).
-    pub fn giveback(
-        &self,
-        tx: http1::SendRequest<RequestBody>,
-        key: Key,
-        idle_timeout: Option<Duration>,
-    ) -> Giveback {
+    pub fn giveback(&self, key: Key, idle_timeout: Option<Duration>) -> Giveback {
         Giveback {
-            tx,
             key,
             idle_timeout,
             pool: Arc::downgrade(&self.inner),
@@ -261,15 +241,10 @@ impl Pool {
             let idle = lock(&self.inner.h1).get_mut(key).and_then(Vec::pop);
             let Some(mut idle) = idle else { break };
             let idle_for = Duration::from_nanos(now.saturating_sub(idle.since));
-            if idle_for > idle.timeout || idle.tx.is_closed() {
+            if idle_for > idle.timeout || idle.conn.is_closed() {
                 continue;
             }
-            if idle.tx.ready().await.is_ok() {
-                return Ok(H1Conn {
-                    tx: idle.tx,
-                    reused: true,
-                });
-            }
+            return Ok(idle.conn.reused());
         }
         // Boxed: the dial (with its TLS handshake state) is the cold path, and
         // inlining it would make every request's future, spawned per HTTP/2
@@ -283,21 +258,8 @@ impl Pool {
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<H1Conn, ProxyError> {
-        let addr = key.addr;
         let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http1).await?;
-        // send(2) rather than writev(2): see the server side in http/mod.rs.
-        let (tx, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ProxyError::UpstreamReset)?;
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
-            }
-        });
-        Ok(H1Conn { tx, reused: false })
+        Ok(H1Conn::new(stream, guard))
     }
 
     /// The shared HTTP/2 connection to `key`, opened on first use; `now` (a
@@ -413,7 +375,7 @@ impl PoolInner {
         let now = now_nanos();
         let idle_for = |since: u64| Duration::from_nanos(now.saturating_sub(since));
         lock(&self.h1).retain(|_, stack| {
-            stack.retain(|i| idle_for(i.since) <= i.timeout && !i.tx.is_closed());
+            stack.retain_mut(|i| idle_for(i.since) <= i.timeout && !i.conn.is_closed());
             !stack.is_empty()
         });
         // Dropping our handle only closes the connection once in-flight streams,
@@ -457,13 +419,6 @@ mod tests {
             Err(ProxyError::Overloaded)
         ));
         drop(first);
-        // The connection task notices the dropped sender and ends, releasing the slot.
-        for _ in 0..500 {
-            if limit.count.load(Ordering::Relaxed) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         assert_eq!(limit.count.load(Ordering::Relaxed), 0);
         server.abort();
     }
