@@ -12,11 +12,12 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -145,10 +146,8 @@ impl H1Conn {
         };
         // A body that ends with the connection, or whose framing had to overrule a
         // Content-Length (RFC 9112 §6.3), leaves nothing safe to reuse.
-        let keep_alive = head.keep_alive
-            && decode != Decode::Close
-            && !(head.headers.contains_key(TRANSFER_ENCODING)
-                && head.headers.contains_key(CONTENT_LENGTH));
+        let keep_alive =
+            head.keep_alive && decode != Decode::Close && !(head.has_te && head.has_cl);
         let mut body = H1Body {
             conn: Some(conn),
             decode,
@@ -196,19 +195,17 @@ enum Framing {
 
 /// How the request's body goes on the wire: its own Content-Length when it has one
 /// (the downstream server checked it), else by the body's length when known, else
-/// chunked. None: a Content-Length that is no number.
+/// chunked. None: a Content-Length that is no number. A body already at its end is
+/// empty whatever the fields say (the downstream server held it to its length).
 fn framing<B: Body>(req: &Request<B>) -> Option<Framing> {
+    if req.body().is_end_stream() {
+        let zero = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+            && !req.headers().contains_key(CONTENT_LENGTH);
+        return Some(Framing::Empty { zero });
+    }
     if let Some(v) = req.headers().get(CONTENT_LENGTH) {
         let len = std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()?;
-        return Some(if len == 0 && req.body().is_end_stream() {
-            Framing::Empty { zero: false }
-        } else {
-            Framing::Length { len, write: false }
-        });
-    }
-    if req.body().is_end_stream() {
-        let zero = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-        return Some(Framing::Empty { zero });
+        return Some(Framing::Length { len, write: false });
     }
     Some(match req.body().size_hint().exact() {
         Some(len) => Framing::Length { len, write: true },
@@ -393,6 +390,10 @@ struct Head {
     /// A reason phrase other than the status's usual one, passed on as hyper does.
     reason: Option<hyper::ext::ReasonPhrase>,
     keep_alive: bool,
+    /// Whether it has Transfer-Encoding and Content-Length fields: noted while
+    /// the fields are read, so a message without them costs no lookups.
+    has_te: bool,
+    has_cl: bool,
 }
 
 impl Conn {
@@ -508,9 +509,14 @@ impl Conn {
     /// Takes a whole head off the front of `rbuf`; None: not all here yet. Field
     /// values stay slices of the bytes read, as hyper keeps them.
     fn parse_head(&mut self) -> io::Result<Option<Head>> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut fields);
-        let len = match resp.parse(&self.rbuf) {
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &self.rbuf,
+            &mut fields,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
             Ok(httparse::Status::Partial) if self.rbuf.len() < MAX_HEAD => return Ok(None),
             Ok(_) => return Err(invalid("response head too large")),
@@ -524,9 +530,11 @@ impl Conn {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
+        // Where each field lies in the head, kept across the split below; a head is
+        // at most MAX_HEAD bytes, so offsets fit in u32.
         let base = self.rbuf.as_ptr() as usize;
-        let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let count = resp.headers.len();
         for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
             let (name, name_len) = at(f.name.as_bytes());
@@ -539,19 +547,24 @@ impl Conn {
             .map(|r| at(r.as_bytes()));
         let head = self.rbuf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
+        let (mut has_connection, mut has_te, mut has_cl) = (false, false, false);
+        let range = |at: u32, len: u32| at as usize..(at + len) as usize;
         for &(name, name_len, value, value_len) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name..name + name_len])
+            let name = HeaderName::from_bytes(&head[range(name, name_len)])
                 .map_err(|_| invalid("bad response field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+            has_connection |= name == CONNECTION;
+            has_te |= name == TRANSFER_ENCODING;
+            has_cl |= name == CONTENT_LENGTH;
+            let value = HeaderValue::from_maybe_shared(head.slice(range(value, value_len)))
                 .map_err(|_| invalid("bad response field value"))?;
             headers.append(name, value);
         }
         let reason = reason.and_then(|(at, len)| {
-            hyper::ext::ReasonPhrase::try_from(head.slice(at..at + len)).ok()
+            hyper::ext::ReasonPhrase::try_from(head.slice(range(at, len))).ok()
         });
         let keep_alive = match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => has_connection && connection_has(&headers, "keep-alive"),
+            _ => !(has_connection && connection_has(&headers, "close")),
         };
         Ok(Some(Head {
             status,
@@ -559,6 +572,8 @@ impl Conn {
             headers,
             reason,
             keep_alive,
+            has_te,
+            has_cl,
         }))
     }
 
@@ -714,7 +729,11 @@ fn decode_for(head: &Head, is_head: bool, upgrade: bool) -> Option<Decode> {
     {
         return Some(Decode::Done);
     }
-    if let Some(te) = head.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = head
+        .has_te
+        .then(|| head.headers.get_all(TRANSFER_ENCODING).iter().next_back())
+        .flatten()
+    {
         let chunked = te
             .to_str()
             .ok()
@@ -727,7 +746,8 @@ fn decode_for(head: &Head, is_head: bool, upgrade: bool) -> Option<Decode> {
         });
     }
     let mut length = None;
-    for v in head.headers.get_all(CONTENT_LENGTH) {
+    let lengths = head.has_cl.then(|| head.headers.get_all(CONTENT_LENGTH));
+    for v in lengths.iter().flatten() {
         let n: u64 = v.to_str().ok()?.trim().parse().ok()?;
         if length.is_some_and(|l| l != n) {
             return None;
