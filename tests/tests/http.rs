@@ -466,3 +466,88 @@ async fn a_forged_client_identity_header_never_reaches_the_app() {
         reply.text()
     );
 }
+
+/// An app that answers one request per connection, as a server with a short
+/// keep-alive timeout does: on odd connections it then reads the next request and
+/// closes without answering it (the race of an idle close), on even ones it closes
+/// right after its answer. Counts connections and request heads.
+async fn closing_app() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    AbortOnDrop,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.ok() != Some(1) {
+                return false;
+            }
+            head.push(byte[0]);
+        }
+        true
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(AtomicUsize::new(0));
+    let (c, h) = (conns.clone(), heads.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let h = h.clone();
+            tokio::spawn(async move {
+                if !read_head(&mut s).await {
+                    return;
+                }
+                h.fetch_add(1, Ordering::SeqCst);
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() || n % 2 == 0 {
+                    return;
+                }
+                if read_head(&mut s).await {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, conns, heads, AbortOnDrop(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_closing_kept_alive_connections_loses_only_a_request_unsafe_to_repeat() {
+    use std::sync::atomic::Ordering;
+    let (app, conns, heads, _app_task) = closing_app().await;
+    let mut hops = Hops::start(ServiceDef::new("closer"), app)
+        .await
+        .expect("start proxies");
+    let mut c = H1Client::connect(hops.outbound()).await.expect("connect");
+    let post = || client::request("POST", "http://closer/p", &[], "x");
+
+    // 1: a new connection. 2: the kept connection takes the GET and closes
+    // unanswered, so it goes again on a new one.
+    for path in ["/a", "/b"] {
+        let reply = c
+            .send(client::get(&format!("http://closer{path}")))
+            .await
+            .expect("request");
+        assert_eq!(reply.status, StatusCode::OK, "GET {path}");
+    }
+    // That connection closed after its answer: the next request must not pick it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reply = c.send(post()).await.expect("request");
+    assert_eq!(reply.status, StatusCode::OK, "POST on a fresh connection");
+    // A POST the app may have seen before it closed is not sent twice.
+    let reply = c.send(post()).await.expect("request");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.header("weft-error"), Some("upstream-reset"));
+
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    assert_eq!(heads.load(Ordering::SeqCst), 5);
+    hops.stop().await.expect("both proxies drain and exit 0");
+}
