@@ -1,0 +1,364 @@
+use super::response::MAX_HEAD;
+use super::{H1Body, H1Conn, SendError};
+use crate::http::body::BodyError;
+use crate::http::pool::{Key, Pool};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Chan = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+/// A server that runs `script` on each connection it accepts, counting them.
+async fn server<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(script(stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads up to and including the blank line that ends a head; empty at EOF.
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return Vec::new(),
+        }
+    }
+    head
+}
+
+fn request<B>(method: Method, body: B) -> Box<Request<B>> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = http::Uri::from_static("/x?y=1");
+    req.headers_mut()
+        .insert(http::header::HOST, HeaderValue::from_static("svc"));
+    Box::new(req)
+}
+
+async fn checkout(pool: &Pool, addr: SocketAddr) -> H1Conn {
+    pool.h1(
+        &Key::plain(addr),
+        Duration::from_secs(5),
+        None,
+        crate::state::now_nanos(),
+    )
+    .await
+    .map_err(|_| "connect")
+    .expect("connection")
+}
+
+async fn send<B>(conn: H1Conn, req: Box<Request<B>>) -> Response<H1Body<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    match conn.send(req, false).await {
+        Ok(resp) => resp,
+        Err(SendError::Stale(_)) => panic!("stale"),
+        Err(SendError::Failed) => panic!("failed"),
+    }
+}
+
+#[tokio::test]
+async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
+    let answers: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;ext=1\r\nhe\r\n3\r\nllo\r\n0\r\nx-t: 7\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 5\r\n\r\n",
+    ];
+    let (addr, accepted) = server(move |mut s| async move {
+        for answer in answers {
+            if read_head(&mut s).await.is_empty() {
+                return;
+            }
+            let _ = s.write_all(answer).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let key = Key::plain(addr);
+    for (i, method) in [Method::GET, Method::GET, Method::DELETE, Method::HEAD]
+        .into_iter()
+        .enumerate()
+    {
+        let conn = checkout(&pool, addr).await;
+        let mut resp = send(conn, request(method, Empty::<Bytes>::new())).await;
+        resp.body_mut().give_back(pool.giveback(key.clone(), None));
+        let status = resp.status();
+        let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>().cloned();
+        let body = resp.into_body().collect().await.expect("body");
+        let trailers = body.trailers().cloned();
+        let data = body.to_bytes();
+        match i {
+            0 => assert_eq!((status, &data[..]), (StatusCode::OK, &b"hello"[..])),
+            1 => {
+                assert_eq!(&data[..], b"hello");
+                let t = trailers.expect("trailers");
+                assert_eq!(t.get("x-t").map(|v| v.as_bytes()), Some(&b"7"[..]));
+            }
+            2 => assert_eq!((status, data.len()), (StatusCode::NO_CONTENT, 0)),
+            _ => {
+                assert_eq!(data.len(), 0, "a HEAD answer has no body");
+                assert_eq!(
+                    reason.map(|r| r.as_bytes().to_vec()),
+                    Some(b"Fine Thanks".to_vec())
+                );
+            }
+        }
+        assert_eq!(
+            pool.idle_h1(addr),
+            1,
+            "answer {i} left the connection reusable"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_close_delimited_body_ends_at_eof_and_its_connection_is_not_kept() {
+    let (addr, _) = server(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let mut resp = send(
+        checkout(&pool, addr).await,
+        request(Method::GET, Empty::<Bytes>::new()),
+    )
+    .await;
+    resp.body_mut()
+        .give_back(pool.giveback(Key::plain(addr), None));
+    let data = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&data[..], b"until the end");
+    assert_eq!(pool.idle_h1(addr), 0);
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_is_sent_chunked_with_its_trailers() {
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let (addr, _) = server(move |mut s| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let mut got = read_head(&mut s).await;
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"0\r\nx-t: 1\r\n\r\n") && s.read(&mut byte).await.ok() == Some(1)
+            {
+                got.push(byte[0]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            let _ = seen_tx.send(got).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body: Chan = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let feed = tokio::spawn(async move {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-t", HeaderValue::from_static("1"));
+        for frame in [
+            Frame::data(Bytes::from_static(b"ab")),
+            Frame::data(Bytes::from_static(b"cde")),
+            Frame::trailers(trailers),
+        ] {
+            let _ = tx.send(Ok(frame)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let resp = send(checkout(&pool, addr).await, request(Method::POST, body)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = String::from_utf8(seen_rx.recv().await.expect("seen")).expect("utf8");
+    assert!(
+        got.starts_with("POST /x?y=1 HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\nx-t: 1\r\n\r\n"),
+        "{got}"
+    );
+    feed.await.expect("feed");
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_comes_back_and_the_connection_is_dropped() {
+    let (addr, _) = server(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+            .await;
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+        .await
+        .expect("queue");
+    let body: Chan = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(checkout(&pool, addr).await, request(Method::PUT, body)),
+    )
+    .await
+    .expect("the answer does not wait for the upload");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    resp.body_mut()
+        .give_back(pool.giveback(Key::plain(addr), None));
+    let data = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&data[..], b"big!");
+    assert_eq!(
+        pool.idle_h1(addr),
+        0,
+        "half a request is still on that connection"
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_unanswered_gives_back_only_a_repeatable_request() {
+    // Answers the first request, then reads the second and closes unanswered.
+    let (addr, _) = server(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        read_head(&mut s).await;
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    for (method, repeatable) in [(Method::GET, true), (Method::POST, false)] {
+        let mut resp = send(
+            checkout(&pool, addr).await,
+            request(Method::GET, Full::new(Bytes::new())),
+        )
+        .await;
+        resp.body_mut()
+            .give_back(pool.giveback(Key::plain(addr), None));
+        assert_eq!(pool.idle_h1(addr), 1);
+        let conn = checkout(&pool, addr).await;
+        let body = if method == Method::POST {
+            Full::new(Bytes::from_static(b"once"))
+        } else {
+            Full::new(Bytes::new())
+        };
+        match conn.send(request(method.clone(), body), false).await {
+            Err(SendError::Stale(req)) => {
+                assert!(repeatable, "{method} came back to be sent again");
+                assert_eq!(req.method(), method);
+            }
+            Err(SendError::Failed) => assert!(!repeatable, "{method} was not given back"),
+            Ok(_) => panic!("no answer was sent"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_heads_fail_the_request() {
+    let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+    let answers = Arc::new(vec![
+        b"HTTP/1.1 2x0 OK\r\n\r\n".to_vec(),
+        big.into_bytes(),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+    ]);
+    let next = Arc::new(AtomicUsize::new(0));
+    let (addr, _) = server(move |mut s| {
+        let answer = answers[next.fetch_add(1, Ordering::SeqCst)].clone();
+        async move {
+            read_head(&mut s).await;
+            let _ = s.write_all(&answer).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    for case in ["bad status", "head too large", "two lengths", "unasked 101"] {
+        let conn = checkout(&pool, addr).await;
+        let res = conn
+            .send(request(Method::GET, Empty::<Bytes>::new()), false)
+            .await;
+        assert!(matches!(res, Err(SendError::Failed)), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn interim_answers_are_passed_over() {
+    let (addr, _) = server(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let resp = send(
+        checkout(&pool, addr).await,
+        request(Method::GET, Empty::<Bytes>::new()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("link").is_none());
+    let data = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&data[..], b"ok");
+}
+
+#[tokio::test]
+async fn a_switch_of_protocols_hands_over_the_bytes_after_the_head() {
+    let (addr, _) = server(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nearly")
+            .await;
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            let _ = s.write_all(&buf[..n]).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let conn = checkout(&pool, addr).await;
+    let Ok(mut resp) = conn
+        .send(request(Method::GET, Empty::<Bytes>::new()), true)
+        .await
+    else {
+        panic!("upgrade failed");
+    };
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut up = resp
+        .body_mut()
+        .take_upgraded()
+        .expect("upgraded connection");
+    let mut early = [0u8; 5];
+    up.read_exact(&mut early).await.expect("early bytes");
+    assert_eq!(&early, b"early");
+    up.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    up.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+}
