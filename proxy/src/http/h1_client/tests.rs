@@ -362,3 +362,49 @@ async fn a_switch_of_protocols_hands_over_the_bytes_after_the_head() {
     up.read_exact(&mut echo).await.expect("echo");
     assert_eq!(&echo, b"ping");
 }
+
+#[tokio::test]
+async fn a_response_arriving_a_byte_at_a_time_is_read_the_same() {
+    let answers: [&[u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n1\r\n!\r\n0\r\nx-t: 7\r\nx-u: 8\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond",
+    ];
+    let (addr, accepted) = server(move |mut s| async move {
+        let _ = s.set_nodelay(true);
+        for answer in answers {
+            if read_head(&mut s).await.is_empty() {
+                return;
+            }
+            for byte in answer {
+                if s.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let mut resp = send(
+            checkout(&pool, addr).await,
+            request(Method::GET, Empty::<Bytes>::new()),
+        )
+        .await;
+        resp.body_mut()
+            .give_back(pool.giveback(Key::plain(addr), None));
+        bodies.push(resp.into_body().collect().await.expect("body"));
+    }
+    let second = bodies.pop().expect("second").to_bytes();
+    let first = bodies.pop().expect("first");
+    let trailers = first.trailers().cloned().expect("trailers");
+    assert_eq!(&first.to_bytes()[..], b"hello!");
+    assert_eq!(trailers.get("x-u").map(|v| v.as_bytes()), Some(&b"8"[..]));
+    assert_eq!(&second[..], b"second");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+}
