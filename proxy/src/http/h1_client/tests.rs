@@ -81,6 +81,28 @@ where
     }
 }
 
+/// A server that answers the first request of each connection with `answer`.
+async fn answering(answer: &'static [u8]) -> SocketAddr {
+    let (addr, _) = server(move |mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(answer).await;
+    })
+    .await;
+    addr
+}
+
+/// A GET on a connection from `pool`, which takes it back at the body's end.
+async fn get(pool: &Pool, addr: SocketAddr) -> Response<H1Body<Empty<Bytes>>> {
+    let mut resp = send(
+        checkout(pool, addr).await,
+        request(Method::GET, Empty::new()),
+    )
+    .await;
+    resp.body_mut()
+        .give_back(pool.giveback(Key::plain(addr), None));
+    resp
+}
+
 #[tokio::test]
 async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
     let answers: [&[u8]; 4] = [
@@ -139,20 +161,15 @@ async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
 
 #[tokio::test]
 async fn a_close_delimited_body_ends_at_eof_and_its_connection_is_not_kept() {
-    let (addr, _) = server(|mut s| async move {
-        read_head(&mut s).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
-    })
-    .await;
+    let addr = answering(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     let pool = Pool::new(Duration::from_secs(60));
-    let mut resp = send(
-        checkout(&pool, addr).await,
-        request(Method::GET, Empty::<Bytes>::new()),
-    )
-    .await;
-    resp.body_mut()
-        .give_back(pool.giveback(Key::plain(addr), None));
-    let data = resp.into_body().collect().await.expect("body").to_bytes();
+    let data = get(&pool, addr)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     assert_eq!(&data[..], b"until the end");
     assert_eq!(pool.idle_h1(addr), 0);
 }
@@ -309,19 +326,9 @@ async fn malformed_or_oversized_heads_fail_the_request() {
 
 #[tokio::test]
 async fn interim_answers_are_passed_over() {
-    let (addr, _) = server(|mut s| async move {
-        read_head(&mut s).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-    })
-    .await;
+    let addr = answering(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
     let pool = Pool::new(Duration::from_secs(60));
-    let resp = send(
-        checkout(&pool, addr).await,
-        request(Method::GET, Empty::<Bytes>::new()),
-    )
-    .await;
+    let resp = get(&pool, addr).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("link").is_none());
     let data = resp.into_body().collect().await.expect("body").to_bytes();
@@ -387,14 +394,8 @@ async fn a_response_arriving_a_byte_at_a_time_is_read_the_same() {
     let pool = Pool::new(Duration::from_secs(60));
     let mut bodies = Vec::new();
     for _ in 0..2 {
-        let mut resp = send(
-            checkout(&pool, addr).await,
-            request(Method::GET, Empty::<Bytes>::new()),
-        )
-        .await;
-        resp.body_mut()
-            .give_back(pool.giveback(Key::plain(addr), None));
-        bodies.push(resp.into_body().collect().await.expect("body"));
+        let body = get(&pool, addr).await.into_body();
+        bodies.push(body.collect().await.expect("body"));
     }
     let second = bodies.pop().expect("second").to_bytes();
     let first = bodies.pop().expect("first");
