@@ -43,11 +43,9 @@ impl<B> H1Body<B> {
             return;
         };
         // A connection is reused only with the whole exchange on it done: the
-        // response read to its end (and nothing after it), and the request sent.
-        let upload_done = self
-            .upload
-            .take()
-            .is_none_or(|u| u.done && conn.out.is_empty());
+        // response read to its end (and nothing after it), and the request sent,
+        // head included (a server may answer before it has read all of it).
+        let upload_done = self.upload.take().is_none_or(|u| u.done) && conn.out.is_empty();
         if self.keep_alive
             && !self.upgrade
             && upload_done

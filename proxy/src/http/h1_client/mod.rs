@@ -109,7 +109,6 @@ impl H1Conn {
         let Some(framing) = framing(&req) else {
             return Err(SendError::Failed);
         };
-        conn.out.clear();
         encode_head(&mut conn.out.buf, &req, &framing);
         // Only a request whose every byte is still here, and that may be repeated,
         // can go again on a new connection: it is kept for that.
@@ -144,7 +143,7 @@ impl H1Conn {
         // Content-Length (RFC 9112 §6.3), leaves nothing safe to reuse.
         let keep_alive =
             head.keep_alive && decode != Decode::Close && !(head.has_te && head.has_cl);
-        let mut body = H1Body {
+        let body = H1Body {
             conn: Some(conn),
             decode,
             upload,
@@ -152,9 +151,6 @@ impl H1Conn {
             upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
             giveback: None,
         };
-        if body.upgrade {
-            body.decode = Decode::Done;
-        }
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;

@@ -116,13 +116,6 @@ pub(super) struct Out {
 }
 
 impl Out {
-    pub(super) fn clear(&mut self) {
-        self.buf.clear();
-        self.pos = 0;
-        self.data = Bytes::new();
-        self.tail = b"";
-    }
-
     pub(super) fn is_empty(&self) -> bool {
         self.pos == self.buf.len() && self.data.is_empty() && self.tail.is_empty()
     }
