@@ -15,6 +15,7 @@
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
+//! - [`h2spec`] builds and runs the HTTP/2 conformance checker h2spec.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
 //! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
@@ -39,6 +40,7 @@ pub mod control_ca;
 pub mod data;
 pub mod demo;
 pub mod grpc;
+pub mod h2spec;
 pub mod hops;
 pub mod load;
 pub mod metrics;

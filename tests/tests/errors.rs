@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 use weft_tests::apps::{HttpApp, TcpApp};
-use weft_tests::client::{self, H1Client, Reply};
+use weft_tests::client::{self, H1Client, H2Client, Reply};
 use weft_tests::hops::Hops;
 use weft_tests::ports::closed_addr;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
@@ -163,4 +163,27 @@ async fn app_down_behind_the_inbound_proxy_is_502_from_the_server_side() {
         .await,
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http2_gets_the_error_status_without_a_body() {
+    let service = ServiceDef::new("gone").endpoint(closed_addr());
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let mut c = H2Client::connect(proxy.outbound()).await.expect("connect");
+
+    let reply = c
+        .send(client::request("HEAD", "http://gone/", &[], ""))
+        .await
+        .expect("an answer, not a reset stream");
+
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.header("weft-error"), Some("connect-refused"));
+    assert!(reply.body.is_empty());
+    let len: usize = reply
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("content-length as a GET would get");
+    assert!(len > 0);
 }

@@ -13,8 +13,10 @@ pub mod watch;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::HOST;
-use http::{Request, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderValue, Method, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
@@ -59,7 +61,14 @@ where
 {
     if h2 {
         let watched = limits.conns.watch(false);
-        let svc = hyper::service::service_fn(move |req| Box::pin(handler(req, None)));
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let head = req.method() == Method::HEAD;
+            let answer = handler(req, None);
+            Box::pin(async move {
+                let resp = answer.await?;
+                Ok(if head { without_body(resp) } else { resp })
+            })
+        });
         serve_h2(io, svc, &watched, limits).await;
     } else {
         let watched = Arc::new(limits.conns.watch(true));
@@ -69,6 +78,24 @@ where
         });
         serve_h1(io, svc, &watched, limits).await;
     }
+}
+
+/// An answer to HEAD keeps its fields and loses its body. hyper's HTTP/1 server
+/// drops a HEAD answer's body itself, its HTTP/2 server does not, and h2 resets a
+/// stream that sends DATA after a HEAD (RFC 9110 §9.3.2): without this, the proxy's
+/// own error answers, or an upstream's stray body, reach an HTTP/2 client as
+/// PROTOCOL_ERROR instead of a status.
+fn without_body(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if resp.body().is_end_stream() {
+        return resp;
+    }
+    if let Some(len) = resp.body().size_hint().exact()
+        && !resp.headers().contains_key(CONTENT_LENGTH)
+    {
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    resp.map(|_| ProxyBody::full(Bytes::new()))
 }
 
 /// Serves one accepted HTTP/2 connection. On drain, sends GOAWAY and lets
