@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end test of Weft on a local kind cluster, the scenario the test crate runs
-# against its own apiserver (tests/tests/kubernetes.rs). Needs docker (a running
-# engine), kind, kubectl and curl; CI cannot run it (no Docker there).
+# End-to-end test of Weft on a local kind cluster: what the test crate checks
+# against its own apiserver (tests/tests/bootstrap.rs, tests/tests/kubernetes.rs),
+# with real nodes, images and pods. Needs docker (a running engine), kind, kubectl
+# and curl; CI cannot run it (no Docker there).
 #
 #   tests/kind/run.sh                  create the cluster, test, delete the cluster
 #   KEEP_CLUSTER=1 tests/kind/run.sh   leave the cluster up for a look afterwards
