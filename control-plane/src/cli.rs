@@ -79,6 +79,17 @@ pub struct IdentityArgs {
         conflicts_with = "ca_cert"
     )]
     pub ca_secret: Option<SecretRef>,
+    /// With --ca-secret, whether a missing Secret gets a development CA. `false`
+    /// makes it an error instead, so a CA that cert-manager has yet to issue is
+    /// never raced by a development one.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "WEFT_GENERATE_DEV_CA",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub generate_dev_ca: bool,
     /// The root certificate (PEM) when --ca-cert is an intermediate below it (e.g.
     /// `ca.crt` of a cert-manager Secret): proxies trust this root, and the
     /// intermediates go out with every certificate.
@@ -202,7 +213,8 @@ impl IdentityArgs {
                 let client = kube::Client::try_default()
                     .await
                     .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
-                crate::bootstrap::identity_ca(&client, at, self.cert_lifetime).await?
+                crate::bootstrap::identity_ca(&client, at, self.cert_lifetime, self.generate_dev_ca)
+                    .await?
             }
             (None, Some(cert), Some(key)) => CertificateAuthority::from_files_with_root(
                 cert,

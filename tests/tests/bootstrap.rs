@@ -4,8 +4,9 @@
 //! its ServiceAccount (a kubeconfig holding that account's token) and the settings
 //! of its Deployment, creates the mesh CA and the injector's serving certificate,
 //! sets the webhook's caBundle, and sets it again after the configuration is
-//! replaced; two replicas started together agree on one CA; and an operator's CA
-//! Secret is used as it is, never written.
+//! replaced; two replicas started together agree on one CA; an operator's CA
+//! Secret is used as it is, never written; and with development CAs turned off a
+//! missing CA Secret stops weft-control instead.
 //!
 //! Each test starts a cluster of its own: the Secrets' names are fixed by the RBAC.
 //! Skipped with a message without Go (the cluster is built from Go modules), failed
@@ -19,7 +20,8 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
-use weft_tests::cluster::Cluster;
+use weft_tests::bins;
+use weft_tests::cluster::{Cluster, run_bounded};
 use weft_tests::control_ca::ControlPlane;
 use weft_tests::{STEP_DEADLINE, eventually};
 
@@ -244,6 +246,45 @@ async fn an_operators_ca_secret_is_used_and_never_written() {
     };
     let client = admin_client(&cluster).await;
     let dir = tempfile::tempdir().expect("dir");
+
+    // With development CAs turned off (as for cert-manager), a CA Secret that is not
+    // there yet stops weft-control instead of being filled with a development CA.
+    let kubeconfig = service_account_kubeconfig(&cluster, dir.path(), "no-dev-ca");
+    let mut cmd = std::process::Command::new(bins::binary("weft-control").expect("binary"));
+    cmd.args([
+        "serve",
+        "--source",
+        "file",
+        "--mesh",
+        "/dev/null",
+        "--grpc",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--ca-secret",
+        "weft-system/weft-identity-ca",
+        "--generate-dev-ca",
+        "false",
+    ])
+    .env("KUBECONFIG", &kubeconfig)
+    .env_remove("WEFT_LOG");
+    let out = run_bounded(cmd, None, STEP_DEADLINE).expect("weft-control runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Secret weft-system/weft-identity-ca does not exist"),
+        "{stderr}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "weft-system");
+    assert!(
+        secrets
+            .get_opt("weft-identity-ca")
+            .await
+            .expect("get")
+            .is_none(),
+        "no development CA was generated"
+    );
+
     // A root and an issuing intermediate below it, as cert-manager's CA Secret holds
     // them (tls.crt the intermediate, ca.crt the root).
     let (root_pem, issuing_pem, issuing_key) = root_and_intermediate();

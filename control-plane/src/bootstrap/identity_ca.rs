@@ -13,14 +13,26 @@ use kube::api::ObjectMeta;
 use super::secret::{self, Origin, SecretRef};
 use crate::identity::ca::{CertificateAuthority, DEVELOPMENT_CA_NAME, generate_root};
 
-/// Loads the issuing CA from the Secret `at`, creating a development CA there when
-/// it does not exist.
+/// Loads the issuing CA from the Secret `at`. When it does not exist, a development
+/// CA is created there if `generate`, else that is an error (the operator's CA, e.g.
+/// from cert-manager, is not there yet: a restart tries again).
 pub async fn identity_ca(
     client: &kube::Client,
     at: &SecretRef,
     lifetime: Duration,
+    generate: bool,
 ) -> anyhow::Result<CertificateAuthority> {
-    let (found, origin) = secret::get_or_create(client, at, development_ca_secret).await?;
+    let (found, origin) = if generate {
+        secret::get_or_create(client, at, development_ca_secret).await?
+    } else {
+        let found = secret::get(client, at).await?.with_context(|| {
+            format!(
+                "Secret {at} does not exist, and generating a development CA is off \
+                 (--generate-dev-ca false): create it with your CA, or wait for cert-manager"
+            )
+        })?;
+        (found, Origin::Found)
+    };
     let ca = ca_from_secret(&found, lifetime).with_context(|| format!("the CA in Secret {at}"))?;
     if secret::generated(&found) {
         let what = if origin == Origin::Created {

@@ -55,14 +55,10 @@ pub async fn get_or_create(
     at: &SecretRef,
     make: impl FnOnce() -> anyhow::Result<Secret>,
 ) -> anyhow::Result<(Secret, Origin)> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &at.namespace);
-    if let Some(found) = api
-        .get_opt(&at.name)
-        .await
-        .map_err(|e| api_error(&e, "get", at))?
-    {
+    if let Some(found) = get(client, at).await? {
         return Ok((found, Origin::Found));
     }
+    let api: Api<Secret> = Api::namespaced(client.clone(), &at.namespace);
     let mut secret = make()?;
     secret.metadata.name = Some(at.name.clone());
     secret.metadata.namespace = Some(at.namespace.clone());
@@ -78,6 +74,14 @@ pub async fn get_or_create(
         }
         Err(e) => Err(api_error(&e, "create", at)),
     }
+}
+
+/// The Secret `at`, or None when it does not exist.
+pub async fn get(client: &kube::Client, at: &SecretRef) -> anyhow::Result<Option<Secret>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &at.namespace);
+    api.get_opt(&at.name)
+        .await
+        .map_err(|e| api_error(&e, "get", at))
 }
 
 /// The value of `key`, if the Secret has it.
