@@ -46,33 +46,37 @@ static APPLY_WARNINGS: OnceLock<Result<String, String>> = OnceLock::new();
 /// `None` when the test is skipped.
 fn installed(test: &str) -> Option<&'static Cluster> {
     let cluster = Cluster::shared(test)?;
-    let result = APPLY_WARNINGS.get_or_init(|| {
-        let dir = deploy_dir();
-        let out = cluster
-            .kubectl_output(&["apply", "-k", &dir.to_string_lossy()], None)
-            .map_err(|e| format!("{e:#}"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
-            return Err(format!(
-                "kubectl apply -k failed ({}): {stderr}",
-                out.status
-            ));
-        }
-        cluster
-            .kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/trafficpolicies.weft.io",
-                "crd/inboundauthorizations.weft.io",
-            ])
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(stderr)
-    });
+    let result = APPLY_WARNINGS.get_or_init(|| install(cluster));
     if let Err(e) = result {
         panic!("{test}: kubectl apply -k deploy/k8s: {e}");
     }
     Some(cluster)
+}
+
+/// `kubectl apply -k deploy/k8s`, then waits for the CRDs to be Established;
+/// returns kubectl's stderr (its warnings).
+fn install(cluster: &Cluster) -> Result<String, String> {
+    let dir = deploy_dir();
+    let out = cluster
+        .kubectl_output(&["apply", "-k", &dir.to_string_lossy()], None)
+        .map_err(|e| format!("{e:#}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl apply -k failed ({}): {stderr}",
+            out.status
+        ));
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/trafficpolicies.weft.io",
+            "crd/inboundauthorizations.weft.io",
+        ])
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(stderr)
 }
 
 /// Creates namespace `name` (the tests share a cluster; each keeps to its own).
@@ -337,28 +341,10 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     };
     let ns = "kd-serve";
     namespace(cluster, ns);
-    // A Service without a selector: its EndpointSlice is the test's to write (the
-    // addresses are never dialled).
-    cluster
-        .apply(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
-             spec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n"
-        ))
-        .expect("create the Service");
+    let cluster_ip = orders_service(cluster, ns);
     cluster
         .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
         .expect("create the EndpointSlice");
-    let cluster_ip = cluster
-        .kubectl(&[
-            "get",
-            "service",
-            "orders",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .expect("read the cluster IP");
     assert!(cluster_ip.starts_with("10.96."), "{cluster_ip}");
 
     // weft-control runs as its ServiceAccount with a real token: only the RBAC of
@@ -419,10 +405,137 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
         })
         .await;
 
+    // An InboundAuthorization reaches the proxies of its ServiceAccount.
+    cluster
+        .apply(&format!(
+            "apiVersion: weft.io/v1alpha1\nkind: InboundAuthorization\nmetadata:\n  \
+             name: orders\n  namespace: {ns}\nspec:\n  serviceAccountName: orders\n  ports:\n  \
+             - port: 8080\n    mode: permissive\n    authorization: {{allowNamespaces: [{ns}]}}\n"
+        ))
+        .expect("create the InboundAuthorization");
+    let mut policy = within(
+        STEP_DEADLINE,
+        "connecting to weft-control",
+        v1::policy_client::PolicyClient::connect(format!("http://{}", cp.grpc)),
+    )
+    .await
+    .expect("connect to the policy API");
+    let mut inbound = within(
+        STEP_DEADLINE,
+        "opening the inbound policy watch",
+        policy.watch_inbound(v1::InboundRequest {
+            node: Some(v1::Node {
+                id: "kubernetes-test".into(),
+                namespace: ns.into(),
+                service_account: "orders".into(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .expect("watch inbound policy")
+    .into_inner();
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let update = tokio::time::timeout_at(deadline, inbound.message())
+            .await
+            .expect("the InboundAuthorization was not served in time")
+            .expect("the inbound watch failed")
+            .expect("the inbound watch ended");
+        let served = update.ports.iter().any(|p| {
+            p.port == 8080
+                && p.mode == v1::TlsMode::Permissive as i32
+                && p.authorization
+                    .as_ref()
+                    .is_some_and(|a| a.allow_namespaces == [ns])
+        });
+        if served {
+            break;
+        }
+    }
+
     let log = cp.process().output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"
+    );
+}
+
+/// A Service `orders` in `ns` without a selector (its EndpointSlices are the
+/// test's to write; the addresses are never dialled); returns its cluster IP.
+fn orders_service(cluster: &Cluster, ns: &str) -> String {
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+             spec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n"
+        ))
+        .expect("create the Service");
+    cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "orders",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("read the cluster IP")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up() {
+    let Some(mut cluster) =
+        Cluster::start("weft_control_keeps_serving_through_an_apiserver_restart").expect("start")
+    else {
+        return;
+    };
+    install(&cluster).expect("kubectl apply -k deploy/k8s");
+    let ns = "kd-restart";
+    namespace(&cluster, ns);
+    orders_service(&cluster, ns);
+    cluster
+        .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
+        .expect("create the EndpointSlice");
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
+        .expect("weft-control's kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let mut cp = ControlPlane::start_with_env(
+        UNUSED_MESH,
+        &["--source", "kubernetes"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .expect("weft-control ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    watch
+        .until("the first endpoint", |w| {
+            w.addresses() == ["10.244.1.5:8080"]
+        })
+        .await;
+
+    cluster
+        .restart_apiserver()
+        .await
+        .expect("restart kube-apiserver");
+    // Its watches broke; it keeps what it had, resumes, and serves what changed.
+    let ready = weft_tests::admin::get(cp.admin, "/ready")
+        .await
+        .expect("admin");
+    assert_eq!(ready.status, 200, "still ready with its last state");
+    cluster
+        .apply(&endpoint_slice(ns, "orders-b", &["10.244.2.7"]))
+        .expect("create the second EndpointSlice");
+    watch
+        .until("the endpoint added after the restart", |w| {
+            w.addresses() == ["10.244.1.5:8080", "10.244.2.7:8080"]
+        })
+        .await;
+    assert!(
+        cp.process().try_exit().expect("status").is_none(),
+        "weft-control exited"
     );
 }
 
