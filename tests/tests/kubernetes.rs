@@ -3,9 +3,11 @@
 //! the manifests of deploy/k8s install and their CRD rules hold; weft-control, with
 //! only the RBAC those manifests give its ServiceAccount, serves Services,
 //! EndpointSlices and TrafficPolicies; and ServiceAccount tokens from the TokenRequest
-//! API prove an identity only for their own account, audience and living pod.
+//! API prove an identity only for their own account, audience and living pod;
+//! weft-control rides out an apiserver restart.
 //!
-//! The tests share one cluster per test binary, each in namespaces of its own. They
+//! The tests share one cluster per test binary, each in namespaces of its own (the
+//! restart test, which breaks its cluster for a moment, starts its own). They
 //! are skipped with a message without Go (the cluster is built from Go modules), and
 //! fail instead under `CI=true`.
 
@@ -101,6 +103,11 @@ async fn deploy_k8s_installs_on_a_real_apiserver_and_its_crd_rules_are_enforced(
         !warnings.contains("Warning"),
         "kubectl apply -k warned:\n{warnings}"
     );
+    let version = cluster
+        .kubectl(&["version", "-o", "json"])
+        .expect("kubectl version");
+    let version: serde_json::Value = serde_json::from_str(&version).expect("json");
+    assert_eq!(version["serverVersion"]["gitVersion"], "v1.37.2");
     for crd in ["trafficpolicies.weft.io", "inboundauthorizations.weft.io"] {
         let established = cluster
             .kubectl(&[
@@ -537,6 +544,22 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
         cp.process().try_exit().expect("status").is_none(),
         "weft-control exited"
     );
+    drop(cp);
+
+    // A cluster of its own stops on drop with nothing left behind.
+    let pids = cluster.pids();
+    let dir = cluster.dir().to_path_buf();
+    assert_eq!(pids.len(), 4);
+    drop(cluster);
+    for pid in pids {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH),
+            "process {pid} outlived its cluster"
+        );
+    }
+    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
 }
 
 fn workload(namespace: &str, service_account: &str) -> Workload {
@@ -688,38 +711,4 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     verify(&r, &admin_token, &workload(ns, "admin"))
         .await
         .expect("the other pod's token still proves its account");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_of_its_own_serves_and_stops_with_nothing_left_behind() {
-    let Some(cluster) = Cluster::start("a_cluster_of_its_own_serves_and_stops").expect("start")
-    else {
-        return;
-    };
-    let version = cluster
-        .kubectl(&["version", "-o", "json"])
-        .expect("kubectl version");
-    let version: serde_json::Value = serde_json::from_str(&version).expect("json");
-    assert_eq!(version["serverVersion"]["gitVersion"], "v1.37.2");
-    let nodes = cluster
-        .kubectl(&["get", "nodes", "-o", "name"])
-        .expect("nodes");
-    assert_eq!(
-        nodes, "",
-        "no node: pods stay Pending unless a test runs them"
-    );
-
-    let pids = cluster.pids();
-    let dir = cluster.dir().to_path_buf();
-    assert_eq!(pids.len(), 4);
-    drop(cluster);
-    for pid in pids {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
-        assert_eq!(
-            nix::sys::signal::kill(pid, None),
-            Err(nix::errno::Errno::ESRCH),
-            "process {pid} outlived its cluster"
-        );
-    }
-    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
 }
