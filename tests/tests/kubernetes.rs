@@ -279,7 +279,13 @@ impl Watch {
         while !done(self) {
             let update = tokio::time::timeout_at(deadline, self.updates.message())
                 .await
-                .unwrap_or_else(|_| panic!("{what}: not served within {STEP_DEADLINE:?}"))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{what}: not served within {STEP_DEADLINE:?}; served: {:?} at {:?}",
+                        self.service.as_ref().map(|s| (&s.name, &s.vips)),
+                        self.endpoints
+                    )
+                })
                 .expect("the watch failed")
                 .expect("the watch ended");
             self.apply(&update);
@@ -560,6 +566,109 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
         );
     }
     assert!(!dir.exists(), "{} outlived its cluster", dir.display());
+}
+
+/// Makes pod `name` look as a kubelet would report it running and ready at `ip`
+/// (there is no kubelet): the EndpointSlice controller then lists it.
+fn report_running(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
+    let status = format!(
+        "{{\"status\":{{\"phase\":\"Running\",\"podIP\":\"{ip}\",\"podIPs\":[{{\"ip\":\"{ip}\"}}],\
+         \"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\"}}]}}}}"
+    );
+    cluster
+        .kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])
+        .expect("report the pod running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_from_the_endpointslice_controller_carry_injected_pods_identities() {
+    let Some(cluster) = installed("endpoints_from_the_endpointslice_controller") else {
+        return;
+    };
+    let ns = "kd-pods";
+    namespace(cluster, ns);
+    cluster
+        .kubectl(&["create", "serviceaccount", "orders", "-n", ns])
+        .expect("create the ServiceAccount");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+             spec:\n  selector: {{app: orders}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n"
+        ))
+        .expect("create the Service");
+    // The EndpointSlice controller lists only pods on a Node it knows. This one has
+    // no kubelet: the node lifecycle controller marks its pods not ready only once
+    // its grace period (40 s and more) passes without a heartbeat.
+    cluster
+        .apply("apiVersion: v1\nkind: Node\nmetadata:\n  name: kd-pods-node\n")
+        .expect("create the Node");
+    // One pod as the injector leaves it (the proxy a native sidecar), one without.
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: meshed\n  namespace: {ns}\n  \
+             labels: {{app: orders}}\nspec:\n  nodeName: kd-pods-node\n  serviceAccountName: orders\n  initContainers:\n  \
+             - {{name: weft-proxy, image: registry.invalid/weft-proxy:1, restartPolicy: Always}}\n  \
+             containers:\n  - name: app\n    image: registry.invalid/app:1\n    \
+             ports: [{{containerPort: 8080}}]\n"
+        ))
+        .expect("create the meshed pod");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {ns}\n  \
+             labels: {{app: orders}}\nspec:\n  nodeName: kd-pods-node\n  containers:\n  - name: app\n    \
+             image: registry.invalid/app:1\n    ports: [{{containerPort: 8080}}]\n"
+        ))
+        .expect("create the plain pod");
+    report_running(cluster, ns, "meshed", "10.244.3.10");
+    report_running(cluster, ns, "plain", "10.244.3.11");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
+        .expect("weft-control's kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let cp = ControlPlane::start_with_env(
+        UNUSED_MESH,
+        &["--source", "kubernetes"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .expect("weft-control ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    watch
+        .until("both pods as endpoints", |w| {
+            w.addresses() == ["10.244.3.10:8080", "10.244.3.11:8080"]
+        })
+        .await;
+    let identity = |ip: &str| {
+        watch
+            .endpoints
+            .iter()
+            .find(|e| e.address.as_ref().is_some_and(|a| a.ip == ip))
+            .map(|e| (e.identity.clone(), e.state))
+            .expect("endpoint")
+    };
+    let ready = v1::EndpointState::Ready as i32;
+    assert_eq!(
+        identity("10.244.3.10"),
+        (format!("spiffe://cluster.local/ns/{ns}/sa/orders"), ready),
+        "the injected pod is called with mTLS as its ServiceAccount"
+    );
+    assert_eq!(
+        identity("10.244.3.11"),
+        (String::new(), ready),
+        "the uninjected pod is called in plaintext"
+    );
 }
 
 fn workload(namespace: &str, service_account: &str) -> Workload {
