@@ -783,19 +783,46 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     )
     .await
     .expect("start weft-control with the TokenReview proof");
+    // A proxy of shop/orders with the token in `file`.
+    let orders_proxy = |file: &Path| {
+        let mut config = ProxyConfig::new();
+        config.extra = format!(
+            "node: {{namespace: {ns}, service_account: orders}}\nidentity:\n  \
+             trust_domain: cluster.local\n  token_file: \"{}\"\n  control_plane: \"{}\"\n",
+            file.display(),
+            cp.url()
+        );
+        config
+    };
     let token_file = dir.path().join("orders-token");
     std::fs::write(&token_file, &orders_token).expect("token file");
-    let mut config = ProxyConfig::new();
-    config.extra = format!(
-        "node: {{namespace: {ns}, service_account: orders}}\nidentity:\n  \
-         trust_domain: cluster.local\n  token_file: \"{}\"\n  control_plane: \"{}\"\n",
-        token_file.display(),
-        cp.url()
-    );
-    let proxy = WeftProxy::start_named("orders-proxy", config)
+    let proxy = WeftProxy::start_named("orders-proxy", orders_proxy(&token_file))
         .await
         .expect("the proxy gets a certificate with its pod's token and is ready");
     drop(proxy);
+
+    // The admin pod's token, claiming orders: refused, so no certificate.
+    let stolen_file = dir.path().join("stolen-token");
+    std::fs::write(&stolen_file, &admin_token).expect("token file");
+    let config = orders_proxy(&stolen_file);
+    let admin = config.admin;
+    let path = dir.path().join("impostor.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config");
+    let cmd = weft_tests::proxy::proxy_command(&["run", "--config", &path.to_string_lossy()])
+        .expect("command");
+    let _impostor =
+        weft_tests::process::Process::spawn("impostor-proxy", cmd, dir.path()).expect("spawn");
+    eventually(STEP_DEADLINE, "a refused certificate request", || async {
+        let reply = weft_tests::admin::get(cp.admin, "/metrics").await.ok()?;
+        let denied = weft_tests::metrics::Metrics::parse(&reply.body)
+            .value("weft_control_certificates_total", &[("result", "denied")]);
+        (denied >= 1.0).then_some(())
+    })
+    .await;
+    let ready = weft_tests::admin::get(admin, "/ready")
+        .await
+        .expect("the impostor's admin port");
+    assert_eq!(ready.status, 503, "no certificate, not ready");
 
     // A bound token dies with its pod; kube-apiserver remembers a successful
     // authentication for 10 s, so the refusal may come only after that.
