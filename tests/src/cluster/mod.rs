@@ -11,7 +11,8 @@
 //!           kube-controller-manager       kube-scheduler      (both on 127.0.0.1)
 //! ```
 //!
-//! [`Cluster::start`] starts one for the caller, stopped on drop (SIGTERM in reverse
+//! Starting takes about 10 s and blocks the calling thread (use a multi-thread
+//! runtime in async tests). [`Cluster::start`] starts one for the caller, stopped on drop (SIGTERM in reverse
 //! start order, then SIGKILL; its directory removed). [`Cluster::shared`] is one
 //! cluster per test binary, started by the first test that asks; tests sharing it use
 //! namespaces of their own. Either way, a test process that dies without running drop
