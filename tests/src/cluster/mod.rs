@@ -12,8 +12,9 @@
 //! ```
 //!
 //! Starting takes about 10 s and blocks the calling thread (use a multi-thread
-//! runtime in async tests). [`Cluster::start`] starts one for the caller, stopped on drop (SIGTERM in reverse
-//! start order, then SIGKILL; its directory removed). [`Cluster::shared`] is one
+//! runtime in async tests). [`Cluster::start`] starts one for the caller, stopped on
+//! drop (SIGTERM in reverse start order, then SIGKILL; its directory removed).
+//! [`Cluster::shared`] is one
 //! cluster per test binary, started by the first test that asks; tests sharing it use
 //! namespaces of their own. Either way, a test process that dies without running drop
 //! (a shared cluster is never dropped) still stops its cluster: every component runs in
