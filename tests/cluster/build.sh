@@ -5,19 +5,14 @@
 # When the cache is complete it does nothing. Prints the cache's bin directory on stdout
 # (and only that); progress goes to stderr.
 #
-#   WEFT_CLUSTER_CACHE  cache root (default /var/cache/weft/cluster)
+#   WEFT_CLUSTER_CACHE  cache root (default /var/cache/weft/cluster, or
+#                       ~/.cache/weft/cluster for a user who cannot write there)
 #
 # Modules come only through the Go module proxy (GOPROXY as the machine has it); the Go
-# toolchain is the one installed, never a downloaded one.
+# toolchain is the one installed, never a downloaded one. Exits 3 when the cache is
+# incomplete and Go is not installed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-
-if ! command -v go >/dev/null 2>&1; then
-  echo "build.sh: go is not installed; the Kubernetes tests need it" >&2
-  exit 3
-fi
-export GOTOOLCHAIN=local
-export GOFLAGS=-mod=readonly
 
 # The version a module requires, read from its go.mod.
 required_version() {
@@ -30,7 +25,15 @@ if [ -z "$k8s_version" ] || [ -z "$etcd_version" ]; then
   exit 1
 fi
 
-cache="${WEFT_CLUSTER_CACHE:-/var/cache/weft/cluster}/k8s-${k8s_version}-etcd-${etcd_version}"
+root="${WEFT_CLUSTER_CACHE:-}"
+if [ -z "$root" ]; then
+  root=/var/cache/weft/cluster
+  # Someone who cannot write there (not root) keeps it in their own cache.
+  if ! mkdir -p "$root" 2>/dev/null || [ ! -w "$root" ]; then
+    root="${XDG_CACHE_HOME:-$HOME/.cache}/weft/cluster"
+  fi
+fi
+cache="$root/k8s-${k8s_version}-etcd-${etcd_version}"
 bin="$cache/bin"
 programs=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
@@ -46,6 +49,14 @@ if complete; then
   echo "$bin"
   exit 0
 fi
+
+# Needed only to build: a complete cache runs without Go.
+if ! command -v go >/dev/null 2>&1; then
+  echo "build.sh: go is not installed; the Kubernetes tests need it to build $cache" >&2
+  exit 3
+fi
+export GOTOOLCHAIN=local
+export GOFLAGS=-mod=readonly
 
 mkdir -p "$cache"
 # Tests of several binaries may ask at once: one builds, the others wait for it.

@@ -1,4 +1,5 @@
-//! The benchmark scripts under tests/bench, and proxy/pgo.sh, must be shellcheck-clean. Without
+//! The benchmark scripts under tests/bench, tests/cluster/build.sh (the Kubernetes tests'
+//! control plane) and proxy/pgo.sh must be shellcheck-clean. Without
 //! shellcheck this skips with a message, except under CI=true, where it fails.
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ fn bench_scripts_are_shellcheck_clean() {
     scripts.sort();
     // The PGO build the Dockerfile and the benchmarks run.
     scripts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy/pgo.sh"));
+    scripts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/build.sh"));
     assert!(!scripts.is_empty(), "no scripts in {}", dir.display());
     let out = match Command::new("shellcheck").args(&scripts).output() {
         Ok(out) => out,

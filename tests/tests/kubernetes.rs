@@ -3,9 +3,11 @@
 //! the manifests of deploy/k8s install and their CRD rules hold; weft-control, with
 //! only the RBAC those manifests give its ServiceAccount, serves Services,
 //! EndpointSlices and TrafficPolicies; and ServiceAccount tokens from the TokenRequest
-//! API prove an identity only for their own account, audience and living pod.
+//! API prove an identity only for their own account, audience and living pod;
+//! weft-control rides out an apiserver restart.
 //!
-//! The tests share one cluster per test binary, each in namespaces of its own. They
+//! The tests share one cluster per test binary, each in namespaces of its own (the
+//! restart test, which breaks its cluster for a moment, starts its own). They
 //! are skipped with a message without Go (the cluster is built from Go modules), and
 //! fail instead under `CI=true`.
 
@@ -39,31 +41,44 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
 }
 
+/// What `kubectl apply -k deploy/k8s` wrote on stderr (warnings), once per binary.
+static APPLY_WARNINGS: OnceLock<Result<String, String>> = OnceLock::new();
+
 /// The shared cluster with deploy/k8s applied once (the CRDs Established), or
 /// `None` when the test is skipped.
 fn installed(test: &str) -> Option<&'static Cluster> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let cluster = Cluster::shared(test)?;
-    let result = INSTALLED.get_or_init(|| {
-        let dir = deploy_dir();
-        cluster
-            .kubectl(&["apply", "-k", &dir.to_string_lossy()])
-            .and_then(|_| {
-                cluster.kubectl(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/trafficpolicies.weft.io",
-                    "crd/inboundauthorizations.weft.io",
-                ])
-            })
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}"))
-    });
+    let result = APPLY_WARNINGS.get_or_init(|| install(cluster));
     if let Err(e) = result {
         panic!("{test}: kubectl apply -k deploy/k8s: {e}");
     }
     Some(cluster)
+}
+
+/// `kubectl apply -k deploy/k8s`, then waits for the CRDs to be Established;
+/// returns kubectl's stderr (its warnings).
+fn install(cluster: &Cluster) -> Result<String, String> {
+    let dir = deploy_dir();
+    let out = cluster
+        .kubectl_output(&["apply", "-k", &dir.to_string_lossy()], None)
+        .map_err(|e| format!("{e:#}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl apply -k failed ({}): {stderr}",
+            out.status
+        ));
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/trafficpolicies.weft.io",
+            "crd/inboundauthorizations.weft.io",
+        ])
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(stderr)
 }
 
 /// Creates namespace `name` (the tests share a cluster; each keeps to its own).
@@ -78,6 +93,21 @@ async fn deploy_k8s_installs_on_a_real_apiserver_and_its_crd_rules_are_enforced(
     let Some(cluster) = installed("deploy_k8s_installs_on_a_real_apiserver") else {
         return;
     };
+    // The API server warns about what it ignores (a CRD's unknown formats, a
+    // deprecated field): the manifests give it nothing to warn about.
+    let warnings = APPLY_WARNINGS
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .expect("applied");
+    assert!(
+        !warnings.contains("Warning"),
+        "kubectl apply -k warned:\n{warnings}"
+    );
+    let version = cluster
+        .kubectl(&["version", "-o", "json"])
+        .expect("kubectl version");
+    let version: serde_json::Value = serde_json::from_str(&version).expect("json");
+    assert_eq!(version["serverVersion"]["gitVersion"], "v1.37.2");
     for crd in ["trafficpolicies.weft.io", "inboundauthorizations.weft.io"] {
         let established = cluster
             .kubectl(&[
@@ -249,7 +279,13 @@ impl Watch {
         while !done(self) {
             let update = tokio::time::timeout_at(deadline, self.updates.message())
                 .await
-                .unwrap_or_else(|_| panic!("{what}: not served within {STEP_DEADLINE:?}"))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{what}: not served within {STEP_DEADLINE:?}; served: {:?} at {:?}",
+                        self.service.as_ref().map(|s| (&s.name, &s.vips)),
+                        self.endpoints
+                    )
+                })
                 .expect("the watch failed")
                 .expect("the watch ended");
             self.apply(&update);
@@ -318,28 +354,10 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     };
     let ns = "kd-serve";
     namespace(cluster, ns);
-    // A Service without a selector: its EndpointSlice is the test's to write (the
-    // addresses are never dialled).
-    cluster
-        .apply(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
-             spec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n"
-        ))
-        .expect("create the Service");
+    let cluster_ip = orders_service(cluster, ns);
     cluster
         .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
         .expect("create the EndpointSlice");
-    let cluster_ip = cluster
-        .kubectl(&[
-            "get",
-            "service",
-            "orders",
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .expect("read the cluster IP");
     assert!(cluster_ip.starts_with("10.96."), "{cluster_ip}");
 
     // weft-control runs as its ServiceAccount with a real token: only the RBAC of
@@ -400,10 +418,256 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
         })
         .await;
 
+    // An InboundAuthorization reaches the proxies of its ServiceAccount.
+    cluster
+        .apply(&format!(
+            "apiVersion: weft.io/v1alpha1\nkind: InboundAuthorization\nmetadata:\n  \
+             name: orders\n  namespace: {ns}\nspec:\n  serviceAccountName: orders\n  ports:\n  \
+             - port: 8080\n    mode: permissive\n    authorization: {{allowNamespaces: [{ns}]}}\n"
+        ))
+        .expect("create the InboundAuthorization");
+    let mut policy = within(
+        STEP_DEADLINE,
+        "connecting to weft-control",
+        v1::policy_client::PolicyClient::connect(format!("http://{}", cp.grpc)),
+    )
+    .await
+    .expect("connect to the policy API");
+    let mut inbound = within(
+        STEP_DEADLINE,
+        "opening the inbound policy watch",
+        policy.watch_inbound(v1::InboundRequest {
+            node: Some(v1::Node {
+                id: "kubernetes-test".into(),
+                namespace: ns.into(),
+                service_account: "orders".into(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .expect("watch inbound policy")
+    .into_inner();
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let update = tokio::time::timeout_at(deadline, inbound.message())
+            .await
+            .expect("the InboundAuthorization was not served in time")
+            .expect("the inbound watch failed")
+            .expect("the inbound watch ended");
+        let served = update.ports.iter().any(|p| {
+            p.port == 8080
+                && p.mode == v1::TlsMode::Permissive as i32
+                && p.authorization
+                    .as_ref()
+                    .is_some_and(|a| a.allow_namespaces == [ns])
+        });
+        if served {
+            break;
+        }
+    }
+
     let log = cp.process().output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"
+    );
+}
+
+/// A Service `orders` in `ns` without a selector (its EndpointSlices are the
+/// test's to write; the addresses are never dialled); returns its cluster IP.
+fn orders_service(cluster: &Cluster, ns: &str) -> String {
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+             spec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n"
+        ))
+        .expect("create the Service");
+    cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "orders",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("read the cluster IP")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up() {
+    let Some(mut cluster) =
+        Cluster::start("weft_control_keeps_serving_through_an_apiserver_restart").expect("start")
+    else {
+        return;
+    };
+    install(&cluster).expect("kubectl apply -k deploy/k8s");
+    let ns = "kd-restart";
+    namespace(&cluster, ns);
+    orders_service(&cluster, ns);
+    cluster
+        .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
+        .expect("create the EndpointSlice");
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
+        .expect("weft-control's kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let mut cp = ControlPlane::start_with_env(
+        UNUSED_MESH,
+        &["--source", "kubernetes"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .expect("weft-control ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    watch
+        .until("the first endpoint", |w| {
+            w.addresses() == ["10.244.1.5:8080"]
+        })
+        .await;
+
+    cluster
+        .restart_apiserver()
+        .await
+        .expect("restart kube-apiserver");
+    // Its watches broke; it keeps what it had, resumes, and serves what changed.
+    let ready = weft_tests::admin::get(cp.admin, "/ready")
+        .await
+        .expect("admin");
+    assert_eq!(ready.status, 200, "still ready with its last state");
+    cluster
+        .apply(&endpoint_slice(ns, "orders-b", &["10.244.2.7"]))
+        .expect("create the second EndpointSlice");
+    watch
+        .until("the endpoint added after the restart", |w| {
+            w.addresses() == ["10.244.1.5:8080", "10.244.2.7:8080"]
+        })
+        .await;
+    assert!(
+        cp.process().try_exit().expect("status").is_none(),
+        "weft-control exited"
+    );
+    drop(cp);
+
+    // A cluster of its own stops on drop with nothing left behind.
+    let pids = cluster.pids();
+    let dir = cluster.dir().to_path_buf();
+    assert_eq!(pids.len(), 4);
+    drop(cluster);
+    for pid in pids {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH),
+            "process {pid} outlived its cluster"
+        );
+    }
+    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
+}
+
+/// Makes pod `name` look as a kubelet would report it running and ready at `ip`
+/// (there is no kubelet): the EndpointSlice controller then lists it.
+fn report_running(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
+    let status = format!(
+        "{{\"status\":{{\"phase\":\"Running\",\"podIP\":\"{ip}\",\"podIPs\":[{{\"ip\":\"{ip}\"}}],\
+         \"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\"}}]}}}}"
+    );
+    cluster
+        .kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ])
+        .expect("report the pod running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_from_the_endpointslice_controller_carry_injected_pods_identities() {
+    let Some(cluster) = installed("endpoints_from_the_endpointslice_controller") else {
+        return;
+    };
+    let ns = "kd-pods";
+    namespace(cluster, ns);
+    cluster
+        .kubectl(&["create", "serviceaccount", "orders", "-n", ns])
+        .expect("create the ServiceAccount");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: orders\n  namespace: {ns}\n\
+             spec:\n  selector: {{app: orders}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n"
+        ))
+        .expect("create the Service");
+    // The EndpointSlice controller lists only pods on a Node it knows. This one has
+    // no kubelet: the node lifecycle controller marks its pods not ready only once
+    // its grace period (40 s and more) passes without a heartbeat.
+    cluster
+        .apply("apiVersion: v1\nkind: Node\nmetadata:\n  name: kd-pods-node\n")
+        .expect("create the Node");
+    // One pod as the injector leaves it (the proxy a native sidecar), one without.
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: meshed\n  namespace: {ns}\n  \
+             labels: {{app: orders}}\nspec:\n  nodeName: kd-pods-node\n  serviceAccountName: orders\n  initContainers:\n  \
+             - {{name: weft-proxy, image: registry.invalid/weft-proxy:1, restartPolicy: Always}}\n  \
+             containers:\n  - name: app\n    image: registry.invalid/app:1\n    \
+             ports: [{{containerPort: 8080}}]\n"
+        ))
+        .expect("create the meshed pod");
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\n  namespace: {ns}\n  \
+             labels: {{app: orders}}\nspec:\n  nodeName: kd-pods-node\n  containers:\n  - name: app\n    \
+             image: registry.invalid/app:1\n    ports: [{{containerPort: 8080}}]\n"
+        ))
+        .expect("create the plain pod");
+    report_running(cluster, ns, "meshed", "10.244.3.10");
+    report_running(cluster, ns, "plain", "10.244.3.11");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
+        .expect("weft-control's kubeconfig");
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let cp = ControlPlane::start_with_env(
+        UNUSED_MESH,
+        &["--source", "kubernetes"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+    .expect("weft-control ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    watch
+        .until("both pods as endpoints", |w| {
+            w.addresses() == ["10.244.3.10:8080", "10.244.3.11:8080"]
+        })
+        .await;
+    let identity = |ip: &str| {
+        watch
+            .endpoints
+            .iter()
+            .find(|e| e.address.as_ref().is_some_and(|a| a.ip == ip))
+            .map(|e| (e.identity.clone(), e.state))
+            .expect("endpoint")
+    };
+    let ready = v1::EndpointState::Ready as i32;
+    assert_eq!(
+        identity("10.244.3.10"),
+        (format!("spiffe://cluster.local/ns/{ns}/sa/orders"), ready),
+        "the injected pod is called with mTLS as its ServiceAccount"
+    );
+    assert_eq!(
+        identity("10.244.3.11"),
+        (String::new(), ready),
+        "the uninjected pod is called in plaintext"
     );
 }
 
@@ -519,19 +783,46 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     )
     .await
     .expect("start weft-control with the TokenReview proof");
+    // A proxy of shop/orders with the token in `file`.
+    let orders_proxy = |file: &Path| {
+        let mut config = ProxyConfig::new();
+        config.extra = format!(
+            "node: {{namespace: {ns}, service_account: orders}}\nidentity:\n  \
+             trust_domain: cluster.local\n  token_file: \"{}\"\n  control_plane: \"{}\"\n",
+            file.display(),
+            cp.url()
+        );
+        config
+    };
     let token_file = dir.path().join("orders-token");
     std::fs::write(&token_file, &orders_token).expect("token file");
-    let mut config = ProxyConfig::new();
-    config.extra = format!(
-        "node: {{namespace: {ns}, service_account: orders}}\nidentity:\n  \
-         trust_domain: cluster.local\n  token_file: \"{}\"\n  control_plane: \"{}\"\n",
-        token_file.display(),
-        cp.url()
-    );
-    let proxy = WeftProxy::start_named("orders-proxy", config)
+    let proxy = WeftProxy::start_named("orders-proxy", orders_proxy(&token_file))
         .await
         .expect("the proxy gets a certificate with its pod's token and is ready");
     drop(proxy);
+
+    // The admin pod's token, claiming orders: refused, so no certificate.
+    let stolen_file = dir.path().join("stolen-token");
+    std::fs::write(&stolen_file, &admin_token).expect("token file");
+    let config = orders_proxy(&stolen_file);
+    let admin = config.admin;
+    let path = dir.path().join("impostor.yaml");
+    std::fs::write(&path, config.to_yaml()).expect("write config");
+    let cmd = weft_tests::proxy::proxy_command(&["run", "--config", &path.to_string_lossy()])
+        .expect("command");
+    let _impostor =
+        weft_tests::process::Process::spawn("impostor-proxy", cmd, dir.path()).expect("spawn");
+    eventually(STEP_DEADLINE, "a refused certificate request", || async {
+        let reply = weft_tests::admin::get(cp.admin, "/metrics").await.ok()?;
+        let denied = weft_tests::metrics::Metrics::parse(&reply.body)
+            .value("weft_control_certificates_total", &[("result", "denied")]);
+        (denied >= 1.0).then_some(())
+    })
+    .await;
+    let ready = weft_tests::admin::get(admin, "/ready")
+        .await
+        .expect("the impostor's admin port");
+    assert_eq!(ready.status, 503, "no certificate, not ready");
 
     // A bound token dies with its pod; kube-apiserver remembers a successful
     // authentication for 10 s, so the refusal may come only after that.
@@ -556,38 +847,4 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     verify(&r, &admin_token, &workload(ns, "admin"))
         .await
         .expect("the other pod's token still proves its account");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_of_its_own_serves_and_stops_with_nothing_left_behind() {
-    let Some(cluster) = Cluster::start("a_cluster_of_its_own_serves_and_stops").expect("start")
-    else {
-        return;
-    };
-    let version = cluster
-        .kubectl(&["version", "-o", "json"])
-        .expect("kubectl version");
-    let version: serde_json::Value = serde_json::from_str(&version).expect("json");
-    assert_eq!(version["serverVersion"]["gitVersion"], "v1.37.2");
-    let nodes = cluster
-        .kubectl(&["get", "nodes", "-o", "name"])
-        .expect("nodes");
-    assert_eq!(
-        nodes, "",
-        "no node: pods stay Pending unless a test runs them"
-    );
-
-    let pids = cluster.pids();
-    let dir = cluster.dir().to_path_buf();
-    assert_eq!(pids.len(), 4);
-    drop(cluster);
-    for pid in pids {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
-        assert_eq!(
-            nix::sys::signal::kill(pid, None),
-            Err(nix::errno::Errno::ESRCH),
-            "process {pid} outlived its cluster"
-        );
-    }
-    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
 }

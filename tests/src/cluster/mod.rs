@@ -11,8 +11,10 @@
 //!           kube-controller-manager       kube-scheduler      (both on 127.0.0.1)
 //! ```
 //!
-//! [`Cluster::start`] starts one for the caller, stopped on drop (SIGTERM in reverse
-//! start order, then SIGKILL; its directory removed). [`Cluster::shared`] is one
+//! Starting takes about 10 s and blocks the calling thread (use a multi-thread
+//! runtime in async tests). [`Cluster::start`] starts one for the caller, stopped on
+//! drop (SIGTERM in reverse start order, then SIGKILL; its directory removed).
+//! [`Cluster::shared`] is one
 //! cluster per test binary, started by the first test that asks; tests sharing it use
 //! namespaces of their own. Either way, a test process that dies without running drop
 //! (a shared cluster is never dropped) still stops its cluster: every component runs in
@@ -86,6 +88,10 @@ pub struct Cluster {
     /// stopped in reverse.
     processes: Vec<Process>,
     reaper: Option<Reaper>,
+    /// The cluster's process group (etcd's pid) and kube-apiserver's flags, to
+    /// restart it.
+    group: u32,
+    apiserver_args: Vec<String>,
     dir: TempDir,
 }
 
@@ -189,8 +195,7 @@ impl Cluster {
         processes.push(etcd);
         let reaper = Reaper::start(group, dir.path())?;
 
-        let mut apiserver = Command::new(bin("kube-apiserver"));
-        apiserver.args([
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_client_url}"),
             format!("--bind-address={bind}"),
             format!("--secure-port={}", api_addr.port()),
@@ -215,15 +220,18 @@ impl Cluster {
             "--enable-aggregator-routing=true".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
-        ]);
+        ];
         if dial.is_loopback() {
             // The `kubernetes` Service's endpoint would be a loopback address, which
             // EndpointSlices may not hold; nothing in the tests dials it then.
-            apiserver.arg("--endpoint-reconciler-type=none");
+            apiserver_args.push("--endpoint-reconciler-type=none".into());
         } else {
-            apiserver.arg(format!("--advertise-address={dial}"));
+            apiserver_args.push(format!("--advertise-address={dial}"));
         }
-        apiserver.process_group(group_id(group)?);
+        let mut apiserver = Command::new(bin("kube-apiserver"));
+        apiserver
+            .args(&apiserver_args)
+            .process_group(group_id(group)?);
         processes.push(Process::spawn("kube-apiserver", apiserver, &logs)?);
 
         let mut cluster = Cluster {
@@ -235,6 +243,8 @@ impl Cluster {
             started_in: Duration::ZERO,
             processes,
             reaper: Some(reaper),
+            group,
+            apiserver_args,
             dir,
         };
         let prober = probe::Prober::new(
@@ -364,6 +374,44 @@ impl Cluster {
             .iter()
             .map(|p| format!("----- {} -----\n{}", p.name(), tail(&p.output(), 15)))
             .collect()
+    }
+
+    /// Stops kube-apiserver (SIGTERM; SIGKILL after 3 s: while clients hold watches
+    /// it was seen still running 10 s after SIGTERM) and starts it again with the same flags and port,
+    /// returning once it is ready: every client's connections and watches break
+    /// meanwhile, and etcd keeps the state.
+    pub async fn restart_apiserver(&mut self) -> anyhow::Result<()> {
+        const APISERVER: usize = 1;
+        let restarted = Instant::now();
+        let old = &mut self.processes[APISERVER];
+        old.signal(nix::sys::signal::Signal::SIGTERM)?;
+        if old.wait_exit(Duration::from_secs(3)).await.is_err() {
+            eprintln!("cluster: kube-apiserver still draining watches after SIGTERM; killing it");
+        }
+        let mut cmd = Command::new(self.bin_dir.join("kube-apiserver"));
+        cmd.args(&self.apiserver_args)
+            .process_group(group_id(self.group)?);
+        let logs = self.dir.path().join("logs");
+        // Replacing the old Process drops it, which kills it if it still runs.
+        self.processes[APISERVER] = Process::spawn("kube-apiserver-restarted", cmd, &logs)?;
+        let prober = probe::Prober::new(
+            &self.pki.ca_der,
+            &self.pki.admin_der.0,
+            &self.pki.admin_der.1,
+        )?;
+        let addr = self.api_addr;
+        self.wait_for(
+            &prober,
+            "kube-apiserver (restarted)",
+            addr,
+            "/readyz",
+            restarted + START_LIMIT,
+        )?;
+        eprintln!(
+            "cluster: kube-apiserver restarted and ready in {:.1} s",
+            restarted.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     /// `https://<address>:<port>` of kube-apiserver.
