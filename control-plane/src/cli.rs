@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::bootstrap::SecretRef;
+use crate::bootstrap::injector::InjectorBootstrap;
 use crate::identity::ca::CertificateAuthority;
 use crate::identity::proof::{IdentityProof, LocalTokens, Workload};
 use crate::identity::token_review::TokenReviewer;
@@ -66,6 +68,28 @@ pub struct IdentityArgs {
     /// The issuing CA's private key (PEM, PKCS#8).
     #[arg(long, value_name = "FILE", env = "WEFT_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// Read the issuing CA from this Kubernetes Secret (`NAMESPACE/NAME`; `tls.crt`,
+    /// `tls.key` in PKCS#8, `ca.crt` the root, as cert-manager writes them) through
+    /// the API. When it does not exist, a development CA is generated and stored in
+    /// it, and every replica uses that one.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        env = "WEFT_CA_SECRET",
+        conflicts_with = "ca_cert"
+    )]
+    pub ca_secret: Option<SecretRef>,
+    /// With --ca-secret, whether a missing Secret gets a development CA. `false`
+    /// makes it an error instead, so a CA that cert-manager has yet to issue is
+    /// never raced by a development one.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "WEFT_GENERATE_DEV_CA",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub generate_dev_ca: bool,
     /// The root certificate (PEM) when --ca-cert is an intermediate below it (e.g.
     /// `ca.crt` of a cert-manager Secret): proxies trust this root, and the
     /// intermediates go out with every certificate.
@@ -184,8 +208,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl IdentityArgs {
     pub async fn build(&self) -> anyhow::Result<IdentityConfig> {
-        let ca = match (&self.ca_cert, &self.ca_key) {
-            (Some(cert), Some(key)) => CertificateAuthority::from_files_with_root(
+        let ca = match (&self.ca_secret, &self.ca_cert, &self.ca_key) {
+            (Some(at), _, _) => {
+                let client = kube::Client::try_default()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
+                crate::bootstrap::identity_ca(&client, at, self.cert_lifetime, self.generate_dev_ca)
+                    .await?
+            }
+            (None, Some(cert), Some(key)) => CertificateAuthority::from_files_with_root(
                 cert,
                 key,
                 self.ca_root.as_deref(),
@@ -211,6 +242,54 @@ impl IdentityArgs {
             ca: Arc::new(ca),
             proof: self.proof.build(&self.state_dir).await?,
             trust_domain: self.trust_domain.clone(),
+        })
+    }
+}
+
+/// The injector's certificate and the webhook's caBundle, made and kept by the
+/// control plane (see [`crate::bootstrap::injector`]).
+#[derive(Debug, clap::Args)]
+pub struct InjectorArgs {
+    /// The injector's serving-certificate Secret (`NAMESPACE/NAME`), created with a
+    /// certificate for --injector-service when it does not exist.
+    #[arg(long, value_name = "NAMESPACE/NAME", env = "WEFT_INJECTOR_SECRET")]
+    pub injector_secret: Option<SecretRef>,
+    /// The injector's Service in that namespace: the certificate is for
+    /// <service>.<namespace>.svc.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "WEFT_INJECTOR_SERVICE",
+        default_value = "weft-injector"
+    )]
+    pub injector_service: String,
+    /// A MutatingWebhookConfiguration whose webhooks' caBundle is kept equal to the
+    /// injector Secret's `ca.crt`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "WEFT_INJECTOR_WEBHOOK",
+        requires = "injector_secret"
+    )]
+    pub injector_webhook: Option<String>,
+    /// How often the Secret and the caBundle are checked again, e.g. 30s.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "WEFT_INJECTOR_RECHECK",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub injector_recheck: Duration,
+}
+
+impl InjectorArgs {
+    fn bootstrap(&self) -> Option<InjectorBootstrap> {
+        Some(InjectorBootstrap {
+            secret: self.injector_secret.clone()?,
+            service: self.injector_service.clone(),
+            webhook: self.injector_webhook.clone(),
+            recheck: self.injector_recheck,
         })
     }
 }
@@ -244,6 +323,8 @@ pub struct ServeArgs {
     pub admin: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub injector: InjectorArgs,
     /// Serve the gRPC API over TLS, with a certificate from the mesh CA (DNS names
     /// --tls-name, IP 127.0.0.1, ::1 and the --grpc address). Proxies then use
     /// `https://` and trust the CA's root (<state-dir>/ca.pem for the development
@@ -318,6 +399,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin: args.admin,
     };
     let identity = args.identity.build().await?;
+    // Beside serving, for the life of the process; the API client is cheap to clone.
+    let _injector_bootstrap = match args.injector.bootstrap() {
+        Some(bootstrap) => {
+            let client = match &source {
+                ChosenSource::Kubernetes(client) => client.clone(),
+                ChosenSource::File(_) => kube::Client::try_default()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?,
+            };
+            Some(AbortOnDrop(tokio::spawn(bootstrap.run(client))))
+        }
+        None => None,
+    };
     let mut server = Server::bind(&config).await?;
     if args.grpc_tls {
         let mut ips = vec![
@@ -347,6 +441,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::info!(path = %mesh.display(), "source: file");
             server.run(FileSource::new(mesh), shutdown_signal()).await
         }
+    }
+}
+
+/// Stops a background task when the serving ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

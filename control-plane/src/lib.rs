@@ -5,6 +5,7 @@
 //! [`metrics`] observe. [`server`] wires them together and [`cli`] is the binary.
 
 pub mod admin;
+pub mod bootstrap;
 pub mod cli;
 pub mod demo;
 pub mod discovery;

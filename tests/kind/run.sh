@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# End-to-end test of Weft on a local kind cluster. Needs docker, kind, kubectl,
-# openssl and curl; CI cannot run it (no Docker there).
+# End-to-end test of Weft on a local kind cluster: what the test crate checks
+# against its own apiserver (tests/tests/bootstrap.rs, tests/tests/kubernetes.rs),
+# with real nodes, images and pods. Needs docker (a running engine), kind, kubectl
+# and curl; CI cannot run it (no Docker there).
 #
-#   tests/kind/run.sh              create the cluster, test, delete the cluster
+#   tests/kind/run.sh                  create the cluster, test, delete the cluster
 #   KEEP_CLUSTER=1 tests/kind/run.sh   leave the cluster up for a look afterwards
 #
-# Steps: build the four images and load them into the nodes; make the webhook's
-# serving certificate and the mesh CA; install deploy/k8s and set the webhook's
-# caBundle; install a Prometheus with Weft's scrape jobs; install the checkout
-# example (namespace labelled weft.io/inject=enabled); check every pod got the
-# proxy; send traffic to web; check the proxies count it as mTLS
-# (weft_requests_total{tls="true"}) and that Prometheus scrapes every sidecar.
+# Steps: build the four images and load them into the nodes; `kubectl apply -k
+# deploy/k8s` with nothing made by hand before it; check that weft-control created
+# the mesh CA (a development CA) and the webhook's certificate and set the caBundle;
+# install a Prometheus with Weft's scrape jobs; install the checkout example
+# (namespace labelled weft.io/inject=enabled); check every pod got the proxy; send
+# traffic to web; check that orders' and users' proxies took web's requests over
+# mTLS with web's identity (weft_inbound_requests_by_peer_total{tls="true",
+# peer_identity=".../sa/web"}) and that Prometheus scrapes every sidecar.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cluster=${KIND_CLUSTER:-weft}
 tag=${WEFT_TAG:-0.1.0}
 requests=${REQUESTS:-50}
-web_path=${WEB_PATH:-/}
+# GET /profile/{user} makes web call users and orders.
+web_path=${WEB_PATH:-/profile/1}
 local_port=${LOCAL_PORT:-18080}
 
 log() { printf '\n== %s\n' "$*"; }
@@ -26,7 +31,7 @@ fail() {
     exit 1
 }
 
-for tool in docker kind kubectl openssl curl; do
+for tool in docker kind kubectl curl; do
     command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed"
 done
 
@@ -97,46 +102,34 @@ for target in control proxy proxy-init examples; do
     kind load docker-image --name "$cluster" "$image"
 done
 
-log "certificates"
-# Webhook: a CA the API server trusts through caBundle, and a serving certificate
-# for the Service's DNS name.
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=weft-injector-ca" \
-    -keyout "$work/webhook-ca.key" -out "$work/webhook-ca.crt" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=weft-injector.weft-system.svc" \
-    -keyout "$work/webhook.key" -out "$work/webhook.csr" 2>/dev/null
-printf 'subjectAltName=DNS:weft-injector.weft-system.svc,DNS:weft-injector.weft-system.svc.cluster.local\nextendedKeyUsage=serverAuth\n' >"$work/webhook.ext"
-openssl x509 -req -in "$work/webhook.csr" -CA "$work/webhook-ca.crt" -CAkey "$work/webhook-ca.key" \
-    -CAcreateserial -days 2 -extfile "$work/webhook.ext" -out "$work/webhook.crt" 2>/dev/null
-# The mesh's CA (identity), shared by the control plane replicas, shaped as
-# cert-manager makes it: a root (ca.crt) and an issuing intermediate below it
-# (tls.crt, with its PKCS#8 key in tls.key). Proxies trust the root.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/O=weft/CN=weft mesh root CA" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    -keyout "$work/mesh-root.key" -out "$work/mesh-root.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/O=weft/CN=weft mesh issuing CA" \
-    -keyout "$work/mesh-ca.key" -out "$work/mesh-ca.csr" 2>/dev/null
-printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n' >"$work/mesh-ca.ext"
-openssl x509 -req -in "$work/mesh-ca.csr" -CA "$work/mesh-root.crt" -CAkey "$work/mesh-root.key" \
-    -CAcreateserial -days 2 -extfile "$work/mesh-ca.ext" -out "$work/mesh-ca.crt" 2>/dev/null
-
-kubectl apply -f "$repo/deploy/k8s/namespace.yaml"
-kubectl -n weft-system create secret tls weft-injector-tls \
-    --cert "$work/webhook.crt" --key "$work/webhook.key" --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n weft-system create secret generic weft-identity-ca --type=kubernetes.io/tls \
-    --from-file=tls.crt="$work/mesh-ca.crt" --from-file=tls.key="$work/mesh-ca.key" \
-    --from-file=ca.crt="$work/mesh-root.crt" --dry-run=client -o yaml | kubectl apply -f -
-
-log "control plane and injector"
+log "control plane and injector: kubectl apply -k deploy/k8s, nothing before it"
 kubectl apply -k "$repo/deploy/k8s"
-ca_bundle=$(base64 <"$work/webhook-ca.crt" | tr -d '\n')
-kubectl patch mutatingwebhookconfiguration weft-injector --type=json -p "[
-  {\"op\": \"add\", \"path\": \"/webhooks/0/clientConfig/caBundle\", \"value\": \"$ca_bundle\"},
-  {\"op\": \"add\", \"path\": \"/webhooks/1/clientConfig/caBundle\", \"value\": \"$ca_bundle\"}
-]"
-kubectl -n weft-system rollout status deployment/weft-injector --timeout=180s
 kubectl -n weft-system rollout status deployment/weft-control --timeout=180s
+
+log "weft-control's bootstrap"
+# Both Secrets exist, made by weft-control (no operator CA was given, so the mesh
+# CA is a development CA), and both webhooks carry the injector Secret's ca.crt.
+for secret in weft-identity-ca weft-injector-tls; do
+    maker=$(kubectl -n weft-system get secret "$secret" -o jsonpath='{.metadata.labels.weft\.io/generated-by}') ||
+        fail "Secret weft-system/$secret was not created"
+    [[ "$maker" == weft-control ]] || fail "Secret $secret is labelled generated-by='$maker'"
+    echo "Secret $secret created by $maker"
+done
+injector_ca=$(kubectl -n weft-system get secret weft-injector-tls -o jsonpath='{.data.ca\.crt}')
+[[ -n "$injector_ca" ]] || fail "Secret weft-injector-tls has no ca.crt"
+ca_bundles_set() {
+    local bundles
+    bundles=$(kubectl get mutatingwebhookconfiguration weft-injector \
+        -o jsonpath='{range .webhooks[*]}{.clientConfig.caBundle}{"\n"}{end}')
+    [[ $(grep -cxF -- "$injector_ca" <<<"$bundles") -eq 2 ]]
+}
+wait_for 60 ca_bundles_set || fail "the webhooks' caBundle is not the injector Secret's ca.crt"
+echo "caBundle set on both webhooks"
+kubectl -n weft-system logs deployment/weft-control | grep -q 'DEVELOPMENT CA' ||
+    fail "weft-control did not warn about the development CA"
+# The injector waits for the kubelet to deliver the Secrets it mounts (up to a
+# minute after they were created).
+kubectl -n weft-system rollout status deployment/weft-injector --timeout=300s
 
 log "prometheus"
 kubectl apply -f "$repo/tests/kind/prometheus.yaml"
@@ -182,20 +175,24 @@ echo "$ok/$requests requests succeeded"
 ((ok == requests)) || fail "$((requests - ok)) requests failed"
 
 log "mTLS between the proxies"
-# Sums weft_requests_total samples with tls="true" in one proxy's /metrics, read
-# through the API server's pod proxy (no port-forward, no tools in the image).
-tls_requests() {
+# Sums, in one proxy's /metrics (read through the API server's pod proxy: no
+# port-forward, no tools in the image), the inbound requests that came over mTLS
+# from web's identity.
+web_id="spiffe://cluster.local/ns/checkout/sa/web"
+mtls_from_web() {
     kubectl get --raw "/api/v1/namespaces/checkout/pods/$1:7191/proxy/metrics" |
-        awk '/^weft_requests_total\{/ && /tls="true"/ { sum += $NF } END { printf "%d\n", sum }'
+        awk -v id="peer_identity=\"$web_id\"" \
+            '/^weft_inbound_requests_by_peer_total\{/ && /tls="true"/ && index($0, id) { sum += $NF }
+             END { printf "%d\n", sum }'
 }
-for svc in web orders; do
+for svc in orders users; do
     total=0
     for pod in $(kubectl -n checkout get pods -l "app.kubernetes.io/name=$svc" -o jsonpath='{.items[*].metadata.name}'); do
-        count=$(tls_requests "$pod") || fail "cannot read $pod's proxy metrics"
+        count=$(mtls_from_web "$pod") || fail "cannot read $pod's proxy metrics"
         total=$((total + count))
     done
-    echo "$svc: $total requests over mTLS"
-    ((total > 0)) || fail "$svc's proxies counted no mTLS requests"
+    echo "$svc: $total requests from web over mTLS"
+    ((total > 0)) || fail "$svc's proxies counted no mTLS requests from $web_id"
 done
 
 log "prometheus scrapes every sidecar"
@@ -206,8 +203,8 @@ scraped() {
     [[ -n "$up" ]] && ((up >= pod_count))
 }
 wait_for 120 scraped || fail "Prometheus does not scrape every sidecar"
-mtls=$(prom_query 'sum(weft_requests_total{tls="true"})')
-echo "  weft_requests_total{tls=\"true\"} in Prometheus: ${mtls:-none}"
+mtls=$(prom_query 'sum(weft_inbound_requests_by_peer_total{tls="true"})')
+echo "  weft_inbound_requests_by_peer_total{tls=\"true\"} in Prometheus: ${mtls:-none}"
 [[ -n "$mtls" && "$mtls" != 0 ]] || fail "Prometheus has no mTLS request counts"
 
 log "PASS"

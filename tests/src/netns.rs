@@ -334,6 +334,8 @@ impl Node {
             .env("NO_COLOR", "1")
             .env_remove("WEFT_CA_CERT")
             .env_remove("WEFT_CA_KEY")
+            .env_remove("WEFT_CA_SECRET")
+            .env_remove("WEFT_INJECTOR_SECRET")
             .env_remove("WEFT_STATE_DIR");
         let mut process = Process::spawn("weft-control", cmd, self.dir.path())?;
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 7990));

@@ -524,3 +524,115 @@ impl Drop for Reap {
         }
     }
 }
+
+/// A free loopback port for a child process to bind.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+/// On a first install the kubelet fills the injector's optional Secret volumes only
+/// after weft-control created the Secrets: `weftctl webhook` waits for the files
+/// (WEFT_WEBHOOK_WAIT_SECONDS), then serves with them; without the wait, a missing
+/// file fails at once, naming it.
+#[test]
+fn weftctl_webhook_waits_for_its_secrets_to_be_delivered() {
+    use std::process::{Command, Stdio};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("webhook-wait");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tls_dir, anchors_dir) = (dir.join("tls"), dir.join("trust-anchors"));
+    std::fs::create_dir_all(&anchors_dir).expect("dir");
+    let anchors = anchors_dir.join("ca.crt");
+    let port = free_port();
+    let command = |wait: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weftctl"));
+        cmd.args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(tls_dir.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(tls_dir.join("tls.key"))
+            .env("WEFT_TRUST_ANCHORS_FILE", &anchors)
+            .env("WEFT_WEBHOOK_WAIT_SECONDS", wait)
+            .env("NO_COLOR", "1");
+        cmd
+    };
+
+    let out = command("0").output().expect("weftctl runs");
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&anchors.display().to_string()) && stderr.contains("No such file"),
+        "{stderr}"
+    );
+
+    let log = dir.join("weftctl.log");
+    let child = command("60")
+        .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("weftctl webhook starts");
+    let mut child = Reap(Some(child));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let waiting = runtime.block_on(async {
+        for _ in 0..200 {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if logged.contains("waiting for the kubelet") {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(waiting, "no word of waiting within 10 s");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "it listens before it has a certificate"
+    );
+    let ca = write_cert(&tls_dir);
+    std::fs::copy(common::golden_trust_anchors(), &anchors).expect("trust anchors");
+
+    let server = Server {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        ca,
+        stop: None,
+        task: runtime.spawn(async {}),
+    };
+    // The wait looks every second; bounded polling for the listener.
+    let ready = runtime.block_on(async {
+        for _ in 0..200 {
+            if TcpStream::connect(server.addr).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(
+        ready,
+        "weftctl webhook did not listen within 10 s of the files"
+    );
+    let (pod, _) = golden_pod();
+    let injected = apply(&runtime.block_on(server.review(false, pod.clone())), pod);
+    let anchors_text = std::fs::read_to_string(&anchors).expect("anchors");
+    let proxy = injected["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .find(|c| c["name"] == "weft-proxy")
+        .expect("the proxy was injected");
+    let env_anchors = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "WEFT_TRUST_ANCHORS")
+        .map(|e| e["value"].clone());
+    assert_eq!(
+        env_anchors,
+        Some(json!(anchors_text)),
+        "the delivered trust anchors"
+    );
+    drop(child.0.take().map(|mut c| {
+        let _ = c.kill();
+        c.wait()
+    }));
+}

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use weft_api::spiffe::SpiffeId;
 
@@ -24,6 +24,8 @@ const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
 /// Leaves start a little in the past so a peer whose clock lags accepts them.
 const BACKDATE: Duration = Duration::from_secs(60);
+/// The subject CN of a development root, in a state directory or a Secret.
+pub const DEVELOPMENT_CA_NAME: &str = "Weft development CA";
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,7 @@ impl std::fmt::Debug for CertificateAuthority {
 pub fn generate_root(common_name: &str) -> anyhow::Result<(String, String)> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating the CA key")?;
     let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
@@ -120,7 +123,7 @@ impl CertificateAuthority {
         if !cert_path.exists() {
             std::fs::create_dir_all(state_dir)
                 .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-            let (cert, key) = generate_root("Weft development CA")?;
+            let (cert, key) = generate_root(DEVELOPMENT_CA_NAME)?;
             // The key is published first and the certificate last, so whoever sees the
             // certificate finds its key beside it.
             if crate::identity::publish(&key_path, &key, true)? {
@@ -308,6 +311,11 @@ impl CertificateAuthority {
         let now = SystemTime::now();
         let not_after = now + self.lifetime;
         let mut params = CertificateParams::default();
+        // No subject, as Istio's workload certificates: the SPIFFE ID in the SAN is
+        // the identity, a CN could not hold a long one (64 characters at most), and
+        // with an empty subject the SAN extension is marked critical (RFC 5280
+        // §4.2.1.6).
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names =
             vec![SanType::URI(uri.clone().try_into().map_err(
                 |e: rcgen::Error| IssueError::WrongNames(e.to_string()),
@@ -355,9 +363,13 @@ impl CertificateAuthority {
         let first = dns
             .first()
             .context("the serving certificate needs a DNS name")?;
+        params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::CommonName, first.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Weft");
         params.subject_alt_names = dns
             .iter()
             .map(|name| {
@@ -670,6 +682,69 @@ mod tests {
         let err =
             CertificateAuthority::from_pem(&root, sec1, Duration::from_secs(60)).expect_err("sec1");
         assert!(format!("{err:#}").contains("PKCS#8"), "{err:#}");
+    }
+
+    /// (subject RDNs as (attribute OID, value), whether the SAN extension is critical)
+    /// of a PEM certificate, as x509-parser reads them.
+    fn subject_and_san_criticality(pem: &str) -> (Vec<(String, String)>, Option<bool>) {
+        let der = rustls_pem_der(pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let subject = cert
+            .subject()
+            .iter_attributes()
+            .map(|a| {
+                (
+                    a.attr_type().to_id_string(),
+                    a.as_str().expect("printable").to_string(),
+                )
+            })
+            .collect();
+        let san = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME)
+            .map(|e| e.critical);
+        (subject, san)
+    }
+
+    const CN: &str = "2.5.4.3";
+    const O: &str = "2.5.4.10";
+
+    #[test]
+    fn certificates_have_weft_subjects_not_rcgens_default() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca =
+            CertificateAuthority::development(dir.path(), Duration::from_secs(60)).expect("ca");
+        let (root, _) = subject_and_san_criticality(ca.root_pem());
+        assert_eq!(
+            root,
+            [
+                (CN.to_string(), "Weft development CA".to_string()),
+                (O.to_string(), "Weft".to_string())
+            ]
+        );
+        // A leaf names nothing in its subject: the SPIFFE ID is the critical SAN.
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/orders").expect("id");
+        let issued = ca.issue(&csr_for(&[&id.to_string()]), &id).expect("issued");
+        let (leaf, san_critical) = subject_and_san_criticality(&issued.chain_pem[0]);
+        assert!(leaf.is_empty(), "leaf subject: {leaf:?}");
+        assert_eq!(san_critical, Some(true));
+        let (server, _) = ca
+            .issue_server(
+                &["weft-control.weft-system.svc".into()],
+                &[],
+                Duration::from_secs(60),
+            )
+            .expect("serving cert");
+        let (server, san_critical) = subject_and_san_criticality(&server);
+        assert_eq!(
+            server,
+            [
+                (CN.to_string(), "weft-control.weft-system.svc".to_string()),
+                (O.to_string(), "Weft".to_string())
+            ]
+        );
+        assert_eq!(san_critical, Some(false));
     }
 
     fn rustls_pem_der(pem: &str) -> Vec<u8> {

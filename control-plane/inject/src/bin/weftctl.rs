@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +47,17 @@ enum Command {
             default_value = "/etc/weft/webhook/tls.key"
         )]
         tls_key: PathBuf,
+        /// Wait up to this many seconds for the certificate, key and trust-anchor
+        /// files to appear before starting. On a first install the control plane
+        /// creates their Secrets, and the kubelet fills the (optional) volumes a
+        /// little after the injector started.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            env = "WEFT_WEBHOOK_WAIT_SECONDS",
+            default_value_t = 0
+        )]
+        wait_for_files: u64,
         #[command(flatten)]
         inject: InjectArgs,
     },
@@ -152,8 +164,15 @@ fn main() -> ExitCode {
             listen,
             tls_cert,
             tls_key,
+            wait_for_files,
             inject,
-        } => run_webhook(listen, tls_cert, tls_key, inject),
+        } => run_webhook(
+            listen,
+            tls_cert,
+            tls_key,
+            Duration::from_secs(wait_for_files),
+            inject,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,6 +234,7 @@ fn run_webhook(
     listen: SocketAddr,
     cert: PathBuf,
     key: PathBuf,
+    wait: Duration,
     args: InjectArgs,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -223,6 +243,9 @@ fn run_webhook(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let mut files = vec![cert.clone(), key.clone()];
+    files.extend(args.trust_anchors.clone());
+    wait_for_files(&files, wait);
     let injector = Arc::new(Injector::new(args.config()?));
     if injector.config().trust_anchors.is_none() {
         tracing::warn!("{NO_TRUST_ANCHORS}");
@@ -238,6 +261,28 @@ fn run_webhook(
         tracing::info!("weft injector webhook stopped");
         Ok(())
     })
+}
+
+/// Returns once every file exists or `wait` has passed (what is still missing then
+/// fails where it is read, with its name). Says what it waits for every 30 s.
+fn wait_for_files(files: &[PathBuf], wait: Duration) {
+    let started = Instant::now();
+    let mut said: Option<Instant> = None;
+    loop {
+        let missing: Vec<_> = files.iter().filter(|f| !f.exists()).collect();
+        if missing.is_empty() || started.elapsed() >= wait {
+            return;
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::info!(
+                ?missing,
+                "waiting for the kubelet to deliver the injector's Secrets (weft-control \
+                 creates them on a first install)"
+            );
+            said = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// SIGTERM (the kubelet) or Ctrl-C.
