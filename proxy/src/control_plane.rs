@@ -20,7 +20,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE`) or PEM text in the environment
 /// (`WEFT_TRUST_ANCHORS`, which the injector writes into the pod spec).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrustAnchors {
+pub(crate) enum TrustAnchors {
     File(PathBuf),
     Pem(String),
 }
@@ -35,7 +35,7 @@ impl TrustAnchors {
     }
 
     /// The certificates, parsed; an error names the source.
-    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+    pub(crate) fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
         let origin = self.origin();
         let certs: Vec<CertificateDer<'static>> = match self {
             TrustAnchors::File(path) => CertificateDer::pem_file_iter(path)
@@ -54,7 +54,7 @@ impl TrustAnchors {
 }
 
 /// A TLS client config trusting `anchors`.
-pub fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     for cert in anchors.certificates()? {
         roots
@@ -72,7 +72,7 @@ pub fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String
 }
 
 /// Connects lazily; `https://` needs `tls`.
-pub fn connect_lazy(
+pub(crate) fn connect_lazy(
     endpoint: Endpoint,
     tls: Option<&Arc<ClientConfig>>,
 ) -> Result<Channel, String> {

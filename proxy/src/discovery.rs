@@ -19,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use weft_api::v1;
 use weft_api::v1::discovery_client::DiscoveryClient;
 
+use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::{Service, SnapshotStore};
 
@@ -31,7 +32,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Dest {
+pub(crate) enum Dest {
     Name(String),
     Vip(SocketAddr),
 }
@@ -55,21 +56,23 @@ struct Subscription {
     key: Mutex<Option<String>>,
 }
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     channel: Channel,
     node: v1::Node,
     store: SnapshotStore,
     metrics: Metrics,
+    stats: Arc<Registry>,
     subs: Mutex<HashMap<Dest, Arc<Subscription>>>,
     version: AtomicU64,
 }
 
 impl Discovery {
-    pub fn new(
+    pub(crate) fn new(
         addr: &str,
         node: v1::Node,
         store: SnapshotStore,
         metrics: Metrics,
+        stats: Arc<Registry>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Arc<Discovery>, String> {
         let endpoint = Endpoint::from_shared(addr.to_string())
@@ -84,6 +87,7 @@ impl Discovery {
             node,
             store,
             metrics,
+            stats,
             subs: Mutex::new(HashMap::new()),
             version: AtomicU64::new(version),
         }))
@@ -91,7 +95,7 @@ impl Discovery {
 
     /// Subscribes to `dest` if not yet subscribed, and waits (up to `wait`) until its
     /// first update has been applied. Returns whether it is synced.
-    pub async fn resolve(self: &Arc<Self>, dest: Dest, wait: Duration) -> bool {
+    pub(crate) async fn resolve(self: &Arc<Self>, dest: Dest, wait: Duration) -> bool {
         let mut synced = match self.subscribe(dest) {
             Some(rx) => rx,
             None => return false,
@@ -106,7 +110,7 @@ impl Discovery {
     }
 
     /// Starts watching `dest`; returns its sync flag, or None when at the cap.
-    pub fn subscribe(self: &Arc<Self>, dest: Dest) -> Option<watch::Receiver<bool>> {
+    pub(crate) fn subscribe(self: &Arc<Self>, dest: Dest) -> Option<watch::Receiver<bool>> {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sub) = subs.get(&dest) {
             return Some(sub.synced.subscribe());
@@ -211,9 +215,9 @@ impl Discovery {
                 let current = self.store.load().by_key(&key).cloned();
                 let current = current
                     .ok_or_else(|| format!("delta for {key}, which this proxy does not hold"))?;
-                current.apply_delta(update, delta, &self.metrics)
+                current.apply_delta(update, delta, &self.metrics, &self.stats)
             }
-            _ => Service::from_update(update, &self.metrics),
+            _ => Service::from_update(update, &self.metrics, &self.stats),
         }
         .map_err(|e| e.to_string())?;
         let svc = Arc::new(svc);

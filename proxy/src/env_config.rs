@@ -44,9 +44,9 @@ use crate::identity::certify::Token;
 use crate::identity::policy::InboundPolicy;
 use crate::ports::PortSet;
 
-pub const DEFAULT_OUTBOUND_PORT: u16 = 7140;
-pub const DEFAULT_INBOUND_PORT: u16 = 7143;
-pub const DEFAULT_ADMIN_PORT: u16 = 7191;
+pub(crate) const DEFAULT_OUTBOUND_PORT: u16 = 7140;
+pub(crate) const DEFAULT_INBOUND_PORT: u16 = 7143;
+pub(crate) const DEFAULT_ADMIN_PORT: u16 = 7191;
 
 impl Config {
     /// The config from this process's environment.
@@ -56,7 +56,9 @@ impl Config {
 
     /// The config from variables `lookup` gives; an unset or blank variable is
     /// absent. Errors name the variable.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub(crate) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::{self, ProxyError, is_grpc};
@@ -22,16 +23,15 @@ use crate::identity::policy::TlsMode;
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
-use crate::metrics::ServiceMetrics;
+use crate::metrics::{Direction, ServiceMetrics};
 use crate::ports::PortSet;
-use crate::state::{now_nanos, since};
 use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
 /// sends under this name is a forgery and is dropped.
-pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
+pub(crate) const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
 
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// A fixed app address; None under transparent capture, where each connection
     /// goes to the port it was originally sent to.
     app: Option<SocketAddr>,
@@ -77,7 +77,7 @@ impl Peer {
 
 impl Inbound {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         app: Option<SocketAddr>,
         pool: Pool,
         metrics: Arc<ServiceMetrics>,
@@ -99,7 +99,7 @@ impl Inbound {
         })
     }
 
-    pub async fn serve_conn(self: Arc<Self>, io: Conn) {
+    pub(crate) async fn serve_conn(self: Arc<Self>, io: Conn) {
         let Some(app) = self
             .app
             .or_else(|| crate::capture::orig_dst::inbound_app(io.get_ref()))
@@ -197,7 +197,7 @@ impl Inbound {
         } else {
             identity
                 .metrics
-                .handshake("inbound", Some(&HandshakeFailure::Plaintext));
+                .handshake(Direction::Inbound, Some(&HandshakeFailure::Plaintext));
             tracing::debug!(port, "plaintext refused in strict mode");
         }
     }

@@ -44,67 +44,114 @@ struct Inner {
     overloaded: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
-    services: Mutex<HashMap<(String, String), Arc<ServiceMetrics>>>,
-    /// Per-endpoint and per-service state that outlives snapshots. It lives here
-    /// because every place that builds a snapshot already holds the metrics.
-    state: crate::state::Registry,
+    services: Mutex<HashMap<(Direction, String), Arc<ServiceMetrics>>>,
+}
+
+/// Which side of the proxy traffic is on, as the `direction` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Direction {
+    /// From the local app to the mesh.
+    Outbound,
+    /// From the mesh to the local app.
+    Inbound,
+}
+
+impl Direction {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Which concurrency limit turned a request away, as the `limit` label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limit {
+    Connections,
+    Pending,
+    Active,
+    Retries,
+}
+
+impl Limit {
+    const ALL: [Limit; 4] = [
+        Limit::Connections,
+        Limit::Pending,
+        Limit::Active,
+        Limit::Retries,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Pending => "pending",
+            Limit::Active => "active",
+            Limit::Retries => "retries",
+        }
+    }
 }
 
 /// Per (direction, service) handles.
-pub struct ServiceMetrics {
+pub(crate) struct ServiceMetrics {
     by_class: [IntCounter; 5],
-    pub duration: Histogram,
+    pub(crate) duration: Histogram,
     errors: IntCounterVec,
     /// Endpoints of this service ejected now.
-    pub ejected: IntGauge,
-    pub ejections: IntCounter,
-    /// Requests turned away by a concurrency limit, by `breaker::Limit`.
+    pub(crate) ejected: IntGauge,
+    pub(crate) ejections: IntCounter,
+    /// Requests turned away by a concurrency limit, by `Limit`.
     overloaded: [IntCounter; 4],
-    pub retries: IntCounter,
+    pub(crate) retries: IntCounter,
     /// Retries not made because the budget or the concurrent-retry limit said no.
-    pub retries_refused: IntCounter,
-    direction: String,
+    pub(crate) retries_refused: IntCounter,
+    direction: Direction,
     service: String,
 }
 
 impl std::fmt::Debug for ServiceMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceMetrics({}, {})", self.direction, self.service)
+        write!(
+            f,
+            "ServiceMetrics({}, {})",
+            self.direction.label(),
+            self.service
+        )
     }
 }
 
 impl ServiceMetrics {
-    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+    pub(crate) fn record(&self, status: u16, elapsed: std::time::Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn overloaded(&self, limit: crate::breaker::Limit) {
+    pub(crate) fn overloaded(&self, limit: Limit) {
         self.overloaded[limit as usize].inc();
     }
 
     /// Counts an error the proxy answered itself, by the reason in `weft-error`.
-    pub fn proxy_error(&self, reason: &str) {
+    pub(crate) fn proxy_error(&self, reason: &str) {
         self.errors
-            .with_label_values(&[self.direction.as_str(), self.service.as_str(), reason])
+            .with_label_values(&[self.direction.label(), self.service.as_str(), reason])
             .inc();
     }
 }
 
 /// Per-listener connection handles.
 #[derive(Clone)]
-pub struct ConnMetrics {
-    pub open: IntGauge,
-    pub opened: IntCounter,
-    pub closed: IntCounter,
-    pub rejected: IntCounter,
-    pub bytes_read: IntCounter,
-    pub bytes_written: IntCounter,
+pub(crate) struct ConnMetrics {
+    pub(crate) open: IntGauge,
+    pub(crate) opened: IntCounter,
+    pub(crate) closed: IntCounter,
+    pub(crate) rejected: IntCounter,
+    pub(crate) bytes_read: IntCounter,
+    pub(crate) bytes_written: IntCounter,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)
@@ -263,14 +310,13 @@ impl Metrics {
                 retries,
                 retries_refused,
                 services: Mutex::new(HashMap::new()),
-                state: crate::state::Registry::default(),
             }),
         }
     }
 
     /// Handles for one service in one direction; cached so snapshots share them.
-    pub fn service(&self, direction: &str, service: &str) -> Arc<ServiceMetrics> {
-        let key = (direction.to_string(), service.to_string());
+    pub(crate) fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
+        let key = (direction, service.to_string());
         let mut cache = self
             .inner
             .services
@@ -280,26 +326,30 @@ impl Metrics {
             .entry(key)
             .or_insert_with(|| {
                 let i = &self.inner;
+                let direction_label = direction.label();
                 Arc::new(ServiceMetrics {
-                    by_class: STATUS_CLASSES
-                        .map(|class| i.requests.with_label_values(&[direction, service, class])),
-                    duration: i.duration.with_label_values(&[direction, service]),
+                    by_class: STATUS_CLASSES.map(|class| {
+                        i.requests
+                            .with_label_values(&[direction_label, service, class])
+                    }),
+                    duration: i.duration.with_label_values(&[direction_label, service]),
                     errors: i.proxy_errors.clone(),
                     ejected: i.ejected.with_label_values(&[service]),
                     ejections: i.ejections.with_label_values(&[service]),
-                    overloaded: ["connections", "pending", "active", "retries"]
-                        .map(|limit| i.overloaded.with_label_values(&[service, limit])),
+                    overloaded: Limit::ALL
+                        .map(|limit| i.overloaded.with_label_values(&[service, limit.label()])),
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
-                    direction: direction.to_string(),
+                    direction,
                     service: service.to_string(),
                 })
             })
             .clone()
     }
 
-    pub fn conn(&self, direction: &str) -> ConnMetrics {
+    pub(crate) fn conn(&self, direction: Direction) -> ConnMetrics {
         let i = &self.inner;
+        let direction = direction.label();
         ConnMetrics {
             open: i.open_connections.with_label_values(&[direction]),
             opened: i.tcp_opened.with_label_values(&[direction]),
@@ -311,40 +361,38 @@ impl Metrics {
     }
 
     /// Counts connections passed through outside the mesh.
-    pub fn passthrough(&self, direction: &str) -> IntCounter {
-        self.inner.tcp_passthrough.with_label_values(&[direction])
+    pub(crate) fn passthrough(&self, direction: Direction) -> IntCounter {
+        self.inner
+            .tcp_passthrough
+            .with_label_values(&[direction.label()])
     }
 
-    pub fn snapshot_loaded(&self, version: u64) {
+    pub(crate) fn snapshot_loaded(&self, version: u64) {
         self.inner
             .snapshot_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.inner.reloads.with_label_values(&["ok"]).inc();
     }
 
-    pub fn snapshot_rejected(&self) {
+    pub(crate) fn snapshot_rejected(&self) {
         self.inner.reloads.with_label_values(&["error"]).inc();
     }
 
-    pub fn update_rejected(&self) {
+    pub(crate) fn update_rejected(&self) {
         self.inner.updates_rejected.inc();
     }
 
-    pub fn discovery_subscriptions(&self, n: usize) {
+    pub(crate) fn discovery_subscriptions(&self, n: usize) {
         self.inner
             .subscriptions
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn discovery_connected(&self, delta: i64) {
+    pub(crate) fn discovery_connected(&self, delta: i64) {
         self.inner.streams.add(delta);
     }
 
-    pub fn state(&self) -> &crate::state::Registry {
-        &self.inner.state
-    }
-
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 

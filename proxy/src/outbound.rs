@@ -20,9 +20,11 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::balance::{self, HashKey, hash_bytes};
-use crate::breaker::{self, ActiveSlot, Limit, Outcome};
+use crate::breaker::Permit;
+use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::discovery::{Dest, Discovery};
+use crate::endpoint::Endpoint;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
@@ -33,11 +35,11 @@ use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
-use crate::metrics::{Metrics, ServiceMetrics};
+use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
+use crate::outcome::Outcome;
 use crate::ports::PortSet;
-use crate::retry::{Attempted, RetryPolicy};
-use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
-use crate::state::{now_nanos, since};
+use crate::retry::RetryPolicy;
+use crate::snapshot::{Protocol, Service, SnapshotStore};
 
 /// A destination as a request names it, borrowed from the request or connection.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +50,7 @@ enum Wanted<'a> {
 
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// Each request's Host / absolute-form authority.
     Authority,
     /// Every request and byte goes to this service ("name" or "name.namespace").
@@ -58,7 +60,7 @@ pub enum Destination {
     Original(SocketAddr),
 }
 
-pub struct Outbound {
+pub(crate) struct Outbound {
     store: SnapshotStore,
     discovery: Option<Arc<Discovery>>,
     discovery_wait: Duration,
@@ -74,7 +76,7 @@ pub struct Outbound {
 
 impl Outbound {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         store: SnapshotStore,
         discovery: Option<Arc<Discovery>>,
         discovery_wait: Duration,
@@ -90,8 +92,8 @@ impl Outbound {
             discovery,
             discovery_wait,
             pool,
-            unknown: metrics.service("outbound", "unknown"),
-            passthrough: metrics.passthrough("outbound"),
+            unknown: metrics.service(Direction::Outbound, "unknown"),
+            passthrough: metrics.passthrough(Direction::Outbound),
             connect_timeout,
             detect_timeout,
             limits,
@@ -149,7 +151,7 @@ impl Outbound {
     }
 
     /// Handles one accepted connection.
-    pub async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
+    pub(crate) async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
         let client = io.get_ref().peer_addr().ok().map(|a| a.ip());
         let svc = self.fixed_service(&dest).await;
         let port = match &dest {
@@ -243,7 +245,7 @@ impl Outbound {
                 }
                 Err(e) => {
                     tracing::debug!(addr = %ep.addr, reason = e.reason(), "opaque connect failed");
-                    attempt.finish(Outcome::ConnectFailure);
+                    attempt.finish(Outcome::NotSent);
                     skip = Some(idx);
                 }
             }
@@ -315,7 +317,8 @@ impl Outbound {
         start: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
-        let Some(active) = ActiveSlot::acquire(&svc.stats, policy.limits.max_active_requests)
+        let active = &svc.stats.concurrency.active;
+        let Some(active) = Permit::acquire(active.clone(), policy.limits.max_active_requests)
         else {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
@@ -413,13 +416,10 @@ impl Outbound {
         loop {
             let now = now_nanos();
             let idx = svc.pick_at(key, skip, now).ok_or(ProxyError::NoEndpoints)?;
-            let (result, attempted) = self
+            let (result, outcome) = self
                 .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
                 .await;
-            let Some(attempted) = attempted else {
-                return result;
-            };
-            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, attempted) {
+            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome) {
                 return result;
             }
             // A streamed body that did not end within the limit cannot be sent again.
@@ -428,7 +428,7 @@ impl Outbound {
             };
             body = again;
             if _retry_slot.is_none() {
-                match breaker::acquire(
+                match Permit::acquire(
                     &concurrency.retries,
                     svc.policy.limits.max_concurrent_retries,
                 ) {
@@ -458,15 +458,14 @@ impl Outbound {
     }
 
     /// One attempt on one endpoint, with its outcome recorded for balancing and
-    /// ejection. The second value is what retrying needs to know (None: an attempt
-    /// that must not be retried, e.g. refused by a local limit).
+    /// ejection, and returned for retrying.
     async fn attempt(
         &self,
         svc: &Service,
         idx: usize,
         req: BoxedRequest,
         now: u64,
-    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Attempted>) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome) {
         let ep = &svc.endpoints[idx];
         let mut guard = AttemptGuard::start(svc, ep, now);
         let concurrency = &svc.stats.concurrency;
@@ -485,27 +484,22 @@ impl Outbound {
             }),
         };
         let result = pin!(forward(&self.pool, req, &target)).await;
-        let (outcome, attempted) = match &result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let grpc = resp
+        let outcome = match &result {
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                grpc: resp
                     .headers()
                     .get(GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
-                (
-                    Outcome::Response { status, grpc },
-                    Some(Attempted::Response { status, grpc }),
-                )
-            }
-            Err(ProxyError::Overloaded) => (Outcome::Cancelled, None),
-            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => {
-                (Outcome::ConnectFailure, Some(Attempted::NotSent))
-            }
-            Err(_) => (Outcome::ConnectFailure, Some(Attempted::NoResponse)),
+                    .and_then(|v| v.parse().ok()),
+            },
+            // Refused by a local limit: the endpoint was never tried.
+            Err(ProxyError::Overloaded) => Outcome::Cancelled,
+            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
+            Err(_) => Outcome::NoResponse,
         };
         guard.finish(outcome);
-        (result, attempted)
+        (result, outcome)
     }
 }
 
@@ -548,18 +542,18 @@ impl<'a> AttemptGuard<'a> {
             };
             let now = now_nanos();
             let mut rtt = Duration::from_nanos(now.saturating_sub(self.start));
-            if outcome == Outcome::ConnectFailure {
+            if outcome.is_connect_failure() {
                 // A refused connect is fast; counted as-is it would make a dead
                 // endpoint look like the best one.
                 rtt = rtt.max(balance::FAILURE_PENALTY);
             }
-            self.ep.stats.load.observe_at(rtt, decay, now);
+            self.ep.stats.load.observe(rtt, decay, now);
         }
         self.ep.stats.health.record(
             outcome,
             self.probe,
             self.svc.policy.outlier.as_ref(),
-            &self.svc.endpoints,
+            self.svc.endpoints.iter().map(|e| &e.stats.health),
         );
     }
 }

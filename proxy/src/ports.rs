@@ -10,20 +10,21 @@ use crate::capture::rules::{PortRange, parse_ports};
 
 /// A sorted set of ports and inclusive ranges; empty means none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortSet(Vec<PortRange>);
+pub(crate) struct PortSet(Vec<PortRange>);
 
 impl PortSet {
     /// Parses `7191,8000-8099`; spaces around items are allowed, empty means none.
-    pub fn parse(text: &str) -> Result<PortSet, String> {
+    pub(crate) fn parse(text: &str) -> Result<PortSet, String> {
         parse_ports(text).map(PortSet)
     }
 
-    pub fn contains(&self, port: u16) -> bool {
+    pub(crate) fn contains(&self, port: u16) -> bool {
         // A handful of ranges at most: a scan beats anything cleverer.
         self.0.iter().any(|r| r.first <= port && port <= r.last)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }

@@ -17,6 +17,7 @@ use crate::admin::Admin;
 use crate::capture::listen::ipv6_twin;
 use crate::config::Config;
 use crate::discovery::{Dest, Discovery};
+use crate::endpoint::Registry;
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::http::watch::Watch;
@@ -25,9 +26,9 @@ use crate::identity::certify::Certifier;
 use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::Inbound;
 use crate::listener::{Acceptor, Conn};
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 use crate::outbound::{Destination, Outbound};
-use crate::snapshot::{self, SnapshotStore};
+use crate::snapshot;
 
 /// A running proxy: its bound addresses and the handles to stop it.
 pub struct Proxy {
@@ -35,7 +36,6 @@ pub struct Proxy {
     pub inbound: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
-    pub store: SnapshotStore,
     pub metrics: Metrics,
     shutdown: CancellationToken,
     drain: CancellationToken,
@@ -52,9 +52,19 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+    tracing::info!(node = %config.node.id, ip = ?config.node.ip, "starting");
     let metrics = Metrics::new();
-    let initial = snapshot::from_mesh(&config.mesh, 1, config.node.namespace.as_str(), &metrics)
-        .context("the mesh in the config cannot be applied")?;
+    // Endpoint and service stats outlive snapshots; every source that builds one
+    // shares this registry.
+    let stats = Arc::new(Registry::default());
+    let initial = snapshot::from_mesh(
+        &config.mesh,
+        1,
+        config.node.namespace.as_str(),
+        &metrics,
+        &stats,
+    )
+    .context("the mesh in the config cannot be applied")?;
     let store = snapshot::store(initial);
     metrics.snapshot_loaded(1);
 
@@ -125,8 +135,15 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
                 workload: config.node.workload.clone().unwrap_or_default(),
                 proxy_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            let d = Discovery::new(addr, node, store.clone(), metrics.clone(), cp_tls.as_ref())
-                .map_err(anyhow::Error::msg)?;
+            let d = Discovery::new(
+                addr,
+                node,
+                store.clone(),
+                metrics.clone(),
+                stats.clone(),
+                cp_tls.as_ref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             for up in &config.upstreams {
                 d.subscribe(Dest::Name(up.service.clone()));
             }
@@ -152,7 +169,6 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         inbound: None,
         admin: config.admin,
         upstreams: Vec::new(),
-        store: store.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         drain,
@@ -169,27 +185,30 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         let ob = outbound.clone();
         let transparent = config.outbound_transparent;
         let handle = move |io: Conn, _peer| {
-            let dest = if transparent {
-                crate::capture::orig_dst::outbound_destination(io.get_ref())
-            } else {
-                Destination::Authority
-            };
+            let original = transparent
+                .then(|| crate::capture::orig_dst::outbound_original(io.get_ref()))
+                .flatten();
+            let dest = original.map_or(Destination::Authority, Destination::Original);
             ob.clone().serve_conn(io, dest)
         };
         if let Some(twin) = transparent.then(|| ipv6_twin(bound)).flatten() {
-            acceptor.spawn(twin, metrics.conn("outbound"), handle.clone());
+            acceptor.spawn(twin, metrics.conn(Direction::Outbound), handle.clone());
         }
-        acceptor.spawn(listener, metrics.conn("outbound"), handle);
+        acceptor.spawn(listener, metrics.conn(Direction::Outbound), handle);
     }
     for up in &config.upstreams {
         let listener = bind(up.listen, &format!("upstream {}", up.service)).await?;
         proxy.upstreams.push(listener.local_addr()?);
         let ob = outbound.clone();
         let name: Arc<str> = Arc::from(up.service.as_str());
-        acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
-            ob.clone()
-                .serve_conn(io, Destination::Service(name.clone()))
-        });
+        acceptor.spawn(
+            listener,
+            metrics.conn(Direction::Outbound),
+            move |io, _peer| {
+                ob.clone()
+                    .serve_conn(io, Destination::Service(name.clone()))
+            },
+        );
     }
     if let Some((listen, app)) = config.inbound {
         let listener = bind(listen, "inbound").await?;
@@ -203,7 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         let ib = Inbound::new(
             app,
             pool.clone(),
-            metrics.service("inbound", &workload),
+            metrics.service(Direction::Inbound, &workload),
             limits.connect_timeout.0,
             limits.detect_timeout.0,
             server_limits,
@@ -214,9 +233,9 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         // Without a fixed app the inbound side is transparent: it also takes what
         // ip6tables redirects.
         if let Some(twin) = app.is_none().then(|| ipv6_twin(bound)).flatten() {
-            acceptor.spawn(twin, metrics.conn("inbound"), handle.clone());
+            acceptor.spawn(twin, metrics.conn(Direction::Inbound), handle.clone());
         }
-        acceptor.spawn(listener, metrics.conn("inbound"), handle);
+        acceptor.spawn(listener, metrics.conn(Direction::Inbound), handle);
     }
 
     let admin_listener = bind(config.admin, "admin").await?;
@@ -244,7 +263,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
 
     #[cfg(unix)]
     if let Some(path) = &config.path {
-        crate::reload::on_sighup(path.clone(), store, metrics);
+        crate::reload::on_sighup(path.clone(), store, metrics, stats);
     }
 
     proxy.ready.store(true, Ordering::Release);

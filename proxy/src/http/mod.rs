@@ -1,14 +1,14 @@
 //! HTTP on both sides of the proxy: serving accepted connections, forwarding
 //! requests over pooled connections, and the proxy's own error answers.
 
-pub mod body;
-pub mod error;
-pub mod forward;
-pub mod h1_client;
-pub mod h2_client;
-pub mod headers;
-pub mod pool;
-pub mod watch;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod h1_client;
+pub(crate) mod h2_client;
+pub(crate) mod headers;
+pub(crate) mod pool;
+pub(crate) mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,15 +30,15 @@ use watch::{InFlight, Stop, Watch, Watched};
 /// frame and every poll of the connection (~5% of a proxied HTTP/2 request's CPU
 /// time in the pair benchmark), while 2 MiB per stream already carries 2 GB/s at a
 /// 1 ms round trip.
-pub const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+pub(crate) const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Limits applied to every HTTP connection a client opens to the proxy.
 #[derive(Debug, Clone)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// Stops connections on drain and enforces the header-read timeout.
-    pub conns: Watch,
-    pub max_header_bytes: usize,
+    pub(crate) conns: Watch,
+    pub(crate) max_header_bytes: usize,
 }
 
 /// Serves one accepted connection with `handler` answering each request. On
@@ -51,7 +51,7 @@ pub struct ServerLimits {
 /// (callgrind, shipped build: 37.9k -> 35.2k instructions per HTTP/2 request when the
 /// future was 5 KB; at 2 KB, unboxing it still cost 1.7%). HTTP/1 keeps it inline:
 /// its dispatcher moves the future once, and boxing cost more there than it saved.
-pub async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
+pub(crate) async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, Option<InFlight>) -> Fut + Send + 'static,
@@ -165,7 +165,7 @@ where
 
 /// The destination a request names: its absolute-form authority, else its Host
 /// header. Returns the host (without brackets for IPv6) and the port.
-pub fn authority_of<B>(req: &Request<B>) -> Option<(&str, u16)> {
+pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<(&str, u16)> {
     if let Some(a) = req.uri().authority() {
         let default = if req.uri().scheme_str() == Some("https") {
             443

@@ -26,7 +26,7 @@ const RENEW_AT: f64 = 0.7;
 /// Where the proof of identity comes from; a file is re-read on every renewal, so
 /// a rotated token is picked up.
 #[derive(Debug, Clone)]
-pub enum Token {
+pub(crate) enum Token {
     Inline(String),
     File(PathBuf),
 }
@@ -55,14 +55,14 @@ fn proof(token: String) -> v1::certify_request::Proof {
     }
 }
 
-pub struct Certifier {
+pub(crate) struct Certifier {
     identity: Arc<Identity>,
     client: IdentityClient<Channel>,
     token: Token,
 }
 
 impl Certifier {
-    pub fn new(
+    pub(crate) fn new(
         identity: Arc<Identity>,
         control_plane: &str,
         tls: Option<&Arc<rustls::ClientConfig>>,
@@ -83,7 +83,7 @@ impl Certifier {
 
     /// One CSR round trip; on success the new certificate is in use. Returns the
     /// certificate's expiry (unix seconds).
-    pub async fn certify_once(&mut self) -> Result<i64, String> {
+    pub(crate) async fn certify_once(&mut self) -> Result<i64, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| format!("generating a key: {e}"))?;
         let id = self.identity.spiffe_id().to_string();
@@ -125,7 +125,7 @@ impl Certifier {
     }
 
     /// Keeps a valid certificate installed until `stop`.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let wait = match self.certify_once().await {

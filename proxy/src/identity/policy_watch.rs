@@ -17,7 +17,7 @@ use super::policy::InboundPolicy;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-pub fn spawn(
+pub(crate) fn spawn(
     identity: Arc<Identity>,
     control_plane: &str,
     node: v1::Node,
