@@ -6,11 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
-use crate::control_plane::TrustAnchors;
 use crate::identity::certify::Token;
 use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 use crate::ports::PortSet;
@@ -50,6 +50,43 @@ struct RawConfig {
     /// File mode: the mesh itself, in the same schema the control plane reads.
     #[serde(default)]
     services: Vec<ServiceSpec>,
+}
+
+/// Where the roots that verify the control plane come from: a PEM file
+/// (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE`) or PEM text in the environment
+/// (`WEFT_TRUST_ANCHORS`, which the injector writes into the pod spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TrustAnchors {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl TrustAnchors {
+    /// Names the source in errors.
+    pub(crate) fn origin(&self) -> String {
+        match self {
+            TrustAnchors::File(path) => format!("trust bundle {}", path.display()),
+            TrustAnchors::Pem(_) => "WEFT_TRUST_ANCHORS".to_string(),
+        }
+    }
+
+    /// The certificates, parsed; an error names the source.
+    pub(crate) fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+        let origin = self.origin();
+        let certs: Vec<CertificateDer<'static>> = match self {
+            TrustAnchors::File(path) => CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{origin}: {e}"))?
+                .collect::<Result<_, _>>(),
+            TrustAnchors::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.map(CertificateDer::into_owned))
+                .collect::<Result<_, _>>(),
+        }
+        .map_err(|e| format!("{origin}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{origin}: no PEM certificate"));
+        }
+        Ok(certs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -35,11 +35,11 @@ use std::path::PathBuf;
 use weft_api::mesh::{MeshSpec, Name};
 use weft_api::spiffe::SpiffeId;
 
+use crate::config::TrustAnchors;
 use crate::config::{
     Config, ConfigError, IdentityConfig, LimitsConfig, NodeConfig, default_node_id,
     default_trust_domain, default_workers,
 };
-use crate::control_plane::TrustAnchors;
 use crate::identity::certify::Token;
 use crate::identity::policy::InboundPolicy;
 use crate::ports::PortSet;

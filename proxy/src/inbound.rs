@@ -75,18 +75,32 @@ impl Peer {
     }
 }
 
+/// What an inbound proxy is built from.
+pub(crate) struct InboundInputs {
+    /// A fixed app address; None under transparent capture.
+    pub(crate) app: Option<SocketAddr>,
+    pub(crate) pool: Pool,
+    /// Handles for the workload's inbound requests.
+    pub(crate) metrics: Arc<ServiceMetrics>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+    pub(crate) limits: ServerLimits,
+    pub(crate) identity: Option<Arc<Identity>>,
+    pub(crate) opaque_ports: PortSet,
+}
+
 impl Inbound {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        app: Option<SocketAddr>,
-        pool: Pool,
-        metrics: Arc<ServiceMetrics>,
-        connect_timeout: Duration,
-        detect_timeout: Duration,
-        limits: ServerLimits,
-        identity: Option<Arc<Identity>>,
-        opaque_ports: PortSet,
-    ) -> Arc<Inbound> {
+    pub(crate) fn new(inputs: InboundInputs) -> Arc<Inbound> {
+        let InboundInputs {
+            app,
+            pool,
+            metrics,
+            connect_timeout,
+            detect_timeout,
+            limits,
+            identity,
+            opaque_ports,
+        } = inputs;
         Arc::new(Inbound {
             app,
             pool,

@@ -8,7 +8,8 @@
 //!   the kubelet.
 //! - L4 `http` serves and forwards requests over pooled connections, `tcp`
 //!   forwards opaque bytes, `detect` sniffs the protocol, `listener` accepts.
-//! - L3 `snapshot` is the dynamic state that `reload` and `discovery` swap in.
+//! - L3 `snapshot` is the dynamic state, and its lookup; `source` (the config
+//!   file, the control plane's discovery) builds and swaps it in.
 //! - L2 `endpoint`: an endpoint and the stats that outlive snapshots.
 //! - L1 building blocks that know no snapshot: `balance` picks an endpoint,
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
@@ -24,9 +25,7 @@ mod breaker;
 pub mod capture;
 mod clock;
 pub mod config;
-mod control_plane;
 mod detect;
-mod discovery;
 mod endpoint;
 mod env_config;
 mod http;
@@ -40,9 +39,9 @@ mod outcome;
 mod ports;
 mod probe;
 pub mod proxy;
-mod reload;
 mod retry;
 mod snapshot;
+mod source;
 mod sync;
 mod tcp;
 

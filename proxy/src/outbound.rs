@@ -6,6 +6,7 @@
 //! redirected a connection the app opened to VIP:port). A captured connection to a
 //! destination the mesh does not know is passed through untouched.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
@@ -23,7 +24,6 @@ use crate::balance::{self, HashKey, hash_bytes};
 use crate::breaker::Permit;
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
-use crate::discovery::{Dest, Discovery};
 use crate::endpoint::Endpoint;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
@@ -39,14 +39,8 @@ use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
 use crate::outcome::Outcome;
 use crate::ports::PortSet;
 use crate::retry::RetryPolicy;
-use crate::snapshot::{Protocol, Service, SnapshotStore};
-
-/// A destination as a request names it, borrowed from the request or connection.
-#[derive(Debug, Clone, Copy)]
-enum Wanted<'a> {
-    Name(&'a str),
-    Vip(SocketAddr),
-}
+use crate::snapshot::lookup::{Dest, Lookup};
+use crate::snapshot::{Protocol, Service};
 
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
@@ -60,37 +54,48 @@ pub(crate) enum Destination {
     Original(SocketAddr),
 }
 
+/// What an outbound proxy is built from.
+pub(crate) struct OutboundInputs {
+    pub(crate) lookup: Lookup,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: Metrics,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+    pub(crate) limits: ServerLimits,
+    /// Original destination ports handled as opaque TCP without sniffing.
+    pub(crate) opaque_ports: PortSet,
+}
+
 pub(crate) struct Outbound {
-    store: SnapshotStore,
-    discovery: Option<Arc<Discovery>>,
-    discovery_wait: Duration,
+    lookup: Lookup,
     pool: Pool,
     unknown: Arc<ServiceMetrics>,
     passthrough: prometheus::IntCounter,
     connect_timeout: Duration,
     detect_timeout: Duration,
     limits: ServerLimits,
-    /// Original destination ports handled as opaque TCP without sniffing.
     opaque_ports: PortSet,
+    /// What consistent hashing on the client identity hashes: this proxy's own
+    /// SPIFFE ID, the identity it proves to every endpoint, when mTLS is on.
+    client_identity: Option<u64>,
 }
 
 impl Outbound {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        store: SnapshotStore,
-        discovery: Option<Arc<Discovery>>,
-        discovery_wait: Duration,
-        pool: Pool,
-        metrics: &Metrics,
-        connect_timeout: Duration,
-        detect_timeout: Duration,
-        limits: ServerLimits,
-        opaque_ports: PortSet,
-    ) -> Arc<Outbound> {
+    pub(crate) fn new(inputs: OutboundInputs) -> Arc<Outbound> {
+        let OutboundInputs {
+            lookup,
+            pool,
+            metrics,
+            connect_timeout,
+            detect_timeout,
+            limits,
+            opaque_ports,
+        } = inputs;
+        let client_identity = pool
+            .identity()
+            .map(|id| hash_bytes(id.spiffe_id().as_bytes()));
         Arc::new(Outbound {
-            store,
-            discovery,
-            discovery_wait,
+            lookup,
             pool,
             unknown: metrics.service(Direction::Outbound, "unknown"),
             passthrough: metrics.passthrough(Direction::Outbound),
@@ -98,42 +103,25 @@ impl Outbound {
             detect_timeout,
             limits,
             opaque_ports,
+            client_identity,
         })
-    }
-
-    /// Looks a destination up in the snapshot; on a miss, and with a control plane,
-    /// subscribes and waits briefly for its first update before looking again.
-    /// Takes the name borrowed: the common case, a hit, allocates nothing.
-    async fn lookup(&self, want: Wanted<'_>) -> Option<Arc<Service>> {
-        let find = |want: Wanted<'_>| {
-            let snapshot = self.store.load();
-            match want {
-                Wanted::Name(host) => snapshot.by_host(host).cloned(),
-                Wanted::Vip(addr) => snapshot.by_vip(addr).cloned(),
-            }
-        };
-        if let Some(svc) = find(want) {
-            return Some(svc);
-        }
-        let discovery = self.discovery.as_ref()?;
-        let dest = match want {
-            Wanted::Name(host) => Dest::Name(host.to_ascii_lowercase()),
-            Wanted::Vip(addr) => Dest::Vip(addr),
-        };
-        // Boxed: first use of a destination is rare; the common path stays small.
-        if Box::pin(discovery.resolve(dest, self.discovery_wait)).await {
-            find(want)
-        } else {
-            None
-        }
     }
 
     async fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
         match dest {
-            Destination::Service(name) => self.lookup(Wanted::Name(name)).await,
-            Destination::Original(addr) => self.lookup(Wanted::Vip(*addr)).await,
+            Destination::Service(name) => {
+                self.lookup.service(Dest::Name(Cow::Borrowed(name))).await
+            }
+            Destination::Original(addr) => self.lookup.service(Dest::Vip(*addr)).await,
             Destination::Authority => None,
         }
+    }
+
+    /// The consistent-hash key for a request or connection from `client` by the
+    /// client's identity: the mTLS identity this proxy calls with, else (no mTLS)
+    /// the client's address.
+    fn client_key(&self, client: Option<IpAddr>) -> Option<u64> {
+        self.client_identity.or_else(|| client.map(hash_ip))
     }
 
     /// A captured connection to an address the mesh does not know goes where the
@@ -210,7 +198,7 @@ impl Outbound {
     /// ejection and, with retries on, tries another endpoint.
     async fn opaque(&self, io: crate::io::PrefixedIo<Conn>, svc: &Service, client: Option<IpAddr>) {
         let key = match svc.hash_key() {
-            Some(_) => client.map(hash_ip),
+            Some(_) => self.client_key(client),
             None => None,
         };
         let timeout = svc.policy.timeouts.connect.unwrap_or(self.connect_timeout);
@@ -262,12 +250,12 @@ impl Outbound {
         // first attempt all start here.
         let start = now_nanos();
         let want = match dest {
-            Destination::Service(name) => Wanted::Name(name),
-            Destination::Original(addr) => Wanted::Vip(*addr),
+            Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
+            Destination::Original(addr) => Dest::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
-                    Ok(ip) => Wanted::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => Wanted::Name(host),
+                    Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
+                    Err(_) => Dest::Name(Cow::Borrowed(host)),
                 },
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
@@ -275,7 +263,7 @@ impl Outbound {
                 }
             },
         };
-        let svc = pin!(self.lookup(want)).await;
+        let svc = pin!(self.lookup.service(want)).await;
         let Some(svc) = svc else {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());
@@ -328,7 +316,7 @@ impl Outbound {
             Some(HashKey::Header(name)) => {
                 req.headers().get(name).map(|v| hash_bytes(v.as_bytes()))
             }
-            Some(HashKey::ClientIdentity) => client.map(hash_ip),
+            Some(HashKey::ClientIdentity) => self.client_key(client),
         };
         let retry = policy
             .retry

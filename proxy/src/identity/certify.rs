@@ -13,7 +13,7 @@ use rand::Rng;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_api::v1;
 use weft_api::v1::identity_client::IdentityClient;
 
@@ -62,23 +62,12 @@ pub(crate) struct Certifier {
 }
 
 impl Certifier {
-    pub(crate) fn new(
-        identity: Arc<Identity>,
-        control_plane: &str,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-        token: Token,
-    ) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(control_plane.to_string())
-            .map_err(|e| format!("control plane address {control_plane:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        let channel = crate::control_plane::connect_lazy(endpoint, tls)?;
-        Ok(Certifier {
+    pub(crate) fn new(identity: Arc<Identity>, channel: Channel, token: Token) -> Self {
+        Certifier {
             identity,
             client: IdentityClient::new(channel),
             token,
-        })
+        }
     }
 
     /// One CSR round trip; on success the new certificate is in use. Returns the

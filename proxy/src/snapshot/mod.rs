@@ -19,6 +19,7 @@ use crate::endpoint::{Endpoint, EndpointState, Registry, ServiceStats};
 use crate::metrics::{Direction, Metrics, ServiceMetrics};
 use crate::retry::RetryPolicy;
 
+pub(crate) mod lookup;
 mod policy;
 
 use policy::policy_from_proto;
