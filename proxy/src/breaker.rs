@@ -366,24 +366,49 @@ mod tests {
 
     #[test]
     fn half_open_probe_readmits_or_doubles_the_ejection() {
-        let (eps, _reg) = endpoints(&[100, 100]);
-        let p = policy(1, 1);
-        let h = &eps[0].stats.health;
-        h.record(Outcome::NotSent, false, Some(&p), peers(&eps));
-        assert!(h.is_ejected());
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(h.eligible(now_nanos()), "half-open after the ejection time");
-        assert!(h.begin(), "first pick is the probe");
-        assert!(!h.eligible(now_nanos()), "one probe at a time");
-        assert!(!h.begin());
-        h.record(FAIL, true, Some(&p), peers(&eps));
-        assert!(h.is_ejected(), "a failed probe ejects again");
-        assert_eq!(h.times_ejected.load(Ordering::Relaxed), 2);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(h.begin());
-        h.record(OK, true, Some(&p), peers(&eps));
-        assert!(!h.is_ejected(), "a good probe readmits");
-        assert!(h.eligible(now_nanos()));
+        crate::clock::paused_runtime().block_on(async {
+            let (eps, _reg) = endpoints(&[100, 100]);
+            let p = policy(1, 1000);
+            let h = &eps[0].stats.health;
+            let ms = |n| tokio::time::advance(Duration::from_millis(n));
+            h.record(Outcome::NotSent, false, Some(&p), peers(&eps));
+            assert!(h.is_ejected());
+            ms(999).await;
+            assert!(!h.eligible(now_nanos()), "ejected for the base time");
+            ms(1).await;
+            assert!(h.eligible(now_nanos()), "half-open after the ejection time");
+            assert!(h.begin(), "first pick is the probe");
+            assert!(!h.eligible(now_nanos()), "one probe at a time");
+            assert!(!h.begin());
+            h.record(FAIL, true, Some(&p), peers(&eps));
+            assert!(h.is_ejected(), "a failed probe ejects again");
+            assert_eq!(h.times_ejected.load(Ordering::Relaxed), 2);
+            ms(1999).await;
+            assert!(!h.begin(), "the second ejection is twice the base");
+            ms(1).await;
+            assert!(h.begin());
+            h.record(OK, true, Some(&p), peers(&eps));
+            assert!(!h.is_ejected(), "a good probe readmits");
+            assert!(h.eligible(now_nanos()));
+        });
+    }
+
+    #[test]
+    fn ejection_time_is_capped_at_the_max() {
+        crate::clock::paused_runtime().block_on(async {
+            let (eps, _reg) = endpoints(&[100, 100]);
+            let p = policy(1, 1000);
+            let h = &eps[0].stats.health;
+            h.record(FAIL, false, Some(&p), peers(&eps));
+            for _ in 0..4 {
+                tokio::time::advance(p.max_ejection).await;
+                assert!(h.begin(), "never ejected for longer than the max");
+                h.record(FAIL, true, Some(&p), peers(&eps));
+            }
+            assert_eq!(h.times_ejected.load(Ordering::Relaxed), 5);
+            tokio::time::advance(p.max_ejection - Duration::from_millis(1)).await;
+            assert!(!h.eligible(now_nanos()), "and still for the max");
+        });
     }
 
     #[test]

@@ -23,3 +23,31 @@ pub(crate) fn since(start: u64) -> Duration {
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// A runtime on paused time for tests: `tokio::time::advance` moves `now_nanos`.
+/// The clock's epoch is fixed first, so no reading on the paused clock falls
+/// before it.
+#[cfg(test)]
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    now_nanos();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a test runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paused_time_moves_the_clock_only_when_advanced() {
+        paused_runtime().block_on(async {
+            let start = now_nanos();
+            assert_eq!(since(start), Duration::ZERO);
+            tokio::time::advance(Duration::from_secs(3)).await;
+            assert_eq!(since(start), Duration::from_secs(3));
+        });
+    }
+}

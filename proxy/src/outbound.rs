@@ -597,3 +597,257 @@ fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
     *req.headers_mut() = parts.headers.clone();
     req
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+    use weft_api::mesh::MeshSpec;
+
+    use super::*;
+    use crate::endpoint::Registry;
+    use crate::http::watch::Watch;
+    use crate::identity::Identity;
+    use crate::identity::metrics::IdentityMetrics;
+    use crate::snapshot;
+
+    /// An upstream answering every HTTP/1.1 request with `status`, keeping the
+    /// connection open; returns its address and a count of requests answered.
+    async fn upstream(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                            if conn.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, answered)
+    }
+
+    /// An outbound proxy whose snapshot holds service `a` with `policy` (YAML
+    /// flow mapping) and these endpoints.
+    fn outbound(policy: &str, endpoints: &[SocketAddr]) -> (Arc<Outbound>, Arc<Service>) {
+        outbound_with(policy, endpoints, Pool::new(Duration::from_secs(60)))
+    }
+
+    fn outbound_with(
+        policy: &str,
+        endpoints: &[SocketAddr],
+        pool: Pool,
+    ) -> (Arc<Outbound>, Arc<Service>) {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|a| format!("{{address: '{a}'}}"))
+            .collect();
+        let yaml = format!(
+            "services:\n  - name: a\n    policy: {policy}\n    endpoints: [{}]\n",
+            eps.join(", ")
+        );
+        let mesh = MeshSpec::from_yaml(&yaml, "t").expect("valid mesh");
+        let metrics = Metrics::new();
+        let stats = Registry::default();
+        let snap = snapshot::from_mesh(&mesh, 1, "default", &metrics, &stats).expect("snapshot");
+        let svc = snap.by_host("a").expect("service a").clone();
+        let ob = Outbound::new(OutboundInputs {
+            lookup: Lookup::new(snapshot::store(snap), None, Duration::from_secs(1)),
+            pool,
+            metrics,
+            connect_timeout: Duration::from_secs(5),
+            detect_timeout: Duration::from_secs(5),
+            limits: ServerLimits {
+                conns: Watch::start(Duration::from_secs(10), CancellationToken::new()),
+                max_header_bytes: 64 * 1024,
+            },
+            opaque_ports: PortSet::parse("").expect("empty port set"),
+        });
+        (ob, svc)
+    }
+
+    /// A bodiless GET sent through the retry loop, as `send_retrying` sends a
+    /// buffered request.
+    async fn get_retrying(ob: &Outbound, svc: &Service) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, ()) = Request::get("http://a/")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let retry = svc.policy.retry.as_ref().expect("a retry policy");
+        let first = RequestBody::replay(Bytes::new());
+        ob.send_with_retries(
+            svc,
+            retry,
+            None,
+            &parts,
+            first,
+            Replay::Buffered(Bytes::new()),
+        )
+        .await
+    }
+
+    const RETRY_3: &str = "{retry: {max_attempts: 3, backoff_base: 1ms, backoff_max: 2ms}}";
+
+    #[tokio::test]
+    async fn every_attempt_fails_then_the_last_answer_is_returned() {
+        let (one, one_seen) = upstream(503).await;
+        let (two, two_seen) = upstream(503).await;
+        let (ob, svc) = outbound(RETRY_3, &[one, two]);
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 503);
+        let (a, b) = (
+            one_seen.load(Ordering::SeqCst),
+            two_seen.load(Ordering::SeqCst),
+        );
+        assert_eq!(a + b, 3, "max_attempts attempts");
+        assert!(
+            a >= 1 && b >= 1,
+            "a retry moves away from the endpoint that failed"
+        );
+        assert_eq!(svc.metrics.retries.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retry_on_another_endpoint_returns_its_answer() {
+        let (bad, bad_seen) = upstream(503).await;
+        let (good, good_seen) = upstream(200).await;
+        let (ob, svc) = outbound(RETRY_3, &[bad, good]);
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(good_seen.load(Ordering::SeqCst), 1);
+        let bad_tries = bad_seen.load(Ordering::SeqCst);
+        assert!(bad_tries <= 1, "never back to the endpoint that failed");
+        assert_eq!(svc.metrics.retries.get(), bad_tries as u64);
+    }
+
+    #[tokio::test]
+    async fn the_concurrent_retry_limit_refuses_a_retry() {
+        let (bad, bad_seen) = upstream(503).await;
+        let (ob, svc) = outbound(
+            "{retry: {max_attempts: 3, backoff_base: 1ms}, circuit_breaker: {max_concurrent_retries: 1}}",
+            &[bad],
+        );
+        // Another request's retry holds the one unit.
+        let held = Permit::acquire(&svc.stats.concurrency.retries, 1).expect("the unit");
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 503, "the first answer, not retried");
+        assert_eq!(bad_seen.load(Ordering::SeqCst), 1);
+        assert_eq!(svc.metrics.retries.get(), 0);
+        assert_eq!(svc.metrics.retries_refused.get(), 1);
+        drop(held);
+        assert_eq!(svc.stats.concurrency.retries.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_refused_by_a_local_limit_is_not_retried() {
+        let (up, seen) = upstream(200).await;
+        let (ob, svc) = outbound(
+            "{retry: {max_attempts: 3, backoff_base: 1ms}, circuit_breaker: {max_connections: 1}}",
+            &[up],
+        );
+        // The service's one connection is taken.
+        let held = svc.conn_limit.acquire().expect("the one connection");
+        let result = get_retrying(&ob, &svc).await;
+        assert!(matches!(result, Err(ProxyError::Overloaded)));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        assert_eq!(svc.metrics.retries.get(), 0);
+        let health = &svc.endpoints[0].stats.health;
+        assert_eq!(
+            health.consecutive_failures(),
+            0,
+            "not the endpoint's failure"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_dropped_unfinished_only_releases_its_endpoint() {
+        let (ob, svc) = outbound(
+            "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
+            &["127.0.0.1:1".parse().expect("addr")],
+        );
+        drop(ob);
+        let ep = &svc.endpoints[0];
+        let guard = AttemptGuard::start(&svc, ep, now_nanos());
+        assert_eq!(ep.stats.load.in_flight(), 1);
+        drop(guard);
+        assert_eq!(ep.stats.load.in_flight(), 0);
+        assert!(
+            !ep.stats.health.is_ejected(),
+            "a cancelled attempt is no failure"
+        );
+        let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
+        assert!(load["ewma_ms"].is_null(), "and no latency sample");
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_recorded_once_with_the_failure_penalty() {
+        let (ob, svc) = outbound(
+            "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
+            &["127.0.0.1:1".parse().expect("addr")],
+        );
+        drop(ob);
+        let ep = &svc.endpoints[0];
+        let mut guard = AttemptGuard::start(&svc, ep, now_nanos());
+        guard.finish(Outcome::NotSent);
+        guard.finish(Outcome::NotSent);
+        drop(guard);
+        assert!(ep.stats.health.is_ejected());
+        assert_eq!(svc.metrics.ejections.get(), 1, "recorded once");
+        assert_eq!(ep.stats.load.in_flight(), 0);
+        let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
+        let ewma_ms = load["ewma_ms"].as_f64().expect("a latency sample");
+        assert!(
+            ewma_ms >= 1000.0,
+            "a fast refusal counts as slow: {ewma_ms}"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_identity_hashes_the_mtls_identity_when_there_is_one() {
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let (plain, _) = outbound("{}", &[]);
+        assert_eq!(plain.client_key(Some(a)), Some(hash_ip(a)));
+        assert_ne!(plain.client_key(Some(a)), plain.client_key(Some(b)));
+
+        let id = "spiffe://weft.local/ns/default/sa/web";
+        let identity = Identity::new(
+            weft_api::spiffe::SpiffeId::parse(id).expect("a SPIFFE ID"),
+            Default::default(),
+            IdentityMetrics::new(&prometheus::Registry::new()),
+        );
+        let pool = Pool::with_identity(Duration::from_secs(60), Some(identity));
+        let (mtls, _) = outbound_with("{}", &[], pool);
+        let key = Some(hash_bytes(id.as_bytes()));
+        assert_eq!(mtls.client_key(Some(a)), key);
+        assert_eq!(
+            mtls.client_key(Some(b)),
+            key,
+            "every caller here is the same workload"
+        );
+        assert_eq!(mtls.client_key(None), key);
+    }
+}

@@ -206,13 +206,33 @@ mod tests {
 
     #[test]
     fn budget_allows_ratio_of_requests_plus_minimum() {
-        let b = Budget::default();
-        for _ in 0..100 {
-            b.deposit();
-        }
-        let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
-        // 5 + 20% of 100; a second boundary during the deposits can only lower it.
-        assert!((15..=25).contains(&granted), "{granted}");
+        crate::clock::paused_runtime().block_on(async {
+            let b = Budget::default();
+            for _ in 0..100 {
+                b.deposit();
+            }
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
+            assert_eq!(granted, 25, "5 + 20% of 100");
+        });
+    }
+
+    #[test]
+    fn budget_carries_the_last_second_over_then_resets() {
+        crate::clock::paused_runtime().block_on(async {
+            let b = Budget::default();
+            for _ in 0..100 {
+                b.deposit();
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 0)).count();
+            assert_eq!(
+                granted, 20,
+                "a new second starts from the last one's requests"
+            );
+            tokio::time::advance(Duration::from_secs(2)).await;
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
+            assert_eq!(granted, 5, "after an idle second only the minimum is left");
+        });
     }
 
     #[test]

@@ -76,7 +76,9 @@ fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 pub(crate) enum HashKey {
     /// A request header (lowercase name); requests without it are balanced freely.
     Header(#[serde(serialize_with = "header_name")] http::HeaderName),
-    /// The calling client: its mTLS identity where known, else its address.
+    /// The calling client: its mTLS identity where known (on the outbound side, the
+    /// workload's own SPIFFE ID, which this proxy proves to the endpoint), else its
+    /// address.
     ClientIdentity,
 }
 
