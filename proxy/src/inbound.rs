@@ -169,25 +169,21 @@ impl Inbound {
             if !peer.allowed {
                 tracing::debug!(port, "caller denied by inbound policy");
             }
-            match negotiated(&tls) {
-                // The calling proxy already decided: opaque bytes, not to be sniffed.
-                Some(Alpn::Opaque) => {
+            // The calling proxy's ALPN already says what follows; only without one
+            // is the tunnel's content sniffed.
+            let decided = match negotiated(&tls) {
+                Some(Alpn::Opaque) => Some(Detected::Opaque),
+                _ if declared_opaque => Some(Detected::Opaque),
+                Some(Alpn::Http2) => Some(Detected::Http2),
+                Some(Alpn::Http1) => Some(Detected::Http1),
+                None => None,
+            };
+            match decided {
+                Some(detected) => {
                     let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Opaque, io, peer).await
+                    self.serve_detected(detected, io, peer).await
                 }
-                _ if declared_opaque => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Opaque, io, peer).await
-                }
-                Some(Alpn::Http2) => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Http2, io, peer).await
-                }
-                Some(Alpn::Http1) => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Http1, io, peer).await
-                }
-                _ => match detect(tls, self.detect_timeout).await {
+                None => match detect(tls, self.detect_timeout).await {
                     // Inside the tunnel, "TLS" is the app's own TLS: opaque to us.
                     Ok((inner, io)) => self.serve_detected(inner, io, peer).await,
                     Err(e) => tracing::debug!(error = %e, "detection inside mTLS failed"),

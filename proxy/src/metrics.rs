@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -16,6 +17,139 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A metric's name, help and labels: the table below is every metric the proxy
+/// exports outside identity's.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Def {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+}
+
+const fn def(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Def {
+    Def { name, help, labels }
+}
+
+const REQUESTS: Def = def(
+    "weft_requests_total",
+    "HTTP requests by direction, service and response status class.",
+    &["direction", "service", "status_class"],
+);
+const DURATION: Def = def(
+    "weft_request_duration_seconds",
+    "Time from request received to response headers sent.",
+    &["direction", "service"],
+);
+const OPEN: Def = def(
+    "weft_open_connections",
+    "TCP connections open now.",
+    &["direction"],
+);
+const TCP_OPENED: Def = def(
+    "weft_tcp_connections_opened_total",
+    "TCP connections accepted.",
+    &["direction"],
+);
+const TCP_CLOSED: Def = def(
+    "weft_tcp_connections_closed_total",
+    "TCP connections closed.",
+    &["direction"],
+);
+const TCP_REJECTED: Def = def(
+    "weft_tcp_connections_rejected_total",
+    "TCP connections refused because the connection limit was reached.",
+    &["direction"],
+);
+const TCP_PASSTHROUGH: Def = def(
+    "weft_tcp_passthrough_total",
+    "Captured connections to destinations the mesh does not know, passed through \
+     untouched as plain TCP.",
+    &["direction"],
+);
+const BYTES_READ: Def = def(
+    "weft_tcp_read_bytes_total",
+    "Bytes read from accepted connections.",
+    &["direction"],
+);
+const BYTES_WRITTEN: Def = def(
+    "weft_tcp_write_bytes_total",
+    "Bytes written to accepted connections.",
+    &["direction"],
+);
+const PROXY_ERRORS: Def = def(
+    "weft_proxy_errors_total",
+    "Requests the proxy answered itself, by the reason it gave in weft-error.",
+    &["direction", "service", "reason"],
+);
+const EJECTED: Def = def(
+    "weft_outlier_ejected_endpoints",
+    "Endpoints currently ejected by outlier detection.",
+    &["service"],
+);
+const EJECTIONS: Def = def(
+    "weft_outlier_ejections_total",
+    "Endpoints ejected by outlier detection (re-ejections after a failed probe too).",
+    &["service"],
+);
+const OVERLOADED: Def = def(
+    "weft_overload_rejections_total",
+    "Requests answered 503 overloaded at once because a concurrency limit was reached.",
+    &["service", "limit"],
+);
+const RETRIES: Def = def(
+    "weft_retries_total",
+    "Attempts made after the first, by service.",
+    &["service"],
+);
+const RETRIES_REFUSED: Def = def(
+    "weft_retries_refused_total",
+    "Retries not made because the retry budget or the concurrent-retry limit was spent.",
+    &["service"],
+);
+const RELOADS: Def = def(
+    "weft_snapshot_reloads_total",
+    "Attempts to load a new snapshot, by result.",
+    &["result"],
+);
+const SNAPSHOT_VERSION: Def = def(
+    "weft_snapshot_version",
+    "Version of the snapshot the proxy is serving.",
+    &[],
+);
+const UPDATES_REJECTED: Def = def(
+    "weft_discovery_updates_rejected_total",
+    "Discovery updates rejected whole because they could not be applied.",
+    &[],
+);
+const SUBSCRIPTIONS: Def = def(
+    "weft_discovery_subscriptions",
+    "Destinations this proxy watches through the control plane.",
+    &[],
+);
+const STREAMS: Def = def(
+    "weft_discovery_streams_connected",
+    "Discovery streams currently connected to the control plane.",
+    &[],
+);
+
+/// Registers a metric built from a static definition; either step fails only for
+/// a bad definition or a name registered twice, which every test would show.
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: prometheus::Result<C>) -> C {
+    let c = c.unwrap_or_else(|e| unreachable!("static metric is valid: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+    c
+}
+
+fn counter_vec(r: &Registry, d: &Def) -> IntCounterVec {
+    register(r, IntCounterVec::new(d.opts(), d.labels))
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -152,164 +286,38 @@ pub(crate) struct ConnMetrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| unreachable!("static metric {name} is valid: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| unreachable!("metric {name} registered once: {e}"));
-            c
-        };
-        let requests = counter(
-            "weft_requests_total",
-            "HTTP requests by direction, service and response status class.",
-            &["direction", "service", "status_class"],
-        );
-        let tcp_opened = counter(
-            "weft_tcp_connections_opened_total",
-            "TCP connections accepted.",
-            &["direction"],
-        );
-        let tcp_closed = counter(
-            "weft_tcp_connections_closed_total",
-            "TCP connections closed.",
-            &["direction"],
-        );
-        let tcp_rejected = counter(
-            "weft_tcp_connections_rejected_total",
-            "TCP connections refused because the connection limit was reached.",
-            &["direction"],
-        );
-        let tcp_passthrough = counter(
-            "weft_tcp_passthrough_total",
-            "Captured connections to destinations the mesh does not know, passed through \
-             untouched as plain TCP.",
-            &["direction"],
-        );
-        let bytes_read = counter(
-            "weft_tcp_read_bytes_total",
-            "Bytes read from accepted connections.",
-            &["direction"],
-        );
-        let bytes_written = counter(
-            "weft_tcp_write_bytes_total",
-            "Bytes written to accepted connections.",
-            &["direction"],
-        );
-        let proxy_errors = counter(
-            "weft_proxy_errors_total",
-            "Requests the proxy answered itself, by the reason it gave in weft-error.",
-            &["direction", "service", "reason"],
-        );
-        let ejections = counter(
-            "weft_outlier_ejections_total",
-            "Endpoints ejected by outlier detection (re-ejections after a failed probe too).",
-            &["service"],
-        );
-        let overloaded = counter(
-            "weft_overload_rejections_total",
-            "Requests answered 503 overloaded at once because a concurrency limit was reached.",
-            &["service", "limit"],
-        );
-        let retries = counter(
-            "weft_retries_total",
-            "Attempts made after the first, by service.",
-            &["service"],
-        );
-        let retries_refused = counter(
-            "weft_retries_refused_total",
-            "Retries not made because the retry budget or the concurrent-retry limit was spent.",
-            &["service"],
-        );
-        let reloads = counter(
-            "weft_snapshot_reloads_total",
-            "Attempts to load a new snapshot, by result.",
-            &["result"],
-        );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weft_request_duration_seconds",
-                "Time from request received to response headers sent.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["direction", "service"],
-        )
-        .unwrap_or_else(|e| unreachable!("static histogram is valid: {e}"));
-        let open_connections = IntGaugeVec::new(
-            Opts::new("weft_open_connections", "TCP connections open now."),
-            &["direction"],
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let ejected = IntGaugeVec::new(
-            Opts::new(
-                "weft_outlier_ejected_endpoints",
-                "Endpoints currently ejected by outlier detection.",
-            ),
-            &["service"],
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let snapshot_version = IntGauge::new(
-            "weft_snapshot_version",
-            "Version of the snapshot the proxy is serving.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let updates_rejected = IntCounter::new(
-            "weft_discovery_updates_rejected_total",
-            "Discovery updates rejected whole because they could not be applied.",
-        )
-        .unwrap_or_else(|e| unreachable!("static counter is valid: {e}"));
-        let subscriptions = IntGauge::new(
-            "weft_discovery_subscriptions",
-            "Destinations this proxy watches through the control plane.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let streams = IntGauge::new(
-            "weft_discovery_streams_connected",
-            "Discovery streams currently connected to the control plane.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        for c in [
-            Box::new(subscriptions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(streams.clone()),
-            Box::new(duration.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(snapshot_version.clone()),
-            Box::new(updates_rejected.clone()),
-            Box::new(ejected.clone()),
-        ] {
-            registry
-                .register(c)
-                .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
-        }
+        let r = Registry::new();
         // Make the reload series visible before the first reload.
-        for r in ["ok", "error"] {
-            reloads.with_label_values(&[r]);
+        let reloads = counter_vec(&r, &RELOADS);
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
         }
+        let duration =
+            HistogramOpts::new(DURATION.name, DURATION.help).buckets(LATENCY_BUCKETS.to_vec());
         Metrics {
             inner: Arc::new(Inner {
-                registry,
-                requests,
-                duration,
-                open_connections,
-                tcp_opened,
-                tcp_closed,
-                tcp_rejected,
-                tcp_passthrough,
-                bytes_read,
-                bytes_written,
-                proxy_errors,
-                snapshot_version,
+                requests: counter_vec(&r, &REQUESTS),
+                duration: register(&r, HistogramVec::new(duration, DURATION.labels)),
+                open_connections: register(&r, IntGaugeVec::new(OPEN.opts(), OPEN.labels)),
+                tcp_opened: counter_vec(&r, &TCP_OPENED),
+                tcp_closed: counter_vec(&r, &TCP_CLOSED),
+                tcp_rejected: counter_vec(&r, &TCP_REJECTED),
+                tcp_passthrough: counter_vec(&r, &TCP_PASSTHROUGH),
+                bytes_read: counter_vec(&r, &BYTES_READ),
+                bytes_written: counter_vec(&r, &BYTES_WRITTEN),
+                proxy_errors: counter_vec(&r, &PROXY_ERRORS),
+                snapshot_version: register(&r, IntGauge::with_opts(SNAPSHOT_VERSION.opts())),
                 reloads,
-                updates_rejected,
-                subscriptions,
-                streams,
-                ejected,
-                ejections,
-                overloaded,
-                retries,
-                retries_refused,
+                updates_rejected: register(&r, IntCounter::with_opts(UPDATES_REJECTED.opts())),
+                subscriptions: register(&r, IntGauge::with_opts(SUBSCRIPTIONS.opts())),
+                streams: register(&r, IntGauge::with_opts(STREAMS.opts())),
+                ejected: register(&r, IntGaugeVec::new(EJECTED.opts(), EJECTED.labels)),
+                ejections: counter_vec(&r, &EJECTIONS),
+                overloaded: counter_vec(&r, &OVERLOADED),
+                retries: counter_vec(&r, &RETRIES),
+                retries_refused: counter_vec(&r, &RETRIES_REFUSED),
                 services: Mutex::new(HashMap::new()),
+                registry: r,
             }),
         }
     }
