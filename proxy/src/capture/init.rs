@@ -4,6 +4,7 @@
 //! every variable has a flag of the same meaning for use by hand.
 
 use std::path::Path;
+use weft_api::ports::PortList;
 
 use super::iptables::{self, Mode, Tools};
 use super::rules::{self, CaptureConfig, Family, Installed};
@@ -70,11 +71,11 @@ impl InitArgs {
             admin_port: self.admin_port,
             skip_inbound_ports: field(
                 "skip inbound ports",
-                rules::parse_ports(&self.skip_inbound_ports),
+                PortList::parse(&self.skip_inbound_ports).map_err(|e| e.to_string()),
             )?,
             skip_outbound_ports: field(
                 "skip outbound ports",
-                rules::parse_ports(&self.skip_outbound_ports),
+                PortList::parse(&self.skip_outbound_ports).map_err(|e| e.to_string()),
             )?,
             skip_outbound_cidrs: field(
                 "skip outbound CIDRs",
@@ -194,7 +195,7 @@ mod tests {
         .expect("flags parse");
         let c = cli.init.capture_config().expect("valid");
         assert_eq!(c.proxy_uid, 1337);
-        assert_eq!(c.skip_inbound_ports.len(), 1);
+        assert_eq!(c.skip_inbound_ports.ranges().len(), 1);
         assert_eq!(c.skip_outbound_cidrs.len(), 1);
         assert_eq!(c.admin_port, 7191);
     }

@@ -20,6 +20,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use weft_api::ports::{PortList, PortRange};
+
 pub(crate) const INBOUND_CHAIN: &str = "WEFT_INBOUND";
 pub(crate) const OUTBOUND_CHAIN: &str = "WEFT_OUTPUT";
 
@@ -42,52 +44,13 @@ impl fmt::Display for Family {
     }
 }
 
-/// An inclusive port range; a single port is `first == last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct PortRange {
-    pub(crate) first: u16,
-    pub(crate) last: u16,
-}
-
-impl PortRange {
-    /// iptables' `--dport` syntax: `80` or `8000:8099`.
-    fn to_match(self) -> String {
-        if self.first == self.last {
-            self.first.to_string()
-        } else {
-            format!("{}:{}", self.first, self.last)
-        }
+/// iptables' `--dport` syntax for a port or range: `80` or `8000:8099`.
+fn dport(r: &PortRange) -> String {
+    if r.first == r.last {
+        r.first.to_string()
+    } else {
+        format!("{}:{}", r.first, r.last)
     }
-}
-
-/// Parses the injector's port list syntax: `7191,8000-8099` (empty means none).
-pub(crate) fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
-    let mut out = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let port = |s: &str| -> Result<u16, String> {
-            match s.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("{item:?} is not a port (1-65535) or range")),
-                Ok(p) => Ok(p),
-            }
-        };
-        let range = match item.split_once('-') {
-            Some((a, b)) => PortRange {
-                first: port(a)?,
-                last: port(b)?,
-            },
-            None => {
-                let p = port(item)?;
-                PortRange { first: p, last: p }
-            }
-        };
-        if range.first > range.last {
-            return Err(format!("{item:?}: the range runs backwards"));
-        }
-        out.push(range);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8`.
@@ -154,8 +117,8 @@ pub(crate) struct CaptureConfig {
     pub(crate) inbound_port: u16,
     /// Always exempt from inbound capture: the kubelet probes it, Prometheus scrapes it.
     pub(crate) admin_port: u16,
-    pub(crate) skip_inbound_ports: Vec<PortRange>,
-    pub(crate) skip_outbound_ports: Vec<PortRange>,
+    pub(crate) skip_inbound_ports: PortList,
+    pub(crate) skip_outbound_ports: PortList,
     pub(crate) skip_outbound_cidrs: Vec<Cidr>,
 }
 
@@ -166,8 +129,8 @@ impl Default for CaptureConfig {
             outbound_port: 7140,
             inbound_port: 7143,
             admin_port: 7191,
-            skip_inbound_ports: Vec::new(),
-            skip_outbound_ports: Vec::new(),
+            skip_inbound_ports: PortList::default(),
+            skip_outbound_ports: PortList::default(),
             skip_outbound_cidrs: Vec::new(),
         }
     }
@@ -190,15 +153,9 @@ pub(crate) fn jump_rule(builtin: &str, chain: &str) -> String {
 impl CaptureConfig {
     pub(crate) fn ruleset(&self, family: Family) -> Ruleset {
         let mut inbound = vec!["-i lo -j RETURN".to_string()];
-        let mut skip_in = self.skip_inbound_ports.clone();
-        skip_in.push(PortRange {
-            first: self.admin_port,
-            last: self.admin_port,
-        });
-        skip_in.sort();
-        skip_in.dedup();
-        for r in &skip_in {
-            inbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", r.to_match()));
+        let skip_in = self.skip_inbound_ports.clone().with(self.admin_port);
+        for r in skip_in.ranges() {
+            inbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", dport(r)));
         }
         inbound.push(format!(
             "-p tcp -j REDIRECT --to-ports {}",
@@ -209,8 +166,8 @@ impl CaptureConfig {
             format!("-m owner --uid-owner {} -j RETURN", self.proxy_uid),
             "-o lo -j RETURN".to_string(),
         ];
-        for r in &self.skip_outbound_ports {
-            outbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", r.to_match()));
+        for r in self.skip_outbound_ports.ranges() {
+            outbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", dport(r)));
         }
         for c in self
             .skip_outbound_cidrs
@@ -319,31 +276,10 @@ mod tests {
 
     fn config() -> CaptureConfig {
         CaptureConfig {
-            skip_inbound_ports: parse_ports("7191,9090").expect("ports"),
-            skip_outbound_ports: parse_ports("5432,8000-8099").expect("ports"),
+            skip_inbound_ports: PortList::parse("7191,9090").expect("ports"),
+            skip_outbound_ports: PortList::parse("5432,8000-8099").expect("ports"),
             skip_outbound_cidrs: parse_cidrs("10.0.0.0/8, fd00::/8").expect("cidrs"),
             ..CaptureConfig::default()
-        }
-    }
-
-    #[test]
-    fn port_lists_parse_the_injector_syntax() {
-        assert_eq!(
-            parse_ports("8000-8099,7191,7191").expect("valid"),
-            vec![
-                PortRange {
-                    first: 7191,
-                    last: 7191
-                },
-                PortRange {
-                    first: 8000,
-                    last: 8099
-                }
-            ]
-        );
-        assert!(parse_ports("").expect("empty").is_empty());
-        for bad in ["0", "70000", "90-80", "a", "1-"] {
-            assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }
 
@@ -383,7 +319,7 @@ mod tests {
     #[test]
     fn inbound_always_exempts_the_admin_port() {
         let mut c = config();
-        c.skip_inbound_ports.clear();
+        c.skip_inbound_ports = PortList::default();
         let rules = c.ruleset(Family::V4);
         assert!(
             rules.chains[0]
