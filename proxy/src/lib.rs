@@ -19,6 +19,10 @@
 //! `capture` is transparent capture (`weft-proxy init` and original destinations);
 //! `identity` is mTLS and the inbound policy.
 
+// Items are crate-private unless main.rs or the tests need them, so the compiler
+// reports dead code; this keeps a stray `pub` from hiding it again.
+#![warn(unreachable_pub)]
+
 mod admin;
 mod balance;
 mod breaker;
