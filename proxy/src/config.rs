@@ -11,8 +11,7 @@ use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
-use crate::identity::certify::Token;
-use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
+use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +85,25 @@ impl TrustAnchors {
             return Err(format!("{origin}: no PEM certificate"));
         }
         Ok(certs)
+    }
+}
+
+/// Where the proof of identity comes from; a file is re-read on every renewal, so
+/// a rotated token is picked up.
+#[derive(Debug, Clone)]
+pub(crate) enum Token {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl Token {
+    pub(crate) fn read(&self) -> Result<String, String> {
+        match self {
+            Token::Inline(t) => Ok(t.clone()),
+            Token::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("reading the token file {}: {e}", p.display())),
+        }
     }
 }
 

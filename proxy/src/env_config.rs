@@ -35,13 +35,13 @@ use std::path::PathBuf;
 use weft_api::mesh::{MeshSpec, Name};
 use weft_api::spiffe::SpiffeId;
 
+use crate::config::Token;
 use crate::config::TrustAnchors;
 use crate::config::{
     Config, ConfigError, IdentityConfig, LimitsConfig, NodeConfig, default_node_id,
     default_trust_domain, default_workers,
 };
-use crate::identity::certify::Token;
-use crate::identity::policy::InboundPolicy;
+use crate::inbound_policy::InboundPolicy;
 use crate::ports::PortSet;
 
 pub(crate) const DEFAULT_OUTBOUND_PORT: u16 = 7140;
@@ -207,7 +207,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::identity::policy::TlsMode;
+    use crate::inbound_policy::TlsMode;
 
     /// A self-signed certificate, as PEM, for WEFT_TRUST_ANCHORS.
     fn ca_pem() -> String {

@@ -13,11 +13,12 @@
 //! - L2 `endpoint`: an endpoint and the stats that outlive snapshots.
 //! - L1 building blocks that know no snapshot: `balance` picks an endpoint,
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
-//!   whether a failed attempt goes again, judged by its `outcome`; `metrics`.
-//! - L0 `clock`, `sync`, config types (`ports`), `io`.
+//!   whether a failed attempt goes again, judged by its `outcome`; `metrics`;
+//!   `identity` (mTLS, certificates from the control plane).
+//! - L0 `clock`, `sync`, `io`, and config: `config`, `env_config`, `ports`,
+//!   `inbound_policy`.
 //!
-//! `capture` is transparent capture (`weft-proxy init` and original destinations);
-//! `identity` is mTLS and the inbound policy.
+//! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
 // Items are crate-private unless main.rs or the tests need them, so the compiler
 // reports dead code; this keeps a stray `pub` from hiding it again.
@@ -35,6 +36,7 @@ mod env_config;
 mod http;
 mod identity;
 mod inbound;
+mod inbound_policy;
 mod io;
 mod listener;
 pub mod metrics;

@@ -5,7 +5,6 @@
 //! so a fleet started together does not renew together. A failed renewal is retried
 //! with backoff while the old certificate keeps serving until it expires.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,29 +17,11 @@ use weft_api::v1;
 use weft_api::v1::identity_client::IdentityClient;
 
 use super::{Identity, unix_now};
+use crate::config::Token;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RENEW_AT: f64 = 0.7;
-
-/// Where the proof of identity comes from; a file is re-read on every renewal, so
-/// a rotated token is picked up.
-#[derive(Debug, Clone)]
-pub(crate) enum Token {
-    Inline(String),
-    File(PathBuf),
-}
-
-impl Token {
-    fn read(&self) -> Result<String, String> {
-        match self {
-            Token::Inline(t) => Ok(t.clone()),
-            Token::File(p) => std::fs::read_to_string(p)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("reading the token file {}: {e}", p.display())),
-        }
-    }
-}
 
 /// The proof a token is: `weft-control token`'s local tokens carry the `weft1.`
 /// prefix; anything else (in a pod: the projected ServiceAccount token, a JWT) is a

@@ -10,7 +10,6 @@
 pub(crate) mod cert;
 pub(crate) mod certify;
 pub(crate) mod metrics;
-pub(crate) mod policy;
 pub(crate) mod policy_watch;
 pub(crate) mod verify;
 
@@ -32,8 +31,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use weft_api::spiffe::SpiffeId;
 
 use self::metrics::IdentityMetrics;
-use self::policy::InboundPolicy;
 use self::verify::{SpiffeServerVerifier, peer_identity};
+use crate::inbound_policy::InboundPolicy;
 
 /// What a hop speaks inside TLS; chooses the ALPN the outbound side offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use weft_api::v1;
 use weft_api::v1::policy_client::PolicyClient;
 
 use super::Identity;
-use super::policy::InboundPolicy;
+use crate::inbound_policy::InboundPolicy;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
