@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -65,7 +65,8 @@ struct PoolInner {
 /// The outcome of the last HTTP/2 dial to one endpoint.
 #[derive(Default)]
 struct Dial {
-    failed: Option<(Instant, ProxyError)>,
+    /// When the last dial failed (`now_nanos()`), and how.
+    failed: Option<(u64, ProxyError)>,
 }
 
 struct Idle {
@@ -269,7 +270,7 @@ impl Pool {
             .entry(key.clone())
             .or_default()
             .clone();
-        let waited_since = Instant::now();
+        let waited_since = now_nanos();
         let mut dial = gate.lock().await;
         if let Some(tx) = self.shared_h2(key, now_nanos()) {
             return Ok(tx);
@@ -287,7 +288,7 @@ impl Pool {
                 Ok(tx)
             }
             Err(e) => {
-                dial.failed = Some((Instant::now(), e));
+                dial.failed = Some((now_nanos(), e));
                 Err(e)
             }
         }
