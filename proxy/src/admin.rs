@@ -24,22 +24,22 @@ use crate::metrics::Metrics;
 use crate::ports::PortSet;
 use crate::snapshot::SnapshotStore;
 
-pub struct Admin {
-    pub metrics: Metrics,
-    pub store: SnapshotStore,
+pub(crate) struct Admin {
+    pub(crate) metrics: Metrics,
+    pub(crate) store: SnapshotStore,
     /// False until every listener is bound and a snapshot is loaded, and again
     /// once draining starts, so no new traffic is sent to a proxy on its way out.
-    pub ready: Arc<AtomicBool>,
-    pub shutdown: CancellationToken,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) shutdown: CancellationToken,
     /// With mTLS on, not ready while the proxy holds no valid certificate.
-    pub identity: Option<Arc<crate::identity::Identity>>,
+    pub(crate) identity: Option<Arc<crate::identity::Identity>>,
     /// App ports whose probes may be forwarded (`WEFT_PROBE_PORTS`).
-    pub probe_ports: PortSet,
-    pub probe_timeout: Duration,
+    pub(crate) probe_ports: PortSet,
+    pub(crate) probe_timeout: Duration,
 }
 
 impl Admin {
-    pub fn spawn(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    pub(crate) fn spawn(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {

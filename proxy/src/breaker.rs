@@ -8,116 +8,95 @@
 //! At most `max_ejected_percent` of a service's endpoints are ejected at once (but
 //! always at least one), and when all are ejected the balancer uses them all anyway.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::clock::{nanos, now_nanos};
 use crate::metrics::ServiceMetrics;
-use crate::snapshot::Endpoint;
-use crate::state::{nanos, now_nanos};
+use crate::outcome::Outcome;
 
 /// Concurrency limits of one service; 0 means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Limits {
-    pub max_connections: u32,
-    pub max_pending_requests: u32,
-    pub max_active_requests: u32,
-    pub max_concurrent_retries: u32,
-}
-
-/// Which limit turned a request away, as the `limit` label of the metric.
-#[derive(Debug, Clone, Copy)]
-pub enum Limit {
-    Connections,
-    Pending,
-    Active,
-    Retries,
-}
-
-impl Limit {
-    pub fn label(self) -> &'static str {
-        match self {
-            Limit::Connections => "connections",
-            Limit::Pending => "pending",
-            Limit::Active => "active",
-            Limit::Retries => "retries",
-        }
-    }
+pub(crate) struct Limits {
+    pub(crate) max_connections: u32,
+    pub(crate) max_pending_requests: u32,
+    pub(crate) max_active_requests: u32,
+    pub(crate) max_concurrent_retries: u32,
 }
 
 /// Live counts for one service; survives snapshot swaps with the service's stats.
+/// The counts a permit can outlive a request with (a response body, a pooled
+/// connection) are shared by `Arc`.
 #[derive(Debug, Default, Serialize)]
-pub struct Concurrency {
-    pub active: AtomicU32,
-    pub pending: AtomicU32,
-    pub retries: AtomicU32,
-    pub connections: Arc<AtomicU32>,
+pub(crate) struct Concurrency {
+    pub(crate) active: Arc<AtomicU32>,
+    pub(crate) pending: AtomicU32,
+    pub(crate) retries: AtomicU32,
+    pub(crate) connections: Arc<AtomicU32>,
 }
 
-/// A held unit of a limited count, released on drop.
+/// A held unit of a limited count, given back on drop: the one guard every limit
+/// hands out. `C` is how the count is held: borrowed for a unit that lives within
+/// one call (a pending request, a retry), `Arc` for one that travels (with a
+/// response body, with an upstream connection).
 #[must_use]
-pub struct Slot<'a>(Option<&'a AtomicU32>);
+pub(crate) struct Permit<C: Deref<Target = AtomicU32> = Arc<AtomicU32>>(Option<C>);
 
-impl Slot<'_> {
-    pub fn none() -> Slot<'static> {
-        Slot(None)
+impl<C: Deref<Target = AtomicU32>> Permit<C> {
+    /// Takes one unit of `count` unless that would go over `limit` (0: unlimited).
+    pub(crate) fn acquire(count: C, limit: u32) -> Option<Permit<C>> {
+        let prev = count.fetch_add(1, Ordering::Relaxed);
+        if limit != 0 && prev >= limit {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Permit(Some(count)))
+    }
+
+    /// A permit that counts nothing, where no limit applies.
+    pub(crate) fn unlimited() -> Permit<C> {
+        Permit(None)
     }
 }
 
-impl Drop for Slot<'_> {
+impl<C: Deref<Target = AtomicU32>> Drop for Permit<C> {
     fn drop(&mut self) {
-        if let Some(c) = self.0 {
+        if let Some(c) = &self.0 {
             c.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Takes one unit of `count` unless that would go over `limit` (0: unlimited).
-pub fn acquire(count: &AtomicU32, limit: u32) -> Option<Slot<'_>> {
-    if limit == 0 {
-        count.fetch_add(1, Ordering::Relaxed);
-        return Some(Slot(Some(count)));
-    }
-    let prev = count.fetch_add(1, Ordering::Relaxed);
-    if prev >= limit {
-        count.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
-    Some(Slot(Some(count)))
-}
-
-/// A unit of a service's active-request count, owned so it can travel with the
-/// response body: a request stays active until its response has been streamed.
-#[must_use]
-pub struct ActiveSlot(Arc<crate::state::ServiceStats>);
-
-impl std::fmt::Debug for ActiveSlot {
+impl<C: Deref<Target = AtomicU32>> std::fmt::Debug for Permit<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ActiveSlot")
+        f.write_str("Permit")
     }
 }
 
-impl ActiveSlot {
-    pub fn acquire(stats: &Arc<crate::state::ServiceStats>, limit: u32) -> Option<ActiveSlot> {
-        let slot = acquire(&stats.concurrency.active, limit)?;
-        // Ownership of the unit moves to the ActiveSlot, which releases it on drop.
-        std::mem::forget(slot);
-        Some(ActiveSlot(stats.clone()))
-    }
+/// A service's count of open upstream connections and its cap (0: none). A new
+/// connection takes a unit before dialing and gives it back when it closes; over
+/// the cap the request is answered `overloaded` instead of waiting.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnLimit {
+    pub(crate) count: Arc<AtomicU32>,
+    pub(crate) max: u32,
 }
 
-impl Drop for ActiveSlot {
-    fn drop(&mut self) {
-        self.0.concurrency.active.fetch_sub(1, Ordering::Relaxed);
+impl ConnLimit {
+    /// A unit for one more connection, or None over the cap.
+    pub(crate) fn acquire(&self) -> Option<Permit> {
+        Permit::acquire(self.count.clone(), self.max)
     }
 }
 
 /// Failure classes counted toward ejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FailureClass {
+pub(crate) enum FailureClass {
     /// Any 5xx, from the endpoint or the proxy.
     ServerError,
     /// 502, 503, 504.
@@ -130,42 +109,31 @@ pub enum FailureClass {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutlierPolicy {
-    pub consecutive_failures: u32,
+pub(crate) struct OutlierPolicy {
+    pub(crate) consecutive_failures: u32,
     #[serde(serialize_with = "as_ms")]
-    pub base_ejection: Duration,
+    pub(crate) base_ejection: Duration,
     #[serde(serialize_with = "as_ms")]
-    pub max_ejection: Duration,
-    pub max_ejected_percent: u32,
-    pub failure_on: Vec<FailureClass>,
-    pub grpc_codes: Vec<u32>,
+    pub(crate) max_ejection: Duration,
+    pub(crate) max_ejected_percent: u32,
+    pub(crate) failure_on: Vec<FailureClass>,
+    pub(crate) grpc_codes: Vec<u32>,
 }
 
 fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
-pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
-
-/// How one attempt on an endpoint ended, as far as ejection cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A response with this status (and gRPC status from its headers, if any).
-    Response { status: u16, grpc: Option<u32> },
-    /// No response: connect failure, reset, or per-try timeout.
-    ConnectFailure,
-    /// Ended by something other than the endpoint (client gone, request timeout).
-    Cancelled,
-}
+pub(crate) const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 
 impl OutlierPolicy {
     fn is_failure(&self, outcome: Outcome) -> Option<bool> {
         let classes = &self.failure_on;
         match outcome {
             Outcome::Cancelled => None,
-            Outcome::ConnectFailure => Some(
+            Outcome::NotSent | Outcome::NoResponse => Some(
                 classes.contains(&FailureClass::Connect)
                     || classes.contains(&FailureClass::Gateway)
                     || classes.contains(&FailureClass::ServerError),
@@ -183,7 +151,7 @@ impl OutlierPolicy {
 /// One endpoint's ejection state. All atomics: the hot path reads `ejected_until`
 /// once per candidate and writes only when an outcome changes something.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     consecutive: AtomicU32,
     /// `now_nanos()` when the ejection ends; 0 while admitted.
     ejected_until: AtomicU64,
@@ -220,7 +188,7 @@ impl Drop for Health {
 }
 
 impl Health {
-    pub fn new(metrics: Arc<ServiceMetrics>) -> Health {
+    pub(crate) fn new(metrics: Arc<ServiceMetrics>) -> Health {
         Health {
             consecutive: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -230,17 +198,17 @@ impl Health {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
     }
 
-    pub fn is_ejected(&self) -> bool {
+    pub(crate) fn is_ejected(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) != 0
     }
 
     /// Whether the balancer may pick this endpoint: admitted, or half-open with no
     /// probe out.
-    pub fn eligible(&self, now: u64) -> bool {
+    pub(crate) fn eligible(&self, now: u64) -> bool {
         match self.ejected_until.load(Ordering::Relaxed) {
             0 => true,
             until => until <= now && !self.probing.load(Ordering::Relaxed),
@@ -249,7 +217,7 @@ impl Health {
 
     /// Called once an endpoint is picked. Returns true when this request is the
     /// half-open probe (so its outcome decides readmission).
-    pub fn begin(&self) -> bool {
+    pub(crate) fn begin(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0
             && until <= now_nanos()
@@ -259,14 +227,14 @@ impl Health {
                 .is_ok()
     }
 
-    /// Records how an attempt ended. `peers` is the service's endpoint set, for the
-    /// cap on the share ejected.
-    pub fn record(
+    /// Records how an attempt ended. `peers` is the health of the service's
+    /// endpoint set, for the cap on the share ejected.
+    pub(crate) fn record<'a>(
         &self,
         outcome: Outcome,
         probe: bool,
         policy: Option<&OutlierPolicy>,
-        peers: &[Arc<Endpoint>],
+        peers: impl ExactSizeIterator<Item = &'a Health>,
     ) {
         let failed = match policy {
             Some(p) if p.consecutive_failures > 0 => p.is_failure(outcome),
@@ -324,14 +292,14 @@ impl Health {
     }
 
     #[cfg(test)]
-    pub fn eject_for_test(&self, span: Duration) {
+    pub(crate) fn eject_for_test(&self, span: Duration) {
         self.ejected_until
             .store(now_nanos() + nanos(span), Ordering::Relaxed);
         self.metrics.ejected.inc();
     }
 
     #[cfg(test)]
-    pub fn note_failure_for_test(&self) {
+    pub(crate) fn note_failure_for_test(&self) {
         self.consecutive.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -343,9 +311,9 @@ fn outcome_is_success(outcome: Outcome) -> Option<bool> {
     }
 }
 
-fn room_to_eject(p: &OutlierPolicy, peers: &[Arc<Endpoint>]) -> bool {
+fn room_to_eject<'a>(p: &OutlierPolicy, peers: impl ExactSizeIterator<Item = &'a Health>) -> bool {
     let total = peers.len();
-    let ejected = peers.iter().filter(|e| e.stats.health.is_ejected()).count();
+    let ejected = peers.filter(|h| h.is_ejected()).count();
     let cap = (total * p.max_ejected_percent as usize / 100).max(1);
     ejected < cap
 }
@@ -354,6 +322,11 @@ fn room_to_eject(p: &OutlierPolicy, peers: &[Arc<Endpoint>]) -> bool {
 mod tests {
     use super::*;
     use crate::balance::tests::endpoints;
+    use crate::endpoint::Endpoint;
+
+    fn peers(eps: &[Arc<Endpoint>]) -> impl ExactSizeIterator<Item = &Health> {
+        eps.iter().map(|e| &e.stats.health)
+    }
 
     fn policy(n: u32, base_ms: u64) -> OutlierPolicy {
         OutlierPolicy {
@@ -380,37 +353,62 @@ mod tests {
         let (eps, _reg) = endpoints(&[100, 100, 100, 100]);
         let p = policy(3, 10_000);
         let h = &eps[0].stats.health;
-        h.record(FAIL, false, Some(&p), &eps);
-        h.record(FAIL, false, Some(&p), &eps);
-        h.record(OK, false, Some(&p), &eps);
-        h.record(FAIL, false, Some(&p), &eps);
-        h.record(FAIL, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), peers(&eps));
+        h.record(FAIL, false, Some(&p), peers(&eps));
+        h.record(OK, false, Some(&p), peers(&eps));
+        h.record(FAIL, false, Some(&p), peers(&eps));
+        h.record(FAIL, false, Some(&p), peers(&eps));
         assert!(!h.is_ejected(), "a success resets the count");
-        h.record(FAIL, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), peers(&eps));
         assert!(h.is_ejected());
         assert!(!h.eligible(now_nanos()));
     }
 
     #[test]
     fn half_open_probe_readmits_or_doubles_the_ejection() {
-        let (eps, _reg) = endpoints(&[100, 100]);
-        let p = policy(1, 1);
-        let h = &eps[0].stats.health;
-        h.record(Outcome::ConnectFailure, false, Some(&p), &eps);
-        assert!(h.is_ejected());
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(h.eligible(now_nanos()), "half-open after the ejection time");
-        assert!(h.begin(), "first pick is the probe");
-        assert!(!h.eligible(now_nanos()), "one probe at a time");
-        assert!(!h.begin());
-        h.record(FAIL, true, Some(&p), &eps);
-        assert!(h.is_ejected(), "a failed probe ejects again");
-        assert_eq!(h.times_ejected.load(Ordering::Relaxed), 2);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(h.begin());
-        h.record(OK, true, Some(&p), &eps);
-        assert!(!h.is_ejected(), "a good probe readmits");
-        assert!(h.eligible(now_nanos()));
+        crate::clock::paused_runtime().block_on(async {
+            let (eps, _reg) = endpoints(&[100, 100]);
+            let p = policy(1, 1000);
+            let h = &eps[0].stats.health;
+            let ms = |n| tokio::time::advance(Duration::from_millis(n));
+            h.record(Outcome::NotSent, false, Some(&p), peers(&eps));
+            assert!(h.is_ejected());
+            ms(999).await;
+            assert!(!h.eligible(now_nanos()), "ejected for the base time");
+            ms(1).await;
+            assert!(h.eligible(now_nanos()), "half-open after the ejection time");
+            assert!(h.begin(), "first pick is the probe");
+            assert!(!h.eligible(now_nanos()), "one probe at a time");
+            assert!(!h.begin());
+            h.record(FAIL, true, Some(&p), peers(&eps));
+            assert!(h.is_ejected(), "a failed probe ejects again");
+            assert_eq!(h.times_ejected.load(Ordering::Relaxed), 2);
+            ms(1999).await;
+            assert!(!h.begin(), "the second ejection is twice the base");
+            ms(1).await;
+            assert!(h.begin());
+            h.record(OK, true, Some(&p), peers(&eps));
+            assert!(!h.is_ejected(), "a good probe readmits");
+            assert!(h.eligible(now_nanos()));
+        });
+    }
+
+    #[test]
+    fn ejection_time_is_capped_at_the_max() {
+        crate::clock::paused_runtime().block_on(async {
+            let (eps, _reg) = endpoints(&[100, 100]);
+            let p = policy(1, 1000);
+            let h = &eps[0].stats.health;
+            h.record(FAIL, false, Some(&p), peers(&eps));
+            for _ in 0..4 {
+                tokio::time::advance(p.max_ejection).await;
+                assert!(h.begin(), "never ejected for longer than the max");
+                h.record(FAIL, true, Some(&p), peers(&eps));
+            }
+            assert_eq!(h.times_ejected.load(Ordering::Relaxed), 5);
+            tokio::time::advance(p.max_ejection - Duration::from_millis(1)).await;
+            assert!(!h.eligible(now_nanos()), "and still for the max");
+        });
     }
 
     #[test]
@@ -418,7 +416,7 @@ mod tests {
         let (eps, _reg) = endpoints(&[100, 100, 100, 100]);
         let p = policy(1, 10_000);
         for e in &eps {
-            e.stats.health.record(FAIL, false, Some(&p), &eps);
+            e.stats.health.record(FAIL, false, Some(&p), peers(&eps));
         }
         let ejected = eps.iter().filter(|e| e.stats.health.is_ejected()).count();
         assert_eq!(ejected, 2, "50% of 4");
@@ -430,7 +428,7 @@ mod tests {
         let mut p = policy(1, 10_000);
         p.failure_on = vec![FailureClass::Gateway];
         let h = &eps[0].stats.health;
-        h.record(FAIL, false, Some(&p), &eps);
+        h.record(FAIL, false, Some(&p), peers(&eps));
         assert!(!h.is_ejected(), "500 is not a gateway error");
         h.record(
             Outcome::Response {
@@ -439,7 +437,7 @@ mod tests {
             },
             false,
             Some(&p),
-            &eps,
+            peers(&eps),
         );
         assert!(h.is_ejected());
     }
@@ -447,12 +445,17 @@ mod tests {
     #[test]
     fn limits_answer_at_once() {
         let c = AtomicU32::new(0);
-        let a = acquire(&c, 2).expect("first");
-        let b = acquire(&c, 2).expect("second");
-        assert!(acquire(&c, 2).is_none());
+        let a = Permit::acquire(&c, 2).expect("first");
+        let b = Permit::acquire(&c, 2).expect("second");
+        assert!(Permit::acquire(&c, 2).is_none());
         drop(a);
-        assert!(acquire(&c, 2).is_some());
+        assert!(Permit::acquire(&c, 2).is_some());
         drop(b);
-        assert!(acquire(&c, 0).is_some(), "0 is unlimited");
+        assert!(Permit::acquire(&c, 0).is_some(), "0 is unlimited");
+        assert_eq!(
+            c.load(Ordering::Relaxed),
+            0,
+            "every permit gave its unit back"
+        );
     }
 }

@@ -6,13 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
-use crate::control_plane::TrustAnchors;
-use crate::identity::certify::Token;
-use crate::identity::policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
+use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,21 +51,77 @@ struct RawConfig {
     services: Vec<ServiceSpec>,
 }
 
+/// Where the roots that verify the control plane come from: a PEM file
+/// (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE`) or PEM text in the environment
+/// (`WEFT_TRUST_ANCHORS`, which the injector writes into the pod spec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TrustAnchors {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl TrustAnchors {
+    /// Names the source in errors.
+    pub(crate) fn origin(&self) -> String {
+        match self {
+            TrustAnchors::File(path) => format!("trust bundle {}", path.display()),
+            TrustAnchors::Pem(_) => "WEFT_TRUST_ANCHORS".to_string(),
+        }
+    }
+
+    /// The certificates, parsed; an error names the source.
+    pub(crate) fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+        let origin = self.origin();
+        let certs: Vec<CertificateDer<'static>> = match self {
+            TrustAnchors::File(path) => CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{origin}: {e}"))?
+                .collect::<Result<_, _>>(),
+            TrustAnchors::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
+                .map(|c| c.map(CertificateDer::into_owned))
+                .collect::<Result<_, _>>(),
+        }
+        .map_err(|e| format!("{origin}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{origin}: no PEM certificate"));
+        }
+        Ok(certs)
+    }
+}
+
+/// Where the proof of identity comes from; a file is re-read on every renewal, so
+/// a rotated token is picked up.
+#[derive(Debug, Clone)]
+pub(crate) enum Token {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl Token {
+    pub(crate) fn read(&self) -> Result<String, String> {
+        match self {
+            Token::Inline(t) => Ok(t.clone()),
+            Token::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("reading the token file {}: {e}", p.display())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     #[serde(default = "default_node_id")]
-    pub id: String,
+    pub(crate) id: String,
     #[serde(default = "default_namespace")]
-    pub namespace: Name,
+    pub(crate) namespace: Name,
     #[serde(default)]
-    pub service_account: Option<String>,
+    pub(crate) service_account: Option<String>,
     /// Name used as the `service` label on inbound metrics.
     #[serde(default)]
-    pub workload: Option<String>,
+    pub(crate) workload: Option<String>,
     /// The pod's IP, for logs (`WEFT_NODE_IP` in a pod).
     #[serde(default)]
-    pub ip: Option<IpAddr>,
+    pub(crate) ip: Option<IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -139,37 +194,37 @@ struct InboundConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// "name" or "name.namespace".
-    pub service: String,
-    pub listen: SocketAddr,
+    pub(crate) service: String,
+    pub(crate) listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
+pub(crate) struct LimitsConfig {
     #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     #[serde(default = "default_header_read_timeout")]
-    pub header_read_timeout: DurationSpec,
+    pub(crate) header_read_timeout: DurationSpec,
     #[serde(default = "default_max_header_bytes")]
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     #[serde(default = "default_detect_timeout")]
-    pub detect_timeout: DurationSpec,
+    pub(crate) detect_timeout: DurationSpec,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: DurationSpec,
+    pub(crate) connect_timeout: DurationSpec,
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: DurationSpec,
+    pub(crate) idle_timeout: DurationSpec,
     #[serde(default = "default_shutdown_grace")]
-    pub shutdown_grace: DurationSpec,
+    pub(crate) shutdown_grace: DurationSpec,
     /// How long a request to a destination not yet known waits for the control
     /// plane's first answer about it.
     #[serde(default = "default_discovery_timeout")]
-    pub discovery_timeout: DurationSpec,
+    pub(crate) discovery_timeout: DurationSpec,
     /// How long the admin server waits for the app when it forwards a kubelet
     /// probe; the kubelet's own `timeoutSeconds` usually ends it sooner.
     #[serde(default = "default_probe_timeout")]
-    pub probe_timeout: DurationSpec,
+    pub(crate) probe_timeout: DurationSpec,
 }
 
 impl Default for LimitsConfig {
@@ -308,11 +363,11 @@ fn port_policy(
 
 /// The validated `identity:` section.
 #[derive(Debug, Clone)]
-pub struct IdentityConfig {
-    pub id: SpiffeId,
-    pub token: Token,
-    pub control_plane: String,
-    pub inbound: InboundPolicy,
+pub(crate) struct IdentityConfig {
+    pub(crate) id: SpiffeId,
+    pub(crate) token: Token,
+    pub(crate) control_plane: String,
+    pub(crate) inbound: InboundPolicy,
 }
 
 impl RawIdentity {
@@ -394,33 +449,32 @@ impl RawIdentity {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     pub workers: usize,
-    pub node: NodeConfig,
-    pub outbound: Option<SocketAddr>,
+    pub(crate) node: NodeConfig,
+    pub(crate) outbound: Option<SocketAddr>,
     /// Whether the outbound listener receives redirected connections.
-    pub outbound_transparent: bool,
+    pub(crate) outbound_transparent: bool,
     /// Original destination ports handled as opaque TCP, whatever the service says.
-    pub outbound_opaque_ports: PortSet,
+    pub(crate) outbound_opaque_ports: PortSet,
     /// (listen, app); no app: the original destination port on loopback.
-    pub inbound: Option<(SocketAddr, Option<SocketAddr>)>,
+    pub(crate) inbound: Option<(SocketAddr, Option<SocketAddr>)>,
     /// App ports handled as opaque TCP even from a plaintext caller.
-    pub inbound_opaque_ports: PortSet,
-    pub admin: SocketAddr,
+    pub(crate) inbound_opaque_ports: PortSet,
+    pub(crate) admin: SocketAddr,
     /// App ports the admin server forwards kubelet probes to (`/app-probe/<port>/…`).
-    pub probe_ports: PortSet,
-    pub upstreams: Vec<UpstreamConfig>,
-    pub limits: LimitsConfig,
-    pub control_plane: Option<String>,
-    pub identity: Option<IdentityConfig>,
+    pub(crate) probe_ports: PortSet,
+    pub(crate) upstreams: Vec<UpstreamConfig>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) control_plane: Option<String>,
+    pub(crate) identity: Option<IdentityConfig>,
     /// Verifies an `https://` control plane.
-    pub trust_bundle: Option<TrustAnchors>,
-    pub mesh: MeshSpec,
+    pub(crate) trust_bundle: Option<TrustAnchors>,
+    pub(crate) mesh: MeshSpec,
 }
 
-pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
-pub const DEFAULT_INBOUND: &str = "0.0.0.0:7143";
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
+pub(crate) const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
+pub(crate) const DEFAULT_ADMIN: &str = "127.0.0.1:7191";
 
 /// A sidecar shares its pod's CPU with the app, so it stays small by default.
 pub(crate) fn default_workers() -> usize {

@@ -18,7 +18,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_METHOD_LEN: usize = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detected {
+pub(crate) enum Detected {
     Http1,
     Http2,
     Tls,
@@ -64,7 +64,10 @@ fn classify(buf: &[u8]) -> Verdict {
 
 /// Reads until the protocol is known, EOF, or `timeout`. Returns the stream with the
 /// consumed bytes put back in front.
-pub async fn detect<T>(mut io: T, timeout: Duration) -> std::io::Result<(Detected, PrefixedIo<T>)>
+pub(crate) async fn detect<T>(
+    mut io: T,
+    timeout: Duration,
+) -> std::io::Result<(Detected, PrefixedIo<T>)>
 where
     T: AsyncRead + Unpin,
 {

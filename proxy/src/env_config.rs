@@ -35,18 +35,18 @@ use std::path::PathBuf;
 use weft_api::mesh::{MeshSpec, Name};
 use weft_api::spiffe::SpiffeId;
 
+use crate::config::Token;
+use crate::config::TrustAnchors;
 use crate::config::{
     Config, ConfigError, IdentityConfig, LimitsConfig, NodeConfig, default_node_id,
     default_trust_domain, default_workers,
 };
-use crate::control_plane::TrustAnchors;
-use crate::identity::certify::Token;
-use crate::identity::policy::InboundPolicy;
+use crate::inbound_policy::InboundPolicy;
 use crate::ports::PortSet;
 
-pub const DEFAULT_OUTBOUND_PORT: u16 = 7140;
-pub const DEFAULT_INBOUND_PORT: u16 = 7143;
-pub const DEFAULT_ADMIN_PORT: u16 = 7191;
+pub(crate) const DEFAULT_OUTBOUND_PORT: u16 = 7140;
+pub(crate) const DEFAULT_INBOUND_PORT: u16 = 7143;
+pub(crate) const DEFAULT_ADMIN_PORT: u16 = 7191;
 
 impl Config {
     /// The config from this process's environment.
@@ -56,7 +56,9 @@ impl Config {
 
     /// The config from variables `lookup` gives; an unset or blank variable is
     /// absent. Errors name the variable.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub(crate) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
@@ -205,7 +207,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::identity::policy::TlsMode;
+    use crate::inbound_policy::TlsMode;
 
     /// A self-signed certificate, as PEM, for WEFT_TRUST_ANCHORS.
     fn ca_pem() -> String {

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::{self, ProxyError, is_grpc};
@@ -18,20 +19,19 @@ use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, serve_handler};
-use crate::identity::policy::TlsMode;
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
+use crate::inbound_policy::TlsMode;
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
-use crate::metrics::ServiceMetrics;
+use crate::metrics::{Direction, ServiceMetrics};
 use crate::ports::PortSet;
-use crate::state::{now_nanos, since};
 use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
 /// sends under this name is a forgery and is dropped.
-pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
+pub(crate) const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("weft-client-id");
 
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// A fixed app address; None under transparent capture, where each connection
     /// goes to the port it was originally sent to.
     app: Option<SocketAddr>,
@@ -75,18 +75,32 @@ impl Peer {
     }
 }
 
+/// What an inbound proxy is built from.
+pub(crate) struct InboundInputs {
+    /// A fixed app address; None under transparent capture.
+    pub(crate) app: Option<SocketAddr>,
+    pub(crate) pool: Pool,
+    /// Handles for the workload's inbound requests.
+    pub(crate) metrics: Arc<ServiceMetrics>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+    pub(crate) limits: ServerLimits,
+    pub(crate) identity: Option<Arc<Identity>>,
+    pub(crate) opaque_ports: PortSet,
+}
+
 impl Inbound {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        app: Option<SocketAddr>,
-        pool: Pool,
-        metrics: Arc<ServiceMetrics>,
-        connect_timeout: Duration,
-        detect_timeout: Duration,
-        limits: ServerLimits,
-        identity: Option<Arc<Identity>>,
-        opaque_ports: PortSet,
-    ) -> Arc<Inbound> {
+    pub(crate) fn new(inputs: InboundInputs) -> Arc<Inbound> {
+        let InboundInputs {
+            app,
+            pool,
+            metrics,
+            connect_timeout,
+            detect_timeout,
+            limits,
+            identity,
+            opaque_ports,
+        } = inputs;
         Arc::new(Inbound {
             app,
             pool,
@@ -99,7 +113,7 @@ impl Inbound {
         })
     }
 
-    pub async fn serve_conn(self: Arc<Self>, io: Conn) {
+    pub(crate) async fn serve_conn(self: Arc<Self>, io: Conn) {
         let Some(app) = self
             .app
             .or_else(|| crate::capture::orig_dst::inbound_app(io.get_ref()))
@@ -155,25 +169,21 @@ impl Inbound {
             if !peer.allowed {
                 tracing::debug!(port, "caller denied by inbound policy");
             }
-            match negotiated(&tls) {
-                // The calling proxy already decided: opaque bytes, not to be sniffed.
-                Some(Alpn::Opaque) => {
+            // The calling proxy's ALPN already says what follows; only without one
+            // is the tunnel's content sniffed.
+            let decided = match negotiated(&tls) {
+                Some(Alpn::Opaque) => Some(Detected::Opaque),
+                _ if declared_opaque => Some(Detected::Opaque),
+                Some(Alpn::Http2) => Some(Detected::Http2),
+                Some(Alpn::Http1) => Some(Detected::Http1),
+                None => None,
+            };
+            match decided {
+                Some(detected) => {
                     let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Opaque, io, peer).await
+                    self.serve_detected(detected, io, peer).await
                 }
-                _ if declared_opaque => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Opaque, io, peer).await
-                }
-                Some(Alpn::Http2) => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Http2, io, peer).await
-                }
-                Some(Alpn::Http1) => {
-                    let io = PrefixedIo::new(Default::default(), tls);
-                    self.serve_detected(Detected::Http1, io, peer).await
-                }
-                _ => match detect(tls, self.detect_timeout).await {
+                None => match detect(tls, self.detect_timeout).await {
                     // Inside the tunnel, "TLS" is the app's own TLS: opaque to us.
                     Ok((inner, io)) => self.serve_detected(inner, io, peer).await,
                     Err(e) => tracing::debug!(error = %e, "detection inside mTLS failed"),
@@ -197,7 +207,7 @@ impl Inbound {
         } else {
             identity
                 .metrics
-                .handshake("inbound", Some(&HandshakeFailure::Plaintext));
+                .handshake(Direction::Inbound, Some(&HandshakeFailure::Plaintext));
             tracing::debug!(port, "plaintext refused in strict mode");
         }
     }

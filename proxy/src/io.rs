@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pin_project! {
     /// Replays bytes already read (by protocol detection) before reading the stream.
-    pub struct PrefixedIo<T> {
+    pub(crate) struct PrefixedIo<T> {
         prefix: Bytes,
         #[pin]
         inner: T,
@@ -19,12 +19,8 @@ pin_project! {
 }
 
 impl<T> PrefixedIo<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: T) -> Self {
         PrefixedIo { prefix, inner }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
@@ -73,7 +69,7 @@ impl<T: AsyncWrite> AsyncWrite for PrefixedIo<T> {
 
 pin_project! {
     /// Counts bytes read and written into Prometheus counters as they pass.
-    pub struct CountingIo<T> {
+    pub(crate) struct CountingIo<T> {
         #[pin]
         inner: T,
         read: IntCounter,
@@ -82,7 +78,7 @@ pin_project! {
 }
 
 impl<T> CountingIo<T> {
-    pub fn new(inner: T, read: IntCounter, written: IntCounter) -> Self {
+    pub(crate) fn new(inner: T, read: IntCounter, written: IntCounter) -> Self {
         CountingIo {
             inner,
             read,
@@ -90,7 +86,7 @@ impl<T> CountingIo<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
+    pub(crate) fn get_ref(&self) -> &T {
         &self.inner
     }
 }

@@ -13,20 +13,20 @@ use tokio_util::task::TaskTracker;
 use crate::io::CountingIo;
 use crate::metrics::ConnMetrics;
 
-pub type Conn = CountingIo<TcpStream>;
+pub(crate) type Conn = CountingIo<TcpStream>;
 
 /// Shared by every accept loop of one proxy.
 #[derive(Clone)]
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     /// Caps connections across all listeners; over the cap a connection is closed at
     /// once (and counted) rather than queued, so overload is visible and bounded.
-    pub slots: Arc<Semaphore>,
-    pub drain: CancellationToken,
-    pub tracker: TaskTracker,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) drain: CancellationToken,
+    pub(crate) tracker: TaskTracker,
 }
 
 impl Acceptor {
-    pub fn spawn<F, Fut>(&self, listener: TcpListener, metrics: ConnMetrics, handle: F)
+    pub(crate) fn spawn<F, Fut>(&self, listener: TcpListener, metrics: ConnMetrics, handle: F)
     where
         F: Fn(Conn, SocketAddr) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,

@@ -8,11 +8,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use weft_proxy::config::Config;
 
 // mimalloc rather than the C library's allocator: tokio allocates every task (two per
-// proxied HTTP/2 request) 128-byte aligned, glibc's aligned path cost ~700
-// instructions a time, and the shipped static binary would otherwise get musl's
-// allocator, slower still. Measured with callgrind (tests/bench/instructions.sh):
-// 7% fewer instructions per HTTP/2 request, 1.6% per HTTP/1.1 one, for 0.35 MB more
-// anonymous memory at idle.
+// proxied HTTP/2 request) 128-byte aligned, glibc's aligned path is slow, and the
+// shipped static binary would otherwise get musl's allocator, slower still.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -97,7 +94,7 @@ fn main() -> ExitCode {
 /// WEFT_LOG (the injector's name for it), else RUST_LOG, else `info`. A bad filter
 /// is reported once logging works rather than stopping the proxy. `Targets` (level
 /// per module path) rather than EnvFilter: the sidecar needs no span-field filters,
-/// and EnvFilter's regex engine was ~0.3 MB of resident text at idle.
+/// and EnvFilter's regex engine is resident text the sidecar would carry for nothing.
 fn log_filter() -> (Targets, Option<(&'static str, ParseError)>) {
     for name in ["WEFT_LOG", "RUST_LOG"] {
         match std::env::var(name) {

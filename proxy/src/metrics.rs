@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -16,6 +17,139 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A metric's name, help and labels: the table below is every metric the proxy
+/// exports outside identity's.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Def {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+}
+
+const fn def(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Def {
+    Def { name, help, labels }
+}
+
+const REQUESTS: Def = def(
+    "weft_requests_total",
+    "HTTP requests by direction, service and response status class.",
+    &["direction", "service", "status_class"],
+);
+const DURATION: Def = def(
+    "weft_request_duration_seconds",
+    "Time from request received to response headers sent.",
+    &["direction", "service"],
+);
+const OPEN: Def = def(
+    "weft_open_connections",
+    "TCP connections open now.",
+    &["direction"],
+);
+const TCP_OPENED: Def = def(
+    "weft_tcp_connections_opened_total",
+    "TCP connections accepted.",
+    &["direction"],
+);
+const TCP_CLOSED: Def = def(
+    "weft_tcp_connections_closed_total",
+    "TCP connections closed.",
+    &["direction"],
+);
+const TCP_REJECTED: Def = def(
+    "weft_tcp_connections_rejected_total",
+    "TCP connections refused because the connection limit was reached.",
+    &["direction"],
+);
+const TCP_PASSTHROUGH: Def = def(
+    "weft_tcp_passthrough_total",
+    "Captured connections to destinations the mesh does not know, passed through \
+     untouched as plain TCP.",
+    &["direction"],
+);
+const BYTES_READ: Def = def(
+    "weft_tcp_read_bytes_total",
+    "Bytes read from accepted connections.",
+    &["direction"],
+);
+const BYTES_WRITTEN: Def = def(
+    "weft_tcp_write_bytes_total",
+    "Bytes written to accepted connections.",
+    &["direction"],
+);
+const PROXY_ERRORS: Def = def(
+    "weft_proxy_errors_total",
+    "Requests the proxy answered itself, by the reason it gave in weft-error.",
+    &["direction", "service", "reason"],
+);
+const EJECTED: Def = def(
+    "weft_outlier_ejected_endpoints",
+    "Endpoints currently ejected by outlier detection.",
+    &["service"],
+);
+const EJECTIONS: Def = def(
+    "weft_outlier_ejections_total",
+    "Endpoints ejected by outlier detection (re-ejections after a failed probe too).",
+    &["service"],
+);
+const OVERLOADED: Def = def(
+    "weft_overload_rejections_total",
+    "Requests answered 503 overloaded at once because a concurrency limit was reached.",
+    &["service", "limit"],
+);
+const RETRIES: Def = def(
+    "weft_retries_total",
+    "Attempts made after the first, by service.",
+    &["service"],
+);
+const RETRIES_REFUSED: Def = def(
+    "weft_retries_refused_total",
+    "Retries not made because the retry budget or the concurrent-retry limit was spent.",
+    &["service"],
+);
+const RELOADS: Def = def(
+    "weft_snapshot_reloads_total",
+    "Attempts to load a new snapshot, by result.",
+    &["result"],
+);
+const SNAPSHOT_VERSION: Def = def(
+    "weft_snapshot_version",
+    "Version of the snapshot the proxy is serving.",
+    &[],
+);
+const UPDATES_REJECTED: Def = def(
+    "weft_discovery_updates_rejected_total",
+    "Discovery updates rejected whole because they could not be applied.",
+    &[],
+);
+const SUBSCRIPTIONS: Def = def(
+    "weft_discovery_subscriptions",
+    "Destinations this proxy watches through the control plane.",
+    &[],
+);
+const STREAMS: Def = def(
+    "weft_discovery_streams_connected",
+    "Discovery streams currently connected to the control plane.",
+    &[],
+);
+
+/// Registers a metric built from a static definition; either step fails only for
+/// a bad definition or a name registered twice, which every test would show.
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: prometheus::Result<C>) -> C {
+    let c = c.unwrap_or_else(|e| unreachable!("static metric is valid: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+    c
+}
+
+fn counter_vec(r: &Registry, d: &Def) -> IntCounterVec {
+    register(r, IntCounterVec::new(d.opts(), d.labels))
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -44,233 +178,153 @@ struct Inner {
     overloaded: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
-    services: Mutex<HashMap<(String, String), Arc<ServiceMetrics>>>,
-    /// Per-endpoint and per-service state that outlives snapshots. It lives here
-    /// because every place that builds a snapshot already holds the metrics.
-    state: crate::state::Registry,
+    services: Mutex<HashMap<(Direction, String), Arc<ServiceMetrics>>>,
+}
+
+/// Which side of the proxy traffic is on, as the `direction` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Direction {
+    /// From the local app to the mesh.
+    Outbound,
+    /// From the mesh to the local app.
+    Inbound,
+}
+
+impl Direction {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Which concurrency limit turned a request away, as the `limit` label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Limit {
+    Connections,
+    Pending,
+    Active,
+    Retries,
+}
+
+impl Limit {
+    const ALL: [Limit; 4] = [
+        Limit::Connections,
+        Limit::Pending,
+        Limit::Active,
+        Limit::Retries,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::Pending => "pending",
+            Limit::Active => "active",
+            Limit::Retries => "retries",
+        }
+    }
 }
 
 /// Per (direction, service) handles.
-pub struct ServiceMetrics {
+pub(crate) struct ServiceMetrics {
     by_class: [IntCounter; 5],
-    pub duration: Histogram,
+    pub(crate) duration: Histogram,
     errors: IntCounterVec,
     /// Endpoints of this service ejected now.
-    pub ejected: IntGauge,
-    pub ejections: IntCounter,
-    /// Requests turned away by a concurrency limit, by `breaker::Limit`.
+    pub(crate) ejected: IntGauge,
+    pub(crate) ejections: IntCounter,
+    /// Requests turned away by a concurrency limit, by `Limit`.
     overloaded: [IntCounter; 4],
-    pub retries: IntCounter,
+    pub(crate) retries: IntCounter,
     /// Retries not made because the budget or the concurrent-retry limit said no.
-    pub retries_refused: IntCounter,
-    direction: String,
+    pub(crate) retries_refused: IntCounter,
+    direction: Direction,
     service: String,
 }
 
 impl std::fmt::Debug for ServiceMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceMetrics({}, {})", self.direction, self.service)
+        write!(
+            f,
+            "ServiceMetrics({}, {})",
+            self.direction.label(),
+            self.service
+        )
     }
 }
 
 impl ServiceMetrics {
-    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+    pub(crate) fn record(&self, status: u16, elapsed: std::time::Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn overloaded(&self, limit: crate::breaker::Limit) {
+    pub(crate) fn overloaded(&self, limit: Limit) {
         self.overloaded[limit as usize].inc();
     }
 
     /// Counts an error the proxy answered itself, by the reason in `weft-error`.
-    pub fn proxy_error(&self, reason: &str) {
+    pub(crate) fn proxy_error(&self, reason: &str) {
         self.errors
-            .with_label_values(&[self.direction.as_str(), self.service.as_str(), reason])
+            .with_label_values(&[self.direction.label(), self.service.as_str(), reason])
             .inc();
     }
 }
 
 /// Per-listener connection handles.
 #[derive(Clone)]
-pub struct ConnMetrics {
-    pub open: IntGauge,
-    pub opened: IntCounter,
-    pub closed: IntCounter,
-    pub rejected: IntCounter,
-    pub bytes_read: IntCounter,
-    pub bytes_written: IntCounter,
+pub(crate) struct ConnMetrics {
+    pub(crate) open: IntGauge,
+    pub(crate) opened: IntCounter,
+    pub(crate) closed: IntCounter,
+    pub(crate) rejected: IntCounter,
+    pub(crate) bytes_read: IntCounter,
+    pub(crate) bytes_written: IntCounter,
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| unreachable!("static metric {name} is valid: {e}"));
-            registry
-                .register(Box::new(c.clone()))
-                .unwrap_or_else(|e| unreachable!("metric {name} registered once: {e}"));
-            c
-        };
-        let requests = counter(
-            "weft_requests_total",
-            "HTTP requests by direction, service and response status class.",
-            &["direction", "service", "status_class"],
-        );
-        let tcp_opened = counter(
-            "weft_tcp_connections_opened_total",
-            "TCP connections accepted.",
-            &["direction"],
-        );
-        let tcp_closed = counter(
-            "weft_tcp_connections_closed_total",
-            "TCP connections closed.",
-            &["direction"],
-        );
-        let tcp_rejected = counter(
-            "weft_tcp_connections_rejected_total",
-            "TCP connections refused because the connection limit was reached.",
-            &["direction"],
-        );
-        let tcp_passthrough = counter(
-            "weft_tcp_passthrough_total",
-            "Captured connections to destinations the mesh does not know, passed through \
-             untouched as plain TCP.",
-            &["direction"],
-        );
-        let bytes_read = counter(
-            "weft_tcp_read_bytes_total",
-            "Bytes read from accepted connections.",
-            &["direction"],
-        );
-        let bytes_written = counter(
-            "weft_tcp_write_bytes_total",
-            "Bytes written to accepted connections.",
-            &["direction"],
-        );
-        let proxy_errors = counter(
-            "weft_proxy_errors_total",
-            "Requests the proxy answered itself, by the reason it gave in weft-error.",
-            &["direction", "service", "reason"],
-        );
-        let ejections = counter(
-            "weft_outlier_ejections_total",
-            "Endpoints ejected by outlier detection (re-ejections after a failed probe too).",
-            &["service"],
-        );
-        let overloaded = counter(
-            "weft_overload_rejections_total",
-            "Requests answered 503 overloaded at once because a concurrency limit was reached.",
-            &["service", "limit"],
-        );
-        let retries = counter(
-            "weft_retries_total",
-            "Attempts made after the first, by service.",
-            &["service"],
-        );
-        let retries_refused = counter(
-            "weft_retries_refused_total",
-            "Retries not made because the retry budget or the concurrent-retry limit was spent.",
-            &["service"],
-        );
-        let reloads = counter(
-            "weft_snapshot_reloads_total",
-            "Attempts to load a new snapshot, by result.",
-            &["result"],
-        );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weft_request_duration_seconds",
-                "Time from request received to response headers sent.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["direction", "service"],
-        )
-        .unwrap_or_else(|e| unreachable!("static histogram is valid: {e}"));
-        let open_connections = IntGaugeVec::new(
-            Opts::new("weft_open_connections", "TCP connections open now."),
-            &["direction"],
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let ejected = IntGaugeVec::new(
-            Opts::new(
-                "weft_outlier_ejected_endpoints",
-                "Endpoints currently ejected by outlier detection.",
-            ),
-            &["service"],
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let snapshot_version = IntGauge::new(
-            "weft_snapshot_version",
-            "Version of the snapshot the proxy is serving.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let updates_rejected = IntCounter::new(
-            "weft_discovery_updates_rejected_total",
-            "Discovery updates rejected whole because they could not be applied.",
-        )
-        .unwrap_or_else(|e| unreachable!("static counter is valid: {e}"));
-        let subscriptions = IntGauge::new(
-            "weft_discovery_subscriptions",
-            "Destinations this proxy watches through the control plane.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        let streams = IntGauge::new(
-            "weft_discovery_streams_connected",
-            "Discovery streams currently connected to the control plane.",
-        )
-        .unwrap_or_else(|e| unreachable!("static gauge is valid: {e}"));
-        for c in [
-            Box::new(subscriptions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(streams.clone()),
-            Box::new(duration.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(snapshot_version.clone()),
-            Box::new(updates_rejected.clone()),
-            Box::new(ejected.clone()),
-        ] {
-            registry
-                .register(c)
-                .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
-        }
+    pub(crate) fn new() -> Metrics {
+        let r = Registry::new();
         // Make the reload series visible before the first reload.
-        for r in ["ok", "error"] {
-            reloads.with_label_values(&[r]);
+        let reloads = counter_vec(&r, &RELOADS);
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
         }
+        let duration =
+            HistogramOpts::new(DURATION.name, DURATION.help).buckets(LATENCY_BUCKETS.to_vec());
         Metrics {
             inner: Arc::new(Inner {
-                registry,
-                requests,
-                duration,
-                open_connections,
-                tcp_opened,
-                tcp_closed,
-                tcp_rejected,
-                tcp_passthrough,
-                bytes_read,
-                bytes_written,
-                proxy_errors,
-                snapshot_version,
+                requests: counter_vec(&r, &REQUESTS),
+                duration: register(&r, HistogramVec::new(duration, DURATION.labels)),
+                open_connections: register(&r, IntGaugeVec::new(OPEN.opts(), OPEN.labels)),
+                tcp_opened: counter_vec(&r, &TCP_OPENED),
+                tcp_closed: counter_vec(&r, &TCP_CLOSED),
+                tcp_rejected: counter_vec(&r, &TCP_REJECTED),
+                tcp_passthrough: counter_vec(&r, &TCP_PASSTHROUGH),
+                bytes_read: counter_vec(&r, &BYTES_READ),
+                bytes_written: counter_vec(&r, &BYTES_WRITTEN),
+                proxy_errors: counter_vec(&r, &PROXY_ERRORS),
+                snapshot_version: register(&r, IntGauge::with_opts(SNAPSHOT_VERSION.opts())),
                 reloads,
-                updates_rejected,
-                subscriptions,
-                streams,
-                ejected,
-                ejections,
-                overloaded,
-                retries,
-                retries_refused,
+                updates_rejected: register(&r, IntCounter::with_opts(UPDATES_REJECTED.opts())),
+                subscriptions: register(&r, IntGauge::with_opts(SUBSCRIPTIONS.opts())),
+                streams: register(&r, IntGauge::with_opts(STREAMS.opts())),
+                ejected: register(&r, IntGaugeVec::new(EJECTED.opts(), EJECTED.labels)),
+                ejections: counter_vec(&r, &EJECTIONS),
+                overloaded: counter_vec(&r, &OVERLOADED),
+                retries: counter_vec(&r, &RETRIES),
+                retries_refused: counter_vec(&r, &RETRIES_REFUSED),
                 services: Mutex::new(HashMap::new()),
-                state: crate::state::Registry::default(),
+                registry: r,
             }),
         }
     }
 
     /// Handles for one service in one direction; cached so snapshots share them.
-    pub fn service(&self, direction: &str, service: &str) -> Arc<ServiceMetrics> {
-        let key = (direction.to_string(), service.to_string());
+    pub(crate) fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
+        let key = (direction, service.to_string());
         let mut cache = self
             .inner
             .services
@@ -280,26 +334,30 @@ impl Metrics {
             .entry(key)
             .or_insert_with(|| {
                 let i = &self.inner;
+                let direction_label = direction.label();
                 Arc::new(ServiceMetrics {
-                    by_class: STATUS_CLASSES
-                        .map(|class| i.requests.with_label_values(&[direction, service, class])),
-                    duration: i.duration.with_label_values(&[direction, service]),
+                    by_class: STATUS_CLASSES.map(|class| {
+                        i.requests
+                            .with_label_values(&[direction_label, service, class])
+                    }),
+                    duration: i.duration.with_label_values(&[direction_label, service]),
                     errors: i.proxy_errors.clone(),
                     ejected: i.ejected.with_label_values(&[service]),
                     ejections: i.ejections.with_label_values(&[service]),
-                    overloaded: ["connections", "pending", "active", "retries"]
-                        .map(|limit| i.overloaded.with_label_values(&[service, limit])),
+                    overloaded: Limit::ALL
+                        .map(|limit| i.overloaded.with_label_values(&[service, limit.label()])),
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
-                    direction: direction.to_string(),
+                    direction,
                     service: service.to_string(),
                 })
             })
             .clone()
     }
 
-    pub fn conn(&self, direction: &str) -> ConnMetrics {
+    pub(crate) fn conn(&self, direction: Direction) -> ConnMetrics {
         let i = &self.inner;
+        let direction = direction.label();
         ConnMetrics {
             open: i.open_connections.with_label_values(&[direction]),
             opened: i.tcp_opened.with_label_values(&[direction]),
@@ -311,40 +369,38 @@ impl Metrics {
     }
 
     /// Counts connections passed through outside the mesh.
-    pub fn passthrough(&self, direction: &str) -> IntCounter {
-        self.inner.tcp_passthrough.with_label_values(&[direction])
+    pub(crate) fn passthrough(&self, direction: Direction) -> IntCounter {
+        self.inner
+            .tcp_passthrough
+            .with_label_values(&[direction.label()])
     }
 
-    pub fn snapshot_loaded(&self, version: u64) {
+    pub(crate) fn snapshot_loaded(&self, version: u64) {
         self.inner
             .snapshot_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         self.inner.reloads.with_label_values(&["ok"]).inc();
     }
 
-    pub fn snapshot_rejected(&self) {
+    pub(crate) fn snapshot_rejected(&self) {
         self.inner.reloads.with_label_values(&["error"]).inc();
     }
 
-    pub fn update_rejected(&self) {
+    pub(crate) fn update_rejected(&self) {
         self.inner.updates_rejected.inc();
     }
 
-    pub fn discovery_subscriptions(&self, n: usize) {
+    pub(crate) fn discovery_subscriptions(&self, n: usize) {
         self.inner
             .subscriptions
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn discovery_connected(&self, delta: i64) {
+    pub(crate) fn discovery_connected(&self, delta: i64) {
         self.inner.streams.add(delta);
     }
 
-    pub fn state(&self) -> &crate::state::Registry {
-        &self.inner.state
-    }
-
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 

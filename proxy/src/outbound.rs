@@ -6,6 +6,7 @@
 //! redirected a connection the app opened to VIP:port). A captured connection to a
 //! destination the mesh does not know is passed through untouched.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
@@ -20,9 +21,10 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::balance::{self, HashKey, hash_bytes};
-use crate::breaker::{self, ActiveSlot, Limit, Outcome};
+use crate::breaker::Permit;
+use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
-use crate::discovery::{Dest, Discovery};
+use crate::endpoint::Endpoint;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
@@ -33,22 +35,16 @@ use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
-use crate::metrics::{Metrics, ServiceMetrics};
+use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
+use crate::outcome::Outcome;
 use crate::ports::PortSet;
-use crate::retry::{Attempted, RetryPolicy};
-use crate::snapshot::{Endpoint, Protocol, Service, SnapshotStore};
-use crate::state::{now_nanos, since};
-
-/// A destination as a request names it, borrowed from the request or connection.
-#[derive(Debug, Clone, Copy)]
-enum Wanted<'a> {
-    Name(&'a str),
-    Vip(SocketAddr),
-}
+use crate::retry::RetryPolicy;
+use crate::snapshot::lookup::{Dest, Lookup};
+use crate::snapshot::{Protocol, Service};
 
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// Each request's Host / absolute-form authority.
     Authority,
     /// Every request and byte goes to this service ("name" or "name.namespace").
@@ -58,80 +54,74 @@ pub enum Destination {
     Original(SocketAddr),
 }
 
-pub struct Outbound {
-    store: SnapshotStore,
-    discovery: Option<Arc<Discovery>>,
-    discovery_wait: Duration,
+/// What an outbound proxy is built from.
+pub(crate) struct OutboundInputs {
+    pub(crate) lookup: Lookup,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: Metrics,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) detect_timeout: Duration,
+    pub(crate) limits: ServerLimits,
+    /// Original destination ports handled as opaque TCP without sniffing.
+    pub(crate) opaque_ports: PortSet,
+}
+
+pub(crate) struct Outbound {
+    lookup: Lookup,
     pool: Pool,
     unknown: Arc<ServiceMetrics>,
     passthrough: prometheus::IntCounter,
     connect_timeout: Duration,
     detect_timeout: Duration,
     limits: ServerLimits,
-    /// Original destination ports handled as opaque TCP without sniffing.
     opaque_ports: PortSet,
+    /// What consistent hashing on the client identity hashes: this proxy's own
+    /// SPIFFE ID, the identity it proves to every endpoint, when mTLS is on.
+    client_identity: Option<u64>,
 }
 
 impl Outbound {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: SnapshotStore,
-        discovery: Option<Arc<Discovery>>,
-        discovery_wait: Duration,
-        pool: Pool,
-        metrics: &Metrics,
-        connect_timeout: Duration,
-        detect_timeout: Duration,
-        limits: ServerLimits,
-        opaque_ports: PortSet,
-    ) -> Arc<Outbound> {
-        Arc::new(Outbound {
-            store,
-            discovery,
-            discovery_wait,
+    pub(crate) fn new(inputs: OutboundInputs) -> Arc<Outbound> {
+        let OutboundInputs {
+            lookup,
             pool,
-            unknown: metrics.service("outbound", "unknown"),
-            passthrough: metrics.passthrough("outbound"),
+            metrics,
             connect_timeout,
             detect_timeout,
             limits,
             opaque_ports,
+        } = inputs;
+        let client_identity = pool
+            .identity()
+            .map(|id| hash_bytes(id.spiffe_id().as_bytes()));
+        Arc::new(Outbound {
+            lookup,
+            pool,
+            unknown: metrics.service(Direction::Outbound, "unknown"),
+            passthrough: metrics.passthrough(Direction::Outbound),
+            connect_timeout,
+            detect_timeout,
+            limits,
+            opaque_ports,
+            client_identity,
         })
-    }
-
-    /// Looks a destination up in the snapshot; on a miss, and with a control plane,
-    /// subscribes and waits briefly for its first update before looking again.
-    /// Takes the name borrowed: the common case, a hit, allocates nothing.
-    async fn lookup(&self, want: Wanted<'_>) -> Option<Arc<Service>> {
-        let find = |want: Wanted<'_>| {
-            let snapshot = self.store.load();
-            match want {
-                Wanted::Name(host) => snapshot.by_host(host).cloned(),
-                Wanted::Vip(addr) => snapshot.by_vip(addr).cloned(),
-            }
-        };
-        if let Some(svc) = find(want) {
-            return Some(svc);
-        }
-        let discovery = self.discovery.as_ref()?;
-        let dest = match want {
-            Wanted::Name(host) => Dest::Name(host.to_ascii_lowercase()),
-            Wanted::Vip(addr) => Dest::Vip(addr),
-        };
-        // Boxed: first use of a destination is rare; the common path stays small.
-        if Box::pin(discovery.resolve(dest, self.discovery_wait)).await {
-            find(want)
-        } else {
-            None
-        }
     }
 
     async fn fixed_service(&self, dest: &Destination) -> Option<Arc<Service>> {
         match dest {
-            Destination::Service(name) => self.lookup(Wanted::Name(name)).await,
-            Destination::Original(addr) => self.lookup(Wanted::Vip(*addr)).await,
+            Destination::Service(name) => {
+                self.lookup.service(Dest::Name(Cow::Borrowed(name))).await
+            }
+            Destination::Original(addr) => self.lookup.service(Dest::Vip(*addr)).await,
             Destination::Authority => None,
         }
+    }
+
+    /// The consistent-hash key for a request or connection from `client` by the
+    /// client's identity: the mTLS identity this proxy calls with, else (no mTLS)
+    /// the client's address.
+    fn client_key(&self, client: Option<IpAddr>) -> Option<u64> {
+        self.client_identity.or_else(|| client.map(hash_ip))
     }
 
     /// A captured connection to an address the mesh does not know goes where the
@@ -149,7 +139,7 @@ impl Outbound {
     }
 
     /// Handles one accepted connection.
-    pub async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
+    pub(crate) async fn serve_conn(self: Arc<Self>, io: Conn, dest: Destination) {
         let client = io.get_ref().peer_addr().ok().map(|a| a.ip());
         let svc = self.fixed_service(&dest).await;
         let port = match &dest {
@@ -208,7 +198,7 @@ impl Outbound {
     /// ejection and, with retries on, tries another endpoint.
     async fn opaque(&self, io: crate::io::PrefixedIo<Conn>, svc: &Service, client: Option<IpAddr>) {
         let key = match svc.hash_key() {
-            Some(_) => client.map(hash_ip),
+            Some(_) => self.client_key(client),
             None => None,
         };
         let timeout = svc.policy.timeouts.connect.unwrap_or(self.connect_timeout);
@@ -243,7 +233,7 @@ impl Outbound {
                 }
                 Err(e) => {
                     tracing::debug!(addr = %ep.addr, reason = e.reason(), "opaque connect failed");
-                    attempt.finish(Outcome::ConnectFailure);
+                    attempt.finish(Outcome::NotSent);
                     skip = Some(idx);
                 }
             }
@@ -260,12 +250,12 @@ impl Outbound {
         // first attempt all start here.
         let start = now_nanos();
         let want = match dest {
-            Destination::Service(name) => Wanted::Name(name),
-            Destination::Original(addr) => Wanted::Vip(*addr),
+            Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
+            Destination::Original(addr) => Dest::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
-                    Ok(ip) => Wanted::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => Wanted::Name(host),
+                    Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
+                    Err(_) => Dest::Name(Cow::Borrowed(host)),
                 },
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
@@ -273,7 +263,7 @@ impl Outbound {
                 }
             },
         };
-        let svc = pin!(self.lookup(want)).await;
+        let svc = pin!(self.lookup.service(want)).await;
         let Some(svc) = svc else {
             self.unknown
                 .proxy_error(ProxyError::UnknownService.reason());
@@ -315,7 +305,8 @@ impl Outbound {
         start: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
-        let Some(active) = ActiveSlot::acquire(&svc.stats, policy.limits.max_active_requests)
+        let active = &svc.stats.concurrency.active;
+        let Some(active) = Permit::acquire(active.clone(), policy.limits.max_active_requests)
         else {
             svc.metrics.overloaded(Limit::Active);
             return Err(ProxyError::Overloaded);
@@ -325,7 +316,7 @@ impl Outbound {
             Some(HashKey::Header(name)) => {
                 req.headers().get(name).map(|v| hash_bytes(v.as_bytes()))
             }
-            Some(HashKey::ClientIdentity) => client.map(hash_ip),
+            Some(HashKey::ClientIdentity) => self.client_key(client),
         };
         let retry = policy
             .retry
@@ -413,13 +404,10 @@ impl Outbound {
         loop {
             let now = now_nanos();
             let idx = svc.pick_at(key, skip, now).ok_or(ProxyError::NoEndpoints)?;
-            let (result, attempted) = self
+            let (result, outcome) = self
                 .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
                 .await;
-            let Some(attempted) = attempted else {
-                return result;
-            };
-            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, attempted) {
+            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome) {
                 return result;
             }
             // A streamed body that did not end within the limit cannot be sent again.
@@ -428,7 +416,7 @@ impl Outbound {
             };
             body = again;
             if _retry_slot.is_none() {
-                match breaker::acquire(
+                match Permit::acquire(
                     &concurrency.retries,
                     svc.policy.limits.max_concurrent_retries,
                 ) {
@@ -458,15 +446,14 @@ impl Outbound {
     }
 
     /// One attempt on one endpoint, with its outcome recorded for balancing and
-    /// ejection. The second value is what retrying needs to know (None: an attempt
-    /// that must not be retried, e.g. refused by a local limit).
+    /// ejection, and returned for retrying.
     async fn attempt(
         &self,
         svc: &Service,
         idx: usize,
         req: BoxedRequest,
         now: u64,
-    ) -> (Result<Response<ProxyBody>, ProxyError>, Option<Attempted>) {
+    ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome) {
         let ep = &svc.endpoints[idx];
         let mut guard = AttemptGuard::start(svc, ep, now);
         let concurrency = &svc.stats.concurrency;
@@ -485,27 +472,22 @@ impl Outbound {
             }),
         };
         let result = pin!(forward(&self.pool, req, &target)).await;
-        let (outcome, attempted) = match &result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let grpc = resp
+        let outcome = match &result {
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                grpc: resp
                     .headers()
                     .get(GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
-                (
-                    Outcome::Response { status, grpc },
-                    Some(Attempted::Response { status, grpc }),
-                )
-            }
-            Err(ProxyError::Overloaded) => (Outcome::Cancelled, None),
-            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => {
-                (Outcome::ConnectFailure, Some(Attempted::NotSent))
-            }
-            Err(_) => (Outcome::ConnectFailure, Some(Attempted::NoResponse)),
+                    .and_then(|v| v.parse().ok()),
+            },
+            // Refused by a local limit: the endpoint was never tried.
+            Err(ProxyError::Overloaded) => Outcome::Cancelled,
+            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
+            Err(_) => Outcome::NoResponse,
         };
         guard.finish(outcome);
-        (result, attempted)
+        (result, outcome)
     }
 }
 
@@ -548,18 +530,18 @@ impl<'a> AttemptGuard<'a> {
             };
             let now = now_nanos();
             let mut rtt = Duration::from_nanos(now.saturating_sub(self.start));
-            if outcome == Outcome::ConnectFailure {
+            if outcome.is_connect_failure() {
                 // A refused connect is fast; counted as-is it would make a dead
                 // endpoint look like the best one.
                 rtt = rtt.max(balance::FAILURE_PENALTY);
             }
-            self.ep.stats.load.observe_at(rtt, decay, now);
+            self.ep.stats.load.observe(rtt, decay, now);
         }
         self.ep.stats.health.record(
             outcome,
             self.probe,
             self.svc.policy.outlier.as_ref(),
-            &self.svc.endpoints,
+            self.svc.endpoints.iter().map(|e| &e.stats.health),
         );
     }
 }
@@ -614,4 +596,258 @@ fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+    use weft_api::mesh::MeshSpec;
+
+    use super::*;
+    use crate::endpoint::Registry;
+    use crate::http::watch::Watch;
+    use crate::identity::Identity;
+    use crate::identity::metrics::IdentityMetrics;
+    use crate::snapshot;
+
+    /// An upstream answering every HTTP/1.1 request with `status`, keeping the
+    /// connection open; returns its address and a count of requests answered.
+    async fn upstream(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                            if conn.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, answered)
+    }
+
+    /// An outbound proxy whose snapshot holds service `a` with `policy` (YAML
+    /// flow mapping) and these endpoints.
+    fn outbound(policy: &str, endpoints: &[SocketAddr]) -> (Arc<Outbound>, Arc<Service>) {
+        outbound_with(policy, endpoints, Pool::new(Duration::from_secs(60)))
+    }
+
+    fn outbound_with(
+        policy: &str,
+        endpoints: &[SocketAddr],
+        pool: Pool,
+    ) -> (Arc<Outbound>, Arc<Service>) {
+        let eps: Vec<String> = endpoints
+            .iter()
+            .map(|a| format!("{{address: '{a}'}}"))
+            .collect();
+        let yaml = format!(
+            "services:\n  - name: a\n    policy: {policy}\n    endpoints: [{}]\n",
+            eps.join(", ")
+        );
+        let mesh = MeshSpec::from_yaml(&yaml, "t").expect("valid mesh");
+        let metrics = Metrics::new();
+        let stats = Registry::default();
+        let snap = snapshot::from_mesh(&mesh, 1, "default", &metrics, &stats).expect("snapshot");
+        let svc = snap.by_host("a").expect("service a").clone();
+        let ob = Outbound::new(OutboundInputs {
+            lookup: Lookup::new(snapshot::store(snap), None, Duration::from_secs(1)),
+            pool,
+            metrics,
+            connect_timeout: Duration::from_secs(5),
+            detect_timeout: Duration::from_secs(5),
+            limits: ServerLimits {
+                conns: Watch::start(Duration::from_secs(10), CancellationToken::new()),
+                max_header_bytes: 64 * 1024,
+            },
+            opaque_ports: PortSet::parse("").expect("empty port set"),
+        });
+        (ob, svc)
+    }
+
+    /// A bodiless GET sent through the retry loop, as `send_retrying` sends a
+    /// buffered request.
+    async fn get_retrying(ob: &Outbound, svc: &Service) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, ()) = Request::get("http://a/")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let retry = svc.policy.retry.as_ref().expect("a retry policy");
+        let first = RequestBody::replay(Bytes::new());
+        ob.send_with_retries(
+            svc,
+            retry,
+            None,
+            &parts,
+            first,
+            Replay::Buffered(Bytes::new()),
+        )
+        .await
+    }
+
+    const RETRY_3: &str = "{retry: {max_attempts: 3, backoff_base: 1ms, backoff_max: 2ms}}";
+
+    #[tokio::test]
+    async fn every_attempt_fails_then_the_last_answer_is_returned() {
+        let (one, one_seen) = upstream(503).await;
+        let (two, two_seen) = upstream(503).await;
+        let (ob, svc) = outbound(RETRY_3, &[one, two]);
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 503);
+        let (a, b) = (
+            one_seen.load(Ordering::SeqCst),
+            two_seen.load(Ordering::SeqCst),
+        );
+        assert_eq!(a + b, 3, "max_attempts attempts");
+        assert!(
+            a >= 1 && b >= 1,
+            "a retry moves away from the endpoint that failed"
+        );
+        assert_eq!(svc.metrics.retries.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retry_on_another_endpoint_returns_its_answer() {
+        let (bad, bad_seen) = upstream(503).await;
+        let (good, good_seen) = upstream(200).await;
+        let (ob, svc) = outbound(RETRY_3, &[bad, good]);
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(good_seen.load(Ordering::SeqCst), 1);
+        let bad_tries = bad_seen.load(Ordering::SeqCst);
+        assert!(bad_tries <= 1, "never back to the endpoint that failed");
+        assert_eq!(svc.metrics.retries.get(), bad_tries as u64);
+    }
+
+    #[tokio::test]
+    async fn the_concurrent_retry_limit_refuses_a_retry() {
+        let (bad, bad_seen) = upstream(503).await;
+        let (ob, svc) = outbound(
+            "{retry: {max_attempts: 3, backoff_base: 1ms}, circuit_breaker: {max_concurrent_retries: 1}}",
+            &[bad],
+        );
+        // Another request's retry holds the one unit.
+        let held = Permit::acquire(&svc.stats.concurrency.retries, 1).expect("the unit");
+        let resp = get_retrying(&ob, &svc).await.expect("an answer");
+        assert_eq!(resp.status(), 503, "the first answer, not retried");
+        assert_eq!(bad_seen.load(Ordering::SeqCst), 1);
+        assert_eq!(svc.metrics.retries.get(), 0);
+        assert_eq!(svc.metrics.retries_refused.get(), 1);
+        drop(held);
+        assert_eq!(svc.stats.concurrency.retries.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_refused_by_a_local_limit_is_not_retried() {
+        let (up, seen) = upstream(200).await;
+        let (ob, svc) = outbound(
+            "{retry: {max_attempts: 3, backoff_base: 1ms}, circuit_breaker: {max_connections: 1}}",
+            &[up],
+        );
+        // The service's one connection is taken.
+        let held = svc.conn_limit.acquire().expect("the one connection");
+        let result = get_retrying(&ob, &svc).await;
+        assert!(matches!(result, Err(ProxyError::Overloaded)));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
+        assert_eq!(svc.metrics.retries.get(), 0);
+        let health = &svc.endpoints[0].stats.health;
+        assert_eq!(
+            health.consecutive_failures(),
+            0,
+            "not the endpoint's failure"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_dropped_unfinished_only_releases_its_endpoint() {
+        let (ob, svc) = outbound(
+            "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
+            &["127.0.0.1:1".parse().expect("addr")],
+        );
+        drop(ob);
+        let ep = &svc.endpoints[0];
+        let guard = AttemptGuard::start(&svc, ep, now_nanos());
+        assert_eq!(ep.stats.load.in_flight(), 1);
+        drop(guard);
+        assert_eq!(ep.stats.load.in_flight(), 0);
+        assert!(
+            !ep.stats.health.is_ejected(),
+            "a cancelled attempt is no failure"
+        );
+        let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
+        assert!(load["ewma_ms"].is_null(), "and no latency sample");
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_recorded_once_with_the_failure_penalty() {
+        let (ob, svc) = outbound(
+            "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
+            &["127.0.0.1:1".parse().expect("addr")],
+        );
+        drop(ob);
+        let ep = &svc.endpoints[0];
+        let mut guard = AttemptGuard::start(&svc, ep, now_nanos());
+        guard.finish(Outcome::NotSent);
+        guard.finish(Outcome::NotSent);
+        drop(guard);
+        assert!(ep.stats.health.is_ejected());
+        assert_eq!(svc.metrics.ejections.get(), 1, "recorded once");
+        assert_eq!(ep.stats.load.in_flight(), 0);
+        let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
+        let ewma_ms = load["ewma_ms"].as_f64().expect("a latency sample");
+        assert!(
+            ewma_ms >= 1000.0,
+            "a fast refusal counts as slow: {ewma_ms}"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_identity_hashes_the_mtls_identity_when_there_is_one() {
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let (plain, _) = outbound("{}", &[]);
+        assert_eq!(plain.client_key(Some(a)), Some(hash_ip(a)));
+        assert_ne!(plain.client_key(Some(a)), plain.client_key(Some(b)));
+
+        let id = "spiffe://weft.local/ns/default/sa/web";
+        let identity = Identity::new(
+            weft_api::spiffe::SpiffeId::parse(id).expect("a SPIFFE ID"),
+            Default::default(),
+            IdentityMetrics::new(&prometheus::Registry::new()),
+        );
+        let pool = Pool::with_identity(Duration::from_secs(60), Some(identity));
+        let (mtls, _) = outbound_with("{}", &[], pool);
+        let key = Some(hash_bytes(id.as_bytes()));
+        assert_eq!(mtls.client_key(Some(a)), key);
+        assert_eq!(
+            mtls.client_key(Some(b)),
+            key,
+            "every caller here is the same workload"
+        );
+        assert_eq!(mtls.client_key(None), key);
+    }
 }

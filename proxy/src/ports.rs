@@ -6,41 +6,33 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::capture::rules::{PortRange, parse_ports};
+use weft_api::ports::PortList;
 
 /// A sorted set of ports and inclusive ranges; empty means none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortSet(Vec<PortRange>);
+pub(crate) struct PortSet(PortList);
 
 impl PortSet {
     /// Parses `7191,8000-8099`; spaces around items are allowed, empty means none.
-    pub fn parse(text: &str) -> Result<PortSet, String> {
-        parse_ports(text).map(PortSet)
+    pub(crate) fn parse(text: &str) -> Result<PortSet, String> {
+        PortList::parse(text)
+            .map(PortSet)
+            .map_err(|e| e.to_string())
     }
 
-    pub fn contains(&self, port: u16) -> bool {
-        // A handful of ranges at most: a scan beats anything cleverer.
-        self.0.iter().any(|r| r.first <= port && port <= r.last)
+    pub(crate) fn contains(&self, port: u16) -> bool {
+        self.0.contains(port)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 impl fmt::Display for PortSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, r) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if r.first == r.last {
-                write!(f, "{}", r.first)?;
-            } else {
-                write!(f, "{}-{}", r.first, r.last)?;
-            }
-        }
-        Ok(())
+        self.0.fmt(f)
     }
 }
 

@@ -25,9 +25,9 @@ use tokio::net::TcpStream;
 use crate::ports::PortSet;
 
 /// The path prefix the injector rewrites HTTP probes to.
-pub const PREFIX: &str = "/app-probe/";
+pub(crate) const PREFIX: &str = "/app-probe/";
 /// The path prefix the injector rewrites gRPC probes to.
-pub const GRPC_PREFIX: &str = "/app-grpc-probe/";
+pub(crate) const GRPC_PREFIX: &str = "/app-grpc-probe/";
 /// A health answer is a few bytes; anything larger is not one.
 const MAX_GRPC_BODY: usize = 4 * 1024;
 /// The kubelet reads no more than this much of a probe's body.
@@ -60,7 +60,7 @@ fn probe_port(port: &str, allowed: &PortSet) -> Result<u16, (StatusCode, String)
 
 /// Answers `GET /app-probe/<port>/<path>?<query>` (the path after the prefix
 /// already split off by the caller is `rest`).
-pub async fn forward(
+pub(crate) async fn forward(
     rest: &str,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -98,7 +98,7 @@ pub async fn forward(
 }
 
 /// Answers `GET /app-grpc-probe/<port>[/<service>]` (`rest`: after the prefix).
-pub async fn forward_grpc(
+pub(crate) async fn forward_grpc(
     rest: &str,
     allowed: &PortSet,
     timeout: Duration,

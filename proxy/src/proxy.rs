@@ -16,18 +16,21 @@ use weft_api::v1;
 use crate::admin::Admin;
 use crate::capture::listen::ipv6_twin;
 use crate::config::Config;
-use crate::discovery::{Dest, Discovery};
+use crate::endpoint::Registry;
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::http::watch::Watch;
 use crate::identity::Identity;
 use crate::identity::certify::Certifier;
 use crate::identity::metrics::IdentityMetrics;
-use crate::inbound::Inbound;
+use crate::inbound::{Inbound, InboundInputs};
 use crate::listener::{Acceptor, Conn};
-use crate::metrics::Metrics;
-use crate::outbound::{Destination, Outbound};
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::{Destination, Outbound, OutboundInputs};
+use crate::snapshot::lookup::{Demand, Dest, Lookup};
 use crate::snapshot::{self, SnapshotStore};
+use crate::source::control_plane;
+use crate::source::discovery::Discovery;
 
 /// A running proxy: its bound addresses and the handles to stop it.
 pub struct Proxy {
@@ -35,7 +38,6 @@ pub struct Proxy {
     pub inbound: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
-    pub store: SnapshotStore,
     pub metrics: Metrics,
     shutdown: CancellationToken,
     drain: CancellationToken,
@@ -51,10 +53,22 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// Starts a proxy from `config`: its snapshot and sources, its identity, and every
+/// listener the config names. Returns once all are bound.
 pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+    tracing::info!(node = %config.node.id, ip = ?config.node.ip, "starting");
     let metrics = Metrics::new();
-    let initial = snapshot::from_mesh(&config.mesh, 1, config.node.namespace.as_str(), &metrics)
-        .context("the mesh in the config cannot be applied")?;
+    // Endpoint and service stats outlive snapshots; every source that builds one
+    // shares this registry.
+    let stats = Arc::new(Registry::default());
+    let initial = snapshot::from_mesh(
+        &config.mesh,
+        1,
+        config.node.namespace.as_str(),
+        &metrics,
+        &stats,
+    )
+    .context("the mesh in the config cannot be applied")?;
     let store = snapshot::store(initial);
     metrics.snapshot_loaded(1);
 
@@ -71,88 +85,27 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         tracker: TaskTracker::new(),
     };
     let cp_tls = match &config.trust_bundle {
-        Some(anchors) => {
-            Some(crate::control_plane::client_config(anchors).map_err(anyhow::Error::msg)?)
-        }
+        Some(anchors) => Some(control_plane::client_config(anchors).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let identity = config.identity.as_ref().map(|c| {
-        let identity = Identity::new(
-            c.id.clone(),
-            c.inbound.clone(),
-            IdentityMetrics::new(metrics.registry()),
-        );
-        (identity, c)
-    });
-    let identity = match identity {
-        Some((identity, c)) => {
-            let certifier = Certifier::new(
-                identity.clone(),
-                &c.control_plane,
-                cp_tls.as_ref(),
-                c.token.clone(),
-            )
-            .map_err(anyhow::Error::msg)?;
-            tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
-            tokio::spawn(certifier.run(shutdown.clone()));
-            let node = v1::Node {
-                id: config.node.id.clone(),
-                namespace: c.id.namespace.clone(),
-                service_account: c.id.service_account.clone(),
-                workload: config.node.workload.clone().unwrap_or_default(),
-                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            crate::identity::policy_watch::spawn(
-                identity.clone(),
-                &c.control_plane,
-                node,
-                c.inbound.clone(),
-                cp_tls.as_ref(),
-                shutdown.clone(),
-            )
-            .map_err(anyhow::Error::msg)?;
-            Some(identity)
-        }
-        None => None,
-    };
+    let identity = start_identity(&config, &metrics, cp_tls.as_ref(), &shutdown)?;
     let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
-    let discovery = match &config.control_plane {
-        Some(addr) => {
-            let node = v1::Node {
-                id: config.node.id.clone(),
-                namespace: config.node.namespace.to_string(),
-                service_account: config.node.service_account.clone().unwrap_or_default(),
-                workload: config.node.workload.clone().unwrap_or_default(),
-                proxy_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            let d = Discovery::new(addr, node, store.clone(), metrics.clone(), cp_tls.as_ref())
-                .map_err(anyhow::Error::msg)?;
-            for up in &config.upstreams {
-                d.subscribe(Dest::Name(up.service.clone()));
-            }
-            tracing::info!(control_plane = %addr, "discovery from the control plane");
-            Some(d)
-        }
-        None => None,
-    };
-    let outbound = Outbound::new(
-        store.clone(),
-        discovery,
-        limits.discovery_timeout.0,
-        pool.clone(),
-        &metrics,
-        limits.connect_timeout.0,
-        limits.detect_timeout.0,
-        server_limits.clone(),
-        config.outbound_opaque_ports.clone(),
-    );
+    let discovery = start_discovery(&config, &store, &metrics, &stats, cp_tls.as_ref())?;
+    let outbound = Outbound::new(OutboundInputs {
+        lookup: Lookup::new(store.clone(), discovery, limits.discovery_timeout.0),
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        connect_timeout: limits.connect_timeout.0,
+        detect_timeout: limits.detect_timeout.0,
+        limits: server_limits.clone(),
+        opaque_ports: config.outbound_opaque_ports.clone(),
+    });
 
     let mut proxy = Proxy {
         outbound: None,
         inbound: None,
         admin: config.admin,
         upstreams: Vec::new(),
-        store: store.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         drain,
@@ -161,66 +114,21 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         ready: Arc::new(AtomicBool::new(false)),
         grace: limits.shutdown_grace.0,
     };
-
-    if let Some(addr) = config.outbound {
-        let listener = bind(addr, "outbound").await?;
-        let bound = listener.local_addr()?;
-        proxy.outbound = Some(bound);
-        let ob = outbound.clone();
-        let transparent = config.outbound_transparent;
-        let handle = move |io: Conn, _peer| {
-            let dest = if transparent {
-                crate::capture::orig_dst::outbound_destination(io.get_ref())
-            } else {
-                Destination::Authority
-            };
-            ob.clone().serve_conn(io, dest)
-        };
-        if let Some(twin) = transparent.then(|| ipv6_twin(bound)).flatten() {
-            acceptor.spawn(twin, metrics.conn("outbound"), handle.clone());
-        }
-        acceptor.spawn(listener, metrics.conn("outbound"), handle);
-    }
-    for up in &config.upstreams {
-        let listener = bind(up.listen, &format!("upstream {}", up.service)).await?;
-        proxy.upstreams.push(listener.local_addr()?);
-        let ob = outbound.clone();
-        let name: Arc<str> = Arc::from(up.service.as_str());
-        acceptor.spawn(listener, metrics.conn("outbound"), move |io, _peer| {
-            ob.clone()
-                .serve_conn(io, Destination::Service(name.clone()))
-        });
-    }
+    serve_outbound(&config, &mut proxy, &acceptor, &outbound).await?;
     if let Some((listen, app)) = config.inbound {
-        let listener = bind(listen, "inbound").await?;
-        let bound = listener.local_addr()?;
-        proxy.inbound = Some(bound);
-        let workload = config
-            .node
-            .workload
-            .clone()
-            .unwrap_or_else(|| "local".to_string());
-        let ib = Inbound::new(
+        let workload = config.node.workload.as_deref().unwrap_or("local");
+        let inbound = Inbound::new(InboundInputs {
             app,
-            pool.clone(),
-            metrics.service("inbound", &workload),
-            limits.connect_timeout.0,
-            limits.detect_timeout.0,
-            server_limits,
-            identity.clone(),
-            config.inbound_opaque_ports.clone(),
-        );
-        let handle = move |io: Conn, _peer| ib.clone().serve_conn(io);
-        // Without a fixed app the inbound side is transparent: it also takes what
-        // ip6tables redirects.
-        if let Some(twin) = app.is_none().then(|| ipv6_twin(bound)).flatten() {
-            acceptor.spawn(twin, metrics.conn("inbound"), handle.clone());
-        }
-        acceptor.spawn(listener, metrics.conn("inbound"), handle);
+            pool,
+            metrics: metrics.service(Direction::Inbound, workload),
+            connect_timeout: limits.connect_timeout.0,
+            detect_timeout: limits.detect_timeout.0,
+            limits: server_limits,
+            identity: identity.clone(),
+            opaque_ports: config.inbound_opaque_ports.clone(),
+        });
+        proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);
     }
-
-    let admin_listener = bind(config.admin, "admin").await?;
-    proxy.admin = admin_listener.local_addr()?;
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         store: store.clone(),
@@ -230,25 +138,178 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         probe_ports: config.probe_ports.clone(),
         probe_timeout: limits.probe_timeout.0,
     });
-    // On all addresses (in a pod) the kubelet may probe the pod's IPv6 address.
-    if let Some(twin) = config
-        .admin
-        .ip()
-        .is_unspecified()
-        .then(|| ipv6_twin(proxy.admin))
-        .flatten()
-    {
-        admin.clone().spawn(twin, proxy.admin_stop.clone());
-    }
-    admin.spawn(admin_listener, proxy.admin_stop.clone());
+    proxy.admin = serve_admin(config.admin, admin, &proxy.admin_stop).await?;
 
     #[cfg(unix)]
     if let Some(path) = &config.path {
-        crate::reload::on_sighup(path.clone(), store, metrics);
+        crate::source::file::on_sighup(path.clone(), store, metrics, stats);
     }
 
     proxy.ready.store(true, Ordering::Release);
     Ok(proxy)
+}
+
+/// Who this proxy is, as it tells the control plane.
+fn node(config: &Config, namespace: &str, service_account: &str) -> v1::Node {
+    v1::Node {
+        id: config.node.id.clone(),
+        namespace: namespace.to_string(),
+        service_account: service_account.to_string(),
+        workload: config.node.workload.clone().unwrap_or_default(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// With an identity configured: the workload's certificate, requested and renewed
+/// from the control plane, and its inbound policy, watched there.
+fn start_identity(
+    config: &Config,
+    metrics: &Metrics,
+    cp_tls: Option<&Arc<rustls::ClientConfig>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<Identity>>> {
+    let Some(c) = &config.identity else {
+        return Ok(None);
+    };
+    let identity = Identity::new(
+        c.id.clone(),
+        c.inbound.clone(),
+        IdentityMetrics::new(metrics.registry()),
+    );
+    let channel =
+        control_plane::unary_channel(&c.control_plane, cp_tls).map_err(anyhow::Error::msg)?;
+    let certifier = Certifier::new(identity.clone(), channel, c.token.clone());
+    tracing::info!(identity = %identity.spiffe_id(), control_plane = %c.control_plane, "mTLS on");
+    tokio::spawn(certifier.run(shutdown.clone()));
+    let channel =
+        control_plane::streaming_channel(&c.control_plane, cp_tls).map_err(anyhow::Error::msg)?;
+    let node = node(config, &c.id.namespace, &c.id.service_account);
+    crate::identity::policy_watch::spawn(
+        identity.clone(),
+        channel,
+        node,
+        c.inbound.clone(),
+        shutdown.clone(),
+    );
+    Ok(Some(identity))
+}
+
+/// With a control plane configured: the discovery client, already watching the
+/// configured upstreams' services.
+fn start_discovery(
+    config: &Config,
+    store: &SnapshotStore,
+    metrics: &Metrics,
+    stats: &Arc<Registry>,
+    cp_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Option<Arc<dyn Demand>>> {
+    let Some(addr) = &config.control_plane else {
+        return Ok(None);
+    };
+    let node = node(
+        config,
+        config.node.namespace.as_str(),
+        config.node.service_account.as_deref().unwrap_or_default(),
+    );
+    let discovery = Discovery::new(
+        addr,
+        node,
+        store.clone(),
+        metrics.clone(),
+        stats.clone(),
+        cp_tls,
+    )
+    .map_err(anyhow::Error::msg)?;
+    for up in &config.upstreams {
+        discovery.subscribe(Dest::Name(up.service.clone().into()));
+    }
+    tracing::info!(control_plane = %addr, "discovery from the control plane");
+    Ok(Some(discovery))
+}
+
+/// The outbound listener (transparent or `http_proxy` style) and one listener per
+/// configured upstream.
+async fn serve_outbound(
+    config: &Config,
+    proxy: &mut Proxy,
+    acceptor: &Acceptor,
+    outbound: &Arc<Outbound>,
+) -> anyhow::Result<()> {
+    let metrics = &proxy.metrics;
+    if let Some(addr) = config.outbound {
+        let listener = bind(addr, "outbound").await?;
+        let bound = listener.local_addr()?;
+        proxy.outbound = Some(bound);
+        let ob = outbound.clone();
+        let transparent = config.outbound_transparent;
+        let handle = move |io: Conn, _peer| {
+            let original = transparent
+                .then(|| crate::capture::orig_dst::outbound_original(io.get_ref()))
+                .flatten();
+            let dest = original.map_or(Destination::Authority, Destination::Original);
+            ob.clone().serve_conn(io, dest)
+        };
+        if let Some(twin) = transparent.then(|| ipv6_twin(bound)).flatten() {
+            acceptor.spawn(twin, metrics.conn(Direction::Outbound), handle.clone());
+        }
+        acceptor.spawn(listener, metrics.conn(Direction::Outbound), handle);
+    }
+    for up in &config.upstreams {
+        let listener = bind(up.listen, &format!("upstream {}", up.service)).await?;
+        proxy.upstreams.push(listener.local_addr()?);
+        let ob = outbound.clone();
+        let name: Arc<str> = Arc::from(up.service.as_str());
+        acceptor.spawn(
+            listener,
+            metrics.conn(Direction::Outbound),
+            move |io, _peer| {
+                ob.clone()
+                    .serve_conn(io, Destination::Service(name.clone()))
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The inbound listener; returns its bound address.
+async fn serve_inbound(
+    listen: SocketAddr,
+    app: Option<SocketAddr>,
+    acceptor: &Acceptor,
+    metrics: &Metrics,
+    inbound: Arc<Inbound>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = bind(listen, "inbound").await?;
+    let bound = listener.local_addr()?;
+    let handle = move |io: Conn, _peer| inbound.clone().serve_conn(io);
+    // Without a fixed app the inbound side is transparent: it also takes what
+    // ip6tables redirects.
+    if let Some(twin) = app.is_none().then(|| ipv6_twin(bound)).flatten() {
+        acceptor.spawn(twin, metrics.conn(Direction::Inbound), handle.clone());
+    }
+    acceptor.spawn(listener, metrics.conn(Direction::Inbound), handle);
+    Ok(bound)
+}
+
+/// The admin listener; returns its bound address.
+async fn serve_admin(
+    addr: SocketAddr,
+    admin: Arc<Admin>,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = bind(addr, "admin").await?;
+    let bound = listener.local_addr()?;
+    // On all addresses (in a pod) the kubelet may probe the pod's IPv6 address.
+    if let Some(twin) = addr
+        .ip()
+        .is_unspecified()
+        .then(|| ipv6_twin(bound))
+        .flatten()
+    {
+        admin.clone().spawn(twin, stop.clone());
+    }
+    admin.spawn(listener, stop.clone());
+    Ok(bound)
 }
 
 impl Proxy {

@@ -13,28 +13,29 @@ use http::Method;
 use rand::Rng as _;
 use serde::{Serialize, Serializer};
 
-use crate::state::now_nanos;
+use crate::clock::now_nanos;
+use crate::outcome::Outcome;
 
-pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
-pub const DEFAULT_MIN_PER_SECOND: u32 = 10;
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
-pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+pub(crate) const DEFAULT_BUDGET_RATIO: f64 = 0.2;
+pub(crate) const DEFAULT_MIN_PER_SECOND: u32 = 10;
+pub(crate) const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+pub(crate) const DEFAULT_MAX_BODY: usize = 64 * 1024;
 /// Retried on by idempotent requests when the policy names no statuses.
 const DEFAULT_STATUSES: [u16; 3] = [502, 503, 504];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub retry_on_status: Vec<u16>,
-    pub retry_on_grpc: Vec<u32>,
-    pub budget_ratio: f64,
-    pub min_retries_per_second: u32,
+pub(crate) struct RetryPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_on_status: Vec<u16>,
+    pub(crate) retry_on_grpc: Vec<u32>,
+    pub(crate) budget_ratio: f64,
+    pub(crate) min_retries_per_second: u32,
     #[serde(serialize_with = "as_ms")]
-    pub backoff_base: Duration,
+    pub(crate) backoff_base: Duration,
     #[serde(serialize_with = "as_ms")]
-    pub backoff_max: Duration,
-    pub max_buffered_body_bytes: usize,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_buffered_body_bytes: usize,
 }
 
 fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -42,46 +43,35 @@ fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// RFC 9110 §9.2.2.
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
 
-/// What an attempt produced, as far as retrying cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempted {
-    Response {
-        status: u16,
-        grpc: Option<u32>,
-    },
-    /// The connection could not be made: the request was never sent.
-    NotSent,
-    /// Sent, but no response head came back (reset, per-try timeout).
-    NoResponse,
-}
-
 impl RetryPolicy {
     /// Whether a request with this method can ever be retried (and so is worth
     /// buffering for replay).
-    pub fn may_retry(&self, method: &Method) -> bool {
+    pub(crate) fn may_retry(&self, method: &Method) -> bool {
         self.max_attempts > 1
             && (is_idempotent(method)
                 || !self.retry_on_status.is_empty()
                 || !self.retry_on_grpc.is_empty())
     }
 
-    pub fn should_retry(&self, method: &Method, attempted: Attempted) -> bool {
+    pub(crate) fn should_retry(&self, method: &Method, outcome: Outcome) -> bool {
         let named = |status: u16, grpc: Option<u32>| {
             self.retry_on_status.contains(&status)
                 || grpc.is_some_and(|c| self.retry_on_grpc.contains(&c))
         };
-        match attempted {
+        match outcome {
             // Nothing reached the endpoint; any method is safe to send elsewhere.
-            Attempted::NotSent => true,
-            Attempted::NoResponse => is_idempotent(method),
-            Attempted::Response { status, grpc } => {
+            Outcome::NotSent => true,
+            Outcome::NoResponse => is_idempotent(method),
+            // A local limit refused it, or the client left: nothing to retry.
+            Outcome::Cancelled => false,
+            Outcome::Response { status, grpc } => {
                 named(status, grpc)
                     || (is_idempotent(method)
                         && self.retry_on_status.is_empty()
@@ -91,7 +81,7 @@ impl RetryPolicy {
     }
 
     /// Full jitter: a random wait up to `base × 2^(retry-1)`, capped.
-    pub fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let exp = self
             .backoff_base
             .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
@@ -109,7 +99,7 @@ impl RetryPolicy {
 /// not collapse at each second's start). Lock-free; the window roll can race, which
 /// at worst lets a few extra retries through at a second boundary.
 #[derive(Debug, Default)]
-pub struct Budget {
+pub(crate) struct Budget {
     window: AtomicU64,
     requests: AtomicU32,
     previous: AtomicU32,
@@ -133,12 +123,12 @@ impl Budget {
         }
     }
 
-    pub fn deposit(&self) {
+    pub(crate) fn deposit(&self) {
         self.roll();
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn try_withdraw(&self, ratio: f64, min_per_second: u32) -> bool {
+    pub(crate) fn try_withdraw(&self, ratio: f64, min_per_second: u32) -> bool {
         self.roll();
         let seen = self
             .requests
@@ -175,7 +165,7 @@ mod tests {
     #[test]
     fn only_safe_cases_are_retried() {
         let p = policy();
-        let bad_gateway = Attempted::Response {
+        let bad_gateway = Outcome::Response {
             status: 502,
             grpc: None,
         };
@@ -184,10 +174,10 @@ mod tests {
             !p.should_retry(&Method::POST, bad_gateway),
             "POST is not idempotent"
         );
-        assert!(p.should_retry(&Method::POST, Attempted::NotSent));
-        assert!(!p.should_retry(&Method::POST, Attempted::NoResponse));
-        assert!(p.should_retry(&Method::PUT, Attempted::NoResponse));
-        let err = Attempted::Response {
+        assert!(p.should_retry(&Method::POST, Outcome::NotSent));
+        assert!(!p.should_retry(&Method::POST, Outcome::NoResponse));
+        assert!(p.should_retry(&Method::PUT, Outcome::NoResponse));
+        let err = Outcome::Response {
             status: 500,
             grpc: None,
         };
@@ -203,7 +193,7 @@ mod tests {
         );
         assert!(named.should_retry(
             &Method::POST,
-            Attempted::Response {
+            Outcome::Response {
                 status: 200,
                 grpc: Some(14)
             }
@@ -216,13 +206,33 @@ mod tests {
 
     #[test]
     fn budget_allows_ratio_of_requests_plus_minimum() {
-        let b = Budget::default();
-        for _ in 0..100 {
-            b.deposit();
-        }
-        let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
-        // 5 + 20% of 100; a second boundary during the deposits can only lower it.
-        assert!((15..=25).contains(&granted), "{granted}");
+        crate::clock::paused_runtime().block_on(async {
+            let b = Budget::default();
+            for _ in 0..100 {
+                b.deposit();
+            }
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
+            assert_eq!(granted, 25, "5 + 20% of 100");
+        });
+    }
+
+    #[test]
+    fn budget_carries_the_last_second_over_then_resets() {
+        crate::clock::paused_runtime().block_on(async {
+            let b = Budget::default();
+            for _ in 0..100 {
+                b.deposit();
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 0)).count();
+            assert_eq!(
+                granted, 20,
+                "a new second starts from the last one's requests"
+            );
+            tokio::time::advance(Duration::from_secs(2)).await;
+            let granted = (0..100).filter(|_| b.try_withdraw(0.2, 5)).count();
+            assert_eq!(granted, 5, "after an idle second only the minimum is left");
+        });
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::http::pool::{Key, connect_to};
 use crate::identity::{Alpn, Identity};
 
-pub async fn forward<I>(client: I, upstream: SocketAddr, connect_timeout: Duration)
+pub(crate) async fn forward<I>(client: I, upstream: SocketAddr, connect_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -17,7 +17,7 @@ where
 }
 
 /// Like [`forward`], over mTLS when the endpoint has an identity.
-pub async fn forward_to<I>(
+pub(crate) async fn forward_to<I>(
     client: I,
     key: &Key,
     connect_timeout: Duration,
@@ -38,7 +38,7 @@ pub async fn forward_to<I>(
 
 /// Copies bytes both ways between a client and a connected upstream until both
 /// sides are done.
-pub async fn splice<I, S>(mut client: I, mut server: S, upstream: SocketAddr)
+pub(crate) async fn splice<I, S>(mut client: I, mut server: S, upstream: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,

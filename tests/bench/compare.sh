@@ -2,8 +2,8 @@
 # Benchmark: two builds of weft-proxy against each other, each as an outbound ->
 # inbound pair (or one proxy), with HAProxy's pair in the same run.
 #
-# For judging one change: a single proxy.sh run moves ±10% with the machine, more
-# than most changes. Here both builds serve the same load in the same minute, in
+# For judging one change: a single proxy.sh run moves with the machine by more than
+# most changes do. Here both builds serve the same load in the same minute, in
 # alternating order (old first on odd rounds, new first on even ones), and the
 # figure is the per-round ratio of CPU time per request, new/old, next to each
 # build's ratio to HAProxy. Prints numbers; asserts nothing about time.

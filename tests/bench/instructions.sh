@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Instructions per request, weft-proxy vs HAProxy, counted by valgrind's callgrind.
 #
-# CPU time on a shared 2-core machine swings by ±15% from run to run; instruction
-# counts do not (callgrind counts, it does not time). This prints, for one proxy in
+# CPU time on a shared machine swings from run to run; instruction counts do not
+# (callgrind counts, it does not time; see README.md here). This prints, for one proxy in
 # front of a local upstream, the proxy's instructions per request over a fixed number
 # of requests after a warm-up (HTTP/1.1 via `h2load --h1`, and h2c), for Weft and for HAProxy
 # configured like-for-like (see haproxy.cfg.in), and the Weft/HAProxy ratio. It asserts
 # nothing. Instructions are a proxy for CPU cost, not the same thing: memory stalls
-# and syscalls' kernel time are not counted (both proxies make ~4 syscalls per
-# HTTP/1.1 request, see proxy.sh's notes).
+# and syscalls' kernel time are not counted.
 #
 # Env: REQUESTS (default 10000), WARMUP (1000), CONNS (50), STREAMS (h2 streams per conn, 10),
 #      BASE_PORT (29100), PROFILE (cargo profile of weft-proxy: sidecar, as shipped, or

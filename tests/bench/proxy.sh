@@ -24,13 +24,12 @@
 # its --log-file), CPU time per request of the proxy processes ((utime+stime) from
 # /proc/PID/stat over the run, both proxies added for a pair) and of the upstream,
 # proxy RSS (VmRSS) idle before the first run and the peak while serving the load,
-# and failed requests. It ends with Weft/HAProxy ratios next to the targets of
-# issue 2 (CPU/request <= 0.9x HAProxy, rps >= 1.1x HAProxy, p99 at the fixed rate
-# <= HAProxy's, RSS <= 5 MB idle and <= 15 MB with 50 keep-alive connections).
+# and failed requests. It ends with Weft/HAProxy ratios next to the targets in
+# README.md here.
 #
-# Usage:  tests/bench/proxy.sh            (about 2.5 minutes)
-#         QUICK=1 tests/bench/proxy.sh    (about 40 seconds, smoke test)
-# plus the PGO build of weft-proxy: about 1.5 minutes, 9 the first time on 2 cores.
+# Usage:  tests/bench/proxy.sh
+#         QUICK=1 tests/bench/proxy.sh    (shorter runs, a smoke test)
+# plus the PGO build of weft-proxy (slow the first time).
 # Environment:
 #   DURATION=10        seconds per load run (QUICK=1: 3)
 #   FIXED_DURATION=5   seconds per fixed-rate run (QUICK=1: 2)

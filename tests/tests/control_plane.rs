@@ -10,7 +10,7 @@ use weft_tests::control::WeftControl;
 use weft_tests::load::{Load, LoadSpec};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 
-/// How long the endpoints churn, and how often they change (issue 3's numbers).
+/// How long the endpoints churn, and how often they change.
 const CHURN_FOR: Duration = Duration::from_secs(30);
 const CHURN_EVERY: Duration = Duration::from_millis(100);
 /// How long the control plane stays down.

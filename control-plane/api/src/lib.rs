@@ -2,6 +2,7 @@
 //! mode and the control plane's file source read.
 
 pub mod mesh;
+pub mod ports;
 pub mod spiffe;
 
 /// Generated `weft.v1` messages, clients and servers.

@@ -2,7 +2,6 @@
 //! once into [`PodOverrides`] so the rest of the injector never sees raw strings.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -67,81 +66,12 @@ pub fn inject_choice(
     Ok(choice)
 }
 
-/// One port or an inclusive range, as iptables' multiport match takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
+pub use weft_api::ports::{PortList, PortRange};
 
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
-    }
-}
-
-/// A sorted, de-duplicated list of ports and ranges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PortList(pub Vec<PortRange>);
-
-impl PortList {
-    /// Parses `"3306, 5432,8000-8099"`; an empty string is an empty list.
-    pub fn parse(key: &str, value: &str) -> Result<Self, AnnotationError> {
-        let mut ranges = Vec::new();
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let port = |s: &str| -> Result<u16, AnnotationError> {
-                match s.trim().parse::<u16>() {
-                    Ok(p) if p > 0 => Ok(p),
-                    _ => Err(bad(key, value, format!("has {s:?}, not a port in 1-65535"))),
-                }
-            };
-            let range = match item.split_once('-') {
-                Some((a, b)) => PortRange {
-                    first: port(a)?,
-                    last: port(b)?,
-                },
-                None => {
-                    let p = port(item)?;
-                    PortRange { first: p, last: p }
-                }
-            };
-            if range.first > range.last {
-                return Err(bad(key, value, format!("has the reversed range {item:?}")));
-            }
-            ranges.push(range);
-        }
-        Ok(PortList::from_ranges(ranges))
-    }
-
-    pub fn from_ranges(mut ranges: Vec<PortRange>) -> Self {
-        ranges.sort();
-        ranges.dedup();
-        PortList(ranges)
-    }
-
-    pub fn with(mut self, port: u16) -> Self {
-        self.0.push(PortRange {
-            first: port,
-            last: port,
-        });
-        PortList::from_ranges(self.0)
-    }
-}
-
-impl fmt::Display for PortList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, r) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{r}")?;
-        }
-        Ok(())
-    }
+/// A port list annotation (`3306,8000-8099`; empty is none), parsed as the proxy
+/// parses its own port lists.
+fn port_list(key: &str, value: &str) -> Result<PortList, AnnotationError> {
+    PortList::parse(value).map_err(|e| bad(key, value, format!("is not a port list: {e}")))
 }
 
 /// What a pod's annotations change about its proxy.
@@ -161,7 +91,7 @@ impl PodOverrides {
         defaults: &Resources,
     ) -> Result<Self, AnnotationError> {
         let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-        let ports = |key: &str| PortList::parse(key, get(key).unwrap_or(""));
+        let ports = |key: &str| port_list(key, get(key).unwrap_or(""));
         let quantity = |key: &str, default: &Quantity, unit: Unit| match get(key) {
             None => Ok(default.clone()),
             Some(v) => {
@@ -268,12 +198,12 @@ mod tests {
 
     #[test]
     fn port_lists_are_sorted_merged_and_checked() {
-        let l = PortList::parse("k", " 5432,3306, 8000-8010,3306").expect("valid list");
+        let l = port_list("k", " 5432,3306, 8000-8010,3306").expect("valid list");
         assert_eq!(l.to_string(), "3306,5432,8000-8010");
         assert_eq!(l.with(7191).to_string(), "3306,5432,7191,8000-8010");
-        assert_eq!(PortList::parse("k", "").expect("empty").to_string(), "");
+        assert_eq!(port_list("k", "").expect("empty").to_string(), "");
         for bad in ["0", "65536", "http", "10-5", "1-", "-"] {
-            let err = PortList::parse("weft.io/opaque-ports", bad).expect_err(bad);
+            let err = port_list("weft.io/opaque-ports", bad).expect_err(bad);
             assert!(err.to_string().contains("weft.io/opaque-ports"), "{err}");
         }
     }

@@ -287,7 +287,7 @@ mod tests {
             "startupProbe": {"exec": {"command": ["true"]}}
         }]));
         assert!(r.fields.is_empty(), "{:?}", r.fields);
-        assert!(r.ports.0.is_empty());
+        assert!(r.ports.is_empty());
         assert!(r.originals.is_none());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::snapshot::Endpoint;
+use super::Candidate;
 
 /// Virtual nodes for an endpoint of the default weight.
 const VNODES: u64 = 160;
@@ -13,7 +13,7 @@ const VNODES: u64 = 160;
 const MAX_RING: u64 = 1 << 20;
 
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     /// (hash, endpoint index), sorted by hash.
     nodes: Vec<(u64, u32)>,
 }
@@ -21,7 +21,7 @@ pub struct Ring {
 /// FNV-1a then a 64-bit finalizer (from splitmix64) to spread close inputs apart.
 /// Stable across processes and versions, unlike std's randomly keyed hasher, so
 /// every proxy maps a key to the same endpoint.
-pub fn hash_bytes(bytes: &[u8]) -> u64 {
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -35,10 +35,10 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 }
 
 impl Ring {
-    pub fn new(endpoints: &[Arc<Endpoint>], ready: &[u32]) -> Ring {
+    pub(crate) fn new<E: Candidate>(endpoints: &[Arc<E>], ready: &[u32]) -> Ring {
         let total_weight: u64 = ready
             .iter()
-            .map(|&i| u64::from(endpoints[i as usize].weight.max(1)))
+            .map(|&i| u64::from(endpoints[i as usize].weight().max(1)))
             .sum();
         let default = u64::from(weft_api::mesh::DEFAULT_WEIGHT);
         let wanted = total_weight * VNODES / default;
@@ -50,8 +50,8 @@ impl Ring {
         let mut nodes = Vec::new();
         for &i in ready {
             let ep = &endpoints[i as usize];
-            let n = ((u64::from(ep.weight.max(1)) * VNODES / default) as f64 / scale).max(1.0);
-            let name = ep.addr.to_string();
+            let n = ((u64::from(ep.weight().max(1)) * VNODES / default) as f64 / scale).max(1.0);
+            let name = ep.addr().to_string();
             for v in 0..n as u64 {
                 let mut key = name.clone().into_bytes();
                 key.extend_from_slice(&v.to_le_bytes());
@@ -63,7 +63,7 @@ impl Ring {
     }
 
     /// The endpoint owning `key`, walking clockwise past endpoints `ok` refuses.
-    pub fn pick(&self, key: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn pick(&self, key: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.nodes.len();
         if len == 0 {
             return None;

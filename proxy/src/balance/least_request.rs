@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use crate::snapshot::Endpoint;
+use super::Candidate;
 
-pub fn cost(endpoint: &Arc<Endpoint>) -> f64 {
-    f64::from(endpoint.stats.load.in_flight())
+pub(crate) fn cost<E: Candidate>(endpoint: &Arc<E>) -> f64 {
+    f64::from(endpoint.load().in_flight())
 }
 
 #[cfg(test)]

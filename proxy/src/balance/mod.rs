@@ -15,21 +15,33 @@ use std::time::Duration;
 use rand::Rng as _;
 use serde::{Serialize, Serializer};
 
-use crate::snapshot::{Endpoint, EndpointState};
-use crate::state::{nanos, now_nanos};
+use crate::breaker::Health;
+use crate::clock::{nanos, now_nanos};
 
-pub use consistent_hash::hash_bytes;
+pub(crate) use consistent_hash::hash_bytes;
+
+/// What a balancer needs to know of an endpoint. Balancing knows no snapshot: the
+/// endpoint type implements this one level up.
+pub(crate) trait Candidate {
+    /// Where it listens: what consistent hashing places it on the ring by.
+    fn addr(&self) -> std::net::SocketAddr;
+    fn weight(&self) -> u32;
+    /// Ready for new requests (not starting up or terminating).
+    fn is_ready(&self) -> bool;
+    fn load(&self) -> &Load;
+    fn health(&self) -> &Health;
+}
 
 /// Defaults of the peak-EWMA balancer when the policy leaves them unset.
-pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+pub(crate) const DEFAULT_DECAY: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// The latency recorded for an attempt that got no response (refused, reset, timed
 /// out): high enough that the balancer avoids the endpoint until the estimate decays.
-pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+pub(crate) const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     P2cPeakEwma {
         #[serde(serialize_with = "as_ms")]
         decay: Duration,
@@ -61,10 +73,12 @@ fn as_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// What consistent hashing hashes on.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum HashKey {
+pub(crate) enum HashKey {
     /// A request header (lowercase name); requests without it are balanced freely.
     Header(#[serde(serialize_with = "header_name")] http::HeaderName),
-    /// The calling client: its mTLS identity where known, else its address.
+    /// The calling client: its mTLS identity where known (on the outbound side, the
+    /// workload's own SPIFFE ID, which this proxy proves to the endpoint), else its
+    /// address.
     ClientIdentity,
 }
 
@@ -72,7 +86,7 @@ pub enum HashKey {
 /// of its response latency. Updated with relaxed atomics; a lost update under a race
 /// only makes the estimate a little older.
 #[derive(Debug, Default)]
-pub struct Load {
+pub(crate) struct Load {
     in_flight: AtomicU32,
     /// f64 nanoseconds; 0 until the first response.
     ewma: AtomicU64,
@@ -90,15 +104,15 @@ impl Serialize for Load {
 }
 
 impl Load {
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -107,16 +121,12 @@ impl Load {
         (v > 0.0).then_some(v)
     }
 
-    /// Folds one latency sample in. A sample above the average replaces it at once
-    /// (the "peak"), so a backend that slows down is avoided immediately; lower
-    /// samples pull it down with a weight that grows with the time since the last.
-    pub fn observe(&self, rtt: Duration, decay: Duration) {
-        self.observe_at(rtt, decay, now_nanos());
-    }
-
-    /// `observe` with the clock already read (`now_nanos()`), for a caller that
-    /// has just read it to measure `rtt`.
-    pub fn observe_at(&self, rtt: Duration, decay: Duration, now: u64) {
+    /// Folds one latency sample in, at `now` (a `now_nanos()` reading the caller
+    /// has just taken to measure `rtt`). A sample above the average replaces it at
+    /// once (the "peak"), so a backend that slows down is avoided immediately;
+    /// lower samples pull it down with a weight that grows with the time since the
+    /// last.
+    pub(crate) fn observe(&self, rtt: Duration, decay: Duration, now: u64) {
         let sample = rtt.as_nanos() as f64;
         let last = self.stamp.swap(now, Ordering::Relaxed);
         let next = match self.ewma_nanos() {
@@ -147,7 +157,7 @@ impl Load {
 
 /// The balancer of one service, built with the service from its endpoint set.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     algorithm: Algorithm,
     /// Indices of ready endpoints and their cumulative weights, for weighted draws.
     ready: Vec<u32>,
@@ -157,18 +167,18 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(algorithm: Algorithm, endpoints: &[Arc<Endpoint>]) -> Balancer {
+    pub(crate) fn new<E: Candidate>(algorithm: Algorithm, endpoints: &[Arc<E>]) -> Balancer {
         let ready: Vec<u32> = endpoints
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.state == EndpointState::Ready)
+            .filter(|(_, e)| e.is_ready())
             .map(|(i, _)| i as u32)
             .collect();
         let mut total = 0u64;
         let cumulative = ready
             .iter()
             .map(|&i| {
-                total += u64::from(endpoints[i as usize].weight.max(1));
+                total += u64::from(endpoints[i as usize].weight().max(1));
                 total
             })
             .collect();
@@ -185,20 +195,16 @@ impl Balancer {
         }
     }
 
-    pub fn algorithm(&self) -> &Algorithm {
+    pub(crate) fn algorithm(&self) -> &Algorithm {
         &self.algorithm
-    }
-
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
     }
 
     /// Picks an endpoint (an index into `endpoints`); `key` is the request's hash
     /// key for consistent hashing. `skip` is an endpoint to avoid if any other will
     /// do (the one a retry is retrying away from).
-    pub fn pick(
+    pub(crate) fn pick<E: Candidate>(
         &self,
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &[Arc<E>],
         key: Option<u64>,
         skip: Option<usize>,
     ) -> Option<usize> {
@@ -207,9 +213,9 @@ impl Balancer {
 
     /// `pick` at `now` (a `now_nanos()` reading): a request reads the clock once
     /// as it starts and uses that reading for its pick and its attempt.
-    pub fn pick_at(
+    pub(crate) fn pick_at<E: Candidate>(
         &self,
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &[Arc<E>],
         key: Option<u64>,
         skip: Option<usize>,
         now: u64,
@@ -217,7 +223,7 @@ impl Balancer {
         if self.ready.is_empty() {
             return None;
         }
-        let healthy = |i: usize| endpoints[i].stats.health.eligible(now);
+        let healthy = |i: usize| endpoints[i].health().eligible(now);
         if self.ready.len() > 1
             && let Some(s) = skip
         {
@@ -231,9 +237,9 @@ impl Balancer {
             .or_else(|| self.pick_with(endpoints, key, now, |_| true))
     }
 
-    fn pick_with(
+    fn pick_with<E: Candidate>(
         &self,
-        endpoints: &[Arc<Endpoint>],
+        endpoints: &[Arc<E>],
         key: Option<u64>,
         now: u64,
         ok: impl Fn(usize) -> bool,
@@ -241,7 +247,7 @@ impl Balancer {
         match &self.algorithm {
             Algorithm::P2cPeakEwma { default_rtt, decay } => {
                 let (rtt, decay) = (*default_rtt, *decay);
-                self.p2c(&ok, |i| endpoints[i].stats.load.cost(rtt, decay, now))
+                self.p2c(&ok, |i| endpoints[i].load().cost(rtt, decay, now))
             }
             Algorithm::LeastRequest => self.p2c(&ok, |i| least_request::cost(&endpoints[i])),
             Algorithm::RoundRobin => self.round_robin.as_ref()?.pick(&ok),
@@ -303,12 +309,12 @@ impl Balancer {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::state::Registry;
+    use crate::endpoint::{Endpoint, EndpointState, Registry};
+    use crate::metrics::{Direction, Metrics};
 
-    pub fn endpoints(weights: &[u32]) -> (Vec<Arc<Endpoint>>, Registry) {
+    pub(crate) fn endpoints(weights: &[u32]) -> (Vec<Arc<Endpoint>>, Registry) {
         let reg = Registry::default();
-        let m = Metrics::new().service("outbound", "t.default");
+        let m = Metrics::new().service(Direction::Outbound, "t.default");
         let eps = weights
             .iter()
             .enumerate()
@@ -330,14 +336,14 @@ pub(crate) mod tests {
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let load = Load::default();
-        load.observe(Duration::from_millis(10), DEFAULT_DECAY);
-        load.observe(Duration::from_millis(100), DEFAULT_DECAY);
+        load.observe(Duration::from_millis(10), DEFAULT_DECAY, now_nanos());
+        load.observe(Duration::from_millis(100), DEFAULT_DECAY, now_nanos());
         assert_eq!(
             load.ewma_nanos(),
             Some(100e6),
             "a peak replaces the average"
         );
-        load.observe(Duration::from_millis(10), DEFAULT_DECAY);
+        load.observe(Duration::from_millis(10), DEFAULT_DECAY, now_nanos());
         let after = load.ewma_nanos().expect("measured");
         assert!(
             after <= 100e6 && after > 10e6,
@@ -348,7 +354,11 @@ pub(crate) mod tests {
     #[test]
     fn an_avoided_estimate_decays_while_idle() {
         let load = Load::default();
-        load.observe(Duration::from_millis(100), Duration::from_millis(10));
+        load.observe(
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            now_nanos(),
+        );
         let now = now_nanos();
         let fresh = load.cost(DEFAULT_RTT, Duration::from_millis(10), now);
         let later = load.cost(DEFAULT_RTT, Duration::from_millis(10), now + 50_000_000);
@@ -361,15 +371,15 @@ pub(crate) mod tests {
         eps[2]
             .stats
             .load
-            .observe(Duration::from_millis(100), DEFAULT_DECAY);
+            .observe(Duration::from_millis(100), DEFAULT_DECAY, now_nanos());
         eps[0]
             .stats
             .load
-            .observe(Duration::from_millis(10), DEFAULT_DECAY);
+            .observe(Duration::from_millis(10), DEFAULT_DECAY, now_nanos());
         eps[1]
             .stats
             .load
-            .observe(Duration::from_millis(10), DEFAULT_DECAY);
+            .observe(Duration::from_millis(10), DEFAULT_DECAY, now_nanos());
         let b = Balancer::new(Algorithm::default(), &eps);
         let slow = (0..1000)
             .filter(|_| b.pick(&eps, None, None) == Some(2))

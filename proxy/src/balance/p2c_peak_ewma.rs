@@ -14,14 +14,16 @@ mod tests {
     #[test]
     fn a_fast_endpoint_under_load_shares_with_a_slower_idle_one() {
         let (eps, _reg) = endpoints(&[100, 100]);
-        eps[0]
-            .stats
-            .load
-            .observe(Duration::from_millis(1), DEFAULT_DECAY);
-        eps[1]
-            .stats
-            .load
-            .observe(Duration::from_millis(10), DEFAULT_DECAY);
+        eps[0].stats.load.observe(
+            Duration::from_millis(1),
+            DEFAULT_DECAY,
+            crate::clock::now_nanos(),
+        );
+        eps[1].stats.load.observe(
+            Duration::from_millis(10),
+            DEFAULT_DECAY,
+            crate::clock::now_nanos(),
+        );
         for _ in 0..20 {
             eps[0].stats.load.start();
         }

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::snapshot::Endpoint;
+use super::Candidate;
 
 #[derive(Debug)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     schedule: Vec<u32>,
     cursor: AtomicUsize,
 }
@@ -17,7 +17,7 @@ pub struct RoundRobin {
 const MAX_SCHEDULE: u32 = 4096;
 
 impl RoundRobin {
-    pub fn new(endpoints: &[Arc<Endpoint>], ready: &[u32]) -> RoundRobin {
+    pub(crate) fn new<E: Candidate>(endpoints: &[Arc<E>], ready: &[u32]) -> RoundRobin {
         RoundRobin {
             schedule: schedule(endpoints, ready),
             cursor: AtomicUsize::new(0),
@@ -25,7 +25,7 @@ impl RoundRobin {
     }
 
     /// The next endpoint in the schedule that `ok` accepts.
-    pub fn pick(&self, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn pick(&self, ok: &impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         for _ in 0..len {
             let n = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -38,10 +38,10 @@ impl RoundRobin {
     }
 }
 
-fn schedule(endpoints: &[Arc<Endpoint>], ready: &[u32]) -> Vec<u32> {
+fn schedule<E: Candidate>(endpoints: &[Arc<E>], ready: &[u32]) -> Vec<u32> {
     let ready: Vec<(u32, u32)> = ready
         .iter()
-        .map(|&i| (i, endpoints[i as usize].weight.max(1)))
+        .map(|&i| (i, endpoints[i as usize].weight().max(1)))
         .collect();
     if ready.is_empty() {
         return Vec::new();

@@ -4,12 +4,13 @@
 //! every variable has a flag of the same meaning for use by hand.
 
 use std::path::Path;
+use weft_api::ports::PortList;
 
 use super::iptables::{self, Mode, Tools};
 use super::rules::{self, CaptureConfig, Family, Installed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Ipv6 {
+pub(crate) enum Ipv6 {
     /// IPv6 rules when the kernel has IPv6 (`/proc/net/if_inet6` exists).
     Auto,
     On,
@@ -20,22 +21,22 @@ pub enum Ipv6 {
 pub struct InitArgs {
     /// Connections opened by this UID (the proxy's) are never redirected.
     #[arg(long, env = "WEFT_PROXY_UID", default_value_t = 7102)]
-    pub proxy_uid: u32,
+    pub(crate) proxy_uid: u32,
     /// Where outbound TCP is redirected (the proxy's transparent outbound listener).
     #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = 7140)]
-    pub outbound_port: u16,
+    pub(crate) outbound_port: u16,
     /// Where inbound TCP is redirected (the proxy's inbound listener).
     #[arg(long, env = "WEFT_INBOUND_PORT", default_value_t = 7143)]
-    pub inbound_port: u16,
+    pub(crate) inbound_port: u16,
     /// The proxy's admin port: never redirected inbound.
     #[arg(long, env = "WEFT_ADMIN_PORT", default_value_t = 7191)]
-    pub admin_port: u16,
+    pub(crate) admin_port: u16,
     /// Inbound destination ports not redirected, e.g. `7191,8000-8099`.
     #[arg(long, env = "WEFT_SKIP_INBOUND_PORTS", default_value = "")]
-    pub skip_inbound_ports: String,
+    pub(crate) skip_inbound_ports: String,
     /// Outbound destination ports not redirected, e.g. `5432`.
     #[arg(long, env = "WEFT_SKIP_OUTBOUND_PORTS", default_value = "")]
-    pub skip_outbound_ports: String,
+    pub(crate) skip_outbound_ports: String,
     /// Outbound destination CIDR blocks not redirected, e.g. `169.254.0.0/16,fd00::/8`.
     #[arg(
         long,
@@ -43,23 +44,23 @@ pub struct InitArgs {
         env = "WEFT_SKIP_OUTBOUND_CIDRS",
         default_value = ""
     )]
-    pub skip_outbound_cidrs: String,
+    pub(crate) skip_outbound_cidrs: String,
     /// Which iptables flavour to use.
     #[arg(long, value_enum, env = "WEFT_IPTABLES_MODE", default_value = "auto")]
-    pub iptables: Mode,
+    pub(crate) iptables: Mode,
     /// Whether to install IPv6 rules (with ip6tables) too.
     #[arg(long, value_enum, env = "WEFT_IPV6", default_value = "auto")]
-    pub ipv6: Ipv6,
+    pub(crate) ipv6: Ipv6,
     /// Remove Weft's rules instead of installing them.
     #[arg(long)]
-    pub uninstall: bool,
+    pub(crate) uninstall: bool,
     /// Print the rules (iptables-restore input for a clean table) and change nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl InitArgs {
-    pub fn capture_config(&self) -> Result<CaptureConfig, String> {
+    pub(crate) fn capture_config(&self) -> Result<CaptureConfig, String> {
         fn field<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
             r.map_err(|e| format!("{name}: {e}"))
         }
@@ -70,11 +71,11 @@ impl InitArgs {
             admin_port: self.admin_port,
             skip_inbound_ports: field(
                 "skip inbound ports",
-                rules::parse_ports(&self.skip_inbound_ports),
+                PortList::parse(&self.skip_inbound_ports).map_err(|e| e.to_string()),
             )?,
             skip_outbound_ports: field(
                 "skip outbound ports",
-                rules::parse_ports(&self.skip_outbound_ports),
+                PortList::parse(&self.skip_outbound_ports).map_err(|e| e.to_string()),
             )?,
             skip_outbound_cidrs: field(
                 "skip outbound CIDRs",
@@ -194,7 +195,7 @@ mod tests {
         .expect("flags parse");
         let c = cli.init.capture_config().expect("valid");
         assert_eq!(c.proxy_uid, 1337);
-        assert_eq!(c.skip_inbound_ports.len(), 1);
+        assert_eq!(c.skip_inbound_ports.ranges().len(), 1);
         assert_eq!(c.skip_outbound_cidrs.len(), 1);
         assert_eq!(c.admin_port, 7191);
     }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use super::rules::Family;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Detect the flavour in use.
     Auto,
     /// iptables-nft (the nf_tables kernel API).
@@ -22,7 +22,7 @@ pub enum Mode {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IptablesError {
+pub(crate) enum IptablesError {
     #[error("{0} not found: install iptables (the weft init image ships it)")]
     Missing(String),
     #[error(
@@ -36,13 +36,13 @@ pub enum IptablesError {
 
 /// The save/restore commands of one flavour and family.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tools {
-    pub save: String,
-    pub restore: String,
+pub(crate) struct Tools {
+    pub(crate) save: String,
+    pub(crate) restore: String,
 }
 
 impl Tools {
-    pub fn new(mode: Mode, family: Family) -> Tools {
+    pub(crate) fn new(mode: Mode, family: Family) -> Tools {
         let base = match family {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
@@ -59,12 +59,12 @@ impl Tools {
     }
 
     /// The current nat table, as `iptables-save` prints it.
-    pub fn save_nat(&self) -> Result<String, IptablesError> {
+    pub(crate) fn save_nat(&self) -> Result<String, IptablesError> {
         run(&self.save, &["-t", "nat"], None)
     }
 
     /// Applies `input` without flushing what is not named in it.
-    pub fn restore(&self, input: &str) -> Result<(), IptablesError> {
+    pub(crate) fn restore(&self, input: &str) -> Result<(), IptablesError> {
         run(&self.restore, &["--noflush", "--wait"], Some(input)).map(|_| ())
     }
 }
@@ -120,7 +120,7 @@ fn rule_count(save: &str) -> usize {
 }
 
 /// Resolves `Auto` to the flavour in use; `Nft` and `Legacy` stay as given.
-pub fn detect(mode: Mode) -> Mode {
+pub(crate) fn detect(mode: Mode) -> Mode {
     if mode != Mode::Auto {
         return mode;
     }

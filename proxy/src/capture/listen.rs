@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 /// The IPv6 twin of a bound IPv4 loopback or wildcard listener; None for any other
 /// address (an operator who names one address chose its family) or when the
 /// network namespace has no IPv6 (logged).
-pub fn ipv6_twin(bound: SocketAddr) -> Option<TcpListener> {
+pub(crate) fn ipv6_twin(bound: SocketAddr) -> Option<TcpListener> {
     let ip: IpAddr = match bound.ip() {
         IpAddr::V4(v4) if v4.is_loopback() => Ipv6Addr::LOCALHOST.into(),
         IpAddr::V4(v4) if v4.is_unspecified() => Ipv6Addr::UNSPECIFIED.into(),

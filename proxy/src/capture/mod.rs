@@ -13,7 +13,7 @@
 //!   (`SO_ORIGINAL_DST`), which is how the proxy routes captured traffic.
 
 pub mod init;
-pub mod iptables;
-pub mod listen;
-pub mod orig_dst;
-pub mod rules;
+pub(crate) mod iptables;
+pub(crate) mod listen;
+pub(crate) mod orig_dst;
+pub(crate) mod rules;

@@ -11,13 +11,11 @@ use std::os::fd::AsFd;
 
 use tokio::net::TcpStream;
 
-use crate::outbound::Destination;
-
 /// The original destination of an accepted connection. For a connection that was
 /// not redirected this is its own local address (conntrack's tuple is unchanged);
 /// callers compare with `local_addr` to tell the two apart. Fails (ENOENT) when
 /// conntrack holds no entry for the connection, e.g. without netfilter.
-pub fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> io::Result<SocketAddr> {
+pub(crate) fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(socket);
     let addr = match local {
         SocketAddr::V4(_) => sock.original_dst_v4()?,
@@ -28,23 +26,21 @@ pub fn original_dst<S: AsFd>(socket: &S, local: SocketAddr) -> io::Result<Socket
 }
 
 /// Whether `orig` says the connection was redirected to `local` from elsewhere.
-pub fn redirected(orig: SocketAddr, local: SocketAddr) -> bool {
+pub(crate) fn redirected(orig: SocketAddr, local: SocketAddr) -> bool {
     orig != local
 }
 
-/// How a transparent outbound listener routes an accepted connection: by its
-/// original destination when it was redirected, else (the app named the proxy
-/// itself, as its `http_proxy`) by each request's authority.
-pub fn outbound_destination(stream: &TcpStream) -> Destination {
-    let Ok(local) = stream.local_addr() else {
-        return Destination::Authority;
-    };
+/// Where a connection accepted by a transparent outbound listener was going, when
+/// it was redirected; None when the app named the proxy itself (as its
+/// `http_proxy`), so each request's authority says.
+pub(crate) fn outbound_original(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
     match original_dst(stream, local) {
-        Ok(orig) if redirected(orig, local) => Destination::Original(orig),
-        Ok(_) => Destination::Authority,
+        Ok(orig) if redirected(orig, local) => Some(orig),
+        Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "no original destination; routing by authority");
-            Destination::Authority
+            None
         }
     }
 }
@@ -53,7 +49,7 @@ pub fn outbound_destination(stream: &TcpStream) -> Destination {
 /// the port the peer dialled. None when the connection was not redirected (nothing
 /// says which app port it is for) or was sent to the inbound port itself (which
 /// would loop back into the proxy).
-pub fn inbound_app(stream: &TcpStream) -> Option<SocketAddr> {
+pub(crate) fn inbound_app(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
     let orig = original_dst(stream, local).ok()?;
     if !redirected(orig, local) || orig.port() == local.port() {

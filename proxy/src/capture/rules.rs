@@ -20,14 +20,17 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-pub const INBOUND_CHAIN: &str = "WEFT_INBOUND";
-pub const OUTBOUND_CHAIN: &str = "WEFT_OUTPUT";
+use weft_api::ports::{PortList, PortRange};
+
+pub(crate) const INBOUND_CHAIN: &str = "WEFT_INBOUND";
+pub(crate) const OUTBOUND_CHAIN: &str = "WEFT_OUTPUT";
 
 /// The chains this module owns, and the built-in chain that jumps to each.
-pub const CHAINS: [(&str, &str); 2] = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTBOUND_CHAIN)];
+pub(crate) const CHAINS: [(&str, &str); 2] =
+    [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTBOUND_CHAIN)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     V4,
     V6,
 }
@@ -41,59 +44,20 @@ impl fmt::Display for Family {
     }
 }
 
-/// An inclusive port range; a single port is `first == last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    /// iptables' `--dport` syntax: `80` or `8000:8099`.
-    fn to_match(self) -> String {
-        if self.first == self.last {
-            self.first.to_string()
-        } else {
-            format!("{}:{}", self.first, self.last)
-        }
+/// iptables' `--dport` syntax for a port or range: `80` or `8000:8099`.
+fn dport(r: &PortRange) -> String {
+    if r.first == r.last {
+        r.first.to_string()
+    } else {
+        format!("{}:{}", r.first, r.last)
     }
-}
-
-/// Parses the injector's port list syntax: `7191,8000-8099` (empty means none).
-pub fn parse_ports(text: &str) -> Result<Vec<PortRange>, String> {
-    let mut out = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let port = |s: &str| -> Result<u16, String> {
-            match s.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("{item:?} is not a port (1-65535) or range")),
-                Ok(p) => Ok(p),
-            }
-        };
-        let range = match item.split_once('-') {
-            Some((a, b)) => PortRange {
-                first: port(a)?,
-                last: port(b)?,
-            },
-            None => {
-                let p = port(item)?;
-                PortRange { first: p, last: p }
-            }
-        };
-        if range.first > range.last {
-            return Err(format!("{item:?}: the range runs backwards"));
-        }
-        out.push(range);
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
+pub(crate) struct Cidr {
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u8,
 }
 
 impl Cidr {
@@ -136,7 +100,7 @@ impl FromStr for Cidr {
 }
 
 /// Parses a comma-separated list of CIDR blocks (empty means none).
-pub fn parse_cidrs(text: &str) -> Result<Vec<Cidr>, String> {
+pub(crate) fn parse_cidrs(text: &str) -> Result<Vec<Cidr>, String> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -146,16 +110,16 @@ pub fn parse_cidrs(text: &str) -> Result<Vec<Cidr>, String> {
 
 /// What to capture. Defaults match the injector's contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaptureConfig {
+pub(crate) struct CaptureConfig {
     /// Connections opened by this UID (the proxy's) are never redirected.
-    pub proxy_uid: u32,
-    pub outbound_port: u16,
-    pub inbound_port: u16,
+    pub(crate) proxy_uid: u32,
+    pub(crate) outbound_port: u16,
+    pub(crate) inbound_port: u16,
     /// Always exempt from inbound capture: the kubelet probes it, Prometheus scrapes it.
-    pub admin_port: u16,
-    pub skip_inbound_ports: Vec<PortRange>,
-    pub skip_outbound_ports: Vec<PortRange>,
-    pub skip_outbound_cidrs: Vec<Cidr>,
+    pub(crate) admin_port: u16,
+    pub(crate) skip_inbound_ports: PortList,
+    pub(crate) skip_outbound_ports: PortList,
+    pub(crate) skip_outbound_cidrs: Vec<Cidr>,
 }
 
 impl Default for CaptureConfig {
@@ -165,8 +129,8 @@ impl Default for CaptureConfig {
             outbound_port: 7140,
             inbound_port: 7143,
             admin_port: 7191,
-            skip_inbound_ports: Vec::new(),
-            skip_outbound_ports: Vec::new(),
+            skip_inbound_ports: PortList::default(),
+            skip_outbound_ports: PortList::default(),
             skip_outbound_cidrs: Vec::new(),
         }
     }
@@ -174,30 +138,24 @@ impl Default for CaptureConfig {
 
 /// The rules of one address family: the contents of Weft's chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ruleset {
-    pub family: Family,
+pub(crate) struct Ruleset {
+    pub(crate) family: Family,
     /// (chain, rule specs without the `-A <chain>` prefix), in order.
-    pub chains: Vec<(&'static str, Vec<String>)>,
+    pub(crate) chains: Vec<(&'static str, Vec<String>)>,
 }
 
 /// The jump from a built-in chain into Weft's chain, as `iptables-save` prints it
 /// (so an existing jump is recognised exactly).
-pub fn jump_rule(builtin: &str, chain: &str) -> String {
+pub(crate) fn jump_rule(builtin: &str, chain: &str) -> String {
     format!("-A {builtin} -p tcp -j {chain}")
 }
 
 impl CaptureConfig {
-    pub fn ruleset(&self, family: Family) -> Ruleset {
+    pub(crate) fn ruleset(&self, family: Family) -> Ruleset {
         let mut inbound = vec!["-i lo -j RETURN".to_string()];
-        let mut skip_in = self.skip_inbound_ports.clone();
-        skip_in.push(PortRange {
-            first: self.admin_port,
-            last: self.admin_port,
-        });
-        skip_in.sort();
-        skip_in.dedup();
-        for r in &skip_in {
-            inbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", r.to_match()));
+        let skip_in = self.skip_inbound_ports.clone().with(self.admin_port);
+        for r in skip_in.ranges() {
+            inbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", dport(r)));
         }
         inbound.push(format!(
             "-p tcp -j REDIRECT --to-ports {}",
@@ -208,8 +166,8 @@ impl CaptureConfig {
             format!("-m owner --uid-owner {} -j RETURN", self.proxy_uid),
             "-o lo -j RETURN".to_string(),
         ];
-        for r in &self.skip_outbound_ports {
-            outbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", r.to_match()));
+        for r in self.skip_outbound_ports.ranges() {
+            outbound.push(format!("-p tcp -m tcp --dport {} -j RETURN", dport(r)));
         }
         for c in self
             .skip_outbound_cidrs
@@ -231,16 +189,16 @@ impl CaptureConfig {
 
 /// What Weft's rules look like in a nat table now, read from `iptables-save`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// Weft chains that exist.
-    pub chains: Vec<String>,
+    pub(crate) chains: Vec<String>,
     /// Rules in built-in chains that jump to a Weft chain, as printed (`-A ...`).
-    pub jumps: Vec<String>,
+    pub(crate) jumps: Vec<String>,
 }
 
 impl Installed {
     /// Parses `iptables-save -t nat` output.
-    pub fn parse(save: &str) -> Installed {
+    pub(crate) fn parse(save: &str) -> Installed {
         let ours = |name: &str| CHAINS.iter().any(|(_, c)| *c == name);
         let mut out = Installed::default();
         for line in save.lines().map(str::trim) {
@@ -269,7 +227,7 @@ impl Installed {
 /// `iptables-restore --noflush` input that installs `rules`. Declaring a chain
 /// flushes it, so re-running replaces Weft's rules whole; a jump is added only when
 /// missing. The result is the same however many times it runs.
-pub fn install_input(rules: &Ruleset, installed: &Installed) -> String {
+pub(crate) fn install_input(rules: &Ruleset, installed: &Installed) -> String {
     let mut out = String::from("*nat\n");
     for (chain, _) in &rules.chains {
         out.push_str(&format!(":{chain} - [0:0]\n"));
@@ -292,7 +250,7 @@ pub fn install_input(rules: &Ruleset, installed: &Installed) -> String {
 
 /// `iptables-restore --noflush` input that removes every trace of Weft's rules, or
 /// None when there is nothing to remove.
-pub fn uninstall_input(installed: &Installed) -> Option<String> {
+pub(crate) fn uninstall_input(installed: &Installed) -> Option<String> {
     if installed.chains.is_empty() && installed.jumps.is_empty() {
         return None;
     }
@@ -318,31 +276,10 @@ mod tests {
 
     fn config() -> CaptureConfig {
         CaptureConfig {
-            skip_inbound_ports: parse_ports("7191,9090").expect("ports"),
-            skip_outbound_ports: parse_ports("5432,8000-8099").expect("ports"),
+            skip_inbound_ports: PortList::parse("7191,9090").expect("ports"),
+            skip_outbound_ports: PortList::parse("5432,8000-8099").expect("ports"),
             skip_outbound_cidrs: parse_cidrs("10.0.0.0/8, fd00::/8").expect("cidrs"),
             ..CaptureConfig::default()
-        }
-    }
-
-    #[test]
-    fn port_lists_parse_the_injector_syntax() {
-        assert_eq!(
-            parse_ports("8000-8099,7191,7191").expect("valid"),
-            vec![
-                PortRange {
-                    first: 7191,
-                    last: 7191
-                },
-                PortRange {
-                    first: 8000,
-                    last: 8099
-                }
-            ]
-        );
-        assert!(parse_ports("").expect("empty").is_empty());
-        for bad in ["0", "70000", "90-80", "a", "1-"] {
-            assert!(parse_ports(bad).is_err(), "{bad}");
         }
     }
 
@@ -382,7 +319,7 @@ mod tests {
     #[test]
     fn inbound_always_exempts_the_admin_port() {
         let mut c = config();
-        c.skip_inbound_ports.clear();
+        c.skip_inbound_ports = PortList::default();
         let rules = c.ruleset(Family::V4);
         assert!(
             rules.chains[0]

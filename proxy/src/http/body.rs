@@ -14,12 +14,12 @@ use pin_project_lite::pin_project;
 use super::h1_client::H1Body;
 use super::h2_client::H2Body;
 use super::watch::InFlight;
-use crate::breaker::ActiveSlot;
-use crate::state::lock;
+use crate::breaker::Permit;
+use crate::sync::lock;
 
 /// Errors of a body the proxy streams: hyper's (HTTP/1 upstreams, clients) or
 /// h2's (HTTP/2 upstreams). Boxed only when one happens.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     #[project = UpstreamProj]
@@ -41,18 +41,18 @@ impl Upstream {
 pin_project! {
     /// An upstream's response body, streamed. (An HTTP/1 body returns its
     /// connection to the pool itself, once its last byte has been read.)
-    pub struct PooledBody {
+    pub(crate) struct PooledBody {
         #[pin]
         inner: Upstream,
         // Keeps the request counted as active until the body is done or dropped.
-        active: Option<ActiveSlot>,
+        active: Option<Permit>,
         // Stops the client connection's head clock until the body is sent.
         in_flight: Option<InFlight>,
     }
 }
 
 impl PooledBody {
-    pub fn h1(inner: H1Body) -> Self {
+    pub(crate) fn h1(inner: H1Body) -> Self {
         PooledBody {
             inner: Upstream::H1 { body: inner },
             active: None,
@@ -61,7 +61,7 @@ impl PooledBody {
     }
 
     /// A response body from a shared HTTP/2 connection: nothing to give back.
-    pub fn h2(inner: H2Body) -> Self {
+    pub(crate) fn h2(inner: H2Body) -> Self {
         PooledBody {
             inner: Upstream::H2 { body: inner },
             active: None,
@@ -108,36 +108,37 @@ impl Body for PooledBody {
 
 pin_project! {
     #[project = ProxyBodyProj]
-    pub enum ProxyBody {
+    pub(crate) enum ProxyBody {
         Upstream { #[pin] body: PooledBody },
         Full { #[pin] body: Full<Bytes> },
     }
 }
 
 impl ProxyBody {
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         ProxyBody::Full {
             body: Full::new(bytes),
         }
     }
 
-    pub fn upstream(body: PooledBody) -> Self {
+    pub(crate) fn upstream(body: PooledBody) -> Self {
         ProxyBody::Upstream { body }
     }
 
-    /// Holds `slot` until this body has been sent (or dropped).
-    pub fn holding(mut self, slot: ActiveSlot) -> Self {
+    /// Holds `permit` (a unit of the service's active requests) until this body
+    /// has been sent (or dropped).
+    pub(crate) fn holding(mut self, permit: Permit) -> Self {
         if let ProxyBody::Upstream { body } = &mut self
             && !body.inner.is_end_stream()
         {
-            body.active = Some(slot);
+            body.active = Some(permit);
         }
         self
     }
 
     /// Holds the client connection's `InFlight` mark until this body has been sent
     /// (or dropped); see `watch`.
-    pub fn until_sent(mut self, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn until_sent(mut self, in_flight: Option<InFlight>) -> Self {
         if let ProxyBody::Upstream { body } = &mut self
             && !body.inner.is_end_stream()
         {
@@ -184,7 +185,7 @@ impl Body for ProxyBody {
 /// A copy of a streamed request body, kept while it is sent so that a retry can
 /// send it again, provided it ended within the limit.
 #[derive(Debug)]
-pub struct Recording {
+pub(crate) struct Recording {
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
@@ -200,7 +201,7 @@ enum Recorded {
 }
 
 impl Recording {
-    pub fn new(limit: usize) -> Arc<Mutex<Recording>> {
+    pub(crate) fn new(limit: usize) -> Arc<Mutex<Recording>> {
         Arc::new(Mutex::new(Recording {
             chunks: Vec::new(),
             len: 0,
@@ -210,7 +211,7 @@ impl Recording {
     }
 
     /// The whole body, if it was read to its end within the limit.
-    pub fn replay(&self) -> Option<Bytes> {
+    pub(crate) fn replay(&self) -> Option<Bytes> {
         if self.state != Recorded::Complete {
             return None;
         }
@@ -253,7 +254,7 @@ pin_project! {
     /// to the end: an answer can come before the upload ends, and the client's
     /// head clock must not run while it is still sending.
     #[project = RequestBodyProj]
-    pub enum RequestBody {
+    pub(crate) enum RequestBody {
         Streaming { #[pin] body: Incoming, in_flight: Option<InFlight> },
         Recording {
             #[pin] body: Incoming,
@@ -265,7 +266,7 @@ pin_project! {
 }
 
 impl RequestBody {
-    pub fn replay(bytes: Bytes) -> Self {
+    pub(crate) fn replay(bytes: Bytes) -> Self {
         RequestBody::Replay {
             body: Full::new(bytes),
         }
@@ -273,7 +274,7 @@ impl RequestBody {
 
     /// A client's body, holding a copy of the request's `in_flight` mark unless it
     /// is already at its end.
-    pub fn client(body: Incoming, in_flight: Option<&InFlight>) -> Self {
+    pub(crate) fn client(body: Incoming, in_flight: Option<&InFlight>) -> Self {
         let in_flight = in_flight.filter(|_| !body.is_end_stream()).cloned();
         RequestBody::Streaming { body, in_flight }
     }

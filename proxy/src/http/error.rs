@@ -7,13 +7,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 
-pub const WEFT_ERROR: &str = "weft-error";
+pub(crate) const WEFT_ERROR: &str = "weft-error";
 /// A parsed name: looking a header up by `&str` parses the name on every call, and
 /// the outbound path reads this one from every response.
-pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No service in the snapshot matches the request's destination.
     UnknownService,
     /// The request names no destination at all (no Host, no authority).
@@ -35,7 +35,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownService => StatusCode::NOT_FOUND,
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
@@ -48,7 +48,7 @@ impl ProxyError {
         }
     }
 
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             ProxyError::UnknownService => "unknown-service",
             ProxyError::NoAuthority => "no-authority",
@@ -63,7 +63,7 @@ impl ProxyError {
         }
     }
 
-    pub fn from_reason(reason: &str) -> Option<ProxyError> {
+    pub(crate) fn from_reason(reason: &str) -> Option<ProxyError> {
         [
             ProxyError::UnknownService,
             ProxyError::NoAuthority,
@@ -83,7 +83,7 @@ impl ProxyError {
     /// The gRPC status code for this error: gRPC's own mapping of the HTTP status
     /// (404 UNIMPLEMENTED, 400 INTERNAL, 502/503/504 UNAVAILABLE, which clients may
     /// retry), except a request timeout, which is DEADLINE_EXCEEDED.
-    pub fn grpc_status(self) -> u16 {
+    pub(crate) fn grpc_status(self) -> u16 {
         match self {
             ProxyError::UnknownService => 12,
             ProxyError::NoAuthority => 13,
@@ -117,7 +117,7 @@ impl ProxyError {
         }
     }
 
-    pub fn response(self) -> Response<ProxyBody> {
+    pub(crate) fn response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::full(Bytes::from_static(self.text().as_bytes())));
         *resp.status_mut() = self.status();
         let headers = resp.headers_mut();
@@ -132,7 +132,7 @@ impl ProxyError {
     /// The error as a gRPC client understands it: a trailers-only response (HTTP
     /// 200, `grpc-status`, `grpc-message`). A gRPC client given a text body instead
     /// tries to decode it as a message and reports a protocol error (INTERNAL).
-    pub fn grpc_response(self) -> Response<ProxyBody> {
+    pub(crate) fn grpc_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(ProxyBody::full(Bytes::new()));
         let headers = resp.headers_mut();
         headers.insert(WEFT_ERROR, HeaderValue::from_static(self.reason()));
@@ -147,7 +147,7 @@ impl ProxyError {
 }
 
 /// Whether a request is gRPC (by its content type).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -155,7 +155,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// For a gRPC request: turns an error the proxy answered itself into gRPC's form.
 /// Call it after metrics are recorded, so they keep the error's HTTP status class.
-pub fn for_client(grpc: bool, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) fn for_client(grpc: bool, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     if !grpc || resp.status().is_success() {
         return resp;
     }

@@ -20,50 +20,50 @@ use super::error::ProxyError;
 use super::h1_client::{self, H1Body, Upgraded};
 use super::h2_client::{H2Body, H2Sender, SendError};
 use super::headers::{is_upgrade, strip_hop_by_hop};
-use super::pool::{ConnLimit, Key, Pool};
-use crate::breaker::{self, Limit};
-use crate::metrics::ServiceMetrics;
+use super::pool::{Key, Pool};
+use crate::breaker::{ConnLimit, Permit};
+use crate::metrics::{Limit, ServiceMetrics};
 
 /// A request on its way through the proxy's layers. Boxed once, where it enters:
 /// each layer is an async fn that would otherwise hold its own 272-byte slot for
 /// it, and the per-request future is allocated and moved whole (hyper moves it
 /// into its HTTP/1 dispatcher, and into a task per HTTP/2 stream).
-pub type BoxedRequest = Box<Request<RequestBody>>;
+pub(crate) type BoxedRequest = Box<Request<RequestBody>>;
 
 #[derive(Debug, Clone)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// When the attempt started (`now_nanos()`): stamps a shared connection's use.
-    pub started: u64,
-    pub addr: SocketAddr,
+    pub(crate) started: u64,
+    pub(crate) addr: SocketAddr,
     /// The SPIFFE ID the endpoint must present (mTLS); `None`: plaintext.
-    pub identity: Option<Arc<str>>,
-    pub connect_timeout: Duration,
+    pub(crate) identity: Option<Arc<str>>,
+    pub(crate) connect_timeout: Duration,
     /// Bounds this one attempt, from connect to response head.
-    pub request_timeout: Option<Duration>,
+    pub(crate) request_timeout: Option<Duration>,
     /// How long a kept-alive connection to this target may sit idle (None: the
     /// pool's default).
-    pub idle_timeout: Option<Duration>,
-    pub gate: Option<Gate<'a>>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) gate: Option<Gate<'a>>,
 }
 
 /// A service's connection-level limits: open connections and requests waiting for
 /// one. Over either, the attempt fails `overloaded` at once.
 #[derive(Debug, Clone, Copy)]
-pub struct Gate<'a> {
-    pub connections: &'a ConnLimit,
-    pub pending: &'a AtomicU32,
-    pub max_pending: u32,
-    pub metrics: &'a ServiceMetrics,
+pub(crate) struct Gate<'a> {
+    pub(crate) connections: &'a ConnLimit,
+    pub(crate) pending: &'a AtomicU32,
+    pub(crate) max_pending: u32,
+    pub(crate) metrics: &'a ServiceMetrics,
 }
 
 /// Counts the request as pending while it waits for a connection; refuses it at once
 /// over the service's cap. Kept apart from the connect future (rather than wrapping
 /// it) so that future is not stored twice in every request's state.
-fn admit<'a>(target: &Target<'a>) -> Result<Option<breaker::Slot<'a>>, ProxyError> {
+fn admit<'a>(target: &Target<'a>) -> Result<Option<Permit<&'a AtomicU32>>, ProxyError> {
     let Some(gate) = target.gate else {
         return Ok(None);
     };
-    match breaker::acquire(gate.pending, gate.max_pending) {
+    match Permit::acquire(gate.pending, gate.max_pending) {
         Some(slot) => Ok(Some(slot)),
         None => {
             gate.metrics.overloaded(Limit::Pending);
@@ -89,10 +89,9 @@ impl Target<'_> {
 }
 
 // On the request path, nested futures are awaited through `pin!`: awaiting one by
-// value made rustc lay it out twice in the caller's state, at every level (the
-// outbound request future measured 27 KB before, 5 KB after), and hyper moves that
-// future whenever it spawns an HTTP/2 stream.
-pub async fn forward(
+// value made rustc lay it out twice in the caller's state, at every level, and
+// hyper moves that future whenever it spawns an HTTP/2 stream.
+pub(crate) async fn forward(
     pool: &Pool,
     req: BoxedRequest,
     target: &Target<'_>,

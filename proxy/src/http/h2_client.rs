@@ -28,13 +28,13 @@ use super::body::RequestBody;
 /// How a connection's liveness is checked: a ping every `interval`, and the
 /// connection dropped if its pong is not back within `timeout`.
 #[derive(Debug, Clone, Copy)]
-pub struct KeepAlive {
-    pub interval: Duration,
-    pub timeout: Duration,
+pub(crate) struct KeepAlive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl KeepAlive {
-    pub const DEFAULT: KeepAlive = KeepAlive {
+    pub(crate) const DEFAULT: KeepAlive = KeepAlive {
         interval: Duration::from_secs(30),
         timeout: Duration::from_secs(10),
     };
@@ -46,7 +46,7 @@ const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Why a request on a shared connection failed.
-pub enum SendError {
+pub(crate) enum SendError {
     /// The connection cannot take a new stream (closed, or going away), so the
     /// request was not sent: here it is back, for another connection.
     Unsent(Box<Request<RequestBody>>),
@@ -65,20 +65,23 @@ impl std::fmt::Debug for SendError {
 
 /// A handle to one upstream HTTP/2 connection; clones share it.
 #[derive(Clone)]
-pub struct H2Sender {
+pub(crate) struct H2Sender {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
 }
 
 impl H2Sender {
     /// Whether the connection has ended or refused a stream; the pool drops it then.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
     /// Sends `req` and waits for the response head. A request body is streamed by a
     /// task of its own, so the response can come (and stream) before it ends.
-    pub async fn send(self, req: Box<Request<RequestBody>>) -> Result<Response<H2Body>, SendError> {
+    pub(crate) async fn send(
+        self,
+        req: Box<Request<RequestBody>>,
+    ) -> Result<Response<H2Body>, SendError> {
         let H2Sender { mut tx, closed } = self;
         if poll_fn(|cx| tx.poll_ready(cx)).await.is_err() {
             closed.store(true, Ordering::Relaxed);
@@ -117,7 +120,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Opens an HTTP/2 connection over `io` and spawns the task that drives it.
-pub async fn handshake<T, G>(
+pub(crate) async fn handshake<T, G>(
     io: T,
     addr: SocketAddr,
     guard: G,
@@ -269,7 +272,7 @@ async fn send_body(
 
 /// A response body read from an HTTP/2 stream, giving back flow-control window as
 /// each chunk is taken.
-pub struct H2Body {
+pub(crate) struct H2Body {
     recv: RecvStream,
     data_done: bool,
     done: bool,
@@ -283,10 +286,6 @@ impl H2Body {
             data_done: done,
             done,
         }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.done
     }
 }
 
@@ -551,7 +550,7 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(60));
         let send = |pool: Pool| async move {
             let target = Target {
-                started: crate::state::now_nanos(),
+                started: crate::clock::now_nanos(),
                 addr,
                 identity: None,
                 connect_timeout: Duration::from_secs(5),

@@ -20,7 +20,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
 }
 
@@ -34,7 +34,7 @@ pub(super) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop fields. With `upgrade`, keeps `Connection: upgrade` and
 /// `Upgrade`, which the next hop needs to switch protocols too.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none of these: one pass over the names is cheaper than a
     // hash lookup per hop-by-hop field.
     if !upgrade && !headers.keys().any(is_hop_by_hop) {

@@ -1,14 +1,14 @@
 //! HTTP on both sides of the proxy: serving accepted connections, forwarding
 //! requests over pooled connections, and the proxy's own error answers.
 
-pub mod body;
-pub mod error;
-pub mod forward;
-pub mod h1_client;
-pub mod h2_client;
-pub mod headers;
-pub mod pool;
-pub mod watch;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod h1_client;
+pub(crate) mod h2_client;
+pub(crate) mod headers;
+pub(crate) mod pool;
+pub(crate) mod watch;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,19 +28,18 @@ use watch::{InFlight, Stop, Watch, Watched};
 
 /// HTTP/2 flow-control windows, the same on the proxy's server and client sides so
 /// both ends of a mesh hop grant alike (hyper's client defaults). They are fixed:
-/// hyper's adaptive windows time BDP pings with a precise clock read on every DATA
-/// frame and every poll of the connection (~5% of a proxied HTTP/2 request's CPU
-/// time in the pair benchmark), while 2 MiB per stream already carries 2 GB/s at a
-/// 1 ms round trip.
-pub const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// hyper's adaptive windows read a precise clock on every DATA frame and every poll
+/// of the connection, a cost these windows make unnecessary at mesh round trips
+/// (figures: tests/bench/README.md).
+pub(crate) const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Limits applied to every HTTP connection a client opens to the proxy.
 #[derive(Debug, Clone)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// Stops connections on drain and enforces the header-read timeout.
-    pub conns: Watch,
-    pub max_header_bytes: usize,
+    pub(crate) conns: Watch,
+    pub(crate) max_header_bytes: usize,
 }
 
 /// Serves one accepted connection with `handler` answering each request. On
@@ -49,11 +48,10 @@ pub struct ServerLimits {
 /// until the response is sent.
 ///
 /// For HTTP/2 the handler's future is boxed: hyper spawns a task per stream and moves
-/// the future into it, so boxing turns two copies of it into one allocation
-/// (callgrind, shipped build: 37.9k -> 35.2k instructions per HTTP/2 request when the
-/// future was 5 KB; at 2 KB, unboxing it still cost 1.7%). HTTP/1 keeps it inline:
-/// its dispatcher moves the future once, and boxing cost more there than it saved.
-pub async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
+/// the future into it, so boxing turns two copies of it into one allocation. HTTP/1
+/// keeps it inline: its dispatcher moves the future once, and boxing cost more there
+/// than it saved.
+pub(crate) async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>, Option<InFlight>) -> Fut + Send + 'static,
@@ -141,10 +139,8 @@ where
     S::Future: Send + 'static,
 {
     // writev(false): hyper then joins head and body into one buffer and writes
-    // it with send(2) (std's TcpStream::write) rather than writev(2), which
-    // costs more in the kernel per call. Measured on the proxy.sh path, 5
-    // alternating rounds: CPU per HTTP/1.1 request 1.06-1.10x HAProxy's, against
-    // 1.11-1.23x with writev. Bodies are copied once more in user space.
+    // it with send(2) rather than writev(2), which costs more in the kernel per
+    // call; bodies are copied once more in user space.
     let conn = http1::Builder::new()
         .writev(false)
         .header_read_timeout(None)
@@ -175,9 +171,7 @@ where
 /// Spawns hyper's HTTP/2 tasks (one or two per request) boxed. A tokio task is
 /// 128-byte aligned, and mimalloc serves such blocks from its slow aligned path
 /// unless they are small: the client's per-request task is an enum as large as
-/// its connection task (1.4 KB). Boxed, the task is small and the box a plain
-/// allocation. callgrind, release, h2c: 46.9k -> 45.9k instructions per request
-/// for the client's tasks, and -0.1k more for the server's per-stream task.
+/// its connection task. Boxed, the task is small and the box a plain allocation.
 #[derive(Clone, Copy)]
 pub(crate) struct BoxingExecutor;
 
@@ -192,7 +186,7 @@ where
 
 /// The destination a request names: its absolute-form authority, else its Host
 /// header. Returns the host (without brackets for IPv6) and the port.
-pub fn authority_of<B>(req: &Request<B>) -> Option<(&str, u16)> {
+pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<(&str, u16)> {
     if let Some(a) = req.uri().authority() {
         let default = if req.uri().scheme_str() == Some("https") {
             443

@@ -9,9 +9,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -20,19 +19,21 @@ use super::error::ProxyError;
 use super::h1_client::H1Conn;
 use super::h2_client::{H2Sender, KeepAlive};
 use crate::FastMap;
+use crate::breaker::{ConnLimit, Permit};
+use crate::clock::now_nanos;
 use crate::identity::{Alpn, Identity};
-use crate::state::{lock, now_nanos};
+use crate::sync::lock;
 
 /// One endpoint as the pool sees it: where, and who it must be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub addr: SocketAddr,
+pub(crate) struct Key {
+    pub(crate) addr: SocketAddr,
     /// The SPIFFE ID the endpoint must present; `None`: plaintext.
-    pub identity: Option<Arc<str>>,
+    pub(crate) identity: Option<Arc<str>>,
 }
 
 impl Key {
-    pub fn plain(addr: SocketAddr) -> Key {
+    pub(crate) fn plain(addr: SocketAddr) -> Key {
         Key {
             addr,
             identity: None,
@@ -41,13 +42,13 @@ impl Key {
 }
 
 /// A connection to an endpoint, in plaintext or mTLS.
-pub type Upstream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type Upstream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
 #[derive(Clone)]
-pub struct Pool {
+pub(crate) struct Pool {
     inner: Arc<PoolInner>,
 }
 
@@ -64,7 +65,8 @@ struct PoolInner {
 /// The outcome of the last HTTP/2 dial to one endpoint.
 #[derive(Default)]
 struct Dial {
-    failed: Option<(Instant, ProxyError)>,
+    /// When the last dial failed (`now_nanos()`), and how.
+    failed: Option<(u64, ProxyError)>,
 }
 
 struct Idle {
@@ -82,48 +84,24 @@ struct Shared {
     last_used: u64,
 }
 
-/// A service's count of open upstream connections and its cap (0: none). A new
-/// connection takes a unit before dialing and gives it back when it closes; over
-/// the cap the request is answered `overloaded` instead of waiting.
-#[derive(Debug, Clone, Default)]
-pub struct ConnLimit {
-    pub count: Arc<AtomicU32>,
-    pub max: u32,
-}
-
-pub(super) struct ConnGuard(Option<Arc<AtomicU32>>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if let Some(c) = &self.0 {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl ConnLimit {
-    fn take(limit: Option<&ConnLimit>) -> Result<ConnGuard, ProxyError> {
-        let Some(l) = limit else {
-            return Ok(ConnGuard(None));
-        };
-        let prev = l.count.fetch_add(1, Ordering::Relaxed);
-        if l.max > 0 && prev >= l.max {
-            l.count.fetch_sub(1, Ordering::Relaxed);
-            return Err(ProxyError::Overloaded);
-        }
-        Ok(ConnGuard(Some(l.count.clone())))
+/// A unit of the service's connection cap, for a new connection; a dial without a
+/// service's limit counts nothing.
+fn take(limit: Option<&ConnLimit>) -> Result<Permit, ProxyError> {
+    match limit {
+        None => Ok(Permit::unlimited()),
+        Some(l) => l.acquire().ok_or(ProxyError::Overloaded),
     }
 }
 
 /// Puts an HTTP/1 connection back on its endpoint's idle stack.
-pub struct Giveback {
+pub(crate) struct Giveback {
     key: Key,
     idle_timeout: Option<Duration>,
     pool: Weak<PoolInner>,
 }
 
 impl Giveback {
-    pub fn give(self, conn: H1Conn) {
+    pub(crate) fn give(self, conn: H1Conn) {
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
@@ -139,7 +117,7 @@ impl Giveback {
     }
 }
 
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             // Requests and responses are written whole; Nagle would only add latency.
@@ -162,7 +140,7 @@ fn connect_error(e: &io::Error) -> ProxyError {
 }
 
 /// Opens a connection to `key`: TCP, then mTLS when the endpoint has an identity.
-pub async fn connect_to(
+pub(crate) async fn connect_to(
     key: &Key,
     timeout: Duration,
     identity: Option<&Identity>,
@@ -185,12 +163,14 @@ pub async fn connect_to(
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration) -> Pool {
+    /// A plaintext-only pool.
+    #[cfg(test)]
+    pub(crate) fn new(idle_timeout: Duration) -> Pool {
         Self::with_identity(idle_timeout, None)
     }
 
     /// A pool that can open mTLS connections with `identity`'s certificate.
-    pub fn with_identity(idle_timeout: Duration, identity: Option<Arc<Identity>>) -> Pool {
+    pub(crate) fn with_identity(idle_timeout: Duration, identity: Option<Arc<Identity>>) -> Pool {
         let pool = Pool {
             inner: Arc::new(PoolInner {
                 h1: Mutex::new(FastMap::default()),
@@ -215,12 +195,12 @@ impl Pool {
     }
 
     /// The identity mTLS connections present, when the proxy has one.
-    pub fn identity(&self) -> Option<&Arc<Identity>> {
+    pub(crate) fn identity(&self) -> Option<&Arc<Identity>> {
         self.inner.identity.as_ref()
     }
 
     /// `idle_timeout` overrides the pool's for this connection (a service's policy).
-    pub fn giveback(&self, key: Key, idle_timeout: Option<Duration>) -> Giveback {
+    pub(crate) fn giveback(&self, key: Key, idle_timeout: Option<Duration>) -> Giveback {
         Giveback {
             key,
             idle_timeout,
@@ -230,7 +210,7 @@ impl Pool {
 
     /// An idle HTTP/1 connection to `key`, or a new one; `now` is a `now_nanos()`
     /// reading the request already has.
-    pub async fn h1(
+    pub(crate) async fn h1(
         &self,
         key: &Key,
         connect_timeout: Duration,
@@ -252,7 +232,7 @@ impl Pool {
         Box::pin(self.new_h1(key, connect_timeout, limit)).await
     }
 
-    pub async fn new_h1(
+    pub(crate) async fn new_h1(
         &self,
         key: &Key,
         connect_timeout: Duration,
@@ -264,7 +244,7 @@ impl Pool {
 
     /// The shared HTTP/2 connection to `key`, opened on first use; `now` (a
     /// `now_nanos()` reading the request already has) stamps its last use.
-    pub async fn h2(
+    pub(crate) async fn h2(
         &self,
         key: &Key,
         connect_timeout: Duration,
@@ -290,7 +270,7 @@ impl Pool {
             .entry(key.clone())
             .or_default()
             .clone();
-        let waited_since = Instant::now();
+        let waited_since = now_nanos();
         let mut dial = gate.lock().await;
         if let Some(tx) = self.shared_h2(key, now_nanos()) {
             return Ok(tx);
@@ -308,7 +288,7 @@ impl Pool {
                 Ok(tx)
             }
             Err(e) => {
-                dial.failed = Some((Instant::now(), e));
+                dial.failed = Some((now_nanos(), e));
                 Err(e)
             }
         }
@@ -333,8 +313,8 @@ impl Pool {
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
         alpn: Alpn,
-    ) -> Result<(ConnGuard, Upstream), ProxyError> {
-        let guard = ConnLimit::take(limit)?;
+    ) -> Result<(Permit, Upstream), ProxyError> {
+        let guard = take(limit)?;
         let stream = connect_to(key, connect_timeout, self.inner.identity.as_deref(), alpn).await?;
         Ok((guard, stream))
     }
@@ -360,8 +340,9 @@ impl Pool {
         Ok(tx)
     }
 
-    /// Idle connections per endpoint, for /config and tests.
-    pub fn idle_h1(&self, addr: SocketAddr) -> usize {
+    /// Idle connections per endpoint.
+    #[cfg(test)]
+    pub(crate) fn idle_h1(&self, addr: SocketAddr) -> usize {
         lock(&self.inner.h1)
             .iter()
             .filter(|(k, _)| k.addr == addr)
@@ -390,7 +371,7 @@ impl PoolInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
     async fn connections_over_the_service_cap_are_refused_at_once() {

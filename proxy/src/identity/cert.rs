@@ -5,7 +5,7 @@ use x509_parser::extensions::GeneralName;
 
 /// The single URI SAN of `cert`, if it has exactly one; Weft certificates never
 /// carry more, and a certificate naming two identities proves neither.
-pub fn uri_san(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn uri_san(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
     let mut uris = san.value.general_names.iter().filter_map(|n| match n {

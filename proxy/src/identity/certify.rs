@@ -5,7 +5,6 @@
 //! so a fleet started together does not renew together. A failed renewal is retried
 //! with backoff while the old certificate keeps serving until it expires.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,34 +12,16 @@ use rand::Rng;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_api::v1;
 use weft_api::v1::identity_client::IdentityClient;
 
 use super::{Identity, unix_now};
+use crate::config::Token;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RENEW_AT: f64 = 0.7;
-
-/// Where the proof of identity comes from; a file is re-read on every renewal, so
-/// a rotated token is picked up.
-#[derive(Debug, Clone)]
-pub enum Token {
-    Inline(String),
-    File(PathBuf),
-}
-
-impl Token {
-    fn read(&self) -> Result<String, String> {
-        match self {
-            Token::Inline(t) => Ok(t.clone()),
-            Token::File(p) => std::fs::read_to_string(p)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("reading the token file {}: {e}", p.display())),
-        }
-    }
-}
 
 /// The proof a token is: `weft-control token`'s local tokens carry the `weft1.`
 /// prefix; anything else (in a pod: the projected ServiceAccount token, a JWT) is a
@@ -55,35 +36,24 @@ fn proof(token: String) -> v1::certify_request::Proof {
     }
 }
 
-pub struct Certifier {
+pub(crate) struct Certifier {
     identity: Arc<Identity>,
     client: IdentityClient<Channel>,
     token: Token,
 }
 
 impl Certifier {
-    pub fn new(
-        identity: Arc<Identity>,
-        control_plane: &str,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-        token: Token,
-    ) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(control_plane.to_string())
-            .map_err(|e| format!("control plane address {control_plane:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        let channel = crate::control_plane::connect_lazy(endpoint, tls)?;
-        Ok(Certifier {
+    pub(crate) fn new(identity: Arc<Identity>, channel: Channel, token: Token) -> Self {
+        Certifier {
             identity,
             client: IdentityClient::new(channel),
             token,
-        })
+        }
     }
 
     /// One CSR round trip; on success the new certificate is in use. Returns the
     /// certificate's expiry (unix seconds).
-    pub async fn certify_once(&mut self) -> Result<i64, String> {
+    pub(crate) async fn certify_once(&mut self) -> Result<i64, String> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| format!("generating a key: {e}"))?;
         let id = self.identity.spiffe_id().to_string();
@@ -125,7 +95,7 @@ impl Certifier {
     }
 
     /// Keeps a valid certificate installed until `stop`.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let wait = match self.certify_once().await {

@@ -1,20 +1,21 @@
 //! Identity metrics: handshakes by result, the certificate's expiry, renewals, and
 //! inbound requests by TLS and peer identity.
 
+use crate::metrics::Direction;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use super::HandshakeFailure;
 
 #[derive(Clone)]
-pub struct IdentityMetrics {
+pub(crate) struct IdentityMetrics {
     handshakes: IntCounterVec,
-    pub cert_expiry: IntGauge,
+    pub(crate) cert_expiry: IntGauge,
     renewals: IntCounterVec,
     peer_requests: IntCounterVec,
 }
 
 impl IdentityMetrics {
-    pub fn new(registry: &Registry) -> IdentityMetrics {
+    pub(crate) fn new(registry: &Registry) -> IdentityMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| unreachable!("static metric {name} is valid: {e}"));
@@ -51,14 +52,14 @@ impl IdentityMetrics {
         }
     }
 
-    pub fn handshake(&self, direction: &str, failure: Option<&HandshakeFailure>) {
+    pub(crate) fn handshake(&self, direction: Direction, failure: Option<&HandshakeFailure>) {
         let result = failure.map_or("ok", |f| f.reason());
         self.handshakes
-            .with_label_values(&[direction, result])
+            .with_label_values(&[direction.label(), result])
             .inc();
     }
 
-    pub fn renewal(&self, ok: bool) {
+    pub(crate) fn renewal(&self, ok: bool) {
         self.renewals
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
@@ -66,7 +67,7 @@ impl IdentityMetrics {
 
     /// The counter for one inbound connection's requests, resolved once per
     /// connection. Identities are bounded by the mesh's service accounts.
-    pub fn peer_requests(&self, peer: Option<&str>) -> prometheus::IntCounter {
+    pub(crate) fn peer_requests(&self, peer: Option<&str>) -> prometheus::IntCounter {
         match peer {
             Some(id) => self.peer_requests.with_label_values(&["true", id]),
             None => self.peer_requests.with_label_values(&["false", ""]),

@@ -7,12 +7,11 @@
 //! renewal changes what new handshakes present without touching open connections.
 //! The TLS configurations themselves are rebuilt only when the trust bundle changes.
 
-pub mod cert;
-pub mod certify;
-pub mod metrics;
-pub mod policy;
-pub mod policy_watch;
-pub mod verify;
+pub(crate) mod cert;
+pub(crate) mod certify;
+pub(crate) mod metrics;
+pub(crate) mod policy_watch;
+pub(crate) mod verify;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -32,12 +31,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use weft_api::spiffe::SpiffeId;
 
 use self::metrics::IdentityMetrics;
-use self::policy::InboundPolicy;
 use self::verify::{SpiffeServerVerifier, peer_identity};
+use crate::inbound_policy::InboundPolicy;
 
 /// What a hop speaks inside TLS; chooses the ALPN the outbound side offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alpn {
+pub(crate) enum Alpn {
     Http1,
     Http2,
     /// The outbound side decided the connection is opaque TCP (a port declared
@@ -53,7 +52,7 @@ const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
 
 /// Why a handshake failed, as the `reason` label of the handshake metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
+pub(crate) enum HandshakeFailure {
     NoCertificate,
     UnknownCa,
     Expired,
@@ -63,13 +62,12 @@ pub enum HandshakeFailure {
     PeerRefused,
     Protocol,
     Io,
-    Timeout,
     /// A plaintext connection to a port in strict mode.
     Plaintext,
 }
 
 impl HandshakeFailure {
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             HandshakeFailure::NoCertificate => "no-local-certificate",
             HandshakeFailure::UnknownCa => "unknown-ca",
@@ -80,7 +78,6 @@ impl HandshakeFailure {
             HandshakeFailure::PeerRefused => "peer-refused",
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Io => "io",
-            HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Plaintext => "plaintext-refused",
         }
     }
@@ -137,8 +134,8 @@ struct TlsConfigs {
     server: TlsAcceptor,
 }
 
-pub struct Identity {
-    pub id: SpiffeId,
+pub(crate) struct Identity {
+    pub(crate) id: SpiffeId,
     id_str: Arc<str>,
     provider: Arc<CryptoProvider>,
     current: Arc<CurrentCert>,
@@ -146,12 +143,12 @@ pub struct Identity {
     not_after: AtomicI64,
     tls: ArcSwapOption<TlsConfigs>,
     roots_pem: Mutex<Vec<String>>,
-    pub inbound: ArcSwap<InboundPolicy>,
-    pub metrics: IdentityMetrics,
+    pub(crate) inbound: ArcSwap<InboundPolicy>,
+    pub(crate) metrics: IdentityMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum InstallError {
+pub(crate) enum InstallError {
     #[error("the certificate chain is empty or not PEM")]
     BadChain,
     #[error("the trust bundle has no usable root")]
@@ -166,7 +163,11 @@ pub enum InstallError {
 }
 
 impl Identity {
-    pub fn new(id: SpiffeId, inbound: InboundPolicy, metrics: IdentityMetrics) -> Arc<Identity> {
+    pub(crate) fn new(
+        id: SpiffeId,
+        inbound: InboundPolicy,
+        metrics: IdentityMetrics,
+    ) -> Arc<Identity> {
         Arc::new(Identity {
             id_str: Arc::from(id.to_string()),
             id,
@@ -180,19 +181,19 @@ impl Identity {
         })
     }
 
-    pub fn spiffe_id(&self) -> &Arc<str> {
+    pub(crate) fn spiffe_id(&self) -> &Arc<str> {
         &self.id_str
     }
 
     /// True while the proxy holds a certificate that has not expired.
-    pub fn has_valid_cert(&self) -> bool {
+    pub(crate) fn has_valid_cert(&self) -> bool {
         let not_after = self.not_after.load(Ordering::Acquire);
         not_after > unix_now()
     }
 
     /// Installs a freshly issued certificate (and the trust bundle that came with
     /// it). New handshakes use it at once; open connections are untouched.
-    pub fn install(
+    pub(crate) fn install(
         &self,
         chain_pem: &[String],
         key: PrivateKeyDer<'static>,
@@ -226,7 +227,7 @@ impl Identity {
     }
 
     /// Rebuilds the TLS configs when the trust bundle differs from the one in use.
-    pub fn update_roots(&self, roots_pem: &[String]) -> Result<(), InstallError> {
+    pub(crate) fn update_roots(&self, roots_pem: &[String]) -> Result<(), InstallError> {
         let mut held = self
             .roots_pem
             .lock()
@@ -287,7 +288,7 @@ impl Identity {
     }
 
     /// mTLS to an endpoint that must prove it is `expected`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         tcp: TcpStream,
         addr: SocketAddr,
@@ -295,7 +296,8 @@ impl Identity {
         alpn: Alpn,
     ) -> Result<client::TlsStream<TcpStream>, HandshakeFailure> {
         let result = self.connect_inner(tcp, addr, expected, alpn).await;
-        self.metrics.handshake("outbound", result.as_ref().err());
+        self.metrics
+            .handshake(crate::metrics::Direction::Outbound, result.as_ref().err());
         result
     }
 
@@ -336,7 +338,7 @@ impl Identity {
     }
 
     /// Terminates mTLS from a caller; returns the stream and the caller's identity.
-    pub async fn accept<IO>(
+    pub(crate) async fn accept<IO>(
         &self,
         io: IO,
     ) -> Result<(server::TlsStream<IO>, SpiffeId, Arc<str>), HandshakeFailure>
@@ -344,7 +346,8 @@ impl Identity {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let result = self.accept_inner(io).await;
-        self.metrics.handshake("inbound", result.as_ref().err());
+        self.metrics
+            .handshake(crate::metrics::Direction::Inbound, result.as_ref().err());
         result
     }
 
@@ -378,7 +381,7 @@ impl Identity {
 }
 
 /// The protocol a terminated inbound connection negotiated, if ALPN settled it.
-pub fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
+pub(crate) fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
     match stream.get_ref().1.alpn_protocol() {
         Some(ALPN_H2) => Some(Alpn::Http2),
         Some(ALPN_H1) => Some(Alpn::Http1),

@@ -7,31 +7,23 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::Channel;
 use weft_api::v1;
 use weft_api::v1::policy_client::PolicyClient;
 
 use super::Identity;
-use super::policy::InboundPolicy;
+use crate::inbound_policy::InboundPolicy;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-pub fn spawn(
+pub(crate) fn spawn(
     identity: Arc<Identity>,
-    control_plane: &str,
+    channel: Channel,
     node: v1::Node,
     local: InboundPolicy,
-    tls: Option<&Arc<rustls::ClientConfig>>,
     stop: CancellationToken,
-) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(control_plane.to_string())
-        .map_err(|e| format!("control plane address {control_plane:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = crate::control_plane::connect_lazy(endpoint, tls)?;
+) {
     let local = Arc::new(local);
     tokio::spawn(async move {
         let mut client = PolicyClient::new(channel);
@@ -79,5 +71,4 @@ pub fn spawn(
             }
         }
     });
-    Ok(())
 }

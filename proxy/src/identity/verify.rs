@@ -17,14 +17,14 @@ use weft_api::spiffe::SpiffeId;
 use super::cert::uri_san;
 
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
+pub(crate) struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     trust_domain: String,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(
+    pub(crate) fn new(
         roots: Arc<RootCertStore>,
         trust_domain: String,
         provider: Arc<CryptoProvider>,
@@ -38,7 +38,10 @@ impl SpiffeServerVerifier {
 }
 
 /// Checks that a verified certificate names one SPIFFE ID in `trust_domain`.
-pub fn peer_identity(cert: &CertificateDer<'_>, trust_domain: &str) -> Result<SpiffeId, Error> {
+pub(crate) fn peer_identity(
+    cert: &CertificateDer<'_>,
+    trust_domain: &str,
+) -> Result<SpiffeId, Error> {
     let id = uri_san(cert)
         .and_then(|u| SpiffeId::parse(&u).ok())
         .ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;

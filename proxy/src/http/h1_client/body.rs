@@ -12,12 +12,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::request::Upload;
 use super::response::Decode;
 use super::{Conn, H1Conn};
+use crate::breaker::Permit;
 use crate::http::body::{BodyError, RequestBody};
-use crate::http::pool::{ConnGuard, Giveback, Upstream};
+use crate::http::pool::{Giveback, Upstream};
 
 /// A response body read straight off its connection, which goes back to the pool
 /// (when both sides kept it alive) once the body has been read to its end.
-pub struct H1Body<B = RequestBody> {
+pub(crate) struct H1Body<B = RequestBody> {
     /// None once the body is done with it.
     pub(super) conn: Option<Box<Conn>>,
     pub(super) decode: Decode,
@@ -31,7 +32,7 @@ pub struct H1Body<B = RequestBody> {
 impl<B> H1Body<B> {
     /// Returns the connection to the pool through `giveback` once this body ends;
     /// at once if it already has.
-    pub fn give_back(&mut self, giveback: Giveback) {
+    pub(crate) fn give_back(&mut self, giveback: Giveback) {
         self.giveback = Some(giveback);
         if self.decode == Decode::Done {
             self.release();
@@ -57,7 +58,7 @@ impl<B> H1Body<B> {
     }
 
     /// After a 101: the connection, for the tunnel.
-    pub fn take_upgraded(&mut self) -> Option<Upgraded> {
+    pub(crate) fn take_upgraded(&mut self) -> Option<Upgraded> {
         if !self.upgrade {
             return None;
         }
@@ -132,10 +133,10 @@ where
 
 /// An upstream connection that switched protocols: what was read past the 101
 /// head comes first.
-pub struct Upgraded {
+pub(crate) struct Upgraded {
     early: Bytes,
     io: Upstream,
-    _guard: ConnGuard,
+    _guard: Permit,
 }
 
 impl AsyncRead for Upgraded {

@@ -27,18 +27,19 @@ use http_body::Body;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::body::BodyError;
-use super::pool::{ConnGuard, Upstream};
+use super::pool::Upstream;
+use crate::breaker::Permit;
 use request::{Encoding, Framing, Out, Upload, encode_head, framing};
 use response::{Decode, decode_for};
 
-pub use body::{H1Body, Upgraded};
+pub(crate) use body::{H1Body, Upgraded};
 
 /// Read sizes: a read that fills its space doubles the next, up to the maximum.
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
 
 /// An HTTP/1.1 connection to an endpoint, idle or checked out of the pool.
-pub struct H1Conn(Box<Conn>);
+pub(crate) struct H1Conn(Box<Conn>);
 
 struct Conn {
     io: Upstream,
@@ -50,11 +51,11 @@ struct Conn {
     reused: bool,
     /// Whether the current request has had any byte of answer.
     answered: bool,
-    _guard: ConnGuard,
+    _guard: Permit,
 }
 
 /// Why a request failed.
-pub enum SendError<B> {
+pub(crate) enum SendError<B> {
     /// A reused connection was closed before any byte of answer, and the request
     /// (no body, a method safe to repeat) may be sent again on a new connection.
     Stale(Box<Request<B>>),
@@ -62,7 +63,7 @@ pub enum SendError<B> {
 }
 
 impl H1Conn {
-    pub(super) fn new(io: Upstream, guard: ConnGuard) -> H1Conn {
+    pub(super) fn new(io: Upstream, guard: Permit) -> H1Conn {
         H1Conn(Box::new(Conn {
             io,
             rbuf: BytesMut::new(),
@@ -94,7 +95,7 @@ impl H1Conn {
 
     /// Writes `req` and waits for the response head. With `upgrade`, a 101 answer
     /// leaves the connection to [`H1Body::take_upgraded`].
-    pub async fn send<B>(
+    pub(crate) async fn send<B>(
         self,
         req: Box<Request<B>>,
         upgrade: bool,

@@ -62,7 +62,7 @@ async fn checkout(pool: &Pool, addr: SocketAddr) -> H1Conn {
         &Key::plain(addr),
         Duration::from_secs(5),
         None,
-        crate::state::now_nanos(),
+        crate::clock::now_nanos(),
     )
     .await
     .map_err(|_| "connect")

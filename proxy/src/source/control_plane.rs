@@ -3,58 +3,51 @@
 //! (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE` or `WEFT_TRUST_ANCHORS`), with the
 //! usual host-name check.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::TrustAnchors;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where the roots that verify the control plane come from: a PEM file
-/// (`identity.trust_bundle`, `WEFT_TRUST_BUNDLE`) or PEM text in the environment
-/// (`WEFT_TRUST_ANCHORS`, which the injector writes into the pod spec).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrustAnchors {
-    File(PathBuf),
-    Pem(String),
+/// A channel for unary calls (certificate requests): each call bounded in time.
+pub(crate) fn unary_channel(
+    addr: &str,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<Channel, String> {
+    let endpoint = endpoint(addr)?.timeout(Duration::from_secs(10));
+    connect_lazy(endpoint, tls)
 }
 
-impl TrustAnchors {
-    /// Names the source in errors.
-    fn origin(&self) -> String {
-        match self {
-            TrustAnchors::File(path) => format!("trust bundle {}", path.display()),
-            TrustAnchors::Pem(_) => "WEFT_TRUST_ANCHORS".to_string(),
-        }
-    }
+/// A channel for long-lived watch streams: HTTP/2 keep-alives find a dead control
+/// plane that never closed the stream.
+pub(crate) fn streaming_channel(
+    addr: &str,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<Channel, String> {
+    let endpoint = endpoint(addr)?
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    connect_lazy(endpoint, tls)
+}
 
-    /// The certificates, parsed; an error names the source.
-    pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
-        let origin = self.origin();
-        let certs: Vec<CertificateDer<'static>> = match self {
-            TrustAnchors::File(path) => CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{origin}: {e}"))?
-                .collect::<Result<_, _>>(),
-            TrustAnchors::Pem(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
-                .map(|c| c.map(CertificateDer::into_owned))
-                .collect::<Result<_, _>>(),
-        }
-        .map_err(|e| format!("{origin}: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("{origin}: no PEM certificate"));
-        }
-        Ok(certs)
-    }
+fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("control plane address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true))
 }
 
 /// A TLS client config trusting `anchors`.
-pub fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
     for cert in anchors.certificates()? {
         roots
@@ -72,10 +65,7 @@ pub fn client_config(anchors: &TrustAnchors) -> Result<Arc<ClientConfig>, String
 }
 
 /// Connects lazily; `https://` needs `tls`.
-pub fn connect_lazy(
-    endpoint: Endpoint,
-    tls: Option<&Arc<ClientConfig>>,
-) -> Result<Channel, String> {
+fn connect_lazy(endpoint: Endpoint, tls: Option<&Arc<ClientConfig>>) -> Result<Channel, String> {
     let https = endpoint.uri().scheme_str() == Some("https");
     match (https, tls) {
         (false, _) => Ok(endpoint.connect_lazy()),

@@ -13,25 +13,29 @@ use serde::Serialize;
 use weft_api::v1;
 
 use crate::FastMap;
-use crate::balance::{self, Algorithm, Balancer, HashKey};
-use crate::breaker::{self, FailureClass, Limits, OutlierPolicy};
-use crate::http::pool::ConnLimit;
-use crate::metrics::{Metrics, ServiceMetrics};
-use crate::retry::{self, RetryPolicy};
-use crate::state::{EndpointStats, ServiceStats};
+use crate::balance::{Algorithm, Balancer, HashKey};
+use crate::breaker::{ConnLimit, Limits, OutlierPolicy};
+use crate::endpoint::{Endpoint, EndpointState, Registry, ServiceStats};
+use crate::metrics::{Direction, Metrics, ServiceMetrics};
+use crate::retry::RetryPolicy;
 
-pub type SnapshotStore = Arc<ArcSwap<Snapshot>>;
+pub(crate) mod lookup;
+mod policy;
+
+use policy::policy_from_proto;
+
+pub(crate) type SnapshotStore = Arc<ArcSwap<Snapshot>>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("update for {service} rejected: {reason}")]
-pub struct UpdateError {
-    pub service: String,
-    pub reason: String,
+pub(crate) struct UpdateError {
+    pub(crate) service: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Detect,
     Http1,
     Http2,
@@ -39,71 +43,52 @@ pub enum Protocol {
     Opaque,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EndpointState {
-    Ready,
-    NotReady,
-    Terminating,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub identity: Option<Arc<str>>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub state: EndpointState,
-    /// Load and health, shared with the previous snapshots that held this endpoint.
-    pub stats: Arc<EndpointStats>,
-}
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Timeouts {
-    pub request: Option<Duration>,
-    pub per_try: Option<Duration>,
-    pub connect: Option<Duration>,
-    pub idle: Option<Duration>,
+pub(crate) struct Timeouts {
+    pub(crate) request: Option<Duration>,
+    pub(crate) per_try: Option<Duration>,
+    pub(crate) connect: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
 }
 
 /// Traffic policy as the data path uses it, with defaults filled in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Policy {
-    pub load_balancer: Algorithm,
-    pub limits: Limits,
+pub(crate) struct Policy {
+    pub(crate) load_balancer: Algorithm,
+    pub(crate) limits: Limits,
     /// None: outlier detection is off.
-    pub outlier: Option<OutlierPolicy>,
+    pub(crate) outlier: Option<OutlierPolicy>,
     /// None: no retries.
-    pub retry: Option<RetryPolicy>,
-    pub timeouts: Timeouts,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) timeouts: Timeouts,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Service {
-    pub name: String,
-    pub namespace: String,
-    pub version: u64,
-    pub vips: Vec<IpAddr>,
-    pub ports: Vec<(u16, Protocol)>,
-    pub endpoints: Vec<Arc<Endpoint>>,
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) version: u64,
+    pub(crate) vips: Vec<IpAddr>,
+    pub(crate) ports: Vec<(u16, Protocol)>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
     #[serde(skip)]
     balancer: Balancer,
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// Concurrency counts and retry budget, shared across snapshots.
-    pub stats: Arc<ServiceStats>,
+    pub(crate) stats: Arc<ServiceStats>,
     #[serde(skip)]
-    pub conn_limit: ConnLimit,
+    pub(crate) conn_limit: ConnLimit,
     #[serde(skip)]
-    pub metrics: Arc<ServiceMetrics>,
+    pub(crate) metrics: Arc<ServiceMetrics>,
 }
 
 impl Service {
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}.{}", self.name, self.namespace)
     }
 
     /// The protocol hint for a destination port; `Detect` when the service says nothing.
-    pub fn protocol(&self, port: u16) -> Protocol {
+    pub(crate) fn protocol(&self, port: u16) -> Protocol {
         self.ports
             .iter()
             .find(|(p, _)| *p == port)
@@ -114,21 +99,17 @@ impl Service {
 
     /// The endpoint for the next request, by the service's balancer; `key` is the
     /// hash key for consistent hashing, `skip` an endpoint a retry moves away from.
-    pub fn pick(&self, key: Option<u64>, skip: Option<usize>) -> Option<usize> {
+    pub(crate) fn pick(&self, key: Option<u64>, skip: Option<usize>) -> Option<usize> {
         self.balancer.pick(&self.endpoints, key, skip)
     }
 
     /// `pick` at `now`, a `now_nanos()` reading the caller already has.
-    pub fn pick_at(&self, key: Option<u64>, skip: Option<usize>, now: u64) -> Option<usize> {
+    pub(crate) fn pick_at(&self, key: Option<u64>, skip: Option<usize>, now: u64) -> Option<usize> {
         self.balancer.pick_at(&self.endpoints, key, skip, now)
     }
 
-    pub fn has_ready_endpoints(&self) -> bool {
-        self.balancer.has_ready()
-    }
-
     /// The header consistent hashing hashes on, if the balancer hashes on one.
-    pub fn hash_key(&self) -> Option<&HashKey> {
+    pub(crate) fn hash_key(&self) -> Option<&HashKey> {
         match self.balancer.algorithm() {
             Algorithm::ConsistentHash(key) => Some(key),
             _ => None,
@@ -136,9 +117,10 @@ impl Service {
     }
 
     /// Builds a service from a full-state update, validating everything first.
-    pub fn from_update(
+    pub(crate) fn from_update(
         update: &v1::ServiceUpdate,
         metrics: &Metrics,
+        stats: &Registry,
     ) -> Result<Service, UpdateError> {
         let info = update.service.as_ref().ok_or_else(|| UpdateError {
             service: "?".into(),
@@ -177,13 +159,13 @@ impl Service {
                 Ok((port, proto))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let svc_metrics = metrics.service("outbound", &name);
+        let svc_metrics = metrics.service(Direction::Outbound, &name);
         let endpoints = match &update.endpoints {
             Some(v1::service_update::Endpoints::Full(set)) => set
                 .endpoints
                 .iter()
                 .map(|e| {
-                    endpoint_from_proto(e, &name, metrics, &svc_metrics)
+                    endpoint_from_proto(e, &name, stats, &svc_metrics)
                         .map(Arc::new)
                         .map_err(&err)
                 })
@@ -202,15 +184,17 @@ impl Service {
             endpoints,
             policy,
             metrics,
+            stats,
         ))
     }
 
     /// Applies an add/remove delta on top of this service.
-    pub fn apply_delta(
+    pub(crate) fn apply_delta(
         &self,
         update: &v1::ServiceUpdate,
         delta: &v1::EndpointDelta,
         metrics: &Metrics,
+        stats: &Registry,
     ) -> Result<Service, UpdateError> {
         let err = |reason: String| UpdateError {
             service: self.key(),
@@ -229,7 +213,7 @@ impl Service {
         }
         let key = self.key();
         for added in &delta.upserted {
-            let ep = endpoint_from_proto(added, &key, metrics, &self.metrics).map_err(&err)?;
+            let ep = endpoint_from_proto(added, &key, stats, &self.metrics).map_err(&err)?;
             endpoints.retain(|e| e.addr != ep.addr);
             endpoints.push(Arc::new(ep));
         }
@@ -250,9 +234,11 @@ impl Service {
             endpoints,
             policy,
             metrics,
+            stats,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         info: &v1::ServiceInfo,
         version: u64,
@@ -261,9 +247,10 @@ impl Service {
         endpoints: Vec<Arc<Endpoint>>,
         policy: Policy,
         metrics: &Metrics,
+        stats: &Registry,
     ) -> Service {
         let label = format!("{}.{}", info.name, info.namespace);
-        let stats = metrics.state().service(&label);
+        let stats = stats.service(&label);
         Service {
             conn_limit: ConnLimit {
                 count: stats.concurrency.connections.clone(),
@@ -278,7 +265,7 @@ impl Service {
             endpoints,
             policy,
             stats,
-            metrics: metrics.service("outbound", &label),
+            metrics: metrics.service(Direction::Outbound, &label),
         }
     }
 }
@@ -297,7 +284,7 @@ fn socket_addr(a: &v1::SocketAddress) -> Result<SocketAddr, String> {
 fn endpoint_from_proto(
     e: &v1::Endpoint,
     service: &str,
-    metrics: &Metrics,
+    stats: &Registry,
     svc_metrics: &Arc<ServiceMetrics>,
 ) -> Result<Endpoint, String> {
     let addr = socket_addr(e.address.as_ref().ok_or("endpoint without address")?)?;
@@ -324,146 +311,15 @@ fn endpoint_from_proto(
         identity: (!e.identity.is_empty()).then(|| Arc::from(e.identity.as_str())),
         labels: e.labels.clone().into_iter().collect(),
         state,
-        stats: metrics.state().endpoint(service, addr, svc_metrics),
-    })
-}
-
-fn ms(v: u64) -> Option<Duration> {
-    (v > 0).then(|| Duration::from_millis(v))
-}
-
-fn dur(v: u64, default: Duration) -> Duration {
-    ms(v).unwrap_or(default)
-}
-
-/// Resolves a received policy, filling defaults. Rejects what cannot be applied
-/// (an update is applied whole or not at all).
-fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, String> {
-    use v1::load_balancer::Algorithm as A;
-    let load_balancer = match raw
-        .load_balancer
-        .as_ref()
-        .and_then(|lb| lb.algorithm.as_ref())
-    {
-        None => Algorithm::default(),
-        Some(A::P2cPeakEwma(p)) => Algorithm::P2cPeakEwma {
-            decay: dur(p.decay_ms, balance::DEFAULT_DECAY),
-            default_rtt: dur(p.default_rtt_ms, balance::DEFAULT_RTT),
-        },
-        Some(A::RoundRobin(_)) => Algorithm::RoundRobin,
-        Some(A::LeastRequest(_)) => Algorithm::LeastRequest,
-        Some(A::ConsistentHash(h)) => Algorithm::ConsistentHash(match &h.key {
-            Some(v1::consistent_hash::Key::Header(name)) => HashKey::Header(
-                http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("consistent hash header {name:?} is not a header name"))?,
-            ),
-            Some(v1::consistent_hash::Key::ClientIdentity(_)) | None => HashKey::ClientIdentity,
-        }),
-    };
-    let cb = raw.circuit_breaker.clone().unwrap_or_default();
-    let limits = Limits {
-        max_connections: cb.max_connections,
-        max_pending_requests: cb.max_pending_requests,
-        max_active_requests: cb.max_active_requests,
-        max_concurrent_retries: cb.max_concurrent_retries,
-    };
-    let outlier = match cb.outlier_detection {
-        Some(o) if o.consecutive_failures > 0 => {
-            let mut failure_on = o
-                .failure_on
-                .iter()
-                .map(|f| match v1::FailureClass::try_from(*f) {
-                    Ok(v1::FailureClass::FailureClass5xx) => Ok(Some(FailureClass::ServerError)),
-                    Ok(v1::FailureClass::Gateway) => Ok(Some(FailureClass::Gateway)),
-                    Ok(v1::FailureClass::Connect) => Ok(Some(FailureClass::Connect)),
-                    Ok(v1::FailureClass::Grpc) => Ok(Some(FailureClass::Grpc)),
-                    Ok(v1::FailureClass::Unspecified) => Ok(None),
-                    Err(_) => Err(format!("unknown failure class {f}")),
-                })
-                .filter_map(Result::transpose)
-                .collect::<Result<Vec<_>, _>>()?;
-            if failure_on.is_empty() {
-                failure_on = vec![FailureClass::ServerError, FailureClass::Connect];
-            }
-            let max_ejected_percent = match o.max_ejected_percent {
-                0 => breaker::DEFAULT_MAX_EJECTED_PERCENT,
-                p if p <= 100 => p,
-                p => return Err(format!("max_ejected_percent {p} is over 100")),
-            };
-            let base_ejection = dur(o.base_ejection_ms, breaker::DEFAULT_BASE_EJECTION);
-            Some(OutlierPolicy {
-                consecutive_failures: o.consecutive_failures,
-                base_ejection,
-                max_ejection: dur(o.max_ejection_ms, breaker::DEFAULT_MAX_EJECTION)
-                    .max(base_ejection),
-                max_ejected_percent,
-                failure_on,
-                grpc_codes: o.grpc_codes,
-            })
-        }
-        _ => None,
-    };
-    let retry = match &raw.retry {
-        Some(r) if r.max_attempts > 1 => {
-            if !(0.0..=1.0).contains(&r.budget_ratio) {
-                return Err(format!(
-                    "retry budget_ratio {} is outside 0..=1",
-                    r.budget_ratio
-                ));
-            }
-            Some(RetryPolicy {
-                max_attempts: r.max_attempts.min(10),
-                retry_on_status: r
-                    .retry_on_status
-                    .iter()
-                    .map(|s| {
-                        u16::try_from(*s)
-                            .ok()
-                            .filter(|s| (100..=599).contains(s))
-                            .ok_or_else(|| format!("retry_on_status {s} is not an HTTP status"))
-                    })
-                    .collect::<Result<_, _>>()?,
-                retry_on_grpc: r.retry_on_grpc.clone(),
-                budget_ratio: if r.budget_ratio > 0.0 {
-                    r.budget_ratio
-                } else {
-                    retry::DEFAULT_BUDGET_RATIO
-                },
-                min_retries_per_second: if r.min_retries_per_second > 0 {
-                    r.min_retries_per_second
-                } else {
-                    retry::DEFAULT_MIN_PER_SECOND
-                },
-                backoff_base: dur(r.backoff_base_ms, retry::DEFAULT_BACKOFF_BASE),
-                backoff_max: dur(r.backoff_max_ms, retry::DEFAULT_BACKOFF_MAX),
-                max_buffered_body_bytes: match r.max_buffered_body_bytes {
-                    0 => retry::DEFAULT_MAX_BODY,
-                    n => n as usize,
-                },
-            })
-        }
-        _ => None,
-    };
-    let t = raw.timeouts.unwrap_or_default();
-    Ok(Policy {
-        load_balancer,
-        limits,
-        outlier,
-        retry,
-        timeouts: Timeouts {
-            request: ms(t.request_ms),
-            per_try: ms(t.per_try_ms),
-            connect: ms(t.connect_ms),
-            idle: ms(t.idle_ms),
-        },
+        stats: stats.endpoint(service, addr, svc_metrics),
     })
 }
 
 /// Every service the proxy knows, indexed the ways a destination can be named.
 #[derive(Default, Serialize)]
-pub struct Snapshot {
-    pub version: u64,
-    pub services: HashMap<String, Arc<Service>>,
+pub(crate) struct Snapshot {
+    pub(crate) version: u64,
+    pub(crate) services: HashMap<String, Arc<Service>>,
     #[serde(skip)]
     by_host: FastMap<String, Arc<Service>>,
     #[serde(skip)]
@@ -473,7 +329,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn empty(local_namespace: &str) -> Snapshot {
+    pub(crate) fn empty(local_namespace: &str) -> Snapshot {
         Snapshot {
             local_namespace: local_namespace.to_string(),
             ..Snapshot::default()
@@ -481,7 +337,7 @@ impl Snapshot {
     }
 
     /// A snapshot holding exactly `services`.
-    pub fn build(version: u64, local_namespace: &str, services: Vec<Service>) -> Snapshot {
+    pub(crate) fn build(version: u64, local_namespace: &str, services: Vec<Service>) -> Snapshot {
         let mut snap = Snapshot::empty(local_namespace);
         snap.version = version;
         for svc in services {
@@ -492,7 +348,12 @@ impl Snapshot {
     }
 
     /// A copy of this snapshot with one service added, replaced or (None) removed.
-    pub fn with_service(&self, version: u64, key: &str, svc: Option<Arc<Service>>) -> Snapshot {
+    pub(crate) fn with_service(
+        &self,
+        version: u64,
+        key: &str,
+        svc: Option<Arc<Service>>,
+    ) -> Snapshot {
         let mut snap = Snapshot::empty(&self.local_namespace);
         snap.version = version;
         snap.services = self.services.clone();
@@ -528,12 +389,12 @@ impl Snapshot {
         }
     }
 
-    pub fn by_key(&self, key: &str) -> Option<&Arc<Service>> {
+    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<Service>> {
         self.services.get(key)
     }
 
     /// Resolves a service by a host name (as in a Host header, without the port).
-    pub fn by_host(&self, host: &str) -> Option<&Arc<Service>> {
+    pub(crate) fn by_host(&self, host: &str) -> Option<&Arc<Service>> {
         let host = host.trim_end_matches('.');
         if let Some(s) = self.by_host.get(host) {
             return Some(s);
@@ -544,36 +405,28 @@ impl Snapshot {
         None
     }
 
-    pub fn by_vip(&self, addr: SocketAddr) -> Option<&Arc<Service>> {
+    pub(crate) fn by_vip(&self, addr: SocketAddr) -> Option<&Arc<Service>> {
         self.by_vip.get(&addr)
-    }
-
-    /// Resolves an authority (`host[:port]`) as an app wrote it.
-    pub fn resolve_authority(&self, host: &str, port: u16) -> Option<&Arc<Service>> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        match bare.parse::<IpAddr>() {
-            Ok(ip) => self.by_vip(SocketAddr::new(ip, port)),
-            Err(_) => self.by_host(host),
-        }
     }
 }
 
 /// Builds a snapshot from a whole mesh description (file mode).
-pub fn from_mesh(
+pub(crate) fn from_mesh(
     mesh: &weft_api::mesh::MeshSpec,
     version: u64,
     local_namespace: &str,
     metrics: &Metrics,
+    stats: &Registry,
 ) -> Result<Snapshot, UpdateError> {
     let services = mesh
         .services
         .iter()
-        .map(|s| Service::from_update(&s.to_update(version), metrics))
+        .map(|s| Service::from_update(&s.to_update(version), metrics, stats))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Snapshot::build(version, local_namespace, services))
 }
 
-pub fn store(snapshot: Snapshot) -> SnapshotStore {
+pub(crate) fn store(snapshot: Snapshot) -> SnapshotStore {
     Arc::new(ArcSwap::from_pointee(snapshot))
 }
 
@@ -584,7 +437,8 @@ mod tests {
 
     fn snapshot(yaml: &str) -> Snapshot {
         let mesh = MeshSpec::from_yaml(yaml, "t").expect("valid mesh");
-        from_mesh(&mesh, 1, "default", &Metrics::new()).expect("valid snapshot")
+        from_mesh(&mesh, 1, "default", &Metrics::new(), &Registry::default())
+            .expect("valid snapshot")
     }
 
     #[test]
@@ -600,8 +454,8 @@ mod tests {
             "bare names resolve in the local namespace"
         );
         assert!(snap.by_host("users.other").is_some());
-        assert!(snap.resolve_authority("10.0.0.1", 80).is_some());
-        assert!(snap.resolve_authority("10.0.0.1", 81).is_none());
+        assert!(snap.by_vip("10.0.0.1:80".parse().expect("addr")).is_some());
+        assert!(snap.by_vip("10.0.0.1:81".parse().expect("addr")).is_none());
     }
 
     #[test]
@@ -647,7 +501,7 @@ mod tests {
             ..Default::default()
         };
         let next = svc
-            .apply_delta(&update, &delta, &Metrics::new())
+            .apply_delta(&update, &delta, &Metrics::new(), &Registry::default())
             .expect("applies");
         assert_eq!(next.endpoints.len(), 1);
         assert_eq!(next.endpoints[0].addr.port(), 2);
@@ -655,15 +509,19 @@ mod tests {
             base_version: 7,
             ..delta
         };
-        assert!(svc.apply_delta(&update, &stale, &Metrics::new()).is_err());
+        assert!(
+            svc.apply_delta(&update, &stale, &Metrics::new(), &Registry::default())
+                .is_err()
+        );
     }
 
     #[test]
     fn endpoint_state_survives_a_swap_and_a_policy_change_but_not_removal() {
         let metrics = Metrics::new();
+        let stats = Registry::default();
         let build = |yaml: &str| {
             let mesh = MeshSpec::from_yaml(yaml, "t").expect("valid mesh");
-            from_mesh(&mesh, 1, "default", &metrics).expect("valid snapshot")
+            from_mesh(&mesh, 1, "default", &metrics, &stats).expect("valid snapshot")
         };
         let first = build(
             "services:\n  - name: a\n    endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:2'}]\n",
@@ -694,7 +552,7 @@ mod tests {
             3
         );
         assert_eq!(
-            metrics.state().endpoints_held(),
+            stats.endpoints_held(),
             2,
             "the endpoint that left has no state any more"
         );

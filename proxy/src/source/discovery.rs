@@ -7,19 +7,20 @@
 //! how a proxy resynchronises after an outage.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_api::v1;
 use weft_api::v1::discovery_client::DiscoveryClient;
 
+use crate::endpoint::Registry;
 use crate::metrics::Metrics;
+use crate::snapshot::lookup::{Demand, Dest, Resolving};
 use crate::snapshot::{Service, SnapshotStore};
 
 /// Subscriptions a proxy may hold; a misbehaving app inventing host names cannot
@@ -30,21 +31,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Large meshes send large endpoint sets; tonic's 4 MiB default is too small.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Dest {
-    Name(String),
-    Vip(SocketAddr),
-}
-
-impl Dest {
-    fn to_proto(&self) -> v1::subscribe::Destination {
-        match self {
-            Dest::Name(n) => v1::subscribe::Destination::Service(n.clone()),
-            Dest::Vip(a) => v1::subscribe::Destination::Vip(v1::SocketAddress {
-                ip: a.ip().to_string(),
-                port: u32::from(a.port()),
-            }),
-        }
+fn to_proto(dest: &Dest<'_>) -> v1::subscribe::Destination {
+    match dest {
+        Dest::Name(n) => v1::subscribe::Destination::Service(n.to_string()),
+        Dest::Vip(a) => v1::subscribe::Destination::Vip(v1::SocketAddress {
+            ip: a.ip().to_string(),
+            port: u32::from(a.port()),
+        }),
     }
 }
 
@@ -55,43 +48,55 @@ struct Subscription {
     key: Mutex<Option<String>>,
 }
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     channel: Channel,
     node: v1::Node,
     store: SnapshotStore,
     metrics: Metrics,
-    subs: Mutex<HashMap<Dest, Arc<Subscription>>>,
+    stats: Arc<Registry>,
+    subs: Mutex<HashMap<Dest<'static>, Arc<Subscription>>>,
     version: AtomicU64,
+    /// This client, for the watch tasks a `Demand::resolve` starts.
+    me: Weak<Discovery>,
+}
+
+impl Demand for Discovery {
+    fn resolve(&self, dest: Dest<'static>, wait: Duration) -> Resolving<'_> {
+        Box::pin(async move {
+            match self.me.upgrade() {
+                Some(this) => this.wait_synced(dest, wait).await,
+                None => false,
+            }
+        })
+    }
 }
 
 impl Discovery {
-    pub fn new(
+    pub(crate) fn new(
         addr: &str,
         node: v1::Node,
         store: SnapshotStore,
         metrics: Metrics,
+        stats: Arc<Registry>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<Arc<Discovery>, String> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| format!("control plane address {addr:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10));
         let version = store.load().version;
-        Ok(Arc::new(Discovery {
-            channel: crate::control_plane::connect_lazy(endpoint, tls)?,
+        let channel = super::control_plane::streaming_channel(addr, tls)?;
+        Ok(Arc::new_cyclic(|me| Discovery {
+            channel,
             node,
             store,
             metrics,
+            stats,
             subs: Mutex::new(HashMap::new()),
             version: AtomicU64::new(version),
+            me: me.clone(),
         }))
     }
 
     /// Subscribes to `dest` if not yet subscribed, and waits (up to `wait`) until its
     /// first update has been applied. Returns whether it is synced.
-    pub async fn resolve(self: &Arc<Self>, dest: Dest, wait: Duration) -> bool {
+    async fn wait_synced(self: &Arc<Self>, dest: Dest<'static>, wait: Duration) -> bool {
         let mut synced = match self.subscribe(dest) {
             Some(rx) => rx,
             None => return false,
@@ -106,7 +111,10 @@ impl Discovery {
     }
 
     /// Starts watching `dest`; returns its sync flag, or None when at the cap.
-    pub fn subscribe(self: &Arc<Self>, dest: Dest) -> Option<watch::Receiver<bool>> {
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        dest: Dest<'static>,
+    ) -> Option<watch::Receiver<bool>> {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sub) = subs.get(&dest) {
             return Some(sub.synced.subscribe());
@@ -127,7 +135,7 @@ impl Discovery {
         Some(rx)
     }
 
-    async fn watch_forever(self: Arc<Self>, dest: Dest, sub: Arc<Subscription>) {
+    async fn watch_forever(self: Arc<Self>, dest: Dest<'static>, sub: Arc<Subscription>) {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.watch_once(&dest, &sub).await {
@@ -146,12 +154,16 @@ impl Discovery {
         }
     }
 
-    async fn watch_once(&self, dest: &Dest, sub: &Subscription) -> Result<(), tonic::Status> {
+    async fn watch_once(
+        &self,
+        dest: &Dest<'static>,
+        sub: &Subscription,
+    ) -> Result<(), tonic::Status> {
         let (tx, rx) = mpsc::channel(4);
         let subscribe = v1::WatchRequest {
             kind: Some(v1::watch_request::Kind::Subscribe(v1::Subscribe {
                 node: Some(self.node.clone()),
-                destination: Some(dest.to_proto()),
+                destination: Some(to_proto(dest)),
             })),
         };
         let _ = tx.send(subscribe).await;
@@ -211,9 +223,9 @@ impl Discovery {
                 let current = self.store.load().by_key(&key).cloned();
                 let current = current
                     .ok_or_else(|| format!("delta for {key}, which this proxy does not hold"))?;
-                current.apply_delta(update, delta, &self.metrics)
+                current.apply_delta(update, delta, &self.metrics, &self.stats)
             }
-            _ => Service::from_update(update, &self.metrics),
+            _ => Service::from_update(update, &self.metrics, &self.stats),
         }
         .map_err(|e| e.to_string())?;
         let svc = Arc::new(svc);

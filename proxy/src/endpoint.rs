@@ -1,72 +1,93 @@
-//! State that outlives snapshots: per-endpoint load and health, per-service
-//! concurrency counters and retry budget.
+//! An endpoint, and the state that outlives snapshots: per-endpoint load and
+//! health, per-service concurrency counters and retry budget.
 //!
 //! A snapshot is rebuilt on every update, but an endpoint that is still in the set
 //! must keep its latency estimate, its in-flight count and its ejection. So the
 //! snapshot's `Endpoint` holds an `Arc` to stats found here by (service, address)
-//! when the service is built. The registry only keeps `Weak` references: once no
-//! snapshot (and no in-flight request) holds an endpoint, its state is dropped.
+//! when the service is built. The registry (one per proxy, owned by its wiring)
+//! only keeps `Weak` references: once no snapshot (and no in-flight request) holds
+//! an endpoint, its state is dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
-use crate::balance::Load;
+use crate::balance::{Candidate, Load};
 use crate::breaker::{Concurrency, Health};
 use crate::metrics::ServiceMetrics;
 use crate::retry::Budget;
+use crate::sync::lock;
 
-/// Nanoseconds since the first call: a cheap, monotonic clock that fits an atomic.
-pub fn now_nanos() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum EndpointState {
+    Ready,
+    NotReady,
+    Terminating,
 }
 
-/// The time since `start`, a `now_nanos()` reading.
-pub fn since(start: u64) -> Duration {
-    Duration::from_nanos(now_nanos().saturating_sub(start))
+/// One endpoint of a service as a snapshot holds it.
+#[derive(Debug, Serialize)]
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    pub(crate) weight: u32,
+    pub(crate) identity: Option<Arc<str>>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) state: EndpointState,
+    /// Load and health, shared with the previous snapshots that held this endpoint.
+    pub(crate) stats: Arc<EndpointStats>,
 }
 
-pub fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+impl Candidate for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    fn is_ready(&self) -> bool {
+        self.state == EndpointState::Ready
+    }
+
+    fn load(&self) -> &Load {
+        &self.stats.load
+    }
+
+    fn health(&self) -> &Health {
+        &self.stats.health
+    }
 }
 
 /// What the proxy has learnt about one endpoint of one service.
 #[derive(Debug, Serialize)]
-pub struct EndpointStats {
-    pub load: Load,
-    pub health: Health,
+pub(crate) struct EndpointStats {
+    pub(crate) load: Load,
+    pub(crate) health: Health,
 }
 
 /// Counters shared by every request to one service.
 #[derive(Debug, Default, Serialize)]
-pub struct ServiceStats {
-    pub concurrency: Concurrency,
+pub(crate) struct ServiceStats {
+    pub(crate) concurrency: Concurrency,
     #[serde(skip)]
-    pub budget: Budget,
+    pub(crate) budget: Budget,
 }
 
+/// The stats of every endpoint and service some snapshot still holds.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     endpoints: Mutex<HashMap<(String, SocketAddr), Weak<EndpointStats>>>,
     services: Mutex<HashMap<String, Weak<ServiceStats>>>,
-}
-
-/// Locks `m` even if a thread panicked while holding it: the proxy's critical
-/// sections leave their data whole, and one panicked request must not take every
-/// later one down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Registry {
     /// The stats for `addr` in `service`, shared with earlier snapshots if it was
     /// already in the set.
-    pub fn endpoint(
+    pub(crate) fn endpoint(
         &self,
         service: &str,
         addr: SocketAddr,
@@ -88,7 +109,7 @@ impl Registry {
         stats
     }
 
-    pub fn service(&self, service: &str) -> Arc<ServiceStats> {
+    pub(crate) fn service(&self, service: &str) -> Arc<ServiceStats> {
         let mut map = lock(&self.services);
         if let Some(stats) = map.get(service).and_then(Weak::upgrade) {
             return stats;
@@ -99,8 +120,9 @@ impl Registry {
         stats
     }
 
-    /// Endpoints with live state, for tests.
-    pub fn endpoints_held(&self) -> usize {
+    /// Endpoints with live state.
+    #[cfg(test)]
+    pub(crate) fn endpoints_held(&self) -> usize {
         lock(&self.endpoints)
             .values()
             .filter(|w| w.strong_count() > 0)
@@ -111,12 +133,12 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::metrics::{Direction, Metrics};
 
     #[test]
     fn state_is_shared_while_held_and_dropped_after() {
         let metrics = Metrics::new();
-        let m = metrics.service("outbound", "a.default");
+        let m = metrics.service(Direction::Outbound, "a.default");
         let reg = Registry::default();
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let first = reg.endpoint("a.default", addr, &m);

@@ -5,11 +5,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, SnapshotStore};
 
 /// Re-reads `path` and swaps in its mesh. Returns the new version.
-pub fn reload(path: &Path, store: &SnapshotStore, metrics: &Metrics) -> Result<u64, String> {
+pub(crate) fn reload(
+    path: &Path,
+    store: &SnapshotStore,
+    metrics: &Metrics,
+    stats: &Registry,
+) -> Result<u64, String> {
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
@@ -19,6 +25,7 @@ pub fn reload(path: &Path, store: &SnapshotStore, metrics: &Metrics) -> Result<u
                 version,
                 config.node.namespace.as_str(),
                 metrics,
+                stats,
             )
             .map_err(|e| format!("{}: {e}", path.display()))
         });
@@ -40,7 +47,12 @@ pub fn reload(path: &Path, store: &SnapshotStore, metrics: &Metrics) -> Result<u
 
 /// Reloads on every SIGHUP until the process ends.
 #[cfg(unix)]
-pub fn on_sighup(path: std::path::PathBuf, store: SnapshotStore, metrics: Metrics) {
+pub(crate) fn on_sighup(
+    path: std::path::PathBuf,
+    store: SnapshotStore,
+    metrics: Metrics,
+    stats: Arc<Registry>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     tokio::spawn(async move {
         let mut hup = match signal(SignalKind::hangup()) {
@@ -51,7 +63,7 @@ pub fn on_sighup(path: std::path::PathBuf, store: SnapshotStore, metrics: Metric
             }
         };
         while hup.recv().await.is_some() {
-            let _ = reload(&path, &store, &metrics);
+            let _ = reload(&path, &store, &metrics, &stats);
         }
     });
 }

@@ -9,19 +9,19 @@ use weft_api::v1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TlsMode {
+pub(crate) enum TlsMode {
     #[default]
     Strict,
     Permissive,
 }
 
 #[derive(Debug, Clone)]
-pub struct Authorization {
-    pub allow_identities: Vec<String>,
-    pub allow_namespaces: Vec<String>,
-    pub allow_any_meshed: bool,
+pub(crate) struct Authorization {
+    pub(crate) allow_identities: Vec<String>,
+    pub(crate) allow_namespaces: Vec<String>,
+    pub(crate) allow_any_meshed: bool,
     /// Plaintext callers (permissive mode only; strict mode never sees them).
-    pub allow_unauthenticated: bool,
+    pub(crate) allow_unauthenticated: bool,
 }
 
 impl Default for Authorization {
@@ -36,7 +36,7 @@ impl Default for Authorization {
 }
 
 impl Authorization {
-    pub fn allows(&self, peer: Option<&SpiffeId>, peer_str: Option<&str>) -> bool {
+    pub(crate) fn allows(&self, peer: Option<&SpiffeId>, peer_str: Option<&str>) -> bool {
         match peer {
             None => self.allow_unauthenticated,
             Some(id) => {
@@ -58,24 +58,24 @@ impl Authorization {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct PortPolicy {
-    pub mode: TlsMode,
-    pub authorization: Authorization,
+pub(crate) struct PortPolicy {
+    pub(crate) mode: TlsMode,
+    pub(crate) authorization: Authorization,
 }
 
 /// The whole inbound policy of one workload; swapped in whole.
 #[derive(Debug, Clone, Default)]
-pub struct InboundPolicy {
-    pub default: PortPolicy,
-    pub ports: HashMap<u16, PortPolicy>,
+pub(crate) struct InboundPolicy {
+    pub(crate) default: PortPolicy,
+    pub(crate) ports: HashMap<u16, PortPolicy>,
 }
 
 impl InboundPolicy {
-    pub fn for_port(&self, port: u16) -> &PortPolicy {
+    pub(crate) fn for_port(&self, port: u16) -> &PortPolicy {
         self.ports.get(&port).unwrap_or(&self.default)
     }
 
-    pub fn from_proto(p: &v1::InboundPolicy) -> Self {
+    pub(crate) fn from_proto(p: &v1::InboundPolicy) -> Self {
         let mut policy = InboundPolicy::default();
         for port in &p.ports {
             let pp = PortPolicy {

@@ -1,0 +1,140 @@
+//! Port lists as operators write them, in annotations, `WEFT_*` variables and the
+//! proxy's config: `3306,8000-8099`. The injector and the proxy parse them here,
+//! so both accept and refuse the same lists.
+
+use std::fmt;
+
+/// One port or an inclusive range; a single port is `first == last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> PortRange {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+/// `80` or `8000-8099`.
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Why a port list was refused, naming the item at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortListError {
+    #[error("{0:?} is not a port (1-65535) or range")]
+    NotAPort(String),
+    #[error("{0:?}: the range runs backwards")]
+    Backwards(String),
+}
+
+/// A sorted, de-duplicated list of ports and ranges; empty means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortList(Vec<PortRange>);
+
+impl PortList {
+    /// Parses `"3306, 5432,8000-8099"`: items separated by commas, spaces around
+    /// them allowed; an empty string is an empty list.
+    pub fn parse(text: &str) -> Result<PortList, PortListError> {
+        let mut ranges = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let port = |s: &str| match s.trim().parse::<u16>() {
+                Ok(p) if p > 0 => Ok(p),
+                _ => Err(PortListError::NotAPort(item.to_string())),
+            };
+            let range = match item.split_once('-') {
+                Some((a, b)) => PortRange {
+                    first: port(a)?,
+                    last: port(b)?,
+                },
+                None => PortRange::single(port(item)?),
+            };
+            if range.first > range.last {
+                return Err(PortListError::Backwards(item.to_string()));
+            }
+            ranges.push(range);
+        }
+        Ok(PortList::from_ranges(ranges))
+    }
+
+    pub fn from_ranges(mut ranges: Vec<PortRange>) -> PortList {
+        ranges.sort();
+        ranges.dedup();
+        PortList(ranges)
+    }
+
+    /// This list with `port` added.
+    pub fn with(mut self, port: u16) -> PortList {
+        self.0.push(PortRange::single(port));
+        PortList::from_ranges(self.0)
+    }
+
+    pub fn ranges(&self) -> &[PortRange] {
+        &self.0
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        // A handful of ranges at most: a scan beats anything cleverer.
+        self.0.iter().any(|r| r.contains(port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The list syntax `parse` reads: `3306,8000-8099`.
+impl fmt::Display for PortList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_sorted_merged_and_printed_back() {
+        let l = PortList::parse(" 5432,3306, 8000-8010,3306").expect("valid list");
+        assert_eq!(l.to_string(), "3306,5432,8000-8010");
+        assert!(l.contains(8005) && !l.contains(8011));
+        assert_eq!(l.clone().with(1).to_string(), "1,3306,5432,8000-8010");
+        assert!(PortList::parse("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn bad_items_are_named() {
+        for (bad, err) in [
+            ("0", PortListError::NotAPort("0".into())),
+            ("70000", PortListError::NotAPort("70000".into())),
+            ("80,x", PortListError::NotAPort("x".into())),
+            ("1-2-3", PortListError::NotAPort("1-2-3".into())),
+            ("9000-8000", PortListError::Backwards("9000-8000".into())),
+        ] {
+            assert_eq!(PortList::parse(bad), Err(err), "{bad}");
+        }
+    }
+}
