@@ -132,7 +132,7 @@ impl OutlierPolicy {
     fn is_failure(&self, outcome: Outcome) -> Option<bool> {
         let classes = &self.failure_on;
         match outcome {
-            Outcome::Cancelled => None,
+            Outcome::Cancelled | Outcome::Abandoned => None,
             Outcome::NotSent | Outcome::NoResponse => Some(
                 classes.contains(&FailureClass::Connect)
                     || classes.contains(&FailureClass::Gateway)

@@ -492,8 +492,7 @@ impl Outbound {
 }
 
 /// Tracks one attempt on an endpoint: in flight while it runs, latency and outcome
-/// recorded when it ends. Dropped unfinished (the request was cancelled), it only
-/// releases what it holds.
+/// recorded when it ends. Dropped unfinished, the attempt was abandoned.
 struct AttemptGuard<'a> {
     svc: &'a Service,
     ep: &'a Endpoint,
@@ -548,7 +547,7 @@ impl<'a> AttemptGuard<'a> {
 
 impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
-        self.finish(Outcome::Cancelled);
+        self.finish(Outcome::Abandoned);
         self.ep.stats.load.end();
     }
 }
@@ -780,8 +779,8 @@ mod tests {
         drop(held);
     }
 
-    #[tokio::test]
-    async fn an_attempt_dropped_unfinished_only_releases_its_endpoint() {
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_attempt_counts_its_wait_as_latency_but_is_no_failure() {
         let (ob, svc) = outbound(
             "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
             &["127.0.0.1:1".parse().expect("addr")],
@@ -790,14 +789,15 @@ mod tests {
         let ep = &svc.endpoints[0];
         let guard = AttemptGuard::start(&svc, ep, now_nanos());
         assert_eq!(ep.stats.load.in_flight(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
         drop(guard);
         assert_eq!(ep.stats.load.in_flight(), 0);
         assert!(
             !ep.stats.health.is_ejected(),
-            "a cancelled attempt is no failure"
+            "the caller's impatience is not the endpoint's failure"
         );
         let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
-        assert!(load["ewma_ms"].is_null(), "and no latency sample");
+        assert_eq!(load["ewma_ms"].as_f64(), Some(2000.0), "{load}");
     }
 
     #[tokio::test]

@@ -10,9 +10,15 @@ pub(crate) enum Outcome {
     NotSent,
     /// Sent, but no response head came back (reset, per-try timeout).
     NoResponse,
-    /// Ended by something other than the endpoint: the client left, the request
-    /// timed out, or a local limit refused it. Neither a failure nor retried.
+    /// Refused by a local limit before the endpoint was tried. Neither a failure
+    /// nor retried.
     Cancelled,
+    /// The caller stopped waiting before a response head came (the client left, or
+    /// the request timeout ended it). The wait it cost counts as the endpoint's
+    /// latency, or an endpoint that never answers would look idle again once its
+    /// callers give up; it is no failure for ejection, since a caller's impatience
+    /// is not the endpoint's fault, and nothing is left to retry.
+    Abandoned,
 }
 
 impl Outcome {

@@ -143,15 +143,20 @@ impl Load {
     /// Expected wait for one more request: latency times queue depth. The estimate
     /// decays toward zero while the endpoint gets no responses, so one that was
     /// avoided after a latency spike is tried again rather than starved for good.
+    ///
+    /// An endpoint never measured costs nothing while idle, so it is explored at
+    /// once: priced at `default_rtt` it would lose every comparison with endpoints
+    /// measured faster than that and never get the request that measures it. Each
+    /// request in flight to it counts as `default_rtt` until its first answer.
     fn cost(&self, default_rtt: Duration, decay: Duration, now: u64) -> f64 {
-        let rtt = match self.ewma_nanos() {
+        let in_flight = f64::from(self.in_flight());
+        match self.ewma_nanos() {
             Some(ewma) => {
                 let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
-                ewma * (-idle / nanos(decay).max(1) as f64).exp()
+                ewma * (-idle / nanos(decay).max(1) as f64).exp() * (in_flight + 1.0)
             }
-            None => default_rtt.as_nanos() as f64,
-        };
-        rtt * f64::from(self.in_flight() + 1)
+            None => default_rtt.as_nanos() as f64 * in_flight,
+        }
     }
 }
 

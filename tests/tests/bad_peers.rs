@@ -1,0 +1,141 @@
+//! One bad peer costs little: a hung endpoint under the default policy, endpoints
+//! with no latency sample yet, and clients that send malformed requests, each with
+//! one proxy in file mode in front of real backends on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weft_tests::apps::{HttpApp, TcpApp};
+use weft_tests::client::{self, H1Client};
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+
+/// What a fixed-rate run saw, per second since its start.
+#[derive(Debug, Default)]
+struct Seconds {
+    ok: BTreeMap<u64, usize>,
+    failed: BTreeMap<u64, usize>,
+    by_app: BTreeMap<String, usize>,
+}
+
+impl Seconds {
+    fn after(&self, from: u64) -> (usize, usize) {
+        let sum = |m: &BTreeMap<u64, usize>| m.range(from..).map(|(_, n)| n).sum::<usize>();
+        (sum(&self.ok), sum(&self.failed))
+    }
+}
+
+/// Sends `rate` GETs a second for `secs` seconds, each on its own connection (an
+/// open loop: a slow answer does not slow the sender), giving up on an answer after
+/// `patience` as a real client would. Bounded: `rate * secs` requests in all.
+async fn fixed_rate(
+    target: SocketAddr,
+    uri: &str,
+    rate: u32,
+    secs: u64,
+    patience: Duration,
+) -> Seconds {
+    let seen = Arc::new(Mutex::new(Seconds::default()));
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..(u64::from(rate) * secs) {
+        tick.tick().await;
+        let (seen, uri) = (seen.clone(), uri.to_string());
+        let second = start.elapsed().as_secs();
+        tasks.spawn(async move {
+            let answer = tokio::time::timeout(patience, async {
+                let mut c = H1Client::connect(target).await?;
+                c.send(client::get(&uri)).await
+            })
+            .await;
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            match answer {
+                Ok(Ok(reply)) if reply.status.is_success() => {
+                    *seen.ok.entry(second).or_default() += 1;
+                    let app = reply.header("x-app").unwrap_or("?").to_string();
+                    *seen.by_app.entry(app).or_default() += 1;
+                }
+                _ => *seen.failed.entry(second).or_default() += 1,
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Arc::try_unwrap(seen)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_costs_under_one_percent_after_the_first_second_under_the_default_policy() {
+    let a = HttpApp::start("a").await.expect("app a");
+    let b = HttpApp::start("b").await.expect("app b");
+    let hung = TcpApp::silent().await.expect("hung endpoint");
+    let service = ServiceDef::new("orders")
+        .endpoint(a.addr)
+        .endpoint(b.addr)
+        .endpoint(hung.addr);
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let seen = fixed_rate(
+        proxy.outbound(),
+        "http://orders/",
+        300,
+        4,
+        Duration::from_secs(2),
+    )
+    .await;
+
+    let (ok, failed) = seen.after(1);
+    assert!(
+        failed * 100 < ok + failed,
+        "after the first second {failed} of {} requests failed: {seen:?}",
+        ok + failed
+    );
+    assert!(
+        seen.by_app.contains_key("a") && seen.by_app.contains_key("b"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_healthy_endpoint_gets_traffic_under_p2c_even_before_its_first_sample() {
+    let apps = [
+        HttpApp::start("a").await.expect("app a"),
+        HttpApp::start("b").await.expect("app b"),
+        HttpApp::start("c").await.expect("app c"),
+    ];
+    let service = apps
+        .iter()
+        .fold(ServiceDef::new("orders"), |s, app| s.endpoint(app.addr));
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+
+    for _ in 0..300 {
+        let reply = c.send(client::get("http://orders/")).await.expect("answer");
+        assert!(reply.status.is_success(), "{reply:?}");
+    }
+
+    // Explored: each answered, so each has a latency sample. Peak-EWMA may still
+    // favour the endpoints whose first samples were lowest; that is its design.
+    let config = proxy.admin_get("/config").await.expect("/config").body;
+    for app in &apps {
+        assert!(
+            app.requests() >= 1,
+            "{} got none of 300 sequential requests (a {}, b {}, c {})",
+            app.name,
+            apps[0].requests(),
+            apps[1].requests(),
+            apps[2].requests()
+        );
+    }
+    assert!(
+        !config.contains("\"ewma_ms\": null"),
+        "an endpoint was never measured: {config}"
+    );
+}
