@@ -481,8 +481,11 @@ impl Outbound {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
             },
-            // Refused by a local limit: the endpoint was never tried.
-            Err(ProxyError::Overloaded) => Outcome::Cancelled,
+            // Refused by a local limit (the endpoint was never tried), or the
+            // client's own fault: nothing to blame on the endpoint or to retry.
+            Err(ProxyError::Overloaded | ProxyError::BadRequestBody | ProxyError::ClientAbort) => {
+                Outcome::Cancelled
+            }
             Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
             Err(_) => Outcome::NoResponse,
         };

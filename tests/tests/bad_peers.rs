@@ -139,3 +139,57 @@ async fn every_healthy_endpoint_gets_traffic_under_p2c_even_before_its_first_sam
         "an endpoint was never measured: {config}"
     );
 }
+
+/// A client's malformed chunked bodies (a size that is not hex, one that overflows,
+/// a bare LF) get 400, are the client's errors in the metrics, and never eject the
+/// endpoint, even with outlier detection at one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_chunked_body_is_its_own_400_and_never_ejects_the_endpoint() {
+    let app = HttpApp::start("a").await.expect("app");
+    let service = ServiceDef::new("orders")
+        .endpoint(app.addr)
+        .policy("{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let bodies: [&[u8]; 3] = [
+        b"5g\r\nhello\r\n0\r\n\r\n",
+        b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        b"5\nhello\n0\n\n",
+    ];
+    for body in bodies {
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nhost: orders\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(body);
+        let raw = client::raw_exchange(proxy.outbound(), &request, Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        assert_eq!(
+            client::raw_status(&raw),
+            Some(400),
+            "{:?} got {}",
+            String::from_utf8_lossy(body),
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    let reply = H1Client::connect(proxy.outbound())
+        .await
+        .expect("connect")
+        .send(client::get("http://orders/"))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "the endpoint is still in rotation");
+    for (reason, count) in [("bad-request-body", 3.0), ("upstream-reset", 0.0)] {
+        let counted = proxy
+            .metric(
+                "weft_proxy_errors_total",
+                &[
+                    ("direction", "outbound"),
+                    ("service", "orders.default"),
+                    ("reason", reason),
+                ],
+            )
+            .await;
+        assert_eq!(counted, count, "{reason}");
+    }
+}

@@ -32,13 +32,20 @@ pub(crate) enum ProxyError {
     TlsFailed,
     /// Inbound authorization refused the caller.
     Forbidden,
+    /// The client's request body broke its own framing (a bad chunk size, a bare
+    /// LF): the client's fault, never the endpoint's.
+    BadRequestBody,
+    /// The client went away before its request body was whole.
+    ClientAbort,
 }
 
 impl ProxyError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownService => StatusCode::NOT_FOUND,
-            ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::NoAuthority | ProxyError::BadRequestBody | ProxyError::ClientAbort => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoEndpoints | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectRefused | ProxyError::UpstreamReset | ProxyError::TlsFailed => {
                 StatusCode::BAD_GATEWAY
@@ -60,6 +67,8 @@ impl ProxyError {
             ProxyError::Overloaded => "overloaded",
             ProxyError::TlsFailed => "tls-failed",
             ProxyError::Forbidden => "forbidden",
+            ProxyError::BadRequestBody => "bad-request-body",
+            ProxyError::ClientAbort => "client-abort",
         }
     }
 
@@ -75,6 +84,8 @@ impl ProxyError {
             ProxyError::Overloaded,
             ProxyError::TlsFailed,
             ProxyError::Forbidden,
+            ProxyError::BadRequestBody,
+            ProxyError::ClientAbort,
         ]
         .into_iter()
         .find(|e| e.reason() == reason)
@@ -86,7 +97,7 @@ impl ProxyError {
     pub(crate) fn grpc_status(self) -> u16 {
         match self {
             ProxyError::UnknownService => 12,
-            ProxyError::NoAuthority => 13,
+            ProxyError::NoAuthority | ProxyError::BadRequestBody | ProxyError::ClientAbort => 13,
             ProxyError::Timeout => 4,
             ProxyError::NoEndpoints
             | ProxyError::ConnectRefused
@@ -114,6 +125,8 @@ impl ProxyError {
             ProxyError::Overloaded => "weft: over the concurrency limit\n",
             ProxyError::TlsFailed => "weft: the mTLS handshake with the upstream failed\n",
             ProxyError::Forbidden => "weft: the caller is not allowed by this workload's policy\n",
+            ProxyError::BadRequestBody => "weft: the request body is malformed\n",
+            ProxyError::ClientAbort => "weft: the client closed before sending the whole request\n",
         }
     }
 

@@ -149,6 +149,7 @@ async fn forward_h1(
         Err(h1_client::SendError::Stale(req)) => {
             Box::pin(send_on_fresh(pool, &key, target, req, upgrade))
         }
+        Err(h1_client::SendError::Client(e)) => return Err(e),
         Err(h1_client::SendError::Failed) => return Err(ProxyError::UpstreamReset),
     };
     let resp = resend.await?;
@@ -191,10 +192,10 @@ async fn send_on_fresh(
     let fresh = pool.new_h1(key, target.connect_timeout, limit).await;
     note_connect(target, &fresh);
     drop(pending);
-    fresh?
-        .send(req, upgrade)
-        .await
-        .map_err(|_| ProxyError::UpstreamReset)
+    fresh?.send(req, upgrade).await.map_err(|e| match e {
+        h1_client::SendError::Client(e) => e,
+        _ => ProxyError::UpstreamReset,
+    })
 }
 
 /// Joins the client's and the upstream's sides of an upgraded (101) connection.

@@ -27,6 +27,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::body::BodyError;
+use super::error::ProxyError;
 use super::pool::Upstream;
 use crate::breaker::Permit;
 use request::{Encoding, Framing, Out, Upload, encode_head, framing};
@@ -59,6 +60,8 @@ pub(crate) enum SendError<B> {
     /// A reused connection was closed before any byte of answer, and the request
     /// (no body, a method safe to repeat) may be sent again on a new connection.
     Stale(Box<Request<B>>),
+    /// The client's own request body failed: its fault, not the upstream's.
+    Client(ProxyError),
     Failed,
 }
 
@@ -131,6 +134,9 @@ impl H1Conn {
             Ok(head) => head,
             Err(e) => {
                 tracing::debug!(error = %e, answered = conn.answered, "upstream HTTP/1 request failed");
+                if let Some(client) = request::ClientBodyError::within(&e) {
+                    return Err(SendError::Client(client.proxy_error()));
+                }
                 return Err(match kept {
                     Some(req) if replayable && !conn.answered => SendError::Stale(req),
                     _ => SendError::Failed,

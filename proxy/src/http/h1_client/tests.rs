@@ -78,6 +78,7 @@ where
         Ok(resp) => resp,
         Err(SendError::Stale(_)) => panic!("stale"),
         Err(SendError::Failed) => panic!("failed"),
+        Err(SendError::Client(e)) => panic!("client body: {e:?}"),
     }
 }
 
@@ -291,6 +292,7 @@ async fn a_reused_connection_closed_unanswered_gives_back_only_a_repeatable_requ
                 assert_eq!(req.method(), method);
             }
             Err(SendError::Failed) => assert!(!repeatable, "{method} was not given back"),
+            Err(SendError::Client(e)) => panic!("client body: {e:?}"),
             Ok(_) => panic!("no answer was sent"),
         }
     }
