@@ -17,6 +17,8 @@
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
+//! - [`node_agent`] registers a Node with a real API server and runs the pods bound
+//!   to it as network namespaces (a small kubelet).
 //! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
 //! - [`apiserver`] is a stand-in Kubernetes API server answering TokenReviews.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
@@ -43,6 +45,7 @@ pub mod hops;
 pub mod load;
 pub mod metrics;
 pub mod netns;
+pub mod node_agent;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
