@@ -51,8 +51,8 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// How a node is set up.
 pub struct NodeConfig {
     pub name: String,
-    /// The Service range: routed into pods so ClusterIPs reach their capture.
-    pub service_cidr: String,
+    /// The pod network; made first, so the API server can listen on its address.
+    pub bridge: Arc<Bridge>,
     /// Where pods reach the API server (`KUBERNETES_SERVICE_HOST`/`_PORT`), if
     /// they can.
     pub apiserver: Option<SocketAddr>,
@@ -86,7 +86,7 @@ pub struct NodeAgent {
 impl NodeAgent {
     /// Registers the node and starts running the pods bound to it.
     pub async fn start(client: kube::Client, config: NodeConfig) -> anyhow::Result<NodeAgent> {
-        let bridge = Arc::new(Bridge::create(&config.service_cidr)?);
+        let bridge = config.bridge;
         let dir = tempfile::Builder::new()
             .prefix("weft-node-")
             .tempdir()

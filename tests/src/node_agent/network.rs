@@ -81,8 +81,10 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn create(service_cidr: &str) -> anyhow::Result<Bridge> {
+    /// A new bridge; `service_cidr` (the Service range) is routed into its pods.
+    pub fn create(service_cidr: &str) -> anyhow::Result<Arc<Bridge>> {
         remove_stale_bridges();
+        crate::netns::remove_stale_namespaces();
         let n = NEXT_SUBNET.fetch_add(1, Ordering::SeqCst);
         let subnet = u8::try_from(n % 250).unwrap_or(0) + 1;
         let name = format!("{BRIDGE_PREFIX}{}-{n}", std::process::id());
@@ -105,7 +107,7 @@ impl Bridge {
             name,
         ])?;
         ip(&["link", "set", name, "up"])?;
-        Ok(bridge)
+        Ok(Arc::new(bridge))
     }
 
     /// The host's address on the bridge (the node's InternalIP).
