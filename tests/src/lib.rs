@@ -21,6 +21,8 @@
 //!   to it as network namespaces (a small kubelet).
 //! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
 //! - [`apiserver`] is a stand-in Kubernetes API server answering TokenReviews.
+//! - [`cluster`] is a real Kubernetes control plane (etcd, kube-apiserver,
+//!   kube-controller-manager, kube-scheduler) built once by tests/cluster/build.sh.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
@@ -36,6 +38,7 @@ pub mod apiserver;
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod cluster;
 pub mod control;
 pub mod control_ca;
 pub mod data;

@@ -11,7 +11,10 @@
 //!
 //! Results are not cached: a proxy asks once per certificate lifetime (about every
 //! 17 h by default), so the API server's load is negligible, and without a cache a
-//! token invalidated by deleting its pod is refused at once.
+//! token invalidated by deleting its pod is refused as soon as the API server stops
+//! accepting it: kube-apiserver itself remembers a successful authentication for
+//! 10 s (`TokenSuccessCacheTTL`), so a review within 10 s of the last one may still
+//! accept the token of a pod deleted in between.
 //!
 //! Failing to ask (API server unreachable, slow, refusing our own credentials) is
 //! [`ProofError::Unavailable`], never a rejection: the proxy retries with backoff.

@@ -4,7 +4,9 @@
 //! across fields that `MeshSpec::validate` makes, so most mistakes are refused at
 //! `kubectl apply` instead of being rejected later by the control plane.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResource;
 use kube::CustomResourceExt as _;
 use kube::KubeSchema;
@@ -274,13 +276,63 @@ pub struct Authorization {
 
 /// File name (under deploy/k8s/crds/) and CRD of each of Weft's custom resources.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![
+    let mut crds = vec![
         ("trafficpolicies.weft.io.yaml", TrafficPolicy::crd()),
         (
             "inboundauthorizations.weft.io.yaml",
             InboundAuthorization::crd(),
         ),
-    ]
+    ];
+    for (_, crd) in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Rewrites the integer formats schemars derives from Rust types (`uint16`,
+/// `uint32`, ...) to the two the API server knows, `int32` and `int64`: it ignores
+/// any other and warns about each on every `kubectl apply`. The bounds stay in
+/// `minimum`/`maximum`.
+fn kubernetes_formats(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer")
+        && let Some(format) = schema.format.as_mut()
+        && format != "int32"
+        && format != "int64"
+    {
+        *format = match format.as_str() {
+            "int8" | "int16" | "uint8" | "uint16" => "int32",
+            _ => "int64",
+        }
+        .to_string();
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.not.as_deref_mut());
+    let items: Vec<&mut JSONSchemaProps> = match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => vec![s.as_mut()],
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().collect(),
+        None => Vec::new(),
+    };
+    let additional = match schema.additional_properties.as_mut() {
+        Some(JSONSchemaPropsOrBool::Schema(s)) => Some(s.as_mut()),
+        _ => None,
+    };
+    for child in children.chain(items).chain(additional) {
+        kubernetes_formats(child);
+    }
 }
 
 /// The checked-in text of one CRD file.
