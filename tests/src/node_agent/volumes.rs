@@ -246,9 +246,8 @@ pub async fn token(
         ..Default::default()
     };
     let api = Api::<ServiceAccount>::namespaced(client.clone(), ns);
-    let body = serde_json::to_vec(&request).context("encode the TokenRequest")?;
     let answer: TokenRequest = api
-        .create_subresource("token", &sa, &PostParams::default(), &body)
+        .create_subresource("token", &sa, &PostParams::default(), &request)
         .await
         .with_context(|| format!("TokenRequest for serviceaccount {ns}/{sa}"))?;
     let token = answer.status.map(|s| s.token).unwrap_or_default();
