@@ -131,6 +131,17 @@ impl NodeAgent {
         self.ctx.bridge.cidr()
     }
 
+    /// The output of one container of pod `ns/name` so far.
+    pub fn container_log(&self, ns: &str, name: &str, container: &str) -> String {
+        pod::container_log(self.dir.path(), ns, name, container)
+    }
+
+    /// The interfaces plugged into the bridge now (one per pod): a capture on
+    /// the bridge itself misses what it forwards port to port.
+    pub fn bridge_ports(&self) -> Vec<String> {
+        network::ports(&self.ctx.bridge.name)
+    }
+
     /// Every container's output so far, for a failed test.
     pub fn logs(&self) -> String {
         pod::logs(self.dir.path())

@@ -70,6 +70,18 @@ fn remove_stale_bridges() {
     }
 }
 
+/// The interfaces enslaved to bridge `name`.
+pub fn ports(name: &str) -> Vec<String> {
+    let Ok(out) = ip(&["-o", "link", "show", "master", name]) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The pod subnet of one node; removed on drop.
 pub struct Bridge {
     pub name: String,

@@ -299,11 +299,41 @@ impl Life {
         self.phase = "Running";
         loop {
             self.tick().await;
+            if let Some(phase) = self.completed() {
+                // The kubelet stops the sidecars once the pod's own containers
+                // are done, so a Job's pod completes.
+                let sidecars: Vec<usize> = (0..self.boxes.len())
+                    .filter(|&i| self.boxes[i].init)
+                    .rev()
+                    .collect();
+                let grace = Instant::now() + Duration::from_secs(10);
+                for i in sidecars {
+                    self.stop(&[i], grace).await;
+                }
+                self.phase = phase;
+                self.report().await;
+                wait_for_deletion(updates).await;
+                return Ok(());
+            }
             self.report().await;
             if self.pause(updates, TICK).await {
                 return Ok(());
             }
         }
+    }
+
+    /// `Succeeded` or `Failed` once every app container has exited for good.
+    fn completed(&self) -> Option<&'static str> {
+        let mut apps = self.boxes.iter().filter(|b| !b.init).peekable();
+        apps.peek()?;
+        let mut all_zero = true;
+        for b in apps {
+            match &b.state {
+                State::Terminated { code, .. } if !b.restartable => all_zero &= *code == 0,
+                _ => return None,
+            }
+        }
+        Some(if all_zero { "Succeeded" } else { "Failed" })
     }
 
     /// Sleeps `d`, taking in updates; true once the pod is being deleted.
@@ -772,6 +802,29 @@ fn ready_endpoint<'a>(slices: &'a [EndpointSlice], ns: &str, service: &str) -> O
         .flat_map(|s| s.endpoints.iter())
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
         .find_map(|e| e.addresses.first().map(String::as_str))
+}
+
+/// The output of container `container` of pod `ns/name` (every pod of that name
+/// this node ran, oldest first).
+pub fn container_log(dir: &Path, ns: &str, name: &str, container: &str) -> String {
+    let mut dirs: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| {
+            d.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{ns}_{name}_"))
+        })
+        .filter_map(|d| Some((d.metadata().ok()?.modified().ok()?, d.path())))
+        .collect();
+    dirs.sort();
+    dirs.iter()
+        .map(|(_, d)| {
+            std::fs::read_to_string(d.join(format!("{ns}-{name}-{container}.log")))
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Where a pod's container logs are: for a test that failed.

@@ -1,0 +1,237 @@
+//! The checkout example as a user runs it: Weft installed from deploy/k8s, then
+//! `kubectl apply -k deploy/k8s/examples/checkout` on a real cluster whose pods run
+//! on the test node. Every pod becomes Ready (probes through the sidecars), the
+//! load generator's traffic through web, orders, payments, notifications and users
+//! succeeds, and between pod IPs the bridge carries only TLS.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT, deploy_dir};
+use weft_tests::metrics::Metrics;
+use weft_tests::process::Process;
+use weft_tests::{admin, eventually, netns};
+
+const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
+const ADMIN_PORT: u16 = 7191;
+
+/// A load generator pod in the meshed namespace (so injected), calling web by its
+/// Service name: `rps` requests a second for `seconds`.
+fn loadgen(name: &str, rps: u32, seconds: u32) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
+            "containers": [{
+                "name": "loadgen",
+                "image": "weft/weft-examples:0.1.0",
+                "command": ["/usr/local/bin/loadgen"],
+                "env": [
+                    {"name": "TARGET_URL", "value": "http://web:8080"},
+                    {"name": "LOADGEN_RPS", "value": rps.to_string()},
+                    {"name": "LOADGEN_DURATION", "value": seconds.to_string()},
+                    {"name": "LOADGEN_CONCURRENCY", "value": "8"}
+                ]
+            }]
+        }
+    }))
+    .expect("a pod")
+}
+
+/// `sent= ok= failed=` from the load generator's summary line.
+fn summary(log: &str) -> Option<(u64, u64, u64)> {
+    let line = log.lines().rev().find(|l| l.contains("sent="))?;
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("sent=")?, field("ok=")?, field("failed=")?))
+}
+
+/// Runs a load generator pod to completion; its (sent, ok, failed).
+async fn run_loadgen(mesh: &KubeMesh, name: &str, rps: u32, seconds: u32) -> (u64, u64, u64) {
+    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout");
+    pods.create(&PostParams::default(), &loadgen(name, rps, seconds))
+        .await
+        .expect("create the load generator");
+    let limit = ROLLOUT_LIMIT + Duration::from_secs(seconds.into());
+    let phase = eventually(limit, "load generator done", || async {
+        let p = pods.get(name).await.ok()?;
+        let phase = p.status?.phase?;
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    })
+    .await;
+    let log = mesh.node.container_log("checkout", name, "loadgen");
+    let counts = summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
+    assert_eq!(phase, "Succeeded", "{log}");
+    counts
+}
+
+/// The Ready pods of each example service, by their app label.
+async fn pods_by_service(mesh: &KubeMesh) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout")
+        .list(&ListParams::default())
+        .await
+        .expect("list pods");
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for p in pods.items {
+        let Some(app) = p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .cloned()
+        else {
+            continue;
+        };
+        if let Some(ip) = p
+            .status
+            .and_then(|s| s.pod_ip)
+            .and_then(|ip| ip.parse().ok())
+        {
+            out.entry(app).or_default().push(ip);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
+    let test = "the_checkout_example_runs_meshed_with_only_tls_between_pods";
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {test}: tshark is not installed");
+        return;
+    }
+    let Some(mesh) = KubeMesh::start(test).await.expect("cluster with Weft") else {
+        return;
+    };
+    let example = deploy_dir().join("examples/checkout");
+    mesh.cluster
+        .kubectl(&["apply", "-k", &example.to_string_lossy()])
+        .expect("kubectl apply -k deploy/k8s/examples/checkout");
+    for s in SERVICES {
+        mesh.wait_rollout("checkout", s)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let by_service = pods_by_service(&mesh).await;
+    for s in SERVICES {
+        assert_eq!(by_service.get(s).map(Vec::len), Some(2), "{by_service:?}");
+    }
+
+    // Capture on every pod's bridge port. The test knocks on a closed port of
+    // each pod until tshark has printed a knock from each: then it is live, and
+    // after the traffic, everything before the knocks was read.
+    let gateway = mesh.node.host_ip();
+    let pcap = mesh.cluster.dir().join("checkout.pcapng");
+    let pcap_arg = pcap.to_string_lossy().into_owned();
+    let mut tshark = std::process::Command::new("tshark");
+    for port in mesh.node.bridge_ports() {
+        tshark.args(["-i", &port]);
+    }
+    tshark.args(["-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
+    let mut capture = Process::spawn("tshark", tshark, mesh.cluster.dir()).expect("start tshark");
+    let all_ips: Vec<Ipv4Addr> = by_service.values().flatten().copied().collect();
+    let knock = |seen_before: usize| {
+        let ips = all_ips.clone();
+        let capture = &capture;
+        async move {
+            eventually(Duration::from_secs(30), "tshark prints the knocks", || {
+                let ips = ips.clone();
+                async move {
+                    for ip in &ips {
+                        let _ = admin::get(SocketAddr::from((*ip, 9)), "/").await;
+                    }
+                    let out = capture.output();
+                    ips.iter()
+                        .all(|ip| out.matches(&format!("{gateway} → {ip} ")).count() > seen_before)
+                        .then_some(())
+                }
+            })
+            .await;
+        }
+    };
+    knock(0).await;
+    let (sent, ok, failed) = run_loadgen(&mesh, "loadgen", 20, 5).await;
+    assert!(
+        sent >= 50 && ok == sent && failed == 0,
+        "sent={sent} ok={ok} failed={failed}"
+    );
+    let seen = all_ips
+        .iter()
+        .map(|ip| {
+            capture
+                .output()
+                .matches(&format!("{gateway} → {ip} "))
+                .count()
+        })
+        .min()
+        .unwrap_or(0);
+    knock(seen).await;
+    capture
+        .signal(nix::sys::signal::Signal::SIGINT)
+        .expect("stop tshark");
+    capture
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("tshark exits");
+
+    // Every service's sidecars served requests: the traffic went through all five.
+    for (service, ips) in &by_service {
+        let mut served = 0.0;
+        for ip in ips {
+            let reply = admin::get(SocketAddr::from((*ip, ADMIN_PORT)), "/metrics")
+                .await
+                .expect("proxy /metrics on the pod IP");
+            served +=
+                Metrics::parse(&reply.body).sum("weft_requests_total", &[("direction", "inbound")]);
+        }
+        assert!(
+            served > 0.0,
+            "no inbound requests through {service}'s proxies"
+        );
+    }
+
+    let subnet = mesh.node.pod_cidr();
+    let between_pods = format!(
+        "ip.src == {subnet} && ip.dst == {subnet} && ip.src != {gateway} && ip.dst != {gateway} && tcp.len > 0"
+    );
+    let read = |filter: &str| {
+        let out = std::process::Command::new("tshark")
+            // Heuristics first: by port alone tshark would take 8080 for HTTP and
+            // not look for TLS there (the heuristics still find plaintext HTTP).
+            .args([
+                "-o",
+                "tcp.try_heuristic_first:TRUE",
+                "-r",
+                &pcap_arg,
+                "-Y",
+                filter,
+            ])
+            .args(["-T", "fields", "-e", "frame.number"])
+            .output()
+            .expect("tshark -r");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let payload = read(&between_pods);
+    let tls = read(&format!("({between_pods}) && tls"));
+    let plain = read(&format!(
+        "({between_pods}) && (http || http2 || grpc || json)"
+    ));
+    eprintln!(
+        "checkout: loadgen sent={sent} ok={ok} failed={failed}; between pod IPs {payload} data packets, {tls} TLS, {plain} plaintext"
+    );
+    assert!(tls > 0, "no TLS between pod IPs ({payload} data packets)");
+    assert_eq!(
+        plain, 0,
+        "plaintext between pod IPs (of {payload} data packets, {tls} TLS)"
+    );
+}
