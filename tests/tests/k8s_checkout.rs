@@ -18,6 +18,8 @@ use weft_tests::{admin, eventually, netns};
 
 const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
 const ADMIN_PORT: u16 = 7191;
+/// Long enough for orders to scale 1 -> 3 -> 1 and restart while it runs.
+const CHURN_LOAD_SECONDS: u32 = 60;
 
 /// A load generator pod in the meshed namespace (so injected), calling web by its
 /// Service name: `rps` requests a second for `seconds`.
@@ -102,17 +104,10 @@ async fn pods_by_service(mesh: &KubeMesh) -> BTreeMap<String, Vec<Ipv4Addr>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
-    let test = "the_checkout_example_runs_meshed_with_only_tls_between_pods";
-    if !netns::on_path("tshark") {
-        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
-        eprintln!("SKIPPED {test}: tshark is not installed");
-        return;
-    }
-    let Some(mesh) = KubeMesh::start(test).await.expect("cluster with Weft") else {
-        return;
-    };
+/// Weft and the checkout example installed, every deployment rolled out; the
+/// pods' IPs by service. `None`: skipped.
+async fn installed(test: &str) -> Option<(KubeMesh, BTreeMap<String, Vec<Ipv4Addr>>)> {
+    let mesh = KubeMesh::start(test).await.expect("cluster with Weft")?;
     let example = deploy_dir().join("examples/checkout");
     mesh.cluster
         .kubectl(&["apply", "-k", &example.to_string_lossy()])
@@ -126,6 +121,21 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
     for s in SERVICES {
         assert_eq!(by_service.get(s).map(Vec::len), Some(2), "{by_service:?}");
     }
+
+    Some((mesh, by_service))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
+    let test = "the_checkout_example_runs_meshed_with_only_tls_between_pods";
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {test}: tshark is not installed");
+        return;
+    }
+    let Some((mesh, by_service)) = installed(test).await else {
+        return;
+    };
 
     // Capture on every pod's bridge port. The test knocks on a closed port of
     // each pod until tshark has printed a knock from each: then it is live, and
@@ -233,5 +243,83 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
     assert_eq!(
         plain, 0,
         "plaintext between pod IPs (of {payload} data packets, {tls} TLS)"
+    );
+}
+
+/// Under load, orders scaled 1 -> 3 -> 1 and then restarted: no request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: 4-5 of ~1200 requests are lost while orders pods terminate (the app \
+            gets SIGTERM as its endpoint is withdrawn, before the proxies stop sending to it)"]
+async fn scaling_and_restarting_orders_under_load_loses_no_request() {
+    let test = "scaling_and_restarting_orders_under_load_loses_no_request";
+    let Some((mesh, _)) = installed(test).await else {
+        return;
+    };
+    // Under load: orders scaled 1 -> 3 -> 1, then a rollout restart; no request
+    // may fail meanwhile.
+    let kubectl = |args: &[&str]| {
+        mesh.cluster
+            .kubectl(args)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    };
+    let rollout = |name: &'static str| {
+        let mesh = &mesh;
+        async move {
+            mesh.wait_rollout("checkout", name)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    };
+    kubectl(&[
+        "-n",
+        "checkout",
+        "scale",
+        "deployment/orders",
+        "--replicas=1",
+    ]);
+    rollout("orders").await;
+    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout");
+    pods.create(
+        &PostParams::default(),
+        &loadgen("loadgen-churn", 20, CHURN_LOAD_SECONDS),
+    )
+    .await
+    .expect("create the load generator");
+    eventually(ROLLOUT_LIMIT, "load generator running", || async {
+        let phase = pods.get("loadgen-churn").await.ok()?.status?.phase?;
+        (phase == "Running").then_some(())
+    })
+    .await;
+    for replicas in ["--replicas=3", "--replicas=1"] {
+        kubectl(&["-n", "checkout", "scale", "deployment/orders", replicas]);
+        rollout("orders").await;
+    }
+    kubectl(&["-n", "checkout", "rollout", "restart", "deployment/orders"]);
+    rollout("orders").await;
+    let phase = pods
+        .get("loadgen-churn")
+        .await
+        .expect("load generator")
+        .status
+        .and_then(|s| s.phase);
+    assert_eq!(
+        phase.as_deref(),
+        Some("Running"),
+        "the load stopped before the scaling and the restart were done"
+    );
+    let phase = eventually(ROLLOUT_LIMIT, "load generator done", || async {
+        let phase = pods.get("loadgen-churn").await.ok()?.status?.phase?;
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    })
+    .await;
+    let log = mesh
+        .node
+        .container_log("checkout", "loadgen-churn", "loadgen");
+    let (sent, ok, failed) =
+        summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
+    eprintln!("checkout: under scaling and restart, loadgen sent={sent} ok={ok} failed={failed}");
+    assert!(
+        sent > 0 && ok == sent && failed == 0,
+        "requests lost while orders scaled and restarted: sent={sent} ok={ok} failed={failed}\n{log}"
     );
 }
