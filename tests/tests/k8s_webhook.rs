@@ -5,6 +5,7 @@
 //! projected token and makes the pod Ready through the rewritten probe. With the
 //! webhook down, `failurePolicy: Fail` keeps unmeshed pods out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -105,6 +106,61 @@ async fn the_apiserver_injects_through_the_webhook_and_fails_closed_without_it()
             ("weft-proxy".to_string(), None, true)
         ]
     );
+
+    // The sidecar runs with exactly the environment the injector wrote (field
+    // references resolved), plus what every container gets from the kubelet.
+    let proxy_status = statuses
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|s| s.name == "weft-proxy")
+        .expect("weft-proxy status");
+    let pid = proxy_status
+        .container_id
+        .as_deref()
+        .and_then(|id| id.strip_prefix("weft-test://"))
+        .expect("the test node's container id is the pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the sidecar's environment");
+    let mut running: BTreeMap<String, String> = environ
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect();
+    for kubelet_adds in [
+        "PATH",
+        "HOSTNAME",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+    ] {
+        assert!(
+            running.remove(kubelet_adds).is_some(),
+            "{kubelet_adds} missing"
+        );
+    }
+    let pod_ip = statuses.pod_ip.clone().expect("pod IP");
+    let written: BTreeMap<String, String> = init[1]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
+                Some(f) => match f.field_path.as_str() {
+                    "metadata.name" => "users".to_string(),
+                    "metadata.namespace" => "meshed".to_string(),
+                    "spec.serviceAccountName" => "default".to_string(),
+                    "status.podIP" => pod_ip.clone(),
+                    other => panic!("unexpected field reference {other}"),
+                },
+                None => e.value.clone().unwrap_or_default(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    assert_eq!(running, written);
 
     // The webhook down: failurePolicy Fail refuses pods it should have seen.
     c.kubectl(&[

@@ -248,6 +248,8 @@ pub fn script(
                 .join(",")
         )
     };
+    // The image's working directory, and none of the shell's own variables.
+    s.push_str("cd /\nunset PWD OLDPWD\n");
     let _ = write!(
         s,
         "exec setpriv --reuid {} --regid {} {groups} --pdeathsig KILL -- {}",
