@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use std::fmt::Write as _;
@@ -29,6 +31,46 @@ pub struct KubeMesh {
     pub node: NodeAgent,
     pub client: kube::Client,
     pub cluster: Cluster,
+}
+
+/// Prometheus with Kubernetes service discovery, from tests/cluster/prometheus.sh
+/// (built once into the cluster cache: Debian's prometheus has no
+/// `kubernetes_sd_configs`). `None` after saying why `test` is skipped when Go is
+/// missing; under `CI=true` that, and a failed build, panic.
+pub fn prometheus_binary(test: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, Option<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/prometheus.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| Some(format!("cannot run {}: {e}", script.display())))?;
+        match out.status.code() {
+            Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
+            Some(3) => Err(None),
+            _ => Err(Some(format!(
+                "{} failed ({})",
+                script.display(),
+                out.status
+            ))),
+        }
+    });
+    match built {
+        Ok(path) => Some(path.clone()),
+        Err(Some(why)) => panic!("{test}: {why}"),
+        Err(None) => {
+            let why =
+                "Go is not installed, so Prometheus with Kubernetes discovery cannot be built";
+            assert!(
+                !crate::tools::in_ci(),
+                "{test}: {why}; CI=true, so this is a failure"
+            );
+            eprintln!("\n******** SKIPPED {test}: {why} ********\n");
+            None
+        }
+    }
 }
 
 /// The repository's `deploy/k8s`.

@@ -11,9 +11,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT, deploy_dir};
+use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT, deploy_dir, prometheus_binary};
 use weft_tests::metrics::Metrics;
 use weft_tests::process::Process;
+use weft_tests::prometheus::Prometheus;
 use weft_tests::{admin, eventually, netns};
 
 const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
@@ -74,6 +75,38 @@ async fn run_loadgen(mesh: &KubeMesh, name: &str, rps: u32, seconds: u32) -> (u6
     let counts = summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
     assert_eq!(phase, "Succeeded", "{log}");
     counts
+}
+
+/// prometheus.yml: a 1 s interval and the jobs of deploy/k8s's
+/// `weft-prometheus-scrape` ConfigMap as installed, each pod discovery told where
+/// the API server is (a Prometheus outside the cluster has no in-cluster config).
+fn scrape_config(mesh: &KubeMesh) -> String {
+    let jobs = mesh
+        .cluster
+        .kubectl(&[
+            "-n",
+            "weft-system",
+            "get",
+            "configmap",
+            "weft-prometheus-scrape",
+            "-o",
+            "jsonpath={.data.weft-scrape\\.yml}",
+        ])
+        .expect("the scrape ConfigMap");
+    let kubeconfig = mesh.cluster.kubeconfig().display().to_string();
+    let mut out = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n");
+    for line in jobs.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if let Some(indent) = line.strip_suffix("- role: pod") {
+            out.push_str(&format!("{indent}  kubeconfig_file: {kubeconfig}\n"));
+        }
+    }
+    assert!(
+        out.contains("kubeconfig_file"),
+        "no pod discovery in:\n{jobs}"
+    );
+    out
 }
 
 /// The Ready pods of each example service, by their app label.
@@ -207,6 +240,41 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
         assert!(
             served > 0.0,
             "no inbound requests through {service}'s proxies"
+        );
+    }
+
+    // A Prometheus started here with deploy/k8s's scrape jobs, discovering pods
+    // through the API server, finds every proxy and gets weft_ series.
+    if let Some(binary) = prometheus_binary(test) {
+        let prometheus = Prometheus::start_with_config(&binary, &scrape_config(&mesh))
+            .await
+            .expect("start prometheus");
+        let proxies: usize = by_service.values().map(Vec::len).sum();
+        let up = prometheus
+            .wait_query(
+                "up{job=\"weft-proxies\", namespace=\"checkout\"} == 1",
+                |s| s.len() >= proxies,
+                Duration::from_secs(60),
+            )
+            .await;
+        let requests = prometheus
+            .wait_query(
+                "weft_requests_total{job=\"weft-proxies\", namespace=\"checkout\"}",
+                |s| !s.is_empty(),
+                Duration::from_secs(60),
+            )
+            .await;
+        prometheus
+            .wait_query(
+                "up{job=\"weft-control-plane\"} == 1",
+                |s| s.len() == 2,
+                Duration::from_secs(60),
+            )
+            .await;
+        eprintln!(
+            "checkout: prometheus scrapes {} proxies, {} weft_requests_total series",
+            up.len(),
+            requests.len()
         );
     }
 
