@@ -19,6 +19,8 @@ use anyhow::{Context as _, bail};
 const SECOND_OCTET: u8 = 251;
 /// Bridges are named `wfb<pid>-<n>`: a later test run removes those of dead runs.
 const BRIDGE_PREFIX: &str = "wfb";
+/// Pod veths (host side) are `wv<pid>.<n>`.
+const VETH_PREFIX: &str = "wv";
 
 static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
 static NEXT_POD: AtomicU32 = AtomicU32::new(0);
@@ -47,9 +49,10 @@ fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("cannot write {path}"))
 }
 
-/// Deletes bridges left by test processes that are gone (killed before drop).
-fn remove_stale_bridges() {
-    let Ok(out) = ip(&["-o", "link", "show", "type", "bridge"]) else {
+/// Deletes bridges and pod veths left by test processes that are gone (killed
+/// before drop, or a veth whose namespace outlived its deletion).
+fn remove_stale_links() {
+    let Ok(out) = ip(&["-o", "link", "show"]) else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -60,6 +63,10 @@ fn remove_stale_bridges() {
         let Some(pid) = name
             .strip_prefix(BRIDGE_PREFIX)
             .and_then(|rest| rest.split('-').next())
+            .or_else(|| {
+                name.strip_prefix(VETH_PREFIX)
+                    .and_then(|rest| rest.split('.').next())
+            })
             .and_then(|pid| pid.parse::<u32>().ok())
         else {
             continue;
@@ -95,7 +102,7 @@ pub struct Bridge {
 impl Bridge {
     /// A new bridge; `service_cidr` (the Service range) is routed into its pods.
     pub fn create(service_cidr: &str) -> anyhow::Result<Arc<Bridge>> {
-        remove_stale_bridges();
+        remove_stale_links();
         crate::netns::remove_stale_namespaces();
         let n = NEXT_SUBNET.fetch_add(1, Ordering::SeqCst);
         let subnet = u8::try_from(n % 250).unwrap_or(0) + 1;
@@ -139,7 +146,7 @@ impl Bridge {
         let sandbox = Sandbox {
             // netns' stale-namespace cleanup recognises `weft-<pid>-…`.
             netns: format!("weft-{pid}-k{k}"),
-            veth: format!("wv{pid}.{k}"),
+            veth: format!("{VETH_PREFIX}{pid}.{k}"),
             ip: Ipv4Addr::new(10, SECOND_OCTET, self.subnet, host),
             host,
             bridge: self.clone(),
