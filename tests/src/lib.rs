@@ -18,6 +18,10 @@
 //! - [`h2spec`] builds and runs the HTTP/2 conformance checker h2spec.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
+//! - [`node_agent`] registers a Node with a real API server and runs the pods bound
+//!   to it as network namespaces (a small kubelet).
+//! - [`kube_mesh`] is a cluster with a node agent and Weft installed from
+//!   `deploy/k8s` (control plane and injector as pods).
 //! - [`control`] runs `weft-control serve` on a mesh file the test rewrites.
 //! - [`apiserver`] is a stand-in Kubernetes API server answering TokenReviews.
 //! - [`cluster`] is a real Kubernetes control plane (etcd, kube-apiserver,
@@ -45,9 +49,11 @@ pub mod demo;
 pub mod grpc;
 pub mod h2spec;
 pub mod hops;
+pub mod kube_mesh;
 pub mod load;
 pub mod metrics;
 pub mod netns;
+pub mod node_agent;
 pub mod ports;
 pub mod process;
 pub mod prometheus;

@@ -120,6 +120,12 @@ fn ip(args: &[&str]) -> anyhow::Result<Output> {
     run(Command::new("ip").args(args))
 }
 
+/// Once per test process: removes the namespaces that test processes now gone
+/// left behind (also those of [`crate::node_agent`]'s pods).
+pub fn remove_stale_namespaces() {
+    CLEAN_STALE.call_once(clean_stale);
+}
+
 /// Removes namespaces (and their processes) left by test processes that are gone.
 fn clean_stale() {
     let Ok(out) = ip(&["netns", "list"]) else {

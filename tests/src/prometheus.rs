@@ -46,12 +46,18 @@ impl Prometheus {
         jobs: &[Job],
         scrape_interval: Duration,
     ) -> anyhow::Result<Prometheus> {
+        Self::start_with_config(binary, &config_yaml(jobs, scrape_interval)).await
+    }
+
+    /// Starts `binary` with `config` (a whole prometheus.yml) and waits until ready.
+    pub async fn start_with_config(binary: &Path, config: &str) -> anyhow::Result<Prometheus> {
         let dir = tempfile::Builder::new()
             .prefix("weft-e2e-prometheus-")
             .tempdir()
             .context("cannot create a temp dir")?;
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_yaml(jobs, scrape_interval))?;
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config)?;
+        let config = config_file;
         let addr = free_addr();
         let mut cmd = Command::new(binary);
         cmd.arg(format!("--config.file={}", config.display()))

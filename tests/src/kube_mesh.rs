@@ -1,0 +1,277 @@
+//! A real cluster ([`crate::cluster`]) with a node ([`crate::node_agent`]) and
+//! Weft's control plane installed from `deploy/k8s` the way an operator installs
+//! it: the certificate Secrets, `kubectl apply -k deploy/k8s`, the webhook's
+//! caBundle; weft-control and the injector then run as pods on the test node.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use std::fmt::Write as _;
+
+use anyhow::bail;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::cluster::{Cluster, ClusterOptions, SERVICE_CIDR};
+use crate::node_agent::{Bridge, NodeAgent, NodeConfig};
+
+/// How long a rollout (pods scheduled, started and Ready) may take.
+pub const ROLLOUT_LIMIT: Duration = Duration::from_secs(180);
+
+pub struct KubeMesh {
+    // Dropped first: the pods stop before the cluster does.
+    pub node: NodeAgent,
+    pub client: kube::Client,
+    pub cluster: Cluster,
+}
+
+/// Prometheus with Kubernetes service discovery, from tests/cluster/prometheus.sh
+/// (built once into the cluster cache: Debian's prometheus has no
+/// `kubernetes_sd_configs`). `None` after saying why `test` is skipped when Go is
+/// missing; under `CI=true` that, and a failed build, panic.
+pub fn prometheus_binary(test: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, Option<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/prometheus.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| Some(format!("cannot run {}: {e}", script.display())))?;
+        match out.status.code() {
+            Some(0) => Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())),
+            Some(3) => Err(None),
+            _ => Err(Some(format!(
+                "{} failed ({})",
+                script.display(),
+                out.status
+            ))),
+        }
+    });
+    match built {
+        Ok(path) => Some(path.clone()),
+        Err(Some(why)) => panic!("{test}: {why}"),
+        Err(None) => {
+            let why =
+                "Go is not installed, so Prometheus with Kubernetes discovery cannot be built";
+            assert!(
+                !crate::tools::in_ci(),
+                "{test}: {why}; CI=true, so this is a failure"
+            );
+            eprintln!("\n******** SKIPPED {test}: {why} ********\n");
+            None
+        }
+    }
+}
+
+/// The repository's `deploy/k8s`.
+pub fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
+}
+
+impl KubeMesh {
+    /// A cluster and its node, without Weft. `None`: skipped (the test bed or the
+    /// cluster's programs are missing, and CI is not set).
+    pub async fn node_only(test: &str) -> anyhow::Result<Option<KubeMesh>> {
+        if !crate::netns::available(test) {
+            return Ok(None);
+        }
+        let bridge = Bridge::create(SERVICE_CIDR)?;
+        let options = ClusterOptions {
+            bind_address: IpAddr::V4(bridge.gateway()),
+        };
+        let Some(cluster) = Cluster::start_with(test, options)? else {
+            return Ok(None);
+        };
+        let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let node = NodeAgent::start(
+            client.clone(),
+            NodeConfig {
+                name: "weft-test-node".into(),
+                bridge,
+                apiserver: Some(cluster.api_addr()),
+            },
+        )
+        .await?;
+        Ok(Some(KubeMesh {
+            node,
+            client,
+            cluster,
+        }))
+    }
+
+    /// [`KubeMesh::node_only`] with Weft installed and its pods Ready.
+    pub async fn start(test: &str) -> anyhow::Result<Option<KubeMesh>> {
+        let Some(mesh) = Self::node_only(test).await? else {
+            return Ok(None);
+        };
+        let c = &mesh.cluster;
+        c.apply(&std::fs::read_to_string(
+            deploy_dir().join("namespace.yaml"),
+        )?)?;
+        let webhook_ca = create_weft_secrets(c)?;
+        c.kubectl(&["apply", "-k", &deploy_dir().to_string_lossy()])?;
+        let bundle = base64(webhook_ca.as_bytes());
+        let patch = format!(
+            "[{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"{bundle}\"}},\
+              {{\"op\":\"add\",\"path\":\"/webhooks/1/clientConfig/caBundle\",\"value\":\"{bundle}\"}}]"
+        );
+        c.kubectl(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "weft-injector",
+            "--type=json",
+            "-p",
+            &patch,
+        ])?;
+        for d in ["weft-control", "weft-injector"] {
+            mesh.wait_rollout("weft-system", d).await?;
+        }
+        Ok(Some(mesh))
+    }
+
+    /// Waits until deployment `ns/name` has all its replicas updated and Ready;
+    /// fails with every pod's state and the containers' output otherwise.
+    pub async fn wait_rollout(&self, ns: &str, name: &str) -> anyhow::Result<()> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), ns);
+        let deadline = tokio::time::Instant::now() + ROLLOUT_LIMIT;
+        loop {
+            let d = api.get(name).await?;
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let generation = d.metadata.generation;
+            if let Some(s) = &d.status
+                && s.observed_generation == generation
+                && s.updated_replicas.unwrap_or(0) == want
+                && s.ready_replicas.unwrap_or(0) == want
+                && s.replicas.unwrap_or(0) == want
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "deployment {ns}/{name} not rolled out within {ROLLOUT_LIMIT:?}: {:?}\n{}\n{}",
+                    d.status,
+                    self.pod_states().await,
+                    self.node.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Every pod's phase, conditions and container states, for a failure message.
+    pub async fn pod_states(&self) -> String {
+        let pods = match Api::<Pod>::all(self.client.clone())
+            .list(&Default::default())
+            .await
+        {
+            Ok(p) => p.items,
+            Err(e) => return format!("cannot list pods: {e}"),
+        };
+        let mut out = String::new();
+        for p in pods {
+            let s = p.status.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "pod {}/{} on {:?}: {:?} {:?} ip {:?}",
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+                p.spec.and_then(|s| s.node_name),
+                s.phase,
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .map(|c| format!("{}={}", c.type_, c.status))
+                    .collect::<Vec<_>>(),
+                s.pod_ip
+            );
+            for c in s
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+            {
+                let _ = writeln!(out, "  {}: ready={} {:?}", c.name, c.ready, c.state);
+            }
+        }
+        out
+    }
+}
+
+/// Creates what `deploy/k8s` expects an operator (or cert-manager) to have made:
+/// Secret `weft-system/weft-identity-ca` (a self-signed mesh CA: `tls.crt` =
+/// `ca.crt`, PKCS#8 `tls.key`) and `weft-system/weft-injector-tls` (the webhook's
+/// serving certificate). Returns the PEM of the CA that signed the webhook's
+/// certificate, for the caBundle.
+// TODO(lead): delete once weft-control creates these itself (wt-bootstrap).
+pub fn create_weft_secrets(cluster: &Cluster) -> anyhow::Result<String> {
+    let mesh_key = KeyPair::generate()?;
+    let mut mesh = CertificateParams::default();
+    mesh.distinguished_name
+        .push(DnType::CommonName, "weft test mesh CA");
+    mesh.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    mesh.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mesh_pem = mesh.self_signed(&mesh_key)?.pem();
+
+    let hook_ca_key = KeyPair::generate()?;
+    let mut hook_ca = CertificateParams::default();
+    hook_ca
+        .distinguished_name
+        .push(DnType::CommonName, "weft test injector CA");
+    hook_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    hook_ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let hook_ca_pem = hook_ca.self_signed(&hook_ca_key)?.pem();
+    let issuer = Issuer::new(hook_ca, hook_ca_key);
+    let hook_key = KeyPair::generate()?;
+    let mut hook = CertificateParams::new(vec![
+        "weft-injector.weft-system.svc".to_string(),
+        "weft-injector.weft-system.svc.cluster.local".to_string(),
+    ])?;
+    hook.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let hook_pem = hook.signed_by(&hook_key, &issuer)?.pem();
+
+    let secret = |name: &str, data: &[(&str, &str)]| {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": "weft-system"},
+            "stringData": data,
+        })
+        .to_string()
+    };
+    cluster.apply(&secret(
+        "weft-identity-ca",
+        &[
+            ("tls.crt", &mesh_pem),
+            ("tls.key", &mesh_key.serialize_pem()),
+            ("ca.crt", &mesh_pem),
+        ],
+    ))?;
+    cluster.apply(&secret(
+        "weft-injector-tls",
+        &[
+            ("tls.crt", &hook_pem),
+            ("tls.key", &hook_key.serialize_pem()),
+        ],
+    ))?;
+    Ok(hook_ca_pem)
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
