@@ -15,10 +15,6 @@ use anyhow::bail;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 
 use crate::cluster::{Cluster, ClusterOptions, SERVICE_CIDR};
 use crate::node_agent::{Bridge, NodeAgent, NodeConfig};
@@ -116,25 +112,10 @@ impl KubeMesh {
         let Some(mesh) = Self::node_only(test).await? else {
             return Ok(None);
         };
+        // The first install as a user makes it: no Secret made by hand; weft-control
+        // creates the mesh CA and the webhook's certificate and sets the caBundle.
         let c = &mesh.cluster;
-        c.apply(&std::fs::read_to_string(
-            deploy_dir().join("namespace.yaml"),
-        )?)?;
-        let webhook_ca = create_weft_secrets(c)?;
         c.kubectl(&["apply", "-k", &deploy_dir().to_string_lossy()])?;
-        let bundle = base64(webhook_ca.as_bytes());
-        let patch = format!(
-            "[{{\"op\":\"add\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"{bundle}\"}},\
-              {{\"op\":\"add\",\"path\":\"/webhooks/1/clientConfig/caBundle\",\"value\":\"{bundle}\"}}]"
-        );
-        c.kubectl(&[
-            "patch",
-            "mutatingwebhookconfiguration",
-            "weft-injector",
-            "--type=json",
-            "-p",
-            &patch,
-        ])?;
         for d in ["weft-control", "weft-injector"] {
             mesh.wait_rollout("weft-system", d).await?;
         }
@@ -207,71 +188,4 @@ impl KubeMesh {
         }
         out
     }
-}
-
-/// Creates what `deploy/k8s` expects an operator (or cert-manager) to have made:
-/// Secret `weft-system/weft-identity-ca` (a self-signed mesh CA: `tls.crt` =
-/// `ca.crt`, PKCS#8 `tls.key`) and `weft-system/weft-injector-tls` (the webhook's
-/// serving certificate). Returns the PEM of the CA that signed the webhook's
-/// certificate, for the caBundle.
-// TODO(lead): delete once weft-control creates these itself (wt-bootstrap).
-pub fn create_weft_secrets(cluster: &Cluster) -> anyhow::Result<String> {
-    let mesh_key = KeyPair::generate()?;
-    let mut mesh = CertificateParams::default();
-    mesh.distinguished_name
-        .push(DnType::CommonName, "weft test mesh CA");
-    mesh.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    mesh.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let mesh_pem = mesh.self_signed(&mesh_key)?.pem();
-
-    let hook_ca_key = KeyPair::generate()?;
-    let mut hook_ca = CertificateParams::default();
-    hook_ca
-        .distinguished_name
-        .push(DnType::CommonName, "weft test injector CA");
-    hook_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    hook_ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let hook_ca_pem = hook_ca.self_signed(&hook_ca_key)?.pem();
-    let issuer = Issuer::new(hook_ca, hook_ca_key);
-    let hook_key = KeyPair::generate()?;
-    let mut hook = CertificateParams::new(vec![
-        "weft-injector.weft-system.svc".to_string(),
-        "weft-injector.weft-system.svc.cluster.local".to_string(),
-    ])?;
-    hook.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let hook_pem = hook.signed_by(&hook_key, &issuer)?.pem();
-
-    let secret = |name: &str, data: &[(&str, &str)]| {
-        let data: serde_json::Map<String, serde_json::Value> = data
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-            .collect();
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": "weft-system"},
-            "stringData": data,
-        })
-        .to_string()
-    };
-    cluster.apply(&secret(
-        "weft-identity-ca",
-        &[
-            ("tls.crt", &mesh_pem),
-            ("tls.key", &mesh_key.serialize_pem()),
-            ("ca.crt", &mesh_pem),
-        ],
-    ))?;
-    cluster.apply(&secret(
-        "weft-injector-tls",
-        &[
-            ("tls.crt", &hook_pem),
-            ("tls.key", &hook_key.serialize_pem()),
-        ],
-    ))?;
-    Ok(hook_ca_pem)
-}
-
-fn base64(data: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(data)
 }

@@ -34,6 +34,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// Until its first success a probe is tried this often, whatever its period, so
 /// that a pod becomes Ready soon after it can.
 const FIRST_PROBE_PERIOD: Duration = Duration::from_millis(500);
+/// How often Secret and ConfigMap volumes are synced again (the kubelet: about a
+/// minute; shorter here, as test pods live for seconds).
+const VOLUME_REFRESH: Duration = Duration::from_secs(2);
 /// Longest wait before restarting a container that exited.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -297,8 +300,16 @@ impl Life {
             }
         }
         self.phase = "Running";
+        let mut next_refresh = Instant::now() + VOLUME_REFRESH;
         loop {
             self.tick().await;
+            if Instant::now() >= next_refresh {
+                next_refresh = Instant::now() + VOLUME_REFRESH;
+                let volumes = self.dir.join("volumes");
+                if let Err(e) = volumes::refresh(&self.ctx.client, &self.pod, &volumes).await {
+                    eprintln!("node agent: refreshing volumes: {e:#}");
+                }
+            }
             if let Some(phase) = self.completed() {
                 // The kubelet stops the sidecars once the pod's own containers
                 // are done, so a Job's pod completes.

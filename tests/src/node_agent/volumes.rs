@@ -4,7 +4,9 @@
 //! pod), downward API fields, and empty dirs.
 //!
 //! Tokens are requested once, when the pod starts, and not rotated: a test pod
-//! lives for minutes, a token for an hour.
+//! lives for minutes, a token for an hour. Secret and ConfigMap volumes are synced
+//! again while the pod runs ([`refresh`]), as the kubelet does, so an optional
+//! Secret created after the pod started (weft-control's bootstrap) shows up.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -62,6 +64,34 @@ pub async fn prepare(
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// Writes the Secret and ConfigMap volumes of a running `pod` again where their
+/// objects changed (or appeared, for optional ones).
+pub async fn refresh(client: &kube::Client, pod: &Pod, dir: &Path) -> anyhow::Result<()> {
+    let spec = pod.spec.as_ref().context("the pod has no spec")?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let gid = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    for v in spec.volumes.iter().flatten() {
+        if v.secret.is_none() && v.config_map.is_none() {
+            continue;
+        }
+        let Contents::Files(files) = files(client, pod, ns, v).await? else {
+            continue;
+        };
+        let path = dir.join(&v.name);
+        let writer = Writer { dir: &path, gid };
+        for (name, data, mode) in files {
+            if std::fs::read(path.join(&name)).ok().as_deref() != Some(&data[..]) {
+                writer.write(&name, &data, mode)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 enum Contents {
@@ -272,15 +302,20 @@ impl Writer<'_> {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, data).with_context(|| format!("cannot write {}", path.display()))?;
+        // Written aside and renamed into place: a container reading the file while a
+        // refresh replaces it sees the old content or the new, never half of one.
+        let fresh = path.with_extension("weft-new");
+        std::fs::write(&fresh, data)
+            .with_context(|| format!("cannot write {}", fresh.display()))?;
         // With an fsGroup the kubelet makes files group-owned and group-readable.
         let mut mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
         if let Some(gid) = self.gid {
-            nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            nix::unistd::chown(&fresh, None, Some(nix::unistd::Gid::from_raw(gid)))
                 .with_context(|| format!("cannot chown {}", path.display()))?;
             mode |= 0o040;
         }
-        set_mode(&path, mode)
+        set_mode(&fresh, mode)?;
+        std::fs::rename(&fresh, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
