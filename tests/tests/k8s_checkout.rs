@@ -316,8 +316,6 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
 
 /// Under load, orders scaled 1 -> 3 -> 1 and then restarted: no request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: 4-5 of ~1200 requests are lost while orders pods terminate (the app \
-            gets SIGTERM as its endpoint is withdrawn, before the proxies stop sending to it)"]
 async fn scaling_and_restarting_orders_under_load_loses_no_request() {
     let test = "scaling_and_restarting_orders_under_load_loses_no_request";
     let Some((mesh, _)) = installed(test).await else {

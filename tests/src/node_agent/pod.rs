@@ -707,6 +707,27 @@ impl Life {
     }
 
     async fn stop(&mut self, which: &[usize], deadline: Instant) {
+        // A preStop sleep runs before the signal (the kubelet's order), so the app
+        // keeps serving while its endpoint's withdrawal reaches its callers.
+        let pre_stop = which
+            .iter()
+            .filter(|&&i| self.boxes[i].running())
+            .filter_map(|&i| {
+                let sleep = self.boxes[i]
+                    .spec
+                    .lifecycle
+                    .as_ref()?
+                    .pre_stop
+                    .as_ref()?
+                    .sleep
+                    .as_ref()?;
+                u64::try_from(sleep.seconds).ok()
+            })
+            .max();
+        if let Some(secs) = pre_stop {
+            tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_secs(secs)))
+                .await;
+        }
         for &i in which {
             self.boxes[i].restart_at = None;
             if let Some(p) = self.boxes[i].process() {
