@@ -16,6 +16,7 @@ use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
+use crate::http::headers::conflicting_host;
 use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, serve_handler};
@@ -243,6 +244,11 @@ impl Inbound {
 
     async fn handle(&self, mut req: BoxedRequest, peer: &Peer) -> Response<ProxyBody> {
         let start = now_nanos();
+        if conflicting_host(req.headers()) {
+            self.metrics
+                .proxy_error(ProxyError::MalformedRequest.reason());
+            return ProxyError::MalformedRequest.response();
+        }
         req.headers_mut().remove(CLIENT_ID_HEADER);
         if let Some(requests) = &peer.requests {
             requests.inc();

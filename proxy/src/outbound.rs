@@ -29,7 +29,7 @@ use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
-use crate::http::headers::is_upgrade;
+use crate::http::headers::{conflicting_host, is_upgrade};
 use crate::http::pool::{Key, Pool, connect_to};
 use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, authority_of, serve_handler};
@@ -249,6 +249,11 @@ impl Outbound {
         // The request's one clock read on the way in: its latency, its pick and its
         // first attempt all start here.
         let start = now_nanos();
+        if conflicting_host(req.headers()) {
+            self.unknown
+                .proxy_error(ProxyError::MalformedRequest.reason());
+            return ProxyError::MalformedRequest.response();
+        }
         let want = match dest {
             Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
             Destination::Original(addr) => Dest::Vip(*addr),

@@ -193,3 +193,33 @@ async fn a_clients_malformed_chunked_body_is_its_own_400_and_never_ejects_the_en
         assert_eq!(counted, count, "{reason}");
     }
 }
+
+/// RFC 9112 §3.2: a request with two Host fields is answered 400, not forwarded with
+/// both for the app to pick one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_host_fields_gets_400_and_never_reaches_the_app() {
+    let app = HttpApp::start("a").await.expect("app");
+    let proxy = WeftProxy::start(
+        ProxyConfig::new()
+            .inbound(app.addr)
+            .service(ServiceDef::new("orders").endpoint(app.addr)),
+    )
+    .await
+    .expect("start proxy");
+    for listener in [proxy.outbound(), proxy.inbound()] {
+        let raw = client::raw_exchange(
+            listener,
+            b"GET / HTTP/1.1\r\nhost: orders\r\nhost: evil\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(
+            client::raw_status(&raw),
+            Some(400),
+            "{listener}: {}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    assert_eq!(app.requests(), 0);
+}

@@ -37,15 +37,18 @@ pub(crate) enum ProxyError {
     BadRequestBody,
     /// The client went away before its request body was whole.
     ClientAbort,
+    /// A request no server may accept as it is (two Host fields, RFC 9112 §3.2).
+    MalformedRequest,
 }
 
 impl ProxyError {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             ProxyError::UnknownService => StatusCode::NOT_FOUND,
-            ProxyError::NoAuthority | ProxyError::BadRequestBody | ProxyError::ClientAbort => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::NoAuthority
+            | ProxyError::BadRequestBody
+            | ProxyError::ClientAbort
+            | ProxyError::MalformedRequest => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectRefused | ProxyError::UpstreamReset | ProxyError::TlsFailed => {
                 StatusCode::BAD_GATEWAY
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::Forbidden => "forbidden",
             ProxyError::BadRequestBody => "bad-request-body",
             ProxyError::ClientAbort => "client-abort",
+            ProxyError::MalformedRequest => "malformed-request",
         }
     }
 
@@ -86,6 +90,7 @@ impl ProxyError {
             ProxyError::Forbidden,
             ProxyError::BadRequestBody,
             ProxyError::ClientAbort,
+            ProxyError::MalformedRequest,
         ]
         .into_iter()
         .find(|e| e.reason() == reason)
@@ -97,7 +102,10 @@ impl ProxyError {
     pub(crate) fn grpc_status(self) -> u16 {
         match self {
             ProxyError::UnknownService => 12,
-            ProxyError::NoAuthority | ProxyError::BadRequestBody | ProxyError::ClientAbort => 13,
+            ProxyError::NoAuthority
+            | ProxyError::BadRequestBody
+            | ProxyError::ClientAbort
+            | ProxyError::MalformedRequest => 13,
             ProxyError::Timeout => 4,
             ProxyError::NoEndpoints
             | ProxyError::ConnectRefused
@@ -127,6 +135,7 @@ impl ProxyError {
             ProxyError::Forbidden => "weft: the caller is not allowed by this workload's policy\n",
             ProxyError::BadRequestBody => "weft: the request body is malformed\n",
             ProxyError::ClientAbort => "weft: the client closed before sending the whole request\n",
+            ProxyError::MalformedRequest => "weft: the request has more than one Host field\n",
         }
     }
 

@@ -1,7 +1,7 @@
 //! Hop-by-hop header handling (RFC 9110 §7.6.1): fields that describe one connection
 //! must not be forwarded to the next.
 
-use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
 const KEEP_ALIVE: &str = "keep-alive";
@@ -17,6 +17,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
             name.as_str(),
             KEEP_ALIVE | PROXY_CONNECTION | PROXY_AUTHORIZATION
         )
+}
+
+/// More than one Host field: RFC 9112 §3.2 has a server answer 400, since two
+/// parties reading different ones is how requests get smuggled past routing.
+pub(crate) fn conflicting_host(headers: &HeaderMap) -> bool {
+    headers.get_all(HOST).iter().nth(1).is_some()
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
