@@ -16,6 +16,8 @@ use crate::io::PrefixedIo;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token we accept before the first space of an HTTP/1 request line.
 const MAX_METHOD_LEN: usize = 24;
+/// Longest request line read while telling an unusual method from another protocol.
+const MAX_LINE: usize = 8 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Detected {
@@ -50,16 +52,44 @@ fn classify(buf: &[u8]) -> Verdict {
             Some(_) => Verdict::Done(Detected::Opaque),
         };
     }
-    // An HTTP/1 request line starts with a method token (RFC 9110 tchar, in practice
-    // upper-case letters) followed by a space.
-    for (i, b) in buf.iter().enumerate() {
+    // An HTTP/1 request line starts with a method token (RFC 9110 tchar) and a space.
+    // The usual upper-case methods decide at the space. Any other token (`get`, an
+    // extension method) is HTTP/1 only once the line shows its ` HTTP/1.` version,
+    // so a text protocol that happens to start with a word and a space stays opaque.
+    let mut plain = true;
+    for (i, &b) in buf.iter().enumerate() {
         match b {
-            b' ' if i > 0 => return Verdict::Done(Detected::Http1),
+            b' ' if i > 0 && plain => return Verdict::Done(Detected::Http1),
+            b' ' if i > 0 => return request_line(&buf[i..]),
             b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD_LEN => {}
+            _ if i < MAX_METHOD_LEN && is_tchar(b) => plain = false,
             _ => return Verdict::Done(Detected::Opaque),
         }
     }
     Verdict::NeedMore
+}
+
+/// The rest of a request line after its method: ` target HTTP/1.x` before the line
+/// ends, within `MAX_LINE` bytes.
+fn request_line(rest: &[u8]) -> Verdict {
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => {
+            let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+            let versioned = line.len() >= 9 && line[line.len() - 9..line.len() - 1] == *b" HTTP/1.";
+            Verdict::Done(if versioned {
+                Detected::Http1
+            } else {
+                Detected::Opaque
+            })
+        }
+        None if rest.len() < MAX_LINE => Verdict::NeedMore,
+        None => Verdict::Done(Detected::Opaque),
+    }
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Reads until the protocol is known, EOF, or `timeout`. Returns the stream with the
@@ -116,7 +146,10 @@ mod tests {
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nrest", Detected::Http2),
             (b"\x16\x03\x01\x02\x00", Detected::Tls),
             (b"\x00\x00\x00\x01binary", Detected::Opaque),
-            (b"get / HTTP/1.1\r\n", Detected::Opaque),
+            (b"get / HTTP/1.1\r\n", Detected::Http1),
+            (b"purge /cache HTTP/1.0\nHost: a\n\n", Detected::Http1),
+            (b"set key value\r\n", Detected::Opaque),
+            (b"get / HTTP/2\r\n", Detected::Opaque),
         ];
         for (input, want) in cases {
             let (got, replay) = run(input, true).await;

@@ -223,3 +223,36 @@ async fn a_request_with_two_host_fields_gets_400_and_never_reaches_the_app() {
     }
     assert_eq!(app.requests(), 0);
 }
+
+/// Methods are case-sensitive tokens (RFC 9110 §9.1): `get` is an extension method,
+/// not garbage, so it is proxied as HTTP and the app decides what it means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowercase_method_is_recognised_as_http_and_reaches_the_app() {
+    let app = HttpApp::start("a").await.expect("app");
+    let proxy = WeftProxy::start(
+        ProxyConfig::new()
+            .upstream("orders")
+            .service(ServiceDef::new("orders").endpoint(app.addr)),
+    )
+    .await
+    .expect("start proxy");
+    let requests = [
+        (
+            proxy.outbound(),
+            &b"get http://orders/ HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n"[..],
+        ),
+        (
+            proxy.upstream("orders"),
+            &b"get / HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n"[..],
+        ),
+    ];
+    for (listener, request) in requests {
+        let raw = client::raw_exchange(listener, request, Duration::from_secs(10))
+            .await
+            .expect("an answer");
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(client::raw_status(&raw), Some(200), "{listener}: {text}");
+        assert!(text.contains("x-app: a"), "{listener}: {text}");
+    }
+    assert_eq!(app.requests(), 2);
+}
