@@ -501,8 +501,9 @@ impl Config {
 
     /// Parses a config; `origin` names the source in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = yaml_serde::from_str(text)
-            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| {
+            ConfigError::Invalid(format!("{origin}: {}", weft_api::yaml::describe(text, &e)))
+        })?;
         let mesh = MeshSpec {
             services: raw.services,
             workloads: Vec::new(),

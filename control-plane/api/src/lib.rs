@@ -4,6 +4,7 @@
 pub mod mesh;
 pub mod ports;
 pub mod spiffe;
+pub mod yaml;
 
 /// Generated `weft.v1` messages, clients and servers.
 pub mod v1 {

@@ -450,7 +450,9 @@ impl MeshSpec {
         let spec: MeshSpec = if text.trim().is_empty() {
             MeshSpec::default()
         } else {
-            yaml_serde::from_str(text).map_err(|e| MeshError::Parse(format!("{origin}: {e}")))?
+            yaml_serde::from_str(text).map_err(|e| {
+                MeshError::Parse(format!("{origin}: {}", crate::yaml::describe(text, &e)))
+            })?
         };
         spec.validate().map_err(|e| match e {
             MeshError::Invalid { path, reason } => MeshError::Invalid {
