@@ -569,7 +569,7 @@ impl Config {
                  (or WEFT_TRUST_BUNDLE)"
             )));
         }
-        Ok(Config {
+        let config = Config {
             path: None,
             identity,
             trust_bundle,
@@ -599,13 +599,99 @@ impl Config {
             limits: raw.limits,
             control_plane: raw.control_plane,
             mesh,
-        })
+        };
+        config
+            .check_listeners()
+            .and_then(|()| config.check_upstreams())
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        Ok(config)
+    }
+
+    /// Two listeners on one port cannot both bind: refused here, so `check` and a
+    /// reload refuse what `run` would fail on.
+    fn check_listeners(&self) -> Result<(), String> {
+        let listeners = self.listeners();
+        for (j, (field, addr)) in listeners.iter().enumerate() {
+            let clash = listeners[..j].iter().find(|(_, other)| {
+                addr.port() != 0
+                    && other.port() == addr.port()
+                    && (other.ip() == addr.ip()
+                        || other.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            });
+            if let Some((first, other)) = clash {
+                return Err(format!("{field}: {addr} clashes with {first} ({other})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every listener with the field that sets it.
+    pub(crate) fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+        listeners.extend(self.outbound.map(|a| ("outbound.listen".to_string(), a)));
+        listeners.extend(self.inbound.map(|(a, _)| ("inbound.listen".to_string(), a)));
+        listeners.push(("admin.listen".to_string(), self.admin));
+        for (i, up) in self.upstreams.iter().enumerate() {
+            listeners.push((
+                format!("upstreams[{i}].listen (service {})", up.service),
+                up.listen,
+            ));
+        }
+        listeners
+    }
+
+    /// In file mode the mesh is all there is: an upstream listener for a service it
+    /// lacks could never route a request.
+    fn check_upstreams(&self) -> Result<(), String> {
+        if self.control_plane.is_some() {
+            return Ok(());
+        }
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let (name, namespace) = up
+                .service
+                .split_once('.')
+                .unwrap_or((up.service.as_str(), self.node.namespace.as_str()));
+            if self.mesh.find(name, namespace).is_none() {
+                return Err(format!(
+                    "upstreams[{i}].service: no service {name} in namespace {namespace} \
+                     among services (and no control_plane to learn it from)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_run_would_refuse_is_refused_at_parse() {
+        let refused = |yaml: &str, why: &str| match Config::parse(yaml, "t") {
+            Ok(_) => panic!("{yaml:?} was accepted"),
+            Err(e) => assert!(e.to_string().contains(why), "{yaml:?}: {e}"),
+        };
+        refused(
+            "outbound: {listen: 127.0.0.1:7000}\nadmin: {listen: 0.0.0.0:7000}\n",
+            "admin.listen: 0.0.0.0:7000 clashes with outbound.listen",
+        );
+        refused(
+            "upstreams: [{service: nosuch, listen: 127.0.0.1:7001}]\n",
+            "upstreams[0].service: no service nosuch",
+        );
+        refused(
+            "services: [{name: a, policy: {retry: {max_attempts: 0}}}]\n",
+            "retry.max_attempts: must be 1 to 10",
+        );
+        // With a control plane the service may come from discovery.
+        Config::parse(
+            "control_plane: http://127.0.0.1:7443\nupstreams: [{service: later, listen: 127.0.0.1:7001}]\n",
+            "t",
+        )
+        .expect("valid");
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

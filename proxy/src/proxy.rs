@@ -142,7 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
 
     #[cfg(unix)]
     if let Some(path) = &config.path {
-        crate::source::file::on_sighup(path.clone(), store, metrics, stats);
+        crate::source::file::on_sighup(path.clone(), config.listeners(), store, metrics, stats);
     }
 
     proxy.ready.store(true, Ordering::Release);

@@ -330,3 +330,40 @@ async fn reload_does_not_drop_in_flight_requests_to_a_removed_endpoint() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-app"), Some("old"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_listeners_is_refused_whole_and_says_why() {
+    let first = HttpApp::start("app-1").await.expect("start app");
+    let second = HttpApp::start("app-2").await.expect("start app");
+    let config = ProxyConfig::new().service(orders_at(&first));
+    let mut proxy = WeftProxy::start(config.clone()).await.expect("start proxy");
+
+    // A new upstream listener beside a changed endpoint: listeners are bound at
+    // start, so the whole file is refused rather than half applied.
+    let changed = config
+        .clone()
+        .upstream("orders")
+        .with_services(vec![orders_at(&second)]);
+    let new_listener = changed.upstreams[0].1;
+    proxy.write_config(changed).expect("write config");
+    proxy.reload().expect("SIGHUP");
+    proxy
+        .wait_metric(
+            RELOADS_ERROR.0,
+            RELOADS_ERROR.1,
+            |v| v >= 1.0,
+            STEP_DEADLINE,
+        )
+        .await;
+
+    assert_eq!(app_answering(&proxy).await, "app-1");
+    assert_eq!(second.requests(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(new_listener).await.is_err(),
+        "no half-applied listener"
+    );
+    assert!(
+        proxy.process().output().contains("the listeners changed"),
+        "the log explains the rejection"
+    );
+}

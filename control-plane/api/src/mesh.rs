@@ -528,6 +528,14 @@ impl MeshSpec {
                 }
             }
             if let Some(retry) = &svc.policy.retry {
+                if retry.max_attempts == 0 {
+                    return Err(invalid(
+                        format!("services[{i}].policy.retry.max_attempts"),
+                        "must be 1 to 10, the first try included (1: no retries); \
+                         a retry block needs it"
+                            .to_string(),
+                    ));
+                }
                 if retry.max_attempts > 10 {
                     return Err(invalid(
                         format!("services[{i}].policy.retry.max_attempts"),

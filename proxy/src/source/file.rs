@@ -1,6 +1,9 @@
 //! File mode: the mesh comes from the config file and is re-read on SIGHUP. A file
 //! that does not parse or validate is rejected whole; the last good snapshot stays.
+//! Listeners are bound once at start: a file that changes them is rejected whole
+//! too, saying so, rather than reported as reloaded while the old ports serve.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,9 +12,11 @@ use crate::endpoint::Registry;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, SnapshotStore};
 
-/// Re-reads `path` and swaps in its mesh. Returns the new version.
+/// Re-reads `path` and swaps in its mesh. Returns the new version. `listeners` are
+/// the running ones ([`Config::listeners`]).
 pub(crate) fn reload(
     path: &Path,
+    listeners: &[(String, SocketAddr)],
     store: &SnapshotStore,
     metrics: &Metrics,
     stats: &Registry,
@@ -19,6 +24,16 @@ pub(crate) fn reload(
     let result = Config::load(path)
         .map_err(|e| e.to_string())
         .and_then(|config| {
+            let wanted = config.listeners();
+            if wanted != listeners {
+                return Err(format!(
+                    "{}: the listeners changed ({}; running: {}); they are bound at start, \
+                     so restart the proxy to apply them",
+                    path.display(),
+                    describe(&wanted),
+                    describe(listeners)
+                ));
+            }
             let version = store.load().version + 1;
             snapshot::from_mesh(
                 &config.mesh,
@@ -45,10 +60,19 @@ pub(crate) fn reload(
     }
 }
 
+fn describe(listeners: &[(String, SocketAddr)]) -> String {
+    listeners
+        .iter()
+        .map(|(field, addr)| format!("{field} {addr}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Reloads on every SIGHUP until the process ends.
 #[cfg(unix)]
 pub(crate) fn on_sighup(
     path: std::path::PathBuf,
+    listeners: Vec<(String, SocketAddr)>,
     store: SnapshotStore,
     metrics: Metrics,
     stats: Arc<Registry>,
@@ -63,7 +87,7 @@ pub(crate) fn on_sighup(
             }
         };
         while hup.recv().await.is_some() {
-            let _ = reload(&path, &store, &metrics, &stats);
+            let _ = reload(&path, &listeners, &store, &metrics, &stats);
         }
     });
 }
