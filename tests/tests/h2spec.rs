@@ -10,9 +10,14 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use weft_tests::apps::HttpApp;
+
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use weft_tests::apps::{AppBody, BoxFuture, Handler, HttpApp, full};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::{STEP_DEADLINE, h2spec, within};
 
@@ -22,7 +27,18 @@ const INVALID_PREFACE: &str = "3.5/2: Sends invalid connection preface";
 /// listener (the service's VIP is 127.0.0.1 on the outbound's port, so h2spec's
 /// `:authority` routes to it).
 async fn proxy_in_front_of_h2c_app() -> (HttpApp, WeftProxy) {
-    let app = HttpApp::start("h2c-app").await.expect("start app");
+    // The app reads each request whole before answering, as most do: an answer sent
+    // while the request is still open races h2spec's "closed stream" cases, which
+    // reset the stream and expect no answer.
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            Response::new(full("hello from h2c-app\n"))
+        }) as BoxFuture<Response<AppBody>>
+    });
+    let app = HttpApp::with_handler("h2c-app", handler)
+        .await
+        .expect("start app");
     let config = ProxyConfig::new();
     let outbound_port = config.outbound.expect("outbound listener").port();
     let config = config.inbound(app.addr).upstream("h2c-app").service(

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
 use super::secret::{self, Origin, SecretRef};
@@ -166,30 +166,7 @@ pub fn serving_secret(names: &[String]) -> anyhow::Result<Secret> {
     let issuer = Issuer::new(ca, ca_key);
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating a key")?;
-    let first = names
-        .first()
-        .context("the webhook certificate needs a name")?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, first.as_str());
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Weft");
-    params.subject_alt_names = names
-        .iter()
-        .map(|name| {
-            Ok(SanType::DnsName(
-                name.clone()
-                    .try_into()
-                    .with_context(|| format!("{name:?} is not a DNS name"))?,
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let mut params = crate::identity::ca::serving_params(names)?;
     params.use_authority_key_identifier_extension = true;
     params.not_before = (now - BACKDATE).into();
     params.not_after = (now + LIFETIME).into();

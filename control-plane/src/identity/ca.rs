@@ -348,6 +348,36 @@ impl CertificateAuthority {
     }
 }
 
+/// A TLS server certificate's fields for the DNS names `dns`: the first is also the
+/// common name (`CN=<name>, O=Weft`); server auth only.
+pub(crate) fn serving_params(dns: &[String]) -> anyhow::Result<CertificateParams> {
+    let first = dns
+        .first()
+        .context("a serving certificate needs a DNS name")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, first.as_str());
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Weft");
+    params.subject_alt_names = dns
+        .iter()
+        .map(|name| {
+            Ok(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .with_context(|| format!("{name:?} is not a DNS name"))?,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
 impl CertificateAuthority {
     /// A serving certificate for the control plane's own gRPC endpoint: the DNS
     /// names `dns` (the first also its common name) and the IP addresses `ips`, key
@@ -359,33 +389,10 @@ impl CertificateAuthority {
         lifetime: Duration,
     ) -> anyhow::Result<(String, Vec<u8>)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generating a key")?;
-        let mut params = CertificateParams::default();
-        let first = dns
-            .first()
-            .context("the serving certificate needs a DNS name")?;
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, first.as_str());
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Weft");
-        params.subject_alt_names = dns
-            .iter()
-            .map(|name| {
-                Ok(SanType::DnsName(
-                    name.clone()
-                        .try_into()
-                        .with_context(|| format!("{name:?} is not a DNS name"))?,
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let mut params = serving_params(dns)?;
         params
             .subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = SystemTime::now();
         params.not_before = (now - BACKDATE).into();
         params.not_after = (now + lifetime).into();
