@@ -120,25 +120,25 @@ async fn endpoints_churning_every_100ms_lose_no_request_and_final_weights_hold()
     load.wait_more_ok(4 * clients, STEP_DEADLINE).await;
     let before = load.by_app();
     load.wait_more_ok(2000, STEP_DEADLINE).await;
-    let measured = delta(&before, &load.by_app());
+    let answered = delta(&before, &load.by_app());
     let report = load.stop().await;
     report.assert_no_failures();
 
-    let first = measured.get("app-0").copied().unwrap_or(0) as f64;
-    let newest = measured.get("app-last").copied().unwrap_or(0) as f64;
+    let first = answered.get("app-0").copied().unwrap_or(0) as f64;
+    let newest = answered.get("app-last").copied().unwrap_or(0) as f64;
     let share = newest / (first + newest);
     assert!(
         (0.65..=0.85).contains(&share),
-        "app-last should take ~75% with weights 100:300, took {share:.3}: {measured:?}"
+        "app-last should take ~75% with weights 100:300, took {share:.3}: {answered:?}"
     );
-    let elsewhere: usize = measured
+    let elsewhere: usize = answered
         .iter()
         .filter(|(app, _)| *app != "app-0" && *app != "app-last")
         .map(|(_, n)| n)
         .sum();
     assert_eq!(
         elsewhere, 0,
-        "removed endpoints still answered: {measured:?}"
+        "removed endpoints still answered: {answered:?}"
     );
     eprintln!(
         "churn: {steps} mesh changes, {} requests ({} slow), final share {share:.3}, answers {:?}",
@@ -231,11 +231,11 @@ async fn control_plane_outage_loses_no_request_and_changes_made_meanwhile_arrive
     }
     for (load, before) in loads.iter().zip(&settled) {
         load.wait_more_ok(200, STEP_DEADLINE).await;
-        let measured = delta(before, &load.by_app());
+        let answered = delta(before, &load.by_app());
         assert_eq!(
-            measured.keys().collect::<Vec<_>>(),
+            answered.keys().collect::<Vec<_>>(),
             ["app-after"],
-            "after the resync only the new endpoint answers: {measured:?}"
+            "after the resync only the new endpoint answers: {answered:?}"
         );
     }
     control
