@@ -116,7 +116,8 @@ fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     Ok(out)
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<Output> {
+/// Runs `ip` with `args` (see [`run`]).
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<Output> {
     run(Command::new("ip").args(args))
 }
 

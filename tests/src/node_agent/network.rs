@@ -9,11 +9,12 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+use crate::netns::ip;
 
 /// Pod subnets are 10.251.<n>.0/24, away from [`crate::netns`]'s 10.250.x.0/24.
 const SECOND_OCTET: u8 = 251;
@@ -24,26 +25,6 @@ const VETH_PREFIX: &str = "wv";
 
 static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
 static NEXT_POD: AtomicU32 = AtomicU32::new(0);
-
-fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<Output> {
-    run(Command::new("ip").args(args))
-}
 
 fn write_sysctl(path: &str, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("cannot write {path}"))
