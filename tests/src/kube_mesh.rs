@@ -189,3 +189,11 @@ impl KubeMesh {
         out
     }
 }
+
+/// Whether the pod's Ready condition is True.
+pub fn is_ready(p: &Pod) -> bool {
+    p.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use weft_tests::eventually;
-use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT};
+use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT, is_ready};
 
 fn users_pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
@@ -31,13 +31,6 @@ fn users_pod(name: &str) -> Pod {
         }
     }))
     .expect("a pod")
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

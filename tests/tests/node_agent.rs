@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use weft_tests::kube_mesh::KubeMesh;
+use weft_tests::kube_mesh::{KubeMesh, is_ready};
 use weft_tests::{admin, eventually};
 
 /// How long a pod may take from creation to Ready (scheduling, sandbox, probes).
@@ -16,13 +16,6 @@ const POD_READY: Duration = Duration::from_secs(60);
 
 fn pod(yaml: serde_json::Value) -> Pod {
     serde_json::from_value(yaml).expect("a pod")
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .iter()
-        .flat_map(|s| s.conditions.iter().flatten())
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
