@@ -88,6 +88,19 @@ fn namespace(cluster: &Cluster, name: &str) {
         .expect("create the test's namespace");
 }
 
+/// weft-control watching the cluster as its ServiceAccount, with a real token: only
+/// deploy/k8s/rbac.yaml's rights apply. Ready once every kind it watches is listed.
+async fn as_weft_control(cluster: &Cluster, dir: &Path) -> anyhow::Result<ControlPlane> {
+    let kubeconfig = cluster.service_account_kubeconfig(dir, "weft-system", "weft-control")?;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    ControlPlane::start_with_env(
+        UNUSED_MESH,
+        &["--source", "kubernetes"],
+        &[("KUBECONFIG", &kubeconfig)],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_k8s_installs_on_a_real_apiserver_and_its_crd_rules_are_enforced() {
     let Some(cluster) = installed("deploy_k8s_installs_on_a_real_apiserver") else {
@@ -364,17 +377,9 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     // deploy/k8s/rbac.yaml lets it list and watch, and it is ready only once every
     // kind it watches has been listed.
     let dir = tempfile::tempdir().expect("dir");
-    let kubeconfig = cluster
-        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
-        .expect("weft-control's kubeconfig");
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let mut cp = ControlPlane::start_with_env(
-        UNUSED_MESH,
-        &["--source", "kubernetes"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await
-    .expect("weft-control lists everything it watches and becomes ready");
+    let mut cp = as_weft_control(cluster, dir.path())
+        .await
+        .expect("weft-control lists everything it watches and becomes ready");
 
     let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
     watch
@@ -511,17 +516,9 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
         .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
         .expect("create the EndpointSlice");
     let dir = tempfile::tempdir().expect("dir");
-    let kubeconfig = cluster
-        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
-        .expect("weft-control's kubeconfig");
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let mut cp = ControlPlane::start_with_env(
-        UNUSED_MESH,
-        &["--source", "kubernetes"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await
-    .expect("weft-control ready");
+    let mut cp = as_weft_control(&cluster, dir.path())
+        .await
+        .expect("weft-control ready");
     let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
     watch
         .until("the first endpoint", |w| {
@@ -633,17 +630,9 @@ async fn endpoints_from_the_endpointslice_controller_carry_injected_pods_identit
     report_running(cluster, ns, "plain", "10.244.3.11");
 
     let dir = tempfile::tempdir().expect("dir");
-    let kubeconfig = cluster
-        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
-        .expect("weft-control's kubeconfig");
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let cp = ControlPlane::start_with_env(
-        UNUSED_MESH,
-        &["--source", "kubernetes"],
-        &[("KUBECONFIG", &kubeconfig)],
-    )
-    .await
-    .expect("weft-control ready");
+    let cp = as_weft_control(cluster, dir.path())
+        .await
+        .expect("weft-control ready");
     let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
     watch
         .until("both pods as endpoints", |w| {
