@@ -256,3 +256,59 @@ async fn a_lowercase_method_is_recognised_as_http_and_reaches_the_app() {
     }
     assert_eq!(app.requests(), 2);
 }
+
+/// The same over HTTP/2 to an HTTP/2 endpoint: a body shorter than its
+/// content-length is the client's malformed request (RFC 9113 §8.1.1), answered 400
+/// and never counted against the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_http2_body_is_its_own_400_and_never_ejects_the_endpoint() {
+    let app = HttpApp::start("a").await.expect("app");
+    let service = ServiceDef::new("orders")
+        .endpoint(app.addr)
+        .policy("{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}");
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let tcp = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let request = http::Request::post("http://orders/upload")
+            .header("content-length", "10")
+            .body(())
+            .expect("request");
+        let (response, mut body) = h2.send_request(request, false).expect("send");
+        body.send_data(bytes::Bytes::from_static(b"hello"), true)
+            .expect("send data");
+        let status = match tokio::time::timeout(Duration::from_secs(10), response).await {
+            Ok(Ok(resp)) => Some(resp.status().as_u16()),
+            // A stream reset instead of an answer is acceptable only if nothing
+            // was counted against the endpoint; checked below either way.
+            Ok(Err(_)) => None,
+            Err(_) => panic!("no answer within 10 s"),
+        };
+        assert!(matches!(status, Some(400) | None), "got {status:?}");
+    }
+    let reply = H1Client::connect(proxy.outbound())
+        .await
+        .expect("connect")
+        .send(client::get("http://orders/"))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "the endpoint is still in rotation");
+    let metrics = proxy.metrics().await.expect("/metrics");
+    let counted = |reason| {
+        metrics.value(
+            "weft_proxy_errors_total",
+            &[
+                ("direction", "outbound"),
+                ("service", "orders.default"),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(counted("upstream-reset"), 0.0);
+    assert_eq!(metrics.sum("weft_outlier_ejections_total", &[]), 0.0);
+}

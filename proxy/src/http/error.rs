@@ -192,6 +192,35 @@ pub(crate) fn for_client(grpc: bool, resp: Response<ProxyBody>) -> Response<Prox
     }
 }
 
+/// The client's request body failed while it was being sent: kept apart from the
+/// upstream's own errors, so the client's fault is not blamed on the endpoint.
+#[derive(Debug)]
+pub(crate) struct ClientBodyError(pub(crate) Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {}
+
+impl ClientBodyError {
+    /// The answer the client gets: it left (hyper saw the message end early), or it
+    /// broke its body's framing.
+    pub(crate) fn proxy_error(&self) -> ProxyError {
+        match self.0.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_incomplete_message() || e.is_canceled() => ProxyError::ClientAbort,
+            _ => ProxyError::BadRequestBody,
+        }
+    }
+
+    /// The client's fault inside an upstream I/O error, if that is what it is.
+    pub(crate) fn within(e: &std::io::Error) -> Option<&ClientBodyError> {
+        e.get_ref()?.downcast_ref::<ClientBodyError>()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,6 +241,7 @@ async fn forward_h2(
         // was not sent: it takes a new connection, once.
         Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)).await?,
         Err(SendError::Failed) => return Err(ProxyError::UpstreamReset),
+        Err(SendError::Client(e)) => return Err(e),
     };
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
@@ -263,5 +264,8 @@ async fn resend_h2(
     target: &Target<'_>,
 ) -> Result<Response<H2Body>, ProxyError> {
     let tx = shared_h2(pool, target).await?;
-    tx.send(req).await.map_err(|_| ProxyError::UpstreamReset)
+    tx.send(req).await.map_err(|e| match e {
+        SendError::Client(e) => e,
+        SendError::Unsent(_) | SendError::Failed => ProxyError::UpstreamReset,
+    })
 }

@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::body::RequestBody;
+use super::error::ClientBodyError;
+use super::error::ProxyError;
 
 /// How a connection's liveness is checked: a ping every `interval`, and the
 /// connection dropped if its pong is not back within `timeout`.
@@ -52,6 +54,9 @@ pub(crate) enum SendError {
     Unsent(Box<Request<RequestBody>>),
     /// The stream failed (refused, reset, or the connection broke).
     Failed,
+    /// The client's request body failed (malformed, or the client left), so the
+    /// stream was reset by us: the client's fault, not the endpoint's.
+    Client(ProxyError),
 }
 
 impl std::fmt::Debug for SendError {
@@ -59,6 +64,7 @@ impl std::fmt::Debug for SendError {
         match self {
             SendError::Unsent(_) => f.write_str("Unsent"),
             SendError::Failed => f.write_str("Failed"),
+            SendError::Client(e) => write!(f, "Client({e:?})"),
         }
     }
 }
@@ -96,12 +102,23 @@ impl H2Sender {
             .map_err(|_| SendError::Failed)?;
         // Dropped before the response head arrives, this request is cancelled:
         // the body task then resets the stream.
-        let mut cancel = (!eos).then(|| {
+        let (mut cancel, mut fault) = if eos {
+            (None, None)
+        } else {
             let (cancel, cancelled) = oneshot::channel();
-            tokio::spawn(send_body(body, send, cancelled));
-            CancelOnDrop(Some(cancel))
-        });
-        let response = response.await.map_err(|_| SendError::Failed)?;
+            let (fault_tx, fault) = oneshot::channel();
+            tokio::spawn(send_body(body, send, cancelled, fault_tx));
+            (Some(CancelOnDrop(Some(cancel))), Some(fault))
+        };
+        // The body task names a client fault before it resets the stream, so it is
+        // there by the time the reset fails the response.
+        let response =
+            response
+                .await
+                .map_err(|_| match fault.as_mut().and_then(|f| f.try_recv().ok()) {
+                    Some(e) => SendError::Client(e),
+                    None => SendError::Failed,
+                })?;
         if let Some(c) = cancel.as_mut() {
             c.0.take();
         }
@@ -189,6 +206,7 @@ async fn send_body(
     body: RequestBody,
     mut send: SendStream<Bytes>,
     mut cancelled: oneshot::Receiver<()>,
+    fault: oneshot::Sender<ProxyError>,
 ) {
     let mut body = std::pin::pin!(body);
     // Until the response head arrives, a dropped request sends on `cancelled`;
@@ -248,6 +266,7 @@ async fn send_body(
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "request body failed; resetting the stream");
+                let _ = fault.send(ClientBodyError(e.into()).proxy_error());
                 send.send_reset(Reason::CANCEL);
                 return;
             }
@@ -470,6 +489,63 @@ mod tests {
             .expect("response");
         assert_eq!(resp.headers()["x-got"], (6 * MIB).to_string().as_str());
         assert!(resp.body().is_end_stream());
+    }
+
+    /// A client's broken body (here malformed chunking, read by a real hyper
+    /// server) is the client's fault: `Client(BadRequestBody)`, not `Failed`, so the
+    /// endpoint that saw its stream reset is not blamed.
+    #[tokio::test]
+    async fn a_clients_broken_body_is_reported_as_the_clients_fault() {
+        let addr = serve(
+            |req: Request<RecvStream>, mut resp: SendResponse<Bytes>| async move {
+                // Waits for the whole body, as an app reading an upload does.
+                let mut body = req.into_body();
+                while let Some(Ok(_)) = body.data().await {}
+                let _ = resp.send_response(Response::new(()), true);
+            },
+            false,
+        )
+        .await;
+        let sender = connect(addr).await;
+        let (result_tx, result) = oneshot::channel();
+        let result_tx = Arc::new(std::sync::Mutex::new(Some(result_tx)));
+        let (client, server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (sender, result_tx) = (sender.clone(), result_tx.clone());
+                async move {
+                    let mut req = Box::new(req.map(RequestBody::from));
+                    // Hop-by-hop, so HTTP/2 refuses it; the proxy strips it too.
+                    req.headers_mut().remove(http::header::TRANSFER_ENCODING);
+                    let sent = sender.send(req).await.map(|_| ());
+                    if let Some(tx) = result_tx.lock().ok().and_then(|mut t| t.take()) {
+                        let _ = tx.send(sent);
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(
+                        http_body_util::Empty::<Bytes>::new(),
+                    ))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(server);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+        let mut client = client;
+        tokio::io::AsyncWriteExt::write_all(
+            &mut client,
+            b"POST / HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n5g\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let sent = tokio::time::timeout(LIMIT, result)
+            .await
+            .expect("in time")
+            .expect("a result");
+        assert!(
+            matches!(sent, Err(SendError::Client(ProxyError::BadRequestBody))),
+            "{sent:?}"
+        );
     }
 
     #[tokio::test]

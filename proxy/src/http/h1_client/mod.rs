@@ -27,7 +27,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::body::BodyError;
-use super::error::ProxyError;
+use super::error::{ClientBodyError, ProxyError};
 use super::pool::Upstream;
 use crate::breaker::Permit;
 use request::{Encoding, Framing, Out, Upload, encode_head, framing};
@@ -134,7 +134,7 @@ impl H1Conn {
             Ok(head) => head,
             Err(e) => {
                 tracing::debug!(error = %e, answered = conn.answered, "upstream HTTP/1 request failed");
-                if let Some(client) = request::ClientBodyError::within(&e) {
+                if let Some(client) = ClientBodyError::within(&e) {
                     return Err(SendError::Client(client.proxy_error()));
                 }
                 return Err(match kept {

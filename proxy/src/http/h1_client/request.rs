@@ -13,7 +13,7 @@ use tokio::io::AsyncWrite;
 
 use super::{Conn, invalid};
 use crate::http::body::BodyError;
-use crate::http::error::ProxyError;
+use crate::http::error::ClientBodyError;
 
 /// Body chunks up to this size are copied behind what is already queued (the head,
 /// a chunk-size line) and go out in the same write; larger ones are written from
@@ -281,34 +281,5 @@ impl Conn {
         out.buf.clear();
         out.pos = 0;
         Pin::new(&mut self.io).poll_flush(cx)
-    }
-}
-
-/// The client's request body failed while it was being sent: kept apart from the
-/// upstream's own errors, so the client's fault is not blamed on the endpoint.
-#[derive(Debug)]
-pub(crate) struct ClientBodyError(pub(crate) BodyError);
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client request body: {}", self.0)
-    }
-}
-
-impl std::error::Error for ClientBodyError {}
-
-impl ClientBodyError {
-    /// The answer the client gets: it left (hyper saw the message end early), or it
-    /// broke its body's framing.
-    pub(crate) fn proxy_error(&self) -> ProxyError {
-        match self.0.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_incomplete_message() || e.is_canceled() => ProxyError::ClientAbort,
-            _ => ProxyError::BadRequestBody,
-        }
-    }
-
-    /// The client's fault inside an upstream I/O error, if that is what it is.
-    pub(crate) fn within(e: &io::Error) -> Option<&ClientBodyError> {
-        e.get_ref()?.downcast_ref::<ClientBodyError>()
     }
 }
