@@ -102,7 +102,7 @@ pub(crate) enum FailureClass {
     /// 502, 503, 504.
     Gateway,
     /// Connect refused or timed out, connection reset, no answer within the per-try
-    /// timeout.
+    /// timeout or before the caller gave up after `HANG_BOUND`.
     Connect,
     /// A gRPC status named in `grpc_codes`.
     Grpc,
@@ -128,12 +128,30 @@ pub(crate) const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 pub(crate) const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 
+/// Failures in a row that eject under the default policy (Envoy's default for
+/// consecutive 5xx is also 5).
+pub(crate) const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+
 impl OutlierPolicy {
+    /// Ejection for a service whose policy does not mention it: only what says the
+    /// endpoint itself is unwell (refused or broken connections, no answer in the
+    /// time the caller allowed, 502-504), not an app's own 500s.
+    pub(crate) fn by_default() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
+            failure_on: vec![FailureClass::Connect, FailureClass::Gateway],
+            grpc_codes: Vec::new(),
+        }
+    }
+
     fn is_failure(&self, outcome: Outcome) -> Option<bool> {
         let classes = &self.failure_on;
         match outcome {
             Outcome::Cancelled | Outcome::Abandoned => None,
-            Outcome::NotSent | Outcome::NoResponse => Some(
+            Outcome::NotSent | Outcome::NoResponse | Outcome::Unanswered { .. } => Some(
                 classes.contains(&FailureClass::Connect)
                     || classes.contains(&FailureClass::Gateway)
                     || classes.contains(&FailureClass::ServerError),
@@ -157,6 +175,9 @@ pub(crate) struct Health {
     ejected_until: AtomicU64,
     times_ejected: AtomicU32,
     probing: AtomicBool,
+    /// Responses seen, of any status: an attempt that saw this unchanged while it
+    /// waited in vain was met with silence.
+    answered: AtomicU32,
     metrics: Arc<ServiceMetrics>,
 }
 
@@ -194,12 +215,18 @@ impl Health {
             ejected_until: AtomicU64::new(0),
             times_ejected: AtomicU32::new(0),
             probing: AtomicBool::new(false),
+            answered: AtomicU32::new(0),
             metrics,
         }
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
+    }
+
+    /// A mark to compare with later: unchanged means no response came since.
+    pub(crate) fn answered(&self) -> u32 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_ejected(&self) -> bool {
@@ -236,6 +263,9 @@ impl Health {
         policy: Option<&OutlierPolicy>,
         peers: impl ExactSizeIterator<Item = &'a Health>,
     ) {
+        if let Outcome::Response { .. } = outcome {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        }
         let failed = match policy {
             Some(p) if p.consecutive_failures > 0 => p.is_failure(outcome),
             // Ejection is off: nothing to track (and a policy change that turned it
@@ -260,7 +290,8 @@ impl Health {
                 if probe {
                     self.eject(p);
                     self.probing.store(false, Ordering::Release);
-                } else if n >= p.consecutive_failures
+                } else if (n >= p.consecutive_failures
+                    || outcome == (Outcome::Unanswered { silent: true }))
                     && self.ejected_until.load(Ordering::Relaxed) == 0
                     && room_to_eject(p, peers)
                 {
@@ -362,6 +393,48 @@ mod tests {
         h.record(FAIL, false, Some(&p), peers(&eps));
         assert!(h.is_ejected());
         assert!(!h.eligible(now_nanos()));
+    }
+
+    #[test]
+    fn a_hang_met_with_silence_ejects_at_once_one_amid_answers_counts_once() {
+        let (eps, _reg) = endpoints(&[100, 100, 100, 100]);
+        let p = OutlierPolicy::by_default();
+        let slow = &eps[0].stats.health;
+        slow.record(
+            Outcome::Unanswered { silent: false },
+            false,
+            Some(&p),
+            peers(&eps),
+        );
+        slow.record(Outcome::Abandoned, false, Some(&p), peers(&eps));
+        assert!(
+            !slow.is_ejected(),
+            "a wait the endpoint answered others during"
+        );
+        assert_eq!(
+            slow.consecutive_failures(),
+            1,
+            "a short abandonment is no failure"
+        );
+        let stopped = &eps[1].stats.health;
+        let mark = stopped.answered();
+        stopped.record(OK, false, Some(&p), peers(&eps));
+        assert_ne!(stopped.answered(), mark, "every response moves the mark");
+        stopped.record(
+            Outcome::Unanswered { silent: true },
+            false,
+            Some(&p),
+            peers(&eps),
+        );
+        assert!(stopped.is_ejected());
+        let app_error = &eps[2].stats.health;
+        for _ in 0..10 {
+            app_error.record(FAIL, false, Some(&p), peers(&eps));
+        }
+        assert!(
+            !app_error.is_ejected(),
+            "the default counts 502-504, not an app's 500"
+        );
     }
 
     #[test]

@@ -505,6 +505,8 @@ struct AttemptGuard<'a> {
     svc: &'a Service,
     ep: &'a Endpoint,
     probe: bool,
+    /// The endpoint's count of responses at the start (`Health::answered`).
+    answered: u32,
     /// `now_nanos()` at the start: the same clock `Load` keeps its stamps in, so
     /// `finish` reads the clock once for both the latency and the EWMA's stamp.
     start: u64,
@@ -520,6 +522,7 @@ impl<'a> AttemptGuard<'a> {
             svc,
             ep,
             probe,
+            answered: ep.stats.health.answered(),
             start: now,
             finished: false,
         }
@@ -530,6 +533,7 @@ impl<'a> AttemptGuard<'a> {
             return;
         }
         self.finished = true;
+        let mut outcome = outcome;
         if outcome != Outcome::Cancelled {
             let decay = match &self.svc.policy.load_balancer {
                 balance::Algorithm::P2cPeakEwma { decay, .. } => *decay,
@@ -537,6 +541,10 @@ impl<'a> AttemptGuard<'a> {
             };
             let now = now_nanos();
             let mut rtt = Duration::from_nanos(now.saturating_sub(self.start));
+            if outcome == Outcome::Abandoned {
+                let silent = self.ep.stats.health.answered() == self.answered;
+                outcome = Outcome::abandoned_after(rtt, silent);
+            }
             if outcome.is_connect_failure() {
                 // A refused connect is fast; counted as-is it would make a dead
                 // endpoint look like the best one.
@@ -788,21 +796,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_abandoned_attempt_counts_its_wait_as_latency_but_is_no_failure() {
+    async fn an_abandoned_attempt_counts_its_wait_as_latency_and_a_long_silent_one_ejects() {
         let (ob, svc) = outbound(
-            "{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}",
+            "{circuit_breaker: {outlier_detection: {consecutive_failures: 2}}}",
             &["127.0.0.1:1".parse().expect("addr")],
         );
         drop(ob);
         let ep = &svc.endpoints[0];
         let guard = AttemptGuard::start(&svc, ep, now_nanos());
         assert_eq!(ep.stats.load.in_flight(), 1);
-        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::advance(Duration::from_millis(200)).await;
         drop(guard);
         assert_eq!(ep.stats.load.in_flight(), 0);
+        assert_eq!(
+            ep.stats.health.consecutive_failures(),
+            0,
+            "a caller's impatience is not the endpoint's failure"
+        );
+        let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
+        assert_eq!(load["ewma_ms"].as_f64(), Some(200.0), "{load}");
+
+        let guard = AttemptGuard::start(&svc, ep, now_nanos());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(guard);
         assert!(
-            !ep.stats.health.is_ejected(),
-            "the caller's impatience is not the endpoint's failure"
+            ep.stats.health.is_ejected(),
+            "two seconds without an answer to anyone: a stopped endpoint"
         );
         let load = serde_json::to_value(&ep.stats.load).expect("load as JSON");
         assert_eq!(load["ewma_ms"].as_f64(), Some(2000.0), "{load}");

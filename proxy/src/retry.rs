@@ -70,7 +70,7 @@ impl RetryPolicy {
             Outcome::NotSent => true,
             Outcome::NoResponse => is_idempotent(method),
             // A local limit refused it, or the client left: nothing to retry.
-            Outcome::Cancelled | Outcome::Abandoned => false,
+            Outcome::Cancelled | Outcome::Abandoned | Outcome::Unanswered { .. } => false,
             Outcome::Response { status, grpc } => {
                 named(status, grpc)
                     || (is_idempotent(method)

@@ -99,6 +99,21 @@ async fn a_hung_endpoint_costs_under_one_percent_after_the_first_second_under_th
         seen.by_app.contains_key("a") && seen.by_app.contains_key("b"),
         "{seen:?}"
     );
+    // Its callers gave up after 2 s, longer than the proxy's hang bound: each such
+    // wait is a failure, and the default policy ejects after five.
+    let metrics = proxy.metrics().await.expect("/metrics");
+    let ejected = metrics.sum("weft_outlier_ejected_endpoints", &[]);
+    assert_eq!(ejected, 1.0, "the hung endpoint was not ejected: {seen:?}");
+    let config = proxy.admin_get("/config").await.expect("/config").body;
+    let config: serde_json::Value = serde_json::from_str(&config).expect("/config is JSON");
+    let hung_state = config["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|services| services.values())
+        .flat_map(|svc| svc["endpoints"].as_array().into_iter().flatten())
+        .find(|ep| ep["addr"] == hung.addr.to_string())
+        .map(|ep| ep["stats"]["health"]["state"].clone());
+    assert_eq!(hung_state, Some(serde_json::json!("ejected")), "{config}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,9 @@ pub(crate) fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, Strin
         max_concurrent_retries: cb.max_concurrent_retries,
     };
     let outlier = match cb.outlier_detection {
+        // Unset: ejection is on with defaults, so one hung or refusing endpoint is
+        // taken out of rotation without anyone having configured for it.
+        None => Some(breaker::OutlierPolicy::by_default()),
         Some(o) if o.consecutive_failures > 0 => {
             let mut failure_on = o
                 .failure_on
@@ -139,4 +142,37 @@ pub(crate) fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, Strin
             idle: ms(t.idle_ms),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_outlier(o: Option<v1::OutlierDetection>) -> Policy {
+        let raw = v1::TrafficPolicy {
+            circuit_breaker: Some(v1::CircuitBreaker {
+                outlier_detection: o,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        policy_from_proto(&raw).expect("a valid policy")
+    }
+
+    #[test]
+    fn ejection_is_on_unless_turned_off_by_zero_failures() {
+        let unset = policy_from_proto(&v1::TrafficPolicy::default()).expect("valid");
+        assert_eq!(unset.outlier, Some(OutlierPolicy::by_default()));
+        assert_eq!(
+            with_outlier(None).outlier,
+            Some(OutlierPolicy::by_default())
+        );
+        let off = with_outlier(Some(v1::OutlierDetection::default()));
+        assert_eq!(off.outlier, None);
+        let set = with_outlier(Some(v1::OutlierDetection {
+            consecutive_failures: 2,
+            ..Default::default()
+        }));
+        assert_eq!(set.outlier.map(|o| o.consecutive_failures), Some(2));
+    }
 }
