@@ -15,7 +15,7 @@
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
 //!   whether a failed attempt goes again, judged by its `outcome`; `metrics`;
 //!   `identity` (mTLS, certificates from the control plane).
-//! - L0 `clock`, `sync`, `io`, and config: `config`, `env_config`, `ports`,
+//! - L0 `clock`, `sync`, `io`, `fd_limit`, and config: `config`, `env_config`, `ports`,
 //!   `inbound_policy`.
 //!
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
@@ -33,6 +33,7 @@ pub mod config;
 mod detect;
 mod endpoint;
 mod env_config;
+mod fd_limit;
 mod http;
 mod identity;
 mod inbound;

@@ -40,6 +40,7 @@ impl Acceptor {
         F: Fn(Conn, SocketAddr) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let mut last_warned = None;
         loop {
             let accepted = tokio::select! {
                 _ = self.drain.cancelled() => return,
@@ -48,8 +49,14 @@ impl Acceptor {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off briefly instead of spinning, and
+                    // say so once a second at most, not fifty times.
+                    if last_warned
+                        .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(1))
+                    {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_warned = Some(tokio::time::Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }

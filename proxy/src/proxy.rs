@@ -17,6 +17,7 @@ use crate::admin::Admin;
 use crate::capture::listen::ipv6_twin;
 use crate::config::Config;
 use crate::endpoint::Registry;
+use crate::fd_limit;
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::http::watch::Watch;
@@ -80,7 +81,9 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         max_header_bytes: limits.max_header_bytes,
     };
     let acceptor = Acceptor {
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        slots: Arc::new(Semaphore::new(fd_limit::connection_cap(
+            limits.max_connections,
+        ))),
         drain: drain.clone(),
         tracker: TaskTracker::new(),
     };

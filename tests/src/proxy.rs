@@ -199,6 +199,8 @@ pub struct ProxyConfig {
     pub services: Vec<ServiceDef>,
     /// Extra top-level YAML appended verbatim (e.g. `control_plane: ...`).
     pub extra: String,
+    /// RLIMIT_NOFILE (soft and hard) the proxy runs under, set by `prlimit`.
+    pub open_files: Option<u64>,
 }
 
 impl Default for ProxyConfig {
@@ -223,6 +225,7 @@ impl ProxyConfig {
             limits: Vec::new(),
             services: Vec::new(),
             extra: String::new(),
+            open_files: None,
         }
     }
 
@@ -264,6 +267,12 @@ impl ProxyConfig {
     /// Replaces the services (keeping listeners), e.g. to write a reloaded config.
     pub fn with_services(mut self, services: Vec<ServiceDef>) -> Self {
         self.services = services;
+        self
+    }
+
+    /// Runs the proxy with at most `n` open files (soft and hard limit).
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
         self
     }
 
@@ -359,11 +368,27 @@ pub struct WeftProxy {
 pub fn proxy_command(args: &[&str]) -> anyhow::Result<Command> {
     let mut cmd = Command::new(bins::binary("weft-proxy")?);
     cmd.args(args);
+    with_test_env(&mut cmd);
+    Ok(cmd)
+}
+
+/// `weft-proxy` with `args` under an open-file limit of `n`, set by `prlimit`,
+/// which execs: the process is the proxy itself.
+fn limited_proxy_command(n: u64, args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={n}:{n}"))
+        .arg("--")
+        .arg(bins::binary("weft-proxy")?)
+        .args(args);
+    with_test_env(&mut cmd);
+    Ok(cmd)
+}
+
+fn with_test_env(cmd: &mut Command) {
     let log = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| DEFAULT_LOG.to_string());
     cmd.env("RUST_LOG", log)
         .env("NO_COLOR", "1")
         .env_remove("WEFT_CONFIG");
-    Ok(cmd)
 }
 
 impl WeftProxy {
@@ -381,7 +406,11 @@ impl WeftProxy {
         let config_path = dir.path().join("proxy.yaml");
         write_atomic(&config_path, &config.to_yaml())?;
         let path = config_path.to_string_lossy().into_owned();
-        let cmd = proxy_command(&["run", "--config", &path])?;
+        let args = ["run", "--config", &path];
+        let cmd = match config.open_files {
+            Some(n) => limited_proxy_command(n, &args)?,
+            None => proxy_command(&args)?,
+        };
         let mut process = Process::spawn(name, cmd, dir.path())?;
         admin::wait_ready(&mut process, config.admin, READY_LIMIT).await?;
         Ok(WeftProxy {
