@@ -71,6 +71,36 @@ impl Process {
         self.child.id()
     }
 
+    /// Resident memory now, from /proc.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
+    /// CPU time used so far (user + system), from /proc.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which may hold spaces, in parentheses.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks =
+            |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let total = ticks(11)? + ticks(12)?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100);
+        Ok(Duration::from_millis(
+            total * 1000 / u64::try_from(hz).unwrap_or(100),
+        ))
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }

@@ -452,6 +452,16 @@ impl WeftProxy {
         &self.config_path
     }
 
+    /// The proxy's resident memory now.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.process.rss_kib()
+    }
+
+    /// The CPU time the proxy has used so far.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        self.process.cpu_time()
+    }
+
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }

@@ -267,27 +267,16 @@ async fn a_black_hole_endpoint_times_out_per_try_is_ejected_and_readmitted_after
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_get_503_at_once_counted_and_memory_stays_flat() {
     // Slow enough that a request turned away at once cannot be confused with one
     // that waited for the backend, even on a loaded machine.
     let slow = Backend::start("slow", Duration::from_secs(1)).await;
     let policy = "{circuit_breaker: {max_active_requests: 4}}";
-    let mut proxy =
+    let proxy =
         WeftProxy::start(ProxyConfig::new().service(orders(std::slice::from_ref(&slow), policy)))
             .await
             .expect("start proxy");
-    let pid = proxy.process().pid();
 
     let burst = |n: usize| {
         let addr = proxy.outbound();
@@ -348,7 +337,7 @@ async fn over_the_concurrency_limit_requests_get_503_at_once_counted_and_memory_
     assert_eq!(counted, overloaded.len() as f64);
 
     // Memory: repeated bursts far over the limit do not grow the proxy.
-    let before = rss_kib(pid);
+    let before = proxy.rss_kib().expect("RSS");
     let mut rejected = 0;
     for _ in 0..5 {
         rejected += burst(200)
@@ -357,7 +346,7 @@ async fn over_the_concurrency_limit_requests_get_503_at_once_counted_and_memory_
             .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
             .count();
     }
-    let after = rss_kib(pid);
+    let after = proxy.rss_kib().expect("RSS");
     assert!(rejected >= 500, "{rejected} rejected");
     assert!(
         after < before + 32 * 1024,
