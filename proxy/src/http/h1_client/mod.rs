@@ -11,6 +11,8 @@
 //! or a full-duplex stream) goes on being sent from the response body's polls.
 
 mod body;
+#[cfg(test)]
+mod differential;
 mod request;
 mod response;
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 type Chan = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 
 /// A server that runs `script` on each connection it accepts, counting them.
-async fn server<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+pub(super) async fn server<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -36,7 +36,7 @@ where
 }
 
 /// Reads up to and including the blank line that ends a head; empty at EOF.
-async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+pub(super) async fn read_head(s: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -57,7 +57,7 @@ fn request<B>(method: Method, body: B) -> Box<Request<B>> {
     Box::new(req)
 }
 
-async fn checkout(pool: &Pool, addr: SocketAddr) -> H1Conn {
+pub(super) async fn checkout(pool: &Pool, addr: SocketAddr) -> H1Conn {
     pool.h1(
         &Key::plain(addr),
         Duration::from_secs(5),
