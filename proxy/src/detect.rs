@@ -32,6 +32,21 @@ enum Verdict {
     NeedMore,
 }
 
+/// Classifies every prefix of `bytes`, as they could arrive: once a prefix is
+/// decided, every longer one must be decided the same (the fuzz target's check).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn classify_every_prefix(bytes: &[u8]) {
+    let mut decided = None;
+    for end in 0..=bytes.len() {
+        if let Verdict::Done(d) = classify(&bytes[..end]) {
+            match decided {
+                None => decided = Some(d),
+                Some(first) => assert_eq!(first, d, "decided {first:?}, then {d:?} at {end}"),
+            }
+        }
+    }
+}
+
 fn classify(buf: &[u8]) -> Verdict {
     if buf.is_empty() {
         return Verdict::NeedMore;

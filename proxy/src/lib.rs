@@ -34,6 +34,9 @@ mod detect;
 mod endpoint;
 mod env_config;
 mod fd_limit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod identity;
 mod inbound;

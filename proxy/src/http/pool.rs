@@ -164,7 +164,7 @@ pub(crate) async fn connect_to(
 
 impl Pool {
     /// A plaintext-only pool.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(idle_timeout: Duration) -> Pool {
         Self::with_identity(idle_timeout, None)
     }

@@ -60,16 +60,24 @@ fn response(rng: &mut StdRng) -> Vec<u8> {
     let status = [
         200u16, 201, 202, 204, 206, 299, 301, 304, 404, 418, 500, 503, 599,
     ][rng.random_range(0..13)];
-    let reason = match rng.random_range(0..4) {
+    let reason = match rng.random_range(0..5) {
         0 => String::new(),
-        1 => StatusCode::from_u16(status)
+        // obs-text: not UTF-8, which httparse does not hand back as a slice.
+        1 => "caf\u{e9}".to_string(),
+        2 => StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Whatever")
             .to_string(),
         _ => format!("{} {}", token(rng, 5), token(rng, 3)),
     };
-    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    if reason == "caf\u{e9}" {
+        out.extend_from_slice(b"caf\xe9");
+    } else {
+        out.extend_from_slice(reason.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     for i in 0..rng.random_range(0..8) {
         let len = rng.random_range(1..10);
         let name = format!("X-{}{i}", token(rng, len));

@@ -13,6 +13,8 @@
 mod body;
 #[cfg(test)]
 mod differential;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 mod request;
 mod response;
 #[cfg(test)]

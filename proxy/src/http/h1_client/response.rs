@@ -79,20 +79,29 @@ impl Conn {
             _ => Version::HTTP_11,
         };
         // Where each field lies in the head, kept across the split below; a head is
-        // at most MAX_HEAD bytes, so offsets fit in u32.
+        // at most MAX_HEAD bytes, so offsets fit in u32. httparse hands back a
+        // static "" rather than a slice of the head for a reason phrase that is not
+        // UTF-8, so a slice outside the head is no span (never an offset).
         let base = self.rbuf.as_ptr() as usize;
-        let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+        let at = |s: &[u8]| {
+            let offset = (s.as_ptr() as usize).checked_sub(base)?;
+            (offset + s.len() <= len).then_some((offset as u32, s.len() as u32))
+        };
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let count = resp.headers.len();
         for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
-            let (name, name_len) = at(f.name.as_bytes());
-            let (value, value_len) = at(f.value);
+            let (Some((name, name_len)), Some((value, value_len))) =
+                (at(f.name.as_bytes()), at(f.value))
+            else {
+                return Err(invalid("malformed response head"));
+            };
             *span = (name, name_len, value, value_len);
         }
         let reason = resp
             .reason
             .filter(|r| Some(*r) != status.canonical_reason())
-            .map(|r| at(r.as_bytes()));
+            // An empty one, as hyper makes of it.
+            .map(|r| at(r.as_bytes()).unwrap_or((0, 0)));
         let head = self.rbuf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         let (mut has_connection, mut has_te, mut has_cl) = (false, false, false);

@@ -326,6 +326,22 @@ async fn malformed_or_oversized_heads_fail_the_request() {
     }
 }
 
+/// Found by the h1_response fuzz target: a reason phrase with obs-text (bytes
+/// over 0x7f) made the head parser take httparse's static "" for a slice of the
+/// head and panic (the whole proxy, with panic = abort). It is read as a response
+/// with an empty reason phrase, as hyper reads it.
+#[tokio::test]
+async fn a_reason_phrase_that_is_not_utf8_is_read_as_empty_not_a_panic() {
+    let addr = answering(b"HTTP/1.1 200 OK\x8a\x80\r\ncontent-length: 2\r\n\r\nok").await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let resp = get(&pool, addr).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>();
+    assert_eq!(reason.map(|r| r.as_bytes()), Some(&b""[..]));
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
 #[tokio::test]
 async fn interim_answers_are_passed_over() {
     let addr = answering(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
