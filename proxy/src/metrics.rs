@@ -137,6 +137,11 @@ const STREAMS: Def = def(
     "Discovery streams currently connected to the control plane.",
     &[],
 );
+const ALIVE_TASKS: Def = def(
+    "weft_runtime_alive_tasks",
+    "Tasks alive in the proxy's runtime, read at scrape: a leak shows as growth.",
+    &[],
+);
 
 /// Registers a metric built from a static definition; either step fails only for
 /// a bad definition or a name registered twice, which every test would show.
@@ -173,6 +178,7 @@ struct Inner {
     updates_rejected: IntCounter,
     subscriptions: IntGauge,
     streams: IntGauge,
+    alive_tasks: IntGauge,
     ejected: IntGaugeVec,
     ejections: IntCounterVec,
     overloaded: IntCounterVec,
@@ -287,6 +293,13 @@ pub(crate) struct ConnMetrics {
 impl Metrics {
     pub(crate) fn new() -> Metrics {
         let r = Registry::new();
+        // The standard process_* series (resident memory, open fds, CPU), read from
+        // /proc at scrape.
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
         // Make the reload series visible before the first reload.
         let reloads = counter_vec(&r, &RELOADS);
         for result in ["ok", "error"] {
@@ -311,6 +324,7 @@ impl Metrics {
                 updates_rejected: register(&r, IntCounter::with_opts(UPDATES_REJECTED.opts())),
                 subscriptions: register(&r, IntGauge::with_opts(SUBSCRIPTIONS.opts())),
                 streams: register(&r, IntGauge::with_opts(STREAMS.opts())),
+                alive_tasks: register(&r, IntGauge::with_opts(ALIVE_TASKS.opts())),
                 ejected: register(&r, IntGaugeVec::new(EJECTED.opts(), EJECTED.labels)),
                 ejections: counter_vec(&r, &EJECTIONS),
                 overloaded: counter_vec(&r, &OVERLOADED),
@@ -406,6 +420,12 @@ impl Metrics {
 
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let alive = rt.metrics().num_alive_tasks();
+            self.inner
+                .alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let families = self.inner.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::warn!(error = %e, "encoding metrics failed");

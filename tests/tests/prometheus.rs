@@ -90,6 +90,20 @@ async fn prometheus_scrapes_the_demo_and_promtool_accepts_every_exposition() {
             QUERY_LIMIT,
         )
         .await;
+    // Every sidecar also reports its own health: memory, descriptors, live tasks.
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "weft_runtime_alive_tasks",
+    ] {
+        prometheus
+            .wait_query(
+                &format!(r#"{series}{{job="weft-proxies"}} > 0"#),
+                |s| s.len() == SERVICES.len(),
+                QUERY_LIMIT,
+            )
+            .await;
+    }
     prometheus
         .wait_query(
             r#"histogram_quantile(0.99, sum by (le) (rate(weft_request_duration_seconds_bucket{direction="inbound"}[5s])))"#,
