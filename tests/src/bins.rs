@@ -19,11 +19,14 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe().context("cannot find the test executable")?;
-    // target/<profile>/deps/<test>-<hash>
+    // target/<profile>/deps/<test>-<hash>, or target/<profile>/examples/<name>
     let deps = exe
         .parent()
         .context("test executable has no parent folder")?;
-    let dir = if deps.file_name().is_some_and(|n| n == "deps") {
+    let dir = if deps
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         deps.parent().unwrap_or(deps)
     } else {
         deps
