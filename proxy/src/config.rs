@@ -190,6 +190,10 @@ struct InboundConfig {
     /// for callers that cannot (plaintext, permissive mode).
     #[serde(default)]
     opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only: an HTTP/2 request to one (h2c, or h2
+    /// from a caller that could not say so) is sent on as HTTP/1.1; gRPC stays HTTP/2.
+    #[serde(default)]
+    http1_ports: PortSet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +465,8 @@ pub struct Config {
     pub(crate) inbound: Option<(SocketAddr, Option<SocketAddr>)>,
     /// App ports handled as opaque TCP even from a plaintext caller.
     pub(crate) inbound_opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only.
+    pub(crate) inbound_http1_ports: PortSet,
     pub(crate) admin: SocketAddr,
     /// App ports the admin server forwards kubelet probes to (`/app-probe/<port>/…`).
     pub(crate) probe_ports: PortSet,
@@ -587,6 +593,11 @@ impl Config {
                 .inbound
                 .as_ref()
                 .map(|i| i.opaque_ports.clone())
+                .unwrap_or_default(),
+            inbound_http1_ports: raw
+                .inbound
+                .as_ref()
+                .map(|i| i.http1_ports.clone())
                 .unwrap_or_default(),
             inbound: raw.inbound.map(|i| (i.listen, i.app)),
             admin: raw

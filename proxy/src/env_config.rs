@@ -18,6 +18,7 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | transparent listener on all addresses; the app port is the original destination |
 //! | `WEFT_ADMIN_PORT` | `7191` | admin server on all addresses (kubelet probes, Prometheus); `/shutdown` and `/config` answer loopback callers only |
 //! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
+//! | `WEFT_HTTP1_PORTS` | none | app ports that speak HTTP/1.1 only: HTTP/2 requests to them (except gRPC) are sent on as HTTP/1.1 |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
 //!
@@ -151,6 +152,7 @@ impl Config {
         };
         let opaque = ports("WEFT_OPAQUE_PORTS")?;
         let probe_ports = ports("WEFT_PROBE_PORTS")?;
+        let http1_ports = ports("WEFT_HTTP1_PORTS")?;
 
         let any_v4 = IpAddr::from([0, 0, 0, 0]);
         Ok(Config {
@@ -168,6 +170,7 @@ impl Config {
             outbound_opaque_ports: opaque.clone(),
             inbound: Some((SocketAddr::new(any_v4, inbound), None)),
             inbound_opaque_ports: opaque,
+            inbound_http1_ports: http1_ports,
             admin: SocketAddr::new(any_v4, admin),
             probe_ports,
             upstreams: Vec::new(),
@@ -236,6 +239,7 @@ mod tests {
             ("WEFT_ADMIN_PORT", "17191"),
             ("WEFT_OPAQUE_PORTS", "3306,8000-8099"),
             ("WEFT_PROBE_PORTS", "8080"),
+            ("WEFT_HTTP1_PORTS", "8080"),
             ("WEFT_LOG", "debug"),
         ]
         .into_iter()
@@ -293,6 +297,7 @@ mod tests {
             assert!(set.contains(3306) && set.contains(8050) && !set.contains(8100));
         }
         assert!(c.probe_ports.contains(8080) && !c.probe_ports.contains(8081));
+        assert!(c.inbound_http1_ports.contains(8080) && !c.inbound_http1_ports.contains(3306));
         assert!(c.mesh.services.is_empty() && c.upstreams.is_empty());
     }
 

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::convert::to_http1;
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::headers::conflicting_host;
@@ -44,6 +45,8 @@ pub(crate) struct Inbound {
     identity: Option<Arc<Identity>>,
     /// App ports whose bytes are never parsed, whatever they look like.
     opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only.
+    http1_ports: PortSet,
 }
 
 /// What the inbound knows about the caller of one connection.
@@ -88,6 +91,7 @@ pub(crate) struct InboundInputs {
     pub(crate) limits: ServerLimits,
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
+    pub(crate) http1_ports: PortSet,
 }
 
 impl Inbound {
@@ -101,6 +105,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            http1_ports,
         } = inputs;
         Arc::new(Inbound {
             app,
@@ -111,6 +116,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            http1_ports,
         })
     }
 
@@ -220,10 +226,14 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
+                let app_http1 = self.http1_ports.contains(peer.app.port());
                 let peer = Arc::new(peer);
-                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
+                let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
+                    if app_http1 {
+                        to_http1(&mut req);
+                    }
                     let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());

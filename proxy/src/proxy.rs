@@ -126,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits: server_limits,
             identity: identity.clone(),
             opaque_ports: config.inbound_opaque_ports.clone(),
+            http1_ports: config.inbound_http1_ports.clone(),
         });
         proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);
     }

@@ -22,29 +22,13 @@ use weft_tests::control_ca::ControlPlane;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
-const TD: &str = "cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 
 /// The identity section of a proxy config.
 fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
-    let token = cp.token("default", sa).expect("token");
-    let (url, bundle) = if cp.tls {
-        (
-            format!("https://{}", cp.grpc),
-            format!(
-                "  trust_bundle: \"{}\"\n",
-                cp.state_dir().join("ca.pem").display()
-            ),
-        )
-    } else {
-        (cp.url(), String::new())
-    };
-    format!(
-        "identity:\n  trust_domain: {TD}\n  service_account: {sa}\n  token: \"{token}\"\n  \
-         control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n"
-    )
+    cp.identity_yaml(sa, inbound, "")
 }
 
 /// A file-mode service `echo` whose one endpoint must present `identity`.

@@ -2,6 +2,7 @@
 //! requests over pooled connections, and the proxy's own error answers.
 
 pub(crate) mod body;
+pub(crate) mod convert;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod h1_client;
