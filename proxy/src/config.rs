@@ -301,6 +301,15 @@ struct RawIdentity {
     trust_bundle: Option<PathBuf>,
     #[serde(default)]
     inbound: RawInbound,
+    /// HTTP/1 requests to peer proxies travel as streams of one shared HTTP/2
+    /// connection per peer (ALPN `weft.h2-orig/1`); false turns it off both ways,
+    /// as in a Weft that predates it.
+    #[serde(default = "default_true")]
+    http1_over_http2: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub(crate) fn default_trust_domain() -> String {
@@ -372,6 +381,8 @@ pub(crate) struct IdentityConfig {
     pub(crate) token: Token,
     pub(crate) control_plane: String,
     pub(crate) inbound: InboundPolicy,
+    /// HTTP/1 between proxies as HTTP/2 streams (`http::orig_proto`).
+    pub(crate) http1_over_http2: bool,
 }
 
 impl RawIdentity {
@@ -446,6 +457,7 @@ impl RawIdentity {
             token,
             control_plane,
             inbound,
+            http1_over_http2: self.http1_over_http2,
         })
     }
 }

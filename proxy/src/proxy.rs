@@ -177,6 +177,9 @@ fn start_identity(
         c.inbound.clone(),
         IdentityMetrics::new(metrics.registry()),
     );
+    if !c.http1_over_http2 {
+        identity.disable_h2_orig();
+    }
     let channel =
         control_plane::unary_channel(&c.control_plane, cp_tls).map_err(anyhow::Error::msg)?;
     let certifier = Certifier::new(identity.clone(), channel, c.token.clone());

@@ -31,10 +31,12 @@ fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
     cp.identity_yaml(sa, inbound, "")
 }
 
-/// A file-mode service `echo` whose one endpoint must present `identity`.
+/// A file-mode service `echo` whose one endpoint must present `identity`. Its port
+/// declares no protocol: the app speaks both HTTP versions, and a port declared
+/// `http1` would have HTTP/2 callers sent on as HTTP/1.1.
 fn echo_service(endpoint: SocketAddr, identity: &str) -> String {
     format!(
-        "services:\n  - name: echo\n    ports: [{{port: 80, protocol: http1}}]\n    endpoints:\n      \
+        "services:\n  - name: echo\n    endpoints:\n      \
          - {{address: \"{endpoint}\", identity: \"{identity}\"}}\n"
     )
 }

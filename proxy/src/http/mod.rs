@@ -8,6 +8,7 @@ pub(crate) mod forward;
 pub(crate) mod h1_client;
 pub(crate) mod h2_client;
 pub(crate) mod headers;
+pub(crate) mod orig_proto;
 pub(crate) mod pool;
 pub(crate) mod watch;
 
