@@ -169,6 +169,10 @@ const CASES: &[(&str, &str)] = &[
         "OPTIONS * (not carried: its own connection)",
         "OPTIONS * HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
     ),
+    (
+        "CONNECT (not carried: its own connection; this app refuses it)",
+        "CONNECT legacy:80 HTTP/1.1\r\nHost: legacy:80\r\nConnection: close\r\n\r\n",
+    ),
 ];
 
 /// Sends `Expect: 100-continue`, waits for the interim answer, then the body.
@@ -276,11 +280,13 @@ async fn http1_crosses_as_http2_streams_and_arrives_as_without_the_upgrade() {
         got[4].iter().all(|a| !a.chunked),
         "an HTTP/1.0 client never gets chunked"
     );
-    assert_eq!(got[8].len(), 2, "100 Continue, then the answer");
+    assert_eq!(got[9].len(), 2, "100 Continue, then the answer");
 
-    // All of it on one shared connection with the upgrade, but `OPTIONS *`, which
-    // has no HTTP/2 form and took an HTTP/1.1 connection of its own.
-    assert_eq!(inbound_handshakes(&upgraded.server).await, 2.0);
+    // All of it on one shared connection with the upgrade, but `OPTIONS *` and
+    // CONNECT, which took an HTTP/1.1 connection (one, or one each when the second
+    // came before the first went back to the pool).
+    let handshakes = inbound_handshakes(&upgraded.server).await;
+    assert!((2.0..=3.0).contains(&handshakes), "{handshakes}");
 }
 
 /// Starts `n` requests whose bodies are half sent, so all are in flight at once,
