@@ -35,6 +35,7 @@
 #   FIXED_RPS=2000 ADDED_RPS=1000 RATE_CONNS=20
 #   SERVER_CPU=1 BASE_PORT=18400 TLS_SECONDS=5 CARGO_TARGET_DIR KEEP_LOGS=1
 #   PROFILE TARGET PGO (how weft-proxy is built: as shipped by default, see proxy.sh)
+#   WEFT_PROXY_BIN (a weft-proxy binary to measure instead of building one)
 # Debian packages: wrk, nghttp2-client (h2load), haproxy, openssl, util-linux, curl.
 
 set -euo pipefail
@@ -74,7 +75,9 @@ source "$here/lib.sh"
 # weft-proxy as shipped (see shipped-build.sh; PROFILE, TARGET and PGO as in proxy.sh).
 # shellcheck source=SCRIPTDIR/shipped-build.sh
 source "$here/shipped-build.sh"
-weft_bin=$(build_shipped_proxy "$repo" "${PROFILE:-sidecar}")
+# WEFT_PROXY_BIN measures a binary built elsewhere instead (e.g. README's
+# `cargo build --release`, target/release/weft-proxy).
+weft_bin=${WEFT_PROXY_BIN:-$(build_shipped_proxy "$repo" "${PROFILE:-sidecar}")}
 echo "building weft-control and bench-upstream (release)..."
 (cd "$repo" && cargo build --release --quiet -p weft-control)
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)

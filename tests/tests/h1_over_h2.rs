@@ -161,6 +161,11 @@ const CASES: &[(&str, &str)] = &[
          GET /after HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
     ),
     (
+        "an app answering HTTP/1.0",
+        "GET /v10 HTTP/1.1\r\nHost: legacy\r\n\r\n\
+         GET /after HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
+    ),
+    (
         "an absolute-form target and a body on DELETE",
         "DELETE http://legacy/abs?x=%20 HTTP/1.1\r\nHost: legacy\r\nContent-Length: 3\r\n\
          Connection: close\r\n\r\nabc",
@@ -280,7 +285,8 @@ async fn http1_crosses_as_http2_streams_and_arrives_as_without_the_upgrade() {
         got[4].iter().all(|a| !a.chunked),
         "an HTTP/1.0 client never gets chunked"
     );
-    assert_eq!(got[9].len(), 2, "100 Continue, then the answer");
+    assert_eq!(got[10].len(), 2, "100 Continue, then the answer");
+    assert_eq!(got[6][0].status_line, "HTTP/1.0 200 Recorded Fine");
 
     // All of it on one shared connection with the upgrade, but `OPTIONS *` and
     // CONNECT, which took an HTTP/1.1 connection (one, or one each when the second

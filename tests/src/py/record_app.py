@@ -3,8 +3,9 @@ what it received, as JSON: the request line, the header fields in order and case
 how the body was framed, the body, and any trailers.
 
 Usage: record_app.py PORT. Paths steer the answer: /close answers with
-`Connection: close`; /chunked answers with a chunked body; every answer's reason
-phrase is "Recorded Fine", which is no status's usual one.
+`Connection: close`; /chunked answers with a chunked body; /v10 answers with an
+HTTP/1.0 status line; every answer's reason phrase is "Recorded Fine", which is no
+status's usual one.
 """
 
 import json
@@ -50,6 +51,8 @@ class Recorder(BaseHTTPRequestHandler):
             "trailers": trailers,
         }
         out = json.dumps(record).encode()
+        if self.path.startswith("/v10"):
+            self.protocol_version = "HTTP/1.0"
         self.send_response(200, "Recorded Fine")
         self.send_header("Content-Type", "application/json")
         if self.path.startswith("/close"):
