@@ -190,6 +190,10 @@ struct InboundConfig {
     /// for callers that cannot (plaintext, permissive mode).
     #[serde(default)]
     opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only: an HTTP/2 request to one (h2c, or h2
+    /// from a caller that could not say so) is sent on as HTTP/1.1; gRPC stays HTTP/2.
+    #[serde(default)]
+    http1_ports: PortSet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +301,15 @@ struct RawIdentity {
     trust_bundle: Option<PathBuf>,
     #[serde(default)]
     inbound: RawInbound,
+    /// HTTP/1 requests to peer proxies travel as streams of one shared HTTP/2
+    /// connection per peer (ALPN `weft.h2-orig/1`); false turns it off both ways,
+    /// as in a Weft that predates it.
+    #[serde(default = "default_true")]
+    http1_over_http2: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub(crate) fn default_trust_domain() -> String {
@@ -368,6 +381,8 @@ pub(crate) struct IdentityConfig {
     pub(crate) token: Token,
     pub(crate) control_plane: String,
     pub(crate) inbound: InboundPolicy,
+    /// HTTP/1 between proxies as HTTP/2 streams (`http::orig_proto`).
+    pub(crate) http1_over_http2: bool,
 }
 
 impl RawIdentity {
@@ -442,6 +457,7 @@ impl RawIdentity {
             token,
             control_plane,
             inbound,
+            http1_over_http2: self.http1_over_http2,
         })
     }
 }
@@ -461,6 +477,8 @@ pub struct Config {
     pub(crate) inbound: Option<(SocketAddr, Option<SocketAddr>)>,
     /// App ports handled as opaque TCP even from a plaintext caller.
     pub(crate) inbound_opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only.
+    pub(crate) inbound_http1_ports: PortSet,
     pub(crate) admin: SocketAddr,
     /// App ports the admin server forwards kubelet probes to (`/app-probe/<port>/…`).
     pub(crate) probe_ports: PortSet,
@@ -587,6 +605,11 @@ impl Config {
                 .inbound
                 .as_ref()
                 .map(|i| i.opaque_ports.clone())
+                .unwrap_or_default(),
+            inbound_http1_ports: raw
+                .inbound
+                .as_ref()
+                .map(|i| i.http1_ports.clone())
                 .unwrap_or_default(),
             inbound: raw.inbound.map(|i| (i.listen, i.app)),
             admin: raw

@@ -18,6 +18,8 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | transparent listener on all addresses; the app port is the original destination |
 //! | `WEFT_ADMIN_PORT` | `7191` | admin server on all addresses (kubelet probes, Prometheus); `/shutdown` and `/config` answer loopback callers only |
 //! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
+//! | `WEFT_HTTP1_PORTS` | none | app ports that speak HTTP/1.1 only: HTTP/2 requests to them (except gRPC) are sent on as HTTP/1.1 |
+//! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
 //!
@@ -151,6 +153,17 @@ impl Config {
         };
         let opaque = ports("WEFT_OPAQUE_PORTS")?;
         let probe_ports = ports("WEFT_PROBE_PORTS")?;
+        let http1_ports = ports("WEFT_HTTP1_PORTS")?;
+        let http1_over_http2 = match get("WEFT_HTTP1_OVER_HTTP2").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(invalid(
+                    "WEFT_HTTP1_OVER_HTTP2",
+                    format!("{v:?} is not true or false"),
+                ));
+            }
+        };
 
         let any_v4 = IpAddr::from([0, 0, 0, 0]);
         Ok(Config {
@@ -168,6 +181,7 @@ impl Config {
             outbound_opaque_ports: opaque.clone(),
             inbound: Some((SocketAddr::new(any_v4, inbound), None)),
             inbound_opaque_ports: opaque,
+            inbound_http1_ports: http1_ports,
             admin: SocketAddr::new(any_v4, admin),
             probe_ports,
             upstreams: Vec::new(),
@@ -178,6 +192,7 @@ impl Config {
                 token,
                 control_plane,
                 inbound: InboundPolicy::default(),
+                http1_over_http2,
             }),
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
@@ -236,6 +251,8 @@ mod tests {
             ("WEFT_ADMIN_PORT", "17191"),
             ("WEFT_OPAQUE_PORTS", "3306,8000-8099"),
             ("WEFT_PROBE_PORTS", "8080"),
+            ("WEFT_HTTP1_PORTS", "8080"),
+            ("WEFT_HTTP1_OVER_HTTP2", "false"),
             ("WEFT_LOG", "debug"),
         ]
         .into_iter()
@@ -293,6 +310,8 @@ mod tests {
             assert!(set.contains(3306) && set.contains(8050) && !set.contains(8100));
         }
         assert!(c.probe_ports.contains(8080) && !c.probe_ports.contains(8081));
+        assert!(c.inbound_http1_ports.contains(8080) && !c.inbound_http1_ports.contains(3306));
+        assert!(!id.http1_over_http2);
         assert!(c.mesh.services.is_empty() && c.upstreams.is_empty());
     }
 
@@ -439,6 +458,10 @@ mod tests {
             (
                 vec![("WEFT_PROBE_PORTS", Some("9000-8000"))],
                 "WEFT_PROBE_PORTS: \"9000-8000\": the range runs backwards",
+            ),
+            (
+                vec![("WEFT_HTTP1_OVER_HTTP2", Some("no"))],
+                "WEFT_HTTP1_OVER_HTTP2: \"no\" is not true or false",
             ),
         ] {
             let err = error_with(&change);

@@ -14,9 +14,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::convert::to_http1;
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::headers::conflicting_host;
+use crate::http::orig_proto;
 use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, serve_handler};
@@ -44,6 +46,8 @@ pub(crate) struct Inbound {
     identity: Option<Arc<Identity>>,
     /// App ports whose bytes are never parsed, whatever they look like.
     opaque_ports: PortSet,
+    /// App ports that speak HTTP/1.1 only.
+    http1_ports: PortSet,
 }
 
 /// What the inbound knows about the caller of one connection.
@@ -60,6 +64,9 @@ struct Peer {
     /// The verified SPIFFE ID, as the `weft-client-id` value.
     header: Option<HeaderValue>,
     requests: Option<IntCounter>,
+    /// A peer proxy on an `Alpn::H2Orig` connection: its marked requests were
+    /// HTTP/1 and go to the app as HTTP/1.1 again.
+    h2_orig: bool,
 }
 
 impl Peer {
@@ -72,6 +79,7 @@ impl Peer {
             app,
             header: None,
             requests: None,
+            h2_orig: false,
         }
     }
 }
@@ -88,6 +96,7 @@ pub(crate) struct InboundInputs {
     pub(crate) limits: ServerLimits,
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
+    pub(crate) http1_ports: PortSet,
 }
 
 impl Inbound {
@@ -101,6 +110,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            http1_ports,
         } = inputs;
         Arc::new(Inbound {
             app,
@@ -111,6 +121,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            http1_ports,
         })
     }
 
@@ -166,16 +177,22 @@ impl Inbound {
                 id: Some((id, id_str)),
                 port,
                 app,
+                h2_orig: false,
             };
             if !peer.allowed {
                 tracing::debug!(port, "caller denied by inbound policy");
             }
             // The calling proxy's ALPN already says what follows; only without one
             // is the tunnel's content sniffed.
-            let decided = match negotiated(&tls) {
+            let alpn = negotiated(&tls);
+            let peer = Peer {
+                h2_orig: alpn == Some(Alpn::H2Orig),
+                ..peer
+            };
+            let decided = match alpn {
                 Some(Alpn::Opaque) => Some(Detected::Opaque),
                 _ if declared_opaque => Some(Detected::Opaque),
-                Some(Alpn::Http2) => Some(Detected::Http2),
+                Some(Alpn::Http2 | Alpn::H2Orig) => Some(Detected::Http2),
                 Some(Alpn::Http1) => Some(Detected::Http1),
                 None => None,
             };
@@ -198,6 +215,7 @@ impl Inbound {
                 app,
                 header: None,
                 requests: Some(identity.metrics.peer_requests(None)),
+                h2_orig: false,
             };
             let detected = if declared_opaque {
                 Detected::Opaque
@@ -220,15 +238,23 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
+                let app_http1 = self.http1_ports.contains(peer.app.port());
                 let peer = Arc::new(peer);
-                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
+                let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
+                    let orig = orig_proto::to_h1(&mut req, peer.h2_orig);
+                    if app_http1 && !orig {
+                        to_http1(&mut req);
+                    }
                     let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let resp = pin!(this.handle(req, &peer)).await;
-                        let resp = error::for_client(grpc, resp);
+                        let mut resp = error::for_client(grpc, resp);
+                        if orig {
+                            orig_proto::mark_response(&mut resp);
+                        }
                         Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
                     }
                 };

@@ -26,6 +26,7 @@ use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
+use crate::http::convert::to_http1;
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
@@ -171,9 +172,15 @@ impl Outbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
-                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
+                // The destination port's declared protocol: an HTTP/2 caller to an
+                // HTTP/1.1-only app is sent on as HTTP/1.1 from here.
+                let app_http1 = hint == Some(Protocol::Http1);
+                let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let dest = dest.clone();
+                    if app_http1 {
+                        to_http1(&mut req);
+                    }
                     let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());

@@ -129,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits: server_limits,
             identity: identity.clone(),
             opaque_ports: config.inbound_opaque_ports.clone(),
+            http1_ports: config.inbound_http1_ports.clone(),
         });
         proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);
     }
@@ -179,6 +180,9 @@ fn start_identity(
         c.inbound.clone(),
         IdentityMetrics::new(metrics.registry()),
     );
+    if !c.http1_over_http2 {
+        identity.disable_h2_orig();
+    }
     let channel =
         control_plane::unary_channel(&c.control_plane, cp_tls).map_err(anyhow::Error::msg)?;
     let certifier = Certifier::new(identity.clone(), channel, c.token.clone());

@@ -8,8 +8,11 @@
 #   weft-mtls      client -> weft-proxy A -> (mTLS, SPIFFE IDs) -> weft-proxy B -> upstream
 #   haproxy-mtls   client -> HAProxy A -> (TLS 1.3 + client cert) -> HAProxy B -> upstream
 # The client hop and the app hop are plaintext, as for sidecars. Both proxies run one
-# thread and keep pooled connections to the next hop; the hop between them negotiates
-# ALPN h2 or http/1.1, keeping the client's protocol. Certificates all come from one
+# thread and keep pooled connections to the next hop. An HTTP/2 client's requests
+# cross as h2. An HTTP/1.1 client's cross as HTTP/2 streams on weft-mtls (Weft's
+# upgrade, ALPN weft.h2-orig/1) and haproxy-mtls-h2hop (HAProxy converting, alpn h2
+# on the hop), and as HTTP/1.1 on weft-mtls-h1hop (A with the upgrade off, as Weft was
+# before it) and haproxy-mtls (alpn http/1.1 on the hop). Certificates all come from one
 # CA: weft-control's development CA (weft-proxy gets its own through Identity.Certify;
 # HAProxy's are signed from the same CA files with openssl).
 #
@@ -20,10 +23,19 @@
 # TLS connections per second that proxy B accepts (openssl s_time -new, TLS 1.3 with
 # a client certificate, $TLS_SECONDS seconds), with B's CPU per handshake.
 #
+# Then latency at fixed rates (h2load --h1 --rps, HTTP/1.1 from the client): p50, p90
+# and p99 of each HTTP/1.1 path at $FIXED_RPS requests/s, and the latency each pair
+# adds over calling the upstream directly at $ADDED_RPS requests/s, printed beside
+# Istio's published sidecar pair (+0.228 ms p90, +0.298 ms p99 at 1,000 rps) and
+# ztunnel's (+0.17 / +0.20 ms). Those were measured on other machines: a guide, not a
+# same-run comparison.
+#
 # Usage:  tests/bench/mtls.sh          QUICK=1 tests/bench/mtls.sh
 # Environment: DURATION=10 H1_CONNS=50 H2_CONNS=10 H2_STREAMS=10 LOAD_CPU=0
+#   FIXED_RPS=2000 ADDED_RPS=1000 RATE_CONNS=20
 #   SERVER_CPU=1 BASE_PORT=18400 TLS_SECONDS=5 CARGO_TARGET_DIR KEEP_LOGS=1
 #   PROFILE TARGET PGO (how weft-proxy is built: as shipped by default, see proxy.sh)
+#   WEFT_PROXY_BIN (a weft-proxy binary to measure instead of building one)
 # Debian packages: wrk, nghttp2-client (h2load), haproxy, openssl, util-linux, curl.
 
 set -euo pipefail
@@ -43,6 +55,9 @@ H2_STREAMS=${H2_STREAMS:-10}
 LOAD_CPU=${LOAD_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 BASE_PORT=${BASE_PORT:-18400}
+FIXED_RPS=${FIXED_RPS:-2000}
+ADDED_RPS=${ADDED_RPS:-1000}
+RATE_CONNS=${RATE_CONNS:-20}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
 missing=0
@@ -60,7 +75,9 @@ source "$here/lib.sh"
 # weft-proxy as shipped (see shipped-build.sh; PROFILE, TARGET and PGO as in proxy.sh).
 # shellcheck source=SCRIPTDIR/shipped-build.sh
 source "$here/shipped-build.sh"
-weft_bin=$(build_shipped_proxy "$repo" "${PROFILE:-sidecar}")
+# WEFT_PROXY_BIN measures a binary built elsewhere instead (e.g. README's
+# `cargo build --release`, target/release/weft-proxy).
+weft_bin=${WEFT_PROXY_BIN:-$(build_shipped_proxy "$repo" "${PROFILE:-sidecar}")}
 echo "building weft-control and bench-upstream (release)..."
 (cd "$repo" && cargo build --release --quiet -p weft-control)
 (cd "$repo" && cargo build --release --quiet -p weft-tests --bin bench-upstream)
@@ -78,6 +95,9 @@ HAPA_H1=$(port 5)
 HAPA_H2=$(port 6)
 HAPB_H1=$(port 7)
 HAPB_H2=$(port 8)
+HAPA_H1H2=$(port 14)
+HAPB_H1H2=$(port 15)
+WEFT_A_H1=$(port 16)
 
 start upstream "$upstream_bin" "127.0.0.1:$UPSTREAM"
 wait_ready upstream "http://127.0.0.1:$UPSTREAM/"
@@ -101,16 +121,22 @@ issue hap-a bench-client
 issue hap-b bench-server
 
 render weft-mtls-client.yaml.in "$work/weft-a.yaml" OUTBOUND_PORT="$(port 10)" ADMIN_PORT="$(port 11)" \
-    LISTEN_PORT="$WEFT_A" ENDPOINT="127.0.0.1:$WEFT_B" TOKEN="$(token bench-client)" CP_PORT="$CP_GRPC"
+    LISTEN_PORT="$WEFT_A" ENDPOINT="127.0.0.1:$WEFT_B" TOKEN="$(token bench-client)" CP_PORT="$CP_GRPC" \
+    H1_OVER_H2=true
+render weft-mtls-client.yaml.in "$work/weft-a-h1.yaml" OUTBOUND_PORT="$(port 17)" ADMIN_PORT="$(port 18)" \
+    LISTEN_PORT="$WEFT_A_H1" ENDPOINT="127.0.0.1:$WEFT_B" TOKEN="$(token bench-client)" CP_PORT="$CP_GRPC" \
+    H1_OVER_H2=false
 render weft-mtls-server.yaml.in "$work/weft-b.yaml" OUTBOUND_PORT="$(port 12)" ADMIN_PORT="$(port 13)" \
     LISTEN_PORT="$WEFT_B" ENDPOINT="127.0.0.1:$UPSTREAM" TOKEN="$(token bench-server)" CP_PORT="$CP_GRPC"
 render haproxy-mtls-a.cfg.in "$work/haproxy-a.cfg" H1_PORT="$HAPA_H1" H2_PORT="$HAPA_H2" \
-    H1_NEXT="127.0.0.1:$HAPB_H1" H2_NEXT="127.0.0.1:$HAPB_H2" CERT="$work/hap-a.pem" CA="$work/cp/ca.pem"
+    H1_NEXT="127.0.0.1:$HAPB_H1" H2_NEXT="127.0.0.1:$HAPB_H2" CERT="$work/hap-a.pem" CA="$work/cp/ca.pem" \
+    H1H2_PORT="$HAPA_H1H2" H1H2_NEXT="127.0.0.1:$HAPB_H1H2"
 render haproxy-mtls-b.cfg.in "$work/haproxy-b.cfg" H1_PORT="$HAPB_H1" H2_PORT="$HAPB_H2" \
-    H1_NEXT="127.0.0.1:$UPSTREAM" H2_NEXT="127.0.0.1:$UPSTREAM" CERT="$work/hap-b.pem" CA="$work/cp/ca.pem"
+    H1_NEXT="127.0.0.1:$UPSTREAM" H2_NEXT="127.0.0.1:$UPSTREAM" CERT="$work/hap-b.pem" CA="$work/cp/ca.pem" \
+    H1H2_PORT="$HAPB_H1H2"
 
 declare -A pid_of
-for name in weft-a weft-b; do
+for name in weft-a weft-a-h1 weft-b; do
     RUST_LOG=warn start "$name" "$weft_bin" run --config "$work/$name.yaml"
     pid_of[$name]=$started
 done
@@ -119,6 +145,7 @@ for name in haproxy-a haproxy-b; do
     pid_of[$name]=$started
 done
 wait_ready weft-a "http://127.0.0.1:$(port 11)/ready"
+wait_ready weft-a-h1 "http://127.0.0.1:$(port 18)/ready"
 wait_ready weft-b "http://127.0.0.1:$(port 13)/ready"
 
 declare -A url_h1 url_h2 procs
@@ -126,12 +153,20 @@ url_h1[weft-mtls]=http://127.0.0.1:$WEFT_A/
 url_h2[weft-mtls]=http://127.0.0.1:$WEFT_A/
 url_h1[haproxy-mtls]=http://127.0.0.1:$HAPA_H1/
 url_h2[haproxy-mtls]=http://127.0.0.1:$HAPA_H2/
+url_h1[weft-mtls-h1hop]=http://127.0.0.1:$WEFT_A_H1/
+url_h1[haproxy-mtls-h2hop]=http://127.0.0.1:$HAPA_H1H2/
+url_h1[direct]=http://127.0.0.1:$UPSTREAM/
 procs[weft-mtls]="${pid_of[weft-a]} ${pid_of[weft-b]}"
 procs[haproxy-mtls]="${pid_of[haproxy-a]} ${pid_of[haproxy-b]}"
+procs[weft-mtls-h1hop]="${pid_of[weft-a-h1]} ${pid_of[weft-b]}"
+procs[haproxy-mtls-h2hop]="${pid_of[haproxy-a]} ${pid_of[haproxy-b]}"
 paths=(weft-mtls haproxy-mtls)
+h1_paths=(weft-mtls weft-mtls-h1hop haproxy-mtls haproxy-mtls-h2hop)
 for path in "${paths[@]}"; do
-    wait_ready "$path (h1)" "${url_h1[$path]}"
     wait_ready "$path (h2)" "${url_h2[$path]}" --http2-prior-knowledge
+done
+for path in "${h1_paths[@]}"; do
+    wait_ready "$path (h1)" "${url_h1[$path]}"
 done
 
 clk_tck=$(getconf CLK_TCK)
@@ -149,10 +184,13 @@ to_ms() {
         if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
         printf "%.3f", n }'
 }
+# p50 p99 (and with a second argument p50 p90 p99), in ms, of an h2load log (µs).
 percentiles() {
-    sort -n -k3,3 "$1" | awk '{ v[NR] = $3 } END { if (NR == 0) { print "nan nan"; exit }
-        i50 = int(NR * 0.50); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-        printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }'
+    sort -n -k3,3 "$1" | awk -v three="${2:-}" '{ v[NR] = $3 }
+        function at(q) { i = int(NR * q); if (i < 1) i = 1; return v[i] / 1000 }
+        END { if (NR == 0) { print (three ? "nan nan nan" : "nan nan"); exit }
+        if (three) printf "%.3f %.3f %.3f\n", at(0.50), at(0.90), at(0.99)
+        else printf "%.3f %.3f\n", at(0.50), at(0.99) }'
 }
 run_load() {
     local proto=$1 url=$2 secs=$3
@@ -185,10 +223,11 @@ per_us() { awk -v t="$1" -v n="$2" -v hz="$clk_tck" 'BEGIN { if (n > 0) printf "
 
 printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run; load on CPU %s, servers on CPU %s\n' \
     "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$LOAD_CPU" "$SERVER_CPU"
-printf '%-5s %-13s %9s %8s %8s %14s %7s\n' proto path rps p50_ms p99_ms pair_us/req failed
+printf '%-5s %-18s %9s %8s %8s %14s %7s\n' proto path rps p50_ms p99_ms pair_us/req failed
 declare -A result
 for proto in h1 h2; do
-    for path in "${paths[@]}"; do
+    if [[ $proto == h1 ]]; then proto_paths=("${h1_paths[@]}"); else proto_paths=("${paths[@]}"); fi
+    for path in "${proto_paths[@]}"; do
         if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
         read -ra ps <<<"${procs[$path]}"
         run_load "$proto" "$url" 1
@@ -198,9 +237,38 @@ for proto in h1 h2; do
         cpu=$(per_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
         result[$proto/$path/rps]=$rps
         result[$proto/$path/cpu]=$cpu
-        printf '%-5s %-13s %9s %8s %8s %14s %7s\n' "$proto" "$path" "$rps" "$p50" "$p99" "$cpu" "$failed"
+        printf '%-5s %-18s %9s %8s %8s %14s %7s\n' "$proto" "$path" "$rps" "$p50" "$p99" "$cpu" "$failed"
     done
 done
+
+# HTTP/1.1 at a fixed total rate: $RATE_CONNS connections of rate/RATE_CONNS each.
+fixed_rate() { # URL RPS -> p50 p90 p99 (ms) and failures in $work/load.out
+    rm -f "$work/h2load.log"
+    taskset -c "$LOAD_CPU" h2load --h1 -c"$RATE_CONNS" --rps=$(($2 / RATE_CONNS)) -D"$DURATION" \
+        --log-file="$work/h2load.log" "$1" >"$work/load.out" 2>&1
+    percentiles "$work/h2load.log" 3
+}
+printf '\nHTTP/1.1 at a fixed %s requests/s (h2load --h1 -c%s, %ss)\n' "$FIXED_RPS" "$RATE_CONNS" "$DURATION"
+printf '%-18s %8s %8s %8s %7s\n' path p50_ms p90_ms p99_ms failed
+for path in "${h1_paths[@]}"; do
+    read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$FIXED_RPS")
+    parse_load h2
+    result[fixed/$path/p99]=$p99
+    printf '%-18s %8s %8s %8s %7s\n' "$path" "$p50" "$p90" "$p99" "$failed"
+done
+
+printf '\nadded latency over a direct call, HTTP/1.1 at %s requests/s (%ss each)\n' "$ADDED_RPS" "$DURATION"
+printf '%-18s %8s %8s %8s   %s\n' path +p50_ms +p90_ms +p99_ms "(absolute p50/p90/p99)"
+read -r d50 d90 d99 < <(fixed_rate "${url_h1[direct]}" "$ADDED_RPS")
+printf '%-18s %8s %8s %8s   %s\n' direct - - - "$d50/$d90/$d99"
+for path in "${h1_paths[@]}"; do
+    read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$ADDED_RPS")
+    added=$(awk -v a="$p50" -v b="$p90" -v c="$p99" -v x="$d50" -v y="$d90" -v z="$d99" \
+        'BEGIN { printf "%+8.3f %+8.3f %+8.3f", a - x, b - y, c - z }')
+    printf '%-18s %s   %s\n' "$path" "$added" "$p50/$p90/$p99"
+done
+printf '%-18s %8s %8s %8s   %s\n' "istio sidecars" - +0.228 +0.298 "published, 1,000 rps, other hardware"
+printf '%-18s %8s %8s %8s   %s\n' "ztunnel" - +0.170 +0.200 "published, 1,000 rps, other hardware"
 
 # New TLS 1.3 connections per second accepted by proxy B (full handshakes with a
 # client certificate; the client is openssl on the load CPU).
@@ -228,3 +296,14 @@ for proto in h1 h2; do
 done
 printf 'target (issue 4): weft pair CPU/request <= HAProxy h2 pair (%s us), rps >= HAProxy\n' \
     "${result[h2/haproxy-mtls/cpu]}"
+printf '\nHTTP/1.1 clients, HTTP/2 between the hops: weft-mtls / haproxy-mtls-h2hop\n'
+printf 'cpu/request %s (target <= 0.8)   rps %s (target >= 1.1)   p99 at %s rps %s (target <= 1)\n' \
+    "$(ratio "${result[h1/weft-mtls/cpu]}" "${result[h1/haproxy-mtls-h2hop/cpu]}")" \
+    "$(ratio "${result[h1/weft-mtls/rps]}" "${result[h1/haproxy-mtls-h2hop/rps]}")" \
+    "$FIXED_RPS" "$(ratio "${result[fixed/weft-mtls/p99]}" "${result[fixed/haproxy-mtls-h2hop/p99]}")"
+printf 'weft-mtls / weft-mtls-h1hop (the upgrade on / off): cpu/request %s   rps %s\n' \
+    "$(ratio "${result[h1/weft-mtls/cpu]}" "${result[h1/weft-mtls-h1hop/cpu]}")" \
+    "$(ratio "${result[h1/weft-mtls/rps]}" "${result[h1/weft-mtls-h1hop/rps]}")"
+loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
+printf 'load average at the end: %s on %s CPUs (other work on the machine skews every figure)\n' \
+    "$loadavg" "$(nproc)"

@@ -133,6 +133,30 @@ impl ControlPlane {
         &self.state_dir
     }
 
+    /// A proxy config's `identity:` section for service account `sa` in namespace
+    /// `default`, with inbound policy `inbound` (a YAML flow mapping) and `extra`
+    /// more keys (indented lines, e.g. `"  http1_over_http2: false\n"`).
+    pub fn identity_yaml(&self, sa: &str, inbound: &str, extra: &str) -> String {
+        let token = self
+            .token("default", sa)
+            .expect("a token from weft-control");
+        let (url, bundle) = if self.tls {
+            (
+                format!("https://{}", self.grpc),
+                format!(
+                    "  trust_bundle: \"{}\"\n",
+                    self.state_dir().join("ca.pem").display()
+                ),
+            )
+        } else {
+            (self.url(), String::new())
+        };
+        format!(
+            "identity:\n  trust_domain: cluster.local\n  service_account: {sa}\n  token: \"{token}\"\n  \
+             control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n{extra}"
+        )
+    }
+
     /// The local identity token for one workload (`weft-control token`).
     pub fn token(&self, namespace: &str, service_account: &str) -> anyhow::Result<String> {
         let state = self.state_dir.to_string_lossy().into_owned();

@@ -11,7 +11,9 @@
 //! - [`admin`] is a tiny HTTP client for admin endpoints and readiness polling.
 //! - [`metrics`] reads values out of Prometheus text.
 //! - [`proxy`] writes a weft-proxy config and runs the proxy.
-//! - [`hops`] starts the usual two-proxy path (client pod, server pod).
+//! - [`hops`] starts the usual two-proxy path (client pod, server pod);
+//!   [`mtls_pair`] the same with identities and mTLS between the proxies.
+//! - [`record_app`] is an HTTP/1.1-only Python app that answers with what it got.
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
@@ -52,12 +54,14 @@ pub mod hops;
 pub mod kube_mesh;
 pub mod load;
 pub mod metrics;
+pub mod mtls_pair;
 pub mod netns;
 pub mod node_agent;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod record_app;
 pub mod tools;
 
 /// Generated code for tests/proto/echo.proto.

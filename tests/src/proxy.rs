@@ -192,6 +192,8 @@ pub struct ProxyConfig {
     pub probe_ports: Option<String>,
     /// `inbound.opaque_ports`: app ports never sniffed.
     pub inbound_opaque_ports: Option<String>,
+    /// `inbound.http1_ports`: app ports that speak HTTP/1.1 only.
+    pub inbound_http1_ports: Option<String>,
     /// (service, listen)
     pub upstreams: Vec<(String, SocketAddr)>,
     /// `limits:` keys and their YAML values, e.g. ("detect_timeout", "200ms").
@@ -221,6 +223,7 @@ impl ProxyConfig {
             admin: free_addr(),
             probe_ports: None,
             inbound_opaque_ports: None,
+            inbound_http1_ports: None,
             upstreams: Vec::new(),
             limits: Vec::new(),
             services: Vec::new(),
@@ -250,6 +253,12 @@ impl ProxyConfig {
     /// `inbound.opaque_ports`, in the injector's list syntax.
     pub fn inbound_opaque_ports(mut self, ports: &str) -> Self {
         self.inbound_opaque_ports = Some(ports.to_string());
+        self
+    }
+
+    /// `inbound.http1_ports`, in the injector's list syntax.
+    pub fn inbound_http1_ports(mut self, ports: &str) -> Self {
+        self.inbound_http1_ports = Some(ports.to_string());
         self
     }
 
@@ -309,8 +318,13 @@ impl ProxyConfig {
                 .as_ref()
                 .map(|p| format!(", opaque_ports: \"{p}\""))
                 .unwrap_or_default();
+            let http1 = self
+                .inbound_http1_ports
+                .as_ref()
+                .map(|p| format!(", http1_ports: \"{p}\""))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "inbound: {{listen: \"{listen}\", app: \"{app}\"{opaque}}}\n"
+                "inbound: {{listen: \"{listen}\", app: \"{app}\"{opaque}{http1}}}\n"
             ));
         }
         let probe_ports = self

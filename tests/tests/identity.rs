@@ -22,35 +22,21 @@ use weft_tests::control_ca::ControlPlane;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
-const TD: &str = "cluster.local";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 
 /// The identity section of a proxy config.
 fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
-    let token = cp.token("default", sa).expect("token");
-    let (url, bundle) = if cp.tls {
-        (
-            format!("https://{}", cp.grpc),
-            format!(
-                "  trust_bundle: \"{}\"\n",
-                cp.state_dir().join("ca.pem").display()
-            ),
-        )
-    } else {
-        (cp.url(), String::new())
-    };
-    format!(
-        "identity:\n  trust_domain: {TD}\n  service_account: {sa}\n  token: \"{token}\"\n  \
-         control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n"
-    )
+    cp.identity_yaml(sa, inbound, "")
 }
 
-/// A file-mode service `echo` whose one endpoint must present `identity`.
+/// A file-mode service `echo` whose one endpoint must present `identity`. Its port
+/// declares no protocol: the app speaks both HTTP versions, and a port declared
+/// `http1` would have HTTP/2 callers sent on as HTTP/1.1.
 fn echo_service(endpoint: SocketAddr, identity: &str) -> String {
     format!(
-        "services:\n  - name: echo\n    ports: [{{port: 80, protocol: http1}}]\n    endpoints:\n      \
+        "services:\n  - name: echo\n    endpoints:\n      \
          - {{address: \"{endpoint}\", identity: \"{identity}\"}}\n"
     )
 }

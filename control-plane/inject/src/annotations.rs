@@ -12,6 +12,9 @@ pub const INJECT: &str = "weft.io/inject";
 pub const SKIP_INBOUND_PORTS: &str = "weft.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "weft.io/skip-outbound-ports";
 pub const OPAQUE_PORTS: &str = "weft.io/opaque-ports";
+/// App ports that speak HTTP/1.1 only: the proxy sends HTTP/2 callers on to them
+/// as HTTP/1.1 (gRPC excepted).
+pub const HTTP1_PORTS: &str = "weft.io/http1-ports";
 pub const PROXY_CPU_REQUEST: &str = "weft.io/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT: &str = "weft.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "weft.io/proxy-memory-request";
@@ -80,6 +83,7 @@ pub struct PodOverrides {
     pub skip_inbound_ports: PortList,
     pub skip_outbound_ports: PortList,
     pub opaque_ports: PortList,
+    pub http1_ports: PortList,
     pub proxy_resources: Resources,
 }
 
@@ -138,6 +142,7 @@ impl PodOverrides {
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS)?,
             skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS)?,
             opaque_ports: ports(OPAQUE_PORTS)?,
+            http1_ports: ports(HTTP1_PORTS)?,
             proxy_resources: resources,
         })
     }

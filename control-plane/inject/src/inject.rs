@@ -51,6 +51,7 @@
 //! | `WEFT_INBOUND_PORT` | `7143` | listen on all addresses (redirect target of PREROUTING) |
 //! | `WEFT_ADMIN_PORT` | `7191` | listen on all addresses: the kubelet probes it and Prometheus scrapes it |
 //! | `WEFT_OPAQUE_PORTS` | e.g. `3306,8000-8099`, may be empty | destination/app ports never sniffed, handled as opaque TCP both ways |
+//! | `WEFT_HTTP1_PORTS` | annotation `weft.io/http1-ports`, e.g. `8080`; set only when annotated | app ports that speak HTTP/1.1 only (HTTP/2 callers are sent on as HTTP/1.1) |
 //! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
 //!
@@ -383,6 +384,10 @@ impl Injector {
                         env("WEFT_PROBE_PORTS", probe_ports.to_string()),
                         env("WEFT_LOG", self.config.log_level.clone()),
                     ])
+                    .chain(
+                        (!overrides.http1_ports.is_empty())
+                            .then(|| env("WEFT_HTTP1_PORTS", overrides.http1_ports.to_string())),
+                    )
                     .collect(),
             ),
             ports: Some(vec![ContainerPort {
@@ -558,6 +563,24 @@ mod tests {
             paths.contains(&"/metadata/annotations/prometheus.io~1scrape".to_string()),
             "{paths:?}"
         );
+    }
+
+    #[test]
+    fn http1_ports_reach_the_proxy_only_when_annotated() {
+        let patch_text = |outcome: &Outcome| match outcome {
+            Outcome::Inject(patch) => serde_json::to_string(patch).expect("patch as JSON"),
+            Outcome::Skip(reason) => panic!("skipped: {reason}"),
+        };
+        let annotated = plan(&pod(
+            json!({"metadata": {"annotations": {"weft.io/http1-ports": "8080,9000-9001"}}}),
+        ));
+        let text = patch_text(&annotated);
+        assert!(
+            text.contains(r#"{"name":"WEFT_HTTP1_PORTS","value":"8080,9000-9001"}"#),
+            "{text}"
+        );
+        let plain = patch_text(&plan(&pod(json!({}))));
+        assert!(!plain.contains("WEFT_HTTP1_PORTS"), "{plain}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::error::ProxyError;
 use super::h1_client::{self, H1Body, Upgraded};
 use super::h2_client::{H2Body, H2Sender, SendError};
 use super::headers::{is_upgrade, strip_hop_by_hop};
+use super::orig_proto;
 use super::pool::{Key, Pool};
 use crate::breaker::{ConnLimit, Permit};
 use crate::metrics::{Limit, ServiceMetrics};
@@ -131,6 +132,12 @@ async fn forward_h1(
     to_origin_form(&mut req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
+    if !upgrade && target.identity.is_some() && pool.h2_orig() && orig_proto::can_carry(&req) {
+        req = match Box::pin(forward_h2_orig(pool, req, target)).await {
+            Ok(result) => return result,
+            Err(declined) => declined,
+        };
+    }
 
     let limit = target.gate.map(|g| g.connections);
     let key = target.key();
@@ -264,8 +271,50 @@ async fn resend_h2(
     target: &Target<'_>,
 ) -> Result<Response<H2Body>, ProxyError> {
     let tx = shared_h2(pool, target).await?;
-    tx.send(req).await.map_err(|e| match e {
+    tx.send(req).await.map_err(send_error)
+}
+
+/// What a failed send on a shared HTTP/2 connection answers: the client's own
+/// fault as its own, anything else as the upstream's.
+fn send_error(e: SendError) -> ProxyError {
+    match e {
         SendError::Client(e) => e,
         SendError::Unsent(_) | SendError::Failed => ProxyError::UpstreamReset,
-    })
+    }
+}
+
+/// The result of sending, or the request back, unchanged, when the peer takes no
+/// HTTP/1 streams (an older Weft, or the upgrade off there): it then goes on its
+/// own HTTP/1.1 connection as before.
+type Carried = Result<Result<Response<ProxyBody>, ProxyError>, BoxedRequest>;
+
+/// Sends an HTTP/1 request (already as it would be written upstream) as a marked
+/// stream of the peer proxy's shared HTTP/2 connection (`orig_proto`). Boxed by the
+/// caller: its state stays out of every other HTTP/1 request's future.
+async fn forward_h2_orig(pool: &Pool, mut req: BoxedRequest, target: &Target<'_>) -> Carried {
+    let tx = match shared_h2(pool, target).await {
+        Ok(tx) if tx.carries_h1() => tx,
+        Ok(_) => return Err(req),
+        Err(e) => return Ok(Err(e)),
+    };
+    orig_proto::to_h2(&mut req);
+    let resp = match tx.send(req).await {
+        Ok(resp) => Ok(resp),
+        // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
+        // so any request may go again, once, on a new connection.
+        Err(SendError::Unsent(mut req)) => match shared_h2(pool, target).await {
+            Ok(tx) if tx.carries_h1() => tx.send(req).await.map_err(send_error),
+            Ok(_) => {
+                orig_proto::to_h1(&mut req, true);
+                return Err(req);
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(send_error(e)),
+    };
+    Ok(resp.map(|mut resp| {
+        strip_hop_by_hop(resp.headers_mut(), false);
+        orig_proto::unmark_response(&mut resp);
+        resp.map(|b| ProxyBody::upstream(PooledBody::h2(b)))
+    }))
 }

@@ -74,9 +74,21 @@ impl std::fmt::Debug for SendError {
 pub(crate) struct H2Sender {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
+    /// The peer takes HTTP/1 requests as marked streams (`http::orig_proto`).
+    carries_h1: bool,
 }
 
 impl H2Sender {
+    /// Notes that the peer settled on `Alpn::H2Orig`.
+    pub(crate) fn carrying_h1(mut self, carries_h1: bool) -> H2Sender {
+        self.carries_h1 = carries_h1;
+        self
+    }
+
+    pub(crate) fn carries_h1(&self) -> bool {
+        self.carries_h1
+    }
+
     /// Whether the connection has ended or refused a stream; the pool drops it then.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
@@ -88,7 +100,7 @@ impl H2Sender {
         self,
         req: Box<Request<RequestBody>>,
     ) -> Result<Response<H2Body>, SendError> {
-        let H2Sender { mut tx, closed } = self;
+        let H2Sender { mut tx, closed, .. } = self;
         if poll_fn(|cx| tx.poll_ready(cx)).await.is_err() {
             closed.store(true, Ordering::Relaxed);
             return Err(SendError::Unsent(req));
@@ -179,7 +191,11 @@ where
             p.abort();
         }
     });
-    Ok(H2Sender { tx, closed })
+    Ok(H2Sender {
+        tx,
+        closed,
+        carries_h1: false,
+    })
 }
 
 /// Pings every `interval`; a pong that does not come back in time declares the

@@ -2,11 +2,13 @@
 //! requests over pooled connections, and the proxy's own error answers.
 
 pub(crate) mod body;
+pub(crate) mod convert;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod h1_client;
 pub(crate) mod h2_client;
 pub(crate) mod headers;
+pub(crate) mod orig_proto;
 pub(crate) mod pool;
 pub(crate) mod watch;
 

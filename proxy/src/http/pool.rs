@@ -21,7 +21,7 @@ use super::h2_client::{H2Sender, KeepAlive};
 use crate::FastMap;
 use crate::breaker::{ConnLimit, Permit};
 use crate::clock::now_nanos;
-use crate::identity::{Alpn, Identity};
+use crate::identity::{Alpn, Identity, client_negotiated_h2_orig};
 use crate::sync::lock;
 
 /// One endpoint as the pool sees it: where, and who it must be.
@@ -199,6 +199,12 @@ impl Pool {
         self.inner.identity.as_ref()
     }
 
+    /// Whether HTTP/1 requests to peer proxies may travel as streams of the shared
+    /// HTTP/2 connection (mTLS on, and the upgrade not turned off).
+    pub(crate) fn h2_orig(&self) -> bool {
+        self.inner.identity.as_ref().is_some_and(|i| i.h2_orig())
+    }
+
     /// `idle_timeout` overrides the pool's for this connection (a service's policy).
     pub(crate) fn giveback(&self, key: Key, idle_timeout: Option<Duration>) -> Giveback {
         Giveback {
@@ -327,9 +333,11 @@ impl Pool {
     ) -> Result<H2Sender, ProxyError> {
         let addr = key.addr;
         let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
+        let carries_h1 = matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls));
         let tx = super::h2_client::handshake(stream, addr, guard, KeepAlive::DEFAULT)
             .await
-            .map_err(|_| ProxyError::UpstreamReset)?;
+            .map_err(|_| ProxyError::UpstreamReset)?
+            .carrying_h1(carries_h1);
         lock(&self.inner.h2).insert(
             key.clone(),
             Shared {

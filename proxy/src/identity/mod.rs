@@ -14,7 +14,7 @@ pub(crate) mod policy_watch;
 pub(crate) mod verify;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +39,11 @@ use crate::inbound_policy::InboundPolicy;
 pub(crate) enum Alpn {
     Http1,
     Http2,
+    /// HTTP/2 whose streams may carry HTTP/1 requests, each marked with its
+    /// original protocol (`http::orig_proto`). A client offering it offers `h2`
+    /// too, so a peer that does not know it (an older Weft, or one with the upgrade
+    /// off) settles on plain HTTP/2 and is sent no marked request.
+    H2Orig,
     /// The outbound side decided the connection is opaque TCP (a port declared
     /// opaque, or bytes it found not to be HTTP): the inbound side must not sniff
     /// again, since bytes that merely look like HTTP would be parsed as HTTP there.
@@ -49,6 +54,8 @@ const ALPN_H2: &[u8] = b"h2";
 const ALPN_H1: &[u8] = b"http/1.1";
 /// Weft's own protocol name for "opaque bytes follow"; only proxies offer it.
 const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
+/// Weft's own name for `Alpn::H2Orig`; only proxies offer it.
+const ALPN_H2_ORIG: &[u8] = b"weft.h2-orig/1";
 
 /// Why a handshake failed, as the `reason` label of the handshake metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +152,9 @@ pub(crate) struct Identity {
     roots_pem: Mutex<Vec<String>>,
     pub(crate) inbound: ArcSwap<InboundPolicy>,
     pub(crate) metrics: IdentityMetrics,
+    /// Whether this proxy offers and accepts `Alpn::H2Orig` (on unless configured
+    /// off); read when TLS configs are built.
+    h2_orig: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +188,19 @@ impl Identity {
             roots_pem: Mutex::new(Vec::new()),
             inbound: ArcSwap::from_pointee(inbound),
             metrics,
+            h2_orig: AtomicBool::new(true),
         })
+    }
+
+    pub(crate) fn h2_orig(&self) -> bool {
+        self.h2_orig.load(Ordering::Relaxed)
+    }
+
+    /// Turns HTTP/1 over shared HTTP/2 off, both ways: as a client this proxy
+    /// then never offers it, and as a server it answers like a Weft that predates
+    /// it. Call before the first certificate is installed.
+    pub(crate) fn disable_h2_orig(&self) {
+        self.h2_orig.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn spiffe_id(&self) -> &Arc<str> {
@@ -278,10 +300,21 @@ impl Identity {
             .map_err(tls)?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(self.current.clone());
-        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_H1.to_vec(), ALPN_OPAQUE.to_vec()];
+        // rustls takes the first of the server's protocols that the client offers.
+        let h2_orig = self.h2_orig.load(Ordering::Relaxed);
+        server.alpn_protocols = [ALPN_H2_ORIG, ALPN_H2, ALPN_H1, ALPN_OPAQUE]
+            .into_iter()
+            .filter(|p| h2_orig || *p != ALPN_H2_ORIG)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let h2_alpns: &[&[u8]] = if h2_orig {
+            &[ALPN_H2_ORIG, ALPN_H2]
+        } else {
+            &[ALPN_H2]
+        };
         Ok(TlsConfigs {
             h1: client(&[ALPN_H1])?,
-            h2: client(&[ALPN_H2])?,
+            h2: client(h2_alpns)?,
             opaque: client(&[ALPN_OPAQUE])?,
             server: TlsAcceptor::from(Arc::new(server)),
         })
@@ -314,7 +347,7 @@ impl Identity {
         };
         let connector = match alpn {
             Alpn::Http1 => &configs.h1,
-            Alpn::Http2 => &configs.h2,
+            Alpn::Http2 | Alpn::H2Orig => &configs.h2,
             Alpn::Opaque => &configs.opaque,
         };
         // The name only keys rustls' session cache (per endpoint); the verifier
@@ -383,11 +416,17 @@ impl Identity {
 /// The protocol a terminated inbound connection negotiated, if ALPN settled it.
 pub(crate) fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
     match stream.get_ref().1.alpn_protocol() {
+        Some(ALPN_H2_ORIG) => Some(Alpn::H2Orig),
         Some(ALPN_H2) => Some(Alpn::Http2),
         Some(ALPN_H1) => Some(Alpn::Http1),
         Some(ALPN_OPAQUE) => Some(Alpn::Opaque),
         _ => None,
     }
+}
+
+/// Whether an outbound connection settled on `Alpn::H2Orig`.
+pub(crate) fn client_negotiated_h2_orig<IO>(stream: &client::TlsStream<IO>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(ALPN_H2_ORIG)
 }
 
 pub(crate) fn unix_now() -> i64 {

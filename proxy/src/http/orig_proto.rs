@@ -1,0 +1,202 @@
+//! HTTP/1 requests between two Weft proxies as streams of their shared HTTP/2
+//! connection, so a burst of HTTP/1.1 requests to one peer costs streams, not one
+//! TLS connection each.
+//!
+//! The connection says the peer understands it (ALPN `Alpn::H2Orig`); each request
+//! says it was HTTP/1 (the `weft-orig-proto` field), since native HTTP/2 requests
+//! share the connection. The peer's inbound turns a marked request back into the
+//! HTTP/1.1 request it would have read from its own connection and strips the mark
+//! before the app sees anything; the answer carries back what HTTP/2 has no place
+//! for (a reason phrase, an HTTP/1.0 status line) in fields of Weft's own, which
+//! the calling proxy removes. Fields describing one connection (Connection,
+//! Keep-Alive, Transfer-Encoding) are stripped on both paths alike, so body framing
+//! and keep-alive are each side's own business, as they are without the upgrade.
+//!
+//! A field rather than an ALPN per request kind: one connection carries both kinds.
+//! Requests the upgrade cannot carry faithfully (Upgrade, CONNECT, `OPTIONS *`, no
+//! usable Host) take their own HTTP/1.1 connection as before.
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{HeaderValue, Method, Request, Response, Version};
+use hyper::ext::ReasonPhrase;
+
+/// On a request: it was HTTP/1 before it crossed. On an answer: the app's status
+/// line said HTTP/1.0.
+pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
+/// On an answer: the app's reason phrase, when it was not the status's usual one.
+const ORIG_REASON: HeaderName = HeaderName::from_static("weft-orig-reason");
+
+const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
+
+/// Whether an HTTP/1 request, as the proxy would write it upstream, can cross as a
+/// stream and arrive unchanged: a Host the HTTP/2 authority can hold, an ordinary
+/// target, and no tunnel.
+pub(crate) fn can_carry<B>(req: &Request<B>) -> bool {
+    if req.method() == Method::CONNECT || req.uri().path() == "*" {
+        return false;
+    }
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => Authority::try_from(host.as_bytes()).is_ok(),
+        _ => false,
+    }
+}
+
+/// Outbound: the origin-form HTTP/1.1 request (hop-by-hop fields already gone)
+/// becomes an HTTP/2 one for the same target, marked. Its Host stays as it was,
+/// so the peer hands it on unchanged. Only for requests `can_carry` accepted.
+pub(crate) fn to_h2<B>(req: &mut Request<B>) {
+    let authority = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = authority;
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+}
+
+/// Inbound: removes the mark (never passed to an app) and reports whether there
+/// was one. With `trusted` (the caller is a peer proxy on an `Alpn::H2Orig`
+/// connection) a marked request becomes HTTP/1.1 again, origin-form, its Host
+/// untouched. The outbound uses the same to take back a request a new connection
+/// will not carry.
+pub(crate) fn to_h1<B>(req: &mut Request<B>, trusted: bool) -> bool {
+    if req.headers_mut().remove(ORIG_PROTO).is_none() || !trusted {
+        return false;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    true
+}
+
+/// Inbound: what the app's HTTP/1 answer said that HTTP/2 cannot, as fields.
+pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
+    let headers = resp.headers_mut();
+    // Only ours: an app's own field of these names must not steer the caller.
+    headers.remove(ORIG_PROTO);
+    headers.remove(ORIG_REASON);
+    if resp.version() == Version::HTTP_10 {
+        resp.headers_mut().insert(ORIG_PROTO, HTTP_10);
+    }
+    let reason = resp
+        .extensions()
+        .get::<ReasonPhrase>()
+        .and_then(|r| HeaderValue::from_bytes(r.as_bytes()).ok());
+    if let Some(reason) = reason {
+        resp.headers_mut().insert(ORIG_REASON, reason);
+    }
+}
+
+/// Outbound: the answer as the client would have had it over HTTP/1.
+pub(crate) fn unmark_response<B>(resp: &mut Response<B>) {
+    let version = match resp.headers_mut().remove(ORIG_PROTO) {
+        Some(v) if v == HTTP_10 => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    *resp.version_mut() = version;
+    if let Some(reason) = resp.headers_mut().remove(ORIG_REASON)
+        && let Ok(reason) = ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes()))
+    {
+        resp.extensions_mut().insert(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h1(method: Method, target: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(target);
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        b.header("x-b", "2")
+            .header("x-a", "1")
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn a_request_crosses_marked_and_arrives_as_it_left() {
+        let mut req = h1(Method::POST, "/a/b?c=d", Some("Orders.Shop:8080"));
+        assert!(can_carry(&req));
+        to_h2(&mut req);
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.uri(), "http://Orders.Shop:8080/a/b?c=d");
+        assert_eq!(req.headers().get(&ORIG_PROTO), Some(&HTTP_11));
+
+        assert!(to_h1(&mut req, true));
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri(), "/a/b?c=d");
+        assert!(req.uri().authority().is_none());
+        let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-b", "x-a"], "order kept, mark gone");
+        assert_eq!(req.headers()[HOST], "Orders.Shop:8080");
+    }
+
+    #[test]
+    fn an_untrusted_mark_is_removed_and_ignored() {
+        let mut req = h1(Method::GET, "http://x/", Some("x"));
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+        assert!(!to_h1(&mut req, false));
+        assert!(!req.headers().contains_key(ORIG_PROTO));
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!to_h1(&mut req, true), "no mark, nothing to undo");
+    }
+
+    #[test]
+    fn tunnels_and_hostless_requests_keep_their_own_connection() {
+        assert!(!can_carry(&h1(Method::CONNECT, "x:443", Some("x:443"))));
+        assert!(!can_carry(&h1(Method::OPTIONS, "*", Some("x"))));
+        assert!(!can_carry(&h1(Method::GET, "/", None)));
+        assert!(!can_carry(&h1(Method::GET, "/", Some("bad host"))));
+        let mut two = h1(Method::GET, "/", Some("a"));
+        two.headers_mut()
+            .append(HOST, HeaderValue::from_static("b"));
+        assert!(!can_carry(&two));
+    }
+
+    #[test]
+    fn the_reason_phrase_and_an_http10_status_line_come_back() {
+        let mut resp = Response::new(());
+        *resp.version_mut() = Version::HTTP_10;
+        resp.extensions_mut()
+            .insert(ReasonPhrase::from_static(b"Recorded Fine"));
+        resp.headers_mut()
+            .insert(ORIG_REASON, HeaderValue::from_static("forged"));
+        mark_response(&mut resp);
+        assert_eq!(resp.headers()[&ORIG_REASON], "Recorded Fine");
+
+        let mut crossed = Response::new(());
+        *crossed.version_mut() = Version::HTTP_2;
+        *crossed.headers_mut() = resp.headers().clone();
+        unmark_response(&mut crossed);
+        assert_eq!(crossed.version(), Version::HTTP_10);
+        assert!(crossed.headers().is_empty());
+        let reason = crossed
+            .extensions()
+            .get::<ReasonPhrase>()
+            .expect("a reason");
+        assert_eq!(reason.as_bytes(), b"Recorded Fine");
+    }
+}

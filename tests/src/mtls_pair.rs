@@ -1,0 +1,69 @@
+//! Two proxies with identities from a real weft-control CA, mTLS between them, as
+//! between two pods:
+//!
+//! ```text
+//! test client ─► client proxy (upstream listener) ══ mTLS ══► server proxy inbound ─► app
+//! ```
+
+use std::net::SocketAddr;
+
+use crate::control_ca::ControlPlane;
+use crate::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+
+/// The server proxy's identity, which the client proxy requires of its endpoint.
+pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
+
+/// How each side of the pair differs from the default.
+#[derive(Debug, Clone, Default)]
+pub struct PairOptions {
+    /// More `identity:` keys for the client proxy, as indented lines.
+    pub client_identity: String,
+    /// More `identity:` keys for the server proxy, as indented lines.
+    pub server_identity: String,
+    /// The server proxy's `inbound.http1_ports`.
+    pub server_http1_ports: Option<String>,
+}
+
+pub struct MtlsPair {
+    pub client: WeftProxy,
+    pub server: WeftProxy,
+    pub service: ServiceDef,
+    pub cp: ControlPlane,
+}
+
+impl MtlsPair {
+    /// A control plane (the CA), a server proxy in front of `app` that admits any
+    /// meshed caller, and a client proxy with an upstream listener for `service`,
+    /// whose one endpoint is the server proxy, which must prove [`SERVER_ID`].
+    pub async fn start(
+        service: ServiceDef,
+        app: SocketAddr,
+        options: PairOptions,
+    ) -> anyhow::Result<MtlsPair> {
+        let cp = ControlPlane::start("services:\n  - name: placeholder\n    endpoints: []\n", &[])
+            .await?;
+        let mut server_config = ProxyConfig::new().inbound(app);
+        if let Some(ports) = &options.server_http1_ports {
+            server_config = server_config.inbound_http1_ports(ports);
+        }
+        server_config.extra = cp.identity_yaml("server", "{}", &options.server_identity);
+        let server = WeftProxy::start_named("server-proxy", server_config).await?;
+        let service = service.endpoint_with_identity(server.inbound(), SERVER_ID);
+        let mut client_config = ProxyConfig::new()
+            .upstream(&service.name)
+            .service(service.clone());
+        client_config.extra = cp.identity_yaml("client", "{}", &options.client_identity);
+        let client = WeftProxy::start_named("client-proxy", client_config).await?;
+        Ok(MtlsPair {
+            client,
+            server,
+            service,
+            cp,
+        })
+    }
+
+    /// The client proxy's upstream listener for the service.
+    pub fn upstream(&self) -> SocketAddr {
+        self.client.upstream(&self.service.name)
+    }
+}

@@ -1,0 +1,159 @@
+//! The last hop speaks what the app speaks: an HTTP/2 caller (curl with prior
+//! knowledge, h2c) reaches an app that speaks HTTP/1.1 only (Python's http.server),
+//! through one proxy and through an mTLS pair, by the app port's declared protocol:
+//! the mesh service's port (`protocol: http1`) or the inbound's `http1_ports`.
+
+use weft_tests::apps::HttpApp;
+use weft_tests::mtls_pair::{MtlsPair, PairOptions};
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+use weft_tests::record_app::{RecordApp, curl, parse_record};
+
+/// Sends `GET /hello?x=1` and a POST with a body over HTTP/2 with prior knowledge to
+/// `addr`, and checks each reached the app as HTTP/1.1 with what curl sent.
+async fn h2c_requests_arrive_as_http1(addr: std::net::SocketAddr) {
+    let url = format!("http://{addr}/hello?x=1");
+    let out = curl(&["--http2-prior-knowledge", "-H", "x-trace: abc", &url])
+        .await
+        .expect("an answer over HTTP/2");
+    let record = parse_record(&out).expect("the app's record");
+    assert_eq!(
+        record["request_line"], "GET /hello?x=1 HTTP/1.1",
+        "{record}"
+    );
+    let headers = record["headers"].as_array().expect("headers");
+    let has = |name: &str, value: &str| {
+        headers
+            .iter()
+            .any(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)) && h[1] == value)
+    };
+    assert!(
+        has("host", &addr.to_string()),
+        "authority as Host: {record}"
+    );
+    assert!(has("x-trace", "abc"), "{record}");
+
+    let url = format!("http://{addr}/upload");
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        "payload=1",
+        &url,
+    ])
+    .await
+    .expect("an answer to the POST");
+    let record = parse_record(&out).expect("the app's record");
+    assert_eq!(record["request_line"], "POST /upload HTTP/1.1", "{record}");
+    assert_eq!(record["body"], "payload=1", "{record}");
+    assert_eq!(record["framing"], "length", "{record}");
+}
+
+/// What curl prints for `--write-out %{http_code}` on a failed HTTP/2 request.
+async fn h2c_status(addr: std::net::SocketAddr) -> String {
+    let url = format!("http://{addr}/");
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code}",
+        &url,
+    ])
+    .await
+    .expect("curl ran");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_sends_http2_to_a_declared_http1_app_port_as_http1() {
+    let app = RecordApp::start().await.expect("start the app");
+    let port = app.addr.port().to_string();
+    let plain = WeftProxy::start_named("inbound", ProxyConfig::new().inbound(app.addr))
+        .await
+        .expect("start a proxy with no declaration");
+    // The premise: undeclared, HTTP/2 goes on as HTTP/2, which this app cannot read.
+    assert_eq!(h2c_status(plain.inbound()).await, "502");
+
+    let proxy = WeftProxy::start_named(
+        "inbound-http1",
+        ProxyConfig::new()
+            .inbound(app.addr)
+            .inbound_http1_ports(&port),
+    )
+    .await
+    .expect("start a proxy");
+    h2c_requests_arrive_as_http1(proxy.inbound()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_listener_sends_http2_to_a_service_declared_http1_as_http1() {
+    let app = RecordApp::start().await.expect("start the app");
+    let service = ServiceDef::new("legacy")
+        .port(80, "http1")
+        .endpoint(app.addr);
+    let proxy = WeftProxy::start_named(
+        "upstream",
+        ProxyConfig::new().upstream("legacy").service(service),
+    )
+    .await
+    .expect("start a proxy");
+    h2c_requests_arrive_as_http1(proxy.upstream("legacy")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_through_an_mtls_pair_reaches_an_http1_app_by_the_service_port() {
+    let app = RecordApp::start().await.expect("start the app");
+    let service = ServiceDef::new("legacy").port(80, "http1");
+    let pair = MtlsPair::start(service, app.addr, PairOptions::default())
+        .await
+        .expect("start the pair");
+    h2c_requests_arrive_as_http1(pair.upstream()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_through_an_mtls_pair_reaches_an_http1_app_by_the_inbound_ports() {
+    let app = RecordApp::start().await.expect("start the app");
+    // The caller's mesh says nothing of the port: h2 crosses the pair as h2, and the
+    // server proxy, which knows its app, sends it on as HTTP/1.1.
+    let service = ServiceDef::new("legacy");
+    let options = PairOptions {
+        server_http1_ports: Some(app.addr.port().to_string()),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(service, app.addr, options)
+        .await
+        .expect("start the pair");
+    h2c_requests_arrive_as_http1(pair.upstream()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_stays_http2_to_an_app_port_declared_http1() {
+    // An HTTP/2 app (the harness's, hyper) behind a port wrongly declared http1:
+    // gRPC is never downgraded, so the gRPC-looking request still reaches it as h2.
+    let app = HttpApp::start("h2-app").await.expect("start the app");
+    let port = app.addr.port().to_string();
+    let proxy = WeftProxy::start_named(
+        "inbound-http1",
+        ProxyConfig::new()
+            .inbound(app.addr)
+            .inbound_http1_ports(&port),
+    )
+    .await
+    .expect("start a proxy");
+    let url = format!("http://{}/version", proxy.inbound());
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--include",
+        "-H",
+        "content-type: application/grpc",
+        "--data-binary",
+        "x",
+        &url,
+    ])
+    .await
+    .expect("an answer");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("x-version: HTTP/2.0"),
+        "the app saw HTTP/2: {text}"
+    );
+}
