@@ -51,6 +51,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         http_server::segments(&path).as_slice(),
     ) {
         (Method::POST, ["checkout"]) => checkout(state, req).await,
+        (Method::POST, ["signup"]) => sign_up(state, req).await,
         (Method::GET, ["profile", user_id]) => profile(state, user_id).await,
         _ => http_server::not_found(),
     }
@@ -69,6 +70,22 @@ async fn checkout(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         Ok(reply) => dependency_failed("orders", &reply),
         Err(e) => http_server::bad_gateway("orders", format!("orders request failed: {e}")),
+    }
+}
+
+/// A sign-up goes to users, which announces the new user on the broker.
+async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_server::read_body(req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    let url = state.config.users_url.join("/users");
+    match state.client.post_json(&url, body).await {
+        Ok(reply) if !reply.status.is_server_error() => {
+            http_server::json_bytes(reply.status, reply.body)
+        }
+        Ok(reply) => dependency_failed("users", &reply),
+        Err(e) => http_server::bad_gateway("users", format!("users request failed: {e}")),
     }
 }
 
