@@ -32,6 +32,11 @@ pub const INVENTORY_QUEUE: &str = "inventory.reserve";
 /// Persistent: a durable queue keeps the message across a broker restart.
 const PERSISTENT: u8 = 2;
 
+/// How long connecting and setting up a channel may take. A connect the mesh
+/// accepted for a broker that is away may never be answered; without a bound, a
+/// client would wait on it for good instead of trying again.
+const SETUP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why a message did not get where it was sent.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
@@ -47,6 +52,8 @@ pub enum AmqpError {
     BadAnswer(String),
     #[error("the broker did not confirm in time")]
     Unconfirmed,
+    #[error("no connection to the broker within {0:?}")]
+    Unreachable(Duration),
     #[error("not confirmed within {0:?}: {1}")]
     GaveUp(Duration, Box<AmqpError>),
 }
@@ -83,11 +90,22 @@ async fn confirmed(confirm: lapin::PublisherConfirm, key: &str) -> Result<(), Am
     }
 }
 
+/// Closes a connection politely if it still works; a broken one is just dropped
+/// (a close on it could wait for an answer that never comes).
+async fn close(conn: Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, "bye".into())).await;
+    }
+}
+
 /// One connection and a confirming channel on it, made on first use and again
 /// after it broke.
 struct Link {
     url: String,
     current: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    /// Counts connections made: what belongs to one (a reply queue) is stale once
+    /// this moves on.
+    generation: AtomicU64,
 }
 
 impl Link {
@@ -95,11 +113,22 @@ impl Link {
         Link {
             url: url.to_string(),
             current: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// The live channel, connecting first when there is none or it broke.
-    async fn channel(&self) -> Result<Channel, lapin::Error> {
+    async fn channel(&self) -> Result<Channel, AmqpError> {
+        match tokio::time::timeout(SETUP_LIMIT, self.channel_unbounded()).await {
+            Ok(result) => result.map_err(AmqpError::from),
+            Err(_) => {
+                self.broken().await;
+                Err(AmqpError::Unreachable(SETUP_LIMIT))
+            }
+        }
+    }
+
+    async fn channel_unbounded(&self) -> Result<Channel, lapin::Error> {
         let mut current = self.current.lock().await;
         if let Some((conn, channel)) = current.as_ref()
             && conn.status().connected()
@@ -108,7 +137,7 @@ impl Link {
             return Ok(channel.clone());
         }
         if let Some((conn, _)) = current.take() {
-            let _ = conn.close(200, "reconnecting".into()).await;
+            close(conn).await;
         }
         let conn = connect(&self.url).await?;
         let channel = conn.create_channel().await?;
@@ -116,6 +145,7 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         declare_events(&channel).await?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         tracing::info!("connected to the broker");
         *current = Some((conn, channel.clone()));
         Ok(channel)
@@ -123,8 +153,9 @@ impl Link {
 
     /// Forgets the connection after a failure, so the next use makes a new one.
     async fn broken(&self) {
-        if let Some((conn, _)) = self.current.lock().await.take() {
-            let _ = conn.close(200, "broken".into()).await;
+        let old = self.current.lock().await.take();
+        if let Some((conn, _)) = old {
+            close(conn).await;
         }
     }
 }
@@ -179,7 +210,10 @@ impl EventPublisher {
                 Ok(confirm) => confirmed(confirm, kind).await,
                 Err(e) => Err(e.into()),
             };
-            if matches!(result, Err(AmqpError::Broker(_))) {
+            if matches!(
+                result,
+                Err(AmqpError::Broker(_) | AmqpError::Unreachable(_))
+            ) {
                 self.link.broken().await;
             }
             result
@@ -259,6 +293,37 @@ where
     H: Fn(Channel, Delivery) -> Fut,
     Fut: Future<Output = bool>,
 {
+    let setup = tokio::time::timeout(SETUP_LIMIT, subscribe(url, subscription)).await;
+    let Ok(setup) = setup else {
+        return Err(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection to the broker within {SETUP_LIMIT:?}"),
+        )));
+    };
+    let (conn, channel, mut deliveries) = setup?;
+    tracing::info!(queue = %subscription.queue, "consuming");
+    while let Some(delivery) = deliveries.next().await {
+        let delivery = delivery?;
+        let acker = delivery.acker.clone();
+        if handle(channel.clone(), delivery).await {
+            acker.ack(BasicAckOptions::default()).await?;
+        } else {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            acker.nack(requeue).await?;
+        }
+    }
+    close(conn).await;
+    Ok(())
+}
+
+/// Connects, declares the queue and its bindings, and starts consuming.
+async fn subscribe(
+    url: &str,
+    subscription: &Subscription,
+) -> Result<(Connection, Channel, lapin::Consumer), lapin::Error> {
     let conn = connect(url).await?;
     let channel = conn.create_channel().await?;
     channel
@@ -285,7 +350,7 @@ where
             .await?;
     }
     channel.basic_qos(32, BasicQosOptions::default()).await?;
-    let mut deliveries = channel
+    let deliveries = channel
         .basic_consume(
             queue,
             "".into(),
@@ -293,22 +358,7 @@ where
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(queue = %subscription.queue, "consuming");
-    while let Some(delivery) = deliveries.next().await {
-        let delivery = delivery?;
-        let acker = delivery.acker.clone();
-        if handle(channel.clone(), delivery).await {
-            acker.ack(BasicAckOptions::default()).await?;
-        } else {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            acker.nack(requeue).await?;
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
-    Ok(())
+    Ok((conn, channel, deliveries))
 }
 
 /// Answers one request a [`RequestClient`] sent: `reply` goes to the request's reply
@@ -343,8 +393,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 /// back later does not act on it.
 pub struct RequestClient {
     link: Link,
-    /// The reply queue of the current connection, and the pending calls.
-    reply_queue: tokio::sync::Mutex<Option<(usize, String)>>,
+    /// The reply queue of the connection of one generation.
+    reply_queue: tokio::sync::Mutex<Option<(u64, String)>>,
     pending: Pending,
     next: AtomicU64,
     prefix: String,
@@ -365,10 +415,9 @@ impl RequestClient {
     /// answer to its pending call.
     async fn reply_queue(&self, channel: &Channel) -> Result<String, lapin::Error> {
         let mut current = self.reply_queue.lock().await;
-        let id = usize::from(channel.id());
-        if let Some((channel_id, queue)) = current.as_ref()
-            && *channel_id == id
-            && channel.status().connected()
+        let id = self.link.generation.load(Ordering::SeqCst);
+        if let Some((generation, queue)) = current.as_ref()
+            && *generation == id
         {
             return Ok(queue.clone());
         }
@@ -420,16 +469,18 @@ impl RequestClient {
         request: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, AmqpError> {
-        let sent = async {
+        let ready = async {
             let channel = self.link.channel().await?;
-            let reply_queue = self.reply_queue(&channel).await?;
-            Ok::<_, lapin::Error>((channel, reply_queue))
+            let reply_queue = tokio::time::timeout(SETUP_LIMIT, self.reply_queue(&channel))
+                .await
+                .map_err(|_| AmqpError::Unreachable(SETUP_LIMIT))??;
+            Ok::<_, AmqpError>((channel, reply_queue))
         };
-        let (channel, reply_queue) = match sent.await {
+        let (channel, reply_queue) = match ready.await {
             Ok(pair) => pair,
             Err(e) => {
                 self.link.broken().await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         let id = format!(
@@ -457,16 +508,18 @@ impl RequestClient {
             mandatory: true,
             ..Default::default()
         };
-        let published = match channel
-            .basic_publish("".into(), queue.into(), mandatory, request, properties)
-            .await
-        {
-            Ok(confirm) => confirmed(confirm, queue).await,
-            Err(e) => Err(e.into()),
+        let publish = async {
+            let confirm = channel
+                .basic_publish("".into(), queue.into(), mandatory, request, properties)
+                .await?;
+            confirmed(confirm, queue).await
         };
+        let published = tokio::time::timeout(timeout, publish)
+            .await
+            .unwrap_or(Err(AmqpError::Unconfirmed));
         if let Err(e) = published {
             forget();
-            if matches!(e, AmqpError::Broker(_)) {
+            if matches!(e, AmqpError::Broker(_) | AmqpError::Unconfirmed) {
                 self.link.broken().await;
             }
             return Err(e);

@@ -28,6 +28,7 @@
 //!   kube-controller-manager, kube-scheduler) built once by tests/cluster/build.sh.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
+//! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd).
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
 //!   such third-party programs (skip, or fail under `CI=true`, when missing).
 //!
@@ -58,6 +59,7 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod tools;
 
 /// Generated code for tests/proto/echo.proto.

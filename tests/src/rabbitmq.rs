@@ -176,7 +176,10 @@ impl RabbitMq {
 
     /// What the broker logged so far (the current run).
     pub fn output(&self) -> String {
-        self.server.as_ref().map(Process::output).unwrap_or_default()
+        self.server
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
     }
 }
 
