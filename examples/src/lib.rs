@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod cloudevents;
+pub mod graphql;
 pub mod http_client;
 pub mod http_proxy;
 pub mod http_server;

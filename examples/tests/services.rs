@@ -89,6 +89,7 @@ async fn start_web(orders: SocketAddr, users: SocketAddr) -> SocketAddr {
     let config = WebConfig {
         orders_url: url(orders).parse().expect("orders URL"),
         users_url: url(users).parse().expect("users URL"),
+        payments: None,
     };
     let client = HttpClient::new(ProxySettings::direct(), Duration::from_secs(5));
     tokio::spawn(web::serve(listener, config, client, std::future::pending()));

@@ -33,9 +33,9 @@ pub const WORKLOADS: [&str; 7] = [
 
 /// Every port offset the demo binds above its base (with a broker: its clients'
 /// upstream listeners at 410+i, epmd and the broker's distribution port).
-const OFFSETS: [u16; 39] = [
+const OFFSETS: [u16; 40] = [
     0, 1, 2, 3, 4, 5, 6, 100, 101, 102, 103, 104, 105, 106, 200, 201, 202, 203, 204, 205, 206, 300,
-    301, 302, 303, 304, 305, 306, 401, 411, 413, 414, 415, 900, 950, 951, 990, 991, 992,
+    301, 302, 303, 304, 305, 306, 400, 401, 411, 413, 414, 415, 900, 950, 951, 990, 991, 992,
 ];
 
 /// Blocks sit above Linux's ephemeral range (32768-60999), so no outgoing

@@ -5,7 +5,8 @@
 //!
 //! Ports come from one block above `--base-port`, so a demo never collides with a
 //! mesh on the default ports: app = base+i, proxy inbound = base+100+i, outbound =
-//! base+200+i, admin = base+300+i, fixed upstream listeners = base+400+i, control
+//! base+200+i, admin = base+300+i, fixed upstream listeners for payments =
+//! base+400+i (web's for GraphQL, orders'), control
 //! plane gRPC = base+900, control plane admin = base+990. With RabbitMQ installed
 //! the broker is workload 6 (AMQP on base+6), inventory workload 5, each broker
 //! client's upstream listener for it base+410+i, epmd base+950 and the broker's

@@ -41,6 +41,8 @@ pub struct Plan {
     pub control_admin: SocketAddr,
     /// orders' fixed listener for payments (gRPC clients cannot use http_proxy).
     pub payments_upstream: SocketAddr,
+    /// web's, for GraphQL's payment field.
+    pub web_payments_upstream: SocketAddr,
     /// The broker's Erlang port mapper and distribution ports (with a broker).
     pub epmd: SocketAddr,
     pub broker_dist: SocketAddr,
@@ -104,6 +106,7 @@ impl Plan {
             control_grpc: local(b + 900)?,
             control_admin: local(b + 990)?,
             payments_upstream: local(b + 401)?,
+            web_payments_upstream: local(b + 400)?,
             epmd: local(b + 950)?,
             broker_dist: local(b + 951)?,
         })
@@ -128,6 +131,7 @@ impl Plan {
             self.control_grpc,
             self.control_admin,
             self.payments_upstream,
+            self.web_payments_upstream,
         ]);
         ports
     }
@@ -210,11 +214,13 @@ impl Plan {
             ));
         }
         let mut upstreams = Vec::new();
-        if w.name == "orders" {
-            upstreams.push(format!(
-                "  - {{service: payments, listen: {}}}\n",
-                self.payments_upstream
-            ));
+        let payments = match w.name {
+            "orders" => Some(self.payments_upstream),
+            "web" => Some(self.web_payments_upstream),
+            _ => None,
+        };
+        if let Some(listen) = payments {
+            upstreams.push(format!("  - {{service: payments, listen: {listen}}}\n"));
         }
         if let Some(listen) = w.amqp_upstream {
             upstreams.push(format!("  - {{service: {BROKER}, listen: {listen}}}\n"));
@@ -234,6 +240,8 @@ impl Plan {
                 "http://orders".into(),
                 "--users-url".into(),
                 "http://users".into(),
+                "--payments".into(),
+                format!("http://{}", self.web_payments_upstream),
             ]),
             "orders" => args.extend([
                 "--payments".into(),
