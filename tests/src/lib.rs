@@ -18,6 +18,7 @@
 //! - [`h2spec`] builds and runs the HTTP/2 conformance checker h2spec.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
+//! - [`wire`] captures what crosses the bridge between pods with tshark.
 //! - [`node_agent`] registers a Node with a real API server and runs the pods bound
 //!   to it as network namespaces (a small kubelet).
 //! - [`kube_mesh`] is a cluster with a node agent and Weft installed from
@@ -61,6 +62,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rabbitmq;
 pub mod tools;
+pub mod wire;
 
 /// Generated code for tests/proto/echo.proto.
 pub mod pb {

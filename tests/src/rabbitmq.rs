@@ -40,6 +40,8 @@ pub struct RabbitMq {
     dist_port: u16,
     script: PathBuf,
     launch: Launcher,
+    /// The network namespace the broker is reached from (its node's), if not ours.
+    reach_from: Option<String>,
     restarts: usize,
 }
 
@@ -63,20 +65,22 @@ impl RabbitMq {
     pub async fn start(test: &str) -> Option<RabbitMq> {
         let script = require(test)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let broker = Self::start_with(script, addr, addr, Box::new(|p| Command::new(p)))
+        let broker = Self::start_with(script, addr, addr, Box::new(|p| Command::new(p)), None)
             .await
             .expect("start rabbitmq");
         Some(broker)
     }
 
-    /// A broker listening on `listen`, reached at `addr`, each program started by
-    /// `launch` (inside a namespace, say). Ports for epmd and distribution are
-    /// picked free on this machine's loopback.
+    /// A broker listening on `listen`, reached at `addr` (from the network
+    /// namespace `reach_from`, else from ours), each program started by `launch`
+    /// (inside a pod, say). Ports for epmd and distribution are picked free on this
+    /// machine's loopback.
     pub async fn start_with(
         script: PathBuf,
         addr: SocketAddr,
         listen: SocketAddr,
         launch: Launcher,
+        reach_from: Option<String>,
     ) -> anyhow::Result<RabbitMq> {
         let dir = tempfile::Builder::new()
             .prefix("weft-rabbitmq-")
@@ -111,6 +115,7 @@ impl RabbitMq {
             dist_port,
             script,
             launch,
+            reach_from,
             restarts: 0,
         };
         broker.boot().await?;
@@ -137,7 +142,7 @@ impl RabbitMq {
         let name = format!("rabbitmq-{}", self.restarts);
         let mut server = Process::spawn_group(&name, cmd, d)?;
         let deadline = tokio::time::Instant::now() + BOOT_LIMIT;
-        while !speaks_amqp(self.addr).await {
+        while !speaks_amqp(self.addr, self.reach_from.as_deref()).await {
             if let Some(status) = server.try_exit()? {
                 anyhow::bail!("rabbitmq exited ({status}):\n{}", server.output());
             }
@@ -184,11 +189,13 @@ impl RabbitMq {
 }
 
 /// Whether the broker at `addr` answers an AMQP 0-9-1 protocol header with a
-/// frame (Connection.Start), i.e. it has finished booting. A broker in a network
-/// namespace is reached at its pod's address over the node's bridge.
-async fn speaks_amqp(addr: SocketAddr) -> bool {
+/// frame (Connection.Start), i.e. it has finished booting.
+async fn speaks_amqp(addr: SocketAddr, from: Option<&str>) -> bool {
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut stream = match from {
+            Some(netns) => crate::netns::connect(netns, addr).await.ok()?,
+            None => tokio::net::TcpStream::connect(addr).await.ok()?,
+        };
         stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
         let mut frame_type = [0u8; 1];
         stream.read_exact(&mut frame_type).await.ok()?;

@@ -17,10 +17,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weft_tests::client::{self, H1Client};
 use weft_tests::demo::Demo;
+use weft_tests::netns::{self, Node};
 use weft_tests::ports::free_addr;
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::rabbitmq::{self, RabbitMq};
+use weft_tests::wire::{WireCapture, hex};
 use weft_tests::{STEP_DEADLINE, bins, eventually};
 
 /// Sends `method path` with a JSON body (or none) to `addr`; the status and JSON.
@@ -407,5 +409,153 @@ async fn a_broker_restarted_under_load_loses_no_confirmed_event() {
     eprintln!(
         "{} orders confirmed, {failed} refused while the broker was away",
         confirmed.len()
+    );
+}
+
+/// Pods on a node's bridge: the broker in pod b behind its sidecar, users and
+/// notifications in pod a reaching it by a service VIP (iptables capture, AMQP's
+/// port opaque by default, mTLS between the sidecars). A sign-up is confirmed and
+/// welcomed, and tshark on the bridge sees TLS on the broker's port and no AMQP,
+/// not even its protocol header, nor the new user's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_hop_between_pods_carries_only_tls() {
+    const TEST: &str = "the_broker_hop_between_pods_carries_only_tls";
+    const VIP: &str = "10.96.0.56";
+    if !netns::available(TEST) {
+        return;
+    }
+    let Some(script) = rabbitmq::require(TEST) else {
+        return;
+    };
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {TEST}: tshark is not installed");
+        return;
+    }
+    let mut node = Node::create().expect("create the node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    let netns_b = b.netns.clone();
+    let launch: rabbitmq::Launcher = Box::new(move |program| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns_b]).arg(program);
+        cmd
+    });
+    // Started before b's capture, so the readiness check reaches it directly.
+    let _broker = RabbitMq::start_with(
+        script,
+        b.addr(5672),
+        SocketAddr::from(([0, 0, 0, 0], 5672)),
+        launch,
+        Some(node.netns.clone()),
+    )
+    .await
+    .expect("the broker in pod b");
+    a.install_capture().expect("init in a");
+    b.install_capture().expect("init in b");
+    let services = [ServiceDef::new("rabbitmq")
+        .vip(VIP)
+        .port(5672, "detect")
+        .endpoint_with_identity(b.addr(5672), &b.spiffe_id())];
+    let control = node
+        .start_control_plane(&services)
+        .await
+        .expect("control plane on the node");
+    let _a_proxy = a
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in a");
+    let _b_proxy = b
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in b");
+
+    let url = format!("amqp://guest:guest@{VIP}:5672/%2f");
+    let bin = |name: &str| bins::binary(name).expect("example binary");
+    let notifications = a
+        .spawn(
+            "notifications",
+            None,
+            &bin("notifications").to_string_lossy(),
+            &["--listen", "127.0.0.1:8084", "--amqp-url", &url],
+        )
+        .expect("notifications in a");
+    let _users = a
+        .spawn(
+            "users",
+            None,
+            &bin("users").to_string_lossy(),
+            &["--listen", "127.0.0.1:8082", "--amqp-url", &url],
+        )
+        .expect("users in a");
+    let users = SocketAddr::from(([127, 0, 0, 1], 8082));
+    let notified = SocketAddr::from(([127, 0, 0, 1], 8084));
+    eventually(STEP_DEADLINE, "notifications consumes", || async {
+        notifications.output().contains("consuming").then_some(())
+    })
+    .await;
+    eventually(STEP_DEADLINE, "users is up", || async {
+        let reply = a.http_get(users, "users", "/healthz").await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+
+    let mut wire = WireCapture::start(&node).expect("start tshark on the bridge");
+    wire.mark(&[&a, &b]).await;
+    let name = "Ada Marker-5a1f";
+    let body = json!({"name": name, "email": "ada@example.com"}).to_string();
+    let request = format!(
+        "POST /users HTTP/1.1\r\nhost: users\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = a.connect(users).await.expect("connect to users in a");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send the sign-up");
+    let raw = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("users answers");
+    assert_eq!(
+        client::raw_status(&raw),
+        Some(201),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(answer.contains(r#""event":"confirmed""#), "{answer}");
+    eventually(STEP_DEADLINE, "the welcome notification", || async {
+        let reply = a
+            .http_get(notified, "notifications", "/notifications")
+            .await
+            .ok()?;
+        reply
+            .body
+            .contains(&format!("Welcome, {name}"))
+            .then_some(())
+    })
+    .await;
+    wire.mark(&[&a, &b]).await;
+    wire.stop().await.expect("tshark exits");
+
+    assert!(
+        !wire
+            .read("tls && tcp.port == 5672", &["frame.number"])
+            .trim()
+            .is_empty(),
+        "no TLS on the broker's port between the pods"
+    );
+    assert!(
+        wire.read("amqp", &["frame.number"]).trim().is_empty(),
+        "AMQP in clear on the wire"
+    );
+    let payload = wire.payload_hex();
+    assert!(
+        !payload.contains(&hex(b"AMQP\x00\x00\x09\x01")),
+        "an AMQP protocol header crossed in clear"
+    );
+    assert!(
+        !payload.contains(&hex(name.as_bytes())),
+        "the new user's name crossed in clear"
     );
 }
