@@ -5,10 +5,13 @@
 //! Each service lives in a module with a `serve` function (used in-process by the tests)
 //! and a thin binary in `src/bin` that parses flags and waits for SIGTERM/SIGINT.
 
+pub mod amqp;
 pub mod cloudevents;
+pub mod graphql;
 pub mod http_client;
 pub mod http_proxy;
 pub mod http_server;
+pub mod inventory;
 pub mod listen;
 pub mod loadgen;
 pub mod notifications;

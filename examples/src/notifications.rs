@@ -1,6 +1,8 @@
-//! The notifications service: a CloudEvents sink that remembers what it received.
+//! The notifications service: a CloudEvents sink that remembers what it received,
+//! and, with a broker, a consumer of `order.placed` and `user.signed_up` events that
+//! turns each into a notification naming its order or user (`GET /notifications`).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -8,20 +10,96 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use serde::{Deserialize, Serialize};
+
+use crate::amqp::{self, Subscription};
 use crate::cloudevents::{self, Attributes};
 use crate::http_server::{self, Body};
 
 /// How much history the service keeps.
 #[derive(Debug, Clone)]
 pub struct NotificationsConfig {
-    /// Number of most recent events listed by `GET /events`.
+    /// Number of most recent events listed by `GET /events` and notifications by
+    /// `GET /notifications`.
     pub keep: usize,
+    /// The AMQP broker whose events become notifications.
+    pub amqp_url: Option<String>,
 }
+
+/// The queue notifications consumes from.
+pub const QUEUE: &str = "notifications";
 
 #[derive(Default)]
 struct Received {
     count: u64,
     recent: VecDeque<Attributes>,
+    notifications: Notifications,
+}
+
+/// What a customer would be told, for one event from the broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notification {
+    /// The event type: `order.placed` or `user.signed_up`.
+    pub event: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Notifications {
+    count: u64,
+    recent: VecDeque<Notification>,
+    /// Message ids handled, so a redelivered event (after a broker restart or a
+    /// lost ack) is not notified twice.
+    seen: HashSet<String>,
+}
+
+/// The notification for an event, or why it cannot be one.
+pub fn notification(kind: &str, data: &[u8]) -> Result<Notification, String> {
+    let event: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| format!("not JSON: {e}"))?;
+    let text = |key: &str| {
+        event
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_default()
+    };
+    match kind {
+        amqp::ORDER_PLACED => {
+            let id = event
+                .get("id")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or("order.placed without an id")?;
+            Ok(Notification {
+                event: kind.to_owned(),
+                message: format!(
+                    "Order {id} placed: {} x {} for user {}, payment {}",
+                    text("quantity"),
+                    text("item"),
+                    text("user"),
+                    text("payment_id")
+                ),
+                order_id: Some(id),
+                user_id: Some(text("user")),
+            })
+        }
+        amqp::USER_SIGNED_UP => {
+            let id = text("id");
+            if id.is_empty() {
+                return Err("user.signed_up without an id".into());
+            }
+            Ok(Notification {
+                event: kind.to_owned(),
+                message: format!("Welcome, {} (user {id})", text("name")),
+                order_id: None,
+                user_id: Some(id),
+            })
+        }
+        other => Err(format!("unknown event {other:?}")),
+    }
 }
 
 /// Serves `POST /events` and `GET /events` on `listener` until `shutdown` completes.
@@ -31,7 +109,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let received = Arc::new(Mutex::new(Received::default()));
-    http_server::serve(
+    let consumer = config.amqp_url.clone().map(|url| {
+        let received = received.clone();
+        let keep = config.keep;
+        let subscription = Subscription {
+            queue: QUEUE.to_owned(),
+            keys: vec![
+                amqp::ORDER_PLACED.to_owned(),
+                amqp::USER_SIGNED_UP.to_owned(),
+            ],
+        };
+        tokio::spawn(amqp::consume_forever(
+            url,
+            subscription,
+            move |_, delivery| {
+                let received = received.clone();
+                async move {
+                    record(&received, keep, &delivery);
+                    true
+                }
+            },
+        ))
+    });
+    let result = http_server::serve(
         listener,
         move |req| {
             let received = received.clone();
@@ -40,7 +140,39 @@ pub async fn serve(
         },
         shutdown,
     )
-    .await
+    .await;
+    if let Some(consumer) = consumer {
+        consumer.abort();
+    }
+    result
+}
+
+/// Records one event from the broker as a notification, once per message id.
+fn record(received: &Mutex<Received>, keep: usize, delivery: &lapin::message::Delivery) {
+    let kind = delivery.routing_key.as_str();
+    let notification = match notification(kind, &delivery.data) {
+        Ok(n) => n,
+        // Acknowledged all the same: a malformed event will not improve on redelivery.
+        Err(e) => return tracing::warn!(kind, error = %e, "event dropped"),
+    };
+    let id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let mut received = received.lock().unwrap_or_else(PoisonError::into_inner);
+    let n = &mut received.notifications;
+    if let Some(id) = id
+        && !n.seen.insert(id)
+    {
+        return tracing::debug!(kind, "duplicate event dropped");
+    }
+    tracing::info!(kind, message = %notification.message, "notification");
+    n.count += 1;
+    n.recent.push_back(notification);
+    while n.recent.len() > keep {
+        n.recent.pop_front();
+    }
 }
 
 async fn route(received: &Mutex<Received>, keep: usize, req: Request<Incoming>) -> Response<Body> {
@@ -51,6 +183,14 @@ async fn route(received: &Mutex<Received>, keep: usize, req: Request<Incoming>) 
             http_server::json(
                 StatusCode::OK,
                 &serde_json::json!({ "count": received.count, "recent": received.recent }),
+            )
+        }
+        (&Method::GET, "/notifications") => {
+            let received = received.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = &received.notifications;
+            http_server::json(
+                StatusCode::OK,
+                &serde_json::json!({ "count": n.count, "recent": n.recent }),
             )
         }
         _ => http_server::not_found(),
@@ -88,4 +228,28 @@ async fn accept(received: &Mutex<Received>, keep: usize, req: Request<Incoming>)
         StatusCode::ACCEPTED,
         &serde_json::json!({ "accepted": attributes.id }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_event_becomes_a_notification_naming_the_order() {
+        let order = serde_json::json!({
+            "id": 17, "user": "7", "item": "book", "quantity": 2, "payment_id": "pay-9"
+        });
+        let n = notification(amqp::ORDER_PLACED, order.to_string().as_bytes()).expect("valid");
+        assert_eq!(n.order_id, Some(17));
+        assert_eq!(
+            n.message,
+            "Order 17 placed: 2 x book for user 7, payment pay-9"
+        );
+        let user = serde_json::json!({"id": "1001", "name": "Ada"});
+        let n = notification(amqp::USER_SIGNED_UP, user.to_string().as_bytes()).expect("valid");
+        assert_eq!(n.user_id.as_deref(), Some("1001"));
+        assert_eq!(n.message, "Welcome, Ada (user 1001)");
+        assert!(notification(amqp::ORDER_PLACED, b"{}").is_err());
+        assert!(notification("other", b"{}").is_err());
+    }
 }

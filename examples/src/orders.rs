@@ -1,5 +1,7 @@
 //! The orders service: REST/JSON in front of a synchronous gRPC call to payments and an
-//! asynchronous `order.placed` CloudEvent to whoever listens at the events URL.
+//! asynchronous `order.placed` CloudEvent to whoever listens at the events URL. With a
+//! broker, it first asks inventory to reserve the stock (request-reply over the
+//! broker) and publishes `order.placed` to the broker, confirmed before it answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,9 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::amqp::{self, AmqpError, EventPublisher, RequestClient};
 use crate::cloudevents;
 use crate::http_client::HttpClient;
 use crate::http_server::{self, Body};
+use crate::inventory::{Reservation, Reserve};
 use crate::payments::proto::ChargeRequest;
 use crate::payments::proto::payments_client::PaymentsClient;
 
@@ -36,6 +40,19 @@ pub struct OrdersConfig {
     pub payments_timeout: Duration,
     /// Orders kept in memory; the oldest are forgotten beyond this.
     pub max_orders: usize,
+    /// The AMQP broker: stock reservations and `order.placed` events go there.
+    pub broker: Option<BrokerConfig>,
+}
+
+/// How orders uses the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub url: String,
+    /// How long a reservation waits for inventory's answer.
+    pub inventory_timeout: Duration,
+    /// How long publishing an event keeps trying (reconnecting) before the order
+    /// is answered with the event unconfirmed.
+    pub publish_patience: Duration,
 }
 
 /// A request to place an order.
@@ -69,6 +86,13 @@ pub struct Order {
     pub currency: String,
     pub payment_id: String,
     pub status: String,
+    /// Stock of the item left after this order's reservation (with a broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_remaining: Option<u64>,
+    /// "confirmed" once the broker has the `order.placed` event, else why not
+    /// (with a broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 struct Store {
@@ -81,8 +105,15 @@ struct State {
     store: Mutex<Store>,
     payments: PaymentsClient<Channel>,
     events: HttpClient,
+    broker: Option<Broker>,
     /// Distinguishes this process's event ids from another replica's.
     instance: String,
+}
+
+struct Broker {
+    inventory: RequestClient,
+    inventory_timeout: Duration,
+    events: EventPublisher,
 }
 
 impl State {
@@ -108,7 +139,13 @@ pub async fn serve(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
+    let broker = config.broker.as_ref().map(|b| Broker {
+        inventory: RequestClient::new(&b.url),
+        inventory_timeout: b.inventory_timeout,
+        events: EventPublisher::new(&b.url, b.publish_patience),
+    });
     let state = Arc::new(State {
+        broker,
         config,
         store: Mutex::new(Store {
             next_id: 1,
@@ -159,6 +196,36 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         store.next_id += 1;
         id
     };
+    let stock_remaining = match &state.broker {
+        Some(broker) => match reserve(broker, id, &new).await {
+            Ok(reservation) if reservation.reserved => Some(reservation.remaining),
+            Ok(reservation) => {
+                return http_server::json(
+                    StatusCode::CONFLICT,
+                    &serde_json::json!({
+                        "error": "out of stock",
+                        "item": reservation.item,
+                        "remaining": reservation.remaining,
+                    }),
+                );
+            }
+            Err(e @ AmqpError::NoAnswer { .. }) => {
+                tracing::warn!(order_id = id, error = %e, "inventory did not answer");
+                return http_server::json(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &serde_json::json!({
+                        "error": format!("inventory: {e}"),
+                        "dependency": "inventory",
+                    }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(order_id = id, error = %e, "reservation failed");
+                return http_server::bad_gateway("inventory", format!("inventory: {e}"));
+            }
+        },
+        None => None,
+    };
     let charge = ChargeRequest {
         order_id: id.to_string(),
         amount_cents: new.amount_cents,
@@ -199,7 +266,13 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         currency: new.currency,
         payment_id: reply.payment_id,
         status: "placed".to_owned(),
+        stock_remaining,
+        event: None,
     };
+    let mut order = order;
+    if let Some(broker) = &state.broker {
+        order.event = Some(publish_to_broker(&state, broker, &order).await);
+    }
     {
         let mut store = state.store();
         store.orders.insert(id, order.clone());
@@ -214,6 +287,43 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         resp.headers_mut().insert(header::LOCATION, location);
     }
     resp
+}
+
+/// Asks inventory, over the broker, to reserve the order's stock.
+async fn reserve(broker: &Broker, order_id: u64, new: &NewOrder) -> Result<Reservation, AmqpError> {
+    let request = Reserve {
+        order_id,
+        item: new.item.clone(),
+        quantity: new.quantity,
+    };
+    let body = serde_json::to_vec(&request).unwrap_or_default();
+    let answer = broker
+        .inventory
+        .call(amqp::INVENTORY_QUEUE, &body, broker.inventory_timeout)
+        .await?;
+    serde_json::from_slice(&answer)
+        .map_err(|e| AmqpError::BadAnswer(format!("not a reservation: {e}")))
+}
+
+/// Publishes `order.placed` to the broker and waits for its confirm; says how that
+/// went, for the order's `event` field.
+async fn publish_to_broker(state: &State, broker: &Broker, order: &Order) -> String {
+    let message_id = format!("{}-{}", state.instance, order.id);
+    let body = match serde_json::to_vec(order) {
+        Ok(body) => body,
+        Err(e) => return format!("not published: {e}"),
+    };
+    match broker
+        .events
+        .publish(amqp::ORDER_PLACED, &message_id, &body)
+        .await
+    {
+        Ok(()) => "confirmed".to_owned(),
+        Err(e) => {
+            tracing::warn!(order_id = order.id, error = %e, "order.placed not confirmed");
+            format!("not confirmed: {e}")
+        }
+    }
 }
 
 /// Publishes `order.placed` in the background: the customer's response does not wait

@@ -1,7 +1,9 @@
 //! The payments service: a gRPC `Charge` that approves amounts up to a limit.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,7 +16,10 @@ pub mod proto {
 }
 
 use proto::payments_server::{Payments, PaymentsServer};
-use proto::{ChargeReply, ChargeRequest};
+use proto::{ChargeReply, ChargeRequest, GetPaymentRequest, Payment};
+
+/// Charges remembered for `GetPayment`; the oldest are forgotten beyond this.
+const KEEP: usize = 100_000;
 
 /// What the service approves.
 #[derive(Debug, Clone)]
@@ -28,6 +33,7 @@ pub struct PaymentsConfig {
 pub struct PaymentsService {
     config: PaymentsConfig,
     next_id: AtomicU64,
+    made: Mutex<BTreeMap<u64, Payment>>,
 }
 
 impl PaymentsService {
@@ -35,6 +41,7 @@ impl PaymentsService {
         Self {
             config,
             next_id: AtomicU64::new(1),
+            made: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -57,8 +64,25 @@ impl Payments for PaymentsService {
                 charge.currency
             )));
         }
-        let payment_id = format!("pay-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let payment_id = format!("pay-{n}");
         let approved = charge.amount_cents <= self.config.decline_over_cents;
+        {
+            let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+            made.insert(
+                n,
+                Payment {
+                    payment_id: payment_id.clone(),
+                    order_id: charge.order_id.clone(),
+                    amount_cents: charge.amount_cents,
+                    currency: charge.currency.clone(),
+                    status: if approved { "approved" } else { "declined" }.to_owned(),
+                },
+            );
+            while made.len() > KEEP {
+                made.pop_first();
+            }
+        }
         tracing::info!(
             order_id = %charge.order_id,
             amount_cents = charge.amount_cents,
@@ -71,6 +95,23 @@ impl Payments for PaymentsService {
             payment_id,
             approved,
         }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<GetPaymentRequest>,
+    ) -> Result<Response<Payment>, Status> {
+        let id = request.into_inner().payment_id;
+        let found = id
+            .strip_prefix("pay-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|n| {
+                let made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+                made.get(&n).cloned()
+            });
+        found
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no payment {id:?}")))
     }
 }
 

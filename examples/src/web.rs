@@ -1,5 +1,6 @@
 //! The web service, the entry point: checkout is forwarded to orders; a profile is
-//! composed from users and orders, fetched concurrently.
+//! composed from users and orders, fetched concurrently, and the same composition
+//! with payments is offered as GraphQL (`POST /graphql`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,19 +11,24 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::graphql::{self, Dependencies, WebSchema};
 use crate::http_client::{BaseUrl, HttpClient, Reply};
 use crate::http_server::{self, Body};
+use crate::payments::proto::payments_client::PaymentsClient;
 
 /// Where web's dependencies are.
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     pub orders_url: BaseUrl,
     pub users_url: BaseUrl,
+    /// gRPC address of payments, for GraphQL's `payment` field.
+    pub payments: Option<http::Uri>,
 }
 
 struct State {
     config: WebConfig,
     client: HttpClient,
+    graphql: WebSchema,
 }
 
 /// Serves `POST /checkout` and `GET /profile/{user_id}` on `listener` until `shutdown`.
@@ -32,7 +38,23 @@ pub async fn serve(
     client: HttpClient,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let state = Arc::new(State { config, client });
+    let payments = config.payments.clone().map(|uri| {
+        let channel = tonic::transport::Endpoint::from(uri)
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect_lazy();
+        PaymentsClient::new(channel)
+    });
+    let deps = Arc::new(Dependencies {
+        client: client.clone(),
+        users_url: config.users_url.clone(),
+        orders_url: config.orders_url.clone(),
+        payments,
+    });
+    let state = Arc::new(State {
+        config,
+        client,
+        graphql: graphql::schema(deps),
+    });
     http_server::serve(
         listener,
         move |req| {
@@ -51,6 +73,8 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         http_server::segments(&path).as_slice(),
     ) {
         (Method::POST, ["checkout"]) => checkout(state, req).await,
+        (Method::POST, ["signup"]) => sign_up(state, req).await,
+        (Method::POST, ["graphql"]) => graphql_query(state, req).await,
         (Method::GET, ["profile", user_id]) => profile(state, user_id).await,
         _ => http_server::not_found(),
     }
@@ -69,6 +93,42 @@ async fn checkout(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         Ok(reply) => dependency_failed("orders", &reply),
         Err(e) => http_server::bad_gateway("orders", format!("orders request failed: {e}")),
+    }
+}
+
+/// Runs one GraphQL request (`{"query", "variables"?, "operationName"?}`); errors
+/// in resolvers come back in the answer's `errors`, as GraphQL has it.
+async fn graphql_query(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_server::read_body(req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return http_server::error(
+                StatusCode::BAD_REQUEST,
+                format!("not a GraphQL request: {e}"),
+            );
+        }
+    };
+    let response = state.graphql.execute(request).await;
+    http_server::json(StatusCode::OK, &response)
+}
+
+/// A sign-up goes to users, which announces the new user on the broker.
+async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_server::read_body(req).await {
+        Ok(body) => body,
+        Err(resp) => return resp,
+    };
+    let url = state.config.users_url.join("/users");
+    match state.client.post_json(&url, body).await {
+        Ok(reply) if !reply.status.is_server_error() => {
+            http_server::json_bytes(reply.status, reply.body)
+        }
+        Ok(reply) => dependency_failed("users", &reply),
+        Err(e) => http_server::bad_gateway("users", format!("users request failed: {e}")),
     }
 }
 

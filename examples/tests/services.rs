@@ -38,7 +38,10 @@ async fn start_notifications() -> SocketAddr {
     let (listener, addr) = bind().await;
     tokio::spawn(notifications::serve(
         listener,
-        NotificationsConfig { keep: 5 },
+        NotificationsConfig {
+            keep: 5,
+            amqp_url: None,
+        },
         std::future::pending(),
     ));
     addr
@@ -48,7 +51,10 @@ async fn start_users() -> SocketAddr {
     let (listener, addr) = bind().await;
     tokio::spawn(users::serve(
         listener,
-        UsersConfig { count: 100 },
+        UsersConfig {
+            count: 100,
+            amqp_url: None,
+        },
         std::future::pending(),
     ));
     addr
@@ -66,6 +72,7 @@ async fn start_orders(payments: SocketAddr, notifications: SocketAddr) -> Socket
         event_source: "/test/orders".into(),
         payments_timeout: Duration::from_secs(5),
         max_orders: 100,
+        broker: None,
     };
     let events = HttpClient::new(ProxySettings::direct(), Duration::from_secs(5));
     tokio::spawn(orders::serve(
@@ -82,6 +89,7 @@ async fn start_web(orders: SocketAddr, users: SocketAddr) -> SocketAddr {
     let config = WebConfig {
         orders_url: url(orders).parse().expect("orders URL"),
         users_url: url(users).parse().expect("users URL"),
+        payments: None,
     };
     let client = HttpClient::new(ProxySettings::direct(), Duration::from_secs(5));
     tokio::spawn(web::serve(listener, config, client, std::future::pending()));

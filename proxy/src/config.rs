@@ -169,8 +169,10 @@ struct OutboundConfig {
     /// gets an IPv6 twin (`[::1]` / `[::]`, same port), where ip6tables redirects.
     #[serde(default)]
     transparent: bool,
-    /// Destination ports (of the original destination) never sniffed: opaque TCP.
-    #[serde(default)]
+    /// Destination ports (of the original destination, or of a fixed upstream's
+    /// service) never sniffed: opaque TCP. Default: the well-known server-first and
+    /// broker ports; a list given here replaces it (`""`: none).
+    #[serde(default = "PortSet::default_opaque")]
     opaque_ports: PortSet,
 }
 
@@ -187,8 +189,8 @@ struct InboundConfig {
     app: Option<SocketAddr>,
     /// App ports never sniffed: opaque TCP even when the bytes look like HTTP. Over
     /// mTLS the calling proxy says so itself (ALPN `weft.opaque/1`); this list is
-    /// for callers that cannot (plaintext, permissive mode).
-    #[serde(default)]
+    /// for callers that cannot (plaintext, permissive mode). Default as outbound's.
+    #[serde(default = "PortSet::default_opaque")]
     opaque_ports: PortSet,
     /// App ports that speak HTTP/1.1 only: an HTTP/2 request to one (h2c, or h2
     /// from a caller that could not say so) is sent on as HTTP/1.1; gRPC stays HTTP/2.
@@ -600,12 +602,13 @@ impl Config {
                     .unwrap_or_else(|| parse_addr(DEFAULT_OUTBOUND)),
             ),
             outbound_transparent: raw.outbound.as_ref().is_some_and(|l| l.transparent),
-            outbound_opaque_ports: raw.outbound.map(|l| l.opaque_ports).unwrap_or_default(),
+            outbound_opaque_ports: raw
+                .outbound
+                .map_or_else(PortSet::default_opaque, |l| l.opaque_ports),
             inbound_opaque_ports: raw
                 .inbound
                 .as_ref()
-                .map(|i| i.opaque_ports.clone())
-                .unwrap_or_default(),
+                .map_or_else(PortSet::default_opaque, |i| i.opaque_ports.clone()),
             inbound_http1_ports: raw
                 .inbound
                 .as_ref()

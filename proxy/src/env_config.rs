@@ -17,7 +17,7 @@
 //! | `WEFT_OUTBOUND_PORT` | `7140` | transparent listener on 127.0.0.1 (and `[::1]`) |
 //! | `WEFT_INBOUND_PORT` | `7143` | transparent listener on all addresses; the app port is the original destination |
 //! | `WEFT_ADMIN_PORT` | `7191` | admin server on all addresses (kubelet probes, Prometheus); `/shutdown` and `/config` answer loopback callers only |
-//! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
+//! | `WEFT_OPAQUE_PORTS` | the well-known server-first and broker ports (`weft_api::ports::DEFAULT_OPAQUE_PORTS`) | destination and app ports never sniffed (both directions); empty: none |
 //! | `WEFT_HTTP1_PORTS` | none | app ports that speak HTTP/1.1 only: HTTP/2 requests to them (except gRPC) are sent on as HTTP/1.1 |
 //! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
@@ -151,7 +151,12 @@ impl Config {
         let ports = |name: &str| {
             PortSet::parse(&get(name).unwrap_or_default()).map_err(|e| invalid(name, e))
         };
-        let opaque = ports("WEFT_OPAQUE_PORTS")?;
+        // Unset: the well-known server-first and broker ports; set, even empty: the
+        // pod's own list (the injector writes the annotation's, or the default).
+        let opaque = match lookup("WEFT_OPAQUE_PORTS") {
+            None => PortSet::default_opaque(),
+            Some(_) => ports("WEFT_OPAQUE_PORTS")?,
+        };
         let probe_ports = ports("WEFT_PROBE_PORTS")?;
         let http1_ports = ports("WEFT_HTTP1_PORTS")?;
         let http1_over_http2 = match get("WEFT_HTTP1_OVER_HTTP2").as_deref() {
@@ -343,6 +348,12 @@ mod tests {
         );
         assert_eq!(c.admin, "0.0.0.0:7191".parse().expect("addr"));
         assert!(c.inbound_opaque_ports.is_empty() && c.probe_ports.is_empty());
+        // Unset (not empty): the well-known server-first and broker ports.
+        env.remove("WEFT_OPAQUE_PORTS");
+        let c = load(&env).expect("valid");
+        for set in [&c.outbound_opaque_ports, &c.inbound_opaque_ports] {
+            assert!(set.contains(5672) && set.contains(3306) && !set.contains(8080));
+        }
     }
 
     #[test]

@@ -262,7 +262,9 @@ impl Inbound {
             }
             Detected::Tls | Detected::Opaque => {
                 if peer.allowed {
-                    crate::tcp::forward(io, peer.app, self.connect_timeout).await;
+                    let peer_id = peer.id.as_ref().map(|(_, id)| &**id);
+                    let metrics = self.metrics.tcp(peer_id);
+                    crate::tcp::forward(io, peer.app, self.connect_timeout, Some(&metrics)).await;
                 }
             }
         }

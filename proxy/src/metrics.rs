@@ -82,6 +82,37 @@ const BYTES_WRITTEN: Def = def(
     "Bytes written to accepted connections.",
     &["direction"],
 );
+/// Opaque TCP per service, labelled like HTTP requests: the service, the peer's
+/// SPIFFE ID (outbound: the endpoint's; inbound: the caller's) and whether the hop
+/// was mTLS.
+const TCP_SERVICE_LABELS: &[&str] = &["direction", "service", "peer_identity", "tls"];
+const TCP_SERVICE_OPENED: Def = def(
+    "weft_tcp_service_connections_total",
+    "Opaque TCP connections forwarded, by direction, service, peer identity and TLS.",
+    TCP_SERVICE_LABELS,
+);
+const TCP_SERVICE_OPEN: Def = def(
+    "weft_tcp_service_open_connections",
+    "Opaque TCP connections open now, by direction, service, peer identity and TLS.",
+    TCP_SERVICE_LABELS,
+);
+const TCP_SERVICE_RECEIVED: Def = def(
+    "weft_tcp_service_received_bytes_total",
+    "Bytes received from the client of opaque TCP connections.",
+    TCP_SERVICE_LABELS,
+);
+const TCP_SERVICE_SENT: Def = def(
+    "weft_tcp_service_sent_bytes_total",
+    "Bytes sent to the client of opaque TCP connections.",
+    TCP_SERVICE_LABELS,
+);
+/// Distinct label sets of the per-service TCP metrics. Services come from the
+/// control plane and identities are verified against the mesh's CA, so real meshes
+/// stay far below; past it, new combinations are counted under `overflow`, so a
+/// mesh that grows without bound cannot grow the proxy's memory with it.
+const MAX_TCP_LABEL_SETS: usize = 2048;
+const OVERFLOW: &str = "overflow";
+
 const PROXY_ERRORS: Def = def(
     "weft_proxy_errors_total",
     "Requests the proxy answered itself, by the reason it gave in weft-error.",
@@ -185,6 +216,100 @@ struct Inner {
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
     services: Mutex<HashMap<(Direction, String), Arc<ServiceMetrics>>>,
+    tcp: Arc<TcpFamilies>,
+}
+
+/// The per-service TCP metric families and the handles resolved so far.
+struct TcpFamilies {
+    opened: IntCounterVec,
+    open: IntGaugeVec,
+    received: IntCounterVec,
+    sent: IntCounterVec,
+    resolved: Mutex<HashMap<TcpKey, TcpConnMetrics>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TcpKey {
+    direction: Direction,
+    service: String,
+    peer_identity: String,
+    tls: bool,
+}
+
+impl TcpFamilies {
+    fn new(r: &Registry) -> TcpFamilies {
+        TcpFamilies {
+            opened: counter_vec(r, &TCP_SERVICE_OPENED),
+            open: register(
+                r,
+                IntGaugeVec::new(TCP_SERVICE_OPEN.opts(), TCP_SERVICE_OPEN.labels),
+            ),
+            received: counter_vec(r, &TCP_SERVICE_RECEIVED),
+            sent: counter_vec(r, &TCP_SERVICE_SENT),
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn handles(&self, mut key: TcpKey) -> TcpConnMetrics {
+        let mut resolved = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = resolved.get(&key) {
+            return found.clone();
+        }
+        if resolved.len() >= MAX_TCP_LABEL_SETS {
+            key.service = OVERFLOW.to_string();
+            key.peer_identity = OVERFLOW.to_string();
+        }
+        resolved
+            .entry(key)
+            .or_insert_with_key(|key| {
+                let tls = if key.tls { "true" } else { "false" };
+                let labels = [
+                    key.direction.label(),
+                    key.service.as_str(),
+                    key.peer_identity.as_str(),
+                    tls,
+                ];
+                TcpConnMetrics {
+                    opened: self.opened.with_label_values(&labels),
+                    open: self.open.with_label_values(&labels),
+                    received: self.received.with_label_values(&labels),
+                    sent: self.sent.with_label_values(&labels),
+                }
+            })
+            .clone()
+    }
+}
+
+/// One label set of the per-service TCP metrics, resolved once per connection.
+#[derive(Clone, Debug)]
+pub(crate) struct TcpConnMetrics {
+    opened: IntCounter,
+    open: IntGauge,
+    /// Bytes from the connection's client, counted as they pass.
+    pub(crate) received: IntCounter,
+    /// Bytes to the connection's client.
+    pub(crate) sent: IntCounter,
+}
+
+impl TcpConnMetrics {
+    /// Counts a connection as opened and open until the guard is dropped.
+    pub(crate) fn open(&self) -> OpenTcpConn {
+        self.opened.inc();
+        self.open.inc();
+        OpenTcpConn(self.open.clone())
+    }
+}
+
+/// An opaque connection counted as open; dropped when it closes.
+pub(crate) struct OpenTcpConn(IntGauge);
+
+impl Drop for OpenTcpConn {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Which side of the proxy traffic is on, as the `direction` label.
@@ -245,6 +370,7 @@ pub(crate) struct ServiceMetrics {
     pub(crate) retries: IntCounter,
     /// Retries not made because the budget or the concurrent-retry limit said no.
     pub(crate) retries_refused: IntCounter,
+    tcp: Arc<TcpFamilies>,
     direction: Direction,
     service: String,
 }
@@ -269,6 +395,17 @@ impl ServiceMetrics {
 
     pub(crate) fn overloaded(&self, limit: Limit) {
         self.overloaded[limit as usize].inc();
+    }
+
+    /// Handles for one opaque connection of this service with `peer` (a SPIFFE ID
+    /// the TLS handshake verified, or none: plaintext).
+    pub(crate) fn tcp(&self, peer: Option<&str>) -> TcpConnMetrics {
+        self.tcp.handles(TcpKey {
+            direction: self.direction,
+            service: self.service.clone(),
+            peer_identity: peer.unwrap_or_default().to_string(),
+            tls: peer.is_some(),
+        })
     }
 
     /// Counts an error the proxy answered itself, by the reason in `weft-error`.
@@ -331,6 +468,7 @@ impl Metrics {
                 retries: counter_vec(&r, &RETRIES),
                 retries_refused: counter_vec(&r, &RETRIES_REFUSED),
                 services: Mutex::new(HashMap::new()),
+                tcp: Arc::new(TcpFamilies::new(&r)),
                 registry: r,
             }),
         }
@@ -362,6 +500,7 @@ impl Metrics {
                         .map(|limit| i.overloaded.with_label_values(&[service, limit.label()])),
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
+                    tcp: i.tcp.clone(),
                     direction,
                     service: service.to_string(),
                 })
@@ -437,5 +576,89 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let text = String::from_utf8(metrics.render()).expect("UTF-8");
+        let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        want.sort();
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (inner, value) = rest.split_once("} ")?;
+            let mut got: Vec<String> = inner.split(',').map(str::to_string).collect();
+            got.sort();
+            (got == want).then(|| value.parse().ok())?
+        })
+    }
+
+    #[test]
+    fn an_opaque_connection_is_counted_with_its_service_peer_and_tls() {
+        let metrics = Metrics::new();
+        let svc = metrics.service(Direction::Inbound, "rabbitmq");
+        let peer = "spiffe://cluster.local/ns/default/sa/orders";
+        let conn = svc.tcp(Some(peer));
+        let open = conn.open();
+        conn.received.inc_by(10);
+        conn.sent.inc_by(7);
+        let labels = [
+            ("direction", "inbound"),
+            ("service", "rabbitmq"),
+            ("peer_identity", peer),
+            ("tls", "true"),
+        ];
+        let get = |name| sample(&metrics, name, &labels);
+        assert_eq!(get("weft_tcp_service_connections_total"), Some(1.0));
+        assert_eq!(get("weft_tcp_service_open_connections"), Some(1.0));
+        assert_eq!(get("weft_tcp_service_received_bytes_total"), Some(10.0));
+        assert_eq!(get("weft_tcp_service_sent_bytes_total"), Some(7.0));
+        drop(open);
+        assert_eq!(get("weft_tcp_service_open_connections"), Some(0.0));
+
+        svc.tcp(None).open();
+        let plain = [
+            ("direction", "inbound"),
+            ("service", "rabbitmq"),
+            ("peer_identity", ""),
+            ("tls", "false"),
+        ];
+        assert_eq!(
+            sample(&metrics, "weft_tcp_service_connections_total", &plain),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn tcp_label_sets_are_bounded() {
+        let metrics = Metrics::new();
+        let svc = metrics.service(Direction::Inbound, "db");
+        for n in 0..MAX_TCP_LABEL_SETS + 10 {
+            let peer = format!("spiffe://cluster.local/ns/default/sa/caller-{n}");
+            drop(svc.tcp(Some(&peer)).open());
+        }
+        let text = String::from_utf8(metrics.render()).expect("UTF-8");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("weft_tcp_service_connections_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_TCP_LABEL_SETS + 1,
+            "the cap plus one overflow set"
+        );
+        let overflow = [
+            ("direction", "inbound"),
+            ("service", OVERFLOW),
+            ("peer_identity", OVERFLOW),
+            ("tls", "true"),
+        ];
+        assert_eq!(
+            sample(&metrics, "weft_tcp_service_connections_total", &overflow),
+            Some(10.0)
+        );
     }
 }

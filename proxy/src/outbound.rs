@@ -136,7 +136,7 @@ impl Outbound {
             return;
         }
         self.passthrough.inc();
-        crate::tcp::forward(io, orig, self.connect_timeout).await;
+        crate::tcp::forward(io, orig, self.connect_timeout, None).await;
     }
 
     /// Handles one accepted connection.
@@ -152,9 +152,14 @@ impl Outbound {
         {
             return self.pass_through(io, orig).await;
         }
+        // The service port the app asked for: the captured destination's, or for a
+        // fixed upstream listener the service's one declared port.
+        let service_port = match &dest {
+            Destination::Original(_) => Some(port),
+            _ => svc.as_ref().and_then(|s| s.sole_port()),
+        };
         let hint = svc.map(|s| s.protocol(port));
-        let declared_opaque =
-            matches!(dest, Destination::Original(_)) && self.opaque_ports.contains(port);
+        let declared_opaque = service_port.is_some_and(|p| self.opaque_ports.contains(p));
         let (detected, io) = if hint == Some(Protocol::Opaque) || declared_opaque {
             (
                 Detected::Opaque,
@@ -235,7 +240,9 @@ impl Outbound {
                     });
                     // The endpoint stays loaded (in flight) for the connection's life.
                     let _loaded = attempt;
-                    crate::tcp::splice(io, server, ep.addr).await;
+                    // An endpoint with an identity is only ever reached over mTLS.
+                    let metrics = svc.metrics.tcp(ep.identity.as_deref());
+                    crate::tcp::splice_counted(io, server, ep.addr, &metrics).await;
                     return;
                 }
                 Err(e) => {

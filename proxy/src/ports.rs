@@ -20,6 +20,12 @@ impl PortSet {
             .map_err(|e| e.to_string())
     }
 
+    /// The well-known server-first and broker ports (`weft_api::ports`), opaque
+    /// unless the operator gives a list of their own.
+    pub(crate) fn default_opaque() -> PortSet {
+        PortSet(PortList::default_opaque())
+    }
+
     pub(crate) fn contains(&self, port: u16) -> bool {
         self.0.contains(port)
     }

@@ -7,38 +7,53 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::pool::{Key, connect_to};
-use crate::identity::{Alpn, Identity};
+use crate::identity::Alpn;
+use crate::io::CountingIo;
+use crate::metrics::TcpConnMetrics;
 
-pub(crate) async fn forward<I>(client: I, upstream: SocketAddr, connect_timeout: Duration)
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    forward_to(client, &Key::plain(upstream), connect_timeout, None).await
-}
-
-/// Like [`forward`], over mTLS when the endpoint has an identity.
-pub(crate) async fn forward_to<I>(
+/// Connects to `upstream` in plaintext and splices; with `metrics`, the connection
+/// is counted in its service's TCP metrics once it is connected.
+pub(crate) async fn forward<I>(
     client: I,
-    key: &Key,
+    upstream: SocketAddr,
     connect_timeout: Duration,
-    identity: Option<&Identity>,
+    metrics: Option<&TcpConnMetrics>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let upstream = key.addr;
-    let server = match connect_to(key, connect_timeout, identity, Alpn::Opaque).await {
+    let server = match connect_to(&Key::plain(upstream), connect_timeout, None, Alpn::Opaque).await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%upstream, reason = e.reason(), "opaque connect failed");
             return;
         }
     };
+    match metrics {
+        Some(metrics) => splice_counted(client, server, upstream, metrics).await,
+        None => splice(client, server, upstream).await,
+    }
+}
+
+/// [`splice`], counted in a service's TCP metrics while it lasts: open, and bytes
+/// as they pass (a broker's connection lives for hours; its bytes show at once).
+pub(crate) async fn splice_counted<I, S>(
+    client: I,
+    server: S,
+    upstream: SocketAddr,
+    metrics: &TcpConnMetrics,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _open = metrics.open();
+    let client = CountingIo::new(client, metrics.received.clone(), metrics.sent.clone());
     splice(client, server, upstream).await;
 }
 
 /// Copies bytes both ways between a client and a connected upstream until both
 /// sides are done.
-pub(crate) async fn splice<I, S>(mut client: I, mut server: S, upstream: SocketAddr)
+async fn splice<I, S>(mut client: I, mut server: S, upstream: SocketAddr)
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,

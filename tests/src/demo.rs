@@ -1,8 +1,9 @@
 //! Runs `weft-control demo` (the local mesh as one command) and reads what it prints.
 //!
 //! The demo takes a block of ports above `--base-port` (see control-plane/src/demo):
-//! proxy admin = base+300+i (i: web=0, orders=1, payments=2, notifications=3,
-//! users=4), control-plane admin = base+990.
+//! app = base+i, proxy inbound = base+100+i, proxy admin = base+300+i (i: web=0,
+//! orders=1, payments=2, notifications=3, users=4, and with RabbitMQ inventory=5,
+//! rabbitmq=6), control-plane admin = base+990.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -16,13 +17,25 @@ use tempfile::TempDir;
 use crate::bins;
 use crate::process::Process;
 
-/// The demo's services in port order.
+/// The demo's HTTP services in port order.
 pub const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
 
-/// Every port offset the demo binds above its base.
-const OFFSETS: [u16; 23] = [
-    0, 1, 2, 3, 4, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204, 300, 301, 302, 303, 304, 401,
-    900, 990,
+/// Every workload in port order, with the broker's when RabbitMQ is installed.
+pub const WORKLOADS: [&str; 7] = [
+    "web",
+    "orders",
+    "payments",
+    "notifications",
+    "users",
+    "inventory",
+    "rabbitmq",
+];
+
+/// Every port offset the demo binds above its base (with a broker: its clients'
+/// upstream listeners at 410+i, epmd and the broker's distribution port).
+const OFFSETS: [u16; 40] = [
+    0, 1, 2, 3, 4, 5, 6, 100, 101, 102, 103, 104, 105, 106, 200, 201, 202, 203, 204, 205, 206, 300,
+    301, 302, 303, 304, 305, 306, 400, 401, 411, 413, 414, 415, 900, 950, 951, 990, 991, 992,
 ];
 
 /// Blocks sit above Linux's ephemeral range (32768-60999), so no outgoing
@@ -97,13 +110,27 @@ impl Demo {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + offset))
     }
 
-    /// The admin (metrics) address of `service`'s proxy.
-    pub fn proxy_admin(&self, service: &str) -> SocketAddr {
-        let i = SERVICES
+    fn index(service: &str) -> u16 {
+        let i = WORKLOADS
             .iter()
             .position(|s| *s == service)
             .unwrap_or_else(|| panic!("the demo has no service {service}"));
-        self.port(300 + u16::try_from(i).unwrap_or(0))
+        u16::try_from(i).unwrap_or(0)
+    }
+
+    /// The admin (metrics) address of `service`'s proxy.
+    pub fn proxy_admin(&self, service: &str) -> SocketAddr {
+        self.port(300 + Self::index(service))
+    }
+
+    /// Where `service`'s app listens (the broker's AMQP port for `rabbitmq`).
+    pub fn app(&self, service: &str) -> SocketAddr {
+        self.port(Self::index(service))
+    }
+
+    /// `service`'s proxy inbound listener (web's is the mesh's edge).
+    pub fn inbound(&self, service: &str) -> SocketAddr {
+        self.port(100 + Self::index(service))
     }
 
     pub fn control_admin(&self) -> SocketAddr {
@@ -167,7 +194,10 @@ pub fn last_summary(output: &str) -> Option<Vec<SummaryRow>> {
             })
         })
         .collect();
-    (rows.len() == SERVICES.len()).then_some(rows)
+    // Five rows, or seven with the broker and inventory.
+    [SERVICES.len(), WORKLOADS.len()]
+        .contains(&rows.len())
+        .then_some(rows)
 }
 
 #[cfg(test)]

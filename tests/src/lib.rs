@@ -20,6 +20,7 @@
 //! - [`h2spec`] builds and runs the HTTP/2 conformance checker h2spec.
 //! - [`netns`] is the pod test bed: network namespaces on a bridge, iptables
 //!   capture, weft-proxy under its own UID (needs root; see its docs).
+//! - [`wire`] captures what crosses the bridge between pods with tshark.
 //! - [`node_agent`] registers a Node with a real API server and runs the pods bound
 //!   to it as network namespaces (a small kubelet).
 //! - [`kube_mesh`] is a cluster with a node agent and Weft installed from
@@ -30,6 +31,7 @@
 //!   kube-controller-manager, kube-scheduler) built once by tests/cluster/build.sh.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
+//! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd).
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
 //!   such third-party programs (skip, or fail under `CI=true`, when missing).
 //!
@@ -61,8 +63,10 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;
+pub mod rabbitmq;
 pub mod record_app;
 pub mod tools;
+pub mod wire;
 
 /// Generated code for tests/proto/echo.proto.
 pub mod pb {

@@ -25,6 +25,7 @@ use weft_tests::netns::{
 use weft_tests::pb::Msg;
 use weft_tests::pb::echo_client::EchoClient;
 use weft_tests::proxy::ServiceDef;
+use weft_tests::wire::{WireCapture, hex};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
 const WEB_VIP: &str = "10.96.0.10";
@@ -715,55 +716,9 @@ async fn the_wire_between_pods_carries_only_tls() {
     }
     assert!(netns::on_path("tshark"), "tshark is not installed");
     let mesh = Mesh::start_with_mtls().await;
-    let pcap = mesh.node.dir.path().join("bridge.pcapng");
-    let pcap_arg = pcap.to_string_lossy().into_owned();
-    let mut capture = weft_tests::process::Process::spawn(
-        "tshark",
-        {
-            let mut cmd = mesh.node.exec("tshark");
-            for port in mesh.node.bridge_ports() {
-                cmd.args(["-i", port]);
-            }
-            // -P -l: also print each packet as it is captured, which is how the
-            // test knows the capture is live.
-            cmd.args(["-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
-            cmd
-        },
-        mesh.node.dir.path(),
-    )
-    .expect("start tshark on the bridge");
-    // tshark prints "Capturing on" before packets are really seen, and packets it
-    // has not read yet are lost when it stops. So the pods knock on a closed port
-    // of the node (each knock a packet on its port), and the test waits for knocks
-    // that tshark printed: before the traffic (capture live on every port) and
-    // after it (everything before the knock, in order on that port, captured).
-    let gateway = mesh.node.gateway();
-    let probe = SocketAddr::from((gateway, 9));
-    let knocks = |pod: &Pod| {
-        capture
-            .output()
-            .matches(&format!("{} → {gateway} ", pod.ip))
-            .count()
-    };
-    let knock_until_seen = |after: Vec<usize>| {
-        let pods = [&mesh.a, &mesh.b, &mesh.x];
-        eventually(
-            STEP_DEADLINE,
-            "tshark prints a knock from every pod",
-            move || {
-                let after = after.clone();
-                async move {
-                    let mut all = true;
-                    for (pod, before) in pods.iter().zip(after) {
-                        let _ = pod.connect(probe).await;
-                        all &= knocks(pod) > before;
-                    }
-                    all.then_some(())
-                }
-            },
-        )
-    };
-    knock_until_seen(vec![0, 0, 0]).await;
+    let mut wire = WireCapture::start(&mesh.node).expect("start tshark on the bridge");
+    let pods = [&mesh.a, &mesh.b, &mesh.x];
+    wire.mark(&pods).await;
     let marker = "weft-plaintext-marker-7f3a";
     let reply = mesh
         .a
@@ -771,38 +726,18 @@ async fn the_wire_between_pods_carries_only_tls() {
         .await
         .expect("GET through the mesh");
     assert_eq!(reply.status, 200);
-    knock_until_seen([&mesh.a, &mesh.b, &mesh.x].map(knocks).to_vec()).await;
-    capture
-        .signal(nix::sys::signal::Signal::SIGINT)
-        .expect("stop tshark");
-    capture
-        .wait_exit(STEP_DEADLINE)
-        .await
-        .expect("tshark exits");
-    let read = |filter: &str, fields: &[&str]| {
-        let mut cmd = std::process::Command::new("tshark");
-        // Heuristics first: by port alone tshark takes 8080 for HTTP and would
-        // not look for TLS there (the heuristics still find plaintext HTTP).
-        cmd.args(["-o", "tcp.try_heuristic_first:TRUE"]);
-        cmd.args(["-r", &pcap_arg, "-Y", filter, "-T", "fields"]);
-        for f in fields {
-            cmd.args(["-e", f]);
-        }
-        let out = cmd.output().expect("run tshark -r");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    wire.mark(&pods).await;
+    wire.stop().await.expect("tshark exits");
     assert!(
-        !read("tls", &["frame.number"]).trim().is_empty(),
+        !wire.read("tls", &["frame.number"]).trim().is_empty(),
         "no TLS records between the pods"
     );
     assert!(
-        read("http", &["frame.number"]).trim().is_empty(),
+        wire.read("http", &["frame.number"]).trim().is_empty(),
         "plaintext HTTP on the wire"
     );
-    let payload_hex = read("tcp.len > 0", &["tcp.payload"]).replace([':', '\n'], "");
-    let marker_hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
     assert!(
-        !payload_hex.contains(&marker_hex),
+        !wire.payload_hex().contains(&hex(marker.as_bytes())),
         "the request path went over the wire in clear"
     );
 }

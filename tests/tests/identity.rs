@@ -743,3 +743,83 @@ async fn an_opaque_port_stays_opaque_across_an_mtls_hop() {
     assert_eq!(handshakes_ok(&client, "outbound").await, 1.0);
     assert_eq!(handshakes_ok(&server, "inbound").await, 1.0);
 }
+
+/// An opaque connection is counted per service like HTTP requests: the service, the
+/// verified identity on the other side and `tls="true"`, on both proxies. The port
+/// is AMQP's and the service declares no protocol: the default opaque ports make
+/// it opaque, so bytes that look like HTTP still cross untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_is_counted_per_service_with_the_peer_identity() {
+    let cp = ControlPlane::start(MESH, &[])
+        .await
+        .expect("start control plane");
+    let app = TcpApp::echo_after_eof().await.expect("tcp app");
+    let mut server_config = ProxyConfig::new().inbound(app.addr).workload("broker");
+    server_config.extra = identity_yaml(&cp, "server", "{}");
+    let server = WeftProxy::start_named("server-proxy", server_config)
+        .await
+        .expect("start server proxy");
+    let mut client_config = ProxyConfig::new().upstream("broker");
+    client_config.extra = format!(
+        "{}services:\n  - name: broker\n    ports: [{{port: 5672}}]\n    \
+         endpoints:\n      - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
+        identity_yaml(&cp, "client", "{}"),
+        server.inbound()
+    );
+    let client = WeftProxy::start_named("client-proxy", client_config)
+        .await
+        .expect("start client proxy");
+    let mut payload = b"POST /queue HTTP/1.1\r\n".to_vec();
+    payload.extend(weft_tests::data::pattern(16 * 1024, 4));
+
+    let mut stream = tokio::net::TcpStream::connect(client.upstream("broker"))
+        .await
+        .expect("connect");
+    stream.write_all(&payload).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let got = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("read");
+    assert!(got.starts_with(b"echo:") && got[5..] == payload[..]);
+
+    let outbound = [
+        ("direction", "outbound"),
+        ("service", "broker.default"),
+        ("peer_identity", SERVER_ID),
+        ("tls", "true"),
+    ];
+    let inbound = [
+        ("direction", "inbound"),
+        ("service", "broker"),
+        ("peer_identity", CLIENT_ID),
+        ("tls", "true"),
+    ];
+    for (proxy, labels) in [(&client, &outbound), (&server, &inbound)] {
+        // The proxy closes its side just after the client saw the end.
+        eventually(
+            STEP_DEADLINE,
+            "the connection is counted closed",
+            || async {
+                let m = proxy.metrics().await.ok()?;
+                (m.get("weft_tcp_service_open_connections", labels) == Some(0.0)).then_some(())
+            },
+        )
+        .await;
+        let m = proxy.metrics().await.expect("metrics");
+        assert_eq!(
+            m.get("weft_tcp_service_connections_total", labels),
+            Some(1.0),
+            "{labels:?}"
+        );
+        assert_eq!(
+            m.get("weft_tcp_service_received_bytes_total", labels),
+            Some(payload.len() as f64),
+            "{labels:?}"
+        );
+        assert_eq!(
+            m.get("weft_tcp_service_sent_bytes_total", labels),
+            Some(got.len() as f64),
+            "{labels:?}"
+        );
+    }
+}

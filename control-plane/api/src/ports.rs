@@ -48,7 +48,20 @@ pub enum PortListError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortList(Vec<PortRange>);
 
+/// Ports handled as opaque TCP when the operator names none: the well-known ports of
+/// protocols where the server speaks first (SMTP 25 and 587, MySQL 3306, NATS 4222,
+/// Galera 4444, Elasticsearch transport 9300, memcached's binary greeting 11211), so
+/// protocol detection never waits on a silent client, and of brokers and databases
+/// whose traffic is never HTTP (PostgreSQL 5432, AMQP 5672, Redis 6379, Kafka 9092).
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4222,4444,5432,5672,6379,9092,9300,11211";
+
 impl PortList {
+    /// [`DEFAULT_OPAQUE_PORTS`] as a list.
+    pub fn default_opaque() -> PortList {
+        PortList::parse(DEFAULT_OPAQUE_PORTS)
+            .unwrap_or_else(|e| unreachable!("the built-in opaque port list parses: {e}"))
+    }
+
     /// Parses `"3306, 5432,8000-8099"`: items separated by commas, spaces around
     /// them allowed; an empty string is an empty list.
     pub fn parse(text: &str) -> Result<PortList, PortListError> {
@@ -136,5 +149,15 @@ mod tests {
         ] {
             assert_eq!(PortList::parse(bad), Err(err), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_opaque_ports_name_the_server_first_and_broker_ports() {
+        let list = PortList::default_opaque();
+        for port in [25, 3306, 4222, 5432, 5672, 6379, 9092, 11211] {
+            assert!(list.contains(port), "{port}");
+        }
+        assert!(!list.contains(80) && !list.contains(8080));
+        assert_eq!(list.to_string(), DEFAULT_OPAQUE_PORTS);
     }
 }

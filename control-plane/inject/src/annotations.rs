@@ -141,7 +141,12 @@ impl PodOverrides {
         Ok(PodOverrides {
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS)?,
             skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS)?,
-            opaque_ports: ports(OPAQUE_PORTS)?,
+            // No annotation: the well-known server-first and broker ports; an
+            // annotation replaces them (empty: none), as the proxy reads its variable.
+            opaque_ports: match get(OPAQUE_PORTS) {
+                None => PortList::default_opaque(),
+                Some(_) => ports(OPAQUE_PORTS)?,
+            },
             http1_ports: ports(HTTP1_PORTS)?,
             proxy_resources: resources,
         })
@@ -200,6 +205,19 @@ pub fn parse_quantity(s: &str, unit: Unit) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opaque_ports_default_to_the_well_known_list_unless_annotated() {
+        let defaults = crate::config::InjectConfig::default().proxy_resources;
+        let none = PodOverrides::from_annotations(None, &defaults).expect("no annotations");
+        assert_eq!(none.opaque_ports, PortList::default_opaque());
+        for (value, want) in [("", ""), ("8000-8001", "8000-8001")] {
+            let annotations = BTreeMap::from([(OPAQUE_PORTS.to_string(), value.to_string())]);
+            let got = PodOverrides::from_annotations(Some(&annotations), &defaults)
+                .expect("valid annotation");
+            assert_eq!(got.opaque_ports.to_string(), want, "{value:?}");
+        }
+    }
 
     #[test]
     fn port_lists_are_sorted_merged_and_checked() {

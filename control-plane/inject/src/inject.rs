@@ -50,7 +50,7 @@
 //! | `WEFT_OUTBOUND_PORT` | `7140` | listen on 127.0.0.1 (redirect target of OUTPUT) |
 //! | `WEFT_INBOUND_PORT` | `7143` | listen on all addresses (redirect target of PREROUTING) |
 //! | `WEFT_ADMIN_PORT` | `7191` | listen on all addresses: the kubelet probes it and Prometheus scrapes it |
-//! | `WEFT_OPAQUE_PORTS` | e.g. `3306,8000-8099`, may be empty | destination/app ports never sniffed, handled as opaque TCP both ways |
+//! | `WEFT_OPAQUE_PORTS` | `weft.io/opaque-ports` (e.g. `3306,8000-8099`, may be empty), else `weft_api::ports::DEFAULT_OPAQUE_PORTS` | destination/app ports never sniffed, handled as opaque TCP both ways |
 //! | `WEFT_HTTP1_PORTS` | annotation `weft.io/http1-ports`, e.g. `8080`; set only when annotated | app ports that speak HTTP/1.1 only (HTTP/2 callers are sent on as HTTP/1.1) |
 //! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |

@@ -5,9 +5,14 @@
 //!
 //! Ports come from one block above `--base-port`, so a demo never collides with a
 //! mesh on the default ports: app = base+i, proxy inbound = base+100+i, outbound =
-//! base+200+i, admin = base+300+i, fixed upstream listeners = base+400+i, control
-//! plane gRPC = base+900, control plane admin = base+990.
+//! base+200+i, admin = base+300+i, fixed upstream listeners for payments =
+//! base+400+i (web's for GraphQL, orders'), control
+//! plane gRPC = base+900, control plane admin = base+990. With RabbitMQ installed
+//! the broker is workload 6 (AMQP on base+6), inventory workload 5, each broker
+//! client's upstream listener for it base+410+i, epmd base+950 and the broker's
+//! distribution port base+951.
 
+mod broker;
 mod plan;
 mod summary;
 
@@ -19,6 +24,9 @@ use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
 pub use plan::{Plan, Workload};
+
+/// The broker's log file name (`<state-dir>/rabbitmq.log`).
+const BROKER_LOG: &str = plan::BROKER;
 
 use crate::identity::proof::{LocalTokens, Workload as IdentityWorkload};
 
@@ -44,12 +52,18 @@ pub struct DemoOptions {
     /// development CA in the state directory).
     #[arg(long)]
     pub plaintext: bool,
+    /// Run without RabbitMQ even when it is installed (no inventory, no events
+    /// over AMQP).
+    #[arg(long)]
+    pub no_broker: bool,
 }
 
 /// A child process with a name, its log file, and a clean stop.
 struct Proc {
     name: String,
     child: Child,
+    /// Ends by SIGTERM's default action (epmd), which is its clean stop.
+    dies_by_signal: bool,
 }
 
 impl Proc {
@@ -68,6 +82,7 @@ impl Proc {
         Ok(Proc {
             name: name.to_string(),
             child,
+            dies_by_signal: false,
         })
     }
 
@@ -125,7 +140,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let plan = Plan::new(opts.base_port, !opts.plaintext)?;
+    let broker = if opts.no_broker {
+        None
+    } else {
+        let found = broker::installed();
+        if found.is_none() {
+            println!(
+                "RabbitMQ is not installed (apt-get install rabbitmq-server): running without \
+                 the broker, inventory and the events over AMQP."
+            );
+        }
+        found
+    };
+    let plan = Plan::new(opts.base_port, !opts.plaintext, broker.is_some())?;
     plan.check_ports_free()?;
     let (state_dir, _tmp) = match &opts.state_dir {
         Some(dir) => {
@@ -138,7 +165,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
     };
     let (control, proxy) = (binary("weft-control")?, binary("weft-proxy")?);
-    for w in &plan.workloads {
+    for w in plan.workloads.iter().filter(|w| !w.broker) {
         binary(w.name)?;
     }
     binary("loadgen")?;
@@ -148,7 +175,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let mut procs: Vec<Proc> = Vec::new();
     let result = tokio::select! {
         result = start_and_watch(
-            &opts, &plan, &state_dir, &control, &proxy, &mesh_path, &mut procs,
+            &opts, &plan, &state_dir, &control, &proxy, &mesh_path, broker.as_ref(), &mut procs,
         ) => result,
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
@@ -163,6 +190,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     for p in procs.iter_mut().rev() {
         match p.wait(Duration::from_secs(12)).await {
             Some(s) if s.success() => {}
+            Some(s)
+                if p.dies_by_signal && {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    s.signal() == Some(nix::sys::signal::Signal::SIGTERM as i32)
+                } => {}
             other => unclean.push(format!("{} ({other:?})", p.name)),
         }
     }
@@ -182,8 +214,23 @@ async fn start_and_watch(
     control: &Path,
     proxy: &Path,
     mesh_path: &Path,
+    broker_bins: Option<&(PathBuf, PathBuf)>,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
+    // The broker first, so it is stopped last, after every client of it.
+    if let (Some((script, epmd)), Some(w)) = (broker_bins, plan.broker()) {
+        let mut epmd = Proc::spawn("epmd", broker::epmd_command(epmd, plan), state_dir)?;
+        epmd.dies_by_signal = true;
+        procs.push(epmd);
+        let cmd = broker::server_command(script, plan, w.app, &state_dir.join("rabbitmq"))?;
+        procs.push(Proc::spawn(BROKER_LOG, cmd, state_dir)?);
+        let last = procs.len() - 1;
+        let server = &mut procs[last];
+        broker::wait_ready(w.app, Duration::from_secs(90), || {
+            matches!(server.child.try_wait(), Ok(Some(_)))
+        })
+        .await?;
+    }
     let control_state = state_dir.join("control");
     let mut cmd = Command::new(control);
     cmd.arg("serve")
@@ -235,12 +282,12 @@ async fn start_and_watch(
         )
         .await?;
     }
-    for w in &plan.workloads {
+    for w in plan.workloads.iter().filter(|w| !w.broker) {
         let mut cmd = Command::new(binary(w.name)?);
         cmd.args(plan.app_args(w)).envs(plan.app_env(w));
         procs.push(Proc::spawn(w.name, cmd, state_dir)?);
     }
-    for w in &plan.workloads {
+    for w in plan.workloads.iter().filter(|w| !w.broker) {
         let idx = procs
             .iter()
             .position(|p| p.name == w.name)
@@ -275,6 +322,19 @@ async fn start_and_watch(
              --plaintext turns both off.",
             plan::spiffe_id("<name>"),
             control_state.display()
+        );
+    }
+    if let Some(w) = plan.broker() {
+        println!(
+            "  broker: RabbitMQ on {} behind its own sidecar (AMQP opaque over mTLS); orders \
+             reserves stock with inventory by request-reply and publishes order.placed, users \
+             publishes user.signed_up (POST /users), notifications turns both into \
+             notifications: curl http://{}/notifications",
+            w.app,
+            plan.workloads
+                .iter()
+                .find(|w| w.name == "notifications")
+                .map_or(w.app, |n| n.app)
         );
     }
     println!("Press Ctrl-C to stop.\n");

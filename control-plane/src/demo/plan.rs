@@ -15,12 +15,17 @@ pub struct Workload {
     pub admin: SocketAddr,
     /// Speaks gRPC (payments), so callers reach it through a fixed upstream listener.
     pub grpc: bool,
+    /// The broker (RabbitMQ): the demo runs it itself, with no example binary.
+    pub broker: bool,
+    /// Reaches the broker through a fixed upstream listener of its sidecar here.
+    pub amqp_upstream: Option<SocketAddr>,
 }
 
 impl Workload {
     pub fn health_url(&self) -> String {
-        if self.grpc {
-            // payments answers gRPC health only; its proxy's readiness stands in.
+        if self.grpc || self.broker {
+            // payments answers gRPC health only, the broker AMQP only; their
+            // proxies' readiness stands in.
             format!("http://{}/ready", self.admin)
         } else {
             format!("http://{}/healthz", self.app)
@@ -36,15 +41,30 @@ pub struct Plan {
     pub control_admin: SocketAddr,
     /// orders' fixed listener for payments (gRPC clients cannot use http_proxy).
     pub payments_upstream: SocketAddr,
+    /// web's, for GraphQL's payment field.
+    pub web_payments_upstream: SocketAddr,
+    /// The broker's Erlang port mapper and distribution ports (with a broker).
+    pub epmd: SocketAddr,
+    pub broker_dist: SocketAddr,
 }
 
-const NAMES: [(&str, bool); 5] = [
+/// The workloads; the last two run only with a broker.
+const NAMES: [(&str, bool); 7] = [
     ("web", false),
     ("orders", false),
     ("payments", true),
     ("notifications", false),
     ("users", false),
+    ("inventory", false),
+    (BROKER, false),
 ];
+
+/// The broker's workload and mesh service.
+pub const BROKER: &str = "rabbitmq";
+/// AMQP's port, declared by the broker's service; opaque by the default list.
+const AMQP_PORT: u16 = 5672;
+/// Workloads that talk to the broker.
+const BROKER_CLIENTS: [&str; 4] = ["orders", "notifications", "users", "inventory"];
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -59,11 +79,16 @@ fn local(port: u32) -> anyhow::Result<SocketAddr> {
 }
 
 impl Plan {
-    pub fn new(base: u16, mtls: bool) -> anyhow::Result<Plan> {
+    /// `broker`: run RabbitMQ, inventory and the event paths over AMQP.
+    pub fn new(base: u16, mtls: bool, broker: bool) -> anyhow::Result<Plan> {
         let b = u32::from(base);
         let mut workloads = Vec::new();
-        for (i, (name, grpc)) in NAMES.iter().enumerate() {
+        let names = if broker { &NAMES[..] } else { &NAMES[..5] };
+        for (i, (name, grpc)) in names.iter().enumerate() {
             let i = i as u32;
+            let amqp_upstream = (broker && BROKER_CLIENTS.contains(name))
+                .then(|| local(b + 410 + i))
+                .transpose()?;
             workloads.push(Workload {
                 name,
                 app: local(b + i)?,
@@ -71,6 +96,8 @@ impl Plan {
                 outbound: local(b + 200 + i)?,
                 admin: local(b + 300 + i)?,
                 grpc: *grpc,
+                broker: *name == BROKER,
+                amqp_upstream,
             });
         }
         Ok(Plan {
@@ -79,7 +106,15 @@ impl Plan {
             control_grpc: local(b + 900)?,
             control_admin: local(b + 990)?,
             payments_upstream: local(b + 401)?,
+            web_payments_upstream: local(b + 400)?,
+            epmd: local(b + 950)?,
+            broker_dist: local(b + 951)?,
         })
+    }
+
+    /// The broker's workload, when the demo runs one.
+    pub fn broker(&self) -> Option<&Workload> {
+        self.workloads.iter().find(|w| w.broker)
     }
 
     pub fn all_ports(&self) -> Vec<SocketAddr> {
@@ -87,11 +122,16 @@ impl Plan {
             .workloads
             .iter()
             .flat_map(|w| [w.app, w.inbound, w.outbound, w.admin])
+            .chain(self.workloads.iter().filter_map(|w| w.amqp_upstream))
             .collect();
+        if self.broker().is_some() {
+            ports.extend([self.epmd, self.broker_dist]);
+        }
         ports.extend([
             self.control_grpc,
             self.control_admin,
             self.payments_upstream,
+            self.web_payments_upstream,
         ]);
         ports
     }
@@ -126,6 +166,10 @@ impl Plan {
             out.push_str(&format!("  - name: {}\n", w.name));
             if w.grpc {
                 out.push_str("    ports: [{port: 80, protocol: grpc}]\n");
+            }
+            if w.broker {
+                // No protocol: AMQP's port is opaque by default.
+                out.push_str(&format!("    ports: [{{port: {AMQP_PORT}}}]\n"));
             }
             out.push_str(&format!("    endpoints:\n      - address: {}\n", w.inbound));
             if self.mtls {
@@ -169,11 +213,21 @@ impl Plan {
                 bundle = trust_bundle.display(),
             ));
         }
-        if w.name == "orders" {
-            out.push_str(&format!(
-                "upstreams:\n  - {{service: payments, listen: {}}}\n",
-                self.payments_upstream
-            ));
+        let mut upstreams = Vec::new();
+        let payments = match w.name {
+            "orders" => Some(self.payments_upstream),
+            "web" => Some(self.web_payments_upstream),
+            _ => None,
+        };
+        if let Some(listen) = payments {
+            upstreams.push(format!("  - {{service: payments, listen: {listen}}}\n"));
+        }
+        if let Some(listen) = w.amqp_upstream {
+            upstreams.push(format!("  - {{service: {BROKER}, listen: {listen}}}\n"));
+        }
+        if !upstreams.is_empty() {
+            out.push_str("upstreams:\n");
+            out.push_str(&upstreams.concat());
         }
         out
     }
@@ -186,6 +240,8 @@ impl Plan {
                 "http://orders".into(),
                 "--users-url".into(),
                 "http://users".into(),
+                "--payments".into(),
+                format!("http://{}", self.web_payments_upstream),
             ]),
             "orders" => args.extend([
                 "--payments".into(),
@@ -194,6 +250,12 @@ impl Plan {
                 "http://notifications/events".into(),
             ]),
             _ => {}
+        }
+        if let Some(upstream) = w.amqp_upstream {
+            args.extend([
+                "--amqp-url".into(),
+                format!("amqp://guest:guest@{upstream}/%2f"),
+            ]);
         }
         args
     }
@@ -216,12 +278,19 @@ mod tests {
 
     #[test]
     fn generated_mesh_and_proxy_configs_are_valid() {
-        let plan = Plan::new(23000, true).expect("plan");
+        let plan = Plan::new(23000, true, true).expect("plan");
         let mesh = weft_api::mesh::MeshSpec::from_yaml(&plan.mesh_yaml(), "demo").expect("mesh");
-        assert_eq!(mesh.services.len(), 5);
+        assert_eq!(mesh.services.len(), 7);
         let orders = plan.workload("orders").expect("orders");
         let yaml = plan.proxy_yaml(orders, "weft1.00", Path::new("/ca.pem"));
         assert!(yaml.contains("service: payments"), "{yaml}");
+        assert!(yaml.contains("service: rabbitmq"), "{yaml}");
+        assert!(
+            plan.app_args(orders)
+                .iter()
+                .any(|a| a.starts_with("amqp://guest:guest@127.0.0.1:23411/")),
+            "orders reaches the broker through its sidecar"
+        );
         assert!(yaml.contains("service_account: orders"), "{yaml}");
         assert!(yaml.contains("mode: strict"), "{yaml}");
         assert!(yaml.contains("control_plane: https://"), "{yaml}");
@@ -230,7 +299,15 @@ mod tests {
             plan.proxy_yaml(web, "t", Path::new("/ca.pem"))
                 .contains("mode: permissive")
         );
-        let plain = Plan::new(23000, false).expect("plan");
+        let plain = Plan::new(23000, false, false).expect("plan");
+        assert_eq!(plain.workloads.len(), 5);
+        let plain_orders = plain.workload("orders").expect("orders");
+        assert!(
+            plain
+                .app_args(plain_orders)
+                .iter()
+                .all(|a| !a.contains("amqp"))
+        );
         assert!(
             !plain
                 .proxy_yaml(orders, "t", Path::new("/ca.pem"))

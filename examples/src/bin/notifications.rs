@@ -16,6 +16,10 @@ struct Args {
     /// How many recent events GET /events lists.
     #[arg(long, env = "NOTIFICATIONS_KEEP", default_value_t = 100)]
     keep: usize,
+    /// The AMQP broker whose order.placed and user.signed_up events become
+    /// notifications (GET /notifications).
+    #[arg(long, env = "AMQP_URL")]
+    amqp_url: Option<String>,
 }
 
 #[tokio::main]
@@ -24,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
     let listener = listen::bind(args.listen).await?;
-    let config = NotificationsConfig { keep: args.keep };
+    let config = NotificationsConfig {
+        keep: args.keep,
+        amqp_url: args.amqp_url,
+    };
     notifications::serve(listener, config, signals.received()).await?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 use http::Uri;
 use weft_examples::http_client::HttpClient;
 use weft_examples::http_proxy::ProxySettings;
-use weft_examples::orders::{self, OrdersConfig};
+use weft_examples::orders::{self, BrokerConfig, OrdersConfig};
 use weft_examples::{listen, shutdown, telemetry};
 
 /// Orders service: POST /orders, GET /orders/{id}, GET /orders?user={id}.
@@ -29,6 +29,13 @@ struct Args {
     /// Deadline of each call to a dependency, in milliseconds.
     #[arg(long, env = "ORDERS_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
+    /// The AMQP broker (e.g. amqp://guest:guest@127.0.0.1:5672/%2f): with it, stock
+    /// is reserved through inventory and order.placed is published there.
+    #[arg(long, env = "AMQP_URL")]
+    amqp_url: Option<String>,
+    /// How long a stock reservation waits for inventory, in milliseconds.
+    #[arg(long, env = "INVENTORY_TIMEOUT_MS", default_value_t = 2000)]
+    inventory_timeout_ms: u64,
     /// Orders kept in memory (the oldest are forgotten).
     #[arg(long, env = "ORDERS_MAX", default_value_t = 10_000)]
     max_orders: usize,
@@ -50,6 +57,11 @@ async fn main() -> anyhow::Result<()> {
         event_source: args.event_source,
         payments_timeout: timeout,
         max_orders: args.max_orders,
+        broker: args.amqp_url.map(|url| BrokerConfig {
+            url,
+            inventory_timeout: Duration::from_millis(args.inventory_timeout_ms),
+            publish_patience: timeout,
+        }),
     };
     let events = HttpClient::new(proxy, timeout);
     orders::serve(listener, config, events, signals.received()).await?;

@@ -16,6 +16,9 @@ struct Args {
     /// Users 1..=count exist.
     #[arg(long, env = "USERS_COUNT", default_value_t = 1000)]
     count: u64,
+    /// The AMQP broker user.signed_up events go to (POST /users).
+    #[arg(long, env = "AMQP_URL")]
+    amqp_url: Option<String>,
 }
 
 #[tokio::main]
@@ -26,7 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = listen::bind(args.listen).await?;
     users::serve(
         listener,
-        UsersConfig { count: args.count },
+        UsersConfig {
+            count: args.count,
+            amqp_url: args.amqp_url,
+        },
         signals.received(),
     )
     .await?;

@@ -22,6 +22,9 @@ struct Args {
     /// Base URL of the users service.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082")]
     users_url: BaseUrl,
+    /// gRPC address of payments (an http:// URL), for GraphQL's payment field.
+    #[arg(long, env = "PAYMENTS_ADDR")]
+    payments: Option<http::Uri>,
     /// Deadline of each call to a dependency, in milliseconds.
     #[arg(long, env = "WEB_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let config = WebConfig {
         orders_url: args.orders_url,
         users_url: args.users_url,
+        payments: args.payments,
     };
     let client = HttpClient::new(proxy, Duration::from_millis(args.timeout_ms));
     web::serve(listener, config, client, signals.received()).await?;

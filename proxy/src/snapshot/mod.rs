@@ -97,6 +97,14 @@ impl Service {
             .unwrap_or(Protocol::Detect)
     }
 
+    /// The service's port when it declares exactly one.
+    pub(crate) fn sole_port(&self) -> Option<u16> {
+        match self.ports.as_slice() {
+            [(port, _)] => Some(*port),
+            _ => None,
+        }
+    }
+
     /// The endpoint for the next request, by the service's balancer; `key` is the
     /// hash key for consistent hashing, `skip` an endpoint a retry moves away from.
     pub(crate) fn pick(&self, key: Option<u64>, skip: Option<usize>) -> Option<usize> {
