@@ -102,10 +102,10 @@ async fn close(conn: Connection) {
 /// after it broke.
 struct Link {
     url: String,
-    current: tokio::sync::Mutex<Option<(Connection, Channel)>>,
-    /// Counts connections made: what belongs to one (a reply queue) is stale once
-    /// this moves on.
-    generation: AtomicU64,
+    /// The connection, its channel, and which connection this is (counted from
+    /// 1): what belongs to one connection (a reply queue) is stale on the next.
+    current: tokio::sync::Mutex<Option<(Connection, Channel, u64)>>,
+    made: AtomicU64,
 }
 
 impl Link {
@@ -113,12 +113,13 @@ impl Link {
         Link {
             url: url.to_string(),
             current: tokio::sync::Mutex::new(None),
-            generation: AtomicU64::new(0),
+            made: AtomicU64::new(0),
         }
     }
 
-    /// The live channel, connecting first when there is none or it broke.
-    async fn channel(&self) -> Result<Channel, AmqpError> {
+    /// The live channel and its connection's number, connecting first when there
+    /// is none or it broke.
+    async fn channel(&self) -> Result<(Channel, u64), AmqpError> {
         match tokio::time::timeout(SETUP_LIMIT, self.channel_unbounded()).await {
             Ok(result) => result.map_err(AmqpError::from),
             Err(_) => {
@@ -128,15 +129,15 @@ impl Link {
         }
     }
 
-    async fn channel_unbounded(&self) -> Result<Channel, lapin::Error> {
+    async fn channel_unbounded(&self) -> Result<(Channel, u64), lapin::Error> {
         let mut current = self.current.lock().await;
-        if let Some((conn, channel)) = current.as_ref()
+        if let Some((conn, channel, n)) = current.as_ref()
             && conn.status().connected()
             && channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok((channel.clone(), *n));
         }
-        if let Some((conn, _)) = current.take() {
+        if let Some((conn, _, _)) = current.take() {
             close(conn).await;
         }
         let conn = connect(&self.url).await?;
@@ -145,16 +146,16 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         declare_events(&channel).await?;
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let n = self.made.fetch_add(1, Ordering::SeqCst) + 1;
         tracing::info!("connected to the broker");
-        *current = Some((conn, channel.clone()));
-        Ok(channel)
+        *current = Some((conn, channel.clone(), n));
+        Ok((channel, n))
     }
 
     /// Forgets the connection after a failure, so the next use makes a new one.
     async fn broken(&self) {
         let old = self.current.lock().await.take();
-        if let Some((conn, _)) = old {
+        if let Some((conn, _, _)) = old {
             close(conn).await;
         }
     }
@@ -192,7 +193,7 @@ impl EventPublisher {
             .with_message_id(message_id.into())
             .with_type(kind.into());
         retry(self.patience, || async {
-            let channel = self.link.channel().await?;
+            let (channel, _) = self.link.channel().await?;
             let mandatory = BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -393,7 +394,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 /// back later does not act on it.
 pub struct RequestClient {
     link: Link,
-    /// The reply queue of the connection of one generation.
+    /// The reply queue, and the number of the connection it belongs to.
     reply_queue: tokio::sync::Mutex<Option<(u64, String)>>,
     pending: Pending,
     next: AtomicU64,
@@ -413,11 +414,10 @@ impl RequestClient {
 
     /// The reply queue on `channel`'s connection, consumed by a task that hands each
     /// answer to its pending call.
-    async fn reply_queue(&self, channel: &Channel) -> Result<String, lapin::Error> {
+    async fn reply_queue(&self, channel: &Channel, id: u64) -> Result<String, lapin::Error> {
         let mut current = self.reply_queue.lock().await;
-        let id = self.link.generation.load(Ordering::SeqCst);
-        if let Some((generation, queue)) = current.as_ref()
-            && *generation == id
+        if let Some((made_on, queue)) = current.as_ref()
+            && *made_on == id
         {
             return Ok(queue.clone());
         }
@@ -470,8 +470,8 @@ impl RequestClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, AmqpError> {
         let ready = async {
-            let channel = self.link.channel().await?;
-            let reply_queue = tokio::time::timeout(SETUP_LIMIT, self.reply_queue(&channel))
+            let (channel, id) = self.link.channel().await?;
+            let reply_queue = tokio::time::timeout(SETUP_LIMIT, self.reply_queue(&channel, id))
                 .await
                 .map_err(|_| AmqpError::Unreachable(SETUP_LIMIT))??;
             Ok::<_, AmqpError>((channel, reply_queue))

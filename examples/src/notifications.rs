@@ -53,9 +53,14 @@ struct Notifications {
     count: u64,
     recent: VecDeque<Notification>,
     /// Message ids handled, so a redelivered event (after a broker restart or a
-    /// lost ack) is not notified twice.
+    /// lost ack) is not notified twice; the oldest are forgotten past `MAX_SEEN`.
     seen: HashSet<String>,
+    seen_order: VecDeque<String>,
 }
+
+/// Redeliveries come soon after the original; remembering this many ids covers
+/// them without growing for as long as the service runs.
+const MAX_SEEN: usize = 100_000;
 
 /// The notification for an event, or why it cannot be one.
 pub fn notification(kind: &str, data: &[u8]) -> Result<Notification, String> {
@@ -162,10 +167,17 @@ fn record(received: &Mutex<Received>, keep: usize, delivery: &lapin::message::De
         .map(|id| id.as_str().to_owned());
     let mut received = received.lock().unwrap_or_else(PoisonError::into_inner);
     let n = &mut received.notifications;
-    if let Some(id) = id
-        && !n.seen.insert(id)
-    {
-        return tracing::debug!(kind, "duplicate event dropped");
+    if let Some(id) = id {
+        if n.seen.contains(&id) {
+            return tracing::debug!(kind, "duplicate event dropped");
+        }
+        n.seen.insert(id.clone());
+        n.seen_order.push_back(id);
+        while n.seen_order.len() > MAX_SEEN {
+            if let Some(old) = n.seen_order.pop_front() {
+                n.seen.remove(&old);
+            }
+        }
     }
     tracing::info!(kind, message = %notification.message, "notification");
     n.count += 1;
@@ -251,5 +263,27 @@ mod tests {
         assert_eq!(n.message, "Welcome, Ada (user 1001)");
         assert!(notification(amqp::ORDER_PLACED, b"{}").is_err());
         assert!(notification("other", b"{}").is_err());
+    }
+
+    #[test]
+    fn a_redelivered_event_is_notified_once() {
+        let received = Mutex::new(Received::default());
+        let order = serde_json::json!({"id": 3, "user": "1", "item": "pen", "quantity": 1});
+        let delivery = |tag| {
+            let mut d = lapin::message::Delivery::mock(
+                tag,
+                amqp::EVENTS_EXCHANGE.into(),
+                amqp::ORDER_PLACED.into(),
+                tag > 1,
+                order.to_string().into_bytes(),
+            );
+            d.properties = lapin::BasicProperties::default().with_message_id("orders-3".into());
+            d
+        };
+        record(&received, 10, &delivery(1));
+        record(&received, 10, &delivery(2));
+        let received = received.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(received.notifications.count, 1);
+        assert_eq!(received.notifications.recent[0].order_id, Some(3));
     }
 }

@@ -44,6 +44,11 @@ pub struct Sample {
     pub failures: f64,
     /// Upper bound (seconds) → cumulative count.
     pub buckets: BTreeMap<OrderedF64, f64>,
+    /// Opaque TCP connections open now, and those of them over mTLS.
+    pub tcp_open: f64,
+    pub tcp_open_mtls: f64,
+    /// Bytes received from the opaque connections' clients so far.
+    pub tcp_received: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,6 +96,13 @@ pub fn parse(text: &str, service: &str) -> Sample {
                     sample.failures += value;
                 }
             }
+            "weft_tcp_service_open_connections" => {
+                sample.tcp_open += value;
+                if l.get("tls") == Some(&"true") {
+                    sample.tcp_open_mtls += value;
+                }
+            }
+            "weft_tcp_service_received_bytes_total" => sample.tcp_received += value,
             "weft_request_duration_seconds_bucket" => {
                 let le = match l.get("le") {
                     Some(&"+Inf") => f64::INFINITY,
@@ -154,6 +166,7 @@ pub async fn watch(plan: &Plan, every: Duration, run_for: Option<Duration>) -> a
             _ = term.recv() => return Ok(()),
         }
         let mut rows = Vec::new();
+        let mut tcp = Vec::new();
         for w in &plan.workloads {
             let url = format!("http://{}/metrics", w.admin);
             let Ok((200, text)) = http_get(&url).await else {
@@ -164,6 +177,15 @@ pub async fn watch(plan: &Plan, every: Duration, run_for: Option<Duration>) -> a
             let cur = parse(&text, w.name);
             if let Some((then, before)) = prev.get(w.name) {
                 let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+                if cur.tcp_open > 0.0 {
+                    tcp.push(format!(
+                        "{}: {} open TCP connections ({} over mTLS), {:.1} KB/s in",
+                        w.name,
+                        cur.tcp_open,
+                        cur.tcp_open_mtls,
+                        (cur.tcp_received - before.tcp_received) / secs / 1024.0,
+                    ));
+                }
                 let reqs = cur.requests - before.requests;
                 let fails = cur.failures - before.failures;
                 let success = if reqs > 0.0 {
@@ -198,6 +220,12 @@ pub async fn watch(plan: &Plan, every: Duration, run_for: Option<Duration>) -> a
                 println!("{r}");
             }
             println!();
+            for t in &tcp {
+                println!("{t}");
+            }
+            if !tcp.is_empty() {
+                println!();
+            }
         }
         if run_for.is_some_and(|d| started.elapsed() >= d) {
             return Ok(());
@@ -237,5 +265,18 @@ weft_request_duration_seconds_bucket{direction="inbound",service="web",le="+Inf"
         let p99 = quantile(&a, &b, 0.99).expect("p99");
         assert!(p99 > 0.009 && p99 <= 0.01, "{p99}");
         assert_eq!(quantile(&b, &b, 0.5), None, "no new observations");
+    }
+
+    #[test]
+    fn the_brokers_open_connections_are_read_with_their_tls() {
+        let text = r#"
+weft_tcp_service_open_connections{direction="inbound",service="rabbitmq",peer_identity="spiffe://cluster.local/ns/default/sa/orders",tls="true"} 2
+weft_tcp_service_open_connections{direction="inbound",service="rabbitmq",peer_identity="",tls="false"} 1
+weft_tcp_service_open_connections{direction="outbound",service="rabbitmq.default",peer_identity="x",tls="true"} 5
+weft_tcp_service_received_bytes_total{direction="inbound",service="rabbitmq",peer_identity="",tls="false"} 2048
+"#;
+        let s = parse(text, "rabbitmq");
+        assert_eq!((s.tcp_open, s.tcp_open_mtls), (3.0, 2.0));
+        assert_eq!(s.tcp_received, 2048.0);
     }
 }
