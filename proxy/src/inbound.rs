@@ -170,6 +170,7 @@ impl Inbound {
                     return;
                 }
             };
+            let alpn = negotiated(&tls);
             let peer = Peer {
                 allowed: port_policy.authorization.allows(Some(&id), Some(&id_str)),
                 header: HeaderValue::from_str(&id_str).ok(),
@@ -177,18 +178,13 @@ impl Inbound {
                 id: Some((id, id_str)),
                 port,
                 app,
-                h2_orig: false,
+                h2_orig: alpn == Some(Alpn::H2Orig),
             };
             if !peer.allowed {
                 tracing::debug!(port, "caller denied by inbound policy");
             }
             // The calling proxy's ALPN already says what follows; only without one
             // is the tunnel's content sniffed.
-            let alpn = negotiated(&tls);
-            let peer = Peer {
-                h2_orig: alpn == Some(Alpn::H2Orig),
-                ..peer
-            };
             let decided = match alpn {
                 Some(Alpn::Opaque) => Some(Detected::Opaque),
                 _ if declared_opaque => Some(Detected::Opaque),

@@ -241,6 +241,16 @@ for proto in h1 h2; do
     done
 done
 
+# Failed requests of the last fixed-rate run; latencies of failures are no figure.
+rate_failures() {
+    awk '/^requests:/ { n += $10 + $12 + $14 } /^status codes:/ { n += $5 + $7 + $9 }
+        END { print n + 0 }' "$work/load.out"
+}
+show_statuses() {
+    if [[ $1 != 0 ]]; then
+        grep -E '^(requests|status codes):' "$work/load.out" | sed 's/^/    /'
+    fi
+}
 # HTTP/1.1 at a fixed total rate: $RATE_CONNS connections of rate/RATE_CONNS each.
 fixed_rate() { # URL RPS -> p50 p90 p99 (ms) and failures in $work/load.out
     rm -f "$work/h2load.log"
@@ -252,23 +262,28 @@ printf '\nHTTP/1.1 at a fixed %s requests/s (h2load --h1 -c%s, %ss)\n' "$FIXED_R
 printf '%-18s %8s %8s %8s %7s\n' path p50_ms p90_ms p99_ms failed
 for path in "${h1_paths[@]}"; do
     read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$FIXED_RPS")
-    parse_load h2
+    failed=$(rate_failures)
     result[fixed/$path/p99]=$p99
     printf '%-18s %8s %8s %8s %7s\n' "$path" "$p50" "$p90" "$p99" "$failed"
+    show_statuses "$failed"
 done
 
 printf '\nadded latency over a direct call, HTTP/1.1 at %s requests/s (%ss each)\n' "$ADDED_RPS" "$DURATION"
-printf '%-18s %8s %8s %8s   %s\n' path +p50_ms +p90_ms +p99_ms "(absolute p50/p90/p99)"
+printf '%-18s %8s %8s %8s %7s   %s\n' path +p50_ms +p90_ms +p99_ms failed "(absolute p50/p90/p99)"
 read -r d50 d90 d99 < <(fixed_rate "${url_h1[direct]}" "$ADDED_RPS")
-printf '%-18s %8s %8s %8s   %s\n' direct - - - "$d50/$d90/$d99"
+failed=$(rate_failures)
+printf '%-18s %8s %8s %8s %7s   %s\n' direct - - - "$failed" "$d50/$d90/$d99"
+show_statuses "$failed"
 for path in "${h1_paths[@]}"; do
     read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$ADDED_RPS")
+    failed=$(rate_failures)
     added=$(awk -v a="$p50" -v b="$p90" -v c="$p99" -v x="$d50" -v y="$d90" -v z="$d99" \
         'BEGIN { printf "%+8.3f %+8.3f %+8.3f", a - x, b - y, c - z }')
-    printf '%-18s %s   %s\n' "$path" "$added" "$p50/$p90/$p99"
+    printf '%-18s %s %7s   %s\n' "$path" "$added" "$failed" "$p50/$p90/$p99"
+    show_statuses "$failed"
 done
-printf '%-18s %8s %8s %8s   %s\n' "istio sidecars" - +0.228 +0.298 "published, 1,000 rps, other hardware"
-printf '%-18s %8s %8s %8s   %s\n' "ztunnel" - +0.170 +0.200 "published, 1,000 rps, other hardware"
+printf '%-18s %8s %8s %8s %7s   %s\n' "istio sidecars" - +0.228 +0.298 - "published, 1,000 rps, other hardware"
+printf '%-18s %8s %8s %8s %7s   %s\n' "ztunnel" - +0.170 +0.200 - "published, 1,000 rps, other hardware"
 
 # New TLS 1.3 connections per second accepted by proxy B (full handshakes with a
 # client certificate; the client is openssl on the load CPU).
