@@ -42,6 +42,8 @@ use crate::retry::RetryPolicy;
 use crate::snapshot::lookup::{Dest, Lookup};
 use crate::snapshot::{Protocol, Service};
 
+mod routed;
+
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
 pub(crate) enum Destination {
@@ -276,20 +278,58 @@ impl Outbound {
             self.unknown.record(resp.status().as_u16(), since(start));
             return resp;
         };
+        if !svc.routes.is_empty() {
+            // Boxed: a service without routes keeps its request's future small.
+            return Box::pin(self.handle_routed(svc, req, client, start)).await;
+        }
+        let plan = Plan::of(&svc);
+        self.dispatch(&svc, req, client, start, &plan).await
+    }
+
+    /// Sends a request to `svc` under `plan` and records its answer.
+    async fn dispatch(
+        &self,
+        svc: &Service,
+        req: BoxedRequest,
+        client: Option<IpAddr>,
+        start: u64,
+        plan: &Plan<'_>,
+    ) -> Response<ProxyBody> {
         // The request timeout covers every attempt and backoff. Boxed when set, so
         // the untimed path does not lay the request's future out twice.
-        let result = match svc.policy.timeouts.request {
-            Some(t) => Box::pin(tokio::time::timeout(t, self.send(&svc, req, client, start)))
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => pin!(self.send(&svc, req, client, start)).await,
+        let result = match plan.request_timeout {
+            Some(t) => Box::pin(tokio::time::timeout(
+                t,
+                self.send(svc, req, client, start, plan.retry),
+            ))
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+            None => pin!(self.send(svc, req, client, start, plan.retry)).await,
         };
         let resp = result.unwrap_or_else(|e| {
-            svc.metrics.proxy_error(e.reason());
+            plan.metrics.proxy_error(e.reason());
             e.response()
         });
-        svc.metrics.record(resp.status().as_u16(), since(start));
+        plan.metrics.record(resp.status().as_u16(), since(start));
         resp
+    }
+}
+
+/// What a request is sent under: the service's policy, or a route's overrides.
+struct Plan<'a> {
+    request_timeout: Option<Duration>,
+    retry: Option<&'a RetryPolicy>,
+    /// Where its request and latency are counted.
+    metrics: &'a ServiceMetrics,
+}
+
+impl<'a> Plan<'a> {
+    fn of(svc: &'a Service) -> Plan<'a> {
+        Plan {
+            request_timeout: svc.policy.timeouts.request,
+            retry: svc.policy.retry.as_ref(),
+            metrics: &svc.metrics,
+        }
     }
 }
 
@@ -308,6 +348,7 @@ impl Outbound {
         req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
+        retry: Option<&RetryPolicy>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
         let active = &svc.stats.concurrency.active;
@@ -323,10 +364,7 @@ impl Outbound {
             }
             Some(HashKey::ClientIdentity) => self.client_key(client),
         };
-        let retry = policy
-            .retry
-            .as_ref()
-            .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
+        let retry = retry.filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
         let result = match retry {
             None => {
                 let idx = svc

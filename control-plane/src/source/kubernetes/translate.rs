@@ -338,6 +338,7 @@ impl Translator {
                 ports: Vec::new(),
                 endpoints: Vec::new(),
                 policy: PolicySpec::default(),
+                routes: Vec::new(),
             }]);
         }
         let mut out = Vec::with_capacity(ports.len());
@@ -367,6 +368,7 @@ impl Translator {
                 }],
                 endpoints: self.endpoints(&port_name, slices, pods),
                 policy: PolicySpec::default(),
+                routes: Vec::new(),
             });
         }
         Ok(out)
@@ -707,6 +709,7 @@ pub fn policy_spec(spec: &TrafficPolicySpec) -> Result<PolicySpec, String> {
             ports: Vec::new(),
             endpoints: Vec::new(),
             policy,
+            routes: Vec::new(),
         }],
         workloads: Vec::new(),
     };
