@@ -181,6 +181,7 @@ impl Config {
             }),
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
+            gateway: None,
         })
     }
 }

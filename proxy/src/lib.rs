@@ -5,7 +5,8 @@
 //!
 //! - L6 `proxy` wires a running proxy from `config`.
 //! - L5 `outbound` and `inbound` route (`routing` applies a service's routes to
-//!   a request); `admin` and `probe` answer operators and the kubelet.
+//!   a request); `gateway` takes traffic from outside the mesh (TLS by SNI) into
+//!   outbound; `admin` and `probe` answer operators and the kubelet.
 //! - L4 `http` serves and forwards requests over pooled connections, `tcp`
 //!   forwards opaque bytes, `detect` sniffs the protocol, `listener` accepts.
 //! - L3 `snapshot` is the dynamic state, and its lookup; `source` (the config
@@ -17,7 +18,7 @@
 //!   (matching, filters, splits, faults, rate limits); `metrics`;
 //!   `identity` (mTLS, certificates from the control plane).
 //! - L0 `clock`, `sync`, `io`, and config: `config`, `env_config`, `ports`,
-//!   `inbound_policy`.
+//!   `inbound_policy`, `gateway_config`.
 //!
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
@@ -34,6 +35,8 @@ pub mod config;
 mod detect;
 mod endpoint;
 mod env_config;
+mod gateway;
+mod gateway_config;
 mod http;
 mod identity;
 mod inbound;

@@ -196,6 +196,8 @@ pub(crate) enum Direction {
     Outbound,
     /// From the mesh to the local app.
     Inbound,
+    /// From outside the mesh into it, through a gateway listener.
+    Gateway,
 }
 
 impl Direction {
@@ -203,6 +205,7 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
+            Direction::Gateway => "gateway",
         }
     }
 }

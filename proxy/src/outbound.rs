@@ -25,6 +25,7 @@ use crate::breaker::Permit;
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
+use crate::gateway_config::GatewayEntry;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
@@ -54,6 +55,8 @@ pub(crate) enum Destination {
     /// Where a captured connection was going: a service VIP:port, or an address
     /// outside the mesh.
     Original(SocketAddr),
+    /// A gateway listener: each request's host, by the gateway's host table.
+    Gateway(Arc<GatewayEntry>),
 }
 
 /// What an outbound proxy is built from.
@@ -115,7 +118,7 @@ impl Outbound {
                 self.lookup.service(Dest::Name(Cow::Borrowed(name))).await
             }
             Destination::Original(addr) => self.lookup.service(Dest::Vip(*addr)).await,
-            Destination::Authority => None,
+            Destination::Authority | Destination::Gateway(_) => None,
         }
     }
 
@@ -172,19 +175,8 @@ impl Outbound {
         };
         match detected {
             Detected::Http1 | Detected::Http2 => {
-                let this = self.clone();
-                let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
-                    let this = this.clone();
-                    let dest = dest.clone();
-                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
-                    async move {
-                        let grpc = is_grpc(req.headers());
-                        let resp = pin!(this.handle(req, &dest, client)).await;
-                        let resp = error::for_client(grpc, resp);
-                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
-                    }
-                };
-                serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
+                self.serve_http(io, detected == Detected::Http2, dest, client)
+                    .await;
             }
             Detected::Tls | Detected::Opaque => {
                 let Some(svc) = self.fixed_service(&dest).await else {
@@ -194,6 +186,31 @@ impl Outbound {
                 self.opaque(io, &svc, client).await;
             }
         }
+    }
+
+    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2).
+    pub(crate) async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        h2: bool,
+        dest: Destination,
+        client: Option<IpAddr>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
+            let this = this.clone();
+            let dest = dest.clone();
+            let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+            async move {
+                let grpc = is_grpc(req.headers());
+                let resp = pin!(this.handle(req, &dest, client)).await;
+                let resp = error::for_client(grpc, resp);
+                Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+            }
+        };
+        serve_handler(io, h2, handler, &self.limits).await;
     }
 
     /// An opaque connection: balanced per connection; a failed connect feeds
@@ -267,6 +284,17 @@ impl Outbound {
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
                     return ProxyError::NoAuthority.response();
+                }
+            },
+            Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
+                Ok(name) => Dest::Name(Cow::Borrowed(name)),
+                Err(resp) => {
+                    if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
+                        self.unknown
+                            .proxy_error(reason.to_str().unwrap_or("unknown"));
+                    }
+                    self.unknown.record(resp.status().as_u16(), since(start));
+                    return *resp;
                 }
             },
         };

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderValue, Request, Response, StatusCode};
 
+use crate::gateway_config::GatewayEntry;
 use crate::http::body::ProxyBody;
 use crate::http::error::{GRPC_STATUS, ProxyError, WEFT_ERROR};
 use crate::route::matcher::RequestView;
@@ -102,6 +103,35 @@ pub(crate) fn route<'s, B>(svc: &'s Service, req: &mut Request<B>, grpc: bool) -
         backend: route.pick_backend(),
         delay,
     }
+}
+
+/// The service a gateway request goes to, by its host; or the gateway's own
+/// answer: a redirect to HTTPS, 404 for a host it does not serve.
+pub(crate) fn gateway_dest<'r, B>(
+    entry: &'r GatewayEntry,
+    req: &'r Request<B>,
+) -> Result<&'r str, Box<Response<ProxyBody>>> {
+    let Some((host, _)) = crate::http::authority_of(req) else {
+        return Err(Box::new(ProxyError::NoAuthority.response()));
+    };
+    if let Some(port) = entry.redirect_https {
+        let authority = match port {
+            443 => host.to_string(),
+            p => format!("{host}:{p}"),
+        };
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let Ok(location) = HeaderValue::try_from(format!("https://{authority}{path}")) else {
+            return Err(Box::new(ProxyError::MalformedRequest.response()));
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+        *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        resp.headers_mut().insert(LOCATION, location);
+        return Err(Box::new(resp));
+    }
+    entry
+        .hosts
+        .service(host)
+        .ok_or_else(|| Box::new(ProxyError::UnknownService.response()))
 }
 
 /// An injected abort. A gRPC client gets it in gRPC's form (trailers-only, the

@@ -158,6 +158,27 @@ impl ControlPlane {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
+    /// A proxy config's `identity:` section for ServiceAccount `sa` in namespace
+    /// `default` of `trust_domain`, with inbound policy `inbound` (YAML flow text).
+    pub fn proxy_identity_yaml(&self, trust_domain: &str, sa: &str, inbound: &str) -> String {
+        let token = self.token("default", sa).expect("token");
+        let (url, bundle) = if self.tls {
+            (
+                format!("https://{}", self.grpc),
+                format!(
+                    "  trust_bundle: \"{}\"\n",
+                    self.state_dir().join("ca.pem").display()
+                ),
+            )
+        } else {
+            (self.url(), String::new())
+        };
+        format!(
+            "identity:\n  trust_domain: {trust_domain}\n  service_account: {sa}\n  token: \"{token}\"\n  \
+             control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n"
+        )
+    }
+
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }

@@ -29,22 +29,7 @@ const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 
 /// The identity section of a proxy config.
 fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
-    let token = cp.token("default", sa).expect("token");
-    let (url, bundle) = if cp.tls {
-        (
-            format!("https://{}", cp.grpc),
-            format!(
-                "  trust_bundle: \"{}\"\n",
-                cp.state_dir().join("ca.pem").display()
-            ),
-        )
-    } else {
-        (cp.url(), String::new())
-    };
-    format!(
-        "identity:\n  trust_domain: {TD}\n  service_account: {sa}\n  token: \"{token}\"\n  \
-         control_plane: \"{url}\"\n{bundle}  inbound: {inbound}\n"
-    )
+    cp.proxy_identity_yaml(TD, sa, inbound)
 }
 
 /// A file-mode service `echo` whose one endpoint must present `identity`.
