@@ -2,7 +2,8 @@
 //!
 //! The demo takes a block of ports above `--base-port` (see control-plane/src/demo):
 //! proxy admin = base+300+i (i: web=0, orders=1, payments=2, notifications=3,
-//! users=4), control-plane admin = base+990.
+//! users=4), the gateway's listener base+500 (admin 501, outbound 502),
+//! control-plane admin = base+990.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -20,9 +21,9 @@ use crate::process::Process;
 pub const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
 
 /// Every port offset the demo binds above its base.
-const OFFSETS: [u16; 23] = [
+const OFFSETS: [u16; 26] = [
     0, 1, 2, 3, 4, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204, 300, 301, 302, 303, 304, 401,
-    900, 990,
+    500, 501, 502, 900, 990,
 ];
 
 /// Blocks sit above Linux's ephemeral range (32768-60999), so no outgoing
@@ -108,6 +109,11 @@ impl Demo {
 
     pub fn control_admin(&self) -> SocketAddr {
         self.port(990)
+    }
+
+    /// The gateway in front of web (plain HTTP).
+    pub fn gateway(&self) -> SocketAddr {
+        self.port(500)
     }
 
     pub fn output(&self) -> String {
