@@ -339,3 +339,36 @@ async fn a_renewed_certificate_is_served_once_its_files_change() {
         "the old certificate is gone"
     );
 }
+
+/// The config deploy/k8s/gateway ships (its ConfigMap's `gateway.yaml`) is one
+/// `weft-proxy check` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_components_gateway_config_passes_check() {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/k8s/gateway/gateway.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("the component's manifest");
+    let config: String = text
+        .lines()
+        .skip_while(|l| l.trim() != "gateway.yaml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or("")))
+        .collect();
+    assert!(
+        config.contains("gateway:"),
+        "no gateway config in {}",
+        manifest.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, &config).expect("write config");
+    let cmd = weft_tests::proxy::proxy_command(&["check", "--config", &path.to_string_lossy()])
+        .expect("command");
+    let mut process =
+        weft_tests::process::Process::spawn("weft-proxy-check", cmd, dir.path()).expect("spawn");
+    let status = process
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("check exits");
+    assert!(status.success(), "{}\n{config}", process.output());
+}
