@@ -27,8 +27,6 @@ use crate::route::split::Split;
 #[derive(Debug)]
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
-    /// None matches every request.
-    matches: Box<[Match]>,
     /// Host names of the backend services; empty: the service itself.
     pub(crate) backends: Box<[Box<str>]>,
     split: Option<Split>,
@@ -58,11 +56,17 @@ impl Route {
 
 /// A service's routes, in order; the first that matches a request handles it.
 #[derive(Debug, Default)]
-pub(crate) struct Routes(Box<[Route]>);
+pub(crate) struct Routes {
+    /// Every route's matches, flattened in route order with the index of their
+    /// route: matching walks one small contiguous table, not the routes themselves
+    /// (filters, buckets, metrics), so a long list costs few cache lines per route.
+    matches: Box<[(usize, Match)]>,
+    routes: Box<[Route]>,
+}
 
 impl Serialize for Routes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|r| &*r.name))
+        s.collect_seq(self.routes.iter().map(|r| &*r.name))
     }
 }
 
@@ -74,25 +78,14 @@ pub(crate) struct Matched<'r> {
 
 impl Routes {
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.routes.is_empty()
     }
 
     pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        self.0.iter().find_map(|route| {
-            if route.matches.is_empty() {
-                return Some(Matched {
-                    route,
-                    prefix: None,
-                });
-            }
-            route
-                .matches
-                .iter()
-                .find(|m| m.matches(req))
-                .map(|m| Matched {
-                    route,
-                    prefix: m.prefix(),
-                })
+        let (i, m) = self.matches.iter().find(|(_, m)| m.matches(req))?;
+        Some(Matched {
+            route: self.routes.get(*i)?,
+            prefix: m.prefix(),
         })
     }
 
@@ -104,6 +97,7 @@ impl Routes {
     ) -> Result<Routes, String> {
         let namespace = service.split_once('.').map_or("default", |(_, ns)| ns);
         let mut names = std::collections::HashSet::new();
+        let mut matches = Vec::new();
         let routes = raw
             .iter()
             .enumerate()
@@ -118,11 +112,20 @@ impl Routes {
                 if !names.insert(name.clone()) {
                     return Err(format!("routes[{i}]: duplicate route name {name:?}"));
                 }
-                compile_route(r, &name, service, namespace, metrics)
-                    .map_err(|e| format!("routes[{i}] ({name}): {e}"))
+                let (route, route_matches) = compile_route(r, &name, service, namespace, metrics)
+                    .map_err(|e| format!("routes[{i}] ({name}): {e}"))?;
+                if route_matches.is_empty() {
+                    // No match listed: every request.
+                    matches.push((i, Match::default()));
+                }
+                matches.extend(route_matches.into_iter().map(|m| (i, m)));
+                Ok(route)
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Routes(routes.into()))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Routes {
+            matches: matches.into(),
+            routes: routes.into(),
+        })
     }
 }
 
@@ -132,7 +135,7 @@ fn compile_route(
     service: &str,
     namespace: &str,
     metrics: &Metrics,
-) -> Result<Route, String> {
+) -> Result<(Route, Vec<Match>), String> {
     let matches = r
         .matches
         .iter()
@@ -239,9 +242,8 @@ fn compile_route(
     if redirect.is_some() && !backends.is_empty() {
         return Err("a redirect route has no backends".into());
     }
-    Ok(Route {
+    let route = Route {
         name: Arc::from(name),
-        matches: matches.into(),
         backends,
         split,
         request_headers: f
@@ -266,7 +268,8 @@ fn compile_route(
             .transpose()?,
         metrics: metrics.service_route(Direction::Outbound, service, name),
         actions: metrics.route_actions(service, name),
-    })
+    };
+    Ok((route, matches))
 }
 
 fn compile_match(m: &v1::RouteMatch) -> Result<Match, String> {
