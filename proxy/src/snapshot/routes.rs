@@ -61,7 +61,33 @@ pub(crate) struct Routes {
     /// route: matching walks one small contiguous table, not the routes themselves
     /// (filters, buckets, metrics), so a long list costs few cache lines per route.
     matches: Box<[(usize, Match)]>,
+    /// Each match's method as a `method_code`, beside the table: a request whose
+    /// method differs skips the match after reading one byte.
+    methods: Box<[u8]>,
     routes: Box<[Route]>,
+}
+
+/// Any method (the match names none).
+const ANY_METHOD: u8 = 0;
+/// A method outside the standard ones: compared in full.
+const OTHER_METHOD: u8 = u8::MAX;
+
+fn method_code(method: Option<&Method>) -> u8 {
+    match method {
+        None => ANY_METHOD,
+        Some(m) => match *m {
+            Method::GET => 1,
+            Method::POST => 2,
+            Method::PUT => 3,
+            Method::DELETE => 4,
+            Method::HEAD => 5,
+            Method::OPTIONS => 6,
+            Method::PATCH => 7,
+            Method::CONNECT => 8,
+            Method::TRACE => 9,
+            _ => OTHER_METHOD,
+        },
+    }
 }
 
 impl Serialize for Routes {
@@ -82,7 +108,15 @@ impl Routes {
     }
 
     pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        let (i, m) = self.matches.iter().find(|(_, m)| m.matches(req))?;
+        let method = method_code(Some(req.method));
+        let ((i, m), _) = self
+            .matches
+            .iter()
+            .zip(self.methods.iter())
+            .find(|((_, m), want)| {
+                (**want == method || **want == ANY_METHOD || **want == OTHER_METHOD)
+                    && m.matches(req)
+            })?;
         Some(Matched {
             route: self.routes.get(*i)?,
             prefix: m.prefix(),
@@ -122,8 +156,13 @@ impl Routes {
                 Ok(route)
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let methods = matches
+            .iter()
+            .map(|(_, m): &(usize, Match)| method_code(m.method.as_ref()))
+            .collect();
         Ok(Routes {
             matches: matches.into(),
+            methods,
             routes: routes.into(),
         })
     }
