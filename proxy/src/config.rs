@@ -11,6 +11,7 @@ use serde::Deserialize;
 use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
+use crate::gateway_config::{GatewayConfig, RawGateway};
 use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
 use crate::ports::PortSet;
 
@@ -49,6 +50,9 @@ struct RawConfig {
     /// File mode: the mesh itself, in the same schema the control plane reads.
     #[serde(default)]
     services: Vec<ServiceSpec>,
+    /// Gateway mode: listeners for traffic from outside the mesh.
+    #[serde(default)]
+    gateway: Option<RawGateway>,
 }
 
 /// Where the roots that verify the control plane come from: a PEM file
@@ -491,6 +495,7 @@ pub struct Config {
     /// Verifies an `https://` control plane.
     pub(crate) trust_bundle: Option<TrustAnchors>,
     pub(crate) mesh: MeshSpec,
+    pub(crate) gateway: Option<GatewayConfig>,
 }
 
 pub(crate) const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
@@ -589,7 +594,13 @@ impl Config {
                  (or WEFT_TRUST_BUNDLE)"
             )));
         }
+        let gateway = raw
+            .gateway
+            .map(|g| g.validate(origin))
+            .transpose()
+            .map_err(ConfigError::Invalid)?;
         let config = Config {
+            gateway,
             path: None,
             identity,
             trust_bundle,
@@ -664,6 +675,14 @@ impl Config {
                 up.listen,
             ));
         }
+        for (i, l) in self
+            .gateway
+            .iter()
+            .flat_map(|g| g.listeners.iter())
+            .enumerate()
+        {
+            listeners.push((format!("gateway.listeners[{i}].listen"), l.listen));
+        }
         listeners
     }
 
@@ -672,6 +691,19 @@ impl Config {
     fn check_upstreams(&self) -> Result<(), String> {
         if self.control_plane.is_some() {
             return Ok(());
+        }
+        if let Some(gateway) = &self.gateway {
+            for (host, service) in gateway.hosts.iter() {
+                let (name, namespace) = service
+                    .split_once('.')
+                    .unwrap_or((service, self.node.namespace.as_str()));
+                if self.mesh.find(name, namespace).is_none() {
+                    return Err(format!(
+                        "gateway.hosts: {host} names no service {name} in namespace {namespace} \
+                         among services (and no control_plane to learn it from)"
+                    ));
+                }
+            }
         }
         for (i, up) in self.upstreams.iter().enumerate() {
             let (name, namespace) = up

@@ -201,6 +201,7 @@ impl Config {
             }),
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
+            gateway: None,
         })
     }
 }

@@ -4,8 +4,9 @@
 //! (`tools/modcycles.py proxy/src` finds no cycle):
 //!
 //! - L6 `proxy` wires a running proxy from `config`.
-//! - L5 `outbound` and `inbound` route; `admin` and `probe` answer operators and
-//!   the kubelet.
+//! - L5 `outbound` and `inbound` route (`routing` applies a service's routes to
+//!   a request); `gateway` takes traffic from outside the mesh (TLS by SNI) into
+//!   outbound; `admin` and `probe` answer operators and the kubelet.
 //! - L4 `http` serves and forwards requests over pooled connections, `tcp`
 //!   forwards opaque bytes, `detect` sniffs the protocol, `listener` accepts.
 //! - L3 `snapshot` is the dynamic state, and its lookup; `source` (the config
@@ -13,10 +14,11 @@
 //! - L2 `endpoint`: an endpoint and the stats that outlive snapshots.
 //! - L1 building blocks that know no snapshot: `balance` picks an endpoint,
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
-//!   whether a failed attempt goes again, judged by its `outcome`; `metrics`;
+//!   whether a failed attempt goes again, judged by its `outcome`; `route`
+//!   (matching, filters, splits, faults, rate limits); `metrics`;
 //!   `identity` (mTLS, certificates from the control plane).
 //! - L0 `clock`, `sync`, `io`, `fd_limit`, and config: `config`, `env_config`, `ports`,
-//!   `inbound_policy`.
+//!   `inbound_policy`, `gateway_config`.
 //!
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
@@ -37,6 +39,8 @@ mod fd_limit;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway;
+mod gateway_config;
 mod http;
 mod identity;
 mod inbound;
@@ -50,6 +54,8 @@ mod ports;
 mod probe;
 pub mod proxy;
 mod retry;
+mod route;
+mod routing;
 mod snapshot;
 mod source;
 mod sync;

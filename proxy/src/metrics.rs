@@ -38,13 +38,13 @@ const fn def(name: &'static str, help: &'static str, labels: &'static [&'static 
 
 const REQUESTS: Def = def(
     "weft_requests_total",
-    "HTTP requests by direction, service and response status class.",
-    &["direction", "service", "status_class"],
+    "HTTP requests by direction, service, route (empty: none) and response status class.",
+    &["direction", "service", "route", "status_class"],
 );
 const DURATION: Def = def(
     "weft_request_duration_seconds",
     "Time from request received to response headers sent.",
-    &["direction", "service"],
+    &["direction", "service", "route"],
 );
 const OPEN: Def = def(
     "weft_open_connections",
@@ -143,6 +143,12 @@ const RETRIES_REFUSED: Def = def(
     "Retries not made because the retry budget or the concurrent-retry limit was spent.",
     &["service"],
 );
+const ROUTE_ACTIONS: Def = def(
+    "weft_route_actions_total",
+    "Requests a route answered or held itself, apart from failures: rate-limited, \
+     fault-abort, fault-delay, redirect.",
+    &["service", "route", "action"],
+);
 const RELOADS: Def = def(
     "weft_snapshot_reloads_total",
     "Attempts to load a new snapshot, by result.",
@@ -215,7 +221,9 @@ struct Inner {
     overloaded: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
-    services: Mutex<HashMap<(Direction, String), Arc<ServiceMetrics>>>,
+    route_actions: IntCounterVec,
+    /// By (direction, service, route); route "" for requests no route matched.
+    services: Mutex<HashMap<(Direction, String, String), Arc<ServiceMetrics>>>,
     tcp: Arc<TcpFamilies>,
 }
 
@@ -319,6 +327,8 @@ pub(crate) enum Direction {
     Outbound,
     /// From the mesh to the local app.
     Inbound,
+    /// From outside the mesh into it, through a gateway listener.
+    Gateway,
 }
 
 impl Direction {
@@ -326,6 +336,7 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
+            Direction::Gateway => "gateway",
         }
     }
 }
@@ -416,6 +427,15 @@ impl ServiceMetrics {
     }
 }
 
+/// What a route answered or held itself, counted apart from failures.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteActions {
+    pub(crate) rate_limited: IntCounter,
+    pub(crate) fault_abort: IntCounter,
+    pub(crate) fault_delay: IntCounter,
+    pub(crate) redirect: IntCounter,
+}
+
 /// Per-listener connection handles.
 #[derive(Clone)]
 pub(crate) struct ConnMetrics {
@@ -467,6 +487,7 @@ impl Metrics {
                 overloaded: counter_vec(&r, &OVERLOADED),
                 retries: counter_vec(&r, &RETRIES),
                 retries_refused: counter_vec(&r, &RETRIES_REFUSED),
+                route_actions: counter_vec(&r, &ROUTE_ACTIONS),
                 services: Mutex::new(HashMap::new()),
                 tcp: Arc::new(TcpFamilies::new(&r)),
                 registry: r,
@@ -476,7 +497,18 @@ impl Metrics {
 
     /// Handles for one service in one direction; cached so snapshots share them.
     pub(crate) fn service(&self, direction: Direction, service: &str) -> Arc<ServiceMetrics> {
-        let key = (direction, service.to_string());
+        self.service_route(direction, service, "")
+    }
+
+    /// Handles for the requests one route of a service handles: requests and
+    /// latency carry its name; the rest is the service's.
+    pub(crate) fn service_route(
+        &self,
+        direction: Direction,
+        service: &str,
+        route: &str,
+    ) -> Arc<ServiceMetrics> {
+        let key = (direction, service.to_string(), route.to_string());
         let mut cache = self
             .inner
             .services
@@ -490,9 +522,11 @@ impl Metrics {
                 Arc::new(ServiceMetrics {
                     by_class: STATUS_CLASSES.map(|class| {
                         i.requests
-                            .with_label_values(&[direction_label, service, class])
+                            .with_label_values(&[direction_label, service, route, class])
                     }),
-                    duration: i.duration.with_label_values(&[direction_label, service]),
+                    duration: i
+                        .duration
+                        .with_label_values(&[direction_label, service, route]),
                     errors: i.proxy_errors.clone(),
                     ejected: i.ejected.with_label_values(&[service]),
                     ejections: i.ejections.with_label_values(&[service]),
@@ -506,6 +540,21 @@ impl Metrics {
                 })
             })
             .clone()
+    }
+
+    /// Counters for what one route answers or holds itself.
+    pub(crate) fn route_actions(&self, service: &str, route: &str) -> RouteActions {
+        let c = |action: &str| {
+            self.inner
+                .route_actions
+                .with_label_values(&[service, route, action])
+        };
+        RouteActions {
+            rate_limited: c("rate-limited"),
+            fault_abort: c("fault-abort"),
+            fault_delay: c("fault-delay"),
+            redirect: c("redirect"),
+        }
     }
 
     pub(crate) fn conn(&self, direction: Direction) -> ConnMetrics {

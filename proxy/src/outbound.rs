@@ -25,6 +25,7 @@ use crate::breaker::Permit;
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
+use crate::gateway_config::GatewayEntry;
 use crate::http::body::{ProxyBody, Recording, RequestBody};
 use crate::http::convert::to_http1;
 use crate::http::error::ProxyError;
@@ -43,6 +44,8 @@ use crate::retry::RetryPolicy;
 use crate::snapshot::lookup::{Dest, Lookup};
 use crate::snapshot::{Protocol, Service};
 
+mod routed;
+
 /// How an outbound connection names where it wants to go.
 #[derive(Debug, Clone)]
 pub(crate) enum Destination {
@@ -53,6 +56,8 @@ pub(crate) enum Destination {
     /// Where a captured connection was going: a service VIP:port, or an address
     /// outside the mesh.
     Original(SocketAddr),
+    /// A gateway listener: each request's host, by the gateway's host table.
+    Gateway(Arc<GatewayEntry>),
 }
 
 /// What an outbound proxy is built from.
@@ -114,7 +119,7 @@ impl Outbound {
                 self.lookup.service(Dest::Name(Cow::Borrowed(name))).await
             }
             Destination::Original(addr) => self.lookup.service(Dest::Vip(*addr)).await,
-            Destination::Authority => None,
+            Destination::Authority | Destination::Gateway(_) => None,
         }
     }
 
@@ -176,25 +181,11 @@ impl Outbound {
         };
         match detected {
             Detected::Http1 | Detected::Http2 => {
-                let this = self.clone();
                 // The destination port's declared protocol: an HTTP/2 caller to an
                 // HTTP/1.1-only app is sent on as HTTP/1.1 from here.
                 let app_http1 = hint == Some(Protocol::Http1);
-                let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
-                    let this = this.clone();
-                    let dest = dest.clone();
-                    if app_http1 {
-                        to_http1(&mut req);
-                    }
-                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
-                    async move {
-                        let grpc = is_grpc(req.headers());
-                        let resp = pin!(this.handle(req, &dest, client)).await;
-                        let resp = error::for_client(grpc, resp);
-                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
-                    }
-                };
-                serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
+                self.serve_http(io, detected == Detected::Http2, app_http1, dest, client)
+                    .await;
             }
             Detected::Tls | Detected::Opaque => {
                 let Some(svc) = self.fixed_service(&dest).await else {
@@ -204,6 +195,35 @@ impl Outbound {
                 self.opaque(io, &svc, client).await;
             }
         }
+    }
+
+    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2).
+    pub(crate) async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        h2: bool,
+        app_http1: bool,
+        dest: Destination,
+        client: Option<IpAddr>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
+            let this = this.clone();
+            let dest = dest.clone();
+            if app_http1 {
+                to_http1(&mut req);
+            }
+            let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+            async move {
+                let grpc = is_grpc(req.headers());
+                let resp = pin!(this.handle(req, &dest, client)).await;
+                let resp = error::for_client(grpc, resp);
+                Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+            }
+        };
+        serve_handler(io, h2, handler, &self.limits).await;
     }
 
     /// An opaque connection: balanced per connection; a failed connect feeds
@@ -281,6 +301,17 @@ impl Outbound {
                     return ProxyError::NoAuthority.response();
                 }
             },
+            Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
+                Ok(name) => Dest::Name(Cow::Borrowed(name)),
+                Err(resp) => {
+                    if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
+                        self.unknown
+                            .proxy_error(reason.to_str().unwrap_or("unknown"));
+                    }
+                    self.unknown.record(resp.status().as_u16(), since(start));
+                    return *resp;
+                }
+            },
         };
         let svc = pin!(self.lookup.service(want)).await;
         let Some(svc) = svc else {
@@ -290,20 +321,58 @@ impl Outbound {
             self.unknown.record(resp.status().as_u16(), since(start));
             return resp;
         };
+        if !svc.routes.is_empty() {
+            // Boxed: a service without routes keeps its request's future small.
+            return Box::pin(self.handle_routed(svc, req, client, start)).await;
+        }
+        let plan = Plan::of(&svc);
+        self.dispatch(&svc, req, client, start, &plan).await
+    }
+
+    /// Sends a request to `svc` under `plan` and records its answer.
+    async fn dispatch(
+        &self,
+        svc: &Service,
+        req: BoxedRequest,
+        client: Option<IpAddr>,
+        start: u64,
+        plan: &Plan<'_>,
+    ) -> Response<ProxyBody> {
         // The request timeout covers every attempt and backoff. Boxed when set, so
         // the untimed path does not lay the request's future out twice.
-        let result = match svc.policy.timeouts.request {
-            Some(t) => Box::pin(tokio::time::timeout(t, self.send(&svc, req, client, start)))
-                .await
-                .unwrap_or(Err(ProxyError::Timeout)),
-            None => pin!(self.send(&svc, req, client, start)).await,
+        let result = match plan.request_timeout {
+            Some(t) => Box::pin(tokio::time::timeout(
+                t,
+                self.send(svc, req, client, start, plan.retry),
+            ))
+            .await
+            .unwrap_or(Err(ProxyError::Timeout)),
+            None => pin!(self.send(svc, req, client, start, plan.retry)).await,
         };
         let resp = result.unwrap_or_else(|e| {
-            svc.metrics.proxy_error(e.reason());
+            plan.metrics.proxy_error(e.reason());
             e.response()
         });
-        svc.metrics.record(resp.status().as_u16(), since(start));
+        plan.metrics.record(resp.status().as_u16(), since(start));
         resp
+    }
+}
+
+/// What a request is sent under: the service's policy, or a route's overrides.
+struct Plan<'a> {
+    request_timeout: Option<Duration>,
+    retry: Option<&'a RetryPolicy>,
+    /// Where its request and latency are counted.
+    metrics: &'a ServiceMetrics,
+}
+
+impl<'a> Plan<'a> {
+    fn of(svc: &'a Service) -> Plan<'a> {
+        Plan {
+            request_timeout: svc.policy.timeouts.request,
+            retry: svc.policy.retry.as_ref(),
+            metrics: &svc.metrics,
+        }
     }
 }
 
@@ -322,6 +391,7 @@ impl Outbound {
         req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
+        retry: Option<&RetryPolicy>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &svc.policy;
         let active = &svc.stats.concurrency.active;
@@ -337,10 +407,7 @@ impl Outbound {
             }
             Some(HashKey::ClientIdentity) => self.client_key(client),
         };
-        let retry = policy
-            .retry
-            .as_ref()
-            .filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
+        let retry = retry.filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
         let result = match retry {
             None => {
                 let idx = svc

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub inbound: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub upstreams: Vec<SocketAddr>,
+    /// Gateway listeners, in config order.
+    pub gateway: Vec<SocketAddr>,
     pub metrics: Metrics,
     shutdown: CancellationToken,
     drain: CancellationToken,
@@ -109,6 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         inbound: None,
         admin: config.admin,
         upstreams: Vec::new(),
+        gateway: Vec::new(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         drain,
@@ -118,6 +121,17 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         grace: limits.shutdown_grace.0,
     };
     serve_outbound(&config, &mut proxy, &acceptor, &outbound).await?;
+    if let Some(gateway) = &config.gateway {
+        proxy.gateway = crate::gateway::serve(crate::gateway::GatewayInputs {
+            config: gateway,
+            acceptor: &acceptor,
+            outbound: &outbound,
+            metrics: &metrics,
+            handshake_timeout: limits.header_read_timeout.0,
+            shutdown: &shutdown,
+        })
+        .await?;
+    }
     if let Some((listen, app)) = config.inbound {
         let workload = config.node.workload.as_deref().unwrap_or("local");
         let inbound = Inbound::new(InboundInputs {

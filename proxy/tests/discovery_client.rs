@@ -149,6 +149,7 @@ fn update(version: u64, endpoints: &[&str]) -> ServiceUpdate {
         })),
         policy: None,
         trust_bundle: None,
+        routes: Vec::new(),
     }
 }
 

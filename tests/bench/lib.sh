@@ -79,3 +79,21 @@ wait_ready() {
     fi
     exit 1
 }
+
+# cpu_ticks PID...: utime+stime of the processes, summed, in clock ticks (CLK_TCK).
+cpu_ticks() {
+    local pid stat total=0 fields
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        # Fields after the ")" that ends the command name: state is 1st, utime 12th.
+        read -ra fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# per_us TICKS COUNT: CPU microseconds per item, from clock ticks.
+per_us() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "nan" }'
+}

@@ -169,16 +169,6 @@ for path in "${h1_paths[@]}"; do
     wait_ready "$path (h1)" "${url_h1[$path]}"
 done
 
-clk_tck=$(getconf CLK_TCK)
-cpu_ticks() {
-    local pid stat total=0 fields
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
-        read -ra fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 to_ms() {
     awk -v v="$1" 'BEGIN { n = v + 0
         if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
@@ -219,7 +209,6 @@ parse_load() {
         read -r p50 p99 < <(percentiles "$work/h2load.log")
     fi
 }
-per_us() { awk -v t="$1" -v n="$2" -v hz="$clk_tck" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "nan" }'; }
 
 printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run; load on CPU %s, servers on CPU %s\n' \
     "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$LOAD_CPU" "$SERVER_CPU"

@@ -165,18 +165,6 @@ paths=(direct weft weft-pair haproxy haproxy-pair)
 
 clk_tck=$(getconf CLK_TCK)
 
-# cpu_ticks PID...: utime+stime of the processes, in clock ticks.
-cpu_ticks() {
-    local pid stat total=0 fields
-    for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
-        # Fields after the ")" that ends the command name: state is 1st, utime 12th.
-        read -ra fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
-
 # rss_kb PID...: VmRSS of the processes added, in kB.
 rss_kb() {
     local pid key value total=0

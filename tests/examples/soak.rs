@@ -22,7 +22,6 @@ use weft_tests::control::mesh_yaml;
 use weft_tests::control_ca::ControlPlane;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 
-const TD: &str = "cluster.local";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const SERVERS: usize = 3;
 /// Samples before this are the warm-up, left out of the slope.
@@ -33,15 +32,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> anyhow::Result<String> {
-    let token = cp.token("default", sa)?;
-    Ok(format!(
-        "identity:\n  trust_domain: {TD}\n  service_account: {sa}\n  token: \"{token}\"\n  \
-         control_plane: \"{}\"\n  inbound: {inbound}\n",
-        cp.url()
-    ))
 }
 
 /// The mesh with every server but `left_out` (None: all of them).
@@ -146,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..SERVERS {
         let app = HttpApp::start(&format!("app-{i}")).await?;
         let mut config = ProxyConfig::new().inbound(app.addr);
-        config.extra = identity_yaml(&cp, "server", "{}")?;
+        config.extra = cp.identity_yaml("server", "{}", "");
         servers.push(WeftProxy::start_named(&format!("server-{i}"), config).await?);
         apps.push(app);
     }
@@ -156,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
     config.outbound = None;
     config.extra = format!(
         "{}control_plane: \"{}\"\n",
-        identity_yaml(&cp, "client", "{}")?,
+        cp.identity_yaml("client", "{}", ""),
         cp.url()
     );
     let client = WeftProxy::start_named("client", config).await?;

@@ -3,7 +3,8 @@
 //! The demo takes a block of ports above `--base-port` (see control-plane/src/demo):
 //! app = base+i, proxy inbound = base+100+i, proxy admin = base+300+i (i: web=0,
 //! orders=1, payments=2, notifications=3, users=4, and with RabbitMQ inventory=5,
-//! rabbitmq=6), control-plane admin = base+990.
+//! rabbitmq=6), the gateway's listener base+500 (admin 501, outbound 502),
+//! control-plane admin = base+990.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -32,10 +33,12 @@ pub const WORKLOADS: [&str; 7] = [
 ];
 
 /// Every port offset the demo binds above its base (with a broker: its clients'
-/// upstream listeners at 410+i, epmd and the broker's distribution port).
-const OFFSETS: [u16; 40] = [
+/// upstream listeners at 410+i, epmd and the broker's distribution port; the
+/// gateway at 500-502).
+const OFFSETS: [u16; 43] = [
     0, 1, 2, 3, 4, 5, 6, 100, 101, 102, 103, 104, 105, 106, 200, 201, 202, 203, 204, 205, 206, 300,
-    301, 302, 303, 304, 305, 306, 400, 401, 411, 413, 414, 415, 900, 950, 951, 990, 991, 992,
+    301, 302, 303, 304, 305, 306, 400, 401, 411, 413, 414, 415, 500, 501, 502, 900, 950, 951, 990,
+    991, 992,
 ];
 
 /// Blocks sit above Linux's ephemeral range (32768-60999), so no outgoing
@@ -135,6 +138,11 @@ impl Demo {
 
     pub fn control_admin(&self) -> SocketAddr {
         self.port(990)
+    }
+
+    /// The gateway in front of web (plain HTTP).
+    pub fn gateway(&self) -> SocketAddr {
+        self.port(500)
     }
 
     pub fn output(&self) -> String {

@@ -749,12 +749,13 @@ impl PodProxy {
         Ok(Metrics::parse(&reply.body))
     }
 
-    /// One metric value (0 when the series does not exist yet).
+    /// One metric's value over the series with these labels, summed over labels not
+    /// named (e.g. `route`); 0 when no such series exists yet.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metrics()
             .await
             .expect("read the pod proxy's /metrics")
-            .value(name, labels)
+            .sum(name, labels)
     }
 
     /// SIGKILL: the proxy dies without draining, as in a crash.

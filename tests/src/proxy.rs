@@ -46,6 +46,8 @@ pub struct ServiceDef {
     pub endpoints: Vec<EndpointDef>,
     /// The `policy:` mapping as YAML flow text, e.g. `{timeouts: {request: 300ms}}`.
     pub policy: Option<String>,
+    /// The `routes:` list as YAML flow text, e.g. `[{match: [{method: GET}]}]`.
+    pub routes: Option<String>,
 }
 
 impl ServiceDef {
@@ -57,6 +59,7 @@ impl ServiceDef {
             ports: Vec::new(),
             endpoints: Vec::new(),
             policy: None,
+            routes: None,
         }
     }
 
@@ -121,6 +124,12 @@ impl ServiceDef {
         self
     }
 
+    /// The service's `routes:`, a YAML flow sequence.
+    pub fn routes(mut self, flow_yaml: &str) -> Self {
+        self.routes = Some(flow_yaml.to_string());
+        self
+    }
+
     /// The label weft-proxy uses for this service in metrics: "name.namespace".
     pub fn metric_label(&self) -> String {
         format!(
@@ -175,6 +184,9 @@ impl ServiceDef {
         }
         if let Some(policy) = &self.policy {
             out.push_str(&format!("    policy: {policy}\n"));
+        }
+        if let Some(routes) = &self.routes {
+            out.push_str(&format!("    routes: {routes}\n"));
         }
     }
 }
@@ -507,12 +519,14 @@ impl WeftProxy {
         Ok(Metrics::parse(&reply.body))
     }
 
-    /// One metric value, 0 when the series does not exist yet.
+    /// One metric's value over the series with these labels, summed over labels
+    /// not named (requests carry a `route` label most tests leave out); 0 when no
+    /// such series exists yet.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metrics()
             .await
             .expect("read /metrics")
-            .value(name, labels)
+            .sum(name, labels)
     }
 
     /// Polls `/metrics` until `name{labels}` satisfies `ok`, and returns the value.

@@ -3,8 +3,10 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+use http::StatusCode;
 use nix::sys::signal::Signal;
 use weft_tests::admin;
+use weft_tests::client::{self, H1Client};
 use weft_tests::demo::{Demo, SERVICES, last_summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,4 +100,72 @@ async fn demo_stopped_during_start_up_leaves_no_child_behind() {
             "{addr} is still bound after the demo exited:\n{output}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_gateway_routes_api_orders_to_orders_and_api_profile_to_web() {
+    let mut demo = Demo::start(&["--duration", "60"]).expect("start the demo");
+    demo.wait_up(Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}:\n{}", demo.output()));
+    let gateway = demo.gateway();
+    assert!(
+        demo.output()
+            .contains(&format!("curl http://{gateway}/api/orders")),
+        "the demo tells the user where the gateway is:\n{}",
+        demo.output()
+    );
+    let mut c = H1Client::connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    let host = format!("127.0.0.1:{}", gateway.port());
+    let orders = c
+        .send(client::request(
+            "GET",
+            "/api/orders?user=1",
+            &[("host", &host)],
+            "",
+        ))
+        .await
+        .expect("orders through the gateway");
+    assert_eq!(orders.status, StatusCode::OK, "{}", orders.text());
+    assert!(
+        orders.text().contains("\"orders\""),
+        "orders' list: {}",
+        orders.text()
+    );
+    let profile = c
+        .send(client::request(
+            "GET",
+            "/api/profile/1",
+            &[("host", &host)],
+            "",
+        ))
+        .await
+        .expect("a profile through the gateway");
+    assert_eq!(profile.status, StatusCode::OK, "{}", profile.text());
+    assert!(
+        profile.text().contains("\"user\"") && profile.text().contains("\"orders\""),
+        "web composed it: {}",
+        profile.text()
+    );
+    let unknown = c
+        .send(client::request(
+            "GET",
+            "/",
+            &[("host", "elsewhere.example")],
+            "",
+        ))
+        .await
+        .expect("an answer for an unknown host");
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    demo.process()
+        .signal(Signal::SIGTERM)
+        .expect("SIGTERM the demo");
+    let status = demo
+        .process()
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("the demo stops");
+    assert!(status.success(), "{}", demo.output());
 }

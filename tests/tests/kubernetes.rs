@@ -245,6 +245,7 @@ struct Watch {
     service: Option<v1::ServiceInfo>,
     endpoints: Vec<v1::Endpoint>,
     policy: Option<v1::TrafficPolicy>,
+    routes: Vec<v1::Route>,
 }
 
 impl Watch {
@@ -283,6 +284,7 @@ impl Watch {
             service: None,
             endpoints: Vec::new(),
             policy: None,
+            routes: Vec::new(),
         }
     }
 
@@ -333,6 +335,23 @@ impl Watch {
         if update.policy.is_some() {
             self.policy = update.policy.clone();
         }
+        // A full update carries the routes as they are; a delta only when they changed.
+        if !update.routes.is_empty()
+            || matches!(
+                update.endpoints,
+                Some(v1::service_update::Endpoints::Full(_))
+            )
+        {
+            self.routes = update.routes.clone();
+        }
+    }
+
+    /// The routes' backends as (service, weight), in order.
+    fn route_backends(&self) -> Vec<(String, u32)> {
+        self.routes
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| (b.service.clone(), b.weight)))
+            .collect()
     }
 
     fn addresses(&self) -> Vec<String> {
@@ -836,4 +855,166 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     verify(&r, &admin_token, &workload(ns, "admin"))
         .await
         .expect("the other pod's token still proves its account");
+}
+
+/// The Gateway API CRDs (standard channel) from the pinned Go module, applied once
+/// per cluster and Established; `None` (after a message) when Go is missing, as
+/// for the cluster itself.
+fn gateway_api_installed(cluster: &Cluster) -> Option<()> {
+    static APPLIED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = APPLIED.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/gateway-api.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .env(
+                "PATH",
+                format!(
+                    "/usr/local/go/bin:{}",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if out.status.code() == Some(3) && !weft_tests::tools::in_ci() {
+            return Err("skip".into());
+        }
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        cluster
+            .kubectl(&["apply", "--server-side", "-f", &dir])
+            .map_err(|e| format!("{e:#}"))?;
+        cluster
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/httproutes.gateway.networking.k8s.io",
+                "crd/grpcroutes.gateway.networking.k8s.io",
+            ])
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => Some(()),
+        Err(e) if e == "skip" => {
+            eprintln!("SKIPPED: Go is needed to fetch the Gateway API CRDs");
+            None
+        }
+        Err(e) => panic!("Gateway API CRDs: {e}"),
+    }
+}
+
+/// A selectorless Service `name` with one endpoint at `ip` (never dialled).
+fn service_at(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  ports:\n  - {{name: http, port: 80, targetPort: 8080, appProtocol: http}}\n"
+        ))
+        .expect("create the Service");
+    cluster
+        .apply(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-a\n  \
+             namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\n    \
+             endpointslice.kubernetes.io/managed-by: weft-tests\naddressType: IPv4\nports:\n\
+             - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n\
+             - addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"
+        ))
+        .expect("create the EndpointSlice");
+}
+
+fn canary_route(ns: &str, stable: u32, canary: u32) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  \
+         name: canary\n  namespace: {ns}\nspec:\n  parentRefs:\n  \
+         - {{group: \"\", kind: Service, name: orders, port: 80}}\n  rules:\n  \
+         - backendRefs:\n    - {{name: orders, port: 80, weight: {stable}}}\n    \
+         - {{name: orders-canary, port: 80, weight: {canary}}}\n"
+    )
+}
+
+/// The proxies' side of an HTTPRoute (the data path's split of traffic by these
+/// routes is tests/tests/routes.rs's): the route reaches a proxy's watch of the
+/// Service, follows the route's edits, and the route shows Accepted and
+/// ResolvedRefs from Weft. The Service's endpoints are never dialled (the API
+/// server refuses loopback endpoints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_accepted() {
+    let Some(cluster) = installed("an_httproute_applied_with_kubectl_reaches_the_proxies") else {
+        return;
+    };
+    if gateway_api_installed(cluster).is_none() {
+        return;
+    }
+    let ns = "kd-routes";
+    namespace(cluster, ns);
+    service_at(cluster, ns, "orders", "10.244.3.5");
+    service_at(cluster, ns, "orders-canary", "10.244.3.6");
+
+    // weft-control finds the Gateway API at start, so it starts after the CRDs.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cp = as_weft_control(cluster, dir.path())
+        .await
+        .expect("weft-control lists everything it watches and becomes ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    watch
+        .until("orders without routes", |w| {
+            w.service.is_some() && w.addresses() == ["10.244.3.5:8080"] && w.routes.is_empty()
+        })
+        .await;
+
+    cluster
+        .apply(&canary_route(ns, 100, 0))
+        .expect("apply the HTTPRoute");
+    let canary = format!("orders-canary.{ns}");
+    let stable = format!("orders.{ns}");
+    watch
+        .until("the HTTPRoute as orders' route", |w| {
+            w.route_backends() == [(stable.clone(), 100), (canary.clone(), 0)]
+        })
+        .await;
+    assert_eq!(watch.routes[0].name, "canary.0");
+    cluster
+        .apply(&canary_route(ns, 90, 10))
+        .expect("shift 10 % to the canary");
+    watch
+        .until("the shifted weights", |w| {
+            w.route_backends() == [(stable.clone(), 90), (canary.clone(), 10)]
+        })
+        .await;
+
+    let accepted = eventually(
+        STEP_DEADLINE,
+        "Accepted in the HTTPRoute's status",
+        || async {
+            let status = cluster
+                .kubectl(&[
+                    "get",
+                    "httproute",
+                    "canary",
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.status.parents[0].controllerName} \
+                 {.status.parents[0].conditions[?(@.type==\"Accepted\")].status} \
+                 {.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].status} \
+                 {.status.parents[0].conditions[0].observedGeneration}",
+                ])
+                .ok()?;
+            (status == "weft.io/gateway-controller True True 2").then_some(status)
+        },
+    )
+    .await;
+    assert!(accepted.ends_with(" 2"), "{accepted}");
+    let log = cp.process().output();
+    assert!(
+        !log.contains("forbidden"),
+        "an API request was forbidden:\n{log}"
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod mesh;
 pub mod ports;
+pub mod route;
 pub mod spiffe;
 pub mod yaml;
 

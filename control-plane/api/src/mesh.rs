@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::route::RouteSpec;
 use crate::v1;
 
 /// Default endpoint weight; weights are relative, so 100 leaves room both ways.
@@ -131,6 +132,10 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
     #[serde(default)]
     pub policy: PolicySpec,
+    /// Tried in order; a request that matches none goes to this service as if it
+    /// had no routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -439,7 +444,7 @@ impl From<DurationSpec> for String {
     }
 }
 
-fn millis(d: Option<DurationSpec>) -> u64 {
+pub(crate) fn millis(d: Option<DurationSpec>) -> u64 {
     d.map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
@@ -528,48 +533,22 @@ impl MeshSpec {
                 }
             }
             if let Some(retry) = &svc.policy.retry {
-                if retry.max_attempts == 0 {
-                    return Err(invalid(
-                        format!("services[{i}].policy.retry.max_attempts"),
-                        "must be 1 to 10, the first try included (1: no retries); \
-                         a retry block needs it"
-                            .to_string(),
-                    ));
-                }
-                if retry.max_attempts > 10 {
-                    return Err(invalid(
-                        format!("services[{i}].policy.retry.max_attempts"),
-                        format!("{} is over the limit of 10", retry.max_attempts),
-                    ));
-                }
-                if let Some(r) = retry.budget_ratio
-                    && !(0.0..=1.0).contains(&r)
-                {
-                    return Err(invalid(
-                        format!("services[{i}].policy.retry.budget_ratio"),
-                        format!("{r} is outside 0.0..=1.0"),
-                    ));
-                }
+                check_retry(&format!("services[{i}].policy.retry"), retry)?;
             }
             if let Some(t) = &svc.policy.timeouts {
-                for (field, d) in [
-                    ("request", &t.request),
-                    ("per_try", &t.per_try),
-                    ("connect", &t.connect),
-                    ("idle", &t.idle),
-                ] {
-                    // The wire carries whole milliseconds and reads 0 as "no timeout".
-                    if let Some(d) = d
-                        && d.0 < Duration::from_millis(1)
-                    {
-                        return Err(invalid(
-                            format!("services[{i}].policy.timeouts.{field}"),
-                            format!(
-                                "{} is under 1ms; leave it out for no timeout",
-                                String::from(*d)
-                            ),
-                        ));
-                    }
+                check_timeouts(&format!("services[{i}].policy.timeouts"), t)?;
+            }
+            let mut route_names = HashMap::new();
+            for (j, route) in svc.routes.iter().enumerate() {
+                let at = format!("services[{i}].routes[{j}]");
+                route.validate(&at, svc.namespace.as_str(), &|name, ns| {
+                    self.find(name, ns).is_some()
+                })?;
+                if let Some(first) = route_names.insert(route.label(j), j) {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        format!("duplicate route name (first at routes[{first}])"),
+                    ));
                 }
             }
             let hashing = svc.policy.load_balancer == Some(LoadBalancerSpec::ConsistentHash);
@@ -605,6 +584,58 @@ impl MeshSpec {
     }
 }
 
+/// A retry block's values, wherever it sits (`path` names it in errors).
+pub(crate) fn check_retry(path: &str, retry: &RetrySpec) -> Result<(), MeshError> {
+    let invalid = |field: &str, reason: String| MeshError::Invalid {
+        path: format!("{path}.{field}"),
+        reason,
+    };
+    if retry.max_attempts == 0 {
+        return Err(invalid(
+            "max_attempts",
+            "must be 1 to 10, the first try included (1: no retries); \
+             a retry block needs it"
+                .to_string(),
+        ));
+    }
+    if retry.max_attempts > 10 {
+        return Err(invalid(
+            "max_attempts",
+            format!("{} is over the limit of 10", retry.max_attempts),
+        ));
+    }
+    if let Some(r) = retry.budget_ratio
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(invalid("budget_ratio", format!("{r} is outside 0.0..=1.0")));
+    }
+    Ok(())
+}
+
+/// A timeouts block's values, wherever it sits (`path` names it in errors).
+pub(crate) fn check_timeouts(path: &str, t: &TimeoutsSpec) -> Result<(), MeshError> {
+    for (field, d) in [
+        ("request", &t.request),
+        ("per_try", &t.per_try),
+        ("connect", &t.connect),
+        ("idle", &t.idle),
+    ] {
+        // The wire carries whole milliseconds and reads 0 as "no timeout".
+        if let Some(d) = d
+            && d.0 < Duration::from_millis(1)
+        {
+            return Err(MeshError::Invalid {
+                path: format!("{path}.{field}"),
+                reason: format!(
+                    "{} is under 1ms; leave it out for no timeout",
+                    String::from(*d)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl ServiceSpec {
     /// The full-state update for this service at `version`.
     pub fn to_update(&self, version: u64) -> v1::ServiceUpdate {
@@ -616,6 +647,12 @@ impl ServiceSpec {
             })),
             policy: Some(self.policy.to_proto()),
             trust_bundle: None,
+            routes: self
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(j, r)| r.to_proto(j))
+                .collect(),
         }
     }
 
@@ -715,27 +752,39 @@ impl PolicySpec {
                 grpc_codes: o.grpc_codes.clone(),
             }),
         });
-        let retry = self.retry.as_ref().map(|r| v1::RetryPolicy {
-            max_attempts: r.max_attempts,
-            retry_on_status: r.retry_on_status.iter().map(|s| u32::from(*s)).collect(),
-            retry_on_grpc: r.retry_on_grpc.clone(),
-            budget_ratio: r.budget_ratio.unwrap_or(0.0),
-            min_retries_per_second: r.min_retries_per_second.unwrap_or(0),
-            backoff_base_ms: millis(r.backoff_base),
-            backoff_max_ms: millis(r.backoff_max),
-            max_buffered_body_bytes: r.max_buffered_body_bytes.unwrap_or(0),
-        });
-        let timeouts = self.timeouts.as_ref().map(|t| v1::Timeouts {
-            request_ms: millis(t.request),
-            per_try_ms: millis(t.per_try),
-            connect_ms: millis(t.connect),
-            idle_ms: millis(t.idle),
-        });
+        let retry = self.retry.as_ref().map(RetrySpec::to_proto);
+        let timeouts = self.timeouts.as_ref().map(TimeoutsSpec::to_proto);
         v1::TrafficPolicy {
             load_balancer,
             circuit_breaker,
             retry,
             timeouts,
+        }
+    }
+}
+
+impl RetrySpec {
+    pub fn to_proto(&self) -> v1::RetryPolicy {
+        v1::RetryPolicy {
+            max_attempts: self.max_attempts,
+            retry_on_status: self.retry_on_status.iter().map(|s| u32::from(*s)).collect(),
+            retry_on_grpc: self.retry_on_grpc.clone(),
+            budget_ratio: self.budget_ratio.unwrap_or(0.0),
+            min_retries_per_second: self.min_retries_per_second.unwrap_or(0),
+            backoff_base_ms: millis(self.backoff_base),
+            backoff_max_ms: millis(self.backoff_max),
+            max_buffered_body_bytes: self.max_buffered_body_bytes.unwrap_or(0),
+        }
+    }
+}
+
+impl TimeoutsSpec {
+    pub fn to_proto(&self) -> v1::Timeouts {
+        v1::Timeouts {
+            request_ms: millis(self.request),
+            per_try_ms: millis(self.per_try),
+            connect_ms: millis(self.connect),
+            idle_ms: millis(self.idle),
         }
     }
 }

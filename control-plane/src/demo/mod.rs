@@ -282,6 +282,27 @@ async fn start_and_watch(
         )
         .await?;
     }
+    {
+        let config = state_dir.join("gateway-proxy.yaml");
+        let token = LocalTokens::in_state_dir(&control_state)?.token(&IdentityWorkload {
+            namespace: "default".into(),
+            service_account: "gateway".into(),
+        });
+        std::fs::write(
+            &config,
+            plan.gateway_yaml(&token, &control_state.join("ca.pem")),
+        )?;
+        let mut cmd = Command::new(proxy);
+        cmd.arg("run").arg("--config").arg(&config);
+        procs.push(Proc::spawn("gateway", cmd, state_dir)?);
+        let last = procs.len() - 1;
+        wait_ready(
+            &format!("http://{}/ready", plan.gateway_admin),
+            &mut procs[last],
+            Duration::from_secs(15),
+        )
+        .await?;
+    }
     for w in plan.workloads.iter().filter(|w| !w.broker) {
         let mut cmd = Command::new(binary(w.name)?);
         cmd.args(plan.app_args(w)).envs(plan.app_env(w));
@@ -314,6 +335,12 @@ async fn start_and_watch(
         plan.web_inbound(),
         opts.rps,
         plan.web_inbound()
+    );
+    println!(
+        "  gateway in front of web at http://{gw} (metrics http://{gw_admin}/metrics); try: \
+         curl http://{gw}/api/orders?user=1 and curl http://{gw}/api/profile/1",
+        gw = plan.gateway,
+        gw_admin = plan.gateway_admin,
     );
     if plan.mtls {
         println!(

@@ -39,6 +39,8 @@ pub(crate) enum ProxyError {
     ClientAbort,
     /// A request no server may accept as it is (two Host fields, RFC 9112 §3.2).
     MalformedRequest,
+    /// A route's local rate limit refused the request (with `Retry-After`).
+    RateLimited,
 }
 
 impl ProxyError {
@@ -54,6 +56,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ConnectTimeout | ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -73,6 +76,7 @@ impl ProxyError {
             ProxyError::BadRequestBody => "bad-request-body",
             ProxyError::ClientAbort => "client-abort",
             ProxyError::MalformedRequest => "malformed-request",
+            ProxyError::RateLimited => "rate-limited",
         }
     }
 
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::BadRequestBody,
             ProxyError::ClientAbort,
             ProxyError::MalformedRequest,
+            ProxyError::RateLimited,
         ]
         .into_iter()
         .find(|e| e.reason() == reason)
@@ -114,6 +119,7 @@ impl ProxyError {
             | ProxyError::TlsFailed
             | ProxyError::Overloaded => 14,
             ProxyError::Forbidden => 7,
+            ProxyError::RateLimited => 8,
         }
     }
 
@@ -136,6 +142,7 @@ impl ProxyError {
             ProxyError::BadRequestBody => "weft: the request body is malformed\n",
             ProxyError::ClientAbort => "weft: the client closed before sending the whole request\n",
             ProxyError::MalformedRequest => "weft: the request has more than one Host field\n",
+            ProxyError::RateLimited => "weft: over the route's rate limit\n",
         }
     }
 

@@ -50,8 +50,8 @@ pub(crate) enum Alpn {
     Opaque,
 }
 
-const ALPN_H2: &[u8] = b"h2";
-const ALPN_H1: &[u8] = b"http/1.1";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H1: &[u8] = b"http/1.1";
 /// Weft's own protocol name for "opaque bytes follow"; only proxies offer it.
 const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
 /// Weft's own name for `Alpn::H2Orig`; only proxies offer it.

@@ -21,8 +21,10 @@ use crate::retry::RetryPolicy;
 
 pub(crate) mod lookup;
 mod policy;
+pub(crate) mod routes;
 
 use policy::policy_from_proto;
+use routes::Routes;
 
 pub(crate) type SnapshotStore = Arc<ArcSwap<Snapshot>>;
 
@@ -74,6 +76,9 @@ pub(crate) struct Service {
     #[serde(skip)]
     balancer: Balancer,
     pub(crate) policy: Policy,
+    /// Tried in order before the service's own endpoints; shared by the snapshots
+    /// an endpoint delta builds, so rate-limit buckets carry over.
+    pub(crate) routes: Arc<Routes>,
     /// Concurrency counts and retry budget, shared across snapshots.
     pub(crate) stats: Arc<ServiceStats>,
     #[serde(skip)]
@@ -184,6 +189,7 @@ impl Service {
             None => Vec::new(),
         };
         let policy = policy_from_proto(&update.policy.clone().unwrap_or_default()).map_err(err)?;
+        let routes = Routes::compile(&update.routes, &name, metrics).map_err(err)?;
         Ok(Service::assemble(
             info,
             update.version,
@@ -191,6 +197,7 @@ impl Service {
             ports,
             endpoints,
             policy,
+            Arc::new(routes),
             metrics,
             stats,
         ))
@@ -234,6 +241,12 @@ impl Service {
             Some(p) => policy_from_proto(p).map_err(err)?,
             None => self.policy.clone(),
         };
+        // A delta carries routes only when they changed.
+        let routes = if update.routes.is_empty() {
+            self.routes.clone()
+        } else {
+            Arc::new(Routes::compile(&update.routes, &key, metrics).map_err(err)?)
+        };
         Ok(Service::assemble(
             &info,
             update.version,
@@ -241,6 +254,7 @@ impl Service {
             self.ports.clone(),
             endpoints,
             policy,
+            routes,
             metrics,
             stats,
         ))
@@ -254,6 +268,7 @@ impl Service {
         ports: Vec<(u16, Protocol)>,
         endpoints: Vec<Arc<Endpoint>>,
         policy: Policy,
+        routes: Arc<Routes>,
         metrics: &Metrics,
         stats: &Registry,
     ) -> Service {
@@ -272,6 +287,7 @@ impl Service {
             balancer: Balancer::new(policy.load_balancer.clone(), &endpoints),
             endpoints,
             policy,
+            routes,
             stats,
             metrics: metrics.service(Direction::Outbound, &label),
         }

@@ -88,7 +88,30 @@ pub(crate) fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, Strin
         }
         _ => None,
     };
-    let retry = match &raw.retry {
+    let retry = retry_from_proto(raw.retry.as_ref())?;
+    Ok(Policy {
+        load_balancer,
+        limits,
+        outlier,
+        retry,
+        timeouts: timeouts_from_proto(&raw.timeouts.unwrap_or_default()),
+    })
+}
+
+pub(crate) fn timeouts_from_proto(t: &v1::Timeouts) -> Timeouts {
+    Timeouts {
+        request: ms(t.request_ms),
+        per_try: ms(t.per_try_ms),
+        connect: ms(t.connect_ms),
+        idle: ms(t.idle_ms),
+    }
+}
+
+/// None: no retries (no policy, or one allowing a single attempt).
+pub(crate) fn retry_from_proto(
+    raw: Option<&v1::RetryPolicy>,
+) -> Result<Option<RetryPolicy>, String> {
+    Ok(match raw {
         Some(r) if r.max_attempts > 1 => {
             if !(0.0..=1.0).contains(&r.budget_ratio) {
                 return Err(format!(
@@ -128,19 +151,6 @@ pub(crate) fn policy_from_proto(raw: &v1::TrafficPolicy) -> Result<Policy, Strin
             })
         }
         _ => None,
-    };
-    let t = raw.timeouts.unwrap_or_default();
-    Ok(Policy {
-        load_balancer,
-        limits,
-        outlier,
-        retry,
-        timeouts: Timeouts {
-            request: ms(t.request_ms),
-            per_try: ms(t.per_try_ms),
-            connect: ms(t.connect_ms),
-            idle: ms(t.idle_ms),
-        },
     })
 }
 

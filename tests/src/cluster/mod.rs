@@ -29,7 +29,7 @@
 //! loopback).
 
 mod build;
-mod pki;
+pub mod pki;
 mod probe;
 
 use std::io::Write as _;

@@ -41,11 +41,49 @@ pub struct Pki {
     pub ca_der: Vec<u8>,
 }
 
-struct Ca {
+/// A certificate authority that signs test certificates.
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// What [`Ca::create`] wrote: the CA's files, its certificate as PEM and DER.
+pub struct CaFiles {
+    pub files: CertFiles,
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
 impl Ca {
+    /// A new self-signed CA named `common_name`, written to `dir/<stem>.crt` and
+    /// `dir/<stem>.key`.
+    pub fn create(dir: &Path, stem: &str, common_name: &str) -> anyhow::Result<(Ca, CaFiles)> {
+        std::fs::create_dir_all(dir)?;
+        let ca_key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = params.self_signed(&ca_key)?;
+        let files = CertFiles {
+            cert: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+        };
+        let pem = ca_cert.pem();
+        std::fs::write(&files.cert, &pem)?;
+        std::fs::write(&files.key, ca_key.serialize_pem())?;
+        let der = ca_cert.der().to_vec();
+        let ca = Ca {
+            issuer: Issuer::new(params, ca_key),
+        };
+        Ok((ca, CaFiles { files, pem, der }))
+    }
+
     fn sign(
         &self,
         dir: &Path,
@@ -86,8 +124,9 @@ impl Ca {
         self.sign(dir, name, params)
     }
 
-    /// A serving certificate for `names` and `ips`.
-    fn server(
+    /// A serving certificate for `names` and `ips`, written to `dir/<name>.crt`
+    /// and `dir/<name>.key`.
+    pub fn server(
         &self,
         dir: &Path,
         name: &str,
@@ -112,30 +151,12 @@ impl Ca {
 /// Creates the CA and everything it signs in `dir`. `api_ips` are the addresses the
 /// apiserver is reached at (besides loopback and the `kubernetes` Service IP).
 pub fn create(dir: &Path, api_ips: &[IpAddr]) -> anyhow::Result<Pki> {
-    std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "weft test cluster CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = params.self_signed(&ca_key)?;
-    let ca_files = CertFiles {
-        cert: dir.join("ca.crt"),
-        key: dir.join("ca.key"),
-    };
-    let ca_pem = ca_cert.pem();
-    std::fs::write(&ca_files.cert, &ca_pem)?;
-    std::fs::write(&ca_files.key, ca_key.serialize_pem())?;
-    let ca_der = ca_cert.der().to_vec();
-    let ca = Ca {
-        issuer: Issuer::new(params, ca_key),
-    };
+    let (ca, ca_files) = Ca::create(dir, "ca", "weft test cluster CA")?;
+    let CaFiles {
+        files: ca_files,
+        pem: ca_pem,
+        der: ca_der,
+    } = ca_files;
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut ips = vec![loopback, IpAddr::V4(KUBERNETES_SERVICE_IP)];

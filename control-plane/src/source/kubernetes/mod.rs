@@ -8,8 +8,13 @@
 //!   meanwhile (see [`watch`]).
 //! - An invalid or conflicting custom resource is rejected alone, counted in
 //!   `weft_control_source_changes_rejected_total` and logged (see [`translate`]).
+//! - Gateway API HTTPRoutes and GRPCRoutes with a Service parent become that
+//!   service's routes, and get `Accepted` / `ResolvedRefs` status (see [`routes`]);
+//!   they are watched when the cluster has the CRDs at start.
 
 pub mod crd;
+pub mod routes;
+mod status;
 pub mod translate;
 pub mod watch;
 
@@ -64,7 +69,9 @@ impl Source for KubernetesSource {
 
     async fn run(self, mut out: Publisher) -> anyhow::Result<()> {
         let changed = Arc::new(Notify::new());
-        let (stores, watches) = watch::start(&self.client, &changed);
+        let gateway_api = watch::GatewayApi::discover(&self.client).await;
+        let (stores, watches) = watch::start(&self.client, gateway_api, &changed);
+        let mut statuses = status::StatusWriter::new(self.client.clone());
         // The watch loops run inside this future: when the source stops, they stop.
         let mut watches = select_all(watches);
         loop {
@@ -97,6 +104,7 @@ impl Source for KubernetesSource {
                     "object rejected; the rest of the mesh is served"
                 );
             }
+            statuses.write(&translation.route_statuses).await;
             let mesh = match translation.mesh {
                 Ok(mesh) => Some(mesh),
                 Err(error) => {

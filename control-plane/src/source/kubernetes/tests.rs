@@ -617,3 +617,212 @@ fn checked_in_crds_match_the_rust_types() {
         );
     }
 }
+
+fn http_route(ns: &str, name: &str, created: &str, spec: Value) -> Arc<DynamicObject> {
+    object(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "7",
+                     "creationTimestamp": created, "generation": 3},
+        "spec": spec,
+        "status": {"parents": [{
+            "parentRef": {"name": "edge", "kind": "Gateway", "group": "gateway.networking.k8s.io"},
+            "controllerName": "example.com/other",
+            "conditions": []
+        }]}
+    }))
+}
+
+/// payments and its canary, both in `shop`.
+fn payments_and_canary() -> Objects {
+    let mut objects = payments();
+    objects.services.push(service(
+        "shop",
+        "payments-canary",
+        "10.96.0.21",
+        json!([{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]),
+    ));
+    objects
+}
+
+fn condition<'a>(parent: &'a Value, kind: &str) -> (&'a str, &'a str) {
+    let c = parent["conditions"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {parent}"));
+    (
+        c["status"].as_str().unwrap_or("?"),
+        c["reason"].as_str().unwrap_or("?"),
+    )
+}
+
+#[test]
+fn an_httproute_on_a_service_becomes_its_routes_and_is_accepted() {
+    let mut objects = payments_and_canary();
+    objects.http_routes.push(http_route(
+        "shop",
+        "canary",
+        "2026-01-02T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments", "port": 80},
+                           {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge"}],
+            "rules": [
+                {"backendRefs": [{"name": "payments", "port": 80, "weight": 90},
+                                 {"name": "payments-canary", "port": 80, "weight": 10}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/v1/pay"},
+                              "headers": [{"name": "x-canary", "value": "yes"}]}],
+                 "filters": [{"type": "RequestHeaderModifier",
+                              "requestHeaderModifier": {"set": [{"name": "X-Routed", "value": "1"}]}}],
+                 "backendRefs": [{"name": "payments-canary", "port": 80}],
+                 "timeouts": {"request": "2s"}}
+            ]
+        }),
+    ));
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let mesh = translation.mesh.expect("valid mesh");
+    let payments = mesh.find("payments", "shop").expect("payments");
+    let names: Vec<_> = payments.routes.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(
+        names,
+        [Some("canary.1".to_string()), Some("canary.0".to_string())],
+        "the exact path match goes first"
+    );
+    let split = &payments.routes[1];
+    assert_eq!(split.backends.len(), 2);
+    assert_eq!(split.backends[0].service, "payments.shop");
+    assert_eq!(split.backends[1].weight, 10);
+    assert_eq!(
+        split.matches[0]
+            .path
+            .as_ref()
+            .and_then(|p| p.prefix.as_deref()),
+        Some("/"),
+        "no match is every path"
+    );
+    let exact = &payments.routes[0];
+    assert_eq!(
+        exact
+            .filters
+            .request_headers
+            .as_ref()
+            .map(|h| h.set.clone()),
+        Some([("x-routed".to_string(), "1".to_string())].into())
+    );
+    assert!(exact.timeouts.as_ref().and_then(|t| t.request).is_some());
+
+    assert_eq!(translation.route_statuses.len(), 1);
+    let status = &translation.route_statuses[0];
+    assert_eq!(status.parents.len(), 1, "only the Service parent is Weft's");
+    assert_eq!(
+        condition(&status.parents[0], "Accepted"),
+        ("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&status.parents[0], "ResolvedRefs"),
+        ("True", "ResolvedRefs")
+    );
+    assert_eq!(
+        status.parents[0]["controllerName"],
+        super::routes::CONTROLLER_NAME
+    );
+    assert_eq!(status.parents[0]["conditions"][0]["observedGeneration"], 3);
+    let patch = status.patch();
+    let parents = patch["status"]["parents"].as_array().expect("parents");
+    assert_eq!(
+        parents.len(),
+        2,
+        "the other controller's entry is kept: {patch}"
+    );
+}
+
+#[test]
+fn unresolved_backends_and_unsupported_filters_show_in_status_and_leave_the_mesh_valid() {
+    let mut objects = payments_and_canary();
+    objects.http_routes.push(http_route(
+        "shop",
+        "ghost",
+        "2026-01-02T00:00:00Z",
+        json!({
+            "parentRefs": [{"kind": "Service", "name": "payments"}],
+            "rules": [{"backendRefs": [{"name": "nowhere", "port": 80}]}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "mirror",
+        "2026-01-03T00:00:00Z",
+        json!({
+            "parentRefs": [{"kind": "Service", "name": "payments-canary"}],
+            "rules": [{"filters": [{"type": "RequestMirror",
+                                    "requestMirror": {"backendRef": {"name": "payments"}}}]}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "orphan",
+        "2026-01-04T00:00:00Z",
+        json!({"parentRefs": [{"kind": "Service", "name": "missing"}], "rules": [{}]}),
+    ));
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let mesh = translation.mesh.expect("the rest of the mesh stays valid");
+    let payments = mesh.find("payments", "shop").expect("payments");
+    assert_eq!(payments.routes.len(), 1);
+    let abort = payments.routes[0]
+        .filters
+        .fault
+        .as_ref()
+        .and_then(|f| f.abort.as_ref())
+        .map(|a| a.status);
+    assert_eq!(abort, Some(500), "a rule with no valid backend answers 500");
+    assert!(
+        mesh.find("payments-canary", "shop")
+            .expect("canary")
+            .routes
+            .is_empty(),
+        "an unsupported route is not applied"
+    );
+    let by_name = |name: &str| {
+        translation
+            .route_statuses
+            .iter()
+            .find(|s| s.object.name == name)
+            .unwrap_or_else(|| panic!("no status for {name}"))
+    };
+    let ghost = &by_name("ghost").parents[0];
+    assert_eq!(condition(ghost, "Accepted"), ("True", "Accepted"));
+    assert_eq!(
+        condition(ghost, "ResolvedRefs"),
+        ("False", "BackendNotFound")
+    );
+    let mirror = &by_name("mirror").parents[0];
+    assert_eq!(condition(mirror, "Accepted"), ("False", "UnsupportedValue"));
+    let orphan = &by_name("orphan").parents[0];
+    assert_eq!(condition(orphan, "Accepted"), ("False", "NoMatchingParent"));
+}
+
+#[test]
+fn a_grpcroute_matches_on_service_and_method() {
+    let mut objects = payments_and_canary();
+    objects.grpc_routes.push(object(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "refunds", "namespace": "shop", "resourceVersion": "1",
+                     "creationTimestamp": "2026-01-02T00:00:00Z", "generation": 1},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "name": "payments"}],
+            "rules": [{"matches": [{"method": {"service": "shop.Payments", "method": "Refund"}}],
+                       "backendRefs": [{"name": "payments-canary", "port": 80}]}]
+        }
+    })));
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let mesh = translation.mesh.expect("valid mesh");
+    let route = &mesh.find("payments", "shop").expect("payments").routes[0];
+    let grpc = route.matches[0].grpc.as_ref().expect("a gRPC match");
+    assert_eq!(grpc.service.as_deref(), Some("shop.Payments"));
+    assert_eq!(grpc.method.as_deref(), Some("Refund"));
+    assert_eq!(route.backends[0].service, "payments-canary.shop");
+    assert_eq!(
+        condition(&translation.route_statuses[0].parents[0], "Accepted"),
+        ("True", "Accepted")
+    );
+}

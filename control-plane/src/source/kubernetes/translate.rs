@@ -41,6 +41,7 @@ use weft_api::mesh::{
 use super::crd::{
     FailureClass, InboundAuthorizationSpec, LoadBalancer, TlsMode, TrafficPolicySpec,
 };
+use super::routes::{self, RouteKind, RouteStatus};
 
 /// The container the injector adds (`weft_inject::inject::PROXY_CONTAINER`).
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -59,6 +60,10 @@ pub struct Objects {
     pub traffic_policies: Vec<Arc<DynamicObject>>,
     /// `InboundAuthorization` objects.
     pub inbound_authorizations: Vec<Arc<DynamicObject>>,
+    /// Gateway API `HTTPRoute` and `GRPCRoute` objects (none when the CRDs are not
+    /// installed).
+    pub http_routes: Vec<Arc<DynamicObject>>,
+    pub grpc_routes: Vec<Arc<DynamicObject>>,
 }
 
 /// Names one object in logs: `TrafficPolicy shop/payments`.
@@ -104,6 +109,8 @@ pub struct Translation {
     pub new_rejections: Vec<Rejection>,
     /// How many objects are rejected now.
     pub rejected: usize,
+    /// The status Weft gives each Gateway API route with a Service parent.
+    pub route_statuses: Vec<RouteStatus>,
 }
 
 /// Turns objects into meshes, remembering the last good translation of each policy
@@ -141,7 +148,19 @@ impl Translator {
             },
             &mut rejections,
         );
-        let services = self.services(objects, &policies, &mut rejections);
+        let mut services = self.services(objects, &policies, &mut rejections);
+        let route_objects: Vec<(RouteKind, Arc<DynamicObject>)> = objects
+            .http_routes
+            .iter()
+            .map(|o| (RouteKind::Http, Arc::clone(o)))
+            .chain(
+                objects
+                    .grpc_routes
+                    .iter()
+                    .map(|o| (RouteKind::Grpc, Arc::clone(o))),
+            )
+            .collect();
+        let route_statuses = routes::attach(&route_objects, &mut services);
         let workloads = resolve(
             "InboundAuthorization",
             "ServiceAccount",
@@ -182,6 +201,7 @@ impl Translator {
             mesh,
             new_rejections,
             rejected,
+            route_statuses,
         }
     }
 
@@ -338,6 +358,7 @@ impl Translator {
                 ports: Vec::new(),
                 endpoints: Vec::new(),
                 policy: PolicySpec::default(),
+                routes: Vec::new(),
             }]);
         }
         let mut out = Vec::with_capacity(ports.len());
@@ -367,6 +388,7 @@ impl Translator {
                 }],
                 endpoints: self.endpoints(&port_name, slices, pods),
                 policy: PolicySpec::default(),
+                routes: Vec::new(),
             });
         }
         Ok(out)
@@ -707,6 +729,7 @@ pub fn policy_spec(spec: &TrafficPolicySpec) -> Result<PolicySpec, String> {
             ports: Vec::new(),
             endpoints: Vec::new(),
             policy,
+            routes: Vec::new(),
         }],
         workloads: Vec::new(),
     };

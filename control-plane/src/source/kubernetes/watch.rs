@@ -29,6 +29,54 @@ pub struct Stores {
     pods: Store<Pod>,
     traffic_policies: Store<DynamicObject>,
     inbound_authorizations: Store<DynamicObject>,
+    /// None when the cluster has no Gateway API CRDs for the kind.
+    http_routes: Option<Store<DynamicObject>>,
+    grpc_routes: Option<Store<DynamicObject>>,
+}
+
+/// Which Gateway API route kinds the cluster serves (v1).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GatewayApi {
+    pub http_routes: bool,
+    pub grpc_routes: bool,
+}
+
+impl GatewayApi {
+    /// Asks the API server once, at start: without the CRDs a watch would never
+    /// complete its first list, and nothing would ever be published.
+    pub async fn discover(client: &Client) -> GatewayApi {
+        match client
+            .list_api_group_resources(&format!("{}/v1", super::routes::GROUP))
+            .await
+        {
+            Ok(list) => {
+                let has = |name: &str| list.resources.iter().any(|r| r.name == name);
+                GatewayApi {
+                    http_routes: has("httproutes"),
+                    grpc_routes: has("grpcroutes"),
+                }
+            }
+            Err(error) => {
+                tracing::info!(%error, "no Gateway API v1 in this cluster: HTTPRoutes and GRPCRoutes are not watched (restart weft-control after installing the CRDs)");
+                GatewayApi::default()
+            }
+        }
+    }
+}
+
+/// The HTTPRoute and GRPCRoute API resources (gateway.networking.k8s.io/v1).
+pub fn route_resource(kind: super::routes::RouteKind) -> ApiResource {
+    let (kind, plural) = match kind {
+        super::routes::RouteKind::Http => ("HTTPRoute", "httproutes"),
+        super::routes::RouteKind::Grpc => ("GRPCRoute", "grpcroutes"),
+    };
+    ApiResource {
+        group: super::routes::GROUP.to_string(),
+        version: "v1".to_string(),
+        api_version: format!("{}/v1", super::routes::GROUP),
+        kind: kind.to_string(),
+        plural: plural.to_string(),
+    }
 }
 
 impl Stores {
@@ -39,6 +87,16 @@ impl Stores {
             pods: self.pods.state(),
             traffic_policies: self.traffic_policies.state(),
             inbound_authorizations: self.inbound_authorizations.state(),
+            http_routes: self
+                .http_routes
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
+            grpc_routes: self
+                .grpc_routes
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
         }
     }
 
@@ -60,6 +118,12 @@ impl Stores {
         if !is_ready(&self.inbound_authorizations) {
             waiting.push("inboundauthorizations.weft.io");
         }
+        if self.http_routes.as_ref().is_some_and(|s| !is_ready(s)) {
+            waiting.push("httproutes.gateway.networking.k8s.io");
+        }
+        if self.grpc_routes.as_ref().is_some_and(|s| !is_ready(s)) {
+            waiting.push("grpcroutes.gateway.networking.k8s.io");
+        }
         waiting
     }
 }
@@ -77,7 +141,7 @@ where
 pub type Watches = Vec<std::pin::Pin<Box<dyn Future<Output = &'static str> + Send>>>;
 
 /// Starts watching every kind the mesh is built from, cluster-wide.
-pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
+pub fn start(client: &Client, gateway_api: GatewayApi, changed: &Arc<Notify>) -> (Stores, Watches) {
     let mut watches: Watches = Vec::new();
     let services = follow(
         Api::all(client.clone()),
@@ -119,6 +183,20 @@ pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
         "inboundauthorizations",
         &mut watches,
     );
+    let http_routes = gateway_api.http_routes.then(|| {
+        custom(
+            route_resource(super::routes::RouteKind::Http),
+            "httproutes",
+            &mut watches,
+        )
+    });
+    let grpc_routes = gateway_api.grpc_routes.then(|| {
+        custom(
+            route_resource(super::routes::RouteKind::Grpc),
+            "grpcroutes",
+            &mut watches,
+        )
+    });
     (
         Stores {
             services,
@@ -126,6 +204,8 @@ pub fn start(client: &Client, changed: &Arc<Notify>) -> (Stores, Watches) {
             pods,
             traffic_policies,
             inbound_authorizations,
+            http_routes,
+            grpc_routes,
         },
         watches,
     )
