@@ -20,6 +20,7 @@
 //! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
+//! | `WEFT_LOG_FORMAT` | `plain` | `plain` or `json` log lines (read by `main`, in both modes; also `--log-format`) |
 //!
 //! A config file, when given, is the whole config: these variables are then not
 //! read (except `WEFT_IDENTITY_TOKEN` and `WEFT_TRUST_BUNDLE`, which a file may

@@ -237,12 +237,17 @@ fn run_webhook(
     wait: Duration,
     args: InjectArgs,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let format = match std::env::var("WEFT_LOG_FORMAT") {
+        Ok(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("WEFT_LOG_FORMAT: {e}"))?,
+        Err(_) => weft_api::logs::LogFormat::Plain,
+    };
+    weft_api::logs::init(
+        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        format,
+    );
     let mut files = vec![cert.clone(), key.clone()];
     files.extend(args.trust_anchors.clone());
     wait_for_files(&files, wait);
