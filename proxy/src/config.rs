@@ -12,6 +12,7 @@ use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
 use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
+use crate::observe_config::{AccessLogConfig, RawAccessLog};
 use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ struct RawConfig {
     /// File mode: the mesh itself, in the same schema the control plane reads.
     #[serde(default)]
     services: Vec<ServiceSpec>,
+    #[serde(default)]
+    access_log: Option<RawAccessLog>,
 }
 
 /// Where the roots that verify the control plane come from: a PEM file
@@ -471,6 +474,8 @@ pub struct Config {
     /// Verifies an `https://` control plane.
     pub(crate) trust_bundle: Option<TrustAnchors>,
     pub(crate) mesh: MeshSpec,
+    /// One JSON line per request; `None`: off.
+    pub(crate) access_log: Option<AccessLogConfig>,
 }
 
 pub(crate) const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
@@ -549,6 +554,12 @@ impl Config {
                 )));
             }
         }
+        let access_log = raw
+            .access_log
+            .map(RawAccessLog::validate)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?
+            .flatten();
         let trust_bundle = raw
             .identity
             .as_ref()
@@ -599,6 +610,7 @@ impl Config {
             limits: raw.limits,
             control_plane: raw.control_plane,
             mesh,
+            access_log,
         };
         config
             .check_listeners()

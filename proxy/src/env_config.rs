@@ -20,6 +20,8 @@
 //! | `WEFT_OPAQUE_PORTS` | none | destination and app ports never sniffed (both directions) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
+//! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
+//! | `WEFT_ACCESS_LOG_BUFFER` | `4096` | lines waiting for the writer before lines are dropped (counted in `weft_access_log_dropped_total`) |
 //! | `WEFT_LOG_FORMAT` | `plain` | `plain` or `json` log lines (read by `main`, in both modes; also `--log-format`) |
 //!
 //! A config file, when given, is the whole config: these variables are then not
@@ -43,6 +45,7 @@ use crate::config::{
     default_trust_domain, default_workers,
 };
 use crate::inbound_policy::InboundPolicy;
+use crate::observe_config::{self, LogSink};
 use crate::ports::PortSet;
 
 pub(crate) const DEFAULT_OUTBOUND_PORT: u16 = 7140;
@@ -152,6 +155,22 @@ impl Config {
         };
         let opaque = ports("WEFT_OPAQUE_PORTS")?;
         let probe_ports = ports("WEFT_PROBE_PORTS")?;
+        let access_log = match get("WEFT_ACCESS_LOG").as_deref() {
+            None | Some("off" | "false") => None,
+            Some(to) => {
+                let sink = LogSink::parse(to).map_err(|e| invalid("WEFT_ACCESS_LOG", e))?;
+                let buffer = get("WEFT_ACCESS_LOG_BUFFER")
+                    .map(|b| {
+                        b.parse::<usize>()
+                            .map_err(|e| invalid("WEFT_ACCESS_LOG_BUFFER", e.to_string()))
+                    })
+                    .transpose()?;
+                Some(
+                    observe_config::access_log(sink, buffer, "WEFT_ACCESS_LOG_BUFFER")
+                        .map_err(ConfigError::Invalid)?,
+                )
+            }
+        };
 
         let any_v4 = IpAddr::from([0, 0, 0, 0]);
         Ok(Config {
@@ -182,6 +201,7 @@ impl Config {
             }),
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
+            access_log,
         })
     }
 }
@@ -325,6 +345,23 @@ mod tests {
         );
         assert_eq!(c.admin, "0.0.0.0:7191".parse().expect("addr"));
         assert!(c.inbound_opaque_ports.is_empty() && c.probe_ports.is_empty());
+        assert_eq!(c.access_log, None, "access logs are off unless asked for");
+    }
+
+    #[test]
+    fn the_access_log_variables_turn_it_on() {
+        let mut env = pod_env();
+        env.insert("WEFT_ACCESS_LOG".into(), "stderr".into());
+        env.insert("WEFT_ACCESS_LOG_BUFFER".into(), "16".into());
+        let log = load(&env).expect("valid").access_log.expect("on");
+        assert_eq!((log.sink, log.buffer), (LogSink::Stderr, 16));
+        env.insert("WEFT_ACCESS_LOG".into(), "off".into());
+        assert_eq!(load(&env).expect("valid").access_log, None);
+        let err = error_with(&[
+            ("WEFT_ACCESS_LOG", Some("stdout")),
+            ("WEFT_ACCESS_LOG_BUFFER", Some("lots")),
+        ]);
+        assert!(err.contains("WEFT_ACCESS_LOG_BUFFER"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
-use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::body::{ProxyBody, RequestBody, observed};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::headers::conflicting_host;
@@ -25,6 +25,7 @@ use crate::inbound_policy::TlsMode;
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::{Direction, ServiceMetrics};
+use crate::observe::Observer;
 use crate::ports::PortSet;
 use weft_api::spiffe::SpiffeId;
 
@@ -44,6 +45,7 @@ pub(crate) struct Inbound {
     identity: Option<Arc<Identity>>,
     /// App ports whose bytes are never parsed, whatever they look like.
     opaque_ports: PortSet,
+    observer: Observer,
 }
 
 /// What the inbound knows about the caller of one connection.
@@ -88,6 +90,7 @@ pub(crate) struct InboundInputs {
     pub(crate) limits: ServerLimits,
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
+    pub(crate) observer: Observer,
 }
 
 impl Inbound {
@@ -101,6 +104,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            observer,
         } = inputs;
         Arc::new(Inbound {
             app,
@@ -111,6 +115,7 @@ impl Inbound {
             limits,
             identity,
             opaque_ports,
+            observer,
         })
     }
 
@@ -227,9 +232,12 @@ impl Inbound {
                     let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
+                        let caller = peer.id.as_ref().map(|(_, id)| &**id);
+                        let obs = this.observer.begin(&req, caller, Some(peer.app));
                         let resp = pin!(this.handle(req, &peer)).await;
                         let resp = error::for_client(grpc, resp);
-                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+                        let resp = resp.map(|b| b.until_sent(in_flight));
+                        Ok::<_, Infallible>(observed(resp, obs))
                     }
                 };
                 serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;

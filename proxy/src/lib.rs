@@ -40,6 +40,8 @@ mod inbound_policy;
 mod io;
 mod listener;
 pub mod metrics;
+mod observe;
+mod observe_config;
 mod outbound;
 mod outcome;
 mod ports;

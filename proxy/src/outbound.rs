@@ -25,7 +25,7 @@ use crate::breaker::Permit;
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
-use crate::http::body::{ProxyBody, Recording, RequestBody};
+use crate::http::body::{ProxyBody, Recording, RequestBody, observed};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
@@ -36,6 +36,7 @@ use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
+use crate::observe::{Observer, Picked};
 use crate::outcome::Outcome;
 use crate::ports::PortSet;
 use crate::retry::RetryPolicy;
@@ -64,6 +65,7 @@ pub(crate) struct OutboundInputs {
     pub(crate) limits: ServerLimits,
     /// Original destination ports handled as opaque TCP without sniffing.
     pub(crate) opaque_ports: PortSet,
+    pub(crate) observer: Observer,
 }
 
 pub(crate) struct Outbound {
@@ -75,6 +77,7 @@ pub(crate) struct Outbound {
     detect_timeout: Duration,
     limits: ServerLimits,
     opaque_ports: PortSet,
+    observer: Observer,
     /// What consistent hashing on the client identity hashes: this proxy's own
     /// SPIFFE ID, the identity it proves to every endpoint, when mTLS is on.
     client_identity: Option<u64>,
@@ -90,6 +93,7 @@ impl Outbound {
             detect_timeout,
             limits,
             opaque_ports,
+            observer,
         } = inputs;
         let client_identity = pool
             .identity()
@@ -103,6 +107,7 @@ impl Outbound {
             detect_timeout,
             limits,
             opaque_ports,
+            observer,
             client_identity,
         })
     }
@@ -177,9 +182,11 @@ impl Outbound {
                     let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
+                        let obs = this.observer.begin(&req, None, None);
                         let resp = pin!(this.handle(req, &dest, client)).await;
                         let resp = error::for_client(grpc, resp);
-                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+                        let resp = resp.map(|b| b.until_sent(in_flight));
+                        Ok::<_, Infallible>(observed(resp, obs))
                     }
                 };
                 serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
@@ -476,7 +483,12 @@ impl Outbound {
                 metrics: &svc.metrics,
             }),
         };
-        let result = pin!(forward(&self.pool, req, &target)).await;
+        let mut result = pin!(forward(&self.pool, req, &target)).await;
+        self.observer.picked(&mut result, || Picked {
+            service: svc.key(),
+            endpoint: ep.addr,
+            identity: ep.identity.clone(),
+        });
         let outcome = match &result {
             Ok(resp) => Outcome::Response {
                 status: resp.status().as_u16(),
@@ -689,6 +701,7 @@ mod tests {
                 max_header_bytes: 64 * 1024,
             },
             opaque_ports: PortSet::parse("").expect("empty port set"),
+            observer: Observer::new(None, Direction::Outbound, None),
         });
         (ob, svc)
     }

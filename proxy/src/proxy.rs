@@ -26,6 +26,7 @@ use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::{Inbound, InboundInputs};
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::{Observer, Sinks};
 use crate::outbound::{Destination, Outbound, OutboundInputs};
 use crate::snapshot::lookup::{Demand, Dest, Lookup};
 use crate::snapshot::{self, SnapshotStore};
@@ -91,6 +92,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     let identity = start_identity(&config, &metrics, cp_tls.as_ref(), &shutdown)?;
     let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = start_discovery(&config, &store, &metrics, &stats, cp_tls.as_ref())?;
+    let sinks = Sinks::start(config.access_log.as_ref(), &metrics)?;
     let outbound = Outbound::new(OutboundInputs {
         lookup: Lookup::new(store.clone(), discovery, limits.discovery_timeout.0),
         pool: pool.clone(),
@@ -99,6 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         detect_timeout: limits.detect_timeout.0,
         limits: server_limits.clone(),
         opaque_ports: config.outbound_opaque_ports.clone(),
+        observer: Observer::new(sinks.clone(), Direction::Outbound, None),
     });
 
     let mut proxy = Proxy {
@@ -126,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             limits: server_limits,
             identity: identity.clone(),
             opaque_ports: config.inbound_opaque_ports.clone(),
+            observer: Observer::new(sinks, Direction::Inbound, Some(workload)),
         });
         proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);
     }

@@ -53,6 +53,8 @@
 //! | `WEFT_OPAQUE_PORTS` | e.g. `3306,8000-8099`, may be empty | destination/app ports never sniffed, handled as opaque TCP both ways |
 //! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
+//! | `WEFT_ACCESS_LOG` | `stdout` or `stderr`, only with the `weft.io/access-log` annotation | one JSON line per request |
+//! | `WEFT_LOG_FORMAT` | `plain` or `json`, only with the `weft.io/log-format` annotation | the proxy's own log lines |
 //!
 //! # Environment contract of the init container (`weft-proxy init`)
 //!
@@ -383,6 +385,16 @@ impl Injector {
                         env("WEFT_PROBE_PORTS", probe_ports.to_string()),
                         env("WEFT_LOG", self.config.log_level.clone()),
                     ])
+                    .chain(
+                        overrides
+                            .access_log
+                            .map(|to| env("WEFT_ACCESS_LOG", to.to_string())),
+                    )
+                    .chain(
+                        overrides
+                            .log_format
+                            .map(|f| env("WEFT_LOG_FORMAT", f.to_string())),
+                    )
                     .collect(),
             ),
             ports: Some(vec![ContainerPort {
