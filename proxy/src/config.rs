@@ -228,6 +228,10 @@ pub(crate) struct LimitsConfig {
     /// probe; the kubelet's own `timeoutSeconds` usually ends it sooner.
     #[serde(default = "default_probe_timeout")]
     pub(crate) probe_timeout: DurationSpec,
+    /// How often the proxy sends the control plane its traffic totals for the
+    /// live view (`Telemetry.Report`); 0 turns the reports off.
+    #[serde(default = "default_report_interval")]
+    pub(crate) report_interval: DurationSpec,
 }
 
 impl Default for LimitsConfig {
@@ -242,6 +246,7 @@ impl Default for LimitsConfig {
             shutdown_grace: default_shutdown_grace(),
             discovery_timeout: default_discovery_timeout(),
             probe_timeout: default_probe_timeout(),
+            report_interval: default_report_interval(),
         }
     }
 }
@@ -269,6 +274,9 @@ fn default_discovery_timeout() -> DurationSpec {
 }
 fn default_probe_timeout() -> DurationSpec {
     DurationSpec(Duration::from_secs(5))
+}
+fn default_report_interval() -> DurationSpec {
+    DurationSpec(Duration::from_secs(1))
 }
 fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))

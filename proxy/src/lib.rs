@@ -47,6 +47,7 @@ mod outcome;
 mod ports;
 mod probe;
 pub mod proxy;
+mod report;
 mod retry;
 mod snapshot;
 mod source;

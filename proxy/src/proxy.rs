@@ -28,6 +28,7 @@ use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
 use crate::observe::{Observer, Sinks};
 use crate::outbound::{Destination, Outbound, OutboundInputs};
+use crate::report::ReportInputs;
 use crate::snapshot::lookup::{Demand, Dest, Lookup};
 use crate::snapshot::{self, SnapshotStore};
 use crate::source::control_plane;
@@ -144,6 +145,21 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     });
     proxy.admin = serve_admin(config.admin, admin, &proxy.admin_stop).await?;
 
+    if let Some(addr) = &config.control_plane
+        && !limits.report_interval.0.is_zero()
+    {
+        let channel =
+            control_plane::streaming_channel(addr, cp_tls.as_ref()).map_err(anyhow::Error::msg)?;
+        let inputs = ReportInputs {
+            channel,
+            node: reporting_node(&config),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            interval: limits.report_interval.0,
+        };
+        crate::report::spawn(inputs, proxy.shutdown.clone());
+    }
+
     #[cfg(unix)]
     if let Some(path) = &config.path {
         crate::source::file::on_sighup(path.clone(), config.listeners(), store, metrics, stats);
@@ -162,6 +178,19 @@ fn node(config: &Config, namespace: &str, service_account: &str) -> v1::Node {
         workload: config.node.workload.clone().unwrap_or_default(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+}
+
+/// Who reports traffic: the workload (inbound metrics' service) in its namespace.
+fn reporting_node(config: &Config) -> v1::Node {
+    let mut node = node(
+        config,
+        config.node.namespace.as_str(),
+        config.node.service_account.as_deref().unwrap_or_default(),
+    );
+    if node.workload.is_empty() {
+        "local".clone_into(&mut node.workload);
+    }
+    node
 }
 
 /// With an identity configured: the workload's certificate, requested and renewed

@@ -118,6 +118,39 @@ impl Demo {
         &mut self.process
     }
 
+    /// Kills (SIGKILL) the demo's child process named `name` (an app such as
+    /// `users`, or `users-proxy`'s binary `weft-proxy` is not told apart: use app
+    /// names), found among the processes of the demo's group. The demo keeps
+    /// running, as it does when an app crashes.
+    pub fn kill_child(&self, name: &str) -> anyhow::Result<()> {
+        let group = i32::try_from(self.process.pid())?;
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let comm = head.split_once(" (").map_or("", |(_, c)| c);
+            let pgrp = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|g| g.parse::<i32>().ok());
+            if comm == name && pgrp == Some(group) {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+                return Ok(());
+            }
+        }
+        anyhow::bail!("no process {name} in the demo's group {group}")
+    }
+
     /// Waits until the demo prints that the mesh is up.
     pub async fn wait_up(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;

@@ -256,6 +256,10 @@ async fn start_and_watch(
         "  control plane   gRPC {}   metrics http://{}/metrics",
         plan.control_grpc, plan.control_admin
     );
+    println!(
+        "  live view       http://{}/   (data: /api/summary, /api/events)",
+        plan.control_admin
+    );
     for w in &plan.workloads {
         println!(
             "  {:<14} app {}   proxy inbound {}   metrics http://{}/metrics",

@@ -131,7 +131,12 @@ impl Plan {
             if self.mtls {
                 out.push_str(&format!("        identity: {}\n", spiffe_id(w.name)));
             }
-            out.push_str("    policy:\n      timeouts: {request: 5s, connect: 1s}\n");
+            // Outlier detection on, so a failing service shows its ejection in
+            // the live view.
+            out.push_str(
+                "    policy:\n      timeouts: {request: 5s, connect: 1s}\n      \
+                 circuit_breaker: {outlier_detection: {consecutive_failures: 5, base_ejection: 10s}}\n",
+            );
         }
         out
     }
