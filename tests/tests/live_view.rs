@@ -1,10 +1,13 @@
 //! The live view on the control plane's admin port: what the demo's proxies report,
-//! summarised per service and edge as JSON and server-sent events.
+//! summarised per service and edge as JSON and server-sent events, and the page
+//! that draws it, loaded in a headless Chromium (screenshots under
+//! target/test-artefacts/live_view).
 
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use weft_tests::browser::{Browser, artefact_dir};
 use weft_tests::demo::{Demo, SERVICES};
 use weft_tests::{admin, eventually, within};
 
@@ -151,4 +154,96 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
     // The others are unaffected.
     let orders = service(&s, "10s", "orders.default").expect("orders listed");
     assert_eq!(orders["success_rate"], 1.0, "{orders}");
+}
+
+/// The services' rows of the page's table: (service, success rate as shown in its
+/// data attribute).
+const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#services tbody tr[data-service]')]\
+    .map(r => [r.dataset.service, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
+
+async fn rows(browser: &mut Browser) -> Vec<(String, Option<f64>)> {
+    let text = browser.eval(ROWS).await.expect("read the table");
+    serde_json::from_str(text.as_str().unwrap_or("[]")).expect("rows as JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
+    let test = "the_live_view_page_shows_the_demo_and_a_failing_backend";
+    let Some(mut browser) = Browser::start(test).await.expect("start chromium") else {
+        return;
+    };
+    let shots = artefact_dir("live_view").expect("artefact dir");
+    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
+    browser
+        .navigate(&format!("http://{}/", demo.control_admin()))
+        .await
+        .expect("load the page");
+
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let rows = rows(&mut browser).await;
+        let healthy = SERVICES.iter().all(|name| {
+            rows.iter()
+                .any(|(s, ok)| *s == format!("{name}.default") && *ok == Some(1.0))
+        });
+        if healthy {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every demo service healthy on the page within {CHANGE_LIMIT:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let nodes = browser
+        .eval("document.querySelectorAll('#graph g.node').length")
+        .await
+        .expect("count nodes");
+    assert_eq!(nodes, 5, "one graph node per service");
+    let status = browser
+        .eval("document.querySelector('#status').textContent")
+        .await
+        .expect("status");
+    assert!(
+        status.as_str().is_some_and(|s| s.starts_with("5 proxies")),
+        "{status}"
+    );
+    let healthy = shots.join("healthy.png");
+    browser.screenshot(&healthy).await.expect("screenshot");
+
+    demo.kill_child("users").expect("kill users");
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let rows = rows(&mut browser).await;
+        let failing = rows
+            .iter()
+            .any(|(s, ok)| s == "users.default" && ok.is_some_and(|r| r < 0.9));
+        let ejected = browser
+            .eval(
+                "document.querySelectorAll('#ejections tr[data-service=\"users.default\"]').length",
+            )
+            .await
+            .expect("ejections");
+        let edge = browser
+            .eval("document.querySelector('#graph line[data-from=\"web.default\"][data-to=\"users.default\"]')?.dataset.class")
+            .await
+            .expect("edge colour");
+        if failing && ejected.as_u64() >= Some(1) && edge == "bad" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "users not shown failing and ejected within {CHANGE_LIMIT:?}: {rows:?}, \
+             {ejected} ejection rows, edge {edge}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failing = shots.join("users-failing.png");
+    browser.screenshot(&failing).await.expect("screenshot");
+    for png in [&healthy, &failing] {
+        let size = std::fs::metadata(png).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "{} is {size} bytes", png.display());
+        println!("screenshot: {}", png.display());
+    }
 }

@@ -204,11 +204,7 @@ fn key(node: &v1::Node) -> String {
 }
 
 /// The summary of `histories` (each one proxy's reports, oldest first) as of `now`.
-pub fn summarise(
-    histories: &[Vec<super::Received>],
-    now: Instant,
-    stale: Duration,
-) -> Summary {
+pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Duration) -> Summary {
     let mut bounds: Vec<f64> = Vec::new();
     let mut windows = BTreeMap::new();
     let mut ejections = Vec::new();
