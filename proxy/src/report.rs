@@ -1,6 +1,6 @@
 //! The live view's feed: every `limits.report_interval` the proxy sends the control
-//! plane its running totals per direction and service, and the endpoints it has
-//! ejected (`Telemetry.Report`). Everything comes from what the proxy keeps anyway
+//! plane its running totals per direction and service, and the state of the
+//! endpoints it sends to, ejections included (`Telemetry.Report`). Everything comes from what the proxy keeps anyway
 //! (its Prometheus counters and histograms, the snapshot's endpoint health), read
 //! off the request path, so reporting adds nothing per request.
 
@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use weft_api::v1;
 use weft_api::v1::telemetry_client::TelemetryClient;
 
+use crate::endpoint::EndpointState;
 use crate::metrics::Metrics;
 use crate::snapshot::SnapshotStore;
 
@@ -163,12 +164,32 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
 
     let snapshot = inputs.store.load();
     let mut ejections = Vec::new();
+    let mut endpoints = Vec::new();
     for svc in snapshot.services.values() {
         let key = svc.key();
-        if let Some(t) = traffic.get_mut(&(Outbound as i32, key.clone())) {
-            let tls = svc.endpoints.iter().filter(|e| e.identity.is_some());
-            t.endpoints = u32::try_from(svc.endpoints.len()).unwrap_or(u32::MAX);
-            t.tls_endpoints = u32::try_from(tls.count()).unwrap_or(u32::MAX);
+        let Some(t) = traffic.get_mut(&(Outbound as i32, key.clone())) else {
+            continue;
+        };
+        let tls = svc.endpoints.iter().filter(|e| e.identity.is_some());
+        t.endpoints = u32::try_from(svc.endpoints.len()).unwrap_or(u32::MAX);
+        t.tls_endpoints = u32::try_from(tls.count()).unwrap_or(u32::MAX);
+        for ep in &svc.endpoints {
+            let ejected = ep.stats.health.is_ejected();
+            endpoints.push(v1::EndpointStatus {
+                service: key.clone(),
+                endpoint: ep.addr.to_string(),
+                identity: ep.identity.as_deref().unwrap_or_default().to_string(),
+                state: match ep.state {
+                    _ if ejected => "ejected",
+                    EndpointState::Ready => "ready",
+                    EndpointState::NotReady => "not-ready",
+                    EndpointState::Terminating => "terminating",
+                }
+                .to_string(),
+                in_flight: ep.stats.load.in_flight(),
+                latency_ms: ep.stats.load.ewma_ms().unwrap_or(0.0),
+                weight: ep.weight,
+            });
         }
         for ep in &svc.endpoints {
             if let Some(e) = ep.stats.health.ejection() {
@@ -190,6 +211,7 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
         open_inbound_connections: open_in,
         open_outbound_connections: open_out,
         latency_bounds: bounds,
+        endpoints,
     }
 }
 

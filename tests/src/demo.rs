@@ -151,6 +151,36 @@ impl Demo {
         anyhow::bail!("no process {name} in the demo's group {group}")
     }
 
+    /// The control plane's live view summary (`/api/summary`).
+    pub async fn live_summary(&self) -> anyhow::Result<serde_json::Value> {
+        let reply = crate::admin::get(self.control_admin(), "/api/summary").await?;
+        anyhow::ensure!(reply.status == 200, "/api/summary: {}", reply.body);
+        anyhow::ensure!(
+            reply.header("content-type") == Some("application/json"),
+            "/api/summary is not JSON: {:?}",
+            reply.header("content-type")
+        );
+        Ok(serde_json::from_str(&reply.body)?)
+    }
+
+    /// Waits until every demo service is in the live view's short window as its
+    /// own proxy saw it (which alone counts open connections), not only through its
+    /// callers, and returns that summary.
+    pub async fn wait_live(&self, limit: Duration) -> serde_json::Value {
+        crate::eventually(limit, "every demo service in the live view", || async {
+            let s = self.live_summary().await.ok()?;
+            SERVICES
+                .iter()
+                .all(|name| {
+                    live_service(&s, "10s", &format!("{name}.default")).is_some_and(|v| {
+                        v["requests"].as_u64() > Some(0) && v["open_connections"].is_u64()
+                    })
+                })
+                .then_some(s)
+        })
+        .await
+    }
+
     /// Waits until the demo prints that the mesh is up.
     pub async fn wait_up(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -167,6 +197,18 @@ impl Demo {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// One service of a live view summary's `window` (`10s` or `1m`).
+pub fn live_service<'a>(
+    s: &'a serde_json::Value,
+    window: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    s["windows"][window]["services"]
+        .as_array()?
+        .iter()
+        .find(|v| v["service"] == name)
 }
 
 /// One row of the demo's live summary.

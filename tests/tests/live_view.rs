@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_tests::browser::{Browser, artefact_dir};
-use weft_tests::demo::{Demo, SERVICES};
-use weft_tests::{admin, eventually, within};
+use weft_tests::demo::{Demo, SERVICES, live_service};
+use weft_tests::{eventually, within};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
 /// Reports come every second and the short window is 10 s; a change shows well
@@ -17,19 +17,11 @@ const UP_LIMIT: Duration = Duration::from_secs(60);
 const CHANGE_LIMIT: Duration = Duration::from_secs(40);
 
 async fn summary(demo: &Demo) -> Value {
-    let reply = admin::get(demo.control_admin(), "/api/summary")
-        .await
-        .expect("GET /api/summary");
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    serde_json::from_str(&reply.body).expect("the summary is JSON")
+    demo.live_summary().await.expect("the live summary")
 }
 
 fn service<'a>(s: &'a Value, window: &str, name: &str) -> Option<&'a Value> {
-    s["windows"][window]["services"]
-        .as_array()?
-        .iter()
-        .find(|v| v["service"] == name)
+    live_service(s, window, name)
 }
 
 fn edge<'a>(s: &'a Value, from: &str, to: &str) -> Option<&'a Value> {
@@ -88,24 +80,7 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
     demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
 
     // Every service carries traffic, every hop succeeds, over mTLS.
-    let s = eventually(
-        CHANGE_LIMIT,
-        "every demo service in the summary",
-        || async {
-            let s = summary(&demo).await;
-            SERVICES
-                .iter()
-                .all(|name| {
-                    // Seen by the service's own proxy (which alone counts open
-                    // connections), not only by its callers.
-                    service(&s, "10s", &format!("{name}.default")).is_some_and(|v| {
-                        v["requests"].as_u64() > Some(0) && v["open_connections"].is_u64()
-                    })
-                })
-                .then_some(s)
-        },
-    )
-    .await;
+    let s = demo.wait_live(CHANGE_LIMIT).await;
     assert_eq!(s["proxies"], 5, "{s}");
     for name in SERVICES {
         let v = service(&s, "10s", &format!("{name}.default")).expect("listed");
@@ -151,6 +126,16 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
     assert!(ejection["times"].as_u64() >= Some(1), "{ejection}");
     let users = service(&s, "10s", "users.default").expect("users listed");
     assert!(users["ejected_endpoints"].as_u64() >= Some(1), "{users}");
+    // The drill-down data: web's proxy sees the endpoint ejected.
+    let seen = s["endpoints"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["service"] == "users.default" && e["seen_by"] == "web.default")
+        })
+        .expect("users' endpoint as web sees it");
+    assert_eq!(seen["state"], "ejected", "{seen}");
+    assert_eq!(seen["endpoint"], ejection["endpoint"], "{seen}");
     // The others are unaffected.
     let orders = service(&s, "10s", "orders.default").expect("orders listed");
     assert_eq!(orders["success_rate"], 1.0, "{orders}");

@@ -24,6 +24,25 @@ pub struct Summary {
     pub proxies: usize,
     pub windows: BTreeMap<&'static str, Window>,
     pub ejections: Vec<EjectionView>,
+    /// Every endpoint as each calling proxy sees it now: the drill-down below a
+    /// service.
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointView {
+    pub service: String,
+    pub endpoint: String,
+    /// The SPIFFE ID it presents (mTLS); null: plaintext.
+    pub identity: Option<String>,
+    /// ready | not-ready | terminating | ejected
+    pub state: String,
+    pub in_flight: u32,
+    /// The caller's latency estimate (peak EWMA); null before its first answer.
+    pub latency_ms: Option<f64>,
+    pub weight: u32,
+    /// The calling workload whose proxy sees it so.
+    pub seen_by: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -208,6 +227,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
     let mut bounds: Vec<f64> = Vec::new();
     let mut windows = BTreeMap::new();
     let mut ejections = Vec::new();
+    let mut endpoints = Vec::new();
     for history in histories {
         let Some((at, latest)) = history.last() else {
             continue;
@@ -217,6 +237,16 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         }
         if now.saturating_duration_since(*at) <= stale {
             let by = latest.node.as_ref().map(key).unwrap_or_default();
+            endpoints.extend(latest.endpoints.iter().map(|e| EndpointView {
+                service: e.service.clone(),
+                endpoint: e.endpoint.clone(),
+                identity: (!e.identity.is_empty()).then(|| e.identity.clone()),
+                state: e.state.clone(),
+                in_flight: e.in_flight,
+                latency_ms: (e.latency_ms > 0.0).then_some(e.latency_ms),
+                weight: e.weight,
+                seen_by: by.clone(),
+            }));
             ejections.extend(latest.ejections.iter().map(|e| EjectionView {
                 service: e.service.clone(),
                 endpoint: e.endpoint.clone(),
@@ -230,6 +260,9 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         }
     }
     ejections.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+    endpoints.sort_by(|a, b| {
+        (&a.service, &a.endpoint, &a.seen_by).cmp(&(&b.service, &b.endpoint, &b.seen_by))
+    });
 
     for (name, span) in WINDOWS {
         // (service) → inbound delta; (from, service) → outbound delta.
@@ -335,6 +368,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         proxies: histories.len(),
         windows,
         ejections,
+        endpoints,
     }
 }
 
