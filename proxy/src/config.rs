@@ -12,7 +12,7 @@ use weft_api::mesh::{DurationSpec, MeshSpec, Name, ServiceSpec};
 use weft_api::spiffe::SpiffeId;
 
 use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
-use crate::observe_config::{AccessLogConfig, RawAccessLog};
+use crate::observe_config::{AccessLogConfig, RawAccessLog, RawTracing, TracingConfig};
 use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ struct RawConfig {
     services: Vec<ServiceSpec>,
     #[serde(default)]
     access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    tracing: Option<RawTracing>,
 }
 
 /// Where the roots that verify the control plane come from: a PEM file
@@ -484,6 +486,8 @@ pub struct Config {
     pub(crate) mesh: MeshSpec,
     /// One JSON line per request; `None`: off.
     pub(crate) access_log: Option<AccessLogConfig>,
+    /// Spans over OTLP; `None`: off (trace context still passes through untouched).
+    pub(crate) tracing: Option<TracingConfig>,
 }
 
 pub(crate) const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
@@ -568,6 +572,11 @@ impl Config {
             .transpose()
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?
             .flatten();
+        let tracing = raw
+            .tracing
+            .map(RawTracing::validate)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
         let trust_bundle = raw
             .identity
             .as_ref()
@@ -619,6 +628,7 @@ impl Config {
             control_plane: raw.control_plane,
             mesh,
             access_log,
+            tracing,
         };
         config
             .check_listeners()

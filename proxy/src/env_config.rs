@@ -22,6 +22,8 @@
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
 //! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
 //! | `WEFT_ACCESS_LOG_BUFFER` | `4096` | lines waiting for the writer before lines are dropped (counted in `weft_access_log_dropped_total`) |
+//! | `WEFT_TRACE_COLLECTOR` | off | OTLP/gRPC collector (`http://host:port`) the proxy's spans go to |
+//! | `WEFT_TRACE_SAMPLE_RATIO` | `1` | share of new traces sampled (a caller's `traceparent` decides for its own) |
 //! | `WEFT_LOG_FORMAT` | `plain` | `plain` or `json` log lines (read by `main`, in both modes; also `--log-format`) |
 //!
 //! A config file, when given, is the whole config: these variables are then not
@@ -172,6 +174,21 @@ impl Config {
             }
         };
 
+        let tracing = match get("WEFT_TRACE_COLLECTOR") {
+            None => None,
+            Some(collector) => {
+                let ratio = get("WEFT_TRACE_SAMPLE_RATIO")
+                    .map(|r| {
+                        r.parse::<f64>()
+                            .map_err(|e| invalid("WEFT_TRACE_SAMPLE_RATIO", e.to_string()))
+                    })
+                    .transpose()?;
+                Some(
+                    observe_config::tracing_config(&collector, ratio, None, "")
+                        .map_err(|e| invalid("WEFT_TRACE_COLLECTOR or _SAMPLE_RATIO", e))?,
+                )
+            }
+        };
         let any_v4 = IpAddr::from([0, 0, 0, 0]);
         Ok(Config {
             path: None,
@@ -202,6 +219,7 @@ impl Config {
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
             access_log,
+            tracing,
         })
     }
 }

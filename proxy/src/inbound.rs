@@ -229,11 +229,11 @@ impl Inbound {
                 let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
-                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+                    let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
                         let caller = peer.id.as_ref().map(|(_, id)| &**id);
-                        let obs = this.observer.begin(&req, caller, Some(peer.app));
+                        let obs = this.observer.begin(&mut req, caller, Some(peer.app));
                         let resp = pin!(this.handle(req, &peer)).await;
                         let resp = error::for_client(grpc, resp);
                         let resp = resp.map(|b| b.until_sent(in_flight));

@@ -102,3 +102,79 @@ mod tests {
         assert!(err.starts_with("WEFT_ACCESS_LOG_BUFFER"), "{err}");
     }
 }
+
+/// `tracing: {collector: http://otel-collector:4317, sample_ratio: 0.1}`: spans
+/// exported over OTLP/gRPC.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TracingConfig {
+    /// The collector's OTLP/gRPC address (`http://host:port`).
+    pub(crate) collector: String,
+    /// Share of new traces (requests without a `traceparent`) sampled; a caller's
+    /// decision is always kept.
+    pub(crate) sample_ratio: f64,
+    /// Spans waiting for export; past this they are dropped and counted.
+    pub(crate) buffer: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    collector: String,
+    #[serde(default)]
+    sample_ratio: Option<f64>,
+    #[serde(default)]
+    buffer: Option<usize>,
+}
+
+impl RawTracing {
+    pub(crate) fn validate(self) -> Result<TracingConfig, String> {
+        tracing_config(&self.collector, self.sample_ratio, self.buffer, "tracing.")
+    }
+}
+
+/// A config from its parts; `prefix` names the fields in errors.
+pub(crate) fn tracing_config(
+    collector: &str,
+    ratio: Option<f64>,
+    buffer: Option<usize>,
+    prefix: &str,
+) -> Result<TracingConfig, String> {
+    let uri: http::Uri = collector
+        .parse()
+        .map_err(|_| format!("{prefix}collector: {collector:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!(
+            "{prefix}collector: {collector:?} is not http://host:port (OTLP/gRPC)"
+        ));
+    }
+    let sample_ratio = ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(format!(
+            "{prefix}sample_ratio: {sample_ratio} is outside 0..=1"
+        ));
+    }
+    let buffer = buffer.unwrap_or(DEFAULT_ACCESS_LOG_BUFFER);
+    if !(1..=1_000_000).contains(&buffer) {
+        return Err(format!("{prefix}buffer: {buffer} is outside 1..=1000000"));
+    }
+    Ok(TracingConfig {
+        collector: collector.to_string(),
+        sample_ratio,
+        buffer,
+    })
+}
+
+#[cfg(test)]
+mod tracing_tests {
+    use super::*;
+
+    #[test]
+    fn tracing_needs_an_http_collector_and_a_ratio_within_bounds() {
+        let ok = tracing_config("http://127.0.0.1:4317", None, None, "tracing.").expect("valid");
+        assert_eq!(ok.sample_ratio, 1.0);
+        for (collector, ratio) in [("127.0.0.1:4317", None), ("http://c:4317", Some(1.5))] {
+            let err = tracing_config(collector, ratio, None, "tracing.").expect_err("invalid");
+            assert!(err.starts_with("tracing."), "{err}");
+        }
+    }
+}

@@ -179,10 +179,10 @@ impl Outbound {
                 let handler = move |req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let dest = dest.clone();
-                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+                    let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
-                        let obs = this.observer.begin(&req, None, None);
+                        let obs = this.observer.begin(&mut req, None, None);
                         let resp = pin!(this.handle(req, &dest, client)).await;
                         let resp = error::for_client(grpc, resp);
                         let resp = resp.map(|b| b.until_sent(in_flight));

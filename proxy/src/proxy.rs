@@ -26,6 +26,7 @@ use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::{Inbound, InboundInputs};
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::trace::Tracer;
 use crate::observe::{Observer, Sinks};
 use crate::outbound::{Destination, Outbound, OutboundInputs};
 use crate::report::ReportInputs;
@@ -93,7 +94,23 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     let identity = start_identity(&config, &metrics, cp_tls.as_ref(), &shutdown)?;
     let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = start_discovery(&config, &store, &metrics, &stats, cp_tls.as_ref())?;
-    let sinks = Sinks::start(config.access_log.as_ref(), &metrics)?;
+    let tracer = match &config.tracing {
+        Some(t) => {
+            let channel =
+                control_plane::streaming_channel(&t.collector, None).map_err(anyhow::Error::msg)?;
+            let service = reporting_node(&config).workload;
+            tracing::info!(collector = %t.collector, ratio = t.sample_ratio, "exporting spans");
+            Some(Tracer::start(
+                channel,
+                t.sample_ratio,
+                t.buffer,
+                service,
+                &metrics,
+            ))
+        }
+        None => None,
+    };
+    let sinks = Sinks::start(config.access_log.as_ref(), tracer, &metrics)?;
     let outbound = Outbound::new(OutboundInputs {
         lookup: Lookup::new(store.clone(), discovery, limits.discovery_timeout.0),
         pool: pool.clone(),

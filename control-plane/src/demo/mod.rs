@@ -44,6 +44,10 @@ pub struct DemoOptions {
     /// development CA in the state directory).
     #[arg(long)]
     pub plaintext: bool,
+    /// Every sidecar exports its spans to this OTLP/gRPC collector
+    /// (`http://host:4317`); the services pass the W3C trace context on.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 }
 
 /// A child process with a name, its log file, and a clean stop.
@@ -125,7 +129,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
-    let plan = Plan::new(opts.base_port, !opts.plaintext)?;
+    let mut plan = Plan::new(opts.base_port, !opts.plaintext)?;
+    plan.otlp.clone_from(&opts.otlp);
     plan.check_ports_free()?;
     let (state_dir, _tmp) = match &opts.state_dir {
         Some(dir) => {

@@ -36,6 +36,8 @@ pub struct Plan {
     pub control_admin: SocketAddr,
     /// orders' fixed listener for payments (gRPC clients cannot use http_proxy).
     pub payments_upstream: SocketAddr,
+    /// The OTLP/gRPC collector every sidecar sends its spans to, if any.
+    pub otlp: Option<String>,
 }
 
 const NAMES: [(&str, bool); 5] = [
@@ -79,6 +81,7 @@ impl Plan {
             control_grpc: local(b + 900)?,
             control_admin: local(b + 990)?,
             payments_upstream: local(b + 401)?,
+            otlp: None,
         })
     }
 
@@ -173,6 +176,9 @@ impl Plan {
                 name = w.name,
                 bundle = trust_bundle.display(),
             ));
+        }
+        if let Some(collector) = &self.otlp {
+            out.push_str(&format!("tracing: {{collector: \"{collector}\"}}\n"));
         }
         if w.name == "orders" {
             out.push_str(&format!(

@@ -1,4 +1,5 @@
-//! What the proxy tells about each request besides its metrics: the access log.
+//! What the proxy tells about each request besides its metrics: the access log and
+//! trace spans (with W3C trace context passed on).
 //!
 //! The request path touches this in one place per direction: [`Observer::begin`]
 //! where a request enters, which is a single branch when nothing is on, and the
@@ -7,16 +8,19 @@
 //! bounded queue that a writer thread drains.
 
 pub(crate) mod access_log;
+pub(crate) mod otlp;
+pub(crate) mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 
 use crate::metrics::{Direction, Metrics};
 use crate::observe_config::AccessLogConfig;
 use access_log::{AccessLog, Entry};
+use trace::{SpanRecord, TraceContext, Tracer};
 
 /// The request's `weft-error` answer header, as the proxy sets it.
 const WEFT_ERROR: &str = "weft-error";
@@ -24,19 +28,25 @@ const WEFT_ERROR: &str = "weft-error";
 /// Where observations go; shared by every listener.
 pub(crate) struct Sinks {
     access_log: Option<AccessLog>,
+    tracer: Option<Tracer>,
 }
 
 impl Sinks {
-    /// Starts what the config turns on; `None` when nothing is.
+    /// Starts what is turned on; `None` when nothing is. `tracer` is the started
+    /// exporter, if tracing is on.
     pub(crate) fn start(
         access_log: Option<&AccessLogConfig>,
+        tracer: Option<Tracer>,
         metrics: &Metrics,
     ) -> std::io::Result<Option<Arc<Sinks>>> {
-        let Some(config) = access_log else {
+        if access_log.is_none() && tracer.is_none() {
             return Ok(None);
-        };
+        }
         Ok(Some(Arc::new(Sinks {
-            access_log: Some(AccessLog::start(config, metrics)?),
+            access_log: access_log
+                .map(|c| AccessLog::start(c, metrics))
+                .transpose()?,
+            tracer,
         })))
     }
 }
@@ -69,12 +79,13 @@ impl Observer {
     }
 
     /// Starts observing a request that just arrived; `None` (and no work) when
-    /// nothing is on. `peer` is the caller's verified identity, `endpoint` where
-    /// the request goes when the direction alone decides it (inbound: the app).
+    /// nothing is on. With tracing on, the request's `traceparent` is replaced by
+    /// this hop's. `peer` is the caller's verified identity, `endpoint` where the
+    /// request goes when the direction alone decides it (inbound: the app).
     #[inline]
     pub(crate) fn begin<B>(
         &self,
-        req: &Request<B>,
+        req: &mut Request<B>,
         peer: Option<&str>,
         endpoint: Option<SocketAddr>,
     ) -> Option<Box<Observation>> {
@@ -116,13 +127,15 @@ pub(crate) struct Observation {
     sinks: Arc<Sinks>,
     started: Instant,
     entry: Entry,
+    /// This hop's span, when tracing is on.
+    trace: Option<TraceContext>,
 }
 
 impl Observation {
     fn new<B>(
         sinks: Arc<Sinks>,
         observer: &Observer,
-        req: &Request<B>,
+        req: &mut Request<B>,
         peer: Option<&str>,
         endpoint: Option<SocketAddr>,
     ) -> Observation {
@@ -131,8 +144,21 @@ impl Observation {
             .authority()
             .map(|a| a.as_str().to_string())
             .or_else(|| header(req.headers(), http::header::HOST.as_str()));
+        let trace = sinks.tracer.as_ref().map(|t| {
+            let context = TraceContext::continue_or_start(req.headers(), t.ratio);
+            req.headers_mut().insert(
+                HeaderName::from_static(trace::TRACEPARENT),
+                context.header(),
+            );
+            context
+        });
+        let trace_id = match &trace {
+            Some(c) => Some(trace::hex(&c.trace_id)),
+            None => trace_id(req.headers()),
+        };
         Observation {
             sinks,
+            trace,
             started: Instant::now(),
             entry: Entry {
                 time: SystemTime::now(),
@@ -151,7 +177,7 @@ impl Observation {
                 duration_ms: 0.0,
                 bytes: 0,
                 weft_error: None,
-                trace_id: trace_id(req.headers()),
+                trace_id,
             },
         }
     }
@@ -178,9 +204,62 @@ impl Observation {
 
 impl Drop for Observation {
     fn drop(&mut self) {
-        self.entry.duration_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = self.started.elapsed();
+        self.entry.duration_ms = elapsed.as_secs_f64() * 1e3;
+        if let (Some(tracer), Some(context)) = (&self.sinks.tracer, self.trace)
+            && context.sampled
+        {
+            tracer.send(self.span(context, elapsed));
+        }
         if let Some(log) = &self.sinks.access_log {
             log.send(std::mem::take(&mut self.entry));
+        }
+    }
+}
+
+impl Observation {
+    /// This hop as a span: client span outbound, server span inbound.
+    fn span(&self, context: TraceContext, elapsed: std::time::Duration) -> SpanRecord {
+        use otlp::{int, string};
+        let e = &self.entry;
+        let client = e.direction == Direction::Outbound.label();
+        let target = e
+            .service
+            .as_deref()
+            .or(e.authority.as_deref())
+            .unwrap_or("-");
+        let mut attributes = vec![
+            string("http.request.method", e.method.clone()),
+            string("url.path", e.path.clone()),
+            int("http.response.status_code", i64::from(e.status)),
+            string("weft.direction", e.direction),
+        ];
+        let optional = [
+            ("server.address", e.authority.as_ref()),
+            ("weft.service", e.service.as_ref()),
+            ("weft.peer_identity", e.peer_identity.as_ref()),
+            ("weft.error", e.weft_error.as_ref()),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                attributes.push(string(key, v.clone()));
+            }
+        }
+        if let Some(endpoint) = e.endpoint {
+            attributes.push(string("weft.endpoint", endpoint.to_string()));
+        }
+        SpanRecord {
+            context,
+            client,
+            name: format!("{} {target}", e.method),
+            start: e.time,
+            end: e.time + elapsed,
+            attributes,
+            error: (e.status >= 500 || e.status == 0).then(|| {
+                e.weft_error
+                    .clone()
+                    .unwrap_or_else(|| format!("status {}", e.status))
+            }),
         }
     }
 }
