@@ -94,6 +94,10 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     let identity = start_identity(&config, &metrics, cp_tls.as_ref(), &shutdown)?;
     let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = start_discovery(&config, &store, &metrics, &stats, cp_tls.as_ref())?;
+    // Reports share discovery's connection: one connection per proxy to the control
+    // plane, as before.
+    let cp_channel = discovery.as_ref().map(|d| d.channel());
+    let discovery = discovery.map(|d| d as Arc<dyn Demand>);
     let tracer = match &config.tracing {
         Some(t) => {
             let channel =
@@ -162,11 +166,9 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     });
     proxy.admin = serve_admin(config.admin, admin, &proxy.admin_stop).await?;
 
-    if let Some(addr) = &config.control_plane
+    if let Some(channel) = cp_channel
         && !limits.report_interval.0.is_zero()
     {
-        let channel =
-            control_plane::streaming_channel(addr, cp_tls.as_ref()).map_err(anyhow::Error::msg)?;
         let inputs = ReportInputs {
             channel,
             node: reporting_node(&config),
@@ -252,7 +254,7 @@ fn start_discovery(
     metrics: &Metrics,
     stats: &Arc<Registry>,
     cp_tls: Option<&Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<Option<Arc<dyn Demand>>> {
+) -> anyhow::Result<Option<Arc<Discovery>>> {
     let Some(addr) = &config.control_plane else {
         return Ok(None);
     };
