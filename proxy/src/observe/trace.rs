@@ -55,13 +55,13 @@ impl TraceContext {
 
     /// The `traceparent` the next hop gets: this span as its parent.
     pub(crate) fn header(&self) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            u8::from(self.sampled)
-        );
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
+        let mut text = Vec::with_capacity(55);
+        text.extend_from_slice(b"00-");
+        push_hex(&mut text, &self.trace_id);
+        text.push(b'-');
+        push_hex(&mut text, &self.span_id);
+        text.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
     }
 }
 
@@ -74,8 +74,19 @@ fn nonzero<const N: usize>() -> [u8; N] {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
