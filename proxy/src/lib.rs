@@ -5,7 +5,7 @@
 //!
 //! - L6 `proxy` wires a running proxy from `config`.
 //! - L5 `outbound` and `inbound` route; `admin` and `probe` answer operators and
-//!   the kubelet.
+//!   the kubelet; `report` sends the control plane the live view's totals.
 //! - L4 `http` serves and forwards requests over pooled connections, `tcp`
 //!   forwards opaque bytes, `detect` sniffs the protocol, `listener` accepts.
 //! - L3 `snapshot` is the dynamic state, and its lookup; `source` (the config
@@ -14,9 +14,10 @@
 //! - L1 building blocks that know no snapshot: `balance` picks an endpoint,
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
 //!   whether a failed attempt goes again, judged by its `outcome`; `metrics`;
+//!   `observe` (access log, trace context and spans, fed by one hook per direction);
 //!   `identity` (mTLS, certificates from the control plane).
 //! - L0 `clock`, `sync`, `io`, and config: `config`, `env_config`, `ports`,
-//!   `inbound_policy`.
+//!   `inbound_policy`, `observe_config`.
 //!
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
