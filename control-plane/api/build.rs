@@ -6,7 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_with_config(config, &["proto/weft/v1/discovery.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &[
+                "proto/weft/v1/discovery.proto",
+                "proto/weft/v1/telemetry.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -21,6 +21,10 @@ use crate::source::kubernetes::KubernetesSource;
 #[derive(Debug, Parser)]
 #[command(name = "weft-control", version, about = "Weft's control plane")]
 pub struct Cli {
+    /// Log lines as `plain` text (coloured only on a terminal) or `json`, one object
+    /// per line.
+    #[arg(long, global = true, env = "WEFT_LOG_FORMAT", default_value_t)]
+    pub log_format: weft_api::logs::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -352,14 +356,12 @@ pub fn main() -> ExitCode {
     // ring only.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // WEFT_LOG (what the manifests set), else RUST_LOG, else info.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    weft_api::logs::init(
+        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+            .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        cli.log_format,
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! per-destination state proxies subscribe to, and streams it to them.
 //!
 //! Data flows one way: [`source`] → [`index`] → [`discovery`]; [`admin`] and
-//! [`metrics`] observe. [`server`] wires them together and [`cli`] is the binary.
+//! [`metrics`] observe; [`liveview`] gathers what the proxies report. [`server`] wires them together and [`cli`] is the binary.
 
 pub mod admin;
 pub mod bootstrap;
@@ -11,6 +11,7 @@ pub mod demo;
 pub mod discovery;
 pub mod identity;
 pub mod index;
+pub mod liveview;
 pub mod metrics;
 pub mod policy;
 pub mod server;

@@ -24,6 +24,8 @@ use crate::identity::ca::CertificateAuthority;
 use crate::identity::proof::IdentityProof;
 use crate::identity::service::IdentityService;
 use crate::index::Index;
+use crate::liveview::LiveView;
+use crate::liveview::collector::TelemetryService;
 use crate::metrics::Metrics;
 use crate::policy::PolicyService;
 use crate::source::{Publisher, Source, SourceState};
@@ -141,9 +143,12 @@ impl Server {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
+        let live = LiveView::new();
         let admin_state = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
             ready: false.into(),
+            live: Arc::clone(&live),
+            stopping: stop_rx.clone(),
         });
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         let admin_task = tokio::spawn(admin::serve(
@@ -209,6 +214,7 @@ impl Server {
                     roots_pem: id.ca.bundle(),
                 }),
             ))
+            .add_service(TelemetryService::new(live))
             .add_optional_service(identity.map(|id| {
                 IdentityService::new(
                     id.ca,

@@ -85,14 +85,32 @@ impl HttpClient {
 
     /// `POST url` with a JSON body.
     pub async fn post_json(&self, url: &str, body: Bytes) -> Result<Reply, CallError> {
+        self.post_json_traced(url, body, None).await
+    }
+
+    /// `POST url` with a JSON body, in the trace `traceparent` (the incoming
+    /// request's W3C trace context, passed on so the mesh's spans join up).
+    pub async fn post_json_traced(
+        &self,
+        url: &str,
+        body: Bytes,
+        traceparent: Option<http::HeaderValue>,
+    ) -> Result<Reply, CallError> {
         let uri: Uri = url.parse().map_err(|_| CallError::Url(url.to_owned()))?;
-        let req = Request::post(uri)
+        let mut req = Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|_| CallError::Url(url.to_owned()))?;
+        if let Some(tp) = traceparent {
+            req.headers_mut().insert(TRACEPARENT, tp);
+        }
         self.send(req).await
     }
 }
+
+/// The W3C trace context header, which the services pass from each request they
+/// serve to the calls it makes.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// A validated base URL such as `http://orders:8081` that paths are appended to.
 #[derive(Clone, Debug)]

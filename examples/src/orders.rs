@@ -180,6 +180,11 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let traceparent = req
+        .headers()
+        .get(crate::http_client::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<tonic::metadata::MetadataValue<_>>().ok());
     let new: NewOrder = match http_server::read_json(req).await {
         Ok(new) => new,
         Err(resp) => return resp,
@@ -231,6 +236,13 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         amount_cents: new.amount_cents,
         currency: new.currency.clone(),
     };
+    // The trace goes on to payments with the charge.
+    let mut charge = tonic::Request::new(charge);
+    if let Some(tp) = traceparent {
+        charge
+            .metadata_mut()
+            .insert(crate::http_client::TRACEPARENT, tp);
+    }
     let reply = match state.payments.clone().charge(charge).await {
         Ok(reply) => reply.into_inner(),
         Err(status) if status.code() == tonic::Code::InvalidArgument => {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::graphql::{self, Dependencies, WebSchema};
-use crate::http_client::{BaseUrl, HttpClient, Reply};
+use crate::http_client::{BaseUrl, HttpClient, Reply, TRACEPARENT};
 use crate::http_server::{self, Body};
 use crate::payments::proto::payments_client::PaymentsClient;
 
@@ -81,12 +81,13 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn checkout(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let traceparent = req.headers().get(TRACEPARENT).cloned();
     let body = match http_server::read_body(req).await {
         Ok(body) => body,
         Err(resp) => return resp,
     };
     let url = state.config.orders_url.join("/orders");
-    match state.client.post_json(&url, body).await {
+    match state.client.post_json_traced(&url, body, traceparent).await {
         // Orders' own answers, including 400 and 402, are the customer's answer.
         Ok(reply) if !reply.status.is_server_error() => {
             http_server::json_bytes(reply.status, reply.body)

@@ -10,7 +10,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -178,7 +178,58 @@ pub(crate) struct Health {
     /// Responses seen, of any status: an attempt that saw this unchanged while it
     /// waited in vain was met with silence.
     answered: AtomicU32,
+    /// Why the last ejection happened, an `EjectReason` as u8.
+    reason: AtomicU8,
     metrics: Arc<ServiceMetrics>,
+}
+
+/// What kind of failure ejected an endpoint, for operators (the live view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EjectReason {
+    /// Answers with a failing status (5xx, gateway, listed gRPC codes).
+    Status,
+    /// Could not be connected to.
+    Connect,
+    /// Sent to, but no answer (reset, per-try timeout).
+    NoResponse,
+    /// Failed its readmission probe.
+    Probe,
+}
+
+impl EjectReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            EjectReason::Status => "failing-status",
+            EjectReason::Connect => "connect-failure",
+            EjectReason::NoResponse => "no-response",
+            EjectReason::Probe => "probe-failed",
+        }
+    }
+
+    fn of(outcome: Outcome) -> EjectReason {
+        match outcome {
+            Outcome::NotSent => EjectReason::Connect,
+            Outcome::Response { .. } => EjectReason::Status,
+            _ => EjectReason::NoResponse,
+        }
+    }
+
+    fn from_u8(v: u8) -> EjectReason {
+        match v {
+            0 => EjectReason::Status,
+            1 => EjectReason::Connect,
+            2 => EjectReason::NoResponse,
+            _ => EjectReason::Probe,
+        }
+    }
+}
+
+/// An ejection in force: why, for how much longer, and how many times so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ejection {
+    pub(crate) reason: EjectReason,
+    pub(crate) remaining: Duration,
+    pub(crate) times: u32,
 }
 
 impl Serialize for Health {
@@ -216,6 +267,7 @@ impl Health {
             times_ejected: AtomicU32::new(0),
             probing: AtomicBool::new(false),
             answered: AtomicU32::new(0),
+            reason: AtomicU8::new(0),
             metrics,
         }
     }
@@ -288,20 +340,21 @@ impl Health {
                 let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 let Some(p) = policy else { return };
                 if probe {
-                    self.eject(p);
+                    self.eject(p, EjectReason::Probe);
                     self.probing.store(false, Ordering::Release);
                 } else if (n >= p.consecutive_failures
                     || outcome == (Outcome::Unanswered { silent: true }))
                     && self.ejected_until.load(Ordering::Relaxed) == 0
                     && room_to_eject(p, peers)
                 {
-                    self.eject(p);
+                    self.eject(p, EjectReason::of(outcome));
                 }
             }
         }
     }
 
-    fn eject(&self, p: &OutlierPolicy) {
+    fn eject(&self, p: &OutlierPolicy, reason: EjectReason) {
+        self.reason.store(reason as u8, Ordering::Relaxed);
         let times = self.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let span = p.base_ejection.saturating_mul(times).min(p.max_ejection);
         let until = now_nanos().saturating_add(nanos(span)).max(1);
@@ -312,6 +365,17 @@ impl Health {
         }
         self.metrics.ejections.inc();
         tracing::info!(ejected_for = ?span, times, "endpoint ejected");
+    }
+
+    /// The ejection in force, if any (once its time is up, the endpoint waits for
+    /// its probe and is shown with no time left).
+    pub(crate) fn ejection(&self) -> Option<Ejection> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        (until != 0).then(|| Ejection {
+            reason: EjectReason::from_u8(self.reason.load(Ordering::Relaxed)),
+            remaining: Duration::from_nanos(until.saturating_sub(now_nanos())),
+            times: self.times_ejected.load(Ordering::Relaxed),
+        })
     }
 
     fn readmit(&self) {

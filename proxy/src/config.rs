@@ -13,6 +13,7 @@ use weft_api::spiffe::SpiffeId;
 
 use crate::gateway_config::{GatewayConfig, RawGateway};
 use crate::inbound_policy::{Authorization, InboundPolicy, PortPolicy, TlsMode};
+use crate::observe_config::{AccessLogConfig, RawAccessLog, RawTracing, TracingConfig};
 use crate::ports::PortSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,10 @@ struct RawConfig {
     /// Gateway mode: listeners for traffic from outside the mesh.
     #[serde(default)]
     gateway: Option<RawGateway>,
+    #[serde(default)]
+    access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    tracing: Option<RawTracing>,
 }
 
 /// Where the roots that verify the control plane come from: a PEM file
@@ -235,6 +240,10 @@ pub(crate) struct LimitsConfig {
     /// probe; the kubelet's own `timeoutSeconds` usually ends it sooner.
     #[serde(default = "default_probe_timeout")]
     pub(crate) probe_timeout: DurationSpec,
+    /// How often the proxy sends the control plane its traffic totals for the
+    /// live view (`Telemetry.Report`); 0 turns the reports off.
+    #[serde(default = "default_report_interval")]
+    pub(crate) report_interval: DurationSpec,
 }
 
 impl Default for LimitsConfig {
@@ -249,6 +258,7 @@ impl Default for LimitsConfig {
             shutdown_grace: default_shutdown_grace(),
             discovery_timeout: default_discovery_timeout(),
             probe_timeout: default_probe_timeout(),
+            report_interval: default_report_interval(),
         }
     }
 }
@@ -276,6 +286,9 @@ fn default_discovery_timeout() -> DurationSpec {
 }
 fn default_probe_timeout() -> DurationSpec {
     DurationSpec(Duration::from_secs(5))
+}
+fn default_report_interval() -> DurationSpec {
+    DurationSpec(Duration::from_secs(1))
 }
 fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(Duration::from_secs(10))
@@ -496,6 +509,10 @@ pub struct Config {
     pub(crate) trust_bundle: Option<TrustAnchors>,
     pub(crate) mesh: MeshSpec,
     pub(crate) gateway: Option<GatewayConfig>,
+    /// One JSON line per request; `None`: off.
+    pub(crate) access_log: Option<AccessLogConfig>,
+    /// Spans over OTLP; `None`: off (trace context still passes through untouched).
+    pub(crate) tracing: Option<TracingConfig>,
 }
 
 pub(crate) const DEFAULT_OUTBOUND: &str = "127.0.0.1:7140";
@@ -574,6 +591,17 @@ impl Config {
                 )));
             }
         }
+        let access_log = raw
+            .access_log
+            .map(RawAccessLog::validate)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?
+            .flatten();
+        let tracing = raw
+            .tracing
+            .map(RawTracing::validate)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
         let trust_bundle = raw
             .identity
             .as_ref()
@@ -636,6 +664,8 @@ impl Config {
             limits: raw.limits,
             control_plane: raw.control_plane,
             mesh,
+            access_log,
+            tracing,
         };
         config
             .check_listeners()

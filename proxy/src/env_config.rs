@@ -22,6 +22,11 @@
 //! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
+//! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
+//! | `WEFT_ACCESS_LOG_BUFFER` | `4096` | lines waiting for the writer before lines are dropped (counted in `weft_access_log_dropped_total`) |
+//! | `WEFT_TRACE_COLLECTOR` | off | OTLP/gRPC collector (`http://host:port`) the proxy's spans go to |
+//! | `WEFT_TRACE_SAMPLE_RATIO` | `1` | share of new traces sampled (a caller's `traceparent` decides for its own) |
+//! | `WEFT_LOG_FORMAT` | `plain` | `plain` or `json` log lines (read by `main`, in both modes; also `--log-format`) |
 //!
 //! A config file, when given, is the whole config: these variables are then not
 //! read (except `WEFT_IDENTITY_TOKEN` and `WEFT_TRUST_BUNDLE`, which a file may
@@ -44,6 +49,7 @@ use crate::config::{
     default_trust_domain, default_workers,
 };
 use crate::inbound_policy::InboundPolicy;
+use crate::observe_config::{self, LogSink};
 use crate::ports::PortSet;
 
 pub(crate) const DEFAULT_OUTBOUND_PORT: u16 = 7140;
@@ -169,7 +175,38 @@ impl Config {
                 ));
             }
         };
+        let access_log = match get("WEFT_ACCESS_LOG").as_deref() {
+            None | Some("off" | "false") => None,
+            Some(to) => {
+                let sink = LogSink::parse(to).map_err(|e| invalid("WEFT_ACCESS_LOG", e))?;
+                let buffer = get("WEFT_ACCESS_LOG_BUFFER")
+                    .map(|b| {
+                        b.parse::<usize>()
+                            .map_err(|e| invalid("WEFT_ACCESS_LOG_BUFFER", e.to_string()))
+                    })
+                    .transpose()?;
+                Some(
+                    observe_config::access_log(sink, buffer, "WEFT_ACCESS_LOG_BUFFER")
+                        .map_err(ConfigError::Invalid)?,
+                )
+            }
+        };
 
+        let tracing = match get("WEFT_TRACE_COLLECTOR") {
+            None => None,
+            Some(collector) => {
+                let ratio = get("WEFT_TRACE_SAMPLE_RATIO")
+                    .map(|r| {
+                        r.parse::<f64>()
+                            .map_err(|e| invalid("WEFT_TRACE_SAMPLE_RATIO", e.to_string()))
+                    })
+                    .transpose()?;
+                Some(
+                    observe_config::tracing_config(&collector, ratio, None, "")
+                        .map_err(|e| invalid("WEFT_TRACE_COLLECTOR or _SAMPLE_RATIO", e))?,
+                )
+            }
+        };
         let any_v4 = IpAddr::from([0, 0, 0, 0]);
         Ok(Config {
             path: None,
@@ -202,6 +239,8 @@ impl Config {
             trust_bundle: anchors,
             mesh: MeshSpec::default(),
             gateway: None,
+            access_log,
+            tracing,
         })
     }
 }
@@ -355,6 +394,23 @@ mod tests {
         for set in [&c.outbound_opaque_ports, &c.inbound_opaque_ports] {
             assert!(set.contains(5672) && set.contains(3306) && !set.contains(8080));
         }
+        assert_eq!(c.access_log, None, "access logs are off unless asked for");
+    }
+
+    #[test]
+    fn the_access_log_variables_turn_it_on() {
+        let mut env = pod_env();
+        env.insert("WEFT_ACCESS_LOG".into(), "stderr".into());
+        env.insert("WEFT_ACCESS_LOG_BUFFER".into(), "16".into());
+        let log = load(&env).expect("valid").access_log.expect("on");
+        assert_eq!((log.sink, log.buffer), (LogSink::Stderr, 16));
+        env.insert("WEFT_ACCESS_LOG".into(), "off".into());
+        assert_eq!(load(&env).expect("valid").access_log, None);
+        let err = error_with(&[
+            ("WEFT_ACCESS_LOG", Some("stdout")),
+            ("WEFT_ACCESS_LOG_BUFFER", Some("lots")),
+        ]);
+        assert!(err.contains("WEFT_ACCESS_LOG_BUFFER"), "{err}");
     }
 
     #[test]

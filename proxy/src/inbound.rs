@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
-use crate::http::body::{ProxyBody, RequestBody};
+use crate::http::body::{ProxyBody, RequestBody, observed};
 use crate::http::convert::to_http1;
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
@@ -27,6 +27,7 @@ use crate::inbound_policy::TlsMode;
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::{Direction, ServiceMetrics};
+use crate::observe::Observer;
 use crate::ports::PortSet;
 use weft_api::spiffe::SpiffeId;
 
@@ -48,6 +49,7 @@ pub(crate) struct Inbound {
     opaque_ports: PortSet,
     /// App ports that speak HTTP/1.1 only.
     http1_ports: PortSet,
+    observer: Observer,
 }
 
 /// What the inbound knows about the caller of one connection.
@@ -97,6 +99,7 @@ pub(crate) struct InboundInputs {
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
     pub(crate) http1_ports: PortSet,
+    pub(crate) observer: Observer,
 }
 
 impl Inbound {
@@ -111,6 +114,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            observer,
         } = inputs;
         Arc::new(Inbound {
             app,
@@ -122,6 +126,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            observer,
         })
     }
 
@@ -243,15 +248,18 @@ impl Inbound {
                     if app_http1 && !orig {
                         to_http1(&mut req);
                     }
-                    let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+                    let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {
                         let grpc = is_grpc(req.headers());
+                        let caller = peer.id.as_ref().map(|(_, id)| &**id);
+                        let obs = this.observer.begin(&mut req, caller, Some(peer.app));
                         let resp = pin!(this.handle(req, &peer)).await;
                         let mut resp = error::for_client(grpc, resp);
                         if orig {
                             orig_proto::mark_response(&mut resp);
                         }
-                        Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+                        let resp = resp.map(|b| b.until_sent(in_flight));
+                        Ok::<_, Infallible>(observed(resp, obs))
                     }
                 };
                 serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;

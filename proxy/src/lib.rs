@@ -6,7 +6,8 @@
 //! - L6 `proxy` wires a running proxy from `config`.
 //! - L5 `outbound` and `inbound` route (`routing` applies a service's routes to
 //!   a request); `gateway` takes traffic from outside the mesh (TLS by SNI) into
-//!   outbound; `admin` and `probe` answer operators and the kubelet.
+//!   outbound; `admin` and `probe` answer operators and the kubelet; `report`
+//!   sends the control plane the live view's totals.
 //! - L4 `http` serves and forwards requests over pooled connections, `tcp`
 //!   forwards opaque bytes, `detect` sniffs the protocol, `listener` accepts.
 //! - L3 `snapshot` is the dynamic state, and its lookup; `source` (the config
@@ -16,9 +17,10 @@
 //!   `breaker` admits it (concurrency limits, outlier ejection), `retry` decides
 //!   whether a failed attempt goes again, judged by its `outcome`; `route`
 //!   (matching, filters, splits, faults, rate limits); `metrics`;
+//!   `observe` (access log, trace context and spans, fed by one hook per direction);
 //!   `identity` (mTLS, certificates from the control plane).
 //! - L0 `clock`, `sync`, `io`, `fd_limit`, and config: `config`, `env_config`, `ports`,
-//!   `inbound_policy`, `gateway_config`.
+//!   `inbound_policy`, `gateway_config`, `observe_config`.
 //!
 //! `capture` is transparent capture (`weft-proxy init` and original destinations).
 
@@ -48,11 +50,14 @@ mod inbound_policy;
 mod io;
 mod listener;
 pub mod metrics;
+mod observe;
+mod observe_config;
 mod outbound;
 mod outcome;
 mod ports;
 mod probe;
 pub mod proxy;
+mod report;
 mod retry;
 mod route;
 mod routing;

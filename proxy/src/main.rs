@@ -3,8 +3,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::{ParseError, Targets};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use weft_proxy::config::Config;
 
 // mimalloc rather than the C library's allocator: tokio allocates every task (two per
@@ -16,6 +14,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "weft-proxy", version, about = "Weft's sidecar proxy")]
 struct Cli {
+    /// Log lines as `plain` text (coloured only on a terminal) or `json`, one object
+    /// per line.
+    #[arg(long, global = true, env = "WEFT_LOG_FORMAT", default_value_t)]
+    log_format: weft_api::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,16 +44,12 @@ enum Command {
 
 fn main() -> ExitCode {
     weft_proxy::install_crypto_provider();
+    let cli = Cli::parse();
     let (filter, bad_filter) = log_filter();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .finish()
-        .with(filter)
-        .init();
+    weft_api::logs::init(filter, cli.log_format);
     if let Some((name, e)) = bad_filter {
         tracing::warn!(error = %e, "{name} is not a valid log filter; logging at info");
     }
-    let cli = Cli::parse();
     match cli.command {
         Command::Init(args) => match weft_proxy::capture::init::run(&args) {
             Ok(()) => ExitCode::SUCCESS,

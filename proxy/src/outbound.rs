@@ -26,7 +26,7 @@ use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
 use crate::gateway_config::GatewayEntry;
-use crate::http::body::{ProxyBody, Recording, RequestBody};
+use crate::http::body::{ProxyBody, Recording, RequestBody, observed};
 use crate::http::convert::to_http1;
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
@@ -38,6 +38,7 @@ use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
+use crate::observe::{Observer, Picked};
 use crate::outcome::Outcome;
 use crate::ports::PortSet;
 use crate::retry::RetryPolicy;
@@ -70,6 +71,7 @@ pub(crate) struct OutboundInputs {
     pub(crate) limits: ServerLimits,
     /// Original destination ports handled as opaque TCP without sniffing.
     pub(crate) opaque_ports: PortSet,
+    pub(crate) observer: Observer,
 }
 
 pub(crate) struct Outbound {
@@ -81,6 +83,7 @@ pub(crate) struct Outbound {
     detect_timeout: Duration,
     limits: ServerLimits,
     opaque_ports: PortSet,
+    observer: Observer,
     /// What consistent hashing on the client identity hashes: this proxy's own
     /// SPIFFE ID, the identity it proves to every endpoint, when mTLS is on.
     client_identity: Option<u64>,
@@ -96,6 +99,7 @@ impl Outbound {
             detect_timeout,
             limits,
             opaque_ports,
+            observer,
         } = inputs;
         let client_identity = pool
             .identity()
@@ -109,6 +113,7 @@ impl Outbound {
             detect_timeout,
             limits,
             opaque_ports,
+            observer,
             client_identity,
         })
     }
@@ -215,12 +220,14 @@ impl Outbound {
             if app_http1 {
                 to_http1(&mut req);
             }
-            let req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
+            let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
             async move {
                 let grpc = is_grpc(req.headers());
+                let obs = this.observer.begin(&mut req, None, None);
                 let resp = pin!(this.handle(req, &dest, client)).await;
                 let resp = error::for_client(grpc, resp);
-                Ok::<_, Infallible>(resp.map(|b| b.until_sent(in_flight)))
+                let resp = resp.map(|b| b.until_sent(in_flight));
+                Ok::<_, Infallible>(observed(resp, obs))
             }
         };
         serve_handler(io, h2, handler, &self.limits).await;
@@ -557,7 +564,12 @@ impl Outbound {
                 metrics: &svc.metrics,
             }),
         };
-        let result = pin!(forward(&self.pool, req, &target)).await;
+        let mut result = pin!(forward(&self.pool, req, &target)).await;
+        self.observer.picked(&mut result, || Picked {
+            service: svc.key(),
+            endpoint: ep.addr,
+            identity: ep.identity.clone(),
+        });
         let outcome = match &result {
             Ok(resp) => Outcome::Response {
                 status: resp.status().as_u16(),
@@ -778,6 +790,7 @@ mod tests {
                 max_header_bytes: 64 * 1024,
             },
             opaque_ports: PortSet::parse("").expect("empty port set"),
+            observer: Observer::new(None, Direction::Outbound, None),
         });
         (ob, svc)
     }

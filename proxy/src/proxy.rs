@@ -27,7 +27,10 @@ use crate::identity::metrics::IdentityMetrics;
 use crate::inbound::{Inbound, InboundInputs};
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
+use crate::observe::trace::Tracer;
+use crate::observe::{Observer, Sinks};
 use crate::outbound::{Destination, Outbound, OutboundInputs};
+use crate::report::ReportInputs;
 use crate::snapshot::lookup::{Demand, Dest, Lookup};
 use crate::snapshot::{self, SnapshotStore};
 use crate::source::control_plane;
@@ -96,6 +99,27 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
     let identity = start_identity(&config, &metrics, cp_tls.as_ref(), &shutdown)?;
     let pool = Pool::with_identity(limits.idle_timeout.0, identity.clone());
     let discovery = start_discovery(&config, &store, &metrics, &stats, cp_tls.as_ref())?;
+    // Reports share discovery's connection: one connection per proxy to the control
+    // plane, as before.
+    let cp_channel = discovery.as_ref().map(|d| d.channel());
+    let discovery = discovery.map(|d| d as Arc<dyn Demand>);
+    let tracer = match &config.tracing {
+        Some(t) => {
+            let channel =
+                control_plane::streaming_channel(&t.collector, None).map_err(anyhow::Error::msg)?;
+            let service = reporting_node(&config).workload;
+            tracing::info!(collector = %t.collector, ratio = t.sample_ratio, "exporting spans");
+            Some(Tracer::start(
+                channel,
+                t.sample_ratio,
+                t.buffer,
+                service,
+                &metrics,
+            ))
+        }
+        None => None,
+    };
+    let sinks = Sinks::start(config.access_log.as_ref(), tracer, &metrics)?;
     let outbound = Outbound::new(OutboundInputs {
         lookup: Lookup::new(store.clone(), discovery, limits.discovery_timeout.0),
         pool: pool.clone(),
@@ -104,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         detect_timeout: limits.detect_timeout.0,
         limits: server_limits.clone(),
         opaque_ports: config.outbound_opaque_ports.clone(),
+        observer: Observer::new(sinks.clone(), Direction::Outbound, None),
     });
 
     let mut proxy = Proxy {
@@ -144,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             identity: identity.clone(),
             opaque_ports: config.inbound_opaque_ports.clone(),
             http1_ports: config.inbound_http1_ports.clone(),
+            observer: Observer::new(sinks, Direction::Inbound, Some(workload)),
         });
         proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);
     }
@@ -157,6 +183,19 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         probe_timeout: limits.probe_timeout.0,
     });
     proxy.admin = serve_admin(config.admin, admin, &proxy.admin_stop).await?;
+
+    if let Some(channel) = cp_channel
+        && !limits.report_interval.0.is_zero()
+    {
+        let inputs = ReportInputs {
+            channel,
+            node: reporting_node(&config),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            interval: limits.report_interval.0,
+        };
+        crate::report::spawn(inputs, proxy.shutdown.clone());
+    }
 
     #[cfg(unix)]
     if let Some(path) = &config.path {
@@ -176,6 +215,19 @@ fn node(config: &Config, namespace: &str, service_account: &str) -> v1::Node {
         workload: config.node.workload.clone().unwrap_or_default(),
         proxy_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+}
+
+/// Who reports traffic: the workload (inbound metrics' service) in its namespace.
+fn reporting_node(config: &Config) -> v1::Node {
+    let mut node = node(
+        config,
+        config.node.namespace.as_str(),
+        config.node.service_account.as_deref().unwrap_or_default(),
+    );
+    if node.workload.is_empty() {
+        "local".clone_into(&mut node.workload);
+    }
+    node
 }
 
 /// With an identity configured: the workload's certificate, requested and renewed
@@ -223,7 +275,7 @@ fn start_discovery(
     metrics: &Metrics,
     stats: &Arc<Registry>,
     cp_tls: Option<&Arc<rustls::ClientConfig>>,
-) -> anyhow::Result<Option<Arc<dyn Demand>>> {
+) -> anyhow::Result<Option<Arc<Discovery>>> {
     let Some(addr) = &config.control_plane else {
         return Ok(None);
     };

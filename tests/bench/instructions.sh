@@ -13,7 +13,10 @@
 #      BASE_PORT (29100), PROFILE (cargo profile of weft-proxy: sidecar, as shipped, or
 #      release), TARGET (the shipped musl build by default, see shipped-build.sh;
 #      host for glibc), PGO (1, as shipped; 0 without), KEEP (a directory to keep the callgrind files in, for
-#      callgrind_annotate). Needs: valgrind, h2load (nghttp2-client), haproxy.
+#      callgrind_annotate), WEFT_BIN (measure this weft-proxy binary instead of building
+#      one, e.g. another branch's build), WEFT_EXTRA (YAML appended to weft-proxy's config,
+#      e.g. 'access_log: {to: /tmp/access.log}'). Needs: valgrind, h2load (nghttp2-client),
+#      haproxy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -31,7 +34,11 @@ need haproxy haproxy
 PROFILE=${PROFILE:-sidecar}
 # shellcheck source=SCRIPTDIR/shipped-build.sh
 source tests/bench/shipped-build.sh
-weft_bin=$(build_shipped_proxy "$PWD" "$PROFILE")
+if [ -n "${WEFT_BIN:-}" ]; then
+    weft_bin=$WEFT_BIN
+else
+    weft_bin=$(build_shipped_proxy "$PWD" "$PROFILE")
+fi
 cargo build --release -q -p weft-tests --bin bench-upstream
 target=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
@@ -60,6 +67,9 @@ pids+=($!)
 sed -e "s/@ID@/insn/; s/@OUTBOUND_PORT@/$weft_outbound/; s/@ADMIN_PORT@/$weft_admin/" \
     -e "s/@LISTEN_PORT@/$weft_listen/; s/@ENDPOINT@/127.0.0.1:$up/" \
     tests/bench/weft-client.yaml.in >"$work/weft.yaml"
+if [ -n "${WEFT_EXTRA:-}" ]; then
+    printf '%s\n' "$WEFT_EXTRA" >>"$work/weft.yaml"
+fi
 sed -e "s/@H1_PORT@/$hap_h1/; s/@H2_PORT@/$hap_h2/" \
     -e "s/@H1_NEXT@/127.0.0.1:$up/; s/@H2_NEXT@/127.0.0.1:$up/" \
     tests/bench/haproxy.cfg.in >"$work/haproxy.cfg"

@@ -153,6 +153,69 @@ impl Demo {
         &mut self.process
     }
 
+    /// Kills (SIGKILL) the demo's child process named `name` (an app such as
+    /// `users`, or `users-proxy`'s binary `weft-proxy` is not told apart: use app
+    /// names), found among the processes of the demo's group. The demo keeps
+    /// running, as it does when an app crashes.
+    pub fn kill_child(&self, name: &str) -> anyhow::Result<()> {
+        let group = i32::try_from(self.process.pid())?;
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let comm = head.split_once(" (").map_or("", |(_, c)| c);
+            let pgrp = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|g| g.parse::<i32>().ok());
+            if comm == name && pgrp == Some(group) {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )?;
+                return Ok(());
+            }
+        }
+        anyhow::bail!("no process {name} in the demo's group {group}")
+    }
+
+    /// The control plane's live view summary (`/api/summary`).
+    pub async fn live_summary(&self) -> anyhow::Result<serde_json::Value> {
+        let reply = crate::admin::get(self.control_admin(), "/api/summary").await?;
+        anyhow::ensure!(reply.status == 200, "/api/summary: {}", reply.body);
+        anyhow::ensure!(
+            reply.header("content-type") == Some("application/json"),
+            "/api/summary is not JSON: {:?}",
+            reply.header("content-type")
+        );
+        Ok(serde_json::from_str(&reply.body)?)
+    }
+
+    /// Waits until every demo service is in the live view's short window as its
+    /// own proxy saw it (which alone counts open connections), not only through its
+    /// callers, and returns that summary.
+    pub async fn wait_live(&self, limit: Duration) -> serde_json::Value {
+        crate::eventually(limit, "every demo service in the live view", || async {
+            let s = self.live_summary().await.ok()?;
+            SERVICES
+                .iter()
+                .all(|name| {
+                    live_service(&s, "10s", &format!("{name}.default")).is_some_and(|v| {
+                        v["requests"].as_u64() > Some(0) && v["open_connections"].is_u64()
+                    })
+                })
+                .then_some(s)
+        })
+        .await
+    }
+
     /// Waits until the demo prints that the mesh is up.
     pub async fn wait_up(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -169,6 +232,18 @@ impl Demo {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// One service of a live view summary's `window` (`10s` or `1m`).
+pub fn live_service<'a>(
+    s: &'a serde_json::Value,
+    window: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    s["windows"][window]["services"]
+        .as_array()?
+        .iter()
+        .find(|v| v["service"] == name)
 }
 
 /// One row of the demo's live summary.

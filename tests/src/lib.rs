@@ -31,6 +31,7 @@
 //!   kube-controller-manager, kube-scheduler) built once by tests/cluster/build.sh.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
+//! - [`browser`] drives a headless Chromium over DevTools (pages, screenshots).
 //! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd).
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
 //!   such third-party programs (skip, or fail under `CI=true`, when missing).
@@ -44,6 +45,7 @@ pub mod admin;
 pub mod apiserver;
 pub mod apps;
 pub mod bins;
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod control;

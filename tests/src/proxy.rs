@@ -425,6 +425,16 @@ impl WeftProxy {
 
     /// Like [`WeftProxy::start`]; `name` labels the log printed on failure.
     pub async fn start_named(name: &str, config: ProxyConfig) -> anyhow::Result<WeftProxy> {
+        Self::start_with_env(name, config, &[]).await
+    }
+
+    /// Like [`WeftProxy::start_named`], with environment changes: `(name, Some(v))`
+    /// sets a variable, `(name, None)` removes it (e.g. the harness's `NO_COLOR`).
+    pub async fn start_with_env(
+        name: &str,
+        config: ProxyConfig,
+        env: &[(&str, Option<&str>)],
+    ) -> anyhow::Result<WeftProxy> {
         let dir = tempfile::Builder::new()
             .prefix("weft-e2e-")
             .tempdir()
@@ -433,10 +443,16 @@ impl WeftProxy {
         write_atomic(&config_path, &config.to_yaml())?;
         let path = config_path.to_string_lossy().into_owned();
         let args = ["run", "--config", &path];
-        let cmd = match config.open_files {
+        let mut cmd = match config.open_files {
             Some(n) => limited_proxy_command(n, &args)?,
             None => proxy_command(&args)?,
         };
+        for (var, value) in env {
+            match value {
+                Some(v) => cmd.env(var, v),
+                None => cmd.env_remove(var),
+            };
+        }
         let mut process = Process::spawn(name, cmd, dir.path())?;
         admin::wait_ready(&mut process, config.admin, READY_LIMIT).await?;
         Ok(WeftProxy {

@@ -15,6 +15,11 @@ pub const OPAQUE_PORTS: &str = "weft.io/opaque-ports";
 /// App ports that speak HTTP/1.1 only: the proxy sends HTTP/2 callers on to them
 /// as HTTP/1.1 (gRPC excepted).
 pub const HTTP1_PORTS: &str = "weft.io/http1-ports";
+/// `enabled` (or `stdout`, `stderr`): the proxy writes an access log, one JSON
+/// line per request; `disabled` or absent: it does not.
+pub const ACCESS_LOG: &str = "weft.io/access-log";
+/// `plain` or `json`: how the proxy's own log lines look.
+pub const LOG_FORMAT: &str = "weft.io/log-format";
 pub const PROXY_CPU_REQUEST: &str = "weft.io/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT: &str = "weft.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "weft.io/proxy-memory-request";
@@ -85,6 +90,10 @@ pub struct PodOverrides {
     pub opaque_ports: PortList,
     pub http1_ports: PortList,
     pub proxy_resources: Resources,
+    /// `WEFT_ACCESS_LOG` for the proxy: where its access log goes, if anywhere.
+    pub access_log: Option<&'static str>,
+    /// `WEFT_LOG_FORMAT` for the proxy, when the pod chose one.
+    pub log_format: Option<&'static str>,
 }
 
 impl PodOverrides {
@@ -138,7 +147,27 @@ impl PodOverrides {
                 ));
             }
         }
+        let access_log = match get(ACCESS_LOG).map(str::trim) {
+            None | Some("disabled") => None,
+            Some("enabled" | "stdout") => Some("stdout"),
+            Some("stderr") => Some("stderr"),
+            Some(other) => {
+                return Err(bad(
+                    ACCESS_LOG,
+                    other,
+                    "is not one of: enabled, stdout, stderr, disabled",
+                ));
+            }
+        };
+        let log_format = match get(LOG_FORMAT).map(str::trim) {
+            None => None,
+            Some("plain") => Some("plain"),
+            Some("json") => Some("json"),
+            Some(other) => return Err(bad(LOG_FORMAT, other, "is not one of: plain, json")),
+        };
         Ok(PodOverrides {
+            access_log,
+            log_format,
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS)?,
             skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS)?,
             // No annotation: the well-known server-first and broker ports; an
@@ -240,6 +269,21 @@ mod tests {
         for bad in ["", "m", "1.2.3", "12x", "-1", "0", "1e", ".", "128m"] {
             assert!(parse_quantity(bad, Unit::Bytes).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn access_log_and_log_format_annotations_are_checked() {
+        let defaults = crate::config::InjectConfig::default().proxy_resources;
+        let none = PodOverrides::from_annotations(None, &defaults).expect("no annotations");
+        assert_eq!((none.access_log, none.log_format), (None, None));
+        let mut a = BTreeMap::new();
+        a.insert(ACCESS_LOG.to_string(), "enabled".to_string());
+        a.insert(LOG_FORMAT.to_string(), "json".to_string());
+        let o = PodOverrides::from_annotations(Some(&a), &defaults).expect("valid");
+        assert_eq!((o.access_log, o.log_format), (Some("stdout"), Some("json")));
+        a.insert(ACCESS_LOG.to_string(), "/tmp/x".to_string());
+        let err = PodOverrides::from_annotations(Some(&a), &defaults).expect_err("a path");
+        assert!(err.to_string().contains(ACCESS_LOG), "{err}");
     }
 
     #[test]

@@ -54,6 +54,8 @@
 //! | `WEFT_HTTP1_PORTS` | annotation `weft.io/http1-ports`, e.g. `8080`; set only when annotated | app ports that speak HTTP/1.1 only (HTTP/2 callers are sent on as HTTP/1.1) |
 //! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
+//! | `WEFT_ACCESS_LOG` | `stdout` or `stderr`, only with the `weft.io/access-log` annotation | one JSON line per request |
+//! | `WEFT_LOG_FORMAT` | `plain` or `json`, only with the `weft.io/log-format` annotation | the proxy's own log lines |
 //!
 //! # Environment contract of the init container (`weft-proxy init`)
 //!
@@ -387,6 +389,16 @@ impl Injector {
                     .chain(
                         (!overrides.http1_ports.is_empty())
                             .then(|| env("WEFT_HTTP1_PORTS", overrides.http1_ports.to_string())),
+                    )
+                    .chain(
+                        overrides
+                            .access_log
+                            .map(|to| env("WEFT_ACCESS_LOG", to.to_string())),
+                    )
+                    .chain(
+                        overrides
+                            .log_format
+                            .map(|f| env("WEFT_LOG_FORMAT", f.to_string())),
                     )
                     .collect(),
             ),

@@ -567,8 +567,8 @@ fn weftctl_webhook_waits_for_its_secrets_to_be_delivered() {
 
     let log = dir.join("weftctl.log");
     let child = command("60")
-        .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
         .spawn()
         .expect("weftctl webhook starts");
     let mut child = Reap(Some(child));

@@ -56,6 +56,10 @@ pub struct DemoOptions {
     /// over AMQP).
     #[arg(long)]
     pub no_broker: bool,
+    /// Every sidecar exports its spans to this OTLP/gRPC collector
+    /// (`http://host:4317`); the services pass the W3C trace context on.
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 }
 
 /// A child process with a name, its log file, and a clean stop.
@@ -152,7 +156,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
         found
     };
-    let plan = Plan::new(opts.base_port, !opts.plaintext, broker.is_some())?;
+    let mut plan = Plan::new(opts.base_port, !opts.plaintext, broker.is_some())?;
+    plan.otlp.clone_from(&opts.otlp);
     plan.check_ports_free()?;
     let (state_dir, _tmp) = match &opts.state_dir {
         Some(dir) => {
@@ -323,6 +328,10 @@ async fn start_and_watch(
     println!(
         "  control plane   gRPC {}   metrics http://{}/metrics",
         plan.control_grpc, plan.control_admin
+    );
+    println!(
+        "  live view       http://{}/   (data: /api/summary, /api/events)",
+        plan.control_admin
     );
     for w in &plan.workloads {
         println!(

@@ -50,6 +50,8 @@ pub struct Plan {
     pub gateway: SocketAddr,
     pub gateway_admin: SocketAddr,
     pub gateway_outbound: SocketAddr,
+    /// The OTLP/gRPC collector every sidecar sends its spans to, if any.
+    pub otlp: Option<String>,
 }
 
 /// The workloads; the last two run only with a broker.
@@ -116,6 +118,7 @@ impl Plan {
             gateway: local(b + 500)?,
             gateway_admin: local(b + 501)?,
             gateway_outbound: local(b + 502)?,
+            otlp: None,
         })
     }
 
@@ -185,7 +188,12 @@ impl Plan {
             if self.mtls {
                 out.push_str(&format!("        identity: {}\n", spiffe_id(w.name)));
             }
-            out.push_str("    policy:\n      timeouts: {request: 5s, connect: 1s}\n");
+            // Outlier detection on, so a failing service shows its ejection in
+            // the live view.
+            out.push_str(
+                "    policy:\n      timeouts: {request: 5s, connect: 1s}\n      \
+                 circuit_breaker: {outlier_detection: {consecutive_failures: 5, base_ejection: 10s}}\n",
+            );
             if w.name == "web" {
                 // What the gateway serves: /api/orders from orders, /api/profile
                 // from web's own composition.
@@ -260,6 +268,9 @@ impl Plan {
                 name = w.name,
                 bundle = trust_bundle.display(),
             ));
+        }
+        if let Some(collector) = &self.otlp {
+            out.push_str(&format!("tracing: {{collector: \"{collector}\"}}\n"));
         }
         let mut upstreams = Vec::new();
         let payments = match w.name {

@@ -116,6 +116,11 @@ impl Load {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// The latency estimate, once there is one.
+    pub(crate) fn ewma_ms(&self) -> Option<f64> {
+        self.ewma_nanos().map(|n| n / 1e6)
+    }
+
     fn ewma_nanos(&self) -> Option<f64> {
         let v = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         (v > 0.0).then_some(v)

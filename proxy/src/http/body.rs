@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -15,6 +16,7 @@ use super::h1_client::H1Body;
 use super::h2_client::H2Body;
 use super::watch::InFlight;
 use crate::breaker::Permit;
+use crate::observe::Observation;
 use crate::sync::lock;
 
 /// Errors of a body the proxy streams: hyper's (HTTP/1 upstreams, clients) or
@@ -48,6 +50,8 @@ pin_project! {
         active: Option<Permit>,
         // Stops the client connection's head clock until the body is sent.
         in_flight: Option<InFlight>,
+        // Counts the bytes sent and reports the request once they all are.
+        observed: Option<Box<Observation>>,
     }
 }
 
@@ -57,6 +61,7 @@ impl PooledBody {
             inner: Upstream::H1 { body: inner },
             active: None,
             in_flight: None,
+            observed: None,
         }
     }
 
@@ -66,6 +71,7 @@ impl PooledBody {
             inner: Upstream::H2 { body: inner },
             active: None,
             in_flight: None,
+            observed: None,
         }
     }
 }
@@ -88,8 +94,14 @@ impl Body for PooledBody {
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) | Poll::Pending => false,
         };
+        if let (Some(obs), Poll::Ready(Some(Ok(frame)))) = (this.observed.as_mut(), &res)
+            && let Some(data) = frame.data_ref()
+        {
+            obs.sent(data.len() as u64);
+        }
         if done {
             this.active.take();
+            this.observed.take();
         }
         res
     }
@@ -146,6 +158,28 @@ impl ProxyBody {
         }
         self
     }
+}
+
+/// Hands `obs` the response head, then lets the body carry it until the body has
+/// been sent (or dropped), when it is reported.
+pub(crate) fn observed(
+    resp: Response<ProxyBody>,
+    obs: Option<Box<Observation>>,
+) -> Response<ProxyBody> {
+    let Some(mut obs) = obs else {
+        return resp;
+    };
+    obs.head(&resp);
+    resp.map(|body| match body {
+        ProxyBody::Upstream { mut body } if !body.inner.is_end_stream() => {
+            body.observed = Some(obs);
+            ProxyBody::Upstream { body }
+        }
+        other => {
+            obs.sent(other.size_hint().exact().unwrap_or(0));
+            other
+        }
+    })
 }
 
 impl Body for ProxyBody {

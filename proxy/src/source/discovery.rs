@@ -94,6 +94,12 @@ impl Discovery {
         }))
     }
 
+    /// The channel to the control plane, for other streams to share its
+    /// connection (the live view's reports).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Subscribes to `dest` if not yet subscribed, and waits (up to `wait`) until its
     /// first update has been applied. Returns whether it is synced.
     async fn wait_synced(self: &Arc<Self>, dest: Dest<'static>, wait: Duration) -> bool {

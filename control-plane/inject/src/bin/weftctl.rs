@@ -31,6 +31,27 @@ enum Command {
         #[command(flatten)]
         inject: InjectArgs,
     },
+    /// The mesh live: per-service traffic, success, latency and ejections from the
+    /// control plane's admin port, redrawn in place (plain lines when stdout is not
+    /// a terminal). In a cluster: `kubectl -n weft-system port-forward
+    /// deploy/weft-control 7990` first.
+    Top {
+        /// The control plane's admin address.
+        #[arg(long, env = "WEFT_CONTROL_ADMIN", default_value = "127.0.0.1:7990")]
+        admin: SocketAddr,
+        /// The window: 10s or 1m.
+        #[arg(long, default_value = "10s", value_parser = ["10s", "1m"])]
+        window: String,
+        /// Sort by name, rps, success, p50 or p99.
+        #[arg(long, default_value = "rps")]
+        sort: weft_inject::top::summary::SortBy,
+        /// Seconds between two refreshes.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Plain output only: stop after this many tables.
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
     /// Serve injection as a mutating admission webhook over HTTPS.
     Webhook {
         #[arg(long, env = "WEFT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
@@ -160,6 +181,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inject { files, inject } => run_inject(files, inject),
+        Command::Top {
+            admin,
+            window,
+            sort,
+            interval,
+            iterations,
+        } => weft_inject::top::run(weft_inject::top::TopOptions {
+            admin,
+            window,
+            sort,
+            interval: Duration::from_secs(interval.max(1)),
+            iterations,
+        }),
         Command::Webhook {
             listen,
             tls_cert,
@@ -237,12 +271,17 @@ fn run_webhook(
     wait: Duration,
     args: InjectArgs,
 ) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let format = match std::env::var("WEFT_LOG_FORMAT") {
+        Ok(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("WEFT_LOG_FORMAT: {e}"))?,
+        Err(_) => weft_api::logs::LogFormat::Plain,
+    };
+    weft_api::logs::init(
+        tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        format,
+    );
     let mut files = vec![cert.clone(), key.clone()];
     files.extend(args.trust_anchors.clone());
     wait_for_files(&files, wait);

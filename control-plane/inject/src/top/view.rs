@@ -1,0 +1,326 @@
+//! The terminal view: redrawn in place every interval and on every key.
+//!
+//! Keys: `n` `r` `s` `l` `p` sort by name, rps, success, p50, p99; `i` inverts;
+//! `w` switches between the 10 s and 1 min windows; up/down (or `k`/`j`) select a
+//! service, Enter shows its endpoints, Esc goes back; `q` quits.
+
+use std::time::{Duration, Instant};
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
+use ratatui::{DefaultTerminal, Frame};
+
+use super::TopOptions;
+use super::fetch;
+use super::summary::{self, SortBy, Summary, Traffic, ms, pct, short};
+
+struct State {
+    window: String,
+    sort: SortBy,
+    reverse: bool,
+    table: TableState,
+    /// The service whose endpoints are shown, if drilled down.
+    detail: Option<String>,
+    summary: Option<Summary>,
+    error: Option<String>,
+}
+
+impl State {
+    fn services(&self) -> Vec<Traffic> {
+        let mut rows = self
+            .summary
+            .as_ref()
+            .and_then(|s| s.windows.get(&self.window))
+            .map(|w| w.services.clone())
+            .unwrap_or_default();
+        summary::sort(&mut rows, self.sort, self.reverse);
+        rows
+    }
+}
+
+pub(super) fn interactive(
+    runtime: &tokio::runtime::Runtime,
+    opts: &TopOptions,
+) -> anyhow::Result<()> {
+    let mut terminal = ratatui::init();
+    let result = event_loop(&mut terminal, runtime, opts);
+    ratatui::restore();
+    result
+}
+
+fn event_loop(
+    terminal: &mut DefaultTerminal,
+    runtime: &tokio::runtime::Runtime,
+    opts: &TopOptions,
+) -> anyhow::Result<()> {
+    let mut state = State {
+        window: opts.window.clone(),
+        sort: opts.sort,
+        reverse: false,
+        table: TableState::default().with_selected(Some(0)),
+        detail: None,
+        summary: None,
+        error: None,
+    };
+    let mut next_fetch = Instant::now();
+    loop {
+        if Instant::now() >= next_fetch {
+            match runtime.block_on(fetch::summary(opts.admin)) {
+                Ok(s) => {
+                    state.summary = Some(s);
+                    state.error = None;
+                }
+                Err(e) => state.error = Some(format!("{e:#}")),
+            }
+            next_fetch = Instant::now() + opts.interval;
+        }
+        terminal.draw(|f| draw(f, &mut state))?;
+        let wait = next_fetch.saturating_duration_since(Instant::now());
+        if !event::poll(wait.min(Duration::from_millis(250)))? {
+            continue;
+        }
+        let Event::Key(key) = event::read()? else {
+            continue;
+        };
+        if key.kind != KeyEventKind::Press {
+            continue;
+        }
+        let count = state.services().len();
+        match key.code {
+            KeyCode::Char('q') => return Ok(()),
+            KeyCode::Esc | KeyCode::Backspace if state.detail.is_some() => state.detail = None,
+            KeyCode::Esc => return Ok(()),
+            KeyCode::Char('i') => state.reverse = !state.reverse,
+            KeyCode::Char('w') => {
+                state.window = if state.window == "10s" { "1m" } else { "10s" }.to_string();
+            }
+            KeyCode::Down | KeyCode::Char('j') if count > 0 => {
+                let i = state.table.selected().unwrap_or(0);
+                state.table.select(Some((i + 1).min(count - 1)));
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                let i = state.table.selected().unwrap_or(0);
+                state.table.select(Some(i.saturating_sub(1)));
+            }
+            KeyCode::Enter => {
+                let services = state.services();
+                state.detail = state
+                    .table
+                    .selected()
+                    .and_then(|i| services.get(i))
+                    .map(|t| t.service.clone());
+            }
+            KeyCode::Char(c) => {
+                if let Some(by) = SortBy::from_key(c) {
+                    state.sort = by;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn draw(f: &mut Frame<'_>, state: &mut State) {
+    let [title, body, foot] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(5),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
+    let proxies = state.summary.as_ref().map_or(0, |s| s.proxies);
+    let head = format!(
+        "weft top — {proxies} proxies — last {} — sorted by {}{}",
+        state.window,
+        state.sort.label(),
+        if state.reverse { " (inverted)" } else { "" }
+    );
+    f.render_widget(
+        Paragraph::new(head).style(Style::new().add_modifier(Modifier::BOLD)),
+        title,
+    );
+    let help = match &state.error {
+        Some(e) => format!("error: {e}"),
+        None if state.detail.is_some() => "esc: back   q: quit".to_string(),
+        None => "n/r/s/l/p: sort   i: invert   w: window   ↑↓: select   enter: endpoints   q: quit"
+            .to_string(),
+    };
+    f.render_widget(Paragraph::new(help), foot);
+    match state.detail.clone() {
+        Some(service) => draw_detail(f, body, state, &service),
+        None => draw_services(f, body, state),
+    }
+}
+
+fn success_style(rate: Option<f64>) -> Style {
+    match rate {
+        Some(r) if r >= 0.99 => Style::new().fg(Color::Green),
+        Some(r) if r >= 0.95 => Style::new().fg(Color::Yellow),
+        Some(_) => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        None => Style::new(),
+    }
+}
+
+fn draw_services(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &mut State) {
+    let services = state.services();
+    let ejections = state
+        .summary
+        .as_ref()
+        .map(|s| s.ejections.clone())
+        .unwrap_or_default();
+    let [table_area, ejected_area] = Layout::vertical([
+        Constraint::Min(3),
+        Constraint::Length(u16::try_from(ejections.len()).unwrap_or(10).min(10) + 2),
+    ])
+    .areas(area);
+    let mut rows = summary::service_rows(&services).into_iter();
+    let header =
+        Row::new(rows.next().unwrap_or_default()).style(Style::new().add_modifier(Modifier::BOLD));
+    let body: Vec<Row<'_>> = rows
+        .zip(&services)
+        .map(|(cells, t)| Row::new(cells).style(success_style(t.success_rate)))
+        .collect();
+    let widths = [
+        Constraint::Length(18),
+        Constraint::Length(8),
+        Constraint::Length(9),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    let table = Table::new(body, widths)
+        .header(header)
+        .block(Block::bordered().title("services"))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("> ");
+    f.render_stateful_widget(table, table_area, &mut state.table);
+    let lines: Vec<Line<'_>> = if ejections.is_empty() {
+        vec![Line::from("none")]
+    } else {
+        ejections
+            .iter()
+            .map(|e| {
+                Line::from(format!(
+                    "{} {} — {} — {} s left — by {}",
+                    short(&e.service),
+                    e.endpoint,
+                    e.reason,
+                    e.remaining_ms / 1000,
+                    short(&e.ejected_by)
+                ))
+                .style(Style::new().fg(Color::Red))
+            })
+            .collect()
+    };
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("ejected endpoints")),
+        ejected_area,
+    );
+}
+
+fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, service: &str) {
+    let summary = state.summary.clone().unwrap_or_default();
+    let window = summary
+        .windows
+        .get(&state.window)
+        .cloned()
+        .unwrap_or_default();
+    let own = window.services.iter().find(|t| t.service == service);
+    let [numbers, endpoints, edges] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(4),
+        Constraint::Length(8),
+    ])
+    .areas(area);
+    let line = own.map_or_else(
+        || "no traffic in this window".to_string(),
+        |t| {
+            format!(
+                "{:.1} rps   success {}   p50 {}   p99 {}   mTLS {}   breaker hits {}   retries {}",
+                t.rps,
+                pct(t.success_rate),
+                ms(t.p50_ms),
+                ms(t.p99_ms),
+                pct(t.tls_share),
+                t.breaker.total(),
+                t.retries
+            )
+        },
+    );
+    f.render_widget(
+        Paragraph::new(line).block(Block::bordered().title(format!("service {}", short(service)))),
+        numbers,
+    );
+    let header = Row::new([
+        "ENDPOINT",
+        "STATE",
+        "IN-FLIGHT",
+        "LATENCY",
+        "WEIGHT",
+        "SEEN BY",
+        "IDENTITY",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows: Vec<Row<'_>> = summary
+        .endpoints
+        .iter()
+        .filter(|e| e.service == service)
+        .map(|e| {
+            let style = if e.state == "ejected" {
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+            } else {
+                Style::new()
+            };
+            Row::new([
+                e.endpoint.clone(),
+                e.state.clone(),
+                e.in_flight.to_string(),
+                ms(e.latency_ms),
+                e.weight.to_string(),
+                short(&e.seen_by).to_string(),
+                e.identity.clone().unwrap_or_else(|| "-".into()),
+            ])
+            .style(style)
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(22),
+        Constraint::Length(12),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(7),
+        Constraint::Length(14),
+        Constraint::Min(20),
+    ];
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title("endpoints")),
+        endpoints,
+    );
+    let lines: Vec<Line<'_>> = window
+        .edges
+        .iter()
+        .filter(|e| e.service == service || e.from.as_deref() == Some(service))
+        .map(|e| {
+            Line::from(format!(
+                "{} → {}   {:.1} rps   success {}   p99 {}",
+                short(e.from.as_deref().unwrap_or("?")),
+                short(&e.service),
+                e.rps,
+                pct(e.success_rate),
+                ms(e.p99_ms)
+            ))
+            .style(success_style(e.success_rate))
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title("calls in and out")),
+        edges,
+    );
+}

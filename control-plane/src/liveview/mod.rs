@@ -1,0 +1,75 @@
+//! The live view: what the proxies report (`weft.v1.Telemetry`), kept for a minute
+//! and summarised per service and per edge (caller → service) over the last 10 s
+//! and 1 min, served by the admin port as JSON (`/live/summary`), as server-sent
+//! events (`/live/events`) and as a web page (`/live/`).
+
+pub mod collector;
+pub mod page;
+pub mod summary;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_api::v1;
+
+pub use summary::Summary;
+
+/// Reports older than this are forgotten: the longest window plus slack for a
+/// baseline just before it.
+const KEEP: Duration = Duration::from_secs(75);
+/// A proxy whose last report is older than this is gone (stopped, or cut off):
+/// its ejections no longer show.
+const STALE: Duration = Duration::from_secs(5);
+
+/// One report and when it arrived.
+pub type Received = (Instant, Arc<v1::ProxyReport>);
+
+/// Every proxy's recent reports, newest last.
+#[derive(Default)]
+pub struct LiveView {
+    proxies: Mutex<HashMap<String, VecDeque<Received>>>,
+}
+
+impl LiveView {
+    pub fn new() -> Arc<LiveView> {
+        Arc::new(LiveView::default())
+    }
+
+    /// Keeps one report, received `at`.
+    pub fn record(&self, at: Instant, report: v1::ProxyReport) {
+        let id = report
+            .node
+            .as_ref()
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
+        let mut proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let history = proxies.entry(id).or_default();
+        history.push_back((at, Arc::new(report)));
+        while history
+            .front()
+            .is_some_and(|(t, _)| at.duration_since(*t) > KEEP)
+        {
+            history.pop_front();
+        }
+        proxies.retain(|_, h| {
+            h.back()
+                .is_some_and(|(t, _)| at.saturating_duration_since(*t) <= KEEP)
+        });
+    }
+
+    /// The summary as of `now`.
+    pub fn summary(&self, now: Instant) -> Summary {
+        let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let histories: Vec<Vec<Received>> = proxies
+            .values()
+            .filter(|h| {
+                h.back()
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) <= KEEP)
+            })
+            .map(|h| h.iter().cloned().collect())
+            .collect();
+        drop(proxies);
+        summary::summarise(&histories, now, STALE)
+    }
+}

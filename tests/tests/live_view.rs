@@ -1,0 +1,234 @@
+//! The live view on the control plane's admin port: what the demo's proxies report,
+//! summarised per service and edge as JSON and server-sent events, and the page
+//! that draws it, loaded in a headless Chromium (screenshots under
+//! target/test-artefacts/live_view).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use weft_tests::browser::{Browser, artefact_dir};
+use weft_tests::demo::{Demo, SERVICES, live_service};
+use weft_tests::{eventually, within};
+
+const UP_LIMIT: Duration = Duration::from_secs(60);
+/// Reports come every second and the short window is 10 s; a change shows well
+/// within this.
+const CHANGE_LIMIT: Duration = Duration::from_secs(40);
+
+async fn summary(demo: &Demo) -> Value {
+    demo.live_summary().await.expect("the live summary")
+}
+
+fn service<'a>(s: &'a Value, window: &str, name: &str) -> Option<&'a Value> {
+    live_service(s, window, name)
+}
+
+fn edge<'a>(s: &'a Value, from: &str, to: &str) -> Option<&'a Value> {
+    s["windows"]["10s"]["edges"]
+        .as_array()?
+        .iter()
+        .find(|v| v["from"] == from && v["service"] == to)
+}
+
+/// The first event of `/api/events`, read off a raw connection.
+async fn first_event(demo: &Demo) -> (String, Value) {
+    let mut conn = tokio::net::TcpStream::connect(demo.control_admin())
+        .await
+        .expect("connect to the admin port");
+    conn.write_all(b"GET /api/events HTTP/1.1\r\nHost: weft\r\n\r\n")
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    let text = within(Duration::from_secs(10), "the first event", async {
+        loop {
+            let n = conn.read(&mut buf).await.expect("read the stream");
+            assert!(
+                n > 0,
+                "the stream ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains("event: summary\ndata: ")
+                && text
+                    .split("data: ")
+                    .nth(1)
+                    .is_some_and(|d| d.contains("\n\n"))
+            {
+                return text;
+            }
+        }
+    })
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    // Chunked framing: the event is the one line starting with `data: `.
+    let data = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    (
+        head.to_string(),
+        serde_json::from_str(data).expect("the event is JSON"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
+    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
+
+    // Every service carries traffic, every hop succeeds, over mTLS.
+    let s = demo.wait_live(CHANGE_LIMIT).await;
+    assert_eq!(s["proxies"], 5, "{s}");
+    for name in SERVICES {
+        let v = service(&s, "10s", &format!("{name}.default")).expect("listed");
+        assert_eq!(v["success_rate"], 1.0, "{name}: {v}");
+        assert!(v["rps"].as_f64().is_some_and(|r| r > 0.0), "{name}: {v}");
+        assert!(v["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{name}: {v}");
+        // The load generator calls web from outside the mesh, in plaintext.
+        let tls = if name == "web" { 0.0 } else { 1.0 };
+        assert_eq!(v["tls_share"], tls, "{name}: {v}");
+        assert!(v["open_connections"].as_u64().is_some(), "{name}: {v}");
+        assert!(service(&s, "1m", &format!("{name}.default")).is_some());
+    }
+    for (from, to) in [("web", "orders"), ("web", "users"), ("orders", "payments")] {
+        let e = edge(&s, &format!("{from}.default"), &format!("{to}.default"))
+            .unwrap_or_else(|| panic!("no edge {from} -> {to} in {s}"));
+        assert_eq!(e["success_rate"], 1.0, "{e}");
+        assert_eq!(e["tls_share"], 1.0, "{e}");
+    }
+    assert_eq!(s["ejections"], serde_json::json!([]));
+
+    let (head, event) = first_event(&demo).await;
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert_eq!(event["proxies"], 5, "{event}");
+
+    // users' app dies: its proxy answers 502, web's proxy ejects the endpoint.
+    demo.kill_child("users").expect("kill users");
+    let s = eventually(CHANGE_LIMIT, "users failing and ejected", || async {
+        let s = summary(&demo).await;
+        let users = service(&s, "10s", "users.default")?;
+        let failing = users["success_rate"].as_f64().is_some_and(|r| r < 0.9);
+        let ejected = s["ejections"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["service"] == "users.default"));
+        (failing && ejected).then_some(s)
+    })
+    .await;
+    let ejection = s["ejections"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["service"] == "users.default"))
+        .expect("users ejected");
+    assert_eq!(ejection["ejected_by"], "web.default", "{ejection}");
+    assert_eq!(ejection["reason"], "failing-status", "{ejection}");
+    assert!(ejection["times"].as_u64() >= Some(1), "{ejection}");
+    let users = service(&s, "10s", "users.default").expect("users listed");
+    assert!(users["ejected_endpoints"].as_u64() >= Some(1), "{users}");
+    // The drill-down data: web's proxy sees the endpoint ejected.
+    let seen = s["endpoints"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["service"] == "users.default" && e["seen_by"] == "web.default")
+        })
+        .expect("users' endpoint as web sees it");
+    assert_eq!(seen["state"], "ejected", "{seen}");
+    assert_eq!(seen["endpoint"], ejection["endpoint"], "{seen}");
+    // The others are unaffected.
+    let orders = service(&s, "10s", "orders.default").expect("orders listed");
+    assert_eq!(orders["success_rate"], 1.0, "{orders}");
+}
+
+/// The services' rows of the page's table: (service, success rate as shown in its
+/// data attribute).
+const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#services tbody tr[data-service]')]\
+    .map(r => [r.dataset.service, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
+
+async fn rows(browser: &mut Browser) -> Vec<(String, Option<f64>)> {
+    let text = browser.eval(ROWS).await.expect("read the table");
+    serde_json::from_str(text.as_str().unwrap_or("[]")).expect("rows as JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
+    let test = "the_live_view_page_shows_the_demo_and_a_failing_backend";
+    let Some(mut browser) = Browser::start(test).await.expect("start chromium") else {
+        return;
+    };
+    let shots = artefact_dir("live_view").expect("artefact dir");
+    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
+    browser
+        .navigate(&format!("http://{}/", demo.control_admin()))
+        .await
+        .expect("load the page");
+
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let rows = rows(&mut browser).await;
+        let healthy = SERVICES.iter().all(|name| {
+            rows.iter()
+                .any(|(s, ok)| *s == format!("{name}.default") && *ok == Some(1.0))
+        });
+        if healthy {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every demo service healthy on the page within {CHANGE_LIMIT:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let nodes = browser
+        .eval("document.querySelectorAll('#graph g.node').length")
+        .await
+        .expect("count nodes");
+    assert_eq!(nodes, 5, "one graph node per service");
+    let status = browser
+        .eval("document.querySelector('#status').textContent")
+        .await
+        .expect("status");
+    assert!(
+        status.as_str().is_some_and(|s| s.starts_with("5 proxies")),
+        "{status}"
+    );
+    let healthy = shots.join("healthy.png");
+    browser.screenshot(&healthy).await.expect("screenshot");
+
+    demo.kill_child("users").expect("kill users");
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let rows = rows(&mut browser).await;
+        let failing = rows
+            .iter()
+            .any(|(s, ok)| s == "users.default" && ok.is_some_and(|r| r < 0.9));
+        let ejected = browser
+            .eval(
+                "document.querySelectorAll('#ejections tr[data-service=\"users.default\"]').length",
+            )
+            .await
+            .expect("ejections");
+        let edge = browser
+            .eval("document.querySelector('#graph line[data-from=\"web.default\"][data-to=\"users.default\"]')?.dataset.class")
+            .await
+            .expect("edge colour");
+        if failing && ejected.as_u64() >= Some(1) && edge == "bad" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "users not shown failing and ejected within {CHANGE_LIMIT:?}: {rows:?}, \
+             {ejected} ejection rows, edge {edge}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failing = shots.join("users-failing.png");
+    browser.screenshot(&failing).await.expect("screenshot");
+    for png in [&healthy, &failing] {
+        let size = std::fs::metadata(png).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "{} is {size} bytes", png.display());
+        println!("screenshot: {}", png.display());
+    }
+}
