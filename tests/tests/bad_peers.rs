@@ -155,11 +155,9 @@ async fn every_healthy_endpoint_gets_traffic_under_p2c_even_before_its_first_sam
     );
 }
 
-/// A client's malformed chunked bodies (a size that is not hex, one that overflows,
-/// a bare LF) get 400, are the client's errors in the metrics, and never eject the
-/// endpoint, even with outlier detection at one failure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clients_malformed_chunked_body_is_its_own_400_and_never_ejects_the_endpoint() {
+/// One app behind a proxy that ejects at the first failure: whatever a client's
+/// fault is counted as shows at once.
+async fn ejecting_at_first_failure() -> (HttpApp, WeftProxy) {
     let app = HttpApp::start("a").await.expect("app");
     let service = ServiceDef::new("orders")
         .endpoint(app.addr)
@@ -167,6 +165,15 @@ async fn a_clients_malformed_chunked_body_is_its_own_400_and_never_ejects_the_en
     let proxy = WeftProxy::start(ProxyConfig::new().service(service))
         .await
         .expect("start proxy");
+    (app, proxy)
+}
+
+/// A client's malformed chunked bodies (a size that is not hex, one that overflows,
+/// a bare LF) get 400, are the client's errors in the metrics, and never eject the
+/// endpoint, even with outlier detection at one failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_malformed_chunked_body_is_its_own_400_and_never_ejects_the_endpoint() {
+    let (_app, proxy) = ejecting_at_first_failure().await;
     let bodies: [&[u8]; 3] = [
         b"5g\r\nhello\r\n0\r\n\r\n",
         b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
@@ -277,13 +284,7 @@ async fn a_lowercase_method_is_recognised_as_http_and_reaches_the_app() {
 /// and never counted against the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_malformed_http2_body_is_its_own_400_and_never_ejects_the_endpoint() {
-    let app = HttpApp::start("a").await.expect("app");
-    let service = ServiceDef::new("orders")
-        .endpoint(app.addr)
-        .policy("{circuit_breaker: {outlier_detection: {consecutive_failures: 1}}}");
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
+    let (_app, proxy) = ejecting_at_first_failure().await;
     let tcp = tokio::net::TcpStream::connect(proxy.outbound())
         .await
         .expect("connect");
