@@ -1,6 +1,7 @@
 //! HTTP/2 floods against the proxy's h2c outbound listener, written as raw frames:
 //! rapid reset (CVE-2023-44487), CONTINUATION without end (CVE-2024-27316 class),
-//! and PING and SETTINGS floods from a client that never reads. Each is bounded:
+//! PING and SETTINGS floods from a client that never reads, and HPACK: a table
+//! kept full by every request, and a table size over the one the proxy allows. Each is bounded:
 //! the proxy closes the connection or keeps its memory and CPU in check, few
 //! requests reach the app, and other clients are served throughout.
 
@@ -204,4 +205,74 @@ async fn ping_and_settings_floods_from_a_client_that_never_reads_stay_bounded() 
         })
         .await;
     }
+}
+
+/// An HPACK integer with an `n`-bit prefix whose high bits are `flags`.
+fn hpack_int(flags: u8, n: u32, mut v: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_table_kept_full_stays_bounded_and_one_over_the_limit_is_refused() {
+    const REQUESTS: usize = 150;
+    let bed = Bed::start().await;
+    bed.bounded("HPACK table kept full", || async {
+        let s = open(&bed.proxy).await;
+        let (mut rd, mut wr) = s.into_split();
+        // Answers are drained, not parsed: the app's count says what got through.
+        let drain = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        for i in 0..REQUESTS {
+            // Each adds a ~3 KB entry under a new name: with the proxy's 4 KiB
+            // table every one evicts the last.
+            let mut block = get_block();
+            let name = format!("x-fill-{i}");
+            block.push(0x40);
+            hpack_int(0, 7, name.len(), &mut block);
+            block.extend_from_slice(name.as_bytes());
+            hpack_int(0, 7, 3000, &mut block);
+            block.extend(std::iter::repeat_n(b'a', 3000));
+            let id = u32::try_from(2 * i + 1).expect("a stream id");
+            wr.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block))
+                .await
+                .expect("write");
+        }
+        weft_tests::eventually(Duration::from_secs(20), "every request served", || async {
+            (bed.app.requests() >= REQUESTS).then_some(())
+        })
+        .await;
+        drop(wr);
+        drain.abort();
+    })
+    .await;
+
+    // A table size update above SETTINGS_HEADER_TABLE_SIZE (4,096 by default) is a
+    // COMPRESSION_ERROR: the connection ends, nothing reaches the app.
+    let before = bed.app.requests();
+    let mut s = open(&bed.proxy).await;
+    let mut block = Vec::new();
+    hpack_int(0x20, 5, 1 << 30, &mut block);
+    block.extend(get_block());
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await
+        .expect("write");
+    assert!(
+        closed_by_proxy(&mut s, Duration::from_secs(10)).await,
+        "a 1 GiB table size was accepted"
+    );
+    assert_eq!(bed.app.requests(), before);
+    bed.still_serves("after the oversized table").await;
 }
