@@ -217,3 +217,37 @@ async fn a_stuck_access_log_drops_lines_and_never_holds_up_requests() {
         "{dropped} dropped + {written} written for {REQUESTS} requests"
     );
 }
+
+/// A request a route handled names the route in its line; one no route matched has
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_name_the_route_that_handled_the_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("access.log");
+    let app = HttpApp::start("app").await.expect("start app");
+    let service = ServiceDef::new("app")
+        .endpoint(app.addr)
+        .routes("[{name: api, match: [{path: {prefix: /api}}]}]");
+    let proxy = WeftProxy::start(with_access_log(
+        ProxyConfig::new().service(service),
+        &log,
+        64,
+    ))
+    .await
+    .expect("start proxy");
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    for path in ["http://app/api/orders", "http://app/other"] {
+        let reply = c.send(client::get(path)).await.expect("request");
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+    }
+    let lines = access_lines(&log, 2).await;
+    let route_of = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == path)
+            .map(|l| l["route"].clone())
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+    };
+    assert_eq!(route_of("/api/orders"), serde_json::json!("api"));
+    assert_eq!(route_of("/other"), serde_json::Value::Null);
+}

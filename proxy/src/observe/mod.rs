@@ -121,6 +121,11 @@ pub(crate) struct Picked {
     pub(crate) identity: Option<Arc<str>>,
 }
 
+/// The route that handled a request, on its response (outbound, when the
+/// service has routes), for the access log.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteName(pub(crate) Arc<str>);
+
 /// One request being observed. Dropped when its response has been sent or given
 /// up on; dropping it reports it.
 pub(crate) struct Observation {
@@ -187,6 +192,9 @@ impl Observation {
         let e = &mut self.entry;
         e.status = resp.status().as_u16();
         e.weft_error = header(resp.headers(), WEFT_ERROR);
+        if let Some(route) = resp.extensions().get::<RouteName>() {
+            e.route = Some(route.0.to_string());
+        }
         if let Some(picked) = resp.extensions().get::<Picked>() {
             e.service.get_or_insert_with(|| picked.service.clone());
             e.endpoint = Some(picked.endpoint);

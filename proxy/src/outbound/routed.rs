@@ -14,6 +14,7 @@ use crate::clock::since;
 use crate::http::body::ProxyBody;
 use crate::http::error::{ProxyError, is_grpc};
 use crate::http::forward::BoxedRequest;
+use crate::observe::RouteName;
 use crate::routing::{self, Routed};
 use crate::snapshot::Service;
 use crate::snapshot::lookup::Dest;
@@ -32,8 +33,9 @@ impl Outbound {
                 let plan = Plan::of(&parent);
                 return self.dispatch(&parent, req, client, start, &plan).await;
             }
-            Routed::Answered(route, resp) => {
+            Routed::Answered(route, mut resp) => {
                 route.metrics.record(resp.status().as_u16(), since(start));
+                resp.extensions_mut().insert(RouteName(route.name.clone()));
                 return *resp;
             }
             Routed::Forward {
@@ -52,8 +54,9 @@ impl Outbound {
                 None => {
                     // The route names a service this proxy cannot find (yet).
                     route.metrics.proxy_error(ProxyError::NoEndpoints.reason());
-                    let resp = ProxyError::NoEndpoints.response();
+                    let mut resp = ProxyError::NoEndpoints.response();
                     route.metrics.record(resp.status().as_u16(), since(start));
+                    resp.extensions_mut().insert(RouteName(route.name.clone()));
                     return resp;
                 }
             },
@@ -72,6 +75,7 @@ impl Outbound {
         if let Some(m) = &route.response_headers {
             m.apply(resp.headers_mut());
         }
+        resp.extensions_mut().insert(RouteName(route.name.clone()));
         resp
     }
 }
