@@ -245,6 +245,7 @@ impl Observation {
         let optional = [
             ("server.address", e.authority.as_ref()),
             ("weft.service", e.service.as_ref()),
+            ("http.route", e.route.as_ref()),
             ("weft.peer_identity", e.peer_identity.as_ref()),
             ("weft.error", e.weft_error.as_ref()),
         ];
