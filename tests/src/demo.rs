@@ -21,6 +21,10 @@ use crate::process::Process;
 /// The demo's HTTP services in port order.
 pub const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
 
+/// Proxies in a demo run with `--no-broker`: the services' sidecars and the
+/// gateway.
+pub const PROXIES_WITHOUT_BROKER: usize = SERVICES.len() + 1;
+
 /// Every workload in port order, with the broker's when RabbitMQ is installed.
 pub const WORKLOADS: [&str; 7] = [
     "web",

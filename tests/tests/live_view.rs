@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_tests::browser::{Browser, artefact_dir};
-use weft_tests::demo::{Demo, SERVICES, live_service};
+use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, live_service};
 use weft_tests::{eventually, within};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
@@ -76,12 +76,12 @@ async fn first_event(demo: &Demo) -> (String, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
-    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    let mut demo = Demo::start(&["--rps", "40", "--no-broker"]).expect("start the demo");
     demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
 
     // Every service carries traffic, every hop succeeds, over mTLS.
     let s = demo.wait_live(CHANGE_LIMIT).await;
-    assert_eq!(s["proxies"], 5, "{s}");
+    assert_eq!(s["proxies"], PROXIES_WITHOUT_BROKER, "{s}");
     for name in SERVICES {
         let v = service(&s, "10s", &format!("{name}.default")).expect("listed");
         assert_eq!(v["success_rate"], 1.0, "{name}: {v}");
@@ -103,7 +103,7 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
 
     let (head, event) = first_event(&demo).await;
     assert!(head.contains("text/event-stream"), "{head}");
-    assert_eq!(event["proxies"], 5, "{event}");
+    assert_eq!(event["proxies"], PROXIES_WITHOUT_BROKER, "{event}");
 
     // users' app dies: its proxy answers 502, web's proxy ejects the endpoint.
     demo.kill_child("users").expect("kill users");
@@ -158,7 +158,7 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
         return;
     };
     let shots = artefact_dir("live_view").expect("artefact dir");
-    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    let mut demo = Demo::start(&["--rps", "40", "--no-broker"]).expect("start the demo");
     demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
     browser
         .navigate(&format!("http://{}/", demo.control_admin()))
@@ -191,7 +191,9 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
         .await
         .expect("status");
     assert!(
-        status.as_str().is_some_and(|s| s.starts_with("5 proxies")),
+        status
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{PROXIES_WITHOUT_BROKER} proxies"))),
         "{status}"
     );
     let healthy = shots.join("healthy.png");

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use weft_tests::browser::artefact_dir;
-use weft_tests::demo::{Demo, SERVICES};
+use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES};
 use weft_tests::{bins, tools};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
@@ -116,7 +116,7 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
     let Some(tmux) = tools::require("tmux", "tmux", test) else {
         return;
     };
-    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    let mut demo = Demo::start(&["--rps", "40", "--no-broker"]).expect("start the demo");
     demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
     demo.wait_live(CHANGE_LIMIT).await;
     let weftctl = bins::binary("weftctl").expect("weftctl is built");
@@ -126,7 +126,8 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
 
     let screen = top
         .wait_screen("every demo service", |s| {
-            s.contains("5 proxies") && service_order(s).len() == SERVICES.len()
+            s.contains(&format!("{PROXIES_WITHOUT_BROKER} proxies"))
+                && service_order(s).len() == SERVICES.len()
         })
         .await;
     assert!(screen.contains("sorted by rps"), "{screen}");
@@ -189,7 +190,7 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weftctl_top_prints_plain_lines_when_not_on_a_terminal() {
-    let mut demo = Demo::start(&["--rps", "40"]).expect("start the demo");
+    let mut demo = Demo::start(&["--rps", "40", "--no-broker"]).expect("start the demo");
     demo.wait_up(UP_LIMIT).await.expect("the demo comes up");
     demo.wait_live(CHANGE_LIMIT).await;
     let weftctl = bins::binary("weftctl").expect("weftctl is built");
@@ -216,8 +217,11 @@ async fn weftctl_top_prints_plain_lines_when_not_on_a_terminal() {
         "escape codes in plain output:\n{text}"
     );
     assert_eq!(
-        text.matches("weft top — 5 proxies — last 10s — sorted by name")
-            .count(),
+        text.matches(
+            format!("weft top — {PROXIES_WITHOUT_BROKER} proxies — last 10s — sorted by name")
+                .as_str()
+        )
+        .count(),
         2,
         "{text}"
     );
