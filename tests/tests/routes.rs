@@ -400,7 +400,12 @@ async fn a_route_overrides_the_services_timeout_and_retries() {
     let svc = ServiceDef::new("orders")
         .endpoint(good.addr)
         .endpoint(bad.addr)
-        .policy("{load_balancer: round-robin, retry: {max_attempts: 3, backoff_base: 1ms}}")
+        // Ejection off: the failing endpoint must stay in rotation for the count
+        // of unretried failures below.
+        .policy(
+            "{load_balancer: round-robin, retry: {max_attempts: 3, backoff_base: 1ms}, \
+             circuit_breaker: {outlier_detection: {consecutive_failures: 0}}}",
+        )
         .routes(
             "[{name: hasty, match: [{path: {prefix: /hasty}}], timeouts: {request: 300ms}}, \
               {name: once, match: [{path: {prefix: /once}}], retry: {max_attempts: 1}}]",
