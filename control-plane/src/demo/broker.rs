@@ -30,6 +30,7 @@ pub fn installed() -> Option<(PathBuf, PathBuf)> {
 /// The epmd command, in the foreground so the demo owns and stops it.
 pub fn epmd_command(epmd: &Path, plan: &Plan) -> Command {
     let mut cmd = Command::new(epmd);
+    own_group(&mut cmd);
     cmd.args([
         "-port",
         &plan.epmd.port().to_string(),
@@ -59,6 +60,7 @@ pub fn server_command(
     std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
     std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
     let mut cmd = Command::new(script);
+    own_group(&mut cmd);
     cmd.env("HOME", dir)
         .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
         .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
@@ -74,6 +76,13 @@ pub fn server_command(
         .env("RABBITMQ_DIST_PORT", plan.broker_dist.port().to_string())
         .env("ERL_EPMD_PORT", plan.epmd.port().to_string());
     Ok(cmd)
+}
+
+/// Ctrl-C in a terminal signals the whole foreground process group, and epmd and
+/// the broker die of SIGINT (exit 2 and 130) instead of stopping in turn after the
+/// apps that use them: in a group of their own, only the demo stops them.
+fn own_group(cmd: &mut Command) {
+    cmd.process_group(0);
 }
 
 /// Waits until the broker answers AMQP's protocol header with a frame, i.e. it has
