@@ -698,41 +698,69 @@ async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
     );
 }
 
+/// A server proxy over mTLS in front of an echo app (echoing after EOF), and a
+/// client proxy with an upstream listener for `service`, whose port is `port`
+/// (YAML flow) and whose one endpoint is the server proxy.
+struct OpaqueHop {
+    _cp: ControlPlane,
+    _app: TcpApp,
+    server: WeftProxy,
+    client: WeftProxy,
+}
+
+impl OpaqueHop {
+    async fn start(service: &str, port: &str, server_workload: Option<&str>) -> OpaqueHop {
+        let cp = ControlPlane::start(MESH, &[])
+            .await
+            .expect("start control plane");
+        let app = TcpApp::echo_after_eof().await.expect("tcp app");
+        let mut server_config = ProxyConfig::new().inbound(app.addr);
+        if let Some(w) = server_workload {
+            server_config = server_config.workload(w);
+        }
+        server_config.extra = identity_yaml(&cp, "server", "{}");
+        let server = WeftProxy::start_named("server-proxy", server_config)
+            .await
+            .expect("start server proxy");
+        let mut client_config = ProxyConfig::new().upstream(service);
+        client_config.extra = format!(
+            "{}services:\n  - name: {service}\n    ports: [{port}]\n    \
+             endpoints:\n      - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
+            identity_yaml(&cp, "client", "{}"),
+            server.inbound()
+        );
+        let client = WeftProxy::start_named("client-proxy", client_config)
+            .await
+            .expect("start client proxy");
+        OpaqueHop {
+            _cp: cp,
+            _app: app,
+            server,
+            client,
+        }
+    }
+}
+
+/// Writes `payload` to `addr`, half-closes, and reads until the other side closes.
+async fn echo_through(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(payload).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("read")
+}
+
 /// Over mTLS the calling proxy says "opaque" itself (ALPN `weft.opaque/1`), so
 /// the server proxy forwards bytes that look like HTTP untouched without any port
 /// list of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opaque_port_stays_opaque_across_an_mtls_hop() {
-    let cp = ControlPlane::start(MESH, &[])
-        .await
-        .expect("start control plane");
-    let app = TcpApp::echo_after_eof().await.expect("tcp app");
-    let mut server_config = ProxyConfig::new().inbound(app.addr);
-    server_config.extra = identity_yaml(&cp, "server", "{}");
-    let server = WeftProxy::start_named("server-proxy", server_config)
-        .await
-        .expect("start server proxy");
-    let mut client_config = ProxyConfig::new().upstream("db");
-    client_config.extra = format!(
-        "{}services:\n  - name: db\n    ports: [{{port: 5432, protocol: opaque}}]\n    \
-         endpoints:\n      - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
-        identity_yaml(&cp, "client", "{}"),
-        server.inbound()
-    );
-    let client = WeftProxy::start_named("client-proxy", client_config)
-        .await
-        .expect("start client proxy");
+    let hop = OpaqueHop::start("db", "{port: 5432, protocol: opaque}", None).await;
+    let (client, server) = (&hop.client, &hop.server);
     let mut payload = b"GET / HTTP/1.1\r\n".to_vec();
     payload.extend(weft_tests::data::pattern(64 * 1024, 3));
-
-    let mut stream = tokio::net::TcpStream::connect(client.upstream("db"))
-        .await
-        .expect("connect");
-    stream.write_all(&payload).await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let got = client::read_until_closed(&mut stream, STEP_DEADLINE)
-        .await
-        .expect("read");
+    let got = echo_through(client.upstream("db"), &payload).await;
 
     assert!(
         got.starts_with(b"echo:"),
@@ -740,8 +768,8 @@ async fn an_opaque_port_stays_opaque_across_an_mtls_hop() {
         String::from_utf8_lossy(&got[..got.len().min(64)])
     );
     assert!(got[5..] == payload[..], "echoed bytes differ");
-    assert_eq!(handshakes_ok(&client, "outbound").await, 1.0);
-    assert_eq!(handshakes_ok(&server, "inbound").await, 1.0);
+    assert_eq!(handshakes_ok(client, "outbound").await, 1.0);
+    assert_eq!(handshakes_ok(server, "inbound").await, 1.0);
 }
 
 /// An opaque connection is counted per service like HTTP requests: the service, the
@@ -750,36 +778,11 @@ async fn an_opaque_port_stays_opaque_across_an_mtls_hop() {
 /// it opaque, so bytes that look like HTTP still cross untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_is_counted_per_service_with_the_peer_identity() {
-    let cp = ControlPlane::start(MESH, &[])
-        .await
-        .expect("start control plane");
-    let app = TcpApp::echo_after_eof().await.expect("tcp app");
-    let mut server_config = ProxyConfig::new().inbound(app.addr).workload("broker");
-    server_config.extra = identity_yaml(&cp, "server", "{}");
-    let server = WeftProxy::start_named("server-proxy", server_config)
-        .await
-        .expect("start server proxy");
-    let mut client_config = ProxyConfig::new().upstream("broker");
-    client_config.extra = format!(
-        "{}services:\n  - name: broker\n    ports: [{{port: 5672}}]\n    \
-         endpoints:\n      - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
-        identity_yaml(&cp, "client", "{}"),
-        server.inbound()
-    );
-    let client = WeftProxy::start_named("client-proxy", client_config)
-        .await
-        .expect("start client proxy");
+    let hop = OpaqueHop::start("broker", "{port: 5672}", Some("broker")).await;
+    let (client, server) = (&hop.client, &hop.server);
     let mut payload = b"POST /queue HTTP/1.1\r\n".to_vec();
     payload.extend(weft_tests::data::pattern(16 * 1024, 4));
-
-    let mut stream = tokio::net::TcpStream::connect(client.upstream("broker"))
-        .await
-        .expect("connect");
-    stream.write_all(&payload).await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let got = client::read_until_closed(&mut stream, STEP_DEADLINE)
-        .await
-        .expect("read");
+    let got = echo_through(client.upstream("broker"), &payload).await;
     assert!(got.starts_with(b"echo:") && got[5..] == payload[..]);
 
     let outbound = [
@@ -794,7 +797,7 @@ async fn opaque_tcp_is_counted_per_service_with_the_peer_identity() {
         ("peer_identity", CLIENT_ID),
         ("tls", "true"),
     ];
-    for (proxy, labels) in [(&client, &outbound), (&server, &inbound)] {
+    for (proxy, labels) in [(client, &outbound), (server, &inbound)] {
         // The proxy closes its side just after the client saw the end.
         eventually(
             STEP_DEADLINE,
