@@ -36,12 +36,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
         -p weft-control -p weft-inject -p weft-examples \
     && mkdir -p /out \
     && proxy/pgo.sh --target "$target" --profile sidecar --out /out/weft-proxy \
-    && for bin in weft-control weftctl web orders payments notifications users; do \
+    && for bin in weft-control weftctl web orders payments notifications users inventory loadgen; do \
         cp "target/$target/release/$bin" /out/; \
     done
 
 FROM gcr.io/distroless/static-debian12:nonroot AS examples
-COPY --from=build /out/web /out/orders /out/payments /out/notifications /out/users /usr/local/bin/
+COPY --from=build /out/web /out/orders /out/payments /out/notifications /out/users \
+    /out/inventory /out/loadgen /usr/local/bin/
 USER 65532:65532
 EXPOSE 8080
 

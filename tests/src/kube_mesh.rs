@@ -7,20 +7,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use std::fmt::Write as _;
-
-use anyhow::bail;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 
+use crate::checkout::Checkout;
 use crate::cluster::{Cluster, ClusterOptions, SERVICE_CIDR};
 use crate::node_agent::{Bridge, NodeAgent, NodeConfig};
 
-/// How long a rollout (pods scheduled, started and Ready) may take.
-pub const ROLLOUT_LIMIT: Duration = Duration::from_secs(180);
+pub use crate::checkout::{ROLLOUT_LIMIT, deploy_dir};
 
 pub struct KubeMesh {
     // Dropped first: the pods stop before the cluster does.
@@ -67,11 +61,6 @@ pub fn prometheus_binary(test: &str) -> Option<PathBuf> {
             None
         }
     }
-}
-
-/// The repository's `deploy/k8s`.
-pub fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s")
 }
 
 impl KubeMesh {
@@ -122,71 +111,21 @@ impl KubeMesh {
         Ok(Some(mesh))
     }
 
+    /// The checkout scenario's view of this cluster, as admin.
+    pub fn checkout(&self) -> Checkout {
+        Checkout::new(
+            self.client.clone(),
+            Some(self.cluster.kubeconfig().to_path_buf()),
+        )
+    }
+
     /// Waits until deployment `ns/name` has all its replicas updated and Ready;
     /// fails with every pod's state and the containers' output otherwise.
     pub async fn wait_rollout(&self, ns: &str, name: &str) -> anyhow::Result<()> {
-        let api = Api::<Deployment>::namespaced(self.client.clone(), ns);
-        let deadline = tokio::time::Instant::now() + ROLLOUT_LIMIT;
-        loop {
-            let d = api.get(name).await?;
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let generation = d.metadata.generation;
-            if let Some(s) = &d.status
-                && s.observed_generation == generation
-                && s.updated_replicas.unwrap_or(0) == want
-                && s.ready_replicas.unwrap_or(0) == want
-                && s.replicas.unwrap_or(0) == want
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "deployment {ns}/{name} not rolled out within {ROLLOUT_LIMIT:?}: {:?}\n{}\n{}",
-                    d.status,
-                    self.pod_states().await,
-                    self.node.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Every pod's phase, conditions and container states, for a failure message.
-    pub async fn pod_states(&self) -> String {
-        let pods = match Api::<Pod>::all(self.client.clone())
-            .list(&Default::default())
+        self.checkout()
+            .wait_rollout(ns, name)
             .await
-        {
-            Ok(p) => p.items,
-            Err(e) => return format!("cannot list pods: {e}"),
-        };
-        let mut out = String::new();
-        for p in pods {
-            let s = p.status.unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "pod {}/{} on {:?}: {:?} {:?} ip {:?}",
-                p.metadata.namespace.unwrap_or_default(),
-                p.metadata.name.unwrap_or_default(),
-                p.spec.and_then(|s| s.node_name),
-                s.phase,
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .map(|c| format!("{}={}", c.type_, c.status))
-                    .collect::<Vec<_>>(),
-                s.pod_ip
-            );
-            for c in s
-                .init_container_statuses
-                .iter()
-                .flatten()
-                .chain(s.container_statuses.iter().flatten())
-            {
-                let _ = writeln!(out, "  {}: ready={} {:?}", c.name, c.ready, c.state);
-            }
-        }
-        out
+            .map_err(|e| anyhow::anyhow!("{e:#}\n{}", self.node.logs()))
     }
 }
 

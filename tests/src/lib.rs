@@ -46,6 +46,7 @@ pub mod apiserver;
 pub mod apps;
 pub mod bins;
 pub mod browser;
+pub mod checkout;
 pub mod client;
 pub mod cluster;
 pub mod control;

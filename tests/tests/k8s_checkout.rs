@@ -10,72 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
-use weft_tests::kube_mesh::{KubeMesh, ROLLOUT_LIMIT, deploy_dir, prometheus_binary};
-use weft_tests::metrics::Metrics;
+use weft_tests::checkout::{Checkout, NAMESPACE};
+use weft_tests::kube_mesh::{KubeMesh, prometheus_binary};
 use weft_tests::process::Process;
 use weft_tests::prometheus::Prometheus;
 use weft_tests::{admin, eventually, netns};
-
-const SERVICES: [&str; 5] = ["web", "orders", "payments", "notifications", "users"];
-const ADMIN_PORT: u16 = 7191;
-/// Long enough for orders to scale 1 -> 3 -> 1 and restart while it runs.
-const CHURN_LOAD_SECONDS: u32 = 60;
-
-/// A load generator pod in the meshed namespace (so injected), calling web by its
-/// Service name: `rps` requests a second for `seconds`.
-fn loadgen(name: &str, rps: u32, seconds: u32) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
-            "containers": [{
-                "name": "loadgen",
-                "image": "weft/weft-examples:0.1.0",
-                "command": ["/usr/local/bin/loadgen"],
-                "env": [
-                    {"name": "TARGET_URL", "value": "http://web:8080"},
-                    {"name": "LOADGEN_RPS", "value": rps.to_string()},
-                    {"name": "LOADGEN_DURATION", "value": seconds.to_string()},
-                    {"name": "LOADGEN_CONCURRENCY", "value": "8"}
-                ]
-            }]
-        }
-    }))
-    .expect("a pod")
-}
-
-/// `sent= ok= failed=` from the load generator's summary line.
-fn summary(log: &str) -> Option<(u64, u64, u64)> {
-    let line = log.lines().rev().find(|l| l.contains("sent="))?;
-    let field = |name: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("sent=")?, field("ok=")?, field("failed=")?))
-}
-
-/// Runs a load generator pod to completion; its (sent, ok, failed).
-async fn run_loadgen(mesh: &KubeMesh, name: &str, rps: u32, seconds: u32) -> (u64, u64, u64) {
-    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout");
-    pods.create(&PostParams::default(), &loadgen(name, rps, seconds))
-        .await
-        .expect("create the load generator");
-    let limit = ROLLOUT_LIMIT + Duration::from_secs(seconds.into());
-    let phase = eventually(limit, "load generator done", || async {
-        let p = pods.get(name).await.ok()?;
-        let phase = p.status?.phase?;
-        (phase == "Succeeded" || phase == "Failed").then_some(phase)
-    })
-    .await;
-    let log = mesh.node.container_log("checkout", name, "loadgen");
-    let counts = summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
-    assert_eq!(phase, "Succeeded", "{log}");
-    counts
-}
 
 /// prometheus.yml: a 1 s interval and the jobs of deploy/k8s's
 /// `weft-prometheus-scrape` ConfigMap as installed, each pod discovery told where
@@ -109,53 +48,39 @@ fn scrape_config(mesh: &KubeMesh) -> String {
     out
 }
 
-/// The Ready pods of each example service, by their app label.
-async fn pods_by_service(mesh: &KubeMesh) -> BTreeMap<String, Vec<Ipv4Addr>> {
-    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout")
-        .list(&ListParams::default())
-        .await
-        .expect("list pods");
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-    for p in pods.items {
-        let Some(app) = p
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("app.kubernetes.io/name"))
-            .cloned()
-        else {
-            continue;
-        };
-        if let Some(ip) = p
+/// The IPs of pods `names` in the example's namespace.
+async fn pod_ips(mesh: &KubeMesh, names: &[String]) -> Vec<Ipv4Addr> {
+    let pods = Api::<Pod>::namespaced(mesh.client.clone(), NAMESPACE);
+    let mut ips = Vec::new();
+    for name in names {
+        let pod = pods.get(name).await.expect("a pod of the example");
+        let ip = pod
             .status
             .and_then(|s| s.pod_ip)
-            .and_then(|ip| ip.parse().ok())
-        {
-            out.entry(app).or_default().push(ip);
-        }
+            .and_then(|ip| ip.parse().ok());
+        ips.push(ip.unwrap_or_else(|| panic!("pod {name} has no IP")));
     }
-    out
+    ips
 }
 
-/// Weft and the checkout example installed, every deployment rolled out; the
-/// pods' IPs by service. `None`: skipped.
-async fn installed(test: &str) -> Option<(KubeMesh, BTreeMap<String, Vec<Ipv4Addr>>)> {
+/// Weft (checked as the first install leaves it) and the checkout example
+/// installed, every deployment rolled out; the Ready pods' names by service.
+/// `None`: skipped.
+async fn installed(test: &str) -> Option<(KubeMesh, Checkout, BTreeMap<String, Vec<String>>)> {
     let mesh = KubeMesh::start(test).await.expect("cluster with Weft")?;
-    let example = deploy_dir().join("examples/checkout");
-    mesh.cluster
-        .kubectl(&["apply", "-k", &example.to_string_lossy()])
-        .expect("kubectl apply -k deploy/k8s/examples/checkout");
-    for s in SERVICES {
-        mesh.wait_rollout("checkout", s)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
+    let checkout = mesh.checkout();
+    checkout
+        .check_bootstrap()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.node.logs()));
+    let by_service = checkout
+        .install_example()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.node.logs()));
+    for (service, pods) in &by_service {
+        assert_eq!(pods.len(), 2, "{service}: {by_service:?}");
     }
-    let by_service = pods_by_service(&mesh).await;
-    for s in SERVICES {
-        assert_eq!(by_service.get(s).map(Vec::len), Some(2), "{by_service:?}");
-    }
-
-    Some((mesh, by_service))
+    Some((mesh, checkout, by_service))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,9 +91,11 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
         eprintln!("SKIPPED {test}: tshark is not installed");
         return;
     }
-    let Some((mesh, by_service)) = installed(test).await else {
+    let Some((mesh, checkout, by_service)) = installed(test).await else {
         return;
     };
+    let all_names: Vec<String> = by_service.values().flatten().cloned().collect();
+    let all_ips = pod_ips(&mesh, &all_names).await;
 
     // Capture on every pod's bridge port. The test knocks on a closed port of
     // each pod until tshark has printed a knock from each: then it is live, and
@@ -182,7 +109,6 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
     }
     tshark.args(["-f", "tcp", "-l", "-P", "-w", &pcap_arg]);
     let mut capture = Process::spawn("tshark", tshark, mesh.cluster.dir()).expect("start tshark");
-    let all_ips: Vec<Ipv4Addr> = by_service.values().flatten().copied().collect();
     let knock = |seen_before: usize| {
         let ips = all_ips.clone();
         let capture = &capture;
@@ -203,11 +129,11 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
         }
     };
     knock(0).await;
-    let (sent, ok, failed) = run_loadgen(&mesh, "loadgen", 20, 5).await;
-    assert!(
-        sent >= 50 && ok == sent && failed == 0,
-        "sent={sent} ok={ok} failed={failed}"
-    );
+    let load = checkout
+        .run_loadgen("loadgen", 20, 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.node.logs()));
+    assert!(load.all_ok(50), "{load}");
     let seen = all_ips
         .iter()
         .map(|ip| {
@@ -227,21 +153,12 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
         .await
         .expect("tshark exits");
 
-    // Every service's sidecars served requests: the traffic went through all five.
-    for (service, ips) in &by_service {
-        let mut served = 0.0;
-        for ip in ips {
-            let reply = admin::get(SocketAddr::from((*ip, ADMIN_PORT)), "/metrics")
-                .await
-                .expect("proxy /metrics on the pod IP");
-            served +=
-                Metrics::parse(&reply.body).sum("weft_requests_total", &[("direction", "inbound")]);
-        }
-        assert!(
-            served > 0.0,
-            "no inbound requests through {service}'s proxies"
-        );
-    }
+    // Every service's sidecars served requests (the traffic went through all
+    // five), and web's calls arrived over mTLS with web's identity.
+    checkout
+        .check_traffic(&by_service)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
     // A Prometheus started here with deploy/k8s's scrape jobs, discovering pods
     // through the API server, finds every proxy and gets weft_ series.
@@ -305,7 +222,7 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
         "({between_pods}) && (http || http2 || grpc || json)"
     ));
     eprintln!(
-        "checkout: loadgen sent={sent} ok={ok} failed={failed}; between pod IPs {payload} data packets, {tls} TLS, {plain} plaintext"
+        "checkout: loadgen {load}; between pod IPs {payload} data packets, {tls} TLS, {plain} plaintext"
     );
     assert!(tls > 0, "no TLS between pod IPs ({payload} data packets)");
     assert_eq!(
@@ -314,78 +231,35 @@ async fn the_checkout_example_runs_meshed_with_only_tls_between_pods() {
     );
 }
 
-/// Under load, orders scaled 1 -> 3 -> 1 and then restarted: no request may fail.
+/// The scenario `tests/kind/run.sh` runs on a kind cluster, run here as the same
+/// program (`checkout-scenario`) on the test cluster with Weft just installed:
+/// the bootstrap, the example installed and injected, traffic over mTLS, and
+/// orders scaled 1 -> 3 -> 1 and restarted under load without a failed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scaling_and_restarting_orders_under_load_loses_no_request() {
-    let test = "scaling_and_restarting_orders_under_load_loses_no_request";
-    let Some((mesh, _)) = installed(test).await else {
+async fn the_kind_scenario_passes_and_churning_orders_under_load_loses_no_request() {
+    let test = "the_kind_scenario_passes_and_churning_orders_under_load_loses_no_request";
+    let Some(mesh) = KubeMesh::start(test).await.expect("cluster with Weft") else {
         return;
     };
-    // Under load: orders scaled 1 -> 3 -> 1, then a rollout restart; no request
-    // may fail meanwhile.
-    let kubectl = |args: &[&str]| {
-        mesh.cluster
-            .kubectl(args)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-    };
-    let rollout = |name: &'static str| {
-        let mesh = &mesh;
-        async move {
-            mesh.wait_rollout("checkout", name)
-                .await
-                .unwrap_or_else(|e| panic!("{e:#}"));
-        }
-    };
-    kubectl(&[
-        "-n",
-        "checkout",
-        "scale",
-        "deployment/orders",
-        "--replicas=1",
-    ]);
-    rollout("orders").await;
-    let pods = Api::<Pod>::namespaced(mesh.client.clone(), "checkout");
-    pods.create(
-        &PostParams::default(),
-        &loadgen("loadgen-churn", 20, CHURN_LOAD_SECONDS),
-    )
-    .await
-    .expect("create the load generator");
-    eventually(ROLLOUT_LIMIT, "load generator running", || async {
-        let phase = pods.get("loadgen-churn").await.ok()?.status?.phase?;
-        (phase == "Running").then_some(())
-    })
-    .await;
-    for replicas in ["--replicas=3", "--replicas=1"] {
-        kubectl(&["-n", "checkout", "scale", "deployment/orders", replicas]);
-        rollout("orders").await;
-    }
-    kubectl(&["-n", "checkout", "rollout", "restart", "deployment/orders"]);
-    rollout("orders").await;
-    let phase = pods
-        .get("loadgen-churn")
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_checkout-scenario"));
+    cmd.env("KUBECONFIG", mesh.cluster.kubeconfig());
+    let mut scenario =
+        Process::spawn("checkout-scenario", cmd, mesh.cluster.dir()).expect("start the scenario");
+    // Two rollouts of the example, three of orders and two load runs, each
+    // bounded inside the scenario; this bounds the whole.
+    let status = scenario
+        .wait_exit(Duration::from_secs(900))
         .await
-        .expect("load generator")
-        .status
-        .and_then(|s| s.phase);
-    assert_eq!(
-        phase.as_deref(),
-        Some("Running"),
-        "the load stopped before the scaling and the restart were done"
-    );
-    let phase = eventually(ROLLOUT_LIMIT, "load generator done", || async {
-        let phase = pods.get("loadgen-churn").await.ok()?.status?.phase?;
-        (phase == "Succeeded" || phase == "Failed").then_some(phase)
-    })
-    .await;
-    let log = mesh
-        .node
-        .container_log("checkout", "loadgen-churn", "loadgen");
-    let (sent, ok, failed) =
-        summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
-    eprintln!("checkout: under scaling and restart, loadgen sent={sent} ok={ok} failed={failed}");
+        .expect("the scenario ends");
+    let output = scenario.output();
+    eprintln!("{output}");
     assert!(
-        sent > 0 && ok == sent && failed == 0,
-        "requests lost while orders scaled and restarted: sent={sent} ok={ok} failed={failed}\n{log}"
+        status.success() && output.contains("PASS"),
+        "checkout-scenario {status}:\n{output}\n{}",
+        mesh.node.logs()
+    );
+    assert!(
+        output.contains("orders scaled 1 -> 3 -> 1 and restarted under load"),
+        "the churn step did not run:\n{output}"
     );
 }

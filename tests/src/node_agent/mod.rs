@@ -17,6 +17,7 @@
 //! that exist when it starts (see [`pod::hosts`]).
 
 mod env;
+mod kubelet_api;
 mod network;
 mod pod;
 mod probe;
@@ -42,6 +43,7 @@ use tempfile::TempDir;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use kubelet_api::KubeletApi;
 pub use network::Bridge;
 
 /// How often the node says it is alive (the node lifecycle controller's default
@@ -79,6 +81,7 @@ pub struct NodeAgent {
     tasks: Arc<std::sync::Mutex<HashMap<String, PodTask>>>,
     heartbeat: JoinHandle<()>,
     watch: JoinHandle<()>,
+    _kubelet_api: KubeletApi,
     // Dropped last: the pods' volumes and logs.
     dir: TempDir,
 }
@@ -97,7 +100,8 @@ impl NodeAgent {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .context("chmod the node's folder")?;
-        register(&client, &config.name, &bridge).await?;
+        let kubelet_api = KubeletApi::start(bridge.gateway(), dir.path().to_path_buf()).await?;
+        register(&client, &config.name, &bridge, kubelet_api.addr.port()).await?;
         let ctx = Arc::new(Ctx {
             client: client.clone(),
             bridge,
@@ -113,6 +117,7 @@ impl NodeAgent {
             tasks,
             heartbeat,
             watch,
+            _kubelet_api: kubelet_api,
             dir,
         })
     }
@@ -163,7 +168,12 @@ impl Drop for NodeAgent {
     }
 }
 
-async fn register(client: &kube::Client, name: &str, bridge: &Bridge) -> anyhow::Result<()> {
+async fn register(
+    client: &kube::Client,
+    name: &str,
+    bridge: &Bridge,
+    kubelet_port: u16,
+) -> anyhow::Result<()> {
     let nodes = Api::<Node>::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {
@@ -183,14 +193,14 @@ async fn register(client: &kube::Client, name: &str, bridge: &Bridge) -> anyhow:
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(node_status(bridge)),
+            &Patch::Merge(node_status(bridge, kubelet_port)),
         )
         .await
         .context("report the node's status")?;
     Ok(())
 }
 
-fn node_status(bridge: &Bridge) -> serde_json::Value {
+fn node_status(bridge: &Bridge, kubelet_port: u16) -> serde_json::Value {
     let now = k8s_openapi::jiff::Timestamp::now();
     let resources =
         json!({"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "50Gi"});
@@ -208,7 +218,7 @@ fn node_status(bridge: &Bridge) -> serde_json::Value {
             condition("PIDPressure", "False", "KubeletHasSufficientPID"),
         ],
         "addresses": [{"type": "InternalIP", "address": bridge.gateway().to_string()}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": "weft-test", "systemUUID": "weft-test", "bootID": "weft-test",
             "kernelVersion": "", "osImage": "weft test node", "containerRuntimeVersion": "weft-test://0",

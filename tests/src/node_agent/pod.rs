@@ -839,6 +839,24 @@ fn ready_endpoint<'a>(slices: &'a [EndpointSlice], ns: &str, service: &str) -> O
 /// The output of container `container` of pod `ns/name` (every pod of that name
 /// this node ran, oldest first).
 pub fn container_log(dir: &Path, ns: &str, name: &str, container: &str) -> String {
+    pod_dirs(dir, ns, name)
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(d.join(format!("{ns}-{name}-{container}.log")))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The output of container `container` of the newest pod `ns/name`, as the
+/// kubelet serves it; `None` when this node ran no such container.
+pub fn current_container_log(dir: &Path, ns: &str, name: &str, container: &str) -> Option<String> {
+    let newest = pod_dirs(dir, ns, name).pop()?;
+    std::fs::read_to_string(newest.join(format!("{ns}-{name}-{container}.log"))).ok()
+}
+
+/// The folders of every pod `ns/name` this node ran, oldest first.
+fn pod_dirs(dir: &Path, ns: &str, name: &str) -> Vec<std::path::PathBuf> {
     let mut dirs: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -851,12 +869,7 @@ pub fn container_log(dir: &Path, ns: &str, name: &str, container: &str) -> Strin
         .filter_map(|d| Some((d.metadata().ok()?.modified().ok()?, d.path())))
         .collect();
     dirs.sort();
-    dirs.iter()
-        .map(|(_, d)| {
-            std::fs::read_to_string(d.join(format!("{ns}-{name}-{container}.log")))
-                .unwrap_or_default()
-        })
-        .collect()
+    dirs.into_iter().map(|(_, d)| d).collect()
 }
 
 /// Where a pod's container logs are: for a test that failed.
