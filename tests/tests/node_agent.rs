@@ -95,6 +95,22 @@ async fn pods_run_as_namespaces_report_readiness_and_fail_foreign_images() {
         .await
         .expect("GET the app on its pod IP");
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // `kubectl logs` goes API server -> the node's kubelet API, as on a real node.
+    let on_node = env.node.container_log("plain", "users", "users");
+    assert!(!on_node.is_empty(), "the app printed nothing");
+    let through_api = env
+        .cluster
+        .kubectl(&["-n", "plain", "logs", "users"])
+        .expect("kubectl logs");
+    assert!(
+        on_node.starts_with(&through_api) && !through_api.is_empty(),
+        "kubectl logs: {through_api:?}\non the node: {on_node:?}"
+    );
+    let tail = env
+        .cluster
+        .kubectl(&["-n", "plain", "logs", "users", "--tail=1"])
+        .expect("kubectl logs --tail=1");
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
 
     let failed = eventually(POD_READY, "pod nginx Failed", || async {
         pods.get("nginx")

@@ -9,7 +9,8 @@
 //! ServiceAccount token from the TokenRequest API, and the app containers; images
 //! map to workspace binaries ([`runtime`]), and any other image fails the pod with
 //! the reason. It reports the pod's IP, container states and Ready (from the real
-//! readiness probes), and on deletion stops the apps before the sidecars.
+//! readiness probes), and on deletion stops the apps before the sidecars. It
+//! serves the kubelet API's `containerLogs`, so `kubectl logs` works.
 //!
 //! What the kubelet does and this agent does not: liveness probes, exec and gRPC
 //! probes, resource limits, capabilities and seccomp, image pulls, token rotation,
