@@ -295,13 +295,18 @@ impl Outbound {
                 .proxy_error(ProxyError::MalformedRequest.reason());
             return ProxyError::MalformedRequest.response();
         }
+        // A service named with a port (`http://shop:9090`) is reached on that port.
+        let mut named_port = None;
         let want = match dest {
             Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
             Destination::Original(addr) => Dest::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
                     Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => Dest::Name(Cow::Borrowed(host)),
+                    Err(_) => {
+                        named_port = Some(port);
+                        Dest::Name(Cow::Borrowed(host))
+                    }
                 },
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
@@ -327,6 +332,10 @@ impl Outbound {
             let resp = ProxyError::UnknownService.response();
             self.unknown.record(resp.status().as_u16(), since(start));
             return resp;
+        };
+        let svc = match named_port {
+            Some(port) => svc.for_port(port).clone(),
+            None => svc,
         };
         if !svc.routes.is_empty() {
             // Boxed: a service without routes keeps its request's future small.
