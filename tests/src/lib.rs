@@ -49,7 +49,6 @@ pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod control;
-pub mod control_ca;
 pub mod data;
 pub mod demo;
 pub mod grpc;
