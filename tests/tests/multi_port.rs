@@ -118,19 +118,13 @@ async fn each_port_of_a_vip_reaches_its_own_target_ports_as_one_service() {
 
     // One service in the metrics: every outbound request is counted under `shop`,
     // none under a per-port name.
-    let metrics = a_proxy.metrics().await.expect("pod a's metrics");
-    let outbound = [("direction", "outbound")];
-    let shop_ok = [
-        ("direction", "outbound"),
-        ("service", "shop.default"),
-        ("status_class", "2xx"),
-    ];
+    let shop_ok = a_proxy.requests_ok("outbound", "shop.default").await;
+    assert_eq!(shop_ok, (2 * REQUESTS) as f64);
+    let outbound = a_proxy
+        .metric("weft_requests_total", &[("direction", "outbound")])
+        .await;
     assert_eq!(
-        metrics.sum("weft_requests_total", &shop_ok),
-        (2 * REQUESTS) as f64
-    );
-    assert_eq!(
-        metrics.sum("weft_requests_total", &outbound),
+        outbound,
         (2 * REQUESTS) as f64,
         "requests counted under another service"
     );
