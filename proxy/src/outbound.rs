@@ -295,13 +295,18 @@ impl Outbound {
                 .proxy_error(ProxyError::MalformedRequest.reason());
             return ProxyError::MalformedRequest.response();
         }
+        // A service named with a port (`http://shop:9090`) is reached on that port.
+        let mut named_port = None;
         let want = match dest {
             Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
             Destination::Original(addr) => Dest::Vip(*addr),
             Destination::Authority => match authority_of(&req) {
                 Some((host, port)) => match host.parse::<IpAddr>() {
                     Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => Dest::Name(Cow::Borrowed(host)),
+                    Err(_) => {
+                        named_port = Some(port);
+                        Dest::Name(Cow::Borrowed(host))
+                    }
                 },
                 None => {
                     self.unknown.proxy_error(ProxyError::NoAuthority.reason());
@@ -327,6 +332,10 @@ impl Outbound {
             let resp = ProxyError::UnknownService.response();
             self.unknown.record(resp.status().as_u16(), since(start));
             return resp;
+        };
+        let svc = match named_port {
+            Some(port) => svc.for_port(port).clone(),
+            None => svc,
         };
         if !svc.routes.is_empty() {
             // Boxed: a service without routes keeps its request's future small.
@@ -774,7 +783,12 @@ mod tests {
             "services:\n  - name: a\n    policy: {policy}\n    endpoints: [{}]\n",
             eps.join(", ")
         );
-        let mesh = MeshSpec::from_yaml(&yaml, "t").expect("valid mesh");
+        outbound_for_mesh(&yaml, pool)
+    }
+
+    /// An outbound proxy whose snapshot is the mesh `yaml`, and its service `a`.
+    fn outbound_for_mesh(yaml: &str, pool: Pool) -> (Arc<Outbound>, Arc<Service>) {
+        let mesh = MeshSpec::from_yaml(yaml, "t").expect("valid mesh");
         let metrics = Metrics::new();
         let stats = Registry::default();
         let snap = snapshot::from_mesh(&mesh, 1, "default", &metrics, &stats).expect("snapshot");
@@ -813,6 +827,32 @@ mod tests {
             Replay::Buffered(Bytes::new()),
         )
         .await
+    }
+
+    #[tokio::test]
+    async fn a_service_named_with_one_of_its_ports_is_reached_on_that_port() {
+        let (web, web_seen) = upstream(200).await;
+        let (admin, admin_seen) = upstream(200).await;
+        let yaml = format!(
+            "services:\n  - name: a\n    ports: [{{port: 80}}, {{port: 9090, endpoints: [{{address: '{admin}'}}]}}]\n    endpoints: [{{address: '{web}'}}]\n"
+        );
+        let (ob, _) = outbound_for_mesh(&yaml, Pool::new(Duration::from_secs(60)));
+        for (uri, seen) in [
+            ("http://a:9090/", &admin_seen),
+            ("http://a/", &web_seen),
+            ("http://a:80/", &web_seen),
+        ] {
+            let before = seen.load(Ordering::SeqCst);
+            let req = Request::get(uri)
+                .body(RequestBody::replay(Bytes::new()))
+                .expect("request");
+            let resp = ob
+                .handle(Box::new(req), &Destination::Authority, None)
+                .await;
+            assert_eq!(resp.status(), 200, "{uri}");
+            assert_eq!(seen.load(Ordering::SeqCst), before + 1, "{uri}");
+        }
+        assert_eq!(admin_seen.load(Ordering::SeqCst), 1);
     }
 
     const RETRY_3: &str = "{retry: {max_attempts: 3, backoff_base: 1ms, backoff_max: 2ms}}";

@@ -147,9 +147,7 @@ fn update(version: u64, endpoints: &[&str]) -> ServiceUpdate {
                 })
                 .collect(),
         })),
-        policy: None,
-        trust_bundle: None,
-        routes: Vec::new(),
+        ..Default::default()
     }
 }
 

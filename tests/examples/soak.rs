@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use weft_tests::apps::HttpApp;
 use weft_tests::client::{self, H1Client};
+use weft_tests::control::WeftControl;
 use weft_tests::control::mesh_yaml;
-use weft_tests::control_ca::ControlPlane;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
@@ -130,7 +130,7 @@ fn slope(ys: &[f64]) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let minutes: u64 = env_or("SOAK_MINUTES", 30);
     let lifetime: String = env_or("SOAK_CERT_LIFETIME", "60s".to_string());
-    let cp = ControlPlane::start("services: []\n", &["--cert-lifetime", &lifetime]).await?;
+    let cp = WeftControl::start_yaml("services: []\n", &["--cert-lifetime", &lifetime]).await?;
     let mut apps = Vec::new();
     let mut servers = Vec::new();
     for i in 0..SERVERS {
@@ -141,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         apps.push(app);
     }
     let endpoints: Vec<SocketAddr> = servers.iter().map(WeftProxy::inbound).collect();
-    cp.write_mesh(&mesh(&endpoints, None))?;
+    cp.write_mesh_text(&mesh(&endpoints, None))?;
     let mut config = ProxyConfig::new().upstream("echo");
     config.outbound = None;
     config.extra = format!(
@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             step += 1;
             // One server left out in turn, every other second all of them.
             let left_out = (step % 2 == 1).then_some((step / 2) % SERVERS);
-            if let Err(e) = churn_cp.write_mesh(&mesh(&endpoints, left_out)) {
+            if let Err(e) = churn_cp.write_mesh_text(&mesh(&endpoints, left_out)) {
                 eprintln!("churn: {e:#}");
             }
         }

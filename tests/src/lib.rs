@@ -50,7 +50,6 @@ pub mod checkout;
 pub mod client;
 pub mod cluster;
 pub mod control;
-pub mod control_ca;
 pub mod data;
 pub mod demo;
 pub mod grpc;

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use crate::control_ca::ControlPlane;
+use crate::control::WeftControl;
 use crate::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 
 /// The server proxy's identity, which the client proxy requires of its endpoint.
@@ -28,7 +28,7 @@ pub struct MtlsPair {
     pub client: WeftProxy,
     pub server: WeftProxy,
     pub service: ServiceDef,
-    pub cp: ControlPlane,
+    pub cp: WeftControl,
 }
 
 impl MtlsPair {
@@ -40,8 +40,9 @@ impl MtlsPair {
         app: SocketAddr,
         options: PairOptions,
     ) -> anyhow::Result<MtlsPair> {
-        let cp = ControlPlane::start("services:\n  - name: placeholder\n    endpoints: []\n", &[])
-            .await?;
+        let cp =
+            WeftControl::start_yaml("services:\n  - name: placeholder\n    endpoints: []\n", &[])
+                .await?;
         let mut server_config = ProxyConfig::new().inbound(app);
         if let Some(ports) = &options.server_http1_ports {
             server_config = server_config.inbound_http1_ports(ports);

@@ -758,6 +758,16 @@ impl PodProxy {
             .sum(name, labels)
     }
 
+    /// Requests `direction` ("outbound", "inbound") for `service` answered 2xx.
+    pub async fn requests_ok(&self, direction: &str, service: &str) -> f64 {
+        let labels = [
+            ("direction", direction),
+            ("service", service),
+            ("status_class", "2xx"),
+        ];
+        self.metric("weft_requests_total", &labels).await
+    }
+
     /// SIGKILL: the proxy dies without draining, as in a crash.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.process.signal(nix::sys::signal::Signal::SIGKILL)?;

@@ -43,6 +43,8 @@ pub struct ServiceDef {
     pub vips: Vec<String>,
     /// (port, protocol): protocol is detect | http1 | http2 | grpc | opaque.
     pub ports: Vec<(u16, String)>,
+    /// Ports with an endpoint list of their own (a multi-port service).
+    pub port_endpoints: Vec<(u16, Vec<SocketAddr>)>,
     pub endpoints: Vec<EndpointDef>,
     /// The `policy:` mapping as YAML flow text, e.g. `{timeouts: {request: 300ms}}`.
     pub policy: Option<String>,
@@ -57,6 +59,7 @@ impl ServiceDef {
             namespace: None,
             vips: Vec::new(),
             ports: Vec::new(),
+            port_endpoints: Vec::new(),
             endpoints: Vec::new(),
             policy: None,
             routes: None,
@@ -76,6 +79,17 @@ impl ServiceDef {
     pub fn port(mut self, port: u16, protocol: &str) -> Self {
         self.ports.push((port, protocol.to_string()));
         self
+    }
+
+    /// A port whose connections go to `endpoints` instead of the service's.
+    pub fn port_with_endpoints(
+        mut self,
+        port: u16,
+        protocol: &str,
+        endpoints: &[SocketAddr],
+    ) -> Self {
+        self.port_endpoints.push((port, endpoints.to_vec()));
+        self.port(port, protocol)
     }
 
     pub fn endpoint(self, addr: SocketAddr) -> Self {
@@ -158,7 +172,17 @@ impl ServiceDef {
         if !self.ports.is_empty() {
             out.push_str("    ports:\n");
             for (port, proto) in &self.ports {
-                out.push_str(&format!("      - {{port: {port}, protocol: {proto}}}\n"));
+                let own = self.port_endpoints.iter().find(|(p, _)| p == port);
+                let endpoints = own.map_or(String::new(), |(_, addrs)| {
+                    let list: Vec<String> = addrs
+                        .iter()
+                        .map(|a| format!("{{address: \"{a}\"}}"))
+                        .collect();
+                    format!(", endpoints: [{}]", list.join(", "))
+                });
+                out.push_str(&format!(
+                    "      - {{port: {port}, protocol: {proto}{endpoints}}}\n"
+                ));
             }
         }
         out.push_str("    endpoints:");

@@ -22,7 +22,7 @@ use kube::Api;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use weft_tests::bins;
 use weft_tests::cluster::{Cluster, run_bounded};
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::{STEP_DEADLINE, eventually};
 
 /// How long weft-control may take to create a Secret or patch the caBundle
@@ -73,8 +73,8 @@ fn service_account_kubeconfig(cluster: &Cluster, dir: &Path, replica: &str) -> P
 }
 
 /// weft-control with the settings of its Deployment, as `kubeconfig`'s user.
-async fn weft_control(kubeconfig: &Path) -> ControlPlane {
-    ControlPlane::start_with_env(
+async fn weft_control(kubeconfig: &Path) -> WeftControl {
+    WeftControl::start_with_env(
         "services: []\n",
         &[
             "--source",
@@ -138,7 +138,7 @@ async fn ca_bundle_becomes(client: &kube::Client, bundle: &[u8], what: &str) {
 
 /// Completes a TLS handshake with `cp`'s gRPC port trusting only `root_pem`: its
 /// serving certificate was issued by the CA under that root.
-async fn serves_under(cp: &ControlPlane, root_pem: &[u8]) -> Result<(), String> {
+async fn serves_under(cp: &WeftControl, root_pem: &[u8]) -> Result<(), String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(root_pem) {
         roots
@@ -153,7 +153,7 @@ async fn serves_under(cp: &ControlPlane, root_pem: &[u8]) -> Result<(), String> 
     .with_root_certificates(roots)
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(cp.grpc)
+    let tcp = tokio::net::TcpStream::connect(cp.grpc())
         .await
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from("weft-control").map_err(|e| e.to_string())?;
@@ -202,7 +202,7 @@ async fn a_first_install_needs_no_hand_made_secret_and_two_replicas_agree_on_one
             .await
             .unwrap_or_else(|e| panic!("replica {name} does not use the Secret's CA: {e}"));
     }
-    let logs = format!("{}{}", a.process().output(), b.process().output());
+    let logs = format!("{}{}", a.output(), b.output());
     assert_eq!(
         count(&logs, "generated a DEVELOPMENT CA"),
         1,
@@ -326,7 +326,7 @@ async fn an_operators_ca_secret_is_used_and_never_written() {
         "the operator's Secret was written"
     );
     assert_eq!(after.data, before.data);
-    let logs = cp.process().output();
+    let logs = cp.output();
     assert_eq!(count(&logs, "DEVELOPMENT CA"), 0, "{logs}");
     assert!(
         logs.contains("issuing CA from the operator's Secret"),

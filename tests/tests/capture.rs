@@ -194,29 +194,9 @@ async fn app_calls_a_service_vip_through_both_sidecars() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body.trim(), "hello from b");
     assert_eq!(mesh.web.requests(), 1);
-    let out = mesh
-        .a_proxy
-        .metric(
-            "weft_requests_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "web.default"),
-                ("status_class", "2xx"),
-            ],
-        )
-        .await;
+    let out = mesh.a_proxy.requests_ok("outbound", "web.default").await;
     assert_eq!(out, 1.0, "pod a's outbound routed the request by VIP");
-    let inb = mesh
-        .b_proxy
-        .metric(
-            "weft_requests_total",
-            &[
-                ("direction", "inbound"),
-                ("service", "b"),
-                ("status_class", "2xx"),
-            ],
-        )
-        .await;
+    let inb = mesh.b_proxy.requests_ok("inbound", "b").await;
     assert_eq!(inb, 1.0, "pod b's inbound delivered it to the app");
     assert_eq!(passthrough(&mesh.a_proxy).await, 0.0);
 }
@@ -284,29 +264,9 @@ async fn grpc_call_to_a_service_vip_goes_through_both_sidecars() {
     .await
     .expect("unary call through the mesh");
     assert_eq!(reply.into_inner().text, "ping");
-    let out = mesh
-        .a_proxy
-        .metric(
-            "weft_requests_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "echo.default"),
-                ("status_class", "2xx"),
-            ],
-        )
-        .await;
+    let out = mesh.a_proxy.requests_ok("outbound", "echo.default").await;
     assert_eq!(out, 1.0);
-    let inb = mesh
-        .b_proxy
-        .metric(
-            "weft_requests_total",
-            &[
-                ("direction", "inbound"),
-                ("service", "b"),
-                ("status_class", "2xx"),
-            ],
-        )
-        .await;
+    let inb = mesh.b_proxy.requests_ok("inbound", "b").await;
     assert_eq!(inb, 1.0);
 }
 
@@ -425,17 +385,7 @@ async fn ipv6_traffic_is_captured_too() {
         .expect("GET http://[<web6 VIP>]/ from pod a");
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body.trim(), "hello from b");
-    let out = mesh
-        .a_proxy
-        .metric(
-            "weft_requests_total",
-            &[
-                ("direction", "outbound"),
-                ("service", "web6.default"),
-                ("status_class", "2xx"),
-            ],
-        )
-        .await;
+    let out = mesh.a_proxy.requests_ok("outbound", "web6.default").await;
     assert_eq!(out, 1.0, "routed by the IPv6 original destination");
     let outside = mesh.x.addr6(OUTSIDE_PORT);
     let reply = mesh

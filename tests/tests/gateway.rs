@@ -10,7 +10,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use weft_tests::apps::HttpApp;
 use weft_tests::cluster::pki::{Ca, CertFiles};
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::ports::free_addr;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually};
@@ -113,7 +113,7 @@ fn certs() -> Certs {
 }
 
 struct Gateway {
-    _cp: ControlPlane,
+    _cp: WeftControl,
     _web_proxy: WeftProxy,
     web: HttpApp,
     orders: HttpApp,
@@ -126,7 +126,7 @@ struct Gateway {
 /// as a plain endpoint; the gateway routes shop.example to web (whose routes send
 /// /api/orders to orders) and api.example to orders.
 async fn gateway(certs: &Certs) -> Gateway {
-    let cp = ControlPlane::start("services: []\n", &[])
+    let cp = WeftControl::start_yaml("services: []\n", &[])
         .await
         .expect("start control plane");
     let web = HttpApp::start("web-app").await.expect("web app");

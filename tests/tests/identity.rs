@@ -18,7 +18,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_tests::apps::{HttpApp, TcpApp};
 use weft_tests::client::{self, H1Client, H2Client};
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
@@ -27,7 +27,7 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 
 /// The identity section of a proxy config.
-fn identity_yaml(cp: &ControlPlane, sa: &str, inbound: &str) -> String {
+fn identity_yaml(cp: &WeftControl, sa: &str, inbound: &str) -> String {
     cp.identity_yaml(sa, inbound, "")
 }
 
@@ -42,7 +42,7 @@ fn echo_service(endpoint: SocketAddr, identity: &str) -> String {
 }
 
 struct Mesh {
-    cp: ControlPlane,
+    cp: WeftControl,
     app: HttpApp,
     server: WeftProxy,
     client: WeftProxy,
@@ -51,7 +51,7 @@ struct Mesh {
 /// A server proxy in front of `app` with `inbound` policy, and a client proxy whose
 /// `echo` endpoint (the server proxy) must be `expect_id`.
 async fn proxies(
-    cp: &ControlPlane,
+    cp: &WeftControl,
     app: SocketAddr,
     inbound: &str,
     expect_id: &str,
@@ -77,7 +77,7 @@ impl Mesh {
     /// Control plane, app, a server proxy in front of the app with `inbound` policy,
     /// and a client proxy whose `echo` endpoint must be `expect_id`.
     async fn start(cp_args: &[&str], inbound: &str, expect_id: &str) -> Mesh {
-        let cp = ControlPlane::start(MESH, cp_args)
+        let cp = WeftControl::start_yaml(MESH, cp_args)
             .await
             .expect("start control plane");
         let app = HttpApp::start("echo-app").await.expect("start app");
@@ -524,7 +524,7 @@ async fn inbound_policy_from_the_control_plane_is_hot_swapped() {
     let deny = format!(
         "{MESH}workloads:\n  - {{service_account: server, inbound: [{{allow_namespaces: [payments]}}]}}\n"
     );
-    let cp = ControlPlane::start(&deny, &[])
+    let cp = WeftControl::start_yaml(&deny, &[])
         .await
         .expect("start control plane");
     let app = HttpApp::start("echo-app").await.expect("start app");
@@ -547,7 +547,7 @@ async fn inbound_policy_from_the_control_plane_is_hot_swapped() {
     let allow = format!(
         "{MESH}workloads:\n  - {{service_account: server, inbound: [{{allow_identities: [\"{CLIENT_ID}\"]}}]}}\n"
     );
-    mesh.cp.write_mesh(&allow).expect("write mesh");
+    mesh.cp.write_mesh_text(&allow).expect("write mesh");
     eventually(
         STEP_DEADLINE,
         "the control plane's allow policy",
@@ -604,7 +604,7 @@ async fn a_new_root_beside_the_old_reaches_running_proxies() {
     assert!(before.is_empty(), "the next root is not trusted yet");
 
     mesh.cp
-        .restart(&[
+        .restart_with(&[
             "--ca-cert",
             &cert,
             "--ca-key",
@@ -672,7 +672,7 @@ async fn a_proxy_without_a_certificate_is_live_but_not_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
     let mesh = Mesh::start(&["--grpc-tls"], "{}", SERVER_ID).await;
-    assert!(mesh.cp.tls);
+    assert!(mesh.cp.tls());
 
     let reply = mesh.get("/headers").await;
 
@@ -682,7 +682,7 @@ async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
         Some(CLIENT_ID)
     );
     // A plaintext gRPC client gets nowhere: the port speaks TLS only.
-    let mut plain = tokio::net::TcpStream::connect(mesh.cp.grpc)
+    let mut plain = tokio::net::TcpStream::connect(mesh.cp.grpc())
         .await
         .expect("connect");
     plain
@@ -702,7 +702,7 @@ async fn certificates_and_policy_come_over_a_tls_control_plane_channel() {
 /// client proxy with an upstream listener for `service`, whose port is `port`
 /// (YAML flow) and whose one endpoint is the server proxy.
 struct OpaqueHop {
-    _cp: ControlPlane,
+    _cp: WeftControl,
     _app: TcpApp,
     server: WeftProxy,
     client: WeftProxy,
@@ -710,7 +710,7 @@ struct OpaqueHop {
 
 impl OpaqueHop {
     async fn start(service: &str, port: &str, server_workload: Option<&str>) -> OpaqueHop {
-        let cp = ControlPlane::start(MESH, &[])
+        let cp = WeftControl::start_yaml(MESH, &[])
             .await
             .expect("start control plane");
         let app = TcpApp::echo_after_eof().await.expect("tcp app");

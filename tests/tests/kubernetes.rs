@@ -4,7 +4,8 @@
 //! only the RBAC those manifests give its ServiceAccount, serves Services,
 //! EndpointSlices and TrafficPolicies; and ServiceAccount tokens from the TokenRequest
 //! API prove an identity only for their own account, audience and living pod;
-//! weft-control rides out an apiserver restart.
+//! weft-control rides out an apiserver restart; a multi-port Service is one mesh
+//! service with an endpoint set per port.
 //!
 //! The tests share one cluster per test binary, each in namespaces of its own (the
 //! restart test, which breaks its cluster for a moment, starts its own). They
@@ -21,7 +22,7 @@ use weft_api::v1::certify_request::Proof;
 use weft_control::identity::proof::{IdentityProof, ProofError, Workload};
 use weft_control::identity::token_review::TokenReviewer;
 use weft_tests::cluster::Cluster;
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
@@ -90,10 +91,10 @@ fn namespace(cluster: &Cluster, name: &str) {
 
 /// weft-control watching the cluster as its ServiceAccount, with a real token: only
 /// deploy/k8s/rbac.yaml's rights apply. Ready once every kind it watches is listed.
-async fn as_weft_control(cluster: &Cluster, dir: &Path) -> anyhow::Result<ControlPlane> {
+async fn as_weft_control(cluster: &Cluster, dir: &Path) -> anyhow::Result<WeftControl> {
     let kubeconfig = cluster.service_account_kubeconfig(dir, "weft-system", "weft-control")?;
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    ControlPlane::start_with_env(
+    WeftControl::start_with_env(
         UNUSED_MESH,
         &["--source", "kubernetes"],
         &[("KUBECONFIG", &kubeconfig)],
@@ -246,10 +247,20 @@ struct Watch {
     endpoints: Vec<v1::Endpoint>,
     policy: Option<v1::TrafficPolicy>,
     routes: Vec<v1::Route>,
+    port_endpoints: Vec<v1::PortEndpoints>,
 }
 
 impl Watch {
     async fn start(grpc: std::net::SocketAddr, node_namespace: &str, service: &str) -> Watch {
+        let destination = v1::subscribe::Destination::Service(service.into());
+        Self::start_for(grpc, node_namespace, destination).await
+    }
+
+    async fn start_for(
+        grpc: std::net::SocketAddr,
+        node_namespace: &str,
+        destination: v1::subscribe::Destination,
+    ) -> Watch {
         let mut client = within(
             STEP_DEADLINE,
             "connecting to weft-control",
@@ -266,7 +277,7 @@ impl Watch {
                     service_account: "default".into(),
                     ..Default::default()
                 }),
-                destination: Some(v1::subscribe::Destination::Service(service.into())),
+                destination: Some(destination),
             })),
         };
         acks.send(subscribe).await.expect("queue the subscription");
@@ -285,6 +296,7 @@ impl Watch {
             endpoints: Vec::new(),
             policy: None,
             routes: Vec::new(),
+            port_endpoints: Vec::new(),
         }
     }
 
@@ -320,6 +332,7 @@ impl Watch {
         match &update.endpoints {
             Some(v1::service_update::Endpoints::Full(set)) => {
                 self.endpoints = set.endpoints.clone();
+                self.port_endpoints = update.port_endpoints.clone();
             }
             Some(v1::service_update::Endpoints::Delta(delta)) => {
                 self.endpoints.retain(|e| {
@@ -355,15 +368,27 @@ impl Watch {
     }
 
     fn addresses(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter_map(|e| e.address.as_ref())
-            .map(|a| format!("{}:{}", a.ip, a.port))
-            .collect();
-        out.sort();
-        out
+        sorted_addresses(&self.endpoints)
     }
+
+    /// The addresses a connection to the service's `port` is balanced over: the
+    /// port's own set, or the service's.
+    fn port_addresses(&self, port: u32) -> Vec<String> {
+        match self.port_endpoints.iter().find(|p| p.port == port) {
+            Some(own) => sorted_addresses(own.endpoints.as_ref().map_or(&[], |s| &s.endpoints)),
+            None => self.addresses(),
+        }
+    }
+}
+
+fn sorted_addresses(endpoints: &[v1::Endpoint]) -> Vec<String> {
+    let mut out: Vec<String> = endpoints
+        .iter()
+        .filter_map(|e| e.address.as_ref())
+        .map(|a| format!("{}:{}", a.ip, a.port))
+        .collect();
+    out.sort();
+    out
 }
 
 fn endpoint_slice(namespace: &str, name: &str, ips: &[&str]) -> String {
@@ -396,11 +421,11 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     // deploy/k8s/rbac.yaml lets it list and watch, and it is ready only once every
     // kind it watches has been listed.
     let dir = tempfile::tempdir().expect("dir");
-    let mut cp = as_weft_control(cluster, dir.path())
+    let cp = as_weft_control(cluster, dir.path())
         .await
         .expect("weft-control lists everything it watches and becomes ready");
 
-    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("the Service and its endpoint", |w| {
             w.service.is_some() && w.addresses() == ["10.244.1.5:8080"]
@@ -453,7 +478,7 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     let mut policy = within(
         STEP_DEADLINE,
         "connecting to weft-control",
-        v1::policy_client::PolicyClient::connect(format!("http://{}", cp.grpc)),
+        v1::policy_client::PolicyClient::connect(format!("http://{}", cp.grpc())),
     )
     .await
     .expect("connect to the policy API");
@@ -491,11 +516,120 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
         }
     }
 
-    let log = cp.process().output();
+    let log = cp.output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"
     );
+}
+
+/// An EndpointSlice of Service `service` whose endpoints `ips` serve `ports` (name,
+/// port); the test writes it (no selector, so no controller does).
+fn named_slice(ns: &str, service: &str, name: &str, ports: &[(&str, u16)], ips: &[&str]) -> String {
+    let ports: String = ports
+        .iter()
+        .map(|(port_name, port)| format!("- {{name: {port_name}, port: {port}, protocol: TCP}}\n"))
+        .collect();
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+         namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {service}\n    \
+         endpointslice.kubernetes.io/managed-by: weft-tests\naddressType: IPv4\nports:\n\
+         {ports}endpoints:\n{endpoints}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_port_service_is_one_mesh_service_with_an_endpoint_set_per_port() {
+    let Some(cluster) = installed("a_multi_port_service_is_one_mesh_service") else {
+        return;
+    };
+    let ns = "kd-ports";
+    namespace(cluster, ns);
+    // Named targetPorts: each pod template says which container port they are.
+    cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: payments\n  namespace: {ns}\n\
+             spec:\n  ports:\n  - {{name: http, port: 8080, targetPort: http, appProtocol: http}}\n  \
+             - {{name: grpc, port: 9090, targetPort: grpc, appProtocol: grpc}}\n"
+        ))
+        .expect("create the Service");
+    let cluster_ip = cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "payments",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("read the cluster IP");
+    // A rollout in progress: the old pods serve http on 18080 and no grpc, the new
+    // ones http on 28080 and grpc on 29090.
+    cluster
+        .apply(&named_slice(
+            ns,
+            "payments",
+            "payments-old",
+            &[("http", 18080)],
+            &["10.244.3.5"],
+        ))
+        .expect("create the old pods' EndpointSlice");
+    cluster
+        .apply(&named_slice(
+            ns,
+            "payments",
+            "payments-new",
+            &[("http", 28080), ("grpc", 29090)],
+            &["10.244.3.6"],
+        ))
+        .expect("create the new pods' EndpointSlice");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let cp = as_weft_control(cluster, dir.path())
+        .await
+        .expect("weft-control becomes ready");
+    // As a captured connection to the cluster IP's second port asks for it.
+    let vip = v1::SocketAddress {
+        ip: cluster_ip.clone(),
+        port: 9090,
+    };
+    let mut watch = Watch::start_for(cp.grpc(), ns, v1::subscribe::Destination::Vip(vip)).await;
+    watch
+        .until("each port's endpoints at its own target ports", |w| {
+            w.port_addresses(9090) == ["10.244.3.6:29090"]
+                && w.port_addresses(8080) == ["10.244.3.5:18080", "10.244.3.6:28080"]
+        })
+        .await;
+    let service = watch.service.clone().expect("service");
+    assert_eq!(
+        service.name, "payments",
+        "one mesh service, not `9090-payments`"
+    );
+    let ports: Vec<(u32, i32)> = service.ports.iter().map(|p| (p.port, p.protocol)).collect();
+    assert_eq!(
+        ports,
+        [
+            (8080, v1::Protocol::Http1 as i32),
+            (9090, v1::Protocol::Grpc as i32)
+        ]
+    );
+    assert!(service.vips.contains(&cluster_ip), "{:?}", service.vips);
+
+    // The old pods go: both ports reach only the new pods, each at its own port.
+    cluster
+        .kubectl(&["delete", "endpointslice", "payments-old", "-n", ns])
+        .expect("delete the old pods' EndpointSlice");
+    watch
+        .until("the old pods gone from every port", |w| {
+            w.port_addresses(8080) == ["10.244.3.6:28080"]
+                && w.port_addresses(9090) == ["10.244.3.6:29090"]
+        })
+        .await;
 }
 
 /// A Service `orders` in `ns` without a selector (its EndpointSlices are the
@@ -538,7 +672,7 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
     let mut cp = as_weft_control(&cluster, dir.path())
         .await
         .expect("weft-control ready");
-    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("the first endpoint", |w| {
             w.addresses() == ["10.244.1.5:8080"]
@@ -550,7 +684,7 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
         .await
         .expect("restart kube-apiserver");
     // Its watches broke; it keeps what it had, resumes, and serves what changed.
-    let ready = weft_tests::admin::get(cp.admin, "/ready")
+    let ready = weft_tests::admin::get(cp.admin(), "/ready")
         .await
         .expect("admin");
     assert_eq!(ready.status, 200, "still ready with its last state");
@@ -563,7 +697,11 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
         })
         .await;
     assert!(
-        cp.process().try_exit().expect("status").is_none(),
+        cp.process()
+            .expect("weft-control runs")
+            .try_exit()
+            .expect("status")
+            .is_none(),
         "weft-control exited"
     );
     drop(cp);
@@ -652,7 +790,7 @@ async fn endpoints_from_the_endpointslice_controller_carry_injected_pods_identit
     let cp = as_weft_control(cluster, dir.path())
         .await
         .expect("weft-control ready");
-    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("both pods as endpoints", |w| {
             w.addresses() == ["10.244.3.10:8080", "10.244.3.11:8080"]
@@ -784,7 +922,7 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
 
     // weft-control itself, asked by a proxy with the pod's token file.
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let cp = ControlPlane::start_with_env(
+    let cp = WeftControl::start_with_env(
         "services:\n  - name: placeholder\n    endpoints: []\n",
         &["--identity-proof", "kubernetes"],
         &[("KUBECONFIG", &kubeconfig), ("WEFT_TOKEN_AUDIENCE", "weft")],
@@ -821,7 +959,7 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
     let _impostor =
         weft_tests::process::Process::spawn("impostor-proxy", cmd, dir.path()).expect("spawn");
     eventually(STEP_DEADLINE, "a refused certificate request", || async {
-        let reply = weft_tests::admin::get(cp.admin, "/metrics").await.ok()?;
+        let reply = weft_tests::admin::get(cp.admin(), "/metrics").await.ok()?;
         let denied = weft_tests::metrics::Metrics::parse(&reply.body)
             .value("weft_control_certificates_total", &[("result", "denied")]);
         (denied >= 1.0).then_some(())
@@ -959,10 +1097,10 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
 
     // weft-control finds the Gateway API at start, so it starts after the CRDs.
     let dir = tempfile::tempdir().expect("dir");
-    let mut cp = as_weft_control(cluster, dir.path())
+    let cp = as_weft_control(cluster, dir.path())
         .await
         .expect("weft-control lists everything it watches and becomes ready");
-    let mut watch = Watch::start(cp.grpc, ns, &format!("orders.{ns}")).await;
+    let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("orders without routes", |w| {
             w.service.is_some() && w.addresses() == ["10.244.3.5:8080"] && w.routes.is_empty()
@@ -1012,7 +1150,7 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
     )
     .await;
     assert!(accepted.ends_with(" 2"), "{accepted}");
-    let log = cp.process().output();
+    let log = cp.output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"

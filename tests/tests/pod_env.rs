@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use weft_tests::admin::{self, Reply};
 use weft_tests::apps::HttpApp;
 use weft_tests::client::{self, H1Client};
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::ports::{closed_addr, free_port};
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, WeftProxy, proxy_command};
@@ -67,14 +67,14 @@ impl EnvProxy {
 /// The variables of an injected pod whose proxy is `sa` in `default`, against
 /// the TLS control plane `cp`. The token goes into a file in `dir`, as the
 /// projected token volume does.
-fn pod_env(cp: &ControlPlane, sa: &str, dir: &TempDir) -> Vec<(&'static str, String)> {
+fn pod_env(cp: &WeftControl, sa: &str, dir: &TempDir) -> Vec<(&'static str, String)> {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, cp.token("default", sa).expect("token")).expect("write token");
     let anchors =
         std::fs::read_to_string(cp.state_dir().join("ca.pem")).expect("the control plane's CA");
     vec![
         // host:port, no scheme: TLS, and 127.0.0.1 is the name checked.
-        ("WEFT_CONTROL_PLANE", cp.grpc.to_string()),
+        ("WEFT_CONTROL_PLANE", cp.grpc().to_string()),
         ("WEFT_TRUST_ANCHORS", anchors),
         ("WEFT_TRUST_DOMAIN", "cluster.local".into()),
         (
@@ -88,7 +88,7 @@ fn pod_env(cp: &ControlPlane, sa: &str, dir: &TempDir) -> Vec<(&'static str, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_configured_only_by_the_pod_env_serves_over_mtls() {
-    let cp = ControlPlane::start(MESH, &["--grpc-tls"])
+    let cp = WeftControl::start_yaml(MESH, &["--grpc-tls"])
         .await
         .expect("start control plane");
     let app = HttpApp::start("echo-app").await.expect("start app");
@@ -98,13 +98,13 @@ async fn a_proxy_configured_only_by_the_pod_env_serves_over_mtls() {
         "identity:\n  service_account: server\n  token: \"{}\"\n  control_plane: \
          \"https://{}\"\n  trust_bundle: \"{}\"\n",
         cp.token("default", "server").expect("token"),
-        cp.grpc,
+        cp.grpc(),
         cp.state_dir().join("ca.pem").display()
     );
     let server = WeftProxy::start_named("server-proxy", server_config)
         .await
         .expect("start server proxy");
-    cp.write_mesh(&format!(
+    cp.write_mesh_text(&format!(
         "services:\n  - name: echo\n    ports: [{{port: 80, protocol: http1}}]\n    endpoints:\n      \
          - {{address: \"{}\", identity: \"{SERVER_ID}\"}}\n",
         server.inbound()

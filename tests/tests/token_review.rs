@@ -11,7 +11,7 @@ use weft_api::v1::certify_request::Proof;
 use weft_control::identity::proof::{IdentityProof, ProofError, Workload};
 use weft_control::identity::token_review::TokenReviewer;
 use weft_tests::apiserver::{ApiServer, CALLER_TOKEN, Mode, TOKEN_REVIEW_PATH};
-use weft_tests::control_ca::ControlPlane;
+use weft_tests::control::WeftControl;
 use weft_tests::proxy::{ProxyConfig, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually, within};
 
@@ -233,7 +233,7 @@ async fn an_api_server_refusing_the_control_plane_is_unavailable() {
 const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
 
 /// The identity section of a proxy claiming `shop/orders` with a token file.
-fn orders_identity(cp: &ControlPlane, token_file: &Path) -> String {
+fn orders_identity(cp: &WeftControl, token_file: &Path) -> String {
     format!(
         "node: {{namespace: shop, service_account: orders}}\nidentity:\n  \
          trust_domain: cluster.local\n  token_file: \"{}\"\n  control_plane: \"{}\"\n",
@@ -253,7 +253,7 @@ async fn a_proxy_gets_its_own_identity_with_its_service_account_token_and_none_w
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let mut cp = ControlPlane::start_with_env(
+    let cp = WeftControl::start_with_env(
         MESH,
         &["--identity-proof", "kubernetes"],
         &[("KUBECONFIG", &kubeconfig), ("WEFT_TOKEN_AUDIENCE", "weft")],
@@ -322,7 +322,7 @@ async fn a_proxy_gets_its_own_identity_with_its_service_account_token_and_none_w
         Some(0.0)
     );
     let denied = metric(
-        cp.admin,
+        cp.admin(),
         "weft_control_certificates_total",
         &[("result", "denied")],
     )
@@ -336,7 +336,7 @@ async fn a_proxy_gets_its_own_identity_with_its_service_account_token_and_none_w
         .expect("ready once its token file holds its own token");
 
     // The tokens never reach the control plane's log.
-    let log = cp.process().output();
+    let log = cp.output();
     for t in [ORDERS_TOKEN, ADMIN_TOKEN] {
         assert!(!log.contains(t), "token in the control plane's log");
     }
@@ -350,7 +350,7 @@ async fn a_proxy_waits_out_an_api_server_that_does_not_answer() {
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let cp = ControlPlane::start_with_env(
+    let cp = WeftControl::start_with_env(
         MESH,
         &[
             "--identity-proof",
@@ -377,7 +377,7 @@ async fn a_proxy_waits_out_an_api_server_that_does_not_answer() {
     // Certify answers UNAVAILABLE (not a refusal) while the API server is silent...
     eventually(STEP_DEADLINE, "two unanswered TokenReviews", || async {
         (metric(
-            cp.admin,
+            cp.admin(),
             "weft_control_certificates_total",
             &[("result", "unavailable")],
         )
@@ -398,7 +398,7 @@ async fn a_proxy_waits_out_an_api_server_that_does_not_answer() {
         .expect("ready once the API server answers");
     assert_eq!(
         metric(
-            cp.admin,
+            cp.admin(),
             "weft_control_certificates_total",
             &[("result", "denied")]
         )

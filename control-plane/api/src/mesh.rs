@@ -138,6 +138,10 @@ pub struct ServiceSpec {
     pub routes: Vec<RouteSpec>,
 }
 
+/// One port of a service. A connection to a VIP on this port goes to the service's
+/// `endpoints` as they are, unless the port names where its connections go instead:
+/// the same endpoints at `target_port`, or its own `endpoints` (when the target port
+/// differs between endpoints, as a Kubernetes named targetPort may).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
@@ -146,6 +150,23 @@ pub struct PortSpec {
     pub name: String,
     #[serde(default)]
     pub protocol: ProtocolSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<EndpointSpec>>,
+}
+
+impl PortSpec {
+    /// A port whose connections go to the service's endpoints as they are.
+    pub fn new(port: u16, name: impl Into<String>, protocol: ProtocolSpec) -> Self {
+        PortSpec {
+            port,
+            name: name.into(),
+            protocol,
+            target_port: None,
+            endpoints: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -520,16 +541,30 @@ impl MeshSpec {
                     "a service with vips needs at least one port".into(),
                 ));
             }
-            let mut seen = HashMap::new();
-            for (j, ep) in svc.endpoints.iter().enumerate() {
-                if let Some(first) = seen.insert(ep.address, j) {
+            check_endpoints(&format!("services[{i}]"), &svc.endpoints)?;
+            let mut ports = HashMap::new();
+            for (j, port) in svc.ports.iter().enumerate() {
+                let at = format!("services[{i}].ports[{j}]");
+                if let Some(first) = ports.insert(port.port, j) {
                     return Err(invalid(
-                        format!("services[{i}].endpoints[{j}].address"),
-                        format!(
-                            "duplicate endpoint {} (first at endpoints[{first}])",
-                            ep.address
-                        ),
+                        format!("{at}.port"),
+                        format!("port {} listed twice (first at ports[{first}])", port.port),
                     ));
+                }
+                if port.target_port == Some(0) {
+                    return Err(invalid(
+                        format!("{at}.target_port"),
+                        "must be 1-65535".into(),
+                    ));
+                }
+                if let Some(endpoints) = &port.endpoints {
+                    if port.target_port.is_some() {
+                        return Err(invalid(
+                            format!("{at}.target_port"),
+                            "name either target_port or endpoints, not both".into(),
+                        ));
+                    }
+                    check_endpoints(&at, endpoints)?;
                 }
             }
             if let Some(retry) = &svc.policy.retry {
@@ -582,6 +617,23 @@ impl MeshSpec {
             .iter()
             .find(|s| s.name.as_str() == name && s.namespace.as_str() == namespace)
     }
+}
+
+/// No address twice in one endpoint list (`path` names its owner in errors).
+fn check_endpoints(path: &str, endpoints: &[EndpointSpec]) -> Result<(), MeshError> {
+    let mut seen = HashMap::new();
+    for (j, ep) in endpoints.iter().enumerate() {
+        if let Some(first) = seen.insert(ep.address, j) {
+            return Err(MeshError::Invalid {
+                path: format!("{path}.endpoints[{j}].address"),
+                reason: format!(
+                    "duplicate endpoint {} (first at endpoints[{first}])",
+                    ep.address
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A retry block's values, wherever it sits (`path` names it in errors).
@@ -653,7 +705,35 @@ impl ServiceSpec {
                 .enumerate()
                 .map(|(j, r)| r.to_proto(j))
                 .collect(),
+            port_endpoints: self.port_endpoints(),
         }
+    }
+
+    /// The endpoint sets of the ports that name their own (`target_port` or
+    /// `endpoints`); the other ports use the service's set.
+    fn port_endpoints(&self) -> Vec<v1::PortEndpoints> {
+        self.ports
+            .iter()
+            .filter_map(|p| {
+                let endpoints = match (&p.endpoints, p.target_port) {
+                    (Some(own), _) => own.iter().map(EndpointSpec::to_proto).collect(),
+                    (None, Some(target)) => self
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            let mut at = e.clone();
+                            at.address.set_port(target);
+                            at.to_proto()
+                        })
+                        .collect(),
+                    (None, None) => return None,
+                };
+                Some(v1::PortEndpoints {
+                    port: u32::from(p.port),
+                    endpoints: Some(v1::EndpointSet { endpoints }),
+                })
+            })
+            .collect()
     }
 
     pub fn info(&self) -> v1::ServiceInfo {
@@ -877,6 +957,91 @@ services:
             "services: [{name: a, policy: {timeouts: {request: fast}}}]",
         ] {
             assert!(MeshSpec::from_yaml(text, "m").is_err(), "{text}");
+        }
+    }
+
+    /// The endpoint addresses each port of `update` is balanced over, by port.
+    fn per_port(update: &v1::ServiceUpdate) -> Vec<(u32, Vec<String>)> {
+        let addresses = |set: &v1::EndpointSet| -> Vec<String> {
+            set.endpoints
+                .iter()
+                .filter_map(|e| e.address.as_ref())
+                .map(|a| format!("{}:{}", a.ip, a.port))
+                .collect()
+        };
+        let Some(v1::service_update::Endpoints::Full(own)) = &update.endpoints else {
+            panic!("expected a full endpoint set");
+        };
+        let info = update.service.as_ref().expect("service info");
+        info.ports
+            .iter()
+            .map(|p| {
+                let set = update
+                    .port_endpoints
+                    .iter()
+                    .find(|pe| pe.port == p.port)
+                    .and_then(|pe| pe.endpoints.as_ref())
+                    .unwrap_or(own);
+                (p.port, addresses(set))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ports_reach_the_services_endpoints_unless_they_name_their_own() {
+        let text = r#"
+services:
+  - name: shop
+    vips: [10.96.0.7]
+    ports:
+      - {port: 8080, name: http}
+      - {port: 9090, name: grpc, target_port: 19090}
+      - port: 9100
+        endpoints: [{address: '10.0.0.1:9101'}, {address: '10.0.0.2:9102'}]
+    endpoints: [{address: '10.0.0.1:18080'}, {address: '10.0.0.2:18080'}]
+"#;
+        let mesh = MeshSpec::from_yaml(text, "m").expect("valid");
+        let update = mesh.services[0].to_update(1);
+        assert_eq!(
+            update.port_endpoints.len(),
+            2,
+            "8080 uses the service's set"
+        );
+        assert_eq!(
+            per_port(&update),
+            [
+                (8080, vec!["10.0.0.1:18080".into(), "10.0.0.2:18080".into()]),
+                (9090, vec!["10.0.0.1:19090".into(), "10.0.0.2:19090".into()]),
+                (9100, vec!["10.0.0.1:9101".into(), "10.0.0.2:9102".into()]),
+            ]
+        );
+        // A single-port description is unchanged on the wire.
+        let single = MeshSpec::from_yaml(SAMPLE, "m").expect("valid");
+        assert!(single.services[0].to_update(1).port_endpoints.is_empty());
+    }
+
+    #[test]
+    fn bad_port_lists_are_rejected_with_their_path() {
+        for (text, path) in [
+            (
+                "services: [{name: a, ports: [{port: 80}, {port: 80}]}]",
+                "services[0].ports[1].port",
+            ),
+            (
+                "services: [{name: a, ports: [{port: 80, target_port: 0}]}]",
+                "services[0].ports[0].target_port",
+            ),
+            (
+                "services: [{name: a, ports: [{port: 80, target_port: 81, endpoints: []}]}]",
+                "services[0].ports[0].target_port",
+            ),
+            (
+                "services: [{name: a, ports: [{port: 80, endpoints: [{address: '127.0.0.1:1'}, {address: '127.0.0.1:1'}]}]}]",
+                "services[0].ports[0].endpoints[1].address",
+            ),
+        ] {
+            let msg = MeshSpec::from_yaml(text, "m").expect_err(text).to_string();
+            assert!(msg.contains(path), "{text}: {msg}");
         }
     }
 

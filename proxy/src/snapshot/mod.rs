@@ -85,6 +85,19 @@ pub(crate) struct Service {
     pub(crate) conn_limit: ConnLimit,
     #[serde(skip)]
     pub(crate) metrics: Arc<ServiceMetrics>,
+    /// This service as reached on each port with an endpoint set of its own (a
+    /// multi-port service whose ports map to other target ports): the same policy,
+    /// routes, counters and metrics, balanced over that port's set.
+    #[serde(rename = "port_endpoints", serialize_with = "views_endpoints")]
+    pub(crate) port_views: Vec<(u16, Arc<Service>)>,
+}
+
+/// `/config` shows a port's own set, not the whole view again.
+fn views_endpoints<S: serde::Serializer>(
+    views: &[(u16, Arc<Service>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(views.iter().map(|(port, view)| (port, &view.endpoints)))
 }
 
 impl Service {
@@ -100,6 +113,15 @@ impl Service {
             .or_else(|| (self.ports.len() == 1).then(|| &self.ports[0]))
             .map(|(_, proto)| *proto)
             .unwrap_or(Protocol::Detect)
+    }
+
+    /// This service as reached on `port`: balanced over that port's own endpoint set
+    /// if it has one, else over the service's.
+    pub(crate) fn for_port(self: &Arc<Self>, port: u16) -> &Arc<Service> {
+        self.port_views
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(self, |(_, view)| view)
     }
 
     /// The service's port when it declares exactly one.
@@ -188,9 +210,30 @@ impl Service {
             }
             None => Vec::new(),
         };
+        let mut port_sets = Vec::with_capacity(update.port_endpoints.len());
+        for pe in &update.port_endpoints {
+            let port = u16::try_from(pe.port)
+                .ok()
+                .filter(|p| ports.iter().any(|(declared, _)| declared == p))
+                .ok_or_else(|| err(format!("endpoints for port {}, not a port of it", pe.port)))?;
+            if port_sets.iter().any(|(p, _)| *p == port) {
+                return Err(err(format!("port {port} has two endpoint sets")));
+            }
+            let set = pe
+                .endpoints
+                .iter()
+                .flat_map(|set| &set.endpoints)
+                .map(|e| {
+                    endpoint_from_proto(e, &name, stats, &svc_metrics)
+                        .map(Arc::new)
+                        .map_err(&err)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            port_sets.push((port, set));
+        }
         let policy = policy_from_proto(&update.policy.clone().unwrap_or_default()).map_err(err)?;
         let routes = Routes::compile(&update.routes, &name, metrics).map_err(err)?;
-        Ok(Service::assemble(
+        let mut svc = Service::assemble(
             info,
             update.version,
             vips,
@@ -200,7 +243,31 @@ impl Service {
             Arc::new(routes),
             metrics,
             stats,
-        ))
+        );
+        svc.port_views = port_sets
+            .into_iter()
+            .map(|(port, set)| (port, Arc::new(svc.view(set))))
+            .collect();
+        Ok(svc)
+    }
+
+    /// This service balanced over `endpoints` instead of its own set.
+    fn view(&self, endpoints: Vec<Arc<Endpoint>>) -> Service {
+        Service {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            version: self.version,
+            vips: self.vips.clone(),
+            ports: self.ports.clone(),
+            balancer: Balancer::new(self.policy.load_balancer.clone(), &endpoints),
+            endpoints,
+            policy: self.policy.clone(),
+            routes: self.routes.clone(),
+            stats: self.stats.clone(),
+            conn_limit: self.conn_limit.clone(),
+            metrics: self.metrics.clone(),
+            port_views: Vec::new(),
+        }
     }
 
     /// Applies an add/remove delta on top of this service.
@@ -247,7 +314,7 @@ impl Service {
         } else {
             Arc::new(Routes::compile(&update.routes, &key, metrics).map_err(err)?)
         };
-        Ok(Service::assemble(
+        let mut svc = Service::assemble(
             &info,
             update.version,
             self.vips.clone(),
@@ -257,7 +324,14 @@ impl Service {
             routes,
             metrics,
             stats,
-        ))
+        );
+        // The ports' own sets stay as they were, under the new policy and routes.
+        svc.port_views = self
+            .port_views
+            .iter()
+            .map(|(port, view)| (*port, Arc::new(svc.view(view.endpoints.clone()))))
+            .collect();
+        Ok(svc)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -290,6 +364,7 @@ impl Service {
             routes,
             stats,
             metrics: metrics.service(Direction::Outbound, &label),
+            port_views: Vec::new(),
         }
     }
 }
@@ -407,7 +482,7 @@ impl Snapshot {
             for vip in &svc.vips {
                 for (port, _) in &svc.ports {
                     self.by_vip
-                        .insert(SocketAddr::new(*vip, *port), svc.clone());
+                        .insert(SocketAddr::new(*vip, *port), svc.for_port(*port).clone());
                 }
             }
         }
@@ -480,6 +555,73 @@ mod tests {
         assert!(snap.by_host("users.other").is_some());
         assert!(snap.by_vip("10.0.0.1:80".parse().expect("addr")).is_some());
         assert!(snap.by_vip("10.0.0.1:81".parse().expect("addr")).is_none());
+    }
+
+    const TWO_PORTS: &str = "services:\n  - name: shop\n    vips: [10.0.0.1]\n    ports: [{port: 8080}, {port: 9090, target_port: 19090}, {port: 9100}]\n    endpoints: [{address: '127.0.0.1:18080'}, {address: '127.0.0.2:18080'}]\n";
+
+    fn ports_of(svc: &Service) -> Vec<u16> {
+        svc.endpoints.iter().map(|e| e.addr.port()).collect()
+    }
+
+    #[test]
+    fn each_vip_port_reaches_its_own_endpoint_set_of_one_service() {
+        let snap = snapshot(TWO_PORTS);
+        let vip = |port| {
+            snap.by_vip(SocketAddr::new([10, 0, 0, 1].into(), port))
+                .expect("a VIP port of shop")
+        };
+        assert_eq!(ports_of(vip(8080)), [18080, 18080]);
+        assert_eq!(ports_of(vip(9090)), [19090, 19090]);
+        assert_eq!(ports_of(vip(9100)), [18080, 18080], "no set of its own");
+        let by_name = snap.by_host("shop").expect("shop");
+        assert_eq!(
+            ports_of(by_name),
+            [18080, 18080],
+            "by name: the service's set"
+        );
+        assert_eq!(ports_of(by_name.for_port(9090)), [19090, 19090]);
+        // One service: the same name, counters and metrics on every port.
+        assert_eq!(vip(9090).key(), "shop.default");
+        assert!(Arc::ptr_eq(&vip(9090).stats, &vip(8080).stats));
+        assert!(Arc::ptr_eq(&vip(9090).metrics, &vip(8080).metrics));
+        assert_eq!(snap.services.len(), 1);
+        let idx = vip(9090).pick(None, None).expect("an endpoint");
+        assert_eq!(vip(9090).endpoints[idx].addr.port(), 19090);
+    }
+
+    #[test]
+    fn a_delta_keeps_the_ports_own_sets_and_bad_port_sets_are_rejected() {
+        let snap = snapshot(TWO_PORTS);
+        let svc = snap.by_host("shop").expect("shop");
+        let delta = v1::EndpointDelta {
+            base_version: 1,
+            removed: vec![v1::SocketAddress {
+                ip: "127.0.0.2".into(),
+                port: 18080,
+            }],
+            ..Default::default()
+        };
+        let update = v1::ServiceUpdate {
+            version: 2,
+            ..Default::default()
+        };
+        let next = Arc::new(
+            svc.apply_delta(&update, &delta, &Metrics::new(), &Registry::default())
+                .expect("applies"),
+        );
+        assert_eq!(ports_of(&next), [18080]);
+        assert_eq!(ports_of(next.for_port(9090)), [19090, 19090]);
+        assert_eq!(next.for_port(9090).version, 2);
+
+        let mesh = MeshSpec::from_yaml(TWO_PORTS, "t").expect("valid mesh");
+        let mut update = mesh.services[0].to_update(1);
+        update.port_endpoints[0].port = 7;
+        let err = Service::from_update(&update, &Metrics::new(), &Registry::default())
+            .expect_err("a set for an undeclared port");
+        assert!(err.to_string().contains("port 7"), "{err}");
+        let mut update = mesh.services[0].to_update(1);
+        update.port_endpoints.push(update.port_endpoints[0].clone());
+        assert!(Service::from_update(&update, &Metrics::new(), &Registry::default()).is_err());
     }
 
     #[test]

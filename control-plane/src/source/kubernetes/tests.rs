@@ -299,8 +299,36 @@ fn identity_comes_from_the_pods_service_account_only_when_injected() {
     );
 }
 
+/// A slice whose endpoints serve `ports` (name, port), built on [`slice`].
+fn slice_with_ports(
+    service: &str,
+    slice_name: &str,
+    ports: &[(&str, u16)],
+    endpoints: &[(&str, &str, bool, bool, bool)],
+) -> Arc<EndpointSlice> {
+    let mut out = (*slice("shop", service, slice_name, "", 1, endpoints)).clone();
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(name, port)| json!({"name": name, "port": port, "protocol": "TCP"}))
+        .collect();
+    out.ports = Some(serde_json::from_value(Value::Array(ports)).expect("ports"));
+    Arc::new(out)
+}
+
+/// Each port of a mesh service and the endpoint addresses it is balanced over.
+fn per_port(s: &ServiceSpec) -> Vec<String> {
+    s.ports
+        .iter()
+        .map(|p| {
+            let set = p.endpoints.as_ref().unwrap_or(&s.endpoints);
+            let addresses: Vec<String> = set.iter().map(|e| e.address.to_string()).collect();
+            format!("{} {} -> {addresses:?}", p.port, p.name)
+        })
+        .collect()
+}
+
 #[test]
-fn endpoint_port_is_the_slices_port_for_the_service_port_name() {
+fn a_multi_port_service_is_one_service_with_an_endpoint_set_per_port() {
     let mut objects = payments();
     objects.services = vec![service(
         "shop",
@@ -311,49 +339,89 @@ fn endpoint_port_is_the_slices_port_for_the_service_port_name() {
             {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
         ]),
     )];
-    let mut two_ports: EndpointSlice = (*slice(
-        "shop",
+    objects.slices = vec![slice_with_ports(
         "payments",
         "payments-x",
-        "web",
-        8081,
+        &[("metrics", 9090), ("web", 8081)],
         &[("10.244.1.5", "payments-1", true, true, false)],
-    ))
-    .clone();
-    two_ports.ports = Some(
-        serde_json::from_value(json!([
-            {"name": "metrics", "port": 9090, "protocol": "TCP"},
-            {"name": "web", "port": 8081, "protocol": "TCP"}
-        ]))
-        .expect("ports"),
-    );
-    objects.slices = vec![Arc::new(two_ports)];
+    )];
     let mesh = Translator::new(TRUST_DOMAIN)
         .translate(&objects)
         .mesh
         .expect("valid mesh");
-    // The first port is the service by its own name; the second is `<port>-<name>`,
-    // both on the cluster IP, each with the endpoints' port for that port name.
-    let summary: Vec<String> = mesh
-        .services
-        .iter()
-        .map(|s| {
-            let vips: Vec<String> = s.vips.iter().map(|v| v.to_string()).collect();
-            let ports: Vec<u16> = s.ports.iter().map(|p| p.port).collect();
-            let endpoints: Vec<String> =
-                s.endpoints.iter().map(|e| e.address.to_string()).collect();
-            format!("{} {vips:?} {ports:?} -> {endpoints:?}", s.name)
-        })
-        .collect();
+    assert_eq!(mesh.services.len(), 1, "no `<port>-<name>` services");
+    let svc = &mesh.services[0];
+    assert_eq!(svc.name.as_str(), "payments");
     assert_eq!(
-        summary,
+        svc.vips,
+        ["10.96.0.20".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    // Each port reaches the endpoints at the port the slice resolved for its name.
+    assert_eq!(
+        per_port(svc),
         [
-            r#"payments ["10.96.0.20"] [80] -> ["10.244.1.5:8081"]"#,
-            r#"9090-payments ["10.96.0.20"] [9090] -> ["10.244.1.5:9090"]"#,
+            r#"80 web -> ["10.244.1.5:8081"]"#,
+            r#"9090 metrics -> ["10.244.1.5:9090"]"#,
         ]
     );
-    assert_eq!(mesh.services[0].ports[0].protocol, ProtocolSpec::Http1);
-    assert_eq!(mesh.services[1].ports[0].protocol, ProtocolSpec::Detect);
+    assert!(
+        svc.ports[0].endpoints.is_none(),
+        "the first port's set is the service's"
+    );
+    assert_eq!(svc.ports[0].protocol, ProtocolSpec::Http1);
+    assert_eq!(svc.ports[1].protocol, ProtocolSpec::Detect);
+    // On the wire: the service's set, and 9090's own.
+    let update = svc.to_update(1);
+    assert_eq!(update.port_endpoints.len(), 1);
+    assert_eq!(update.port_endpoints[0].port, 9090);
+}
+
+#[test]
+fn a_named_target_port_may_differ_per_pod_and_a_port_shared_by_all_adds_no_set() {
+    let mut objects = payments();
+    objects.services = vec![service(
+        "shop",
+        "payments",
+        "10.96.0.20",
+        json!([
+            {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": 9090, "targetPort": "grpc", "protocol": "TCP"},
+            {"name": "admin", "port": 9900, "targetPort": "http", "protocol": "TCP"}
+        ]),
+    )];
+    // Two pod templates (a rollout): the old one names its ports differently, and only
+    // the new one serves grpc.
+    objects.slices = vec![
+        slice_with_ports(
+            "payments",
+            "payments-old",
+            &[("http", 8080), ("admin", 8080)],
+            &[("10.244.1.5", "payments-1", true, true, false)],
+        ),
+        slice_with_ports(
+            "payments",
+            "payments-new",
+            &[("http", 18080), ("grpc", 19090), ("admin", 18080)],
+            &[("10.244.1.6", "payments-2", true, true, false)],
+        ),
+    ];
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(&objects)
+        .mesh
+        .expect("valid mesh");
+    let svc = &mesh.services[0];
+    assert_eq!(
+        per_port(svc),
+        [
+            r#"8080 http -> ["10.244.1.5:8080", "10.244.1.6:18080"]"#,
+            r#"9090 grpc -> ["10.244.1.6:19090"]"#,
+            r#"9900 admin -> ["10.244.1.5:8080", "10.244.1.6:18080"]"#,
+        ]
+    );
+    assert!(
+        svc.ports[2].endpoints.is_none(),
+        "a port with the first port's endpoints carries no set of its own"
+    );
 }
 
 #[test]

@@ -5,13 +5,12 @@
 //! - A Service (not `ExternalName`) becomes the mesh service `name` in its namespace,
 //!   reachable by name (`name`, `name.ns`, `name.ns.svc.<domain>`) and by each cluster IP
 //!   and port. Headless Services have no VIPs and are reachable by name only.
-//! - The mesh gives a service one endpoint set, and the ports of a Service may map to
-//!   different target ports; so each further TCP port `p` of a Service is the mesh
-//!   service `<p>-<name>` (a name no Kubernetes Service can have), with the same VIPs
-//!   and policy. Captured traffic finds it by VIP and port; by name, `name` is the
-//!   first port.
+//! - Each TCP port of a Service is a port of that one mesh service, with its own
+//!   endpoint set when its endpoints differ from the first port's (ports may map to
+//!   different target ports): a connection to cluster IP and port `p` is balanced
+//!   over `p`'s set. By name, the service means its first port.
 //! - Endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`, at
-//!   the port the slice resolved for that Service port (by port name). Ready endpoints
+//!   the port the slice resolved for each Service port (by port name). Ready endpoints
 //!   serve; serving-and-terminating ones drain; the rest are left out. An endpoint in
 //!   several slices (slices being rebalanced) appears once, in its best state.
 //! - An endpoint's identity is the SPIFFE ID of its Pod's ServiceAccount, but only
@@ -259,8 +258,8 @@ impl Translator {
                 .get(&(key.namespace.clone(), key.name.clone()))
                 .cloned()
                 .unwrap_or_default();
-            let specs = match self.service(service, own_slices, &pods) {
-                Ok(specs) => specs,
+            let spec = match self.service(service, own_slices, &pods) {
+                Ok(spec) => spec,
                 Err(reason) => {
                     let rejection = Rejection {
                         object: key,
@@ -271,8 +270,8 @@ impl Translator {
                     continue;
                 }
             };
-            for mut spec in specs {
-                spec.policy = policy.clone();
+            if let Some(mut spec) = spec {
+                spec.policy = policy;
                 // Two Services cannot share a cluster IP in a real cluster; if objects
                 // say so anyway (a stale cache), the first claim keeps the address.
                 let clash = spec.vips.iter().find_map(|vip| {
@@ -306,25 +305,22 @@ impl Translator {
         out
     }
 
-    /// The mesh services of one Service (none for those the mesh does not serve): the
-    /// first TCP port is the service `name`; each further TCP port `p` is the service
-    /// `<p>-<name>`, a name no Kubernetes Service can have (theirs start with a letter),
-    /// since the mesh gives a service one endpoint set and ports may map to different
-    /// target ports.
+    /// The mesh service of one Service (none if the mesh does not serve it): every TCP
+    /// port, the first one's endpoints as the service's, and a port's own set where
+    /// it differs from those.
     fn service(
         &self,
         service: &Service,
         slices: &[&EndpointSlice],
         pods: &HashMap<(&str, &str), &Pod>,
-    ) -> Result<Vec<ServiceSpec>, String> {
+    ) -> Result<Option<ServiceSpec>, String> {
         let Some(spec) = service.spec.as_ref() else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if spec.type_.as_deref() == Some("ExternalName") {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let service_name = service.metadata.name.clone().unwrap_or_default();
-        let name = name(Some(service_name.clone()))?;
+        let name = name(service.metadata.name.clone())?;
         let namespace = name_of_namespace(service.metadata.namespace.clone())?;
         let mut cluster_ips: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
         if cluster_ips.is_empty() {
@@ -351,7 +347,7 @@ impl Translator {
         if ports.is_empty() {
             // No TCP port: nothing to mesh, but the name still resolves (to no
             // endpoints), so callers by name learn the service exists.
-            return Ok(vec![ServiceSpec {
+            return Ok(Some(ServiceSpec {
                 name,
                 namespace,
                 vips: Vec::new(),
@@ -359,39 +355,38 @@ impl Translator {
                 endpoints: Vec::new(),
                 policy: PolicySpec::default(),
                 routes: Vec::new(),
-            }]);
+            }));
         }
-        let mut out = Vec::with_capacity(ports.len());
-        for (i, service_port) in ports.into_iter().enumerate() {
+        let mut mesh_ports = Vec::with_capacity(ports.len());
+        let mut endpoints = None;
+        for service_port in ports {
             let port = u16::try_from(service_port.port)
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("port {} is out of range", service_port.port))?;
-            let mesh_name = if i == 0 {
-                name.clone()
-            } else {
-                match Name::try_from(format!("{port}-{service_name}")) {
-                    Ok(n) => n,
-                    // Too long for a name: this port stays unmeshed.
-                    Err(_) => continue,
-                }
-            };
             let port_name = service_port.name.clone().unwrap_or_default();
-            out.push(ServiceSpec {
-                name: mesh_name,
-                namespace: namespace.clone(),
-                vips: vips.clone(),
-                ports: vec![PortSpec {
-                    port,
-                    name: port_name.clone(),
-                    protocol: protocol_hint(service_port.app_protocol.as_deref()),
-                }],
-                endpoints: self.endpoints(&port_name, slices, pods),
-                policy: PolicySpec::default(),
-                routes: Vec::new(),
-            });
+            let mut mesh_port = PortSpec::new(
+                port,
+                port_name.clone(),
+                protocol_hint(service_port.app_protocol.as_deref()),
+            );
+            let own = self.endpoints(&port_name, slices, pods);
+            match &endpoints {
+                None => endpoints = Some(own),
+                Some(first) if *first == own => {}
+                Some(_) => mesh_port.endpoints = Some(own),
+            }
+            mesh_ports.push(mesh_port);
         }
-        Ok(out)
+        Ok(Some(ServiceSpec {
+            name,
+            namespace,
+            vips,
+            ports: mesh_ports,
+            endpoints: endpoints.unwrap_or_default(),
+            policy: PolicySpec::default(),
+            routes: Vec::new(),
+        }))
     }
 
     /// The endpoints of one Service port (by name, as EndpointSlices list them), in
