@@ -295,6 +295,9 @@ impl Outbound {
                 .proxy_error(ProxyError::MalformedRequest.reason());
             return ProxyError::MalformedRequest.response();
         }
+        // The gateway's host table may be swapped meanwhile: its service name is
+        // held here for the lookup.
+        let gateway_service: Arc<str>;
         let want = match dest {
             Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
             Destination::Original(addr) => Dest::Vip(*addr),
@@ -309,7 +312,10 @@ impl Outbound {
                 }
             },
             Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
-                Ok(name) => Dest::Name(Cow::Borrowed(name)),
+                Ok(name) => {
+                    gateway_service = name;
+                    Dest::Name(Cow::Borrowed(&*gateway_service))
+                }
                 Err(resp) => {
                     if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
                         self.unknown

@@ -3,6 +3,7 @@
 //! changes the request as its filters say, and names where it goes. Sending it is
 //! the caller's (outbound, gateway); this module never touches a connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -105,12 +106,13 @@ pub(crate) fn route<'s, B>(svc: &'s Service, req: &mut Request<B>, grpc: bool) -
     }
 }
 
-/// The service a gateway request goes to, by its host; or the gateway's own
-/// answer: a redirect to HTTPS, 404 for a host it does not serve.
-pub(crate) fn gateway_dest<'r, B>(
-    entry: &'r GatewayEntry,
-    req: &'r Request<B>,
-) -> Result<&'r str, Box<Response<ProxyBody>>> {
+/// The service a gateway request goes to, by its host in the host table as it
+/// is now; or the gateway's own answer: a redirect to HTTPS, 404 for a host it
+/// does not serve.
+pub(crate) fn gateway_dest<B>(
+    entry: &GatewayEntry,
+    req: &Request<B>,
+) -> Result<Arc<str>, Box<Response<ProxyBody>>> {
     let Some((host, _)) = crate::http::authority_of(req) else {
         return Err(Box::new(ProxyError::NoAuthority.response()));
     };
@@ -130,7 +132,9 @@ pub(crate) fn gateway_dest<'r, B>(
     }
     entry
         .hosts
+        .load()
         .service(host)
+        .cloned()
         .ok_or_else(|| Box::new(ProxyError::UnknownService.response()))
 }
 
