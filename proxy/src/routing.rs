@@ -38,7 +38,13 @@ pub(crate) enum Routed<'s> {
 
 /// Routes `req`, addressed to `svc`; `grpc` says how to shape answers.
 pub(crate) fn route<'s, B>(svc: &'s Service, req: &mut Request<B>, grpc: bool) -> Routed<'s> {
+    let host = if svc.routes.by_host() {
+        crate::http::authority_of(req).map(|(h, _)| h)
+    } else {
+        None
+    };
     let view = RequestView {
+        host,
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
@@ -234,6 +240,52 @@ mod tests {
         ));
         let mut other = request(Method::GET, "/else");
         assert!(matches!(route(svc, &mut other, false), Routed::Unmatched));
+    }
+
+    #[test]
+    fn a_route_with_host_names_takes_only_requests_for_them() {
+        let snap = snapshot(concat!(
+            "      - name: shop
+        hostnames: [shop.example, '*.shop.example']
+",
+            "        backends: [{service: canary}]
+",
+            "      - name: rest
+",
+        ));
+        let svc = snap.by_host("a").expect("a");
+        for (host, want) in [
+            (Some("shop.example"), "shop"),
+            (Some("Shop.Example:8080"), "shop"),
+            (Some("eu.shop.example"), "shop"),
+            (Some("a"), "rest"),
+            (Some("myshop.example"), "rest"),
+            (None, "rest"),
+        ] {
+            let mut req = request(Method::GET, "/");
+            match host {
+                Some(h) => {
+                    req.headers_mut()
+                        .insert(http::header::HOST, HeaderValue::from_str(h).expect("host"));
+                }
+                None => {
+                    req.headers_mut().remove(http::header::HOST);
+                }
+            }
+            match route(svc, &mut req, false) {
+                Routed::Forward { route, .. } => assert_eq!(&*route.name, want, "{host:?}"),
+                _ => panic!("{host:?}: expected a forward"),
+            }
+        }
+        let mut absolute = request(Method::GET, "http://eu.shop.example/x");
+        absolute.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_static("eu.shop.example"),
+        );
+        assert!(matches!(
+            route(svc, &mut absolute, false),
+            Routed::Forward { route, .. } if &*route.name == "shop"
+        ));
     }
 
     #[test]

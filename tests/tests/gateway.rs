@@ -578,3 +578,55 @@ async fn the_host_table_is_swapped_on_sighup_under_load_and_a_bad_one_is_refused
         .expect("ghost.example");
     assert_eq!(ghost.status, 404, "the refused table's host is not served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_hostnames_takes_only_the_hosts_it_names() {
+    let web = HttpApp::start("web-app").await.expect("web app");
+    let orders = HttpApp::start("orders-app").await.expect("orders app");
+    let listen = free_addr();
+    let mut config = ProxyConfig::new().with_services(vec![
+        ServiceDef::new("web").endpoint(web.addr).routes(
+            "[{name: api-host, hostnames: [api.example, '*.api.example'], backends: [{service: orders}]}]",
+        ),
+        ServiceDef::new("orders").endpoint(orders.addr),
+    ]);
+    let hosts = [
+        "shop.example",
+        "api.example",
+        "eu.api.example",
+        "api.example.org",
+    ];
+    config.extra = format!(
+        "gateway:\n  listeners: [{{listen: \"{listen}\"}}]\n  hosts:\n{}\n",
+        hosts
+            .iter()
+            .map(|h| format!("    - {{host: {h}, service: web}}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let gateway = WeftProxy::start_named("gateway", config)
+        .await
+        .expect("start gateway");
+    let mut client = H1Client::connect(listen).await.expect("connect");
+    for (host, want) in [
+        ("shop.example", "web-app"),
+        ("api.example", "orders-app"),
+        ("EU.api.example", "orders-app"),
+        ("api.example.org", "web-app"),
+    ] {
+        // Origin form: the Host header alone names the host.
+        let reply = client
+            .send(client::request("GET", "/x", &[("host", host)], ""))
+            .await
+            .expect(host);
+        assert_eq!(reply.status, 200, "{host}");
+        assert_eq!(reply.header("x-app"), Some(want), "{host}");
+    }
+    let routed = gateway
+        .metric(
+            "weft_requests_total",
+            &[("service", "web.default"), ("route", "api-host")],
+        )
+        .await;
+    assert_eq!(routed, 2.0);
+}

@@ -18,7 +18,7 @@ use crate::retry::RetryPolicy;
 use crate::route::fault::{Chance, Fault};
 use crate::route::filter::{HeaderModifier, PathRewrite, Redirect};
 use crate::route::matcher::{
-    Match, PathMatch, RequestView, ValueMatch, normalize_prefix, whole_regex,
+    HostMatch, Match, PathMatch, RequestView, ValueMatch, normalize_prefix, whole_regex,
 };
 use crate::route::rate_limit::TokenBucket;
 use crate::route::split::Split;
@@ -64,6 +64,10 @@ pub(crate) struct Routes {
     /// Each match's method as a `method_code`, beside the table: a request whose
     /// method differs skips the match after reading one byte.
     methods: Box<[u8]>,
+    /// Each route's host names, by route index; an empty list takes any host.
+    hosts: Box<[Box<[HostMatch]>]>,
+    /// Whether any route names host names: else a request's host is not read.
+    by_host: bool,
     routes: Box<[Route]>,
 }
 
@@ -107,20 +111,34 @@ impl Routes {
         self.routes.is_empty()
     }
 
+    /// Whether matching needs the request's host ([`RequestView::host`]).
+    pub(crate) fn by_host(&self) -> bool {
+        self.by_host
+    }
+
     pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
         let method = method_code(Some(req.method));
         let ((i, m), _) = self
             .matches
             .iter()
             .zip(self.methods.iter())
-            .find(|((_, m), want)| {
+            .find(|((i, m), want)| {
                 (**want == method || **want == ANY_METHOD || **want == OTHER_METHOD)
+                    && (!self.by_host || self.host_ok(*i, req.host))
                     && m.matches(req)
             })?;
         Some(Matched {
             route: self.routes.get(*i)?,
             prefix: m.prefix(),
         })
+    }
+
+    fn host_ok(&self, route: usize, host: Option<&str>) -> bool {
+        match self.hosts.get(route) {
+            None => true,
+            Some(names) if names.is_empty() => true,
+            Some(names) => host.is_some_and(|h| names.iter().any(|n| n.matches(h))),
+        }
     }
 
     /// Compiles `raw`, the routes of service `service` ("name.namespace").
@@ -160,9 +178,25 @@ impl Routes {
             .iter()
             .map(|(_, m): &(usize, Match)| method_code(m.method.as_ref()))
             .collect();
+        let hosts: Box<[Box<[HostMatch]>]> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.hostnames
+                    .iter()
+                    .map(|h| {
+                        weft_api::route::check_hostname(h)
+                            .map(|()| HostMatch::new(h))
+                            .map_err(|e| format!("routes[{i}].hostnames: {e}"))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Routes {
             matches: matches.into(),
             methods,
+            by_host: hosts.iter().any(|h| !h.is_empty()),
+            hosts,
             routes: routes.into(),
         })
     }

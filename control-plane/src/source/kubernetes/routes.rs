@@ -78,6 +78,8 @@ struct Spec {
     #[serde(default)]
     parent_refs: Vec<ParentRef>,
     #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
     rules: Vec<Rule>,
 }
 
@@ -191,7 +193,7 @@ pub fn attach(
             spec.rules
                 .iter()
                 .enumerate()
-                .map(|(i, rule)| convert_rule(*kind, rule, i, &key, services))
+                .map(|(i, rule)| convert_rule(*kind, rule, i, &key, &spec.hostnames, services))
                 .collect::<Result<Vec<_>, String>>()
         });
         let mut parent_status = Vec::new();
@@ -312,6 +314,10 @@ fn parent_entry(
 /// prefixes, then more header and query matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
+    /// The route's host names: (0 some exact, 1 wildcards only, 2 none; the
+    /// longest first). Gateway API ranks by the host name that matched; a route
+    /// naming exact names goes before one naming only wildcards.
+    host: (u8, Reverse<usize>),
     /// 0 exact, 1 prefix, 2 regex or none.
     path_kind: u8,
     longer_prefix: Reverse<usize>,
@@ -331,6 +337,7 @@ fn convert_rule(
     rule: &Rule,
     index: usize,
     key: &ObjectKey,
+    hostnames: &[String],
     services: &[ServiceSpec],
 ) -> Result<Converted, String> {
     let at = |what: &str| format!("rules[{index}].{what}");
@@ -356,17 +363,29 @@ fn convert_rule(
             ..Default::default()
         });
     }
-    let precedence = matches
+    let mut precedence = matches
         .iter()
         .map(precedence_of)
         .min()
         .unwrap_or(Precedence {
+            host: (2, Reverse(0)),
             path_kind: 2,
             longer_prefix: Reverse(0),
             has_method: Reverse(false),
             more_headers: Reverse(0),
             more_query: Reverse(0),
         });
+    let exact = hostnames
+        .iter()
+        .filter(|h| !h.starts_with('*'))
+        .map(String::len)
+        .max();
+    let wild = hostnames.iter().map(String::len).max();
+    precedence.host = match (exact, wild) {
+        (Some(len), _) => (0, Reverse(len)),
+        (None, Some(len)) => (1, Reverse(len)),
+        (None, None) => (2, Reverse(0)),
+    };
     let mut filters = FiltersSpec::default();
     for (j, f) in rule.filters.iter().enumerate() {
         apply_filter(f, &mut filters)
@@ -432,6 +451,7 @@ fn convert_rule(
     };
     let route = RouteSpec {
         name: None,
+        hostnames: hostnames.to_vec(),
         matches,
         backends,
         filters,
@@ -466,6 +486,7 @@ fn precedence_of(m: &RouteMatchSpec) -> Precedence {
         _ => (2, 0),
     };
     Precedence {
+        host: (2, Reverse(0)),
         path_kind,
         longer_prefix: Reverse(len),
         has_method: Reverse(m.method.is_some()),

@@ -826,3 +826,60 @@ fn a_grpcroute_matches_on_service_and_method() {
         ("True", "Accepted")
     );
 }
+
+#[test]
+fn route_hostnames_reach_the_routes_and_exact_names_go_first() {
+    let mut objects = payments_and_canary();
+    let to_canary = json!([{"name": "payments-canary", "port": 80}]);
+    objects.http_routes.push(http_route(
+        "shop",
+        "any-host",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                       "backendRefs": to_canary}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "wild",
+        "2026-01-02T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "hostnames": ["*.pay.example"],
+            "rules": [{"backendRefs": to_canary}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "exact",
+        "2026-01-03T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "hostnames": ["eu.pay.example", "*.pay.example"],
+            "rules": [{"backendRefs": to_canary}]
+        }),
+    ));
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(&objects)
+        .mesh
+        .expect("valid mesh");
+    let routes = &mesh.find("payments", "shop").expect("payments").routes;
+    let got: Vec<_> = routes
+        .iter()
+        .map(|r| (r.name.clone().unwrap_or_default(), r.hostnames.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "exact.0".to_string(),
+                vec!["eu.pay.example".to_string(), "*.pay.example".to_string()]
+            ),
+            ("wild.0".to_string(), vec!["*.pay.example".to_string()]),
+            ("any-host.0".to_string(), vec![]),
+        ],
+        "a route naming an exact host, then wildcards, then any host, whatever the path"
+    );
+}
