@@ -13,6 +13,7 @@ use weft_api::v1;
 
 use super::Timeouts;
 use super::policy::{retry_from_proto, timeouts_from_proto};
+use crate::endpoint::Registry;
 use crate::metrics::{Direction, Metrics, RouteActions, ServiceMetrics};
 use crate::retry::RetryPolicy;
 use crate::route::fault::{Chance, Fault};
@@ -20,7 +21,7 @@ use crate::route::filter::{HeaderModifier, PathRewrite, Redirect};
 use crate::route::matcher::{
     HostMatch, Match, PathMatch, RequestView, ValueMatch, normalize_prefix, whole_regex,
 };
-use crate::route::rate_limit::TokenBucket;
+use crate::route::rate_limit::{Limit, TokenBucket};
 use crate::route::split::Split;
 
 /// One compiled route.
@@ -35,7 +36,8 @@ pub(crate) struct Route {
     pub(crate) rewrite: Option<PathRewrite>,
     pub(crate) redirect: Option<Redirect>,
     pub(crate) fault: Option<Fault>,
-    pub(crate) rate_limit: Option<TokenBucket>,
+    /// Shared with earlier snapshots while the route's limit is unchanged.
+    pub(crate) rate_limit: Option<Arc<TokenBucket>>,
     /// Replace the backend service's when set.
     pub(crate) timeouts: Option<Timeouts>,
     /// Some(None): this route retries nothing, whatever the service says.
@@ -141,11 +143,13 @@ impl Routes {
         }
     }
 
-    /// Compiles `raw`, the routes of service `service` ("name.namespace").
+    /// Compiles `raw`, the routes of service `service` ("name.namespace"); rate
+    /// limits take their buckets from `stats`.
     pub(crate) fn compile(
         raw: &[v1::Route],
         service: &str,
         metrics: &Metrics,
+        stats: &Registry,
     ) -> Result<Routes, String> {
         let namespace = service.split_once('.').map_or("default", |(_, ns)| ns);
         let mut names = std::collections::HashSet::new();
@@ -164,8 +168,9 @@ impl Routes {
                 if !names.insert(name.clone()) {
                     return Err(format!("routes[{i}]: duplicate route name {name:?}"));
                 }
-                let (route, route_matches) = compile_route(r, &name, service, namespace, metrics)
-                    .map_err(|e| format!("routes[{i}] ({name}): {e}"))?;
+                let (route, route_matches) =
+                    compile_route(r, &name, service, namespace, metrics, stats)
+                        .map_err(|e| format!("routes[{i}] ({name}): {e}"))?;
                 if route_matches.is_empty() {
                     // No match listed: every request.
                     matches.push((i, Match::default()));
@@ -208,6 +213,7 @@ fn compile_route(
     service: &str,
     namespace: &str,
     metrics: &Metrics,
+    stats: &Registry,
 ) -> Result<(Route, Vec<Match>), String> {
     let matches = r
         .matches
@@ -305,11 +311,12 @@ fn compile_route(
                 return Err("a rate limit needs requests and per".to_string());
             }
             let burst = if rl.burst == 0 { rl.requests } else { rl.burst };
-            Ok(TokenBucket::new(
-                rl.requests,
-                Duration::from_millis(rl.per_ms),
+            let limit = Limit {
+                requests: rl.requests,
+                per: Duration::from_millis(rl.per_ms),
                 burst,
-            ))
+            };
+            Ok(stats.bucket(service, name, limit))
         })
         .transpose()?;
     if redirect.is_some() && !backends.is_empty() {
