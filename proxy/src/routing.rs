@@ -243,6 +243,39 @@ mod tests {
     }
 
     #[test]
+    fn methods_select_their_routes_in_order_standard_or_not() {
+        let snap = snapshot(concat!(
+            "      - name: purge
+        match: [{method: PURGE}]
+",
+            "      - name: get
+        match: [{method: GET}]
+",
+            "      - name: any
+",
+            "      - name: post
+        match: [{method: POST}]
+",
+        ));
+        let svc = snap.by_host("a").expect("a");
+        let purge = Method::from_bytes(b"PURGE").expect("method");
+        let lock = Method::from_bytes(b"LOCK").expect("method");
+        for (method, want) in [
+            (purge, "purge"),
+            (lock, "any"),
+            (Method::GET, "get"),
+            (Method::POST, "any"),
+            (Method::DELETE, "any"),
+        ] {
+            let mut req = request(method.clone(), "/");
+            match route(svc, &mut req, false) {
+                Routed::Forward { route, .. } => assert_eq!(&*route.name, want, "{method}"),
+                _ => panic!("{method}: expected a forward"),
+            }
+        }
+    }
+
+    #[test]
     fn a_route_with_host_names_takes_only_requests_for_them() {
         let snap = snapshot(concat!(
             "      - name: shop

@@ -63,9 +63,11 @@ pub(crate) struct Routes {
     /// route: matching walks one small contiguous table, not the routes themselves
     /// (filters, buckets, metrics), so a long list costs few cache lines per route.
     matches: Box<[(usize, Match)]>,
-    /// Each match's method as a `method_code`, beside the table: a request whose
-    /// method differs skips the match after reading one byte.
-    methods: Box<[u8]>,
+    /// Per request method (by `method_slot`), the indexes into `matches` that
+    /// may match it, in order: those naming that method or none (and, for a
+    /// method outside the standard ones, those naming one too). A request skips
+    /// every match naming another method without reading it.
+    by_method: Box<[Box<[u32]>]>,
     /// Each route's host names, by route index; an empty list takes any host.
     hosts: Box<[Box<[HostMatch]>]>,
     /// Whether any route names host names: else a request's host is not read.
@@ -73,26 +75,22 @@ pub(crate) struct Routes {
     routes: Box<[Route]>,
 }
 
-/// Any method (the match names none).
-const ANY_METHOD: u8 = 0;
-/// A method outside the standard ones: compared in full.
-const OTHER_METHOD: u8 = u8::MAX;
+/// Slots of `by_method`: the nine standard methods, then every other one.
+const METHOD_SLOTS: usize = 10;
+const OTHER_METHOD: usize = METHOD_SLOTS - 1;
 
-fn method_code(method: Option<&Method>) -> u8 {
-    match method {
-        None => ANY_METHOD,
-        Some(m) => match *m {
-            Method::GET => 1,
-            Method::POST => 2,
-            Method::PUT => 3,
-            Method::DELETE => 4,
-            Method::HEAD => 5,
-            Method::OPTIONS => 6,
-            Method::PATCH => 7,
-            Method::CONNECT => 8,
-            Method::TRACE => 9,
-            _ => OTHER_METHOD,
-        },
+fn method_slot(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => OTHER_METHOD,
     }
 }
 
@@ -119,16 +117,11 @@ impl Routes {
     }
 
     pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        let method = method_code(Some(req.method));
-        let ((i, m), _) = self
-            .matches
-            .iter()
-            .zip(self.methods.iter())
-            .find(|((i, m), want)| {
-                (**want == method || **want == ANY_METHOD || **want == OTHER_METHOD)
-                    && (!self.by_host || self.host_ok(*i, req.host))
-                    && m.matches(req)
-            })?;
+        let candidates = self.by_method.get(method_slot(req.method))?;
+        let (i, m) = candidates.iter().find_map(|&k| {
+            let (i, m) = self.matches.get(k as usize)?;
+            ((!self.by_host || self.host_ok(*i, req.host)) && m.matches(req)).then_some((i, m))
+        })?;
         Some(Matched {
             route: self.routes.get(*i)?,
             prefix: m.prefix(),
@@ -179,9 +172,18 @@ impl Routes {
                 Ok(route)
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let methods = matches
-            .iter()
-            .map(|(_, m): &(usize, Match)| method_code(m.method.as_ref()))
+        let by_method = (0..METHOD_SLOTS)
+            .map(|slot| {
+                (0u32..)
+                    .zip(matches.iter())
+                    .filter(|(_, (_, m)): &(u32, &(usize, Match))| {
+                        m.method
+                            .as_ref()
+                            .is_none_or(|want| method_slot(want) == slot)
+                    })
+                    .map(|(k, _)| k)
+                    .collect()
+            })
             .collect();
         let hosts: Box<[Box<[HostMatch]>]> = raw
             .iter()
@@ -199,7 +201,7 @@ impl Routes {
             .collect::<Result<_, String>>()?;
         Ok(Routes {
             matches: matches.into(),
-            methods,
+            by_method,
             by_host: hosts.iter().any(|h| !h.is_empty()),
             hosts,
             routes: routes.into(),
