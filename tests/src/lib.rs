@@ -52,6 +52,7 @@ pub mod control;
 pub mod control_ca;
 pub mod data;
 pub mod demo;
+pub mod gateway_api;
 pub mod grpc;
 pub mod h2spec;
 pub mod hops;

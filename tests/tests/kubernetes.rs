@@ -857,61 +857,6 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
         .expect("the other pod's token still proves its account");
 }
 
-/// The Gateway API CRDs (standard channel) from the pinned Go module, applied once
-/// per cluster and Established; `None` (after a message) when Go is missing, as
-/// for the cluster itself.
-fn gateway_api_installed(cluster: &Cluster) -> Option<()> {
-    static APPLIED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = APPLIED.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/gateway-api.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .env(
-                "PATH",
-                format!(
-                    "/usr/local/go/bin:{}",
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.code() == Some(3) && !weft_tests::tools::in_ci() {
-            return Err("skip".into());
-        }
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        cluster
-            .kubectl(&["apply", "--server-side", "-f", &dir])
-            .map_err(|e| format!("{e:#}"))?;
-        cluster
-            .kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/httproutes.gateway.networking.k8s.io",
-                "crd/grpcroutes.gateway.networking.k8s.io",
-                "crd/gateways.gateway.networking.k8s.io",
-                "crd/gatewayclasses.gateway.networking.k8s.io",
-            ])
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(())
-    });
-    match result {
-        Ok(()) => Some(()),
-        Err(e) if e == "skip" => {
-            eprintln!("SKIPPED: Go is needed to fetch the Gateway API CRDs");
-            None
-        }
-        Err(e) => panic!("Gateway API CRDs: {e}"),
-    }
-}
-
 /// A selectorless Service `name` with one endpoint at `ip` (never dialled).
 fn service_at(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
     cluster
@@ -951,7 +896,7 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
     let Some(cluster) = installed("an_httproute_applied_with_kubectl_reaches_the_proxies") else {
         return;
     };
-    if gateway_api_installed(cluster).is_none() {
+    if weft_tests::gateway_api::installed(cluster).is_none() {
         return;
     }
     let ns = "kd-routes";
@@ -1050,7 +995,7 @@ async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_
     let Some(cluster) = installed("an_httproute_on_wefts_gateway") else {
         return;
     };
-    if gateway_api_installed(cluster).is_none() {
+    if weft_tests::gateway_api::installed(cluster).is_none() {
         return;
     }
     let ns = "kd-gw-routes";
