@@ -18,6 +18,7 @@ use crate::balance::{Candidate, Load};
 use crate::breaker::{Concurrency, Health};
 use crate::metrics::ServiceMetrics;
 use crate::retry::Budget;
+use crate::route::rate_limit::{Limit, TokenBucket};
 use crate::sync::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,11 +78,14 @@ pub(crate) struct ServiceStats {
     pub(crate) budget: Budget,
 }
 
-/// The stats of every endpoint and service some snapshot still holds.
+/// The stats of every endpoint and service some snapshot still holds, and the
+/// routes' rate-limit buckets.
 #[derive(Default)]
 pub(crate) struct Registry {
     endpoints: Mutex<HashMap<(String, SocketAddr), Weak<EndpointStats>>>,
     services: Mutex<HashMap<String, Weak<ServiceStats>>>,
+    /// By (service, route name).
+    buckets: Mutex<HashMap<(String, String), Weak<TokenBucket>>>,
 }
 
 impl Registry {
@@ -120,6 +124,23 @@ impl Registry {
         stats
     }
 
+    /// The bucket of route `route` of `service`: the one earlier snapshots hold
+    /// while its limit stays the same (a reload does not refill it), else a full
+    /// one.
+    pub(crate) fn bucket(&self, service: &str, route: &str, limit: Limit) -> Arc<TokenBucket> {
+        let mut map = lock(&self.buckets);
+        let key = (service.to_string(), route.to_string());
+        if let Some(bucket) = map.get(&key).and_then(Weak::upgrade)
+            && bucket.limit() == limit
+        {
+            return bucket;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let bucket = Arc::new(TokenBucket::new(limit));
+        map.insert(key, Arc::downgrade(&bucket));
+        bucket
+    }
+
     /// Endpoints with live state.
     #[cfg(test)]
     pub(crate) fn endpoints_held(&self) -> usize {
@@ -151,5 +172,27 @@ mod tests {
         assert_eq!(reg.endpoints_held(), 0);
         let fresh = reg.endpoint("a.default", addr, &m);
         assert_eq!(fresh.health.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn a_bucket_is_kept_while_its_limit_stays_and_replaced_when_it_changes() {
+        let reg = Registry::default();
+        let limit = Limit {
+            requests: 1,
+            per: std::time::Duration::from_secs(3600),
+            burst: 1,
+        };
+        let first = reg.bucket("a.default", "r", limit);
+        assert!(first.take().is_ok());
+        let same = reg.bucket("a.default", "r", limit);
+        assert!(Arc::ptr_eq(&first, &same));
+        assert!(same.take().is_err(), "the spent token stays spent");
+        assert!(
+            reg.bucket("a.default", "other", limit).take().is_ok(),
+            "per route"
+        );
+        let changed = reg.bucket("a.default", "r", Limit { burst: 2, ..limit });
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert!(changed.take().is_ok(), "a new limit starts full");
     }
 }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::Deserialize;
 use weft_api::mesh::DurationSpec;
 
@@ -68,7 +69,7 @@ pub(crate) struct GatewayConfig {
     pub(crate) tls_reload_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct GatewayListener {
     pub(crate) listen: SocketAddr,
     /// Empty: plaintext HTTP.
@@ -77,10 +78,13 @@ pub(crate) struct GatewayListener {
     pub(crate) redirect_https: Option<u16>,
 }
 
+/// The host table every gateway listener reads; a reload swaps it whole.
+pub(crate) type HostsStore = Arc<ArcSwap<GatewayHosts>>;
+
 /// How one gateway listener names destinations.
 #[derive(Debug)]
 pub(crate) struct GatewayEntry {
-    pub(crate) hosts: Arc<GatewayHosts>,
+    pub(crate) hosts: HostsStore,
     /// A plaintext listener that sends every client to HTTPS on this port.
     pub(crate) redirect_https: Option<u16>,
 }
@@ -98,14 +102,28 @@ impl GatewayHosts {
     }
 
     /// The service for a Host (without its port), matched without case.
-    pub(crate) fn service(&self, host: &str) -> Option<&str> {
+    pub(crate) fn service(&self, host: &str) -> Option<&Arc<str>> {
         let host = host.trim_end_matches('.');
         match self.by_host.get(host) {
             Some(s) => Some(s),
             None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
-                self.by_host.get(&host.to_ascii_lowercase()).map(|s| &**s)
+                self.by_host.get(&host.to_ascii_lowercase())
             }
             None => None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What a reload cannot change: the listeners are bound, and their
+    /// certificates watched, once at start. None: they match.
+    pub(crate) fn fixed_change(&self, running: &GatewayConfig) -> Option<&'static str> {
+        if self.listeners != running.listeners {
+            Some("gateway.listeners")
+        } else if self.tls_reload_interval != running.tls_reload_interval {
+            Some("gateway.tls_reload_interval")
+        } else {
+            None
         }
     }
 }
@@ -198,8 +216,8 @@ mod tests {
             "listeners: [{listen: '127.0.0.1:0'}]\nhosts: [{host: Shop.Example, service: web}]",
         )
         .expect("valid");
-        assert_eq!(gw.hosts.service("shop.example"), Some("web"));
-        assert_eq!(gw.hosts.service("SHOP.example."), Some("web"));
+        assert_eq!(gw.hosts.service("shop.example").map(|s| &**s), Some("web"));
+        assert_eq!(gw.hosts.service("SHOP.example.").map(|s| &**s), Some("web"));
         assert_eq!(gw.hosts.service("other.example"), None);
         for (yaml, field) in [
             ("listeners: []", "gateway.listeners"),

@@ -297,6 +297,9 @@ impl Outbound {
         }
         // A service named with a port (`http://shop:9090`) is reached on that port.
         let mut named_port = None;
+        // The gateway's host table may be swapped meanwhile: its service name is
+        // held here for the lookup.
+        let gateway_service: Arc<str>;
         let want = match dest {
             Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
             Destination::Original(addr) => Dest::Vip(*addr),
@@ -314,7 +317,10 @@ impl Outbound {
                 }
             },
             Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
-                Ok(name) => Dest::Name(Cow::Borrowed(name)),
+                Ok(name) => {
+                    gateway_service = name;
+                    Dest::Name(Cow::Borrowed(&*gateway_service))
+                }
                 Err(resp) => {
                     if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
                         self.unknown

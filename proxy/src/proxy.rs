@@ -146,8 +146,9 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
         grace: limits.shutdown_grace.0,
     };
     serve_outbound(&config, &mut proxy, &acceptor, &outbound).await?;
+    let mut gateway_hosts = None;
     if let Some(gateway) = &config.gateway {
-        proxy.gateway = crate::gateway::serve(crate::gateway::GatewayInputs {
+        let (bound, hosts) = crate::gateway::serve(crate::gateway::GatewayInputs {
             config: gateway,
             acceptor: &acceptor,
             outbound: &outbound,
@@ -156,6 +157,8 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             shutdown: &shutdown,
         })
         .await?;
+        proxy.gateway = bound;
+        gateway_hosts = Some(hosts);
     }
     if let Some((listen, app)) = config.inbound {
         let workload = config.node.workload.as_deref().unwrap_or("local");
@@ -199,7 +202,12 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
 
     #[cfg(unix)]
     if let Some(path) = &config.path {
-        crate::source::file::on_sighup(path.clone(), config.listeners(), store, metrics, stats);
+        let running = crate::source::file::Running {
+            listeners: config.listeners(),
+            gateway: config.gateway.clone().zip(gateway_hosts),
+            discovered: config.control_plane.is_some(),
+        };
+        crate::source::file::on_sighup(path.clone(), running, store, metrics, stats);
     }
 
     proxy.ready.store(true, Ordering::Release);

@@ -3,6 +3,7 @@
 //! changes the request as its filters say, and names where it goes. Sending it is
 //! the caller's (outbound, gateway); this module never touches a connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +38,13 @@ pub(crate) enum Routed<'s> {
 
 /// Routes `req`, addressed to `svc`; `grpc` says how to shape answers.
 pub(crate) fn route<'s, B>(svc: &'s Service, req: &mut Request<B>, grpc: bool) -> Routed<'s> {
+    let host = if svc.routes.by_host() {
+        crate::http::authority_of(req).map(|(h, _)| h)
+    } else {
+        None
+    };
     let view = RequestView {
+        host,
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
@@ -105,12 +112,13 @@ pub(crate) fn route<'s, B>(svc: &'s Service, req: &mut Request<B>, grpc: bool) -
     }
 }
 
-/// The service a gateway request goes to, by its host; or the gateway's own
-/// answer: a redirect to HTTPS, 404 for a host it does not serve.
-pub(crate) fn gateway_dest<'r, B>(
-    entry: &'r GatewayEntry,
-    req: &'r Request<B>,
-) -> Result<&'r str, Box<Response<ProxyBody>>> {
+/// The service a gateway request goes to, by its host in the host table as it
+/// is now; or the gateway's own answer: a redirect to HTTPS, 404 for a host it
+/// does not serve.
+pub(crate) fn gateway_dest<B>(
+    entry: &GatewayEntry,
+    req: &Request<B>,
+) -> Result<Arc<str>, Box<Response<ProxyBody>>> {
     let Some((host, _)) = crate::http::authority_of(req) else {
         return Err(Box::new(ProxyError::NoAuthority.response()));
     };
@@ -130,7 +138,9 @@ pub(crate) fn gateway_dest<'r, B>(
     }
     entry
         .hosts
+        .load()
         .service(host)
+        .cloned()
         .ok_or_else(|| Box::new(ProxyError::UnknownService.response()))
 }
 
@@ -230,6 +240,85 @@ mod tests {
         ));
         let mut other = request(Method::GET, "/else");
         assert!(matches!(route(svc, &mut other, false), Routed::Unmatched));
+    }
+
+    #[test]
+    fn methods_select_their_routes_in_order_standard_or_not() {
+        let snap = snapshot(concat!(
+            "      - name: purge
+        match: [{method: PURGE}]
+",
+            "      - name: get
+        match: [{method: GET}]
+",
+            "      - name: any
+",
+            "      - name: post
+        match: [{method: POST}]
+",
+        ));
+        let svc = snap.by_host("a").expect("a");
+        let purge = Method::from_bytes(b"PURGE").expect("method");
+        let lock = Method::from_bytes(b"LOCK").expect("method");
+        for (method, want) in [
+            (purge, "purge"),
+            (lock, "any"),
+            (Method::GET, "get"),
+            (Method::POST, "any"),
+            (Method::DELETE, "any"),
+        ] {
+            let mut req = request(method.clone(), "/");
+            match route(svc, &mut req, false) {
+                Routed::Forward { route, .. } => assert_eq!(&*route.name, want, "{method}"),
+                _ => panic!("{method}: expected a forward"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_route_with_host_names_takes_only_requests_for_them() {
+        let snap = snapshot(concat!(
+            "      - name: shop
+        hostnames: [shop.example, '*.shop.example']
+",
+            "        backends: [{service: canary}]
+",
+            "      - name: rest
+",
+        ));
+        let svc = snap.by_host("a").expect("a");
+        for (host, want) in [
+            (Some("shop.example"), "shop"),
+            (Some("Shop.Example:8080"), "shop"),
+            (Some("eu.shop.example"), "shop"),
+            (Some("a"), "rest"),
+            (Some("myshop.example"), "rest"),
+            (None, "rest"),
+        ] {
+            let mut req = request(Method::GET, "/");
+            match host {
+                Some(h) => {
+                    req.headers_mut()
+                        .insert(http::header::HOST, HeaderValue::from_str(h).expect("host"));
+                }
+                None => {
+                    req.headers_mut().remove(http::header::HOST);
+                }
+            }
+            match route(svc, &mut req, false) {
+                Routed::Forward { route, .. } => assert_eq!(&*route.name, want, "{host:?}"),
+                _ => panic!("{host:?}: expected a forward"),
+            }
+        }
+        let mut absolute = request(Method::GET, "http://eu.shop.example/x");
+        absolute.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_static("eu.shop.example"),
+        );
+        assert!(matches!(
+            route(svc, &mut absolute, false),
+            Routed::Forward { route, .. } if &*route.name == "shop"
+        ));
     }
 
     #[test]

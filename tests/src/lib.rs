@@ -52,6 +52,7 @@ pub mod cluster;
 pub mod control;
 pub mod data;
 pub mod demo;
+pub mod gateway_api;
 pub mod grpc;
 pub mod h2spec;
 pub mod hops;

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use weft_tests::apps::HttpApp;
+use weft_tests::client::{self, H1Client};
 use weft_tests::cluster::pki::{Ca, CertFiles};
 use weft_tests::control::WeftControl;
+use weft_tests::load::{Load, LoadSpec};
 use weft_tests::ports::free_addr;
-use weft_tests::proxy::{ProxyConfig, WeftProxy};
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::{STEP_DEADLINE, eventually};
 
 const GATEWAY_ID: &str = "spiffe://cluster.local/ns/default/sa/gateway";
@@ -467,4 +469,164 @@ async fn a_python_grpc_client_reaches_a_grpc_route_through_the_gateway_with_tls(
         )
         .await;
     assert_eq!(routed, 1.0);
+}
+
+/// `base` as a plaintext gateway (no identity) over plain `web` and `orders`
+/// endpoints, its host table given as YAML lines.
+fn host_swap_config(
+    base: ProxyConfig,
+    (web, orders): (&HttpApp, &HttpApp),
+    listen: SocketAddr,
+    hosts: &[&str],
+) -> ProxyConfig {
+    let mut config = base.with_services(vec![
+        ServiceDef::new("web").endpoint(web.addr),
+        ServiceDef::new("orders").endpoint(orders.addr),
+    ]);
+    config.extra = format!(
+        "gateway:\n  listeners: [{{listen: \"{listen}\"}}]\n  hosts:\n{}\n",
+        hosts
+            .iter()
+            .map(|h| format!("    - {h}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_table_is_swapped_on_sighup_under_load_and_a_bad_one_is_refused_whole() {
+    let web = HttpApp::start("web-app").await.expect("web app");
+    let orders = HttpApp::start("orders-app").await.expect("orders app");
+    let listen = free_addr();
+    let apps = (&web, &orders);
+    let first = host_swap_config(
+        ProxyConfig::new(),
+        apps,
+        listen,
+        &["{host: shop.example, service: web}"],
+    );
+    let mut gateway = WeftProxy::start_named("gateway", first)
+        .await
+        .expect("start gateway");
+    let load = Load::start(LoadSpec::new(listen, "http://shop.example/"));
+    load.wait_more_ok(200, Duration::from_secs(30)).await;
+    assert_eq!(load.answered_by("orders-app"), 0);
+
+    let reload = async |gateway: &mut WeftProxy, config: ProxyConfig, result: &str| {
+        let before = gateway
+            .metric("weft_snapshot_reloads_total", &[("result", result)])
+            .await;
+        gateway.write_config(config).expect("write config");
+        gateway.reload().expect("SIGHUP");
+        gateway
+            .wait_metric(
+                "weft_snapshot_reloads_total",
+                &[("result", result)],
+                |v| v > before,
+                Duration::from_secs(15),
+            )
+            .await;
+    };
+    // shop.example moves to orders and a new host appears.
+    let swapped = host_swap_config(
+        gateway.config.clone(),
+        apps,
+        listen,
+        &[
+            "{host: shop.example, service: orders}",
+            "{host: new.example, service: web}",
+        ],
+    );
+    reload(&mut gateway, swapped, "ok").await;
+    load.wait_more_ok(300, Duration::from_secs(30)).await;
+    assert!(load.answered_by("orders-app") > 0, "{:?}", load.by_app());
+    // Since the swap, shop.example is orders' alone.
+    let web_by_first_table = load.answered_by("web-app");
+    let mut client = H1Client::connect(listen).await.expect("connect");
+    let new = client
+        .send(client::get("http://new.example/"))
+        .await
+        .expect("new.example");
+    assert_eq!(new.header("x-app"), Some("web-app"));
+
+    // A table naming a service the mesh lacks is refused with the rest of the
+    // file, even the valid host beside it.
+    let bad = host_swap_config(
+        gateway.config.clone(),
+        apps,
+        listen,
+        &[
+            "{host: shop.example, service: web}",
+            "{host: ghost.example, service: ghost}",
+        ],
+    );
+    reload(&mut gateway, bad, "error").await;
+    load.wait_more_ok(300, Duration::from_secs(30)).await;
+    let report = load.stop().await;
+    report.assert_no_failures();
+    assert!(web_by_first_table > 0, "{:?}", report.by_app);
+    assert_eq!(
+        report.by_app.get("web-app").copied().unwrap_or(0),
+        web_by_first_table,
+        "the refused table would send shop.example to web: {:?}",
+        report.by_app
+    );
+    let ghost = client
+        .send(client::get("http://ghost.example/"))
+        .await
+        .expect("ghost.example");
+    assert_eq!(ghost.status, 404, "the refused table's host is not served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_hostnames_takes_only_the_hosts_it_names() {
+    let web = HttpApp::start("web-app").await.expect("web app");
+    let orders = HttpApp::start("orders-app").await.expect("orders app");
+    let listen = free_addr();
+    let mut config = ProxyConfig::new().with_services(vec![
+        ServiceDef::new("web").endpoint(web.addr).routes(
+            "[{name: api-host, hostnames: [api.example, '*.api.example'], backends: [{service: orders}]}]",
+        ),
+        ServiceDef::new("orders").endpoint(orders.addr),
+    ]);
+    let hosts = [
+        "shop.example",
+        "api.example",
+        "eu.api.example",
+        "api.example.org",
+    ];
+    config.extra = format!(
+        "gateway:\n  listeners: [{{listen: \"{listen}\"}}]\n  hosts:\n{}\n",
+        hosts
+            .iter()
+            .map(|h| format!("    - {{host: {h}, service: web}}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let gateway = WeftProxy::start_named("gateway", config)
+        .await
+        .expect("start gateway");
+    let mut client = H1Client::connect(listen).await.expect("connect");
+    for (host, want) in [
+        ("shop.example", "web-app"),
+        ("api.example", "orders-app"),
+        ("EU.api.example", "orders-app"),
+        ("api.example.org", "web-app"),
+    ] {
+        // Origin form: the Host header alone names the host.
+        let reply = client
+            .send(client::request("GET", "/x", &[("host", host)], ""))
+            .await
+            .expect(host);
+        assert_eq!(reply.status, 200, "{host}");
+        assert_eq!(reply.header("x-app"), Some(want), "{host}");
+    }
+    let routed = gateway
+        .metric(
+            "weft_requests_total",
+            &[("service", "web.default"), ("route", "api-host")],
+        )
+        .await;
+    assert_eq!(routed, 2.0);
 }

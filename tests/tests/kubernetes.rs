@@ -995,59 +995,6 @@ async fn real_service_account_tokens_prove_only_their_own_account_audience_and_p
         .expect("the other pod's token still proves its account");
 }
 
-/// The Gateway API CRDs (standard channel) from the pinned Go module, applied once
-/// per cluster and Established; `None` (after a message) when Go is missing, as
-/// for the cluster itself.
-fn gateway_api_installed(cluster: &Cluster) -> Option<()> {
-    static APPLIED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = APPLIED.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/gateway-api.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .env(
-                "PATH",
-                format!(
-                    "/usr/local/go/bin:{}",
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.code() == Some(3) && !weft_tests::tools::in_ci() {
-            return Err("skip".into());
-        }
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        cluster
-            .kubectl(&["apply", "--server-side", "-f", &dir])
-            .map_err(|e| format!("{e:#}"))?;
-        cluster
-            .kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/httproutes.gateway.networking.k8s.io",
-                "crd/grpcroutes.gateway.networking.k8s.io",
-            ])
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(())
-    });
-    match result {
-        Ok(()) => Some(()),
-        Err(e) if e == "skip" => {
-            eprintln!("SKIPPED: Go is needed to fetch the Gateway API CRDs");
-            None
-        }
-        Err(e) => panic!("Gateway API CRDs: {e}"),
-    }
-}
-
 /// A selectorless Service `name` with one endpoint at `ip` (never dialled).
 fn service_at(cluster: &Cluster, ns: &str, name: &str, ip: &str) {
     cluster
@@ -1087,7 +1034,7 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
     let Some(cluster) = installed("an_httproute_applied_with_kubectl_reaches_the_proxies") else {
         return;
     };
-    if gateway_api_installed(cluster).is_none() {
+    if weft_tests::gateway_api::installed(cluster).is_none() {
         return;
     }
     let ns = "kd-routes";
@@ -1151,6 +1098,117 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
     .await;
     assert!(accepted.ends_with(" 2"), "{accepted}");
     let log = cp.output();
+    assert!(
+        !log.contains("forbidden"),
+        "an API request was forbidden:\n{log}"
+    );
+}
+
+/// `parents[]` of an HTTPRoute's status as "name Accepted-status reason
+/// ResolvedRefs-status" entries, Weft's only.
+fn route_parents(cluster: &Cluster, ns: &str, name: &str) -> Option<Vec<String>> {
+    let text = cluster
+        .kubectl(&[
+            "get",
+            "httproute",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={range .status.parents[?(@.controllerName==\"weft.io/gateway-controller\")]}\
+             {.parentRef.name} {.conditions[?(@.type==\"Accepted\")].status} \
+             {.conditions[?(@.type==\"Accepted\")].reason} \
+             {.conditions[?(@.type==\"ResolvedRefs\")].status}{\"\\n\"}{end}",
+        ])
+        .ok()?;
+    Some(text.lines().map(str::to_string).collect())
+}
+
+/// An HTTPRoute whose parent is Weft's Gateway: its rules reach the gateway's
+/// Service (where the gateway's hosts send), ending in the 404 catch-all; its
+/// status says Accepted for that Gateway and NoMatchingParent for one that does
+/// not exist, and nothing for another controller's Gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_status() {
+    let Some(cluster) = installed("an_httproute_on_wefts_gateway") else {
+        return;
+    };
+    if weft_tests::gateway_api::installed(cluster).is_none() {
+        return;
+    }
+    let ns = "kd-gw-routes";
+    namespace(cluster, ns);
+    service_at(cluster, ns, "weft-gateway", "10.244.4.5");
+    service_at(cluster, ns, "orders", "10.244.4.6");
+    for (class, controller) in [
+        ("weft-test", "weft.io/gateway-controller"),
+        ("other-test", "example.com/other"),
+    ] {
+        cluster
+            .apply(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  \
+                 name: {class}\nspec:\n  controllerName: {controller}\n"
+            ))
+            .expect("create the GatewayClass");
+    }
+    for (gateway, class) in [("weft-gateway", "weft-test"), ("theirs", "other-test")] {
+        cluster
+            .apply(&format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  \
+                 name: {gateway}\n  namespace: {ns}\nspec:\n  gatewayClassName: {class}\n  \
+                 listeners:\n  - {{name: http, protocol: HTTP, port: 80}}\n"
+            ))
+            .expect("create the Gateway");
+    }
+
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cp = as_weft_control(cluster, dir.path())
+        .await
+        .expect("weft-control lists everything it watches and becomes ready");
+    let mut watch = Watch::start(cp.grpc, ns, &format!("weft-gateway.{ns}")).await;
+    watch
+        .until("the gateway's Service without routes", |w| {
+            w.service.is_some() && w.routes.is_empty()
+        })
+        .await;
+    cluster
+        .apply(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  \
+             name: storefront\n  namespace: {ns}\nspec:\n  parentRefs:\n  \
+             - {{name: weft-gateway}}\n  - {{name: theirs}}\n  - {{name: missing}}\n  \
+             hostnames: [shop.example]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /orders}}}}]\n    \
+               backendRefs: [{{name: orders, port: 80}}]\n"
+        ))
+        .expect("apply the HTTPRoute");
+    watch
+        .until(
+            "the route and the catch-all on the gateway's Service",
+            |w| {
+                w.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()
+                    == ["storefront.0", "weft-gateway.no-route"]
+            },
+        )
+        .await;
+    assert_eq!(watch.routes[0].hostnames, ["shop.example"]);
+    assert_eq!(
+        watch.route_backends(),
+        [(format!("orders.{ns}"), 1)],
+        "the catch-all has no backend"
+    );
+    let parents = eventually(STEP_DEADLINE, "the HTTPRoute's parent status", || async {
+        let parents = route_parents(cluster, ns, "storefront")?;
+        (parents.len() == 2).then_some(parents)
+    })
+    .await;
+    assert_eq!(
+        parents,
+        [
+            "weft-gateway True Accepted True",
+            "missing False NoMatchingParent True"
+        ]
+    );
+    let log = cp.process().output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"

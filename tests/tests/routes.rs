@@ -528,3 +528,64 @@ async fn check_names_the_field_of_an_invalid_route() {
     );
     assert!(output.contains("no service ghost.default"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_spent_bucket_unless_its_limit_changes() {
+    let orders = app("orders-app").await;
+    let orders_with = |limit: &str, other_header: &str| {
+        vec![
+            ServiceDef::new("orders")
+                .endpoint(orders.addr)
+                .routes(&format!(
+                    "[{{name: other, match: [{{path: {{exact: /other}}}}], \
+               filters: {{request_headers: {{set: {{x-step: \"{other_header}\"}}}}}}}}, \
+              {{name: tight, match: [{{path: {{exact: /tight}}}}], \
+               filters: {{rate_limit: {limit}}}}}]"
+                )),
+        ]
+    };
+    let mut proxy = proxy(orders_with("{requests: 2, per: 1h}", "1")).await;
+    let mut c = H1Client::connect(proxy.outbound()).await.expect("connect");
+    let status = async |c: &mut H1Client| get(c, "http://orders/tight", &[]).await.status;
+    assert_eq!(status(&mut c).await, StatusCode::OK);
+    assert_eq!(status(&mut c).await, StatusCode::OK);
+    assert_eq!(status(&mut c).await, StatusCode::TOO_MANY_REQUESTS);
+
+    let reload = async |proxy: &mut WeftProxy, services: Vec<ServiceDef>| {
+        let before = proxy
+            .metric("weft_snapshot_reloads_total", &[("result", "ok")])
+            .await;
+        let config = proxy.config.clone().with_services(services);
+        proxy.write_config(config).expect("write config");
+        proxy.reload().expect("SIGHUP");
+        proxy
+            .wait_metric(
+                "weft_snapshot_reloads_total",
+                &[("result", "ok")],
+                |v| v > before,
+                Duration::from_secs(15),
+            )
+            .await;
+    };
+    // Another route changes; this one's limit does not: its bucket stays spent.
+    reload(&mut proxy, orders_with("{requests: 2, per: 1h}", "2")).await;
+    let step = get(&mut c, "http://orders/other", &[]).await;
+    assert!(step.text().contains("x-step: 2"), "the reload applied");
+    assert_eq!(status(&mut c).await, StatusCode::TOO_MANY_REQUESTS);
+
+    // A new limit starts a full bucket.
+    reload(
+        &mut proxy,
+        orders_with("{requests: 2, per: 1h, burst: 3}", "2"),
+    )
+    .await;
+    for i in 0..3 {
+        assert_eq!(
+            status(&mut c).await,
+            StatusCode::OK,
+            "request {i} of the new burst"
+        );
+    }
+    assert_eq!(status(&mut c).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(orders.requests(), 6);
+}

@@ -23,6 +23,11 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Any one matching selects the route; none: every request.
+    /// The route applies only to requests whose Host (without its port) is one of
+    /// these: an exact name, or `*.example.com` for any name under example.com
+    /// (not example.com itself). None: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatchSpec>,
     /// None: the service itself.
@@ -239,6 +244,28 @@ pub fn check_header_value(value: &str) -> Result<(), String> {
     }
 }
 
+/// A route host name as Gateway API's `Hostname`: lowercase DNS labels, the
+/// first of which may be `*` alone; no IP address, no port.
+pub fn check_hostname(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+    if host.len() <= 253 && !is_ip && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name (lowercase DNS labels, optionally after \"*.\")"
+        ))
+    }
+}
+
 fn check_path(p: &str) -> Result<(), String> {
     if p.starts_with('/')
         && !p
@@ -295,6 +322,9 @@ impl RouteSpec {
         let at = At(at);
         if let Some(name) = &self.name {
             check_route_name(name).map_err(|e| at.err("name", e))?;
+        }
+        for (k, h) in self.hostnames.iter().enumerate() {
+            check_hostname(h).map_err(|e| at.err(&format!("hostnames[{k}]"), e))?;
         }
         for (k, m) in self.matches.iter().enumerate() {
             m.validate(&At(&format!("{}.match[{k}]", at.0)))?;
@@ -512,6 +542,7 @@ impl RouteSpec {
             }),
             timeouts: self.timeouts.as_ref().map(TimeoutsSpec::to_proto),
             retry: self.retry.as_ref().map(RetrySpec::to_proto),
+            hostnames: self.hostnames.clone(),
         }
     }
 }
@@ -697,6 +728,7 @@ services:
         timeouts: {request: 2s}
         retry: {max_attempts: 2}
       - name: grpc-get
+        hostnames: [shop.example, "*.shop.example"]
         match: [{grpc: {service: shop.Orders, method: Get}}]
       - filters:
           redirect: {scheme: https, status: 301}
@@ -728,6 +760,10 @@ services:
                 .as_ref()
                 .map(|g| g.method.as_str()),
             Some("Get")
+        );
+        assert_eq!(
+            update.routes[1].hostnames,
+            ["shop.example", "*.shop.example"]
         );
         assert_eq!(
             update.routes[2].name, "route-2",
@@ -791,6 +827,22 @@ services:
                 "routes[0].timeouts.request",
             ),
             ("routes: [{name: x}, {name: x}]", "routes[1].name"),
+            (
+                "routes: [{hostnames: [Shop.example]}]",
+                "routes[0].hostnames[0]",
+            ),
+            (
+                "routes: [{hostnames: ['a.*.example']}]",
+                "routes[0].hostnames[0]",
+            ),
+            (
+                "routes: [{hostnames: ['10.0.0.1']}]",
+                "routes[0].hostnames[0]",
+            ),
+            (
+                "routes: [{hostnames: ['shop.example:80']}]",
+                "routes[0].hostnames[0]",
+            ),
             (
                 "routes: [{timeouts: {per_try: 1s}}]",
                 "routes[0].timeouts.per_try",

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway_config::{GatewayConfig, GatewayEntry};
+use crate::gateway_config::{GatewayConfig, GatewayEntry, HostsStore};
 use crate::identity::{ALPN_H1, ALPN_H2};
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
@@ -33,9 +33,13 @@ pub(crate) struct GatewayInputs<'a> {
     pub(crate) shutdown: &'a CancellationToken,
 }
 
-/// Binds every gateway listener; returns their addresses in config order.
-pub(crate) async fn serve(inputs: GatewayInputs<'_>) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+/// Binds every gateway listener; returns their addresses in config order and the
+/// host table they share, for a reload to swap.
+pub(crate) async fn serve(
+    inputs: GatewayInputs<'_>,
+) -> anyhow::Result<(Vec<std::net::SocketAddr>, HostsStore)> {
     let config = inputs.config;
+    let hosts: HostsStore = Arc::new(arc_swap::ArcSwap::new(config.hosts.clone()));
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let listener = TcpListener::bind(l.listen)
@@ -43,7 +47,7 @@ pub(crate) async fn serve(inputs: GatewayInputs<'_>) -> anyhow::Result<Vec<std::
             .with_context(|| format!("cannot listen on {} (gateway.listeners[{i}])", l.listen))?;
         bound.push(listener.local_addr()?);
         let entry = Arc::new(GatewayEntry {
-            hosts: config.hosts.clone(),
+            hosts: hosts.clone(),
             redirect_https: l.redirect_https,
         });
         let ob = inputs.outbound.clone();
@@ -100,5 +104,5 @@ pub(crate) async fn serve(inputs: GatewayInputs<'_>) -> anyhow::Result<Vec<std::
                 }
             });
     }
-    Ok(bound)
+    Ok((bound, hosts))
 }

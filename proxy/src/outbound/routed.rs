@@ -20,6 +20,14 @@ use crate::snapshot::Service;
 use crate::snapshot::lookup::Dest;
 
 impl Outbound {
+    /// Names the route on its response for the access log and spans; only while
+    /// observing, so a request pays no extensions map otherwise.
+    fn name_route<B>(&self, resp: &mut Response<B>, name: &Arc<str>) {
+        if self.observer.is_on() {
+            resp.extensions_mut().insert(RouteName(name.clone()));
+        }
+    }
+
     pub(super) async fn handle_routed(
         &self,
         parent: Arc<Service>,
@@ -35,7 +43,7 @@ impl Outbound {
             }
             Routed::Answered(route, mut resp) => {
                 route.metrics.record(resp.status().as_u16(), since(start));
-                resp.extensions_mut().insert(RouteName(route.name.clone()));
+                self.name_route(&mut *resp, &route.name);
                 return *resp;
             }
             Routed::Forward {
@@ -56,7 +64,7 @@ impl Outbound {
                     route.metrics.proxy_error(ProxyError::NoEndpoints.reason());
                     let mut resp = ProxyError::NoEndpoints.response();
                     route.metrics.record(resp.status().as_u16(), since(start));
-                    resp.extensions_mut().insert(RouteName(route.name.clone()));
+                    self.name_route(&mut resp, &route.name);
                     return resp;
                 }
             },
@@ -75,7 +83,7 @@ impl Outbound {
         if let Some(m) = &route.response_headers {
             m.apply(resp.headers_mut());
         }
-        resp.extensions_mut().insert(RouteName(route.name.clone()));
+        self.name_route(&mut resp, &route.name);
         resp
     }
 }

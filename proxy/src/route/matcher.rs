@@ -39,8 +39,41 @@ pub(crate) struct Match {
     pub(crate) query: Box<[(Box<str>, ValueMatch)]>,
 }
 
+/// A route's host name (Gateway API `hostnames`): exact, or `*.suffix` for one
+/// or more labels before the suffix. Compared without case.
+#[derive(Debug)]
+pub(crate) enum HostMatch {
+    Exact(Box<str>),
+    /// The suffix with its leading '.'.
+    Wildcard(Box<str>),
+}
+
+impl HostMatch {
+    pub(crate) fn new(name: &str) -> HostMatch {
+        match name.strip_prefix('*') {
+            Some(suffix) => HostMatch::Wildcard(suffix.into()),
+            None => HostMatch::Exact(name.into()),
+        }
+    }
+
+    /// `host`: the request's, without its port.
+    pub(crate) fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
+        match self {
+            HostMatch::Exact(want) => host.eq_ignore_ascii_case(want.as_bytes()),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
 /// What a request offers to matching.
 pub(crate) struct RequestView<'a> {
+    /// Its Host without the port; None when no route names host names (it is
+    /// then not looked up) or the request has none.
+    pub(crate) host: Option<&'a str>,
     pub(crate) method: &'a Method,
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
@@ -128,10 +161,29 @@ mod tests {
         headers: &'a HeaderMap,
     ) -> RequestView<'a> {
         RequestView {
+            host: None,
             method,
             path,
             query,
             headers,
+        }
+    }
+
+    #[test]
+    fn host_names_match_exactly_or_under_a_wildcard() {
+        let exact = HostMatch::new("shop.example");
+        let wild = HostMatch::new("*.shop.example");
+        for (host, want_exact, want_wild) in [
+            ("shop.example", true, false),
+            ("SHOP.example.", true, false),
+            ("a.shop.example", false, true),
+            ("a.b.Shop.Example", false, true),
+            ("ashop.example", false, false),
+            (".shop.example", false, false),
+            ("other.example", false, false),
+        ] {
+            assert_eq!(exact.matches(host), want_exact, "{host}");
+            assert_eq!(wild.matches(host), want_wild, "*. {host}");
         }
     }
 

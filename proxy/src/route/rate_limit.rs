@@ -8,8 +8,17 @@ use crate::clock::{nanos, now_nanos};
 
 /// Kept in integers: one token is `per` nanoseconds' worth of units and each
 /// nanosecond adds `requests` units, so refills and waits are exact.
+/// A bucket's configuration: `requests` tokens per `per`, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limit {
+    pub(crate) requests: u32,
+    pub(crate) per: Duration,
+    pub(crate) burst: u32,
+}
+
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
+    limit: Limit,
     /// Units in one token: `per` in nanoseconds.
     token: u128,
     /// Units added per nanosecond.
@@ -26,11 +35,17 @@ struct State {
 }
 
 impl TokenBucket {
-    /// `requests` tokens per `per`, holding at most `burst`; starts full.
-    pub(crate) fn new(requests: u32, per: Duration, burst: u32) -> TokenBucket {
+    /// A bucket for `limit`; starts full.
+    pub(crate) fn new(limit: Limit) -> TokenBucket {
+        let Limit {
+            requests,
+            per,
+            burst,
+        } = limit;
         let token = u128::from(nanos(per).max(1));
         let capacity = token * u128::from(burst.max(1));
         TokenBucket {
+            limit,
             token,
             rate: u128::from(requests.max(1)),
             capacity,
@@ -39,6 +54,10 @@ impl TokenBucket {
                 at: now_nanos(),
             }),
         }
+    }
+
+    pub(crate) fn limit(&self) -> Limit {
+        self.limit
     }
 
     /// Takes a token, or says how long until one is there.
@@ -68,7 +87,11 @@ mod tests {
     #[test]
     fn a_burst_is_served_then_tokens_come_at_the_rate() {
         paused_runtime().block_on(async {
-            let bucket = TokenBucket::new(10, Duration::from_secs(1), 3);
+            let bucket = TokenBucket::new(Limit {
+                requests: 10,
+                per: Duration::from_secs(1),
+                burst: 3,
+            });
             for _ in 0..3 {
                 assert!(bucket.take().is_ok());
             }

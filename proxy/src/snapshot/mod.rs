@@ -232,7 +232,7 @@ impl Service {
             port_sets.push((port, set));
         }
         let policy = policy_from_proto(&update.policy.clone().unwrap_or_default()).map_err(err)?;
-        let routes = Routes::compile(&update.routes, &name, metrics).map_err(err)?;
+        let routes = Routes::compile(&update.routes, &name, metrics, stats).map_err(err)?;
         let mut svc = Service::assemble(
             info,
             update.version,
@@ -312,7 +312,7 @@ impl Service {
         let routes = if update.routes.is_empty() {
             self.routes.clone()
         } else {
-            Arc::new(Routes::compile(&update.routes, &key, metrics).map_err(err)?)
+            Arc::new(Routes::compile(&update.routes, &key, metrics, stats).map_err(err)?)
         };
         let mut svc = Service::assemble(
             &info,

@@ -13,14 +13,15 @@ use weft_api::v1;
 
 use super::Timeouts;
 use super::policy::{retry_from_proto, timeouts_from_proto};
+use crate::endpoint::Registry;
 use crate::metrics::{Direction, Metrics, RouteActions, ServiceMetrics};
 use crate::retry::RetryPolicy;
 use crate::route::fault::{Chance, Fault};
 use crate::route::filter::{HeaderModifier, PathRewrite, Redirect};
 use crate::route::matcher::{
-    Match, PathMatch, RequestView, ValueMatch, normalize_prefix, whole_regex,
+    HostMatch, Match, PathMatch, RequestView, ValueMatch, normalize_prefix, whole_regex,
 };
-use crate::route::rate_limit::TokenBucket;
+use crate::route::rate_limit::{Limit, TokenBucket};
 use crate::route::split::Split;
 
 /// One compiled route.
@@ -35,7 +36,8 @@ pub(crate) struct Route {
     pub(crate) rewrite: Option<PathRewrite>,
     pub(crate) redirect: Option<Redirect>,
     pub(crate) fault: Option<Fault>,
-    pub(crate) rate_limit: Option<TokenBucket>,
+    /// Shared with earlier snapshots while the route's limit is unchanged.
+    pub(crate) rate_limit: Option<Arc<TokenBucket>>,
     /// Replace the backend service's when set.
     pub(crate) timeouts: Option<Timeouts>,
     /// Some(None): this route retries nothing, whatever the service says.
@@ -61,32 +63,34 @@ pub(crate) struct Routes {
     /// route: matching walks one small contiguous table, not the routes themselves
     /// (filters, buckets, metrics), so a long list costs few cache lines per route.
     matches: Box<[(usize, Match)]>,
-    /// Each match's method as a `method_code`, beside the table: a request whose
-    /// method differs skips the match after reading one byte.
-    methods: Box<[u8]>,
+    /// Per request method (by `method_slot`), the indexes into `matches` that
+    /// may match it, in order: those naming that method or none (and, for a
+    /// method outside the standard ones, those naming one too). A request skips
+    /// every match naming another method without reading it.
+    by_method: Box<[Box<[u32]>]>,
+    /// Each route's host names, by route index; an empty list takes any host.
+    hosts: Box<[Box<[HostMatch]>]>,
+    /// Whether any route names host names: else a request's host is not read.
+    by_host: bool,
     routes: Box<[Route]>,
 }
 
-/// Any method (the match names none).
-const ANY_METHOD: u8 = 0;
-/// A method outside the standard ones: compared in full.
-const OTHER_METHOD: u8 = u8::MAX;
+/// Slots of `by_method`: the nine standard methods, then every other one.
+const METHOD_SLOTS: usize = 10;
+const OTHER_METHOD: usize = METHOD_SLOTS - 1;
 
-fn method_code(method: Option<&Method>) -> u8 {
-    match method {
-        None => ANY_METHOD,
-        Some(m) => match *m {
-            Method::GET => 1,
-            Method::POST => 2,
-            Method::PUT => 3,
-            Method::DELETE => 4,
-            Method::HEAD => 5,
-            Method::OPTIONS => 6,
-            Method::PATCH => 7,
-            Method::CONNECT => 8,
-            Method::TRACE => 9,
-            _ => OTHER_METHOD,
-        },
+fn method_slot(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => OTHER_METHOD,
     }
 }
 
@@ -107,27 +111,38 @@ impl Routes {
         self.routes.is_empty()
     }
 
+    /// Whether matching needs the request's host ([`RequestView::host`]).
+    pub(crate) fn by_host(&self) -> bool {
+        self.by_host
+    }
+
     pub(crate) fn find(&self, req: &RequestView<'_>) -> Option<Matched<'_>> {
-        let method = method_code(Some(req.method));
-        let ((i, m), _) = self
-            .matches
-            .iter()
-            .zip(self.methods.iter())
-            .find(|((_, m), want)| {
-                (**want == method || **want == ANY_METHOD || **want == OTHER_METHOD)
-                    && m.matches(req)
-            })?;
+        let candidates = self.by_method.get(method_slot(req.method))?;
+        let (i, m) = candidates.iter().find_map(|&k| {
+            let (i, m) = self.matches.get(k as usize)?;
+            ((!self.by_host || self.host_ok(*i, req.host)) && m.matches(req)).then_some((i, m))
+        })?;
         Some(Matched {
             route: self.routes.get(*i)?,
             prefix: m.prefix(),
         })
     }
 
-    /// Compiles `raw`, the routes of service `service` ("name.namespace").
+    fn host_ok(&self, route: usize, host: Option<&str>) -> bool {
+        match self.hosts.get(route) {
+            None => true,
+            Some(names) if names.is_empty() => true,
+            Some(names) => host.is_some_and(|h| names.iter().any(|n| n.matches(h))),
+        }
+    }
+
+    /// Compiles `raw`, the routes of service `service` ("name.namespace"); rate
+    /// limits take their buckets from `stats`.
     pub(crate) fn compile(
         raw: &[v1::Route],
         service: &str,
         metrics: &Metrics,
+        stats: &Registry,
     ) -> Result<Routes, String> {
         let namespace = service.split_once('.').map_or("default", |(_, ns)| ns);
         let mut names = std::collections::HashSet::new();
@@ -146,8 +161,9 @@ impl Routes {
                 if !names.insert(name.clone()) {
                     return Err(format!("routes[{i}]: duplicate route name {name:?}"));
                 }
-                let (route, route_matches) = compile_route(r, &name, service, namespace, metrics)
-                    .map_err(|e| format!("routes[{i}] ({name}): {e}"))?;
+                let (route, route_matches) =
+                    compile_route(r, &name, service, namespace, metrics, stats)
+                        .map_err(|e| format!("routes[{i}] ({name}): {e}"))?;
                 if route_matches.is_empty() {
                     // No match listed: every request.
                     matches.push((i, Match::default()));
@@ -156,13 +172,38 @@ impl Routes {
                 Ok(route)
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let methods = matches
-            .iter()
-            .map(|(_, m): &(usize, Match)| method_code(m.method.as_ref()))
+        let by_method = (0..METHOD_SLOTS)
+            .map(|slot| {
+                (0u32..)
+                    .zip(matches.iter())
+                    .filter(|(_, (_, m)): &(u32, &(usize, Match))| {
+                        m.method
+                            .as_ref()
+                            .is_none_or(|want| method_slot(want) == slot)
+                    })
+                    .map(|(k, _)| k)
+                    .collect()
+            })
             .collect();
+        let hosts: Box<[Box<[HostMatch]>]> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.hostnames
+                    .iter()
+                    .map(|h| {
+                        weft_api::route::check_hostname(h)
+                            .map(|()| HostMatch::new(h))
+                            .map_err(|e| format!("routes[{i}].hostnames: {e}"))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Routes {
             matches: matches.into(),
-            methods,
+            by_method,
+            by_host: hosts.iter().any(|h| !h.is_empty()),
+            hosts,
             routes: routes.into(),
         })
     }
@@ -174,6 +215,7 @@ fn compile_route(
     service: &str,
     namespace: &str,
     metrics: &Metrics,
+    stats: &Registry,
 ) -> Result<(Route, Vec<Match>), String> {
     let matches = r
         .matches
@@ -271,11 +313,12 @@ fn compile_route(
                 return Err("a rate limit needs requests and per".to_string());
             }
             let burst = if rl.burst == 0 { rl.requests } else { rl.burst };
-            Ok(TokenBucket::new(
-                rl.requests,
-                Duration::from_millis(rl.per_ms),
+            let limit = Limit {
+                requests: rl.requests,
+                per: Duration::from_millis(rl.per_ms),
                 burst,
-            ))
+            };
+            Ok(stats.bucket(service, name, limit))
         })
         .transpose()?;
     if redirect.is_some() && !backends.is_empty() {

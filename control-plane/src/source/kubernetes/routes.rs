@@ -15,10 +15,18 @@
 //! - Filters: request and response header changes, redirects and URL rewrites of
 //!   the path. Anything else (mirrors, extension refs, host rewrites) makes the route
 //!   `Accepted=False` with reason `UnsupportedValue`, and none of it is applied.
-//! - A parentRef to a Gateway is not this controller's: it gets no status from Weft.
+//! - A parentRef to a Gateway of Weft's class (its GatewayClass names
+//!   `weft.io/gateway-controller`) attaches the rules to the Service of the same
+//!   name and namespace (the Service in front of the gateway's pods, to which the
+//!   gateway's `hosts:` send), ending with a catch-all answering 404: Gateway API's
+//!   answer for a request no route matches, and no request loops back to the
+//!   gateway. A Gateway that does not exist, or has no such Service, is
+//!   `Accepted=False` with `NoMatchingParent`; another class's Gateway is not
+//!   Weft's, and gets no status from it. Listeners (`sectionName`, `port`,
+//!   `allowedRoutes`) are not checked.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use kube::api::DynamicObject;
@@ -78,6 +86,8 @@ struct Spec {
     #[serde(default)]
     parent_refs: Vec<ParentRef>,
     #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
     rules: Vec<Rule>,
 }
 
@@ -98,10 +108,67 @@ struct ParentRef {
 }
 
 impl ParentRef {
-    /// A Service (core group) is a mesh parent; a Gateway is not Weft's here.
+    /// A Service (core group) is a mesh parent.
     fn is_service(&self) -> bool {
         self.kind.as_deref() == Some("Service")
             && matches!(self.group.as_deref(), None | Some("") | Some("core"))
+    }
+
+    /// A Gateway: the kind and group a parentRef defaults to.
+    fn is_gateway(&self) -> bool {
+        matches!(self.kind.as_deref(), None | Some("Gateway"))
+            && matches!(self.group.as_deref(), None | Some(GROUP))
+    }
+}
+
+/// The cluster's Gateways by (namespace, name): whether each is of Weft's class.
+#[derive(Debug, Default)]
+pub struct Gateways {
+    weft: HashSet<(String, String)>,
+    others: HashSet<(String, String)>,
+}
+
+impl Gateways {
+    /// From the Gateway and GatewayClass objects.
+    pub fn of(gateways: &[Arc<DynamicObject>], classes: &[Arc<DynamicObject>]) -> Gateways {
+        let weft_classes: HashSet<&str> = classes
+            .iter()
+            .filter(|c| {
+                c.data
+                    .pointer("/spec/controllerName")
+                    .and_then(Value::as_str)
+                    == Some(CONTROLLER_NAME)
+            })
+            .filter_map(|c| c.metadata.name.as_deref())
+            .collect();
+        let mut out = Gateways::default();
+        for g in gateways {
+            let key = (
+                g.metadata.namespace.clone().unwrap_or_default(),
+                g.metadata.name.clone().unwrap_or_default(),
+            );
+            let class = g
+                .data
+                .pointer("/spec/gatewayClassName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if weft_classes.contains(class) {
+                out.weft.insert(key);
+            } else {
+                out.others.insert(key);
+            }
+        }
+        out
+    }
+
+    fn is_others(&self, namespace: &str, name: &str) -> bool {
+        self.others
+            .contains(&(namespace.to_string(), name.to_string()))
+    }
+
+    fn is_weft(&self, namespace: &str, name: &str) -> bool {
+        self.weft
+            .contains(&(namespace.to_string(), name.to_string()))
     }
 }
 
@@ -144,10 +211,12 @@ type Attached = BTreeMap<(String, String), Vec<(Precedence, usize, RouteSpec)>>;
 /// Why a condition is False: (reason, message).
 type Refusal = (&'static str, String);
 
-/// Routes of every route object whose parent is a Service in `services`, attached
-/// to it, and the status of every such object. `objects` are (kind, object).
+/// Routes of every route object whose parent is a Service in `services` or one of
+/// Weft's `gateways`, attached to its Service, and the status of every such
+/// object. `objects` are (kind, object).
 pub fn attach(
     objects: &[(RouteKind, Arc<DynamicObject>)],
+    gateways: &Gateways,
     services: &mut [ServiceSpec],
 ) -> Vec<RouteStatus> {
     let mut sorted: Vec<&(RouteKind, Arc<DynamicObject>)> = objects.iter().collect();
@@ -162,6 +231,8 @@ pub fn attach(
     // Per mesh service: (precedence, age order, route).
     let mut attached: Attached = BTreeMap::new();
     let mut statuses = Vec::new();
+    // Gateways' Services that got routes: each ends with the catch-all.
+    let mut gateway_services = BTreeSet::new();
     for (age, (kind, object)) in sorted.into_iter().enumerate() {
         let key = ObjectKey {
             kind: kind.kind(),
@@ -179,7 +250,10 @@ pub fn attach(
             Ok(spec) => spec
                 .parent_refs
                 .iter()
-                .filter(|p| p.is_service())
+                .filter(|p| {
+                    let ns = p.namespace.as_deref().unwrap_or(&key.namespace);
+                    p.is_service() || (p.is_gateway() && !gateways.is_others(ns, &p.name))
+                })
                 .cloned()
                 .collect(),
             Err(_) => Vec::new(),
@@ -191,7 +265,7 @@ pub fn attach(
             spec.rules
                 .iter()
                 .enumerate()
-                .map(|(i, rule)| convert_rule(*kind, rule, i, &key, services))
+                .map(|(i, rule)| convert_rule(*kind, rule, i, &key, &spec.hostnames, services))
                 .collect::<Result<Vec<_>, String>>()
         });
         let mut parent_status = Vec::new();
@@ -200,20 +274,33 @@ pub fn attach(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| key.namespace.clone());
-            let exists = services
+            let service_exists = services
                 .iter()
                 .any(|s| s.name.as_str() == parent.name && s.namespace.as_str() == ns);
+            let gateway = parent.is_gateway();
+            let exists = match (gateway, service_exists) {
+                (true, _) if !gateways.is_weft(&ns, &parent.name) => Err((
+                    "NoMatchingParent",
+                    format!("no Gateway {ns}/{}", parent.name),
+                )),
+                (true, false) => Err((
+                    "NoMatchingParent",
+                    format!(
+                        "no Service {ns}/{} in front of the Gateway's pods (its hosts route to it)",
+                        parent.name
+                    ),
+                )),
+                (false, false) => Err((
+                    "NoMatchingParent",
+                    format!("no Service {ns}/{} in the mesh", parent.name),
+                )),
+                (_, true) => Ok(()),
+            };
             let (accepted, resolved): (Result<(), Refusal>, Result<(), Refusal>) =
                 match (&converted, exists) {
-                    (_, false) => (
-                        Err((
-                            "NoMatchingParent",
-                            format!("no Service {ns}/{} in the mesh", parent.name),
-                        )),
-                        Ok(()),
-                    ),
-                    (Err(e), true) => (Err(("UnsupportedValue", e.clone())), Ok(())),
-                    (Ok(rules), true) => {
+                    (_, Err(refusal)) => (Err(refusal), Ok(())),
+                    (Err(e), Ok(())) => (Err(("UnsupportedValue", e.clone())), Ok(())),
+                    (Ok(rules), Ok(())) => {
                         let unresolved = rules.iter().find_map(|r| r.unresolved.clone());
                         (Ok(()), unresolved.map_or(Ok(()), Err))
                     }
@@ -226,6 +313,9 @@ pub fn attach(
                         format!("{}.{}.{i}", key.namespace, key.name)
                     }
                 };
+                if gateway {
+                    gateway_services.insert((parent.name.clone(), ns.clone()));
+                }
                 let entry = attached
                     .entry((parent.name.clone(), ns.clone()))
                     .or_default();
@@ -266,14 +356,39 @@ pub fn attach(
     }
     for ((name, ns), mut routes) in attached {
         routes.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let catch_all = gateway_services
+            .contains(&(name.clone(), ns.clone()))
+            .then(|| no_route(&name));
         if let Some(svc) = services
             .iter_mut()
             .find(|s| s.name.as_str() == name && s.namespace.as_str() == ns)
         {
-            svc.routes = routes.into_iter().map(|(_, _, r)| r).collect();
+            svc.routes = routes
+                .into_iter()
+                .map(|(_, _, r)| r)
+                .chain(catch_all)
+                .collect();
         }
     }
     statuses
+}
+
+/// The last route of a Gateway's Service: 404 for what no route matched.
+fn no_route(gateway: &str) -> RouteSpec {
+    RouteSpec {
+        name: Some(format!("{gateway}.no-route")),
+        filters: FiltersSpec {
+            fault: Some(FaultSpec {
+                delay: None,
+                abort: Some(FaultAbortSpec {
+                    status: 404,
+                    percent: 100.0,
+                }),
+            }),
+            ..FiltersSpec::default()
+        },
+        ..RouteSpec::default()
+    }
 }
 
 fn parent_entry(
@@ -312,6 +427,10 @@ fn parent_entry(
 /// prefixes, then more header and query matches.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
+    /// The route's host names: (0 some exact, 1 wildcards only, 2 none; the
+    /// longest first). Gateway API ranks by the host name that matched; a route
+    /// naming exact names goes before one naming only wildcards.
+    host: (u8, Reverse<usize>),
     /// 0 exact, 1 prefix, 2 regex or none.
     path_kind: u8,
     longer_prefix: Reverse<usize>,
@@ -331,6 +450,7 @@ fn convert_rule(
     rule: &Rule,
     index: usize,
     key: &ObjectKey,
+    hostnames: &[String],
     services: &[ServiceSpec],
 ) -> Result<Converted, String> {
     let at = |what: &str| format!("rules[{index}].{what}");
@@ -356,17 +476,29 @@ fn convert_rule(
             ..Default::default()
         });
     }
-    let precedence = matches
+    let mut precedence = matches
         .iter()
         .map(precedence_of)
         .min()
         .unwrap_or(Precedence {
+            host: (2, Reverse(0)),
             path_kind: 2,
             longer_prefix: Reverse(0),
             has_method: Reverse(false),
             more_headers: Reverse(0),
             more_query: Reverse(0),
         });
+    let exact = hostnames
+        .iter()
+        .filter(|h| !h.starts_with('*'))
+        .map(String::len)
+        .max();
+    let wild = hostnames.iter().map(String::len).max();
+    precedence.host = match (exact, wild) {
+        (Some(len), _) => (0, Reverse(len)),
+        (None, Some(len)) => (1, Reverse(len)),
+        (None, None) => (2, Reverse(0)),
+    };
     let mut filters = FiltersSpec::default();
     for (j, f) in rule.filters.iter().enumerate() {
         apply_filter(f, &mut filters)
@@ -432,6 +564,7 @@ fn convert_rule(
     };
     let route = RouteSpec {
         name: None,
+        hostnames: hostnames.to_vec(),
         matches,
         backends,
         filters,
@@ -466,6 +599,7 @@ fn precedence_of(m: &RouteMatchSpec) -> Precedence {
         _ => (2, 0),
     };
     Precedence {
+        host: (2, Reverse(0)),
         path_kind,
         longer_prefix: Reverse(len),
         has_method: Reverse(m.method.is_some()),

@@ -780,7 +780,12 @@ fn an_httproute_on_a_service_becomes_its_routes_and_is_accepted() {
 
     assert_eq!(translation.route_statuses.len(), 1);
     let status = &translation.route_statuses[0];
-    assert_eq!(status.parents.len(), 1, "only the Service parent is Weft's");
+    assert_eq!(status.parents.len(), 2, "{:?}", status.parents);
+    assert_eq!(
+        condition(&status.parents[1], "Accepted"),
+        ("False", "NoMatchingParent"),
+        "the Gateway edge does not exist"
+    );
     assert_eq!(
         condition(&status.parents[0], "Accepted"),
         ("True", "Accepted")
@@ -798,7 +803,7 @@ fn an_httproute_on_a_service_becomes_its_routes_and_is_accepted() {
     let parents = patch["status"]["parents"].as_array().expect("parents");
     assert_eq!(
         parents.len(),
-        2,
+        3,
         "the other controller's entry is kept: {patch}"
     );
 }
@@ -893,4 +898,188 @@ fn a_grpcroute_matches_on_service_and_method() {
         condition(&translation.route_statuses[0].parents[0], "Accepted"),
         ("True", "Accepted")
     );
+}
+
+#[test]
+fn route_hostnames_reach_the_routes_and_exact_names_go_first() {
+    let mut objects = payments_and_canary();
+    let to_canary = json!([{"name": "payments-canary", "port": 80}]);
+    objects.http_routes.push(http_route(
+        "shop",
+        "any-host",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "rules": [{"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                       "backendRefs": to_canary}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "wild",
+        "2026-01-02T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "hostnames": ["*.pay.example"],
+            "rules": [{"backendRefs": to_canary}]
+        }),
+    ));
+    objects.http_routes.push(http_route(
+        "shop",
+        "exact",
+        "2026-01-03T00:00:00Z",
+        json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "payments"}],
+            "hostnames": ["eu.pay.example", "*.pay.example"],
+            "rules": [{"backendRefs": to_canary}]
+        }),
+    ));
+    let mesh = Translator::new(TRUST_DOMAIN)
+        .translate(&objects)
+        .mesh
+        .expect("valid mesh");
+    let routes = &mesh.find("payments", "shop").expect("payments").routes;
+    let got: Vec<_> = routes
+        .iter()
+        .map(|r| (r.name.clone().unwrap_or_default(), r.hostnames.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "exact.0".to_string(),
+                vec!["eu.pay.example".to_string(), "*.pay.example".to_string()]
+            ),
+            ("wild.0".to_string(), vec!["*.pay.example".to_string()]),
+            ("any-host.0".to_string(), vec![]),
+        ],
+        "a route naming an exact host, then wildcards, then any host, whatever the path"
+    );
+}
+
+fn gateway_api_object(kind: &str, ns: Option<&str>, name: &str, spec: Value) -> Arc<DynamicObject> {
+    object(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        "spec": spec,
+    }))
+}
+
+#[test]
+fn a_route_on_wefts_gateway_serves_from_the_gateways_service_and_others_get_no_status() {
+    let mut objects = payments_and_canary();
+    objects.services.push(service(
+        "edge",
+        "weft-gateway",
+        "10.96.0.30",
+        json!([{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}]),
+    ));
+    objects.gateway_classes = vec![
+        gateway_api_object(
+            "GatewayClass",
+            None,
+            "weft",
+            json!({"controllerName": "weft.io/gateway-controller"}),
+        ),
+        gateway_api_object(
+            "GatewayClass",
+            None,
+            "other",
+            json!({"controllerName": "example.com/other"}),
+        ),
+    ];
+    objects.gateways = vec![
+        gateway_api_object(
+            "Gateway",
+            Some("edge"),
+            "weft-gateway",
+            json!({"gatewayClassName": "weft", "listeners": []}),
+        ),
+        gateway_api_object(
+            "Gateway",
+            Some("edge"),
+            "theirs",
+            json!({"gatewayClassName": "other", "listeners": []}),
+        ),
+    ];
+    let parents = json!([
+        {"name": "weft-gateway", "namespace": "edge"},
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "theirs", "namespace": "edge"},
+        {"name": "missing", "namespace": "edge"}
+    ]);
+    objects.http_routes.push(http_route(
+        "shop",
+        "storefront",
+        "2026-01-02T00:00:00Z",
+        json!({
+            "parentRefs": parents,
+            "hostnames": ["pay.example"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/pay"}}],
+                       "backendRefs": [{"name": "payments", "port": 80, "weight": 9},
+                                       {"name": "payments-canary", "port": 80, "weight": 1}]}]
+        }),
+    ));
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let mesh = translation.mesh.expect("valid mesh");
+    let gateway = mesh
+        .find("weft-gateway", "edge")
+        .expect("the Gateway's Service");
+    let names: Vec<_> = gateway
+        .routes
+        .iter()
+        .map(|r| r.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["shop.storefront.0", "weft-gateway.no-route"]);
+    assert_eq!(gateway.routes[0].hostnames, ["pay.example"]);
+    assert_eq!(gateway.routes[0].backends[0].service, "payments.shop");
+    let abort = gateway.routes[1]
+        .filters
+        .fault
+        .as_ref()
+        .and_then(|f| f.abort.as_ref());
+    assert_eq!(abort.map(|a| a.status), Some(404), "what no route matched");
+    assert!(
+        mesh.find("payments", "shop")
+            .expect("payments")
+            .routes
+            .is_empty()
+    );
+
+    let status = &translation.route_statuses[0];
+    let got: Vec<_> = status
+        .parents
+        .iter()
+        .map(|p| {
+            (
+                p["parentRef"]["name"].as_str().unwrap_or("?"),
+                condition(p, "Accepted"),
+                condition(p, "ResolvedRefs"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "weft-gateway",
+                ("True", "Accepted"),
+                ("True", "ResolvedRefs")
+            ),
+            (
+                "missing",
+                ("False", "NoMatchingParent"),
+                ("True", "ResolvedRefs")
+            ),
+        ],
+        "another class's Gateway gets no entry from Weft"
+    );
+
+    // Weft's Gateway without its Service: nothing to attach the rules to.
+    objects
+        .services
+        .retain(|s| s.metadata.name.as_deref() != Some("weft-gateway"));
+    let translation = Translator::new(TRUST_DOMAIN).translate(&objects);
+    let parent = &translation.route_statuses[0].parents[0];
+    assert_eq!(condition(parent, "Accepted"), ("False", "NoMatchingParent"));
 }

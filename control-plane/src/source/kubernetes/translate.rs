@@ -63,6 +63,9 @@ pub struct Objects {
     /// installed).
     pub http_routes: Vec<Arc<DynamicObject>>,
     pub grpc_routes: Vec<Arc<DynamicObject>>,
+    /// Gateway API `Gateway` and `GatewayClass` objects: routes' Gateway parents.
+    pub gateways: Vec<Arc<DynamicObject>>,
+    pub gateway_classes: Vec<Arc<DynamicObject>>,
 }
 
 /// Names one object in logs: `TrafficPolicy shop/payments`.
@@ -159,7 +162,8 @@ impl Translator {
                     .map(|o| (RouteKind::Grpc, Arc::clone(o))),
             )
             .collect();
-        let route_statuses = routes::attach(&route_objects, &mut services);
+        let gateways = routes::Gateways::of(&objects.gateways, &objects.gateway_classes);
+        let route_statuses = routes::attach(&route_objects, &gateways, &mut services);
         let workloads = resolve(
             "InboundAuthorization",
             "ServiceAccount",

@@ -32,6 +32,8 @@ pub struct Stores {
     /// None when the cluster has no Gateway API CRDs for the kind.
     http_routes: Option<Store<DynamicObject>>,
     grpc_routes: Option<Store<DynamicObject>>,
+    gateways: Option<Store<DynamicObject>>,
+    gateway_classes: Option<Store<DynamicObject>>,
 }
 
 /// Which Gateway API route kinds the cluster serves (v1).
@@ -39,6 +41,8 @@ pub struct Stores {
 pub struct GatewayApi {
     pub http_routes: bool,
     pub grpc_routes: bool,
+    /// Gateways and GatewayClasses: a route's Gateway parent is looked up in them.
+    pub gateways: bool,
 }
 
 impl GatewayApi {
@@ -54,6 +58,7 @@ impl GatewayApi {
                 GatewayApi {
                     http_routes: has("httproutes"),
                     grpc_routes: has("grpcroutes"),
+                    gateways: has("gateways") && has("gatewayclasses"),
                 }
             }
             Err(error) => {
@@ -64,12 +69,8 @@ impl GatewayApi {
     }
 }
 
-/// The HTTPRoute and GRPCRoute API resources (gateway.networking.k8s.io/v1).
-pub fn route_resource(kind: super::routes::RouteKind) -> ApiResource {
-    let (kind, plural) = match kind {
-        super::routes::RouteKind::Http => ("HTTPRoute", "httproutes"),
-        super::routes::RouteKind::Grpc => ("GRPCRoute", "grpcroutes"),
-    };
+/// A gateway.networking.k8s.io/v1 resource.
+fn gateway_api_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: super::routes::GROUP.to_string(),
         version: "v1".to_string(),
@@ -77,6 +78,15 @@ pub fn route_resource(kind: super::routes::RouteKind) -> ApiResource {
         kind: kind.to_string(),
         plural: plural.to_string(),
     }
+}
+
+/// The HTTPRoute and GRPCRoute API resources (gateway.networking.k8s.io/v1).
+pub fn route_resource(kind: super::routes::RouteKind) -> ApiResource {
+    let (kind, plural) = match kind {
+        super::routes::RouteKind::Http => ("HTTPRoute", "httproutes"),
+        super::routes::RouteKind::Grpc => ("GRPCRoute", "grpcroutes"),
+    };
+    gateway_api_resource(kind, plural)
 }
 
 impl Stores {
@@ -94,6 +104,12 @@ impl Stores {
                 .unwrap_or_default(),
             grpc_routes: self
                 .grpc_routes
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
+            gateways: self.gateways.as_ref().map(Store::state).unwrap_or_default(),
+            gateway_classes: self
+                .gateway_classes
                 .as_ref()
                 .map(Store::state)
                 .unwrap_or_default(),
@@ -123,6 +139,12 @@ impl Stores {
         }
         if self.grpc_routes.as_ref().is_some_and(|s| !is_ready(s)) {
             waiting.push("grpcroutes.gateway.networking.k8s.io");
+        }
+        if self.gateways.as_ref().is_some_and(|s| !is_ready(s)) {
+            waiting.push("gateways.gateway.networking.k8s.io");
+        }
+        if self.gateway_classes.as_ref().is_some_and(|s| !is_ready(s)) {
+            waiting.push("gatewayclasses.gateway.networking.k8s.io");
         }
         waiting
     }
@@ -197,6 +219,20 @@ pub fn start(client: &Client, gateway_api: GatewayApi, changed: &Arc<Notify>) ->
             &mut watches,
         )
     });
+    let gateways = gateway_api.gateways.then(|| {
+        custom(
+            gateway_api_resource("Gateway", "gateways"),
+            "gateways",
+            &mut watches,
+        )
+    });
+    let gateway_classes = gateway_api.gateways.then(|| {
+        custom(
+            gateway_api_resource("GatewayClass", "gatewayclasses"),
+            "gatewayclasses",
+            &mut watches,
+        )
+    });
     (
         Stores {
             services,
@@ -206,6 +242,8 @@ pub fn start(client: &Client, gateway_api: GatewayApi, changed: &Arc<Notify>) ->
             inbound_authorizations,
             http_routes,
             grpc_routes,
+            gateways,
+            gateway_classes,
         },
         watches,
     )
