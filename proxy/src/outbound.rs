@@ -365,6 +365,10 @@ impl Outbound {
     }
 }
 
+/// How many times one request refused unprocessed is sent again, beyond its
+/// policy's attempts: bounds the loop against a peer that refuses everything.
+const MAX_REFUSED_RESENDS: u32 = 3;
+
 /// What a request is sent under: the service's policy, or a route's overrides.
 struct Plan<'a> {
     request_timeout: Option<Duration>,
@@ -414,7 +418,9 @@ impl Outbound {
             }
             Some(HashKey::ClientIdentity) => self.client_key(client),
         };
-        let retry = retry.filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
+        // Under a retry policy every request is kept for replay, whatever its
+        // method: an HTTP/2 peer may refuse any request unprocessed.
+        let retry = retry.filter(|_| !is_upgrade(req.headers()));
         let result = match retry {
             None => {
                 let idx = svc
@@ -493,6 +499,7 @@ impl Outbound {
         let mut skip = None;
         let mut _retry_slot = None;
         let mut attempt = 1;
+        let mut resends = 0;
         let mut body = first;
         loop {
             let now = now_nanos();
@@ -500,7 +507,10 @@ impl Outbound {
             let (result, outcome) = self
                 .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
                 .await;
-            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome) {
+            let resend = outcome == Outcome::Refused && resends < MAX_REFUSED_RESENDS;
+            if !resend
+                && (attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome))
+            {
                 return result;
             }
             // A streamed body that did not end within the limit cannot be sent again.
@@ -508,6 +518,14 @@ impl Outbound {
                 return result;
             };
             body = again;
+            skip = Some(idx);
+            if resend {
+                // The endpoint processed nothing: no failure to back off from or to
+                // pay for with the retry budget, and no attempt spent.
+                resends += 1;
+                svc.metrics.refused_resends.inc();
+                continue;
+            }
             if _retry_slot.is_none() {
                 match Permit::acquire(
                     &concurrency.retries,
@@ -533,7 +551,6 @@ impl Outbound {
             drop(result);
             svc.metrics.retries.inc();
             tokio::time::sleep(retry.backoff(attempt)).await;
-            skip = Some(idx);
             attempt += 1;
         }
     }
@@ -585,6 +602,7 @@ impl Outbound {
                 Outcome::Cancelled
             }
             Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
+            Err(ProxyError::Refused) => Outcome::Refused,
             Err(_) => Outcome::NoResponse,
         };
         guard.finish(outcome);

@@ -247,8 +247,7 @@ async fn forward_h2(
         // The shared connection is going away (GOAWAY) or gone, so the request
         // was not sent: it takes a new connection, once.
         Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)).await?,
-        Err(SendError::Failed) => return Err(ProxyError::UpstreamReset),
-        Err(SendError::Client(e)) => return Err(e),
+        Err(e) => return Err(send_error(e)),
     };
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
@@ -279,6 +278,7 @@ async fn resend_h2(
 fn send_error(e: SendError) -> ProxyError {
     match e {
         SendError::Client(e) => e,
+        SendError::Refused => ProxyError::Refused,
         SendError::Unsent(_) | SendError::Failed => ProxyError::UpstreamReset,
     }
 }
