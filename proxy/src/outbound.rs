@@ -27,7 +27,7 @@ use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
 use crate::gateway_config::GatewayEntry;
 use crate::http::body::{ProxyBody, Recording, RequestBody, observed};
-use crate::http::convert::to_http1;
+use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
@@ -187,9 +187,9 @@ impl Outbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 // The destination port's declared protocol: an HTTP/2 caller to an
-                // HTTP/1.1-only app is sent on as HTTP/1.1 from here.
-                let app_http1 = hint == Some(Protocol::Http1);
-                self.serve_http(io, detected == Detected::Http2, app_http1, dest, client)
+                // HTTP/1.1-only app is sent on as HTTP/1.1 from here, an HTTP/1
+                // caller to an HTTP/2-only (h2c) app as HTTP/2.
+                self.serve_http(io, detected == Detected::Http2, hint, dest, client)
                     .await;
             }
             Detected::Tls | Detected::Opaque => {
@@ -202,12 +202,13 @@ impl Outbound {
         }
     }
 
-    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2).
+    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2), to a
+    /// destination port declared to speak `app`, when known.
     pub(crate) async fn serve_http<I>(
         self: Arc<Self>,
         io: I,
         h2: bool,
-        app_http1: bool,
+        app: Option<Protocol>,
         dest: Destination,
         client: Option<IpAddr>,
     ) where
@@ -217,8 +218,10 @@ impl Outbound {
         let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
             let this = this.clone();
             let dest = dest.clone();
-            if app_http1 {
-                to_http1(&mut req);
+            match app {
+                Some(Protocol::Http1) => to_http1(&mut req),
+                Some(Protocol::Http2) => to_http2(&mut req),
+                _ => {}
             }
             let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
             async move {

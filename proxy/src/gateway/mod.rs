@@ -92,7 +92,7 @@ pub(crate) async fn serve(inputs: GatewayInputs<'_>) -> anyhow::Result<Vec<std::
                     ob.serve_http(
                         stream,
                         h2,
-                        false,
+                        None,
                         Destination::Gateway(entry),
                         Some(peer.ip()),
                     )

@@ -49,6 +49,13 @@ pub(crate) fn can_carry<B>(req: &Request<B>) -> bool {
 /// becomes an HTTP/2 one for the same target, marked. Its Host stays as it was,
 /// so the peer hands it on unchanged. Only for requests `can_carry` accepted.
 pub(crate) fn to_h2<B>(req: &mut Request<B>) {
+    as_h2(req);
+    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+}
+
+/// An origin-form HTTP/1 request as the HTTP/2 one for the same target: its Host
+/// becomes the authority too (and stays, so the next hop sees it unchanged).
+pub(crate) fn as_h2<B>(req: &mut Request<B>) {
     let authority = req
         .headers()
         .get(HOST)
@@ -66,7 +73,6 @@ pub(crate) fn to_h2<B>(req: &mut Request<B>) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = Version::HTTP_2;
-    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
 }
 
 /// Inbound: removes the mark (never passed to an app) and reports whether there
