@@ -17,14 +17,15 @@ use super::orig_proto;
 
 /// Makes an HTTP/1 request an HTTP/2 one, when it can be: not an upgrade
 /// (WebSocket, which has its own HTTP/1.1 connection), and with a target HTTP/2
-/// can name (`orig_proto::can_carry`: one Host, no CONNECT or `OPTIONS *`).
+/// can name (`orig_proto::carried_authority`: one Host, no CONNECT or `OPTIONS *`).
 /// Hop-by-hop fields go on the way out, as for any HTTP/2 request (`forward`).
 pub(crate) fn to_http2<B>(req: &mut Request<B>) {
-    if req.version() == Version::HTTP_2 || is_upgrade(req.headers()) || !orig_proto::can_carry(req)
-    {
+    if req.version() == Version::HTTP_2 || is_upgrade(req.headers()) {
         return;
     }
-    orig_proto::as_h2(req);
+    if let Some(authority) = orig_proto::carried_authority(req) {
+        orig_proto::as_h2(req, authority);
+    }
 }
 
 /// Makes an HTTP/2 request an HTTP/1.1 one, when it can be. gRPC needs HTTP/2
