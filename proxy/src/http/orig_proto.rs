@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use http::header::{HOST, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::ext::ReasonPhrase;
 
 /// On a request: it was HTTP/1 before it crossed. On an answer: the app's status
@@ -92,10 +92,8 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, trusted: bool) -> bool {
 
 /// Inbound: what the app's HTTP/1 answer said that HTTP/2 cannot, as fields.
 pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
-    let headers = resp.headers_mut();
     // Only ours: an app's own field of these names must not steer the caller.
-    headers.remove(ORIG_PROTO);
-    headers.remove(ORIG_REASON);
+    remove_marks(resp.headers_mut());
     if resp.version() == Version::HTTP_10 {
         resp.headers_mut().insert(ORIG_PROTO, HTTP_10);
     }
@@ -108,8 +106,28 @@ pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
     }
 }
 
+/// Removes the answer's marks. Most answers carry none: one pass over the names is
+/// cheaper than a hash lookup for each.
+fn remove_marks(headers: &mut HeaderMap) {
+    if headers
+        .keys()
+        .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
+    {
+        headers.remove(ORIG_PROTO);
+        headers.remove(ORIG_REASON);
+    }
+}
+
 /// Outbound: the answer as the client would have had it over HTTP/1.
 pub(crate) fn unmark_response<B>(resp: &mut Response<B>) {
+    if !resp
+        .headers()
+        .keys()
+        .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
+    {
+        *resp.version_mut() = Version::HTTP_11;
+        return;
+    }
     let version = match resp.headers_mut().remove(ORIG_PROTO) {
         Some(v) if v == HTTP_10 => Version::HTTP_10,
         _ => Version::HTTP_11,
