@@ -714,6 +714,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_stream_is_told_apart_from_one_reset_after_processing() {
+        for (reason, refused) in [
+            (Reason::REFUSED_STREAM, true),
+            (Reason::INTERNAL_ERROR, false),
+        ] {
+            let addr = serve(
+                move |_req, mut resp: SendResponse<Bytes>| async move {
+                    resp.send_reset(reason);
+                },
+                false,
+            )
+            .await;
+            let sender = connect(addr).await;
+            let res = tokio::time::timeout(LIMIT, sender.clone().send(get()))
+                .await
+                .expect("in time");
+            match res {
+                Err(SendError::Refused) => assert!(refused, "{reason:?} taken for a refusal"),
+                Err(SendError::Failed) => assert!(!refused, "{reason:?} not taken for a refusal"),
+                Err(other) => panic!("{reason:?}: {other:?}"),
+                Ok(resp) => panic!("{reason:?}: answered {}", resp.status()),
+            }
+            assert!(!sender.is_closed(), "a reset stream keeps the connection");
+        }
+    }
+
+    #[tokio::test]
     async fn a_request_h2_refuses_fails_alone_and_keeps_the_connection() {
         let addr = serve(
             |_req, mut resp: SendResponse<Bytes>| async move {
