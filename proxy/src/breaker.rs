@@ -150,7 +150,7 @@ impl OutlierPolicy {
     fn is_failure(&self, outcome: Outcome) -> Option<bool> {
         let classes = &self.failure_on;
         match outcome {
-            Outcome::Cancelled | Outcome::Abandoned => None,
+            Outcome::Cancelled | Outcome::Abandoned | Outcome::Refused => None,
             Outcome::NotSent | Outcome::NoResponse | Outcome::Unanswered { .. } => Some(
                 classes.contains(&FailureClass::Connect)
                     || classes.contains(&FailureClass::Gateway)

@@ -281,7 +281,6 @@ impl Inbound {
                 .proxy_error(ProxyError::MalformedRequest.reason());
             return ProxyError::MalformedRequest.response();
         }
-        req.headers_mut().remove(CLIENT_ID_HEADER);
         if let Some(requests) = &peer.requests {
             requests.inc();
         }
@@ -306,9 +305,12 @@ impl Inbound {
             self.metrics.record(resp.status().as_u16(), since(start));
             return resp;
         }
-        if let Some(id) = &peer.header {
-            req.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
-        }
+        // A caller's own field of this name never reaches the app: replaced by the
+        // verified identity (insert drops every earlier value), or removed.
+        match &peer.header {
+            Some(id) => req.headers_mut().insert(CLIENT_ID_HEADER, id.clone()),
+            None => req.headers_mut().remove(CLIENT_ID_HEADER),
+        };
         let target = Target {
             started: start,
             addr: peer.app,

@@ -143,6 +143,12 @@ const RETRIES_REFUSED: Def = def(
     "Retries not made because the retry budget or the concurrent-retry limit was spent.",
     &["service"],
 );
+const REFUSED_RESENDS: Def = def(
+    "weft_refused_resends_total",
+    "Requests sent again because an HTTP/2 endpoint refused them unprocessed \
+     (REFUSED_STREAM, or past its GOAWAY); outside the retry budget and weft_retries_total.",
+    &["service"],
+);
 const ROUTE_ACTIONS: Def = def(
     "weft_route_actions_total",
     "Requests a route answered or held itself, apart from failures: rate-limited, \
@@ -221,6 +227,7 @@ struct Inner {
     overloaded: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
+    refused_resends: IntCounterVec,
     route_actions: IntCounterVec,
     /// By (direction, service, route); route "" for requests no route matched.
     services: Mutex<HashMap<(Direction, String, String), Arc<ServiceMetrics>>>,
@@ -381,6 +388,8 @@ pub(crate) struct ServiceMetrics {
     pub(crate) retries: IntCounter,
     /// Retries not made because the budget or the concurrent-retry limit said no.
     pub(crate) retries_refused: IntCounter,
+    /// Requests an endpoint refused unprocessed and that were sent again.
+    pub(crate) refused_resends: IntCounter,
     tcp: Arc<TcpFamilies>,
     direction: Direction,
     service: String,
@@ -487,6 +496,7 @@ impl Metrics {
                 overloaded: counter_vec(&r, &OVERLOADED),
                 retries: counter_vec(&r, &RETRIES),
                 retries_refused: counter_vec(&r, &RETRIES_REFUSED),
+                refused_resends: counter_vec(&r, &REFUSED_RESENDS),
                 route_actions: counter_vec(&r, &ROUTE_ACTIONS),
                 services: Mutex::new(HashMap::new()),
                 tcp: Arc::new(TcpFamilies::new(&r)),
@@ -534,6 +544,7 @@ impl Metrics {
                         .map(|limit| i.overloaded.with_label_values(&[service, limit.label()])),
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
+                    refused_resends: i.refused_resends.with_label_values(&[service]),
                     tcp: i.tcp.clone(),
                     direction,
                     service: service.to_string(),

@@ -27,7 +27,7 @@ use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
 use crate::gateway_config::GatewayEntry;
 use crate::http::body::{ProxyBody, Recording, RequestBody, observed};
-use crate::http::convert::to_http1;
+use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
 use crate::http::forward::{BoxedRequest, Gate, Target, forward};
@@ -187,9 +187,9 @@ impl Outbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 // The destination port's declared protocol: an HTTP/2 caller to an
-                // HTTP/1.1-only app is sent on as HTTP/1.1 from here.
-                let app_http1 = hint == Some(Protocol::Http1);
-                self.serve_http(io, detected == Detected::Http2, app_http1, dest, client)
+                // HTTP/1.1-only app is sent on as HTTP/1.1 from here, an HTTP/1
+                // caller to an HTTP/2-only (h2c) app as HTTP/2.
+                self.serve_http(io, detected == Detected::Http2, hint, dest, client)
                     .await;
             }
             Detected::Tls | Detected::Opaque => {
@@ -202,12 +202,13 @@ impl Outbound {
         }
     }
 
-    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2).
+    /// Serves HTTP on a connection already known to carry it (`h2`: HTTP/2), to a
+    /// destination port declared to speak `app`, when known.
     pub(crate) async fn serve_http<I>(
         self: Arc<Self>,
         io: I,
         h2: bool,
-        app_http1: bool,
+        app: Option<Protocol>,
         dest: Destination,
         client: Option<IpAddr>,
     ) where
@@ -217,8 +218,10 @@ impl Outbound {
         let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
             let this = this.clone();
             let dest = dest.clone();
-            if app_http1 {
-                to_http1(&mut req);
+            match app {
+                Some(Protocol::Http1) => to_http1(&mut req),
+                Some(Protocol::Http2) => to_http2(&mut req),
+                _ => {}
             }
             let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
             async move {
@@ -380,6 +383,10 @@ impl Outbound {
     }
 }
 
+/// How many times one request refused unprocessed is sent again, beyond its
+/// policy's attempts: bounds the loop against a peer that refuses everything.
+const MAX_REFUSED_RESENDS: u32 = 3;
+
 /// What a request is sent under: the service's policy, or a route's overrides.
 struct Plan<'a> {
     request_timeout: Option<Duration>,
@@ -429,7 +436,9 @@ impl Outbound {
             }
             Some(HashKey::ClientIdentity) => self.client_key(client),
         };
-        let retry = retry.filter(|r| r.may_retry(req.method()) && !is_upgrade(req.headers()));
+        // Under a retry policy every request is kept for replay, whatever its
+        // method: an HTTP/2 peer may refuse any request unprocessed.
+        let retry = retry.filter(|_| !is_upgrade(req.headers()));
         let result = match retry {
             None => {
                 let idx = svc
@@ -508,6 +517,7 @@ impl Outbound {
         let mut skip = None;
         let mut _retry_slot = None;
         let mut attempt = 1;
+        let mut resends = 0;
         let mut body = first;
         loop {
             let now = now_nanos();
@@ -515,7 +525,10 @@ impl Outbound {
             let (result, outcome) = self
                 .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
                 .await;
-            if attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome) {
+            let resend = outcome == Outcome::Refused && resends < MAX_REFUSED_RESENDS;
+            if !resend
+                && (attempt >= retry.max_attempts || !retry.should_retry(&parts.method, outcome))
+            {
                 return result;
             }
             // A streamed body that did not end within the limit cannot be sent again.
@@ -523,6 +536,14 @@ impl Outbound {
                 return result;
             };
             body = again;
+            skip = Some(idx);
+            if resend {
+                // The endpoint processed nothing: no failure to back off from or to
+                // pay for with the retry budget, and no attempt spent.
+                resends += 1;
+                svc.metrics.refused_resends.inc();
+                continue;
+            }
             if _retry_slot.is_none() {
                 match Permit::acquire(
                     &concurrency.retries,
@@ -548,7 +569,6 @@ impl Outbound {
             drop(result);
             svc.metrics.retries.inc();
             tokio::time::sleep(retry.backoff(attempt)).await;
-            skip = Some(idx);
             attempt += 1;
         }
     }
@@ -600,6 +620,7 @@ impl Outbound {
                 Outcome::Cancelled
             }
             Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
+            Err(ProxyError::Refused) => Outcome::Refused,
             Err(_) => Outcome::NoResponse,
         };
         guard.finish(outcome);

@@ -10,6 +10,10 @@ pub(crate) enum Outcome {
     NotSent,
     /// Sent, but no response head came back (reset, per-try timeout).
     NoResponse,
+    /// The endpoint refused it unprocessed (HTTP/2 REFUSED_STREAM, or past its
+    /// GOAWAY's last stream): safe to send again whatever the method, and no
+    /// failure of the endpoint's (it is draining, or at its stream limit).
+    Refused,
     /// Refused by a local limit before the endpoint was tried. Neither a failure
     /// nor retried.
     Cancelled,

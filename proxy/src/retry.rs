@@ -4,7 +4,8 @@
 //! A request is retried only when nothing has been sent to the client yet (the
 //! decision is made on the response head, before it is returned), its body can be
 //! replayed (buffered up to `max_buffered_body_bytes`), and either its method is
-//! idempotent or the policy names the status / gRPC code it got.
+//! idempotent, the policy names the status / gRPC code it got, or the endpoint
+//! never processed it (not connected, or an HTTP/2 stream refused).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,23 +52,15 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 }
 
 impl RetryPolicy {
-    /// Whether a request with this method can ever be retried (and so is worth
-    /// buffering for replay).
-    pub(crate) fn may_retry(&self, method: &Method) -> bool {
-        self.max_attempts > 1
-            && (is_idempotent(method)
-                || !self.retry_on_status.is_empty()
-                || !self.retry_on_grpc.is_empty())
-    }
-
     pub(crate) fn should_retry(&self, method: &Method, outcome: Outcome) -> bool {
         let named = |status: u16, grpc: Option<u32>| {
             self.retry_on_status.contains(&status)
                 || grpc.is_some_and(|c| self.retry_on_grpc.contains(&c))
         };
         match outcome {
-            // Nothing reached the endpoint; any method is safe to send elsewhere.
-            Outcome::NotSent => true,
+            // Nothing reached the endpoint, or it did not process the request; any
+            // method is safe to send again.
+            Outcome::NotSent | Outcome::Refused => true,
             Outcome::NoResponse => is_idempotent(method),
             // A local limit refused it, or the client left: nothing to retry.
             Outcome::Cancelled | Outcome::Abandoned | Outcome::Unanswered { .. } => false,

@@ -65,11 +65,26 @@ impl HttpApp {
         Self::on_listener(name, bind_loopback().await?, handler)
     }
 
+    /// The standard test app speaking HTTP/2 prior knowledge (h2c) only, as a gRPC
+    /// server does: an HTTP/1.1 request gets its connection closed.
+    pub async fn start_h2c_only(name: &str) -> anyhow::Result<HttpApp> {
+        Self::serve(name, bind_loopback().await?, standard_handler(name), true)
+    }
+
     /// Serves on a listener bound elsewhere (e.g. inside a network namespace).
     pub fn on_listener(
         name: &str,
         listener: TcpListener,
         handler: Handler,
+    ) -> anyhow::Result<HttpApp> {
+        Self::serve(name, listener, handler, false)
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        handler: Handler,
+        h2c_only: bool,
     ) -> anyhow::Result<HttpApp> {
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
@@ -91,9 +106,18 @@ impl HttpApp {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    // `http2_only` holds for `serve_connection` alone.
+                    let _ = if h2c_only {
+                        builder
+                            .http2_only()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await
+                    } else {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                            .await
+                    };
                 });
             }
         });

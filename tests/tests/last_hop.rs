@@ -1,7 +1,9 @@
 //! The last hop speaks what the app speaks: an HTTP/2 caller (curl with prior
 //! knowledge, h2c) reaches an app that speaks HTTP/1.1 only (Python's http.server),
 //! through one proxy and through an mTLS pair, by the app port's declared protocol:
-//! the mesh service's port (`protocol: http1`) or the inbound's `http1_ports`.
+//! the mesh service's port (`protocol: http1`) or the inbound's `http1_ports`. And
+//! the other way: an HTTP/1.1 caller reaches an app that speaks HTTP/2 only (h2c, a
+//! hyper server) by the service port's `protocol: http2`.
 
 use weft_tests::apps::HttpApp;
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
@@ -156,4 +158,84 @@ async fn grpc_stays_http2_to_an_app_port_declared_http1() {
         text.contains("x-version: HTTP/2.0"),
         "the app saw HTTP/2: {text}"
     );
+}
+
+/// Sends `GET /` and a POST to `/upload` over HTTP/1.1 to `addr`, and checks each
+/// was answered by the h2c-only app, which saw HTTP/2.
+async fn http1_requests_arrive_as_http2(addr: std::net::SocketAddr) {
+    let url = format!("http://{addr}/");
+    let out = curl(&["--http1.1", "--include", &url])
+        .await
+        .expect("an answer over HTTP/1.1");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("x-version: HTTP/2.0"),
+        "the app saw HTTP/2: {text}"
+    );
+    assert!(text.ends_with("hello from h2c-app\n"), "{text}");
+    assert!(
+        text.contains(&format!("x-host: {addr}")),
+        "Host as the authority: {text}"
+    );
+
+    let url = format!("http://{addr}/upload?reply=3");
+    let out = curl(&["--http1.1", "--include", "--data-binary", "payload=1", &url])
+        .await
+        .expect("an answer to the POST");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-version: HTTP/2.0"), "{text}");
+    assert!(
+        text.contains("x-body-len: 9"),
+        "the whole body arrived: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_listener_sends_http1_to_a_service_declared_http2_as_http2() {
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let undeclared = ServiceDef::new("plain").endpoint(app.addr);
+    let plain = WeftProxy::start_named(
+        "upstream-plain",
+        ProxyConfig::new().upstream("plain").service(undeclared),
+    )
+    .await
+    .expect("start a proxy");
+    // The premise: undeclared, HTTP/1.1 goes on as HTTP/1.1, which this app cannot read.
+    let url = format!("http://{}/", plain.upstream("plain"));
+    let out = curl(&[
+        "--http1.1",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code}",
+        &url,
+    ])
+    .await
+    .expect("curl ran");
+    assert_eq!(String::from_utf8_lossy(&out), "502");
+
+    let service = ServiceDef::new("h2c").port(80, "http2").endpoint(app.addr);
+    let proxy = WeftProxy::start_named(
+        "upstream-h2c",
+        ProxyConfig::new().upstream("h2c").service(service),
+    )
+    .await
+    .expect("start a proxy");
+    http1_requests_arrive_as_http2(proxy.upstream("h2c")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_through_an_mtls_pair_reaches_an_h2c_app_by_the_service_port() {
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let service = ServiceDef::new("h2c").port(80, "http2");
+    let pair = MtlsPair::start(service, app.addr, PairOptions::default())
+        .await
+        .expect("start the pair");
+    http1_requests_arrive_as_http2(pair.upstream()).await;
 }

@@ -96,7 +96,7 @@ pub(crate) async fn serve(
                     ob.serve_http(
                         stream,
                         h2,
-                        false,
+                        None,
                         Destination::Gateway(entry),
                         Some(peer.ip()),
                     )

@@ -24,6 +24,9 @@ pub(crate) enum ProxyError {
     ConnectTimeout,
     /// The upstream closed or reset the connection before a full response.
     UpstreamReset,
+    /// The upstream refused the request without processing it (HTTP/2
+    /// REFUSED_STREAM, or past its GOAWAY's last stream): safe to send again.
+    Refused,
     /// The request did not complete within the service's request timeout.
     Timeout,
     /// Too many connections or requests; answered at once instead of queueing.
@@ -51,7 +54,9 @@ impl ProxyError {
             | ProxyError::BadRequestBody
             | ProxyError::ClientAbort
             | ProxyError::MalformedRequest => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints | ProxyError::Overloaded | ProxyError::Refused => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectRefused | ProxyError::UpstreamReset | ProxyError::TlsFailed => {
                 StatusCode::BAD_GATEWAY
             }
@@ -69,6 +74,7 @@ impl ProxyError {
             ProxyError::ConnectRefused => "connect-refused",
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::Refused => "upstream-refused",
             ProxyError::Timeout => "timeout",
             ProxyError::Overloaded => "overloaded",
             ProxyError::TlsFailed => "tls-failed",
@@ -88,6 +94,7 @@ impl ProxyError {
             ProxyError::ConnectRefused,
             ProxyError::ConnectTimeout,
             ProxyError::UpstreamReset,
+            ProxyError::Refused,
             ProxyError::Timeout,
             ProxyError::Overloaded,
             ProxyError::TlsFailed,
@@ -116,6 +123,7 @@ impl ProxyError {
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::UpstreamReset
+            | ProxyError::Refused
             | ProxyError::TlsFailed
             | ProxyError::Overloaded => 14,
             ProxyError::Forbidden => 7,
@@ -135,6 +143,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => {
                 "weft: the upstream closed the connection before responding\n"
             }
+            ProxyError::Refused => "weft: the upstream refused the request unprocessed\n",
             ProxyError::Timeout => "weft: the request timed out\n",
             ProxyError::Overloaded => "weft: over the concurrency limit\n",
             ProxyError::TlsFailed => "weft: the mTLS handshake with the upstream failed\n",
@@ -253,6 +262,7 @@ mod tests {
             "connect-refused",
             "connect-timeout",
             "upstream-reset",
+            "upstream-refused",
             "timeout",
             "overloaded",
         ] {

@@ -10,18 +10,18 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use http::header::HOST;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{PooledBody, ProxyBody, RequestBody};
 use super::error::ProxyError;
-use super::h1_client::{self, H1Body, Upgraded};
+use super::h1_client::{self, H1Body, H1Conn, Upgraded};
 use super::h2_client::{H2Body, H2Sender, SendError};
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::orig_proto;
-use super::pool::{Key, Pool};
+use super::pool::{Carrier, Key, Pool};
 use crate::breaker::{ConnLimit, Permit};
 use crate::metrics::{Limit, ServiceMetrics};
 
@@ -132,11 +132,13 @@ async fn forward_h1(
     to_origin_form(&mut req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
-    if !upgrade && target.identity.is_some() && pool.h2_orig() && orig_proto::can_carry(&req) {
-        req = match Box::pin(forward_h2_orig(pool, req, target)).await {
-            Ok(result) => return result,
-            Err(declined) => declined,
-        };
+    if !upgrade
+        && target.identity.is_some()
+        && pool.h2_orig()
+        && let Some(authority) = orig_proto::carried_authority(&req)
+    {
+        // Boxed: its state stays out of every other HTTP/1 request's future.
+        return Box::pin(forward_to_peer(pool, req, authority, target)).await;
     }
 
     let limit = target.gate.map(|g| g.connections);
@@ -145,7 +147,20 @@ async fn forward_h1(
     let conn = pin!(pool.h1(&key, target.connect_timeout, limit, target.started)).await;
     note_connect(target, &conn);
     drop(pending);
-    let conn = conn?;
+    pin!(send_h1(pool, key, target, conn?, req, downstream_upgrade)).await
+}
+
+/// Sends an HTTP/1 request on `conn` and answers with its response (or on a fresh
+/// connection, when `conn` turns out stale).
+async fn send_h1(
+    pool: &Pool,
+    key: Key,
+    target: &Target<'_>,
+    conn: H1Conn,
+    req: BoxedRequest,
+    downstream_upgrade: Option<OnUpgrade>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upgrade = downstream_upgrade.is_some();
     // The stale-connection path is set up inside the match and awaited after it, so
     // the send's result (which can hold the whole request) is not kept in this
     // future's state across that await.
@@ -247,8 +262,7 @@ async fn forward_h2(
         // The shared connection is going away (GOAWAY) or gone, so the request
         // was not sent: it takes a new connection, once.
         Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)).await?,
-        Err(SendError::Failed) => return Err(ProxyError::UpstreamReset),
-        Err(SendError::Client(e)) => return Err(e),
+        Err(e) => return Err(send_error(e)),
     };
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
@@ -279,42 +293,52 @@ async fn resend_h2(
 fn send_error(e: SendError) -> ProxyError {
     match e {
         SendError::Client(e) => e,
+        SendError::Refused => ProxyError::Refused,
         SendError::Unsent(_) | SendError::Failed => ProxyError::UpstreamReset,
     }
 }
 
-/// The result of sending, or the request back, unchanged, when the peer takes no
-/// HTTP/1 streams (an older Weft, or the upgrade off there): it then goes on its
-/// own HTTP/1.1 connection as before.
-type Carried = Result<Result<Response<ProxyBody>, ProxyError>, BoxedRequest>;
+/// The peer proxy's way of taking an HTTP/1 request (`Pool::h1_carrier`), counted
+/// as a pending request while it is dialled.
+async fn carrier(pool: &Pool, target: &Target<'_>) -> Result<Carrier, ProxyError> {
+    let limit = target.gate.map(|g| g.connections);
+    let pending = admit(target)?;
+    let carrier =
+        pin!(pool.h1_carrier(&target.key(), target.connect_timeout, limit, target.started)).await;
+    note_connect(target, &carrier);
+    drop(pending);
+    carrier
+}
 
-/// Sends an HTTP/1 request (already as it would be written upstream) as a marked
-/// stream of the peer proxy's shared HTTP/2 connection (`orig_proto`). Boxed by the
-/// caller: its state stays out of every other HTTP/1 request's future.
-async fn forward_h2_orig(pool: &Pool, mut req: BoxedRequest, target: &Target<'_>) -> Carried {
-    let tx = match shared_h2(pool, target).await {
-        Ok(tx) if tx.carries_h1() => tx,
-        Ok(_) => return Err(req),
-        Err(e) => return Ok(Err(e)),
+/// Sends an HTTP/1 request (already as it would be written upstream) to a peer
+/// proxy: as a marked stream of its shared HTTP/2 connection (`orig_proto`) when
+/// it takes them, else on an HTTP/1.1 connection as before.
+async fn forward_to_peer(
+    pool: &Pool,
+    mut req: BoxedRequest,
+    authority: Authority,
+    target: &Target<'_>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let tx = match carrier(pool, target).await? {
+        Carrier::Stream(tx) => tx,
+        Carrier::Conn(conn) => return send_h1(pool, target.key(), target, conn, req, None).await,
     };
-    orig_proto::to_h2(&mut req);
+    orig_proto::to_h2(&mut req, authority);
     let resp = match tx.send(req).await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => resp,
         // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
         // so any request may go again, once, on a new connection.
-        Err(SendError::Unsent(mut req)) => match shared_h2(pool, target).await {
-            Ok(tx) if tx.carries_h1() => tx.send(req).await.map_err(send_error),
-            Ok(_) => {
+        Err(SendError::Unsent(mut req)) => match carrier(pool, target).await? {
+            Carrier::Stream(tx) => tx.send(req).await.map_err(send_error)?,
+            Carrier::Conn(conn) => {
                 orig_proto::to_h1(&mut req, true);
-                return Err(req);
+                return send_h1(pool, target.key(), target, conn, req, None).await;
             }
-            Err(e) => Err(e),
         },
-        Err(e) => Err(send_error(e)),
+        Err(e) => return Err(send_error(e)),
     };
-    Ok(resp.map(|mut resp| {
-        strip_hop_by_hop(resp.headers_mut(), false);
-        orig_proto::unmark_response(&mut resp);
-        resp.map(|b| ProxyBody::upstream(PooledBody::h2(b)))
-    }))
+    let mut resp = resp;
+    strip_hop_by_hop(resp.headers_mut(), false);
+    orig_proto::unmark_response(&mut resp);
+    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
 }

@@ -52,7 +52,11 @@ pub(crate) enum SendError {
     /// The connection cannot take a new stream (closed, or going away), so the
     /// request was not sent: here it is back, for another connection.
     Unsent(Box<Request<RequestBody>>),
-    /// The stream failed (refused, reset, or the connection broke).
+    /// The peer refused the stream unprocessed (REFUSED_STREAM, or a GOAWAY whose
+    /// last stream is below it): the request may go again, whatever its method,
+    /// but it was consumed here, so the caller resends its own copy.
+    Refused,
+    /// The stream failed (reset, or the connection broke).
     Failed,
     /// The client's request body failed (malformed, or the client left), so the
     /// stream was reset by us: the client's fault, not the endpoint's.
@@ -63,6 +67,7 @@ impl std::fmt::Debug for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SendError::Unsent(_) => f.write_str("Unsent"),
+            SendError::Refused => f.write_str("Refused"),
             SendError::Failed => f.write_str("Failed"),
             SendError::Client(e) => write!(f, "Client({e:?})"),
         }
@@ -109,9 +114,15 @@ impl H2Sender {
         let eos = body.is_end_stream();
         // An error here is this request's own (h2 refuses e.g. a connection-specific
         // header): the connection stays, or a client could make us redial at will.
-        let (response, send) = tx
-            .send_request(Request::from_parts(parts, ()), eos)
-            .map_err(|_| SendError::Failed)?;
+        let (response, send) = match tx.send_request(Request::from_parts(parts, ()), eos) {
+            Ok(opened) => opened,
+            Err(e) if refused(&e) => {
+                // The peer's GOAWAY arrived since `poll_ready`: nothing was sent.
+                closed.store(true, Ordering::Relaxed);
+                return Err(SendError::Refused);
+            }
+            Err(_) => return Err(SendError::Failed),
+        };
         // Dropped before the response head arrives, this request is cancelled:
         // the body task then resets the stream.
         let (mut cancel, mut fault) = if eos {
@@ -127,8 +138,9 @@ impl H2Sender {
         let response =
             response
                 .await
-                .map_err(|_| match fault.as_mut().and_then(|f| f.try_recv().ok()) {
+                .map_err(|e| match fault.as_mut().and_then(|f| f.try_recv().ok()) {
                     Some(e) => SendError::Client(e),
+                    None if refused(&e) => SendError::Refused,
                     None => SendError::Failed,
                 })?;
         if let Some(c) = cancel.as_mut() {
@@ -136,6 +148,14 @@ impl H2Sender {
         }
         Ok(response.map(H2Body::new))
     }
+}
+
+/// Whether the peer said it did not process the stream (RFC 9113 §8.7): it reset it
+/// with REFUSED_STREAM, or went away with a last stream below it (h2 fails only
+/// those streams with the GOAWAY; streams the peer kept fail later with the
+/// connection's own error).
+fn refused(e: &h2::Error) -> bool {
+    e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM))
 }
 
 struct CancelOnDrop(Option<oneshot::Sender<()>>);
@@ -691,6 +711,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(sender.is_closed(), "a connection without pongs was kept");
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_told_apart_from_one_reset_after_processing() {
+        for (reason, refused) in [
+            (Reason::REFUSED_STREAM, true),
+            (Reason::INTERNAL_ERROR, false),
+        ] {
+            let addr = serve(
+                move |_req, mut resp: SendResponse<Bytes>| async move {
+                    resp.send_reset(reason);
+                },
+                false,
+            )
+            .await;
+            let sender = connect(addr).await;
+            let res = tokio::time::timeout(LIMIT, sender.clone().send(get()))
+                .await
+                .expect("in time");
+            match res {
+                Err(SendError::Refused) => assert!(refused, "{reason:?} taken for a refusal"),
+                Err(SendError::Failed) => assert!(!refused, "{reason:?} not taken for a refusal"),
+                Err(other) => panic!("{reason:?}: {other:?}"),
+                Ok(resp) => panic!("{reason:?}: answered {}", resp.status()),
+            }
+            assert!(!sender.is_closed(), "a reset stream keeps the connection");
+        }
     }
 
     #[tokio::test]

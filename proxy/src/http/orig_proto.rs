@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use http::header::{HOST, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::ext::ReasonPhrase;
 
 /// On a request: it was HTTP/1 before it crossed. On an answer: the app's status
@@ -32,27 +32,30 @@ const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
 
 /// Whether an HTTP/1 request, as the proxy would write it upstream, can cross as a
-/// stream and arrive unchanged: a Host the HTTP/2 authority can hold, an ordinary
-/// target, and no tunnel.
-pub(crate) fn can_carry<B>(req: &Request<B>) -> bool {
+/// stream and arrive unchanged (a Host the HTTP/2 authority can hold, an ordinary
+/// target, and no tunnel), as the authority it crosses with: its Host.
+pub(crate) fn carried_authority<B>(req: &Request<B>) -> Option<Authority> {
     if req.method() == Method::CONNECT || req.uri().path() == "*" {
-        return false;
+        return None;
     }
     let mut hosts = req.headers().get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) => Authority::try_from(host.as_bytes()).is_ok(),
-        _ => false,
+        (Some(host), None) => Authority::try_from(host.as_bytes()).ok(),
+        _ => None,
     }
 }
 
 /// Outbound: the origin-form HTTP/1.1 request (hop-by-hop fields already gone)
 /// becomes an HTTP/2 one for the same target, marked. Its Host stays as it was,
-/// so the peer hands it on unchanged. Only for requests `can_carry` accepted.
-pub(crate) fn to_h2<B>(req: &mut Request<B>) {
-    let authority = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok());
+/// so the peer hands it on unchanged. `authority` is `carried_authority`'s.
+pub(crate) fn to_h2<B>(req: &mut Request<B>, authority: Authority) {
+    as_h2(req, authority);
+    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+}
+
+/// An origin-form HTTP/1 request as the HTTP/2 one for the same target, `authority`
+/// (`carried_authority`): its Host stays, so the next hop sees it unchanged.
+pub(crate) fn as_h2<B>(req: &mut Request<B>, authority: Authority) {
     let pq = req
         .uri()
         .path_and_query()
@@ -60,13 +63,12 @@ pub(crate) fn to_h2<B>(req: &mut Request<B>) {
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = authority;
+    parts.authority = Some(authority);
     parts.path_and_query = Some(pq);
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
     *req.version_mut() = Version::HTTP_2;
-    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
 }
 
 /// Inbound: removes the mark (never passed to an app) and reports whether there
@@ -90,10 +92,8 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, trusted: bool) -> bool {
 
 /// Inbound: what the app's HTTP/1 answer said that HTTP/2 cannot, as fields.
 pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
-    let headers = resp.headers_mut();
     // Only ours: an app's own field of these names must not steer the caller.
-    headers.remove(ORIG_PROTO);
-    headers.remove(ORIG_REASON);
+    remove_marks(resp.headers_mut());
     if resp.version() == Version::HTTP_10 {
         resp.headers_mut().insert(ORIG_PROTO, HTTP_10);
     }
@@ -106,8 +106,28 @@ pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
     }
 }
 
+/// Removes the answer's marks. Most answers carry none: one pass over the names is
+/// cheaper than a hash lookup for each.
+fn remove_marks(headers: &mut HeaderMap) {
+    if headers
+        .keys()
+        .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
+    {
+        headers.remove(ORIG_PROTO);
+        headers.remove(ORIG_REASON);
+    }
+}
+
 /// Outbound: the answer as the client would have had it over HTTP/1.
 pub(crate) fn unmark_response<B>(resp: &mut Response<B>) {
+    if !resp
+        .headers()
+        .keys()
+        .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
+    {
+        *resp.version_mut() = Version::HTTP_11;
+        return;
+    }
     let version = match resp.headers_mut().remove(ORIG_PROTO) {
         Some(v) if v == HTTP_10 => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -138,8 +158,8 @@ mod tests {
     #[test]
     fn a_request_crosses_marked_and_arrives_as_it_left() {
         let mut req = h1(Method::POST, "/a/b?c=d", Some("Orders.Shop:8080"));
-        assert!(can_carry(&req));
-        to_h2(&mut req);
+        let authority = carried_authority(&req).expect("carried");
+        to_h2(&mut req, authority);
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.uri(), "http://Orders.Shop:8080/a/b?c=d");
         assert_eq!(req.headers().get(&ORIG_PROTO), Some(&HTTP_11));
@@ -166,14 +186,14 @@ mod tests {
 
     #[test]
     fn tunnels_and_hostless_requests_keep_their_own_connection() {
-        assert!(!can_carry(&h1(Method::CONNECT, "x:443", Some("x:443"))));
-        assert!(!can_carry(&h1(Method::OPTIONS, "*", Some("x"))));
-        assert!(!can_carry(&h1(Method::GET, "/", None)));
-        assert!(!can_carry(&h1(Method::GET, "/", Some("bad host"))));
+        assert!(carried_authority(&h1(Method::CONNECT, "x:443", Some("x:443"))).is_none());
+        assert!(carried_authority(&h1(Method::OPTIONS, "*", Some("x"))).is_none());
+        assert!(carried_authority(&h1(Method::GET, "/", None)).is_none());
+        assert!(carried_authority(&h1(Method::GET, "/", Some("bad host"))).is_none());
         let mut two = h1(Method::GET, "/", Some("a"));
         two.headers_mut()
             .append(HOST, HeaderValue::from_static("b"));
-        assert!(!can_carry(&two));
+        assert!(carried_authority(&two).is_none());
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub(crate) struct Pool {
 struct PoolInner {
     h1: Mutex<FastMap<Key, Vec<Idle>>>,
     h2: Mutex<FastMap<Key, Shared>>,
+    /// Peer proxies that answered an offer of `Alpn::H2Orig` with plain HTTP/1.1
+    /// (an older Weft, or the upgrade off there), and when (`now_nanos()`): their
+    /// HTTP/1 requests take idle HTTP/1.1 connections without asking again until
+    /// the pool's idle timeout has passed.
+    h1_only: Mutex<FastMap<Key, u64>>,
     /// One HTTP/2 dial at a time per endpoint, so a burst of requests to a cold
     /// endpoint shares one new connection instead of each opening its own.
     h2_dials: Mutex<FastMap<Key, Arc<tokio::sync::Mutex<Dial>>>>,
@@ -67,6 +72,18 @@ struct PoolInner {
 struct Dial {
     /// When the last dial failed (`now_nanos()`), and how.
     failed: Option<(u64, ProxyError)>,
+    /// When the last dial was answered with HTTP/1.1 (`Alpn::H2Orig` declined).
+    answered_h1: Option<u64>,
+}
+
+/// What a request that waited at a dial gate goes on with.
+enum Gated<T> {
+    /// Its own dial's result.
+    Dialed(T),
+    /// The shared connection a dial made while it waited.
+    Shared(H2Sender),
+    /// A dial made while it waited found the peer speaks HTTP/1.1 only.
+    NoShared,
 }
 
 struct Idle {
@@ -76,6 +93,14 @@ struct Idle {
     /// The service's idle timeout, or the pool's. Checked when the connection is
     /// taken, so a shorter one than the pool's holds even between sweeps.
     timeout: Duration,
+}
+
+/// What an HTTP/1 request to a peer proxy travels on.
+pub(crate) enum Carrier {
+    /// A stream of the peer's shared HTTP/2 connection (`http::orig_proto`).
+    Stream(H2Sender),
+    /// An HTTP/1.1 connection of its own: the peer takes no HTTP/1 streams.
+    Conn(H1Conn),
 }
 
 struct Shared {
@@ -175,6 +200,7 @@ impl Pool {
             inner: Arc::new(PoolInner {
                 h1: Mutex::new(FastMap::default()),
                 h2: Mutex::new(FastMap::default()),
+                h1_only: Mutex::new(FastMap::default()),
                 h2_dials: Mutex::new(FastMap::default()),
                 idle_timeout,
                 identity,
@@ -264,6 +290,78 @@ impl Pool {
         Box::pin(self.h2_dial_once(key, connect_timeout, limit)).await
     }
 
+    /// What an HTTP/1 request to the peer proxy at `key` goes on: a stream of the
+    /// shared HTTP/2 connection when the peer takes them, else an HTTP/1.1
+    /// connection. A first request asks the peer with one connection offering
+    /// both (`Alpn::H2Orig`) and uses whichever it answers, so a peer without the
+    /// upgrade costs no extra connection (a `max_connections: 1` has room for it).
+    pub(crate) async fn h1_carrier(
+        &self,
+        key: &Key,
+        connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
+        now: u64,
+    ) -> Result<Carrier, ProxyError> {
+        match self.shared_h2(key, now) {
+            Some(tx) if tx.carries_h1() => return Ok(Carrier::Stream(tx)),
+            Some(_) => {}
+            None if !self.h1_only(key, now) => {
+                // Boxed: waiting for or making a dial is the cold path.
+                return Box::pin(self.h1_carrier_dial(key, connect_timeout, limit)).await;
+            }
+            None => {}
+        }
+        Ok(Carrier::Conn(
+            self.h1(key, connect_timeout, limit, now).await?,
+        ))
+    }
+
+    fn h1_only(&self, key: &Key, now: u64) -> bool {
+        let mut h1_only = lock(&self.inner.h1_only);
+        match h1_only.get(key) {
+            Some(&since)
+                if Duration::from_nanos(now.saturating_sub(since)) <= self.inner.idle_timeout =>
+            {
+                true
+            }
+            Some(_) => {
+                h1_only.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `h1_carrier`'s dial, behind the endpoint's dial gate like `h2_dial_once`.
+    async fn h1_carrier_dial(
+        &self,
+        key: &Key,
+        connect_timeout: Duration,
+        limit: Option<&ConnLimit>,
+    ) -> Result<Carrier, ProxyError> {
+        let dialed = self
+            .dial_gated(key, || async {
+                let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::H2Orig).await?;
+                if matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls)) {
+                    return self
+                        .start_h2(key, stream, guard, true)
+                        .await
+                        .map(Carrier::Stream);
+                }
+                lock(&self.inner.h1_only).insert(key.clone(), now_nanos());
+                Ok(Carrier::Conn(H1Conn::new(stream, guard)))
+            })
+            .await?;
+        match dialed {
+            Gated::Dialed(carrier) => Ok(carrier),
+            Gated::Shared(tx) if tx.carries_h1() => Ok(Carrier::Stream(tx)),
+            // Another request found the peer without the upgrade while we waited.
+            Gated::Shared(_) | Gated::NoShared => Ok(Carrier::Conn(
+                self.h1(key, connect_timeout, limit, now_nanos()).await?,
+            )),
+        }
+    }
+
     /// Waits for the endpoint's dial gate, then uses a connection another waiter
     /// made, or that waiter's failure, or dials.
     async fn h2_dial_once(
@@ -272,32 +370,65 @@ impl Pool {
         connect_timeout: Duration,
         limit: Option<&ConnLimit>,
     ) -> Result<H2Sender, ProxyError> {
+        let dialed = self
+            .dial_gated(key, || async {
+                let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
+                let carries_h1 =
+                    matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls));
+                self.start_h2(key, stream, guard, carries_h1).await
+            })
+            .await?;
+        match dialed {
+            Gated::Dialed(tx) | Gated::Shared(tx) => Ok(tx),
+            // Only an HTTP/1 dial leaves no shared connection, and only it waits
+            // with `NoShared`.
+            Gated::NoShared => Box::pin(self.h2_dial_once(key, connect_timeout, limit)).await,
+        }
+    }
+
+    /// Runs `dial` behind the endpoint's dial gate, one at a time, unless a dial
+    /// made while this one waited left a shared connection, or failed.
+    async fn dial_gated<T, F, Fut>(&self, key: &Key, dial: F) -> Result<Gated<T>, ProxyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, ProxyError>>,
+    {
         let gate = lock(&self.inner.h2_dials)
             .entry(key.clone())
             .or_default()
             .clone();
         let waited_since = now_nanos();
-        let mut dial = gate.lock().await;
+        let mut gated = gate.lock().await;
         if let Some(tx) = self.shared_h2(key, now_nanos()) {
-            return Ok(tx);
+            return Ok(Gated::Shared(tx));
         }
         // A dial that failed while we waited answers us too, rather than every
         // waiter dialing (and timing out) in turn.
-        if let Some((at, err)) = dial.failed
+        if let Some((at, err)) = gated.failed
             && at >= waited_since
         {
             return Err(err);
         }
-        match self.dial_h2(key, connect_timeout, limit).await {
-            Ok(tx) => {
-                dial.failed = None;
-                Ok(tx)
+        if gated.answered_h1.is_some_and(|at| at >= waited_since) {
+            return Ok(Gated::NoShared);
+        }
+        match dial().await {
+            Ok(made) => {
+                gated.failed = None;
+                if !self.has_shared_h2(key) {
+                    gated.answered_h1 = Some(now_nanos());
+                }
+                Ok(Gated::Dialed(made))
             }
             Err(e) => {
-                dial.failed = Some((now_nanos(), e));
+                gated.failed = Some((now_nanos(), e));
                 Err(e)
             }
         }
+    }
+
+    fn has_shared_h2(&self, key: &Key) -> bool {
+        lock(&self.inner.h2).contains_key(key)
     }
 
     fn shared_h2(&self, key: &Key, now: u64) -> Option<H2Sender> {
@@ -325,16 +456,15 @@ impl Pool {
         Ok((guard, stream))
     }
 
-    async fn dial_h2(
+    /// Starts HTTP/2 on a new connection and shares it.
+    async fn start_h2(
         &self,
         key: &Key,
-        connect_timeout: Duration,
-        limit: Option<&ConnLimit>,
+        stream: Upstream,
+        guard: Permit,
+        carries_h1: bool,
     ) -> Result<H2Sender, ProxyError> {
-        let addr = key.addr;
-        let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
-        let carries_h1 = matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls));
-        let tx = super::h2_client::handshake(stream, addr, guard, KeepAlive::DEFAULT)
+        let tx = super::h2_client::handshake(stream, key.addr, guard, KeepAlive::DEFAULT)
             .await
             .map_err(|_| ProxyError::UpstreamReset)?
             .carrying_h1(carries_h1);

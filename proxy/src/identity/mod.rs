@@ -40,9 +40,10 @@ pub(crate) enum Alpn {
     Http1,
     Http2,
     /// HTTP/2 whose streams may carry HTTP/1 requests, each marked with its
-    /// original protocol (`http::orig_proto`). A client offering it offers `h2`
-    /// too, so a peer that does not know it (an older Weft, or one with the upgrade
-    /// off) settles on plain HTTP/2 and is sent no marked request.
+    /// original protocol (`http::orig_proto`). Offered with `h2` beside it for
+    /// HTTP/2 requests (`Http2`), and for HTTP/1 ones (connecting with `H2Orig`)
+    /// with `http/1.1` beside it, so a peer that does not know it (an older Weft,
+    /// or one with the upgrade off) settles on what the request speaks.
     H2Orig,
     /// The outbound side decided the connection is opaque TCP (a port declared
     /// opaque, or bytes it found not to be HTTP): the inbound side must not sniff
@@ -137,6 +138,8 @@ impl ResolvesClientCert for CurrentCert {
 struct TlsConfigs {
     h1: TlsConnector,
     h2: TlsConnector,
+    /// For an HTTP/1 request: `Alpn::H2Orig`, else HTTP/1.1.
+    h1_or_h2_orig: TlsConnector,
     opaque: TlsConnector,
     server: TlsAcceptor,
 }
@@ -307,14 +310,15 @@ impl Identity {
             .filter(|p| h2_orig || *p != ALPN_H2_ORIG)
             .map(<[u8]>::to_vec)
             .collect();
-        let h2_alpns: &[&[u8]] = if h2_orig {
-            &[ALPN_H2_ORIG, ALPN_H2]
+        let (h2_alpns, h1_alpns): (&[&[u8]], &[&[u8]]) = if h2_orig {
+            (&[ALPN_H2_ORIG, ALPN_H2], &[ALPN_H2_ORIG, ALPN_H1])
         } else {
-            &[ALPN_H2]
+            (&[ALPN_H2], &[ALPN_H1])
         };
         Ok(TlsConfigs {
             h1: client(&[ALPN_H1])?,
             h2: client(h2_alpns)?,
+            h1_or_h2_orig: client(h1_alpns)?,
             opaque: client(&[ALPN_OPAQUE])?,
             server: TlsAcceptor::from(Arc::new(server)),
         })
@@ -347,7 +351,8 @@ impl Identity {
         };
         let connector = match alpn {
             Alpn::Http1 => &configs.h1,
-            Alpn::Http2 | Alpn::H2Orig => &configs.h2,
+            Alpn::Http2 => &configs.h2,
+            Alpn::H2Orig => &configs.h1_or_h2_orig,
             Alpn::Opaque => &configs.opaque,
         };
         // The name only keys rustls' session cache (per endpoint); the verifier

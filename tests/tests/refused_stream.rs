@@ -1,0 +1,260 @@
+//! A stream an HTTP/2 endpoint refused unprocessed (RST_STREAM REFUSED_STREAM, or
+//! above the last stream of its GOAWAY) is sent again whatever its method, outside
+//! the retry budget, and counted in `weft_refused_resends_total`; a stream reset
+//! after the endpoint processed it (INTERNAL_ERROR) is not retried for a POST.
+//!
+//! The endpoints are real HTTP/2 servers that misbehave on purpose: one on the h2
+//! crate, resetting the first stream it gets; one writing raw frames, going away
+//! with last stream 0 after it has read the first request's HEADERS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::Reason;
+use http::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+use weft_tests::record_app::curl;
+
+/// Bounds each wait on a socket in the servers below.
+const LIMIT: Duration = Duration::from_secs(20);
+/// A retry policy that would retry a POST only on a refusal.
+const POLICY: &str = "{retry: {max_attempts: 2, backoff_base: 1ms}}";
+
+/// Streams an endpoint took, in order, each with its request body.
+type Seen = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// How an endpoint treats the first stream it gets.
+#[derive(Clone, Copy)]
+enum First {
+    Served,
+    /// Reset at once, unread.
+    Refused,
+    /// Reset with INTERNAL_ERROR after its body was read: it was processed.
+    Failed,
+}
+
+/// An h2 endpoint that treats its first stream as `first` says and answers every
+/// other 200 "served".
+async fn endpoint(first: First) -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Seen = Arc::default();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (log, streams) = (log.clone(), streams.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut resp))) = conn.accept().await {
+                    let n = streams.fetch_add(1, Ordering::SeqCst);
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let first = if n == 0 { first } else { First::Served };
+                        if let First::Refused = first {
+                            log.lock().expect("log").push(Vec::new());
+                            resp.send_reset(Reason::REFUSED_STREAM);
+                            return;
+                        }
+                        let mut got = Vec::new();
+                        while let Some(Ok(chunk)) = tokio::time::timeout(LIMIT, body.data())
+                            .await
+                            .ok()
+                            .flatten()
+                        {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        log.lock().expect("log").push(got);
+                        if let First::Failed = first {
+                            resp.send_reset(Reason::INTERNAL_ERROR);
+                            return;
+                        }
+                        if let Ok(mut send) = resp.send_response(Response::new(()), false) {
+                            let _ = send.send_data(Bytes::from_static(b"served"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("small frame")
+        .to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An endpoint whose first connection reads the preface, then frames until the
+/// first HEADERS, and answers it with GOAWAY (last stream 0, NO_ERROR): nothing was
+/// processed. Later connections go to `then`, a well-behaved h2 endpoint. Returns
+/// how many connections went away like that.
+async fn going_away_endpoint(then: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let gone = Arc::new(AtomicUsize::new(0));
+    let count = gone.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    if let Ok(mut next) = TcpStream::connect(then).await {
+                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut next).await;
+                    }
+                });
+                continue;
+            }
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tokio::time::timeout(LIMIT, socket.read_exact(&mut preface))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if socket.write_all(&frame(0x4, 0, 0, &[])).await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut head = [0u8; 9];
+                    match tokio::time::timeout(LIMIT, socket.read_exact(&mut head)).await {
+                        Ok(Ok(_)) => {}
+                        _ => return,
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if socket.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 0x1 {
+                        break;
+                    }
+                }
+                let mut goaway = 0u32.to_be_bytes().to_vec();
+                goaway.extend_from_slice(&0u32.to_be_bytes());
+                if socket.write_all(&frame(0x7, 0, 0, &goaway)).await.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                // Stay until the caller closes, as a draining server would.
+                let mut sink = [0u8; 1024];
+                while let Ok(Ok(n)) = tokio::time::timeout(LIMIT, socket.read(&mut sink)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, gone)
+}
+
+/// POSTs `body` over HTTP/2 (prior knowledge) to `addr`; returns the status and the
+/// answer's body.
+async fn post_h2(addr: SocketAddr, body: &str) -> (String, String) {
+    let url = format!("http://{addr}/order");
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--data-binary",
+        body,
+        "--write-out",
+        "\n%{http_code}",
+        &url,
+    ])
+    .await
+    .expect("curl ran");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), answer.to_string())
+}
+
+async fn proxy_to(name: &str, endpoint: SocketAddr) -> (WeftProxy, String) {
+    let service = ServiceDef::new("orders").policy(POLICY).endpoint(endpoint);
+    let label = service.metric_label();
+    let proxy =
+        WeftProxy::start_named(name, ProxyConfig::new().upstream("orders").service(service))
+            .await
+            .expect("start a proxy");
+    (proxy, label)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_endpoint_refused_is_sent_again_and_succeeds() {
+    let (endpoint, seen) = endpoint(First::Refused).await;
+    let (proxy, label) = proxy_to("refused", endpoint).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=1").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        [b"".to_vec(), b"item=1".to_vec()],
+        "refused, then served whole"
+    );
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("weft_retries_total", &service).await,
+        0.0,
+        "a refusal spends no retry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_past_the_endpoints_goaway_is_sent_again_and_succeeds() {
+    let (good, seen) = endpoint(First::Served).await;
+    let (endpoint, gone) = going_away_endpoint(good).await;
+    let (proxy, label) = proxy_to("goaway", endpoint).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=2").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    assert_eq!(
+        gone.load(Ordering::SeqCst),
+        1,
+        "the first connection went away"
+    );
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen, [b"item=2".to_vec()], "served once, whole");
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        1.0
+    );
+    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_reset_after_it_was_processed_is_not_retried() {
+    let (endpoint, seen) = endpoint(First::Failed).await;
+    let (proxy, label) = proxy_to("reset", endpoint).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=3").await;
+    assert_eq!(status, "502", "{answer}");
+    assert!(answer.contains("closed the connection"), "{answer}");
+    assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        0.0
+    );
+    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+}
