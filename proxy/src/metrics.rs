@@ -143,6 +143,11 @@ const RETRIES_REFUSED: Def = def(
     "Retries not made because the retry budget or the concurrent-retry limit was spent.",
     &["service"],
 );
+const ATTEMPTS: Def = def(
+    "weft_attempts_total",
+    "Attempts sent to endpoints (retries included), by service and whether over mTLS.",
+    &["service", "tls"],
+);
 const ROUTE_ACTIONS: Def = def(
     "weft_route_actions_total",
     "Requests a route answered or held itself, apart from failures: rate-limited, \
@@ -221,6 +226,7 @@ struct Inner {
     overloaded: IntCounterVec,
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
+    attempts: IntCounterVec,
     route_actions: IntCounterVec,
     /// By (direction, service, route); route "" for requests no route matched.
     services: Mutex<HashMap<(Direction, String, String), Arc<ServiceMetrics>>>,
@@ -381,6 +387,8 @@ pub(crate) struct ServiceMetrics {
     pub(crate) retries: IntCounter,
     /// Retries not made because the budget or the concurrent-retry limit said no.
     pub(crate) retries_refused: IntCounter,
+    /// Attempts sent in plaintext, and over mTLS.
+    attempts: [IntCounter; 2],
     tcp: Arc<TcpFamilies>,
     direction: Direction,
     service: String,
@@ -402,6 +410,11 @@ impl ServiceMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one attempt sent to an endpoint, over mTLS or not.
+    pub(crate) fn attempted(&self, tls: bool) {
+        self.attempts[usize::from(tls)].inc();
     }
 
     pub(crate) fn overloaded(&self, limit: Limit) {
@@ -487,6 +500,7 @@ impl Metrics {
                 overloaded: counter_vec(&r, &OVERLOADED),
                 retries: counter_vec(&r, &RETRIES),
                 retries_refused: counter_vec(&r, &RETRIES_REFUSED),
+                attempts: counter_vec(&r, &ATTEMPTS),
                 route_actions: counter_vec(&r, &ROUTE_ACTIONS),
                 services: Mutex::new(HashMap::new()),
                 tcp: Arc::new(TcpFamilies::new(&r)),
@@ -534,6 +548,8 @@ impl Metrics {
                         .map(|limit| i.overloaded.with_label_values(&[service, limit.label()])),
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
+                    attempts: ["false", "true"]
+                        .map(|tls| i.attempts.with_label_values(&[service, tls])),
                     tcp: i.tcp.clone(),
                     direction,
                     service: service.to_string(),
