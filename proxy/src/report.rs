@@ -178,6 +178,9 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
     // Requests the outbound could not place have no service to show.
     traffic.retain(|(_, service), t| service != "unknown" && t.requests > 0);
     for t in traffic.values_mut() {
+        // A series made ready but never used (a service's unmatched requests) is
+        // not a route anyone sends to.
+        t.routes.retain(|r| r.requests > 0);
         // Without routes, every request is under the route "": nothing to break down.
         if t.routes.iter().all(|r| r.route.is_empty()) {
             t.routes.clear();

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_tests::apps::HttpApp;
 use weft_tests::browser::{Browser, artefact_dir};
+use weft_tests::client::{self, H1Client};
 use weft_tests::control::WeftControl;
 use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, live_service};
 use weft_tests::load::{Load, LoadSpec};
@@ -150,6 +151,10 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
 const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#services tbody tr[data-service]')]\
     .map(r => [r.dataset.service, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
 
+/// The rows of the page's routes table: (service, route, success rate).
+const ROUTES: &str = "JSON.stringify([...document.querySelectorAll('#routes tbody tr[data-route]')]\
+    .map(r => [r.dataset.service, r.dataset.route, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
+
 async fn rows(browser: &mut Browser) -> Vec<(String, Option<f64>)> {
     let text = browser.eval(ROWS).await.expect("read the table");
     serde_json::from_str(text.as_str().unwrap_or("[]")).expect("rows as JSON")
@@ -200,6 +205,40 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
             .is_some_and(|s| s.starts_with(&format!("{PROXIES_WITHOUT_BROKER} proxies"))),
         "{status}"
     );
+    // Through the gateway, web's two routes carry requests: the page lists both
+    // under Routes.
+    let gateway = demo.gateway();
+    let host = format!("127.0.0.1:{}", gateway.port());
+    let mut c = H1Client::connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    for _ in 0..10 {
+        for path in ["/api/orders?user=1", "/api/profile/1"] {
+            let reply = c
+                .send(client::request("GET", path, &[("host", &host)], ""))
+                .await
+                .expect("a request through the gateway");
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let text = browser.eval(ROUTES).await.expect("read the routes");
+        let rows: Vec<(String, String, Option<f64>)> =
+            serde_json::from_str(text.as_str().unwrap_or("[]")).expect("routes as JSON");
+        let shown = |name: &str| {
+            rows.iter()
+                .any(|(s, r, ok)| s == "web.default" && r == name && *ok == Some(1.0))
+        };
+        if shown("api-orders") && shown("api-profile") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web's routes not on the page within {CHANGE_LIMIT:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let healthy = shots.join("healthy.png");
     browser.screenshot(&healthy).await.expect("screenshot");
 
