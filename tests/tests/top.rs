@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use weft_tests::browser::artefact_dir;
+use weft_tests::client::{self, H1Client};
 use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, free_port_block};
 use weft_tests::{bins, tools};
 
@@ -178,6 +179,34 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
         })
         .await;
     assert_eq!(service_order(&screen).len(), SERVICES.len(), "{screen}");
+
+    // web's route api-orders, called through the gateway, in web's drill-down (web
+    // is last by name, one below users).
+    let gateway = demo.gateway();
+    let host = format!("127.0.0.1:{}", gateway.port());
+    let mut c = H1Client::connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    for _ in 0..10 {
+        let reply = c
+            .send(client::request(
+                "GET",
+                "/api/orders?user=1",
+                &[("host", &host)],
+                "",
+            ))
+            .await
+            .expect("a request through the gateway");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    top.keys(&["Down", "Enter"]);
+    let screen = top
+        .wait_screen("web's routes", |s| {
+            s.contains("service web") && s.contains("ROUTE") && s.contains("api-orders")
+        })
+        .await;
+    std::fs::write(artefacts.join("routes.txt"), &screen).expect("save screen");
+    top.keys(&["Escape"]);
     top.keys(&["q"]);
     let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
     while top.alive() {

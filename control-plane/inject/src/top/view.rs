@@ -281,7 +281,7 @@ fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, se
             .map(|(cells, r)| Row::new(cells).style(success_style(r.success_rate)))
             .collect();
         let widths = [
-            Constraint::Min(18),
+            Constraint::Length(24),
             Constraint::Length(8),
             Constraint::Length(9),
             Constraint::Length(10),
