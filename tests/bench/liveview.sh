@@ -9,9 +9,12 @@
 # reports per request than at full speed: the per-request difference it prints is an
 # upper bound of what reporting costs a busy proxy.
 #
+# Run twice to see the run-to-run spread (connections are scheduled a little
+# differently each time); a difference within it is no measurable cost.
+#
 # Env: REQUESTS (default 10000), WARMUP (1000), CONNS (20), BASE_PORT (29300),
 #      WEFT_BIN / CONTROL_BIN (binaries to measure; default: release builds of this
-#      tree). Needs: valgrind, h2load (nghttp2-client).
+#      tree), UPSTREAM_BIN (the bench-upstream to answer; not measured). Needs: valgrind, h2load (nghttp2-client).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/../.."
@@ -30,7 +33,10 @@ target=${CARGO_TARGET_DIR:-target}/release
 if [[ -z "${WEFT_BIN:-}" || -z "${CONTROL_BIN:-}" ]]; then
     cargo build --release -q -p weft-proxy -p weft-control --bin weft-proxy --bin weft-control
 fi
-cargo build --release -q -p weft-tests --bin bench-upstream
+if [[ -z "${UPSTREAM_BIN:-}" ]]; then
+    cargo build --release -q -p weft-tests --bin bench-upstream
+fi
+upstream_bin=${UPSTREAM_BIN:-$target/bench-upstream}
 weft_bin=${WEFT_BIN:-$target/weft-proxy}
 control_bin=${CONTROL_BIN:-$target/weft-control}
 
@@ -42,7 +48,7 @@ listen=$(port 3)
 admin=$(port 4)
 outbound=$(port 5)
 
-"$target/bench-upstream" "127.0.0.1:$up" >"$work/upstream.log" 2>&1 &
+"$upstream_bin" "127.0.0.1:$up" >"$work/upstream.log" 2>&1 &
 pids+=($!)
 cat >"$work/mesh.yaml" <<EOF
 services:
@@ -106,7 +112,7 @@ count() {
     # Inclusive instructions of building the reports within the window.
     local build
     build=$(callgrind_annotate --inclusive=yes --threshold=100 "$dump" 2>/dev/null |
-        awk '/weft_proxy::report::build/ {gsub(",", "", $1); print $1; exit}')
+        awk '/weft_proxy::report::build/ && !n {gsub(",", "", $1); print $1; n = 1}' || true)
     echo "$name $((total / completed)) $(( ${build:-0} / completed )) $completed"
 }
 
@@ -116,5 +122,5 @@ read -r _ off_req off_build off_n < <(count off 0s)
 printf '%-10s %14s %26s\n' "every 1s" "$on_req" "$on_build"
 printf '%-10s %14s %26s\n' "off" "$off_req" "$off_build"
 awk -v a="$on_req" -v b="$off_req" \
-    'BEGIN { printf "difference: %d insn/request (%.2f%%)\n", a - b, b > 0 ? 100 * (a - b) / b : 0 }'
+    'BEGIN { printf "difference: %d insn/request (%.2f%%)\n", a - b, (b > 0 ? 100 * (a - b) / b : 0) }'
 echo "($on_n / $off_n requests counted after $WARMUP warm-up requests, $CONNS connections, HTTP/1.1)"
