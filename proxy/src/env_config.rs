@@ -25,7 +25,7 @@
 //! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
 //! | `WEFT_ACCESS_LOG_BUFFER` | `4096` | lines waiting for the writer before lines are dropped (counted in `weft_access_log_dropped_total`) |
 //! | `WEFT_TRACE_COLLECTOR` | off | OTLP/gRPC collector (`http://host:port`) the proxy's spans go to |
-//! | `WEFT_TRACE_SAMPLE_RATIO` | `1` | share of new traces sampled (a caller's `traceparent` decides for its own) |
+//! | `WEFT_TRACE_SAMPLE_RATIO` | `0.01` | share of new traces sampled (a caller's `traceparent` decides for its own) |
 //! | `WEFT_LOG_FORMAT` | `plain` | `plain` or `json` log lines (read by `main`, in both modes; also `--log-format`) |
 //!
 //! A config file, when given, is the whole config: these variables are then not

@@ -149,6 +149,11 @@ const REFUSED_RESENDS: Def = def(
      (REFUSED_STREAM, or past its GOAWAY); outside the retry budget and weft_retries_total.",
     &["service"],
 );
+const ATTEMPTS: Def = def(
+    "weft_attempts_total",
+    "Attempts sent to endpoints (retries included), by service and whether over mTLS.",
+    &["service", "tls"],
+);
 const ROUTE_ACTIONS: Def = def(
     "weft_route_actions_total",
     "Requests a route answered or held itself, apart from failures: rate-limited, \
@@ -228,6 +233,7 @@ struct Inner {
     retries: IntCounterVec,
     retries_refused: IntCounterVec,
     refused_resends: IntCounterVec,
+    attempts: IntCounterVec,
     route_actions: IntCounterVec,
     /// By (direction, service, route); route "" for requests no route matched.
     services: Mutex<HashMap<(Direction, String, String), Arc<ServiceMetrics>>>,
@@ -390,6 +396,8 @@ pub(crate) struct ServiceMetrics {
     pub(crate) retries_refused: IntCounter,
     /// Requests an endpoint refused unprocessed and that were sent again.
     pub(crate) refused_resends: IntCounter,
+    /// Attempts sent in plaintext, and over mTLS.
+    attempts: [IntCounter; 2],
     tcp: Arc<TcpFamilies>,
     direction: Direction,
     service: String,
@@ -411,6 +419,11 @@ impl ServiceMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one attempt sent to an endpoint, over mTLS or not.
+    pub(crate) fn attempted(&self, tls: bool) {
+        self.attempts[usize::from(tls)].inc();
     }
 
     pub(crate) fn overloaded(&self, limit: Limit) {
@@ -497,6 +510,7 @@ impl Metrics {
                 retries: counter_vec(&r, &RETRIES),
                 retries_refused: counter_vec(&r, &RETRIES_REFUSED),
                 refused_resends: counter_vec(&r, &REFUSED_RESENDS),
+                attempts: counter_vec(&r, &ATTEMPTS),
                 route_actions: counter_vec(&r, &ROUTE_ACTIONS),
                 services: Mutex::new(HashMap::new()),
                 tcp: Arc::new(TcpFamilies::new(&r)),
@@ -545,6 +559,8 @@ impl Metrics {
                     retries: i.retries.with_label_values(&[service]),
                     retries_refused: i.retries_refused.with_label_values(&[service]),
                     refused_resends: i.refused_resends.with_label_values(&[service]),
+                    attempts: ["false", "true"]
+                        .map(|tls| i.attempts.with_label_values(&[service, tls])),
                     tcp: i.tcp.clone(),
                     direction,
                     service: service.to_string(),

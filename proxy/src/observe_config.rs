@@ -103,6 +103,11 @@ mod tests {
     }
 }
 
+/// Share of new traces sampled unless configured: one in a hundred keeps a busy
+/// service's collector load small. A caller's `traceparent` decides for its own
+/// trace whatever the ratio.
+pub(crate) const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+
 /// `tracing: {collector: http://otel-collector:4317, sample_ratio: 0.1}`: spans
 /// exported over OTLP/gRPC.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +152,7 @@ pub(crate) fn tracing_config(
             "{prefix}collector: {collector:?} is not http://host:port (OTLP/gRPC)"
         ));
     }
-    let sample_ratio = ratio.unwrap_or(1.0);
+    let sample_ratio = ratio.unwrap_or(DEFAULT_SAMPLE_RATIO);
     if !(0.0..=1.0).contains(&sample_ratio) {
         return Err(format!(
             "{prefix}sample_ratio: {sample_ratio} is outside 0..=1"
@@ -171,7 +176,7 @@ mod tracing_tests {
     #[test]
     fn tracing_needs_an_http_collector_and_a_ratio_within_bounds() {
         let ok = tracing_config("http://127.0.0.1:4317", None, None, "tracing.").expect("valid");
-        assert_eq!(ok.sample_ratio, 1.0);
+        assert_eq!(ok.sample_ratio, DEFAULT_SAMPLE_RATIO);
         for (collector, ratio) in [("127.0.0.1:4317", None), ("http://c:4317", Some(1.5))] {
             let err = tracing_config(collector, ratio, None, "tracing.").expect_err("invalid");
             assert!(err.starts_with("tracing."), "{err}");

@@ -583,6 +583,7 @@ impl Outbound {
         now: u64,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome) {
         let ep = &svc.endpoints[idx];
+        svc.metrics.attempted(ep.identity.is_some());
         let mut guard = AttemptGuard::start(svc, ep, now);
         let concurrency = &svc.stats.concurrency;
         let target = Target {

@@ -112,12 +112,17 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
                 _ => (Outbound, label(labels, "service").unwrap_or_default()),
             };
             let counter = m.get_counter().get_value() as u64;
+            let route = label(labels, "route").unwrap_or_default();
             match family.name() {
                 "weft_requests_total" => {
+                    let failed = label(labels, "status_class") == Some("5xx");
                     let t = totals(&mut traffic, direction, service);
                     t.requests += counter;
-                    if label(labels, "status_class") == Some("5xx") {
+                    let r = route_totals(t, route);
+                    r.requests += counter;
+                    if failed {
                         t.failures += counter;
+                        route_totals(t, route).failures += counter;
                     }
                 }
                 "weft_request_duration_seconds" => {
@@ -125,8 +130,19 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
                     if bounds.is_empty() {
                         bounds = buckets.iter().map(|b| b.upper_bound()).collect();
                     }
-                    totals(&mut traffic, direction, service).latency_buckets =
-                        buckets.iter().map(|b| b.cumulative_count()).collect();
+                    let counts: Vec<u64> = buckets.iter().map(|b| b.cumulative_count()).collect();
+                    // A service with routes has one series per route: its own
+                    // latency is their sum.
+                    let t = totals(&mut traffic, direction, service);
+                    add_buckets(&mut t.latency_buckets, &counts);
+                    add_buckets(&mut route_totals(t, route).latency_buckets, &counts);
+                }
+                "weft_attempts_total" => {
+                    let t = totals(&mut traffic, direction, service);
+                    t.attempts += counter;
+                    if label(labels, "tls") == Some("true") {
+                        t.tls_requests += counter;
+                    }
                 }
                 "weft_overload_rejections_total" => {
                     let t = totals(&mut traffic, direction, service);
@@ -161,18 +177,24 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
     }
     // Requests the outbound could not place have no service to show.
     traffic.retain(|(_, service), t| service != "unknown" && t.requests > 0);
+    for t in traffic.values_mut() {
+        // A series made ready but never used (a service's unmatched requests) is
+        // not a route anyone sends to.
+        t.routes.retain(|r| r.requests > 0);
+        // Without routes, every request is under the route "": nothing to break down.
+        if t.routes.iter().all(|r| r.route.is_empty()) {
+            t.routes.clear();
+        }
+    }
 
     let snapshot = inputs.store.load();
     let mut ejections = Vec::new();
     let mut endpoints = Vec::new();
     for svc in snapshot.services.values() {
         let key = svc.key();
-        let Some(t) = traffic.get_mut(&(Outbound as i32, key.clone())) else {
+        if !traffic.contains_key(&(Outbound as i32, key.clone())) {
             continue;
-        };
-        let tls = svc.endpoints.iter().filter(|e| e.identity.is_some());
-        t.endpoints = u32::try_from(svc.endpoints.len()).unwrap_or(u32::MAX);
-        t.tls_endpoints = u32::try_from(tls.count()).unwrap_or(u32::MAX);
+        }
         for ep in &svc.endpoints {
             let ejected = ep.stats.health.is_ejected();
             endpoints.push(v1::EndpointStatus {
@@ -212,6 +234,31 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
         open_outbound_connections: open_out,
         latency_bounds: bounds,
         endpoints,
+    }
+}
+
+/// One route's totals within `t`, created on first sight.
+fn route_totals<'t>(t: &'t mut v1::TrafficTotals, route: &str) -> &'t mut v1::RouteTotals {
+    let i = match t.routes.iter().position(|r| r.route == route) {
+        Some(i) => i,
+        None => {
+            t.routes.push(v1::RouteTotals {
+                route: route.to_string(),
+                ..Default::default()
+            });
+            t.routes.len() - 1
+        }
+    };
+    &mut t.routes[i]
+}
+
+/// Adds histogram counts bucket by bucket.
+fn add_buckets(sum: &mut Vec<u64>, counts: &[u64]) {
+    if sum.len() < counts.len() {
+        sum.resize(counts.len(), 0);
+    }
+    for (a, b) in sum.iter_mut().zip(counts) {
+        *a += b;
     }
 }
 

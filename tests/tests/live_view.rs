@@ -7,9 +7,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use weft_tests::apps::HttpApp;
 use weft_tests::browser::{Browser, artefact_dir};
+use weft_tests::client::{self, H1Client};
+use weft_tests::control::WeftControl;
 use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, live_service};
-use weft_tests::{eventually, within};
+use weft_tests::load::{Load, LoadSpec};
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+use weft_tests::{admin, bins, eventually, within};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
 /// Reports come every second and the short window is 10 s; a change shows well
@@ -146,6 +151,10 @@ async fn live_view_summarises_the_demo_and_shows_a_failing_backend() {
 const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#services tbody tr[data-service]')]\
     .map(r => [r.dataset.service, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
 
+/// The rows of the page's routes table: (service, route, success rate).
+const ROUTES: &str = "JSON.stringify([...document.querySelectorAll('#routes tbody tr[data-route]')]\
+    .map(r => [r.dataset.service, r.dataset.route, r.dataset.success === '' ? null : Number(r.dataset.success)]))";
+
 async fn rows(browser: &mut Browser) -> Vec<(String, Option<f64>)> {
     let text = browser.eval(ROWS).await.expect("read the table");
     serde_json::from_str(text.as_str().unwrap_or("[]")).expect("rows as JSON")
@@ -196,6 +205,40 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
             .is_some_and(|s| s.starts_with(&format!("{PROXIES_WITHOUT_BROKER} proxies"))),
         "{status}"
     );
+    // Through the gateway, web's two routes carry requests: the page lists both
+    // under Routes.
+    let gateway = demo.gateway();
+    let host = format!("127.0.0.1:{}", gateway.port());
+    let mut c = H1Client::connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    for _ in 0..10 {
+        for path in ["/api/orders?user=1", "/api/profile/1"] {
+            let reply = c
+                .send(client::request("GET", path, &[("host", &host)], ""))
+                .await
+                .expect("a request through the gateway");
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    loop {
+        let text = browser.eval(ROUTES).await.expect("read the routes");
+        let rows: Vec<(String, String, Option<f64>)> =
+            serde_json::from_str(text.as_str().unwrap_or("[]")).expect("routes as JSON");
+        let shown = |name: &str| {
+            rows.iter()
+                .any(|(s, r, ok)| s == "web.default" && r == name && *ok == Some(1.0))
+        };
+        if shown("api-orders") && shown("api-profile") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "web's routes not on the page within {CHANGE_LIMIT:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let healthy = shots.join("healthy.png");
     browser.screenshot(&healthy).await.expect("screenshot");
 
@@ -233,4 +276,97 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
         assert!(size > 10_000, "{} is {size} bytes", png.display());
         println!("screenshot: {}", png.display());
     }
+}
+
+fn route<'a>(service: &'a Value, name: &str) -> Option<&'a Value> {
+    service["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["route"] == name)
+}
+
+/// A service with two routes, one of them always failing (a fault abort), called
+/// through a proxy of the control plane: the summary, and `weftctl top`'s plain
+/// output, break its numbers down per route; the edge's TLS share counts requests
+/// (all plaintext here), not endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_two_routes_is_summarised_per_route() {
+    let app = HttpApp::start("orders-app").await.expect("start app");
+    let orders = ServiceDef::new("orders").endpoint(app.addr).routes(
+        "[{name: api, match: [{path: {prefix: /api}}]}, \
+          {name: broken, match: [{path: {prefix: /broken}}], \
+           filters: {fault: {abort: {status: 503, percent: 100}}}}]",
+    );
+    let control = WeftControl::start(&[orders])
+        .await
+        .expect("start the control plane");
+    let proxy = WeftProxy::start(
+        ProxyConfig::new()
+            .control_plane(&control.url())
+            .workload("web"),
+    )
+    .await
+    .expect("start proxy");
+    let bounded = |uri: &str| LoadSpec {
+        clients: 2,
+        pause: Duration::from_millis(5),
+        max_requests_per_client: 20_000,
+        max_time: Duration::from_secs(90),
+        ..LoadSpec::new(proxy.outbound(), uri)
+    };
+    let ok = Load::start(bounded("http://orders/api/items"));
+    let broken = Load::start(bounded("http://orders/broken"));
+    ok.wait_more_ok(20, CHANGE_LIMIT).await;
+
+    let orders = eventually(CHANGE_LIMIT, "both routes in the summary", || async {
+        let reply = admin::get(control.admin(), "/api/summary").await.ok()?;
+        let s: Value = serde_json::from_str(&reply.body).ok()?;
+        let svc = live_service(&s, "10s", "orders.default")?.clone();
+        let api = route(&svc, "api")?;
+        let failing = route(&svc, "broken")?;
+        (api["requests"].as_u64()? > 0 && failing["requests"].as_u64()? > 0).then_some(svc)
+    })
+    .await;
+    let api = route(&orders, "api").expect("api");
+    let failing = route(&orders, "broken").expect("broken");
+    assert_eq!(api["success_rate"], 1.0, "{orders:#}");
+    assert_eq!(failing["success_rate"], 0.0, "{orders:#}");
+    assert!(api["p50_ms"].as_f64().is_some(), "{orders:#}");
+    let sum = api["requests"].as_u64().unwrap_or(0) + failing["requests"].as_u64().unwrap_or(0);
+    assert_eq!(orders["requests"].as_u64(), Some(sum), "{orders:#}");
+
+    let reply = admin::get(control.admin(), "/api/summary")
+        .await
+        .expect("the summary");
+    let s: Value = serde_json::from_str(&reply.body).expect("JSON");
+    let edge = s["windows"]["10s"]["edges"]
+        .as_array()
+        .and_then(|edges| edges.iter().find(|e| e["service"] == "orders.default"))
+        .expect("the edge into orders");
+    // Aborted requests never reach an endpoint; the others all went in plaintext.
+    assert_eq!(edge["tls_share"], 0.0, "{edge:#}");
+    assert!(route(edge, "api").is_some(), "{edge:#}");
+
+    let weftctl = bins::binary("weftctl").expect("weftctl is built");
+    let admin_addr = control.admin().to_string();
+    let out = tokio::process::Command::new(weftctl)
+        .args(["top", "--admin", &admin_addr, "--iterations", "1"])
+        .output();
+    let out = tokio::time::timeout(CHANGE_LIMIT, out)
+        .await
+        .expect("weftctl top --iterations 1 ends")
+        .expect("run weftctl");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    for name in ["api", "broken"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().take(2).eq(["route", name])),
+            "no route {name} in:\n{text}"
+        );
+    }
+
+    ok.stop().await.assert_no_failures();
+    let broken = broken.stop().await;
+    assert_eq!(broken.ok, 0, "the broken route answered a request");
 }

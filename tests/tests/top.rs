@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use weft_tests::browser::artefact_dir;
-use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES};
+use weft_tests::client::{self, H1Client};
+use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, free_port_block};
 use weft_tests::{bins, tools};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
@@ -19,8 +20,9 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(tmux: PathBuf, command: &str) -> Tmux {
-        let name = format!("weft-top-{}", std::process::id());
+    /// `label` tells this test's session from the others running at once.
+    fn start(tmux: PathBuf, label: &str, command: &str) -> Tmux {
+        let name = format!("weft-{label}-{}", std::process::id());
         let status = Command::new(&tmux)
             .args([
                 "new-session",
@@ -121,7 +123,7 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
     demo.wait_live(CHANGE_LIMIT).await;
     let weftctl = bins::binary("weftctl").expect("weftctl is built");
     let command = format!("{} top --admin {}", weftctl.display(), demo.control_admin());
-    let top = Tmux::start(tmux, &command);
+    let top = Tmux::start(tmux, "top", &command);
     let artefacts = artefact_dir("top").expect("artefact dir");
 
     let screen = top
@@ -177,6 +179,34 @@ async fn weftctl_top_in_tmux_sorts_drills_down_and_shows_an_ejection() {
         })
         .await;
     assert_eq!(service_order(&screen).len(), SERVICES.len(), "{screen}");
+
+    // web's route api-orders, called through the gateway, in web's drill-down (web
+    // is last by name, one below users).
+    let gateway = demo.gateway();
+    let host = format!("127.0.0.1:{}", gateway.port());
+    let mut c = H1Client::connect(gateway)
+        .await
+        .expect("connect to the gateway");
+    for _ in 0..10 {
+        let reply = c
+            .send(client::request(
+                "GET",
+                "/api/orders?user=1",
+                &[("host", &host)],
+                "",
+            ))
+            .await
+            .expect("a request through the gateway");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    top.keys(&["Down", "Enter"]);
+    let screen = top
+        .wait_screen("web's routes", |s| {
+            s.contains("service web") && s.contains("ROUTE") && s.contains("api-orders")
+        })
+        .await;
+    std::fs::write(artefacts.join("routes.txt"), &screen).expect("save screen");
+    top.keys(&["Escape"]);
     top.keys(&["q"]);
     let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
     while top.alive() {
@@ -233,4 +263,54 @@ async fn weftctl_top_prints_plain_lines_when_not_on_a_terminal() {
     let mut names = SERVICES.to_vec();
     names.sort_unstable();
     assert_eq!(rows[..5], names[..], "{text}");
+}
+
+/// `weft-control demo` on a terminal shows top's view of its own control plane
+/// (titled for the demo) instead of its scrolling table, and `q` there stops the
+/// whole demo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_on_a_terminal_shows_tops_view_and_q_stops_it() {
+    let test = "the_demo_on_a_terminal_shows_tops_view_and_q_stops_it";
+    let Some(tmux) = tools::require("tmux", "tmux", test) else {
+        return;
+    };
+    let base = free_port_block();
+    let dir = tempfile::Builder::new()
+        .prefix("weft-e2e-demo-screen-")
+        .tempdir()
+        .expect("temp dir");
+    let control = bins::binary("weft-control").expect("weft-control is built");
+    let command = format!(
+        "env -u http_proxy -u HTTP_PROXY {} demo --no-broker --rps 40 --base-port {base} \
+         --state-dir {} --duration 300",
+        control.display(),
+        dir.path().join("state").display()
+    );
+    let demo = Tmux::start(tmux, "demo-screen", &command);
+    let screen = demo
+        .wait_screen("the demo's services in top's view", |s| {
+            s.contains(&format!("weft demo — {PROXIES_WITHOUT_BROKER} proxies"))
+                && service_order(s).len() == SERVICES.len()
+        })
+        .await;
+    assert!(screen.contains("sorted by rps"), "{screen}");
+    let artefacts = artefact_dir("top").expect("artefact dir");
+    std::fs::write(artefacts.join("demo-screen.txt"), &screen).expect("save screen");
+
+    demo.keys(&["q"]);
+    let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
+    while demo.alive() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the demo did not stop on q:\n{}",
+            demo.screen()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopped whole: its control plane's admin port is closed.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], base + 990));
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the demo's control plane still answers at {admin}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Weft's wire API (`weft.v1`) and the mesh description that both the proxy's file
 //! mode and the control plane's file source read.
 
+pub mod live;
 pub mod logs;
 pub mod mesh;
 pub mod ports;

@@ -20,6 +20,12 @@ pub const HTTP1_PORTS: &str = "weft.io/http1-ports";
 pub const ACCESS_LOG: &str = "weft.io/access-log";
 /// `plain` or `json`: how the proxy's own log lines look.
 pub const LOG_FORMAT: &str = "weft.io/log-format";
+/// `http://host:port`: the OTLP/gRPC collector the proxy exports its spans to;
+/// absent: no spans.
+pub const TRACING_COLLECTOR: &str = "weft.io/tracing-collector";
+/// `0`..`1`: the share of new traces (requests without a sampled-or-not
+/// `traceparent`) the proxy samples; the proxy's default when absent.
+pub const TRACING_SAMPLE_RATIO: &str = "weft.io/tracing-sample-ratio";
 pub const PROXY_CPU_REQUEST: &str = "weft.io/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT: &str = "weft.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "weft.io/proxy-memory-request";
@@ -94,6 +100,59 @@ pub struct PodOverrides {
     pub access_log: Option<&'static str>,
     /// `WEFT_LOG_FORMAT` for the proxy, when the pod chose one.
     pub log_format: Option<&'static str>,
+    /// `WEFT_TRACE_COLLECTOR` and `WEFT_TRACE_SAMPLE_RATIO`, when the pod asked
+    /// for spans.
+    pub tracing: Option<Tracing>,
+}
+
+/// Where a proxy's spans go, and how many new traces it samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    pub collector: String,
+    /// The proxy's default when `None`.
+    pub sample_ratio: Option<f64>,
+}
+
+/// Reads the tracing annotations: a ratio without a collector is a mistake worth
+/// naming, since it would do nothing.
+fn tracing<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Option<Tracing>, AnnotationError> {
+    let ratio = match get(TRACING_SAMPLE_RATIO).map(str::trim) {
+        None => None,
+        Some(v) => match v.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Some(r),
+            _ => return Err(bad(TRACING_SAMPLE_RATIO, v, "is not a number from 0 to 1")),
+        },
+    };
+    let Some(collector) = get(TRACING_COLLECTOR).map(str::trim) else {
+        return match (ratio, get(TRACING_SAMPLE_RATIO)) {
+            (Some(_), Some(v)) => Err(bad(
+                TRACING_SAMPLE_RATIO,
+                v,
+                format!("needs {TRACING_COLLECTOR} too"),
+            )),
+            _ => Ok(None),
+        };
+    };
+    // As the proxy checks it: an OTLP/gRPC collector is plain http://host:port.
+    let valid = collector
+        .strip_prefix("http://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+        .is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', ' ', '@'])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if !valid {
+        return Err(bad(
+            TRACING_COLLECTOR,
+            collector,
+            "is not http://host:port (OTLP/gRPC)",
+        ));
+    }
+    Ok(Some(Tracing {
+        collector: collector.to_string(),
+        sample_ratio: ratio,
+    }))
 }
 
 impl PodOverrides {
@@ -168,6 +227,7 @@ impl PodOverrides {
         Ok(PodOverrides {
             access_log,
             log_format,
+            tracing: tracing(get)?,
             skip_inbound_ports: ports(SKIP_INBOUND_PORTS)?,
             skip_outbound_ports: ports(SKIP_OUTBOUND_PORTS)?,
             // No annotation: the well-known server-first and broker ports; an
@@ -284,6 +344,54 @@ mod tests {
         a.insert(ACCESS_LOG.to_string(), "/tmp/x".to_string());
         let err = PodOverrides::from_annotations(Some(&a), &defaults).expect_err("a path");
         assert!(err.to_string().contains(ACCESS_LOG), "{err}");
+    }
+
+    #[test]
+    fn tracing_annotations_need_a_collector_url_and_a_ratio_in_range() {
+        let defaults = crate::config::InjectConfig::default().proxy_resources;
+        let with = |pairs: &[(&str, &str)]| {
+            let a: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            PodOverrides::from_annotations(Some(&a), &defaults)
+        };
+        assert_eq!(with(&[]).expect("none").tracing, None);
+        let t = with(&[(TRACING_COLLECTOR, "http://otel.monitoring:4317")])
+            .expect("a collector")
+            .tracing
+            .expect("tracing on");
+        assert_eq!(
+            (t.collector.as_str(), t.sample_ratio),
+            ("http://otel.monitoring:4317", None)
+        );
+        let t = with(&[
+            (TRACING_COLLECTOR, "http://10.0.0.9:4317"),
+            (TRACING_SAMPLE_RATIO, "0.25"),
+        ])
+        .expect("with a ratio")
+        .tracing
+        .expect("tracing on");
+        assert_eq!(t.sample_ratio, Some(0.25));
+        for (pairs, named) in [
+            (&[(TRACING_COLLECTOR, "otel:4317")][..], TRACING_COLLECTOR),
+            (
+                &[(TRACING_COLLECTOR, "https://otel:4317")][..],
+                TRACING_COLLECTOR,
+            ),
+            (&[(TRACING_COLLECTOR, "http://otel")][..], TRACING_COLLECTOR),
+            (
+                &[
+                    (TRACING_COLLECTOR, "http://otel:4317"),
+                    (TRACING_SAMPLE_RATIO, "2"),
+                ][..],
+                TRACING_SAMPLE_RATIO,
+            ),
+            (&[(TRACING_SAMPLE_RATIO, "0.5")][..], TRACING_SAMPLE_RATIO),
+        ] {
+            let err = with(pairs).expect_err("invalid");
+            assert!(err.to_string().contains(named), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

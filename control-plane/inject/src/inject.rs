@@ -56,6 +56,8 @@
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
 //! | `WEFT_ACCESS_LOG` | `stdout` or `stderr`, only with the `weft.io/access-log` annotation | one JSON line per request |
 //! | `WEFT_LOG_FORMAT` | `plain` or `json`, only with the `weft.io/log-format` annotation | the proxy's own log lines |
+//! | `WEFT_TRACE_COLLECTOR` | `http://host:port`, only with the `weft.io/tracing-collector` annotation | OTLP/gRPC collector for the proxy's spans |
+//! | `WEFT_TRACE_SAMPLE_RATIO` | `0`..`1`, only with the `weft.io/tracing-sample-ratio` annotation (and a collector) | share of new traces sampled; the proxy's default otherwise |
 //!
 //! # Environment contract of the init container (`weft-proxy init`)
 //!
@@ -400,6 +402,12 @@ impl Injector {
                             .log_format
                             .map(|f| env("WEFT_LOG_FORMAT", f.to_string())),
                     )
+                    .chain(overrides.tracing.iter().flat_map(|t| {
+                        std::iter::once(env("WEFT_TRACE_COLLECTOR", t.collector.clone())).chain(
+                            t.sample_ratio
+                                .map(|r| env("WEFT_TRACE_SAMPLE_RATIO", r.to_string())),
+                        )
+                    }))
                     .collect(),
             ),
             ports: Some(vec![ContainerPort {
@@ -593,6 +601,27 @@ mod tests {
         );
         let plain = patch_text(&plan(&pod(json!({}))));
         assert!(!plain.contains("WEFT_HTTP1_PORTS"), "{plain}");
+    }
+
+    #[test]
+    fn tracing_annotations_become_the_proxys_trace_variables() {
+        let patch_text = |outcome: &Outcome| match outcome {
+            Outcome::Inject(patch) => serde_json::to_string(patch).expect("patch as JSON"),
+            Outcome::Skip(reason) => panic!("skipped: {reason}"),
+        };
+        let annotated = plan(&pod(json!({"metadata": {"annotations": {
+            "weft.io/tracing-collector": "http://otel.monitoring:4317",
+            "weft.io/tracing-sample-ratio": "0.05",
+        }}})));
+        let text = patch_text(&annotated);
+        for var in [
+            r#"{"name":"WEFT_TRACE_COLLECTOR","value":"http://otel.monitoring:4317"}"#,
+            r#"{"name":"WEFT_TRACE_SAMPLE_RATIO","value":"0.05"}"#,
+        ] {
+            assert!(text.contains(var), "{var} missing: {text}");
+        }
+        let plain = patch_text(&plan(&pod(json!({}))));
+        assert!(!plain.contains("WEFT_TRACE_"), "{plain}");
     }
 
     #[test]

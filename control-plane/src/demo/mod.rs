@@ -14,6 +14,7 @@
 
 mod broker;
 mod plan;
+mod screen;
 mod summary;
 
 use std::path::{Path, PathBuf};
@@ -330,8 +331,9 @@ async fn start_and_watch(
         plan.control_grpc, plan.control_admin
     );
     println!(
-        "  live view       http://{}/   (data: /api/summary, /api/events)",
-        plan.control_admin
+        "  live view       http://{}/   (data: /api/summary, /api/events); in a terminal: \
+         weftctl top --admin {}, which is what this screen shows when it is a terminal",
+        plan.control_admin, plan.control_admin
     );
     for w in &plan.workloads {
         println!(
@@ -373,7 +375,7 @@ async fn start_and_watch(
                 .map_or(w.app, |n| n.app)
         );
     }
-    println!("Press Ctrl-C to stop.\n");
+    println!("Press Ctrl-C (or q in the terminal view) to stop.\n");
 
     let run_for = opts.duration.map(Duration::from_secs);
     let loadgen_secs = opts.duration.unwrap_or(3600).max(1);
@@ -390,5 +392,9 @@ async fn start_and_watch(
     .env_remove("HTTP_PROXY");
     procs.push(Proc::spawn("loadgen", cmd, state_dir)?);
 
-    summary::watch(plan, Duration::from_secs(opts.interval.max(1)), run_for).await
+    let every = Duration::from_secs(opts.interval.max(1));
+    if weft_inject::top::on_terminal() {
+        return screen::show(plan.control_admin, every, run_for).await;
+    }
+    summary::watch(plan, every, run_for).await
 }

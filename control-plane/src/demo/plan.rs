@@ -270,7 +270,10 @@ impl Plan {
             ));
         }
         if let Some(collector) = &self.otlp {
-            out.push_str(&format!("tracing: {{collector: \"{collector}\"}}\n"));
+            // Every request: the demo is there to show its traces.
+            out.push_str(&format!(
+                "tracing: {{collector: \"{collector}\", sample_ratio: 1}}\n"
+            ));
         }
         let mut upstreams = Vec::new();
         let payments = match w.name {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use weft_api::v1;
 
-pub use summary::Summary;
+pub use weft_api::live::Summary;
 
 /// Reports older than this are forgotten: the longest window plus slack for a
 /// baseline just before it.

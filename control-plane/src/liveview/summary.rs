@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use weft_api::live::{
+    BreakerHits, EjectionView, EndpointView, RouteView, Summary, TrafficView, Window,
+};
 use weft_api::v1;
 
 /// The windows every summary covers, by name.
@@ -16,129 +18,61 @@ pub const WINDOWS: [(&str, Duration); 2] = [
     ("1m", Duration::from_secs(60)),
 ];
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    /// Milliseconds since the Unix epoch.
-    pub generated_at_ms: u64,
-    /// Proxies that reported within the last minute.
-    pub proxies: usize,
-    pub windows: BTreeMap<&'static str, Window>,
-    pub ejections: Vec<EjectionView>,
-    /// Every endpoint as each calling proxy sees it now: the drill-down below a
-    /// service.
-    pub endpoints: Vec<EndpointView>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EndpointView {
-    pub service: String,
-    pub endpoint: String,
-    /// The SPIFFE ID it presents (mTLS); null: plaintext.
-    pub identity: Option<String>,
-    /// ready | not-ready | terminating | ejected
-    pub state: String,
-    pub in_flight: u32,
-    /// The caller's latency estimate (peak EWMA); null before its first answer.
-    pub latency_ms: Option<f64>,
-    pub weight: u32,
-    /// The calling workload whose proxy sees it so.
-    pub seen_by: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Window {
-    pub services: Vec<TrafficView>,
-    pub edges: Vec<TrafficView>,
-}
-
-/// One service or edge over one window.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TrafficView {
-    /// The service ("name.namespace"); for an edge, the service called.
-    pub service: String,
-    /// For an edge: the calling workload ("name.namespace").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    pub requests: u64,
-    pub failures: u64,
-    pub rps: f64,
-    /// Share of requests not answered 5xx; null without requests.
-    pub success_rate: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    /// Services: share of requests that arrived over mTLS. Edges: share of the
-    /// service's endpoints the caller reaches over mTLS.
-    pub tls_share: Option<f64>,
-    /// Services: connections open into the service's proxies now.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_connections: Option<u64>,
-    /// Requests turned away at once by each circuit-breaker limit.
-    pub breaker: BreakerHits,
-    pub retries: u64,
-    pub retries_refused: u64,
-    /// Retries per request: how much of the retry budget is used.
-    pub retry_ratio: Option<f64>,
-    /// Endpoints ejected now (services only; by any caller).
-    pub ejected_endpoints: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct BreakerHits {
-    pub connections: u64,
-    pub pending: u64,
-    pub active: u64,
-    pub retries: u64,
-}
-
-impl BreakerHits {
-    pub fn total(&self) -> u64 {
-        self.connections + self.pending + self.active + self.retries
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EjectionView {
-    pub service: String,
-    pub endpoint: String,
-    pub reason: String,
-    /// 0: its time is up and it waits for its readmission probe.
-    pub remaining_ms: u64,
-    pub times: u32,
-    /// The calling workload whose proxy ejected it.
-    pub ejected_by: String,
-}
-
-/// Differences of one (direction, service) between two reports, summed over
-/// proxies as they are added.
+/// Requests, failures and latency counts: of a service, an edge or one route.
 #[derive(Debug, Clone, Default)]
-struct Delta {
+struct Counts {
     requests: u64,
     failures: u64,
-    rps: f64,
     buckets: Vec<u64>,
-    tls_requests: u64,
-    tls_endpoints: (u64, u64),
-    breaker: BreakerHits,
-    retries: u64,
-    retries_refused: u64,
-    open: Option<u64>,
 }
 
-impl Delta {
-    fn add(&mut self, other: &Delta) {
+impl Counts {
+    fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.failures += other.failures;
-        self.rps += other.rps;
         if self.buckets.len() < other.buckets.len() {
             self.buckets.resize(other.buckets.len(), 0);
         }
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
+    }
+
+    fn grown(new: (u64, u64, &[u64]), old: (u64, u64, &[u64])) -> Counts {
+        Counts {
+            requests: grew(new.0, old.0),
+            failures: grew(new.1, old.1),
+            buckets: new
+                .2
+                .iter()
+                .enumerate()
+                .map(|(i, n)| grew(*n, old.2.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+}
+
+/// Differences of one (direction, service) between two reports, summed over
+/// proxies as they are added.
+#[derive(Debug, Clone, Default)]
+struct Delta {
+    counts: Counts,
+    rps: f64,
+    tls_requests: u64,
+    attempts: u64,
+    breaker: BreakerHits,
+    retries: u64,
+    retries_refused: u64,
+    open: Option<u64>,
+    routes: BTreeMap<String, (Counts, f64)>,
+}
+
+impl Delta {
+    fn add(&mut self, other: &Delta) {
+        self.counts.add(&other.counts);
+        self.rps += other.rps;
         self.tls_requests += other.tls_requests;
-        self.tls_endpoints.0 += other.tls_endpoints.0;
-        self.tls_endpoints.1 += other.tls_endpoints.1;
+        self.attempts += other.attempts;
         self.breaker.connections += other.breaker.connections;
         self.breaker.pending += other.breaker.pending;
         self.breaker.active += other.breaker.active;
@@ -147,6 +81,11 @@ impl Delta {
         self.retries_refused += other.retries_refused;
         if let Some(o) = other.open {
             *self.open.get_or_insert(0) += o;
+        }
+        for (name, (counts, rps)) in &other.routes {
+            let route = self.routes.entry(name.clone()).or_default();
+            route.0.add(counts);
+            route.1 += rps;
         }
     }
 }
@@ -157,26 +96,37 @@ fn grew(new: u64, old: u64) -> u64 {
     if new >= old { new - old } else { new }
 }
 
+fn per_second(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
 fn delta(new: &v1::TrafficTotals, old: Option<&v1::TrafficTotals>, secs: f64) -> Delta {
     let zero = v1::TrafficTotals::default();
     let old = old.unwrap_or(&zero);
-    let requests = grew(new.requests, old.requests);
+    let counts = Counts::grown(
+        (new.requests, new.failures, &new.latency_buckets),
+        (old.requests, old.failures, &old.latency_buckets),
+    );
+    let routes = new
+        .routes
+        .iter()
+        .map(|r| {
+            let before = old.routes.iter().find(|o| o.route == r.route);
+            let counts = Counts::grown(
+                (r.requests, r.failures, &r.latency_buckets),
+                before.map_or((0, 0, &[][..]), |o| {
+                    (o.requests, o.failures, &o.latency_buckets[..])
+                }),
+            );
+            let rps = per_second(counts.requests, secs);
+            (r.route.clone(), (counts, rps))
+        })
+        .collect();
     Delta {
-        requests,
-        failures: grew(new.failures, old.failures),
-        rps: if secs > 0.0 {
-            requests as f64 / secs
-        } else {
-            0.0
-        },
-        buckets: new
-            .latency_buckets
-            .iter()
-            .enumerate()
-            .map(|(i, n)| grew(*n, old.latency_buckets.get(i).copied().unwrap_or(0)))
-            .collect(),
+        rps: per_second(counts.requests, secs),
+        counts,
         tls_requests: grew(new.tls_requests, old.tls_requests),
-        tls_endpoints: (u64::from(new.tls_endpoints), u64::from(new.endpoints)),
+        attempts: grew(new.attempts, old.attempts),
         breaker: BreakerHits {
             connections: grew(new.overloaded_connections, old.overloaded_connections),
             pending: grew(new.overloaded_pending, old.overloaded_pending),
@@ -186,7 +136,12 @@ fn delta(new: &v1::TrafficTotals, old: Option<&v1::TrafficTotals>, secs: f64) ->
         retries: grew(new.retries, old.retries),
         retries_refused: grew(new.retries_refused, old.retries_refused),
         open: None,
+        routes,
     }
+}
+
+fn share(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part.min(whole) as f64 / whole as f64)
 }
 
 /// The latency (ms) below which a share `q` of the requests fell, interpolated in
@@ -299,7 +254,6 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                     d.open = fresh.then_some(latest.open_inbound_connections);
                     inbound.entry(t.service.clone()).or_default().add(&d);
                 } else {
-                    d.tls_endpoints = (u64::from(t.tls_endpoints), u64::from(t.endpoints));
                     edges
                         .entry((from.clone(), t.service.clone()))
                         .or_default()
@@ -308,17 +262,18 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
             }
         }
         let view = |service: &str, from: Option<&str>, d: &Delta, tls: Option<f64>| {
-            let ratio = |n: u64| (d.requests > 0).then(|| n as f64 / d.requests as f64);
+            let c = &d.counts;
+            let ratio = |n: u64| (c.requests > 0).then(|| n as f64 / c.requests as f64);
             TrafficView {
                 service: service.to_string(),
                 from: from.map(str::to_string),
-                requests: d.requests,
-                failures: d.failures,
+                requests: c.requests,
+                failures: c.failures,
                 rps: d.rps,
-                success_rate: ratio(d.requests - d.failures.min(d.requests)),
-                p50_ms: quantile(0.50, &bounds, &d.buckets, d.requests),
-                p95_ms: quantile(0.95, &bounds, &d.buckets, d.requests),
-                p99_ms: quantile(0.99, &bounds, &d.buckets, d.requests),
+                success_rate: ratio(c.requests - c.failures.min(c.requests)),
+                p50_ms: quantile(0.50, &bounds, &c.buckets, c.requests),
+                p95_ms: quantile(0.95, &bounds, &c.buckets, c.requests),
+                p99_ms: quantile(0.99, &bounds, &c.buckets, c.requests),
                 tls_share: tls,
                 open_connections: d.open,
                 breaker: d.breaker,
@@ -326,6 +281,20 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                 retries_refused: d.retries_refused,
                 retry_ratio: ratio(d.retries),
                 ejected_endpoints: ejections.iter().filter(|e| e.service == service).count(),
+                routes: d
+                    .routes
+                    .iter()
+                    .map(|(route, (c, rps))| RouteView {
+                        route: route.clone(),
+                        requests: c.requests,
+                        failures: c.failures,
+                        rps: *rps,
+                        success_rate: share(c.requests - c.failures.min(c.requests), c.requests),
+                        p50_ms: quantile(0.50, &bounds, &c.buckets, c.requests),
+                        p95_ms: quantile(0.95, &bounds, &c.buckets, c.requests),
+                        p99_ms: quantile(0.99, &bounds, &c.buckets, c.requests),
+                    })
+                    .collect(),
             }
         };
         let mut window = Window::default();
@@ -333,8 +302,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         // (the callers' proxies enforce them) and for a service no proxy serves.
         let mut called: BTreeMap<&str, Delta> = BTreeMap::new();
         for ((from, service), d) in &edges {
-            let tls = (d.tls_endpoints.1 > 0)
-                .then(|| d.tls_endpoints.0 as f64 / d.tls_endpoints.1 as f64);
+            let tls = share(d.tls_requests, d.attempts);
             window.edges.push(view(service, Some(from), d, tls));
             called.entry(service).or_default().add(d);
         }
@@ -352,14 +320,17 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                 d.breaker = c.breaker;
                 d.retries = c.retries;
                 d.retries_refused = c.retries_refused;
+                // Routes are the callers' (their proxies match them).
+                if d.routes.is_empty() {
+                    d.routes.clone_from(&c.routes);
+                }
             }
-            let tls = inbound.get(service).and_then(|own| {
-                (own.requests > 0)
-                    .then(|| own.tls_requests.min(own.requests) as f64 / own.requests as f64)
-            });
+            let tls = inbound
+                .get(service)
+                .and_then(|own| share(own.tls_requests, own.counts.requests));
             window.services.push(view(service, None, &d, tls));
         }
-        windows.insert(name, window);
+        windows.insert(name.to_string(), window);
     }
     Summary {
         generated_at_ms: SystemTime::now()
@@ -401,8 +372,7 @@ mod tests {
             failures,
             latency_buckets: buckets.to_vec(),
             tls_requests: requests / 2,
-            endpoints: 2,
-            tls_endpoints: 2,
+            attempts: requests,
             ..Default::default()
         }
     }
@@ -469,7 +439,8 @@ mod tests {
         assert!((edge.p50_ms.expect("p50") - 10.0).abs() < 1e-9);
         // p95: rank 190, 90 % into the 10-100 ms bucket.
         assert!((edge.p95_ms.expect("p95") - 91.0).abs() < 1e-9);
-        assert_eq!(edge.tls_share, Some(1.0));
+        // Half of the 200 attempts of the window went over mTLS.
+        assert_eq!(edge.tls_share, Some(0.5));
         // The service itself is what its own proxy saw arrive.
         let svc = &w.services[0];
         assert_eq!(
@@ -546,6 +517,54 @@ mod tests {
             Duration::from_secs(5),
         );
         assert!(later.ejections.is_empty());
+    }
+
+    #[test]
+    fn a_service_with_routes_is_broken_down_per_route() {
+        let t0 = Instant::now();
+        let out = v1::TrafficDirection::Outbound;
+        let routed = |requests: [u64; 2], failures: [u64; 2]| {
+            let mut t = totals(
+                out,
+                "shop.default",
+                requests.iter().sum(),
+                failures.iter().sum(),
+                [0; 3],
+            );
+            t.routes = ["api", "static"]
+                .iter()
+                .zip(requests.iter().zip(failures))
+                .map(|(name, (r, f))| v1::RouteTotals {
+                    route: (*name).into(),
+                    requests: *r,
+                    failures: f,
+                    latency_buckets: vec![*r, *r, *r],
+                })
+                .collect();
+            t
+        };
+        let history = vec![
+            (t0, report("web", vec![routed([10, 10], [0, 0])])),
+            (
+                t0 + Duration::from_secs(10),
+                report("web", vec![routed([110, 30], [10, 0])]),
+            ),
+        ];
+        let s = summarise(
+            &[history],
+            t0 + Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        let w = &s.windows["10s"];
+        for rows in [&w.edges[0].routes, &w.services[0].routes] {
+            let names: Vec<&str> = rows.iter().map(|r| r.route.as_str()).collect();
+            assert_eq!(names, ["api", "static"]);
+            assert_eq!((rows[0].requests, rows[0].failures), (100, 10));
+            assert!((rows[0].rps - 10.0).abs() < 1e-9);
+            assert_eq!(rows[0].success_rate, Some(0.9));
+            assert_eq!(rows[0].p50_ms, Some(5.0));
+            assert_eq!((rows[1].requests, rows[1].success_rate), (20, Some(1.0)));
+        }
     }
 
     #[test]

@@ -188,11 +188,11 @@ fn main() -> ExitCode {
             interval,
             iterations,
         } => weft_inject::top::run(weft_inject::top::TopOptions {
-            admin,
             window,
             sort,
             interval: Duration::from_secs(interval.max(1)),
             iterations,
+            ..weft_inject::top::TopOptions::new(admin)
         }),
         Command::Webhook {
             listen,

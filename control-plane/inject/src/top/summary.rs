@@ -1,77 +1,6 @@
-//! The part of the control plane's `/api/summary` that `weftctl top` shows, and how
-//! its rows sort.
+//! How `weftctl top` sorts and lays out the control plane's `/api/summary`.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Summary {
-    pub proxies: usize,
-    pub windows: BTreeMap<String, Window>,
-    #[serde(default)]
-    pub ejections: Vec<Ejection>,
-    #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Window {
-    pub services: Vec<Traffic>,
-    pub edges: Vec<Traffic>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Traffic {
-    pub service: String,
-    #[serde(default)]
-    pub from: Option<String>,
-    pub rps: f64,
-    pub success_rate: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub tls_share: Option<f64>,
-    #[serde(default)]
-    pub open_connections: Option<u64>,
-    pub breaker: Breaker,
-    pub retries: u64,
-    pub ejected_endpoints: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub struct Breaker {
-    pub connections: u64,
-    pub pending: u64,
-    pub active: u64,
-    pub retries: u64,
-}
-
-impl Breaker {
-    pub fn total(&self) -> u64 {
-        self.connections + self.pending + self.active + self.retries
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Ejection {
-    pub service: String,
-    pub endpoint: String,
-    pub reason: String,
-    pub remaining_ms: u64,
-    pub ejected_by: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Endpoint {
-    pub service: String,
-    pub endpoint: String,
-    pub identity: Option<String>,
-    pub state: String,
-    pub in_flight: u32,
-    pub latency_ms: Option<f64>,
-    pub weight: u32,
-    pub seen_by: String,
-}
+pub use weft_api::live::{RouteView, Summary, TrafficView};
 
 /// The column the service table is sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +56,8 @@ impl std::str::FromStr for SortBy {
 /// Sorts services: numbers with the most telling first (busiest, least
 /// successful, slowest), names alphabetically; `reverse` turns it round. A
 /// service without a value sorts last either way.
-pub fn sort(rows: &mut [Traffic], by: SortBy, reverse: bool) {
-    let value = |t: &Traffic| match by {
+pub fn sort(rows: &mut [TrafficView], by: SortBy, reverse: bool) {
+    let value = |t: &TrafficView| match by {
         SortBy::Name => None,
         SortBy::Rps => Some(-t.rps),
         SortBy::Success => t.success_rate,
@@ -161,7 +90,7 @@ pub fn ms(v: Option<f64>) -> String {
 
 /// The service table as rows of cells, header first: what both the terminal view
 /// and the plain output show.
-pub fn service_rows(services: &[Traffic]) -> Vec<[String; 9]> {
+pub fn service_rows(services: &[TrafficView]) -> Vec<[String; 9]> {
     let mut rows = vec![
         [
             "SERVICE", "RPS", "SUCCESS", "P50", "P99", "MTLS", "CONNS", "BREAKER", "EJECTED",
@@ -184,16 +113,44 @@ pub fn service_rows(services: &[Traffic]) -> Vec<[String; 9]> {
     rows
 }
 
+/// A service's routes as rows of cells, header first; none for a service without
+/// routes.
+pub fn route_rows(t: &TrafficView) -> Vec<[String; 5]> {
+    if t.routes.is_empty() {
+        return Vec::new();
+    }
+    let mut rows = vec![["ROUTE", "RPS", "SUCCESS", "P50", "P99"].map(str::to_string)];
+    rows.extend(t.routes.iter().map(|r| {
+        [
+            route_name(r).to_string(),
+            format!("{:.1}", r.rps),
+            pct(r.success_rate),
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+        ]
+    }));
+    rows
+}
+
+/// A route's name as shown: requests no route matched have none.
+pub fn route_name(r: &RouteView) -> &str {
+    if r.route.is_empty() {
+        "(no route)"
+    } else {
+        &r.route
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn t(service: &str, rps: f64, success: Option<f64>) -> Traffic {
-        Traffic {
+    fn t(service: &str, rps: f64, success: Option<f64>) -> TrafficView {
+        TrafficView {
             service: service.into(),
             rps,
             success_rate: success,
-            ..Traffic::default()
+            ..TrafficView::default()
         }
     }
 
@@ -205,7 +162,7 @@ mod tests {
             t("c", 3.0, None),
         ];
         sort(&mut rows, SortBy::Rps, false);
-        let names = |r: &[Traffic]| r.iter().map(|t| t.service.clone()).collect::<Vec<_>>();
+        let names = |r: &[TrafficView]| r.iter().map(|t| t.service.clone()).collect::<Vec<_>>();
         assert_eq!(names(&rows), ["b", "c", "a"]);
         sort(&mut rows, SortBy::Success, false);
         assert_eq!(names(&rows), ["b", "a", "c"], "worst first, no data last");

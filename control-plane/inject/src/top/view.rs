@@ -4,9 +4,10 @@
 //! `w` switches between the 10 s and 1 min windows; up/down (or `k`/`j`) select a
 //! service, Enter shows its endpoints, Esc goes back; `q` quits.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
@@ -15,9 +16,10 @@ use ratatui::{DefaultTerminal, Frame};
 
 use super::TopOptions;
 use super::fetch;
-use super::summary::{self, SortBy, Summary, Traffic, ms, pct, short};
+use super::summary::{self, SortBy, Summary, TrafficView, ms, pct, short};
 
 struct State {
+    title: String,
     window: String,
     sort: SortBy,
     reverse: bool,
@@ -29,7 +31,7 @@ struct State {
 }
 
 impl State {
-    fn services(&self) -> Vec<Traffic> {
+    fn services(&self) -> Vec<TrafficView> {
         let mut rows = self
             .summary
             .as_ref()
@@ -57,6 +59,7 @@ fn event_loop(
     opts: &TopOptions,
 ) -> anyhow::Result<()> {
     let mut state = State {
+        title: opts.title.clone(),
         window: opts.window.clone(),
         sort: opts.sort,
         reverse: false,
@@ -67,6 +70,9 @@ fn event_loop(
     };
     let mut next_fetch = Instant::now();
     loop {
+        if opts.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if Instant::now() >= next_fetch {
             match runtime.block_on(fetch::summary(opts.admin)) {
                 Ok(s) => {
@@ -91,6 +97,8 @@ fn event_loop(
         let count = state.services().len();
         match key.code {
             KeyCode::Char('q') => return Ok(()),
+            // Raw mode turns Ctrl-C into a key: it quits, as it would anywhere else.
+            KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
             KeyCode::Esc | KeyCode::Backspace if state.detail.is_some() => state.detail = None,
             KeyCode::Esc => return Ok(()),
             KeyCode::Char('i') => state.reverse = !state.reverse,
@@ -132,7 +140,8 @@ fn draw(f: &mut Frame<'_>, state: &mut State) {
     .areas(f.area());
     let proxies = state.summary.as_ref().map_or(0, |s| s.proxies);
     let head = format!(
-        "weft top — {proxies} proxies — last {} — sorted by {}{}",
+        "{} — {proxies} proxies — last {} — sorted by {}{}",
+        state.title,
         state.window,
         state.sort.label(),
         if state.reverse { " (inverted)" } else { "" }
@@ -231,8 +240,15 @@ fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, se
         .cloned()
         .unwrap_or_default();
     let own = window.services.iter().find(|t| t.service == service);
-    let [numbers, endpoints, edges] = Layout::vertical([
+    let routes = own.map(summary::route_rows).unwrap_or_default();
+    let route_height = if routes.is_empty() {
+        0
+    } else {
+        u16::try_from(routes.len()).unwrap_or(8).min(8) + 2
+    };
+    let [numbers, routes_area, endpoints, edges] = Layout::vertical([
         Constraint::Length(3),
+        Constraint::Length(route_height),
         Constraint::Min(4),
         Constraint::Length(8),
     ])
@@ -256,6 +272,28 @@ fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, se
         Paragraph::new(line).block(Block::bordered().title(format!("service {}", short(service)))),
         numbers,
     );
+    if !routes.is_empty() {
+        let mut rows = routes.into_iter();
+        let header = Row::new(rows.next().unwrap_or_default())
+            .style(Style::new().add_modifier(Modifier::BOLD));
+        let body: Vec<Row<'_>> = rows
+            .zip(own.map(|t| t.routes.as_slice()).unwrap_or_default())
+            .map(|(cells, r)| Row::new(cells).style(success_style(r.success_rate)))
+            .collect();
+        let widths = [
+            Constraint::Length(24),
+            Constraint::Length(8),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(10),
+        ];
+        f.render_widget(
+            Table::new(body, widths)
+                .header(header)
+                .block(Block::bordered().title("routes")),
+            routes_area,
+        );
+    }
     let header = Row::new([
         "ENDPOINT",
         "STATE",

@@ -99,6 +99,21 @@ function drawEdges(w) {
   });
 }
 
+function drawRoutes(w) {
+  const rows = w.services.flatMap((s) => (s.routes || []).map((r) => ({ service: s.service, ...r })));
+  fillTable("#routes", rows, "no service with routes", (r) => {
+    const tr = el("tr", { "data-service": r.service, "data-route": r.route, "data-success": r.success_rate ?? "" });
+    cell(tr, short(r.service));
+    cell(tr, r.route === "" ? "(no route)" : r.route);
+    cell(tr, rps(r.rps));
+    cell(tr, pct(r.success_rate), cls(r.success_rate));
+    cell(tr, ms(r.p50_ms));
+    cell(tr, ms(r.p95_ms));
+    cell(tr, ms(r.p99_ms));
+    return tr;
+  });
+}
+
 function drawEjections(list) {
   fillTable("#ejections", list, "none", (e) => {
     const tr = el("tr", { "data-ejected": e.endpoint, "data-service": e.service });
@@ -187,6 +202,7 @@ function draw() {
   drawGraph(w, latest.ejections);
   drawServices(w);
   drawEdges(w);
+  drawRoutes(w);
   drawEjections(latest.ejections);
   const when = new Date(latest.generated_at_ms).toLocaleTimeString();
   $("#status").textContent = `${latest.proxies} proxies reporting · ${when}`;
