@@ -1,7 +1,8 @@
 //! The orders service: REST/JSON in front of a synchronous gRPC call to payments and an
 //! asynchronous `order.placed` CloudEvent to whoever listens at the events URL. With a
-//! broker, it first asks inventory to reserve the stock (request-reply over the
-//! broker) and publishes `order.placed` to the broker, confirmed before it answers.
+//! AMQP broker, it first asks inventory to reserve the stock (request-reply over the
+//! broker); with an event broker (RabbitMQ or Kafka) it publishes `order.placed`
+//! there, confirmed before it answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::amqp::{self, AmqpError, EventPublisher, RequestClient};
+use crate::amqp::{self, AmqpError, RequestClient};
 use crate::cloudevents;
+use crate::events::{EventBroker, EventSink};
 use crate::http_client::HttpClient;
 use crate::http_server::{self, Body};
 use crate::inventory::{Reservation, Reserve};
@@ -40,8 +42,13 @@ pub struct OrdersConfig {
     pub payments_timeout: Duration,
     /// Orders kept in memory; the oldest are forgotten beyond this.
     pub max_orders: usize,
-    /// The AMQP broker: stock reservations and `order.placed` events go there.
+    /// The AMQP broker stock reservations go to.
     pub broker: Option<BrokerConfig>,
+    /// The broker `order.placed` events go to.
+    pub events: Option<EventBroker>,
+    /// How long publishing an event keeps trying (reconnecting) before the order
+    /// is answered with the event unconfirmed.
+    pub publish_patience: Duration,
 }
 
 /// How orders uses the broker.
@@ -50,9 +57,6 @@ pub struct BrokerConfig {
     pub url: String,
     /// How long a reservation waits for inventory's answer.
     pub inventory_timeout: Duration,
-    /// How long publishing an event keeps trying (reconnecting) before the order
-    /// is answered with the event unconfirmed.
-    pub publish_patience: Duration,
 }
 
 /// A request to place an order.
@@ -106,6 +110,7 @@ struct State {
     payments: PaymentsClient<Channel>,
     events: HttpClient,
     broker: Option<Broker>,
+    event_sink: Option<EventSink>,
     /// Distinguishes this process's event ids from another replica's.
     instance: String,
 }
@@ -113,7 +118,6 @@ struct State {
 struct Broker {
     inventory: RequestClient,
     inventory_timeout: Duration,
-    events: EventPublisher,
 }
 
 impl State {
@@ -142,10 +146,14 @@ pub async fn serve(
     let broker = config.broker.as_ref().map(|b| Broker {
         inventory: RequestClient::new(&b.url),
         inventory_timeout: b.inventory_timeout,
-        events: EventPublisher::new(&b.url, b.publish_patience),
     });
+    let event_sink = config
+        .events
+        .as_ref()
+        .map(|broker| EventSink::new(broker, config.publish_patience));
     let state = Arc::new(State {
         broker,
+        event_sink,
         config,
         store: Mutex::new(Store {
             next_id: 1,
@@ -282,8 +290,8 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         event: None,
     };
     let mut order = order;
-    if let Some(broker) = &state.broker {
-        order.event = Some(publish_to_broker(&state, broker, &order).await);
+    if let Some(sink) = &state.event_sink {
+        order.event = Some(publish_to_broker(&state, sink, &order).await);
     }
     {
         let mut store = state.store();
@@ -319,17 +327,13 @@ async fn reserve(broker: &Broker, order_id: u64, new: &NewOrder) -> Result<Reser
 
 /// Publishes `order.placed` to the broker and waits for its confirm; says how that
 /// went, for the order's `event` field.
-async fn publish_to_broker(state: &State, broker: &Broker, order: &Order) -> String {
+async fn publish_to_broker(state: &State, sink: &EventSink, order: &Order) -> String {
     let message_id = format!("{}-{}", state.instance, order.id);
     let body = match serde_json::to_vec(order) {
         Ok(body) => body,
         Err(e) => return format!("not published: {e}"),
     };
-    match broker
-        .events
-        .publish(amqp::ORDER_PLACED, &message_id, &body)
-        .await
-    {
+    match sink.publish(amqp::ORDER_PLACED, &message_id, &body).await {
         Ok(()) => "confirmed".to_owned(),
         Err(e) => {
             tracing::warn!(order_id = order.id, error = %e, "order.placed not confirmed");

@@ -17,8 +17,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weft_tests::client::{self, H1Client};
 use weft_tests::demo::Demo;
+use weft_tests::kafka::{self, Kafka};
+use weft_tests::mtls_pair::{MtlsPair, PairOptions, SERVER_ID};
 use weft_tests::netns::{self, Node};
-use weft_tests::ports::free_addr;
+use weft_tests::ports::{free_addr, free_port};
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::rabbitmq::{self, RabbitMq};
@@ -204,38 +206,7 @@ impl BrokerMesh {
 
     /// Starts example `name` on a free port with `args`; waits for its health.
     async fn app(&self, name: &str, args: &[&str]) -> (Process, SocketAddr) {
-        let addr = free_addr();
-        let mut cmd = Command::new(bins::binary(name).expect("example binary"));
-        cmd.arg("--listen")
-            .arg(addr.to_string())
-            .args(args)
-            .env("RUST_LOG", "info,weft_examples=debug")
-            .env("NO_COLOR", "1")
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY");
-        let mut process = Process::spawn(name, cmd, self.logs.path()).expect("start app");
-        let grpc = name == "payments";
-        let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
-        loop {
-            let up = if grpc {
-                tokio::net::TcpStream::connect(addr).await.is_ok()
-            } else {
-                weft_tests::admin::get(addr, "/healthz")
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            };
-            if up {
-                return (process, addr);
-            }
-            if let Ok(Some(status)) = process.try_exit() {
-                panic!("{name} exited ({status}):\n{}", process.output());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} not healthy within {STEP_DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        start_app(self.logs.path(), name, args).await
     }
 
     /// payments, then orders using it and the broker (`timeout_ms` for inventory).
@@ -257,6 +228,43 @@ impl BrokerMesh {
             )
             .await;
         (payments, orders, addr)
+    }
+}
+
+/// Starts example `name` on a free port with `args`, its log in `logs`; waits for
+/// its health.
+async fn start_app(logs: &std::path::Path, name: &str, args: &[&str]) -> (Process, SocketAddr) {
+    let addr = free_addr();
+    let mut cmd = Command::new(bins::binary(name).expect("example binary"));
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .args(args)
+        .env("RUST_LOG", "info,weft_examples=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY");
+    let mut process = Process::spawn(name, cmd, logs).expect("start app");
+    let grpc = name == "payments";
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let up = if grpc {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        } else {
+            weft_tests::admin::get(addr, "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        };
+        if up {
+            return (process, addr);
+        }
+        if let Ok(Some(status)) = process.try_exit() {
+            panic!("{name} exited ({status}):\n{}", process.output());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not healthy within {STEP_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -557,5 +565,122 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
     assert!(
         !payload.contains(&hex(name.as_bytes())),
         "the new user's name crossed in clear"
+    );
+}
+
+/// The event path switched to Kafka (KRaft, one broker) behind its sidecar, mTLS
+/// between the clients' sidecar and the broker's. The broker advertises the
+/// clients' sidecar listener for `kafka`, so the connection a client opens to the
+/// advertised address after bootstrapping goes through the mesh too. A checkout's
+/// `order.placed` crosses Kafka and the notification names the order; a sign-up
+/// is welcomed; both sidecars count the Kafka connections over TLS with the peer's
+/// identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_and_sign_up_events_cross_kafka_through_the_mesh() {
+    const TEST: &str = "checkout_and_sign_up_events_cross_kafka_through_the_mesh";
+    let Some(jars) = kafka::require(TEST) else {
+        return;
+    };
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // No protocol: Kafka's port is opaque by the default list.
+    let service = ServiceDef::new("kafka").port(9092, "detect");
+    let pair = MtlsPair::start(service, broker_addr, PairOptions::default())
+        .await
+        .expect("the sidecars");
+    let kafka_addr = pair.upstream();
+    let addrs = kafka::Addresses {
+        listen: broker_addr,
+        probe: broker_addr,
+        advertised: kafka_addr,
+    };
+    let broker = Kafka::start(&jars, addrs, Box::new(|p| Command::new(p)), None)
+        .await
+        .expect("start kafka");
+    let logs = tempfile::Builder::new()
+        .prefix("weft-e2e-kafka-")
+        .tempdir()
+        .expect("temp dir");
+    let kafka_addr = kafka_addr.to_string();
+    let events = ["--events-broker", "kafka", "--kafka-addr", &kafka_addr];
+    let (_notifications, notified) = start_app(logs.path(), "notifications", &events).await;
+    let (_users, users) = start_app(logs.path(), "users", &events).await;
+    let (_payments, payments) = start_app(logs.path(), "payments", &[]).await;
+    let payments = format!("http://{payments}");
+    let orders_args: Vec<&str> = ["--payments", payments.as_str()]
+        .into_iter()
+        .chain(events)
+        .collect();
+    let (_orders, orders) = start_app(logs.path(), "orders", &orders_args).await;
+
+    let new = json!({"item": "kettle", "quantity": 3, "amount_cents": 4200, "user": "77"});
+    let (status, placed) = call(orders, "POST", "/orders", Some(new)).await;
+    assert_eq!(status, 201, "{placed}\n{}", broker.output());
+    assert_eq!(placed["event"], "confirmed", "{placed}");
+    let id = placed["id"].as_u64().expect("an order id");
+    let payment = placed["payment_id"].as_str().expect("a payment id");
+    let note = eventually(STEP_DEADLINE, "the order's notification", || async {
+        notifications(notified)
+            .await
+            .into_iter()
+            .find(|n| n["order_id"].as_u64() == Some(id))
+    })
+    .await;
+    assert_eq!(note["event"], "order.placed");
+    assert_eq!(
+        note["message"],
+        format!("Order {id} placed: 3 x kettle for user 77, payment {payment}")
+    );
+
+    let sign_up = json!({"name": "Katherine Johnson", "email": "kj@example.com"});
+    let (status, user) = call(users, "POST", "/users", Some(sign_up)).await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["event"], "confirmed", "{user}");
+    let user_id = user["id"].as_str().expect("a user id").to_string();
+    let welcome = eventually(STEP_DEADLINE, "the sign-up's notification", || async {
+        notifications(notified)
+            .await
+            .into_iter()
+            .find(|n| n["event"] == "user.signed_up" && n["user_id"] == user_id.as_str())
+    })
+    .await;
+    assert_eq!(
+        welcome["message"],
+        format!("Welcome, Katherine Johnson (user {user_id})")
+    );
+
+    // The clients' side: every Kafka connection went out over mTLS to the broker's
+    // sidecar (none plaintext). The broker's side: they came in over TLS from the
+    // clients' identity, and none without.
+    let client = pair.client.metrics().await.expect("client sidecar metrics");
+    let out = [
+        ("direction", "outbound"),
+        ("service", "kafka.default"),
+        ("peer_identity", SERVER_ID),
+        ("tls", "true"),
+    ];
+    let opened = client.sum("weft_tcp_service_connections_total", &out);
+    // Bootstrap and the advertised broker, for each of orders, users, notifications.
+    assert!(opened >= 3.0, "{opened} Kafka connections over mTLS");
+    assert_eq!(
+        client.sum(
+            "weft_tcp_service_connections_total",
+            &[("service", "kafka.default"), ("tls", "false")]
+        ),
+        0.0,
+        "a Kafka connection left the sidecar in plaintext"
+    );
+    let server = pair.server.metrics().await.expect("broker sidecar metrics");
+    let caller = spiffe("client");
+    let inbound = [
+        ("direction", "inbound"),
+        ("peer_identity", caller.as_str()),
+        ("tls", "true"),
+    ];
+    let open = server.sum("weft_tcp_service_open_connections", &inbound);
+    assert!(open >= 3.0, "{open} open Kafka connections over mTLS");
+    assert_eq!(
+        server.sum("weft_tcp_service_connections_total", &[("tls", "false")]),
+        0.0,
+        "a plaintext connection reached the broker"
     );
 }
