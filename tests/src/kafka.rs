@@ -218,3 +218,29 @@ async fn speaks_kafka(addr: SocketAddr, from: Option<&str>) -> bool {
         Ok(Some(()))
     )
 }
+
+/// The ids of the processes holding an established TCP connection to `addr`, one
+/// per connection (`ss` of iproute2): who really talks to the broker, whatever
+/// address its clients were given.
+pub fn clients_of(addr: SocketAddr) -> anyhow::Result<Vec<u32>> {
+    let out = Command::new("ss")
+        .args(["-Htnp", "state", "established", "dst"])
+        .arg(addr.to_string())
+        .output()
+        .context("run ss (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .map(|line| {
+            line.split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|pid| pid.parse().ok())
+                .with_context(|| format!("no process in ss's line {line:?}"))
+        })
+        .collect()
+}

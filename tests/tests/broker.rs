@@ -584,7 +584,7 @@ async fn checkout_and_sign_up_events_cross_kafka_through_the_mesh() {
     let broker_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // No protocol: Kafka's port is opaque by the default list.
     let service = ServiceDef::new("kafka").port(9092, "detect");
-    let pair = MtlsPair::start(service, broker_addr, PairOptions::default())
+    let mut pair = MtlsPair::start(service, broker_addr, PairOptions::default())
         .await
         .expect("the sidecars");
     let kafka_addr = pair.upstream();
@@ -646,6 +646,15 @@ async fn checkout_and_sign_up_events_cross_kafka_through_the_mesh() {
     assert_eq!(
         welcome["message"],
         format!("Welcome, Katherine Johnson (user {user_id})")
+    );
+
+    // Only the broker's sidecar holds connections to the broker: no client went
+    // around the mesh to an address the broker advertised.
+    let server_pid = pair.server.process().pid();
+    let holders = kafka::clients_of(broker_addr).expect("the broker's connections");
+    assert!(
+        !holders.is_empty() && holders.iter().all(|pid| *pid == server_pid),
+        "connections to the broker held by {holders:?}; its sidecar is {server_pid}"
     );
 
     // The clients' side: every Kafka connection went out over mTLS to the broker's
