@@ -3,9 +3,12 @@
 //! notification names it; a sign-up is announced; inventory reserves stock by
 //! request-reply and a reservation nobody answers fails cleanly; a broker restarted
 //! under load loses no confirmed event and its clients reconnect through the mesh.
+//! The same events switched to Kafka (KRaft) cross it through the sidecars too, the
+//! broker advertising an address its clients' sidecar serves or captures.
 //!
-//! Without `rabbitmq-server` (Debian package) the tests are skipped with a message,
-//! or fail under `CI=true`.
+//! Without `rabbitmq-server` (Debian package), or Java and Kafka's jars (Maven,
+//! tests/kafka/install.sh) for the Kafka tests, the tests are skipped with a
+//! message, or fail under `CI=true`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -420,6 +423,84 @@ async fn a_broker_restarted_under_load_loses_no_confirmed_event() {
     );
 }
 
+/// Starts notifications and users in pod `a`, their events on the broker that
+/// `broker` (their flags) names, then signs `name` up through users while tshark
+/// records the node's bridge: users answers that the broker confirmed the event and
+/// notifications welcomes the new user. The capture (still running) and the apps.
+async fn sign_up_in_pod(
+    node: &Node,
+    a: &netns::Pod,
+    b: &netns::Pod,
+    broker: &[&str],
+    name: &str,
+) -> (WireCapture, [Process; 2]) {
+    let bin = |name: &str| bins::binary(name).expect("example binary");
+    let notifications = a
+        .spawn(
+            "notifications",
+            None,
+            &bin("notifications").to_string_lossy(),
+            &[&["--listen", "127.0.0.1:8084"], broker].concat(),
+        )
+        .expect("notifications in a");
+    let users_app = a
+        .spawn(
+            "users",
+            None,
+            &bin("users").to_string_lossy(),
+            &[&["--listen", "127.0.0.1:8082"], broker].concat(),
+        )
+        .expect("users in a");
+    let users = SocketAddr::from(([127, 0, 0, 1], 8082));
+    let notified = SocketAddr::from(([127, 0, 0, 1], 8084));
+    eventually(STEP_DEADLINE, "notifications consumes", || async {
+        notifications.output().contains("consuming").then_some(())
+    })
+    .await;
+    eventually(STEP_DEADLINE, "users is up", || async {
+        let reply = a.http_get(users, "users", "/healthz").await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+
+    let wire = WireCapture::start(node).expect("start tshark on the bridge");
+    wire.mark(&[a, b]).await;
+    let body = json!({"name": name, "email": "ada@example.com"}).to_string();
+    let request = format!(
+        "POST /users HTTP/1.1\r\nhost: users\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = a.connect(users).await.expect("connect to users in a");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send the sign-up");
+    let raw = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("users answers");
+    assert_eq!(
+        client::raw_status(&raw),
+        Some(201),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(answer.contains(r#""event":"confirmed""#), "{answer}");
+    eventually(STEP_DEADLINE, "the welcome notification", || async {
+        let reply = a
+            .http_get(notified, "notifications", "/notifications")
+            .await
+            .ok()?;
+        reply
+            .body
+            .contains(&format!("Welcome, {name}"))
+            .then_some(())
+    })
+    .await;
+    wire.mark(&[a, b]).await;
+    (wire, [notifications, users_app])
+}
+
 /// Pods on a node's bridge: the broker in pod b behind its sidecar, users and
 /// notifications in pod a reaching it by a service VIP (iptables capture, AMQP's
 /// port opaque by default, mTLS between the sidecars). A sign-up is confirmed and
@@ -479,71 +560,8 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
         .expect("proxy in b");
 
     let url = format!("amqp://guest:guest@{VIP}:5672/%2f");
-    let bin = |name: &str| bins::binary(name).expect("example binary");
-    let notifications = a
-        .spawn(
-            "notifications",
-            None,
-            &bin("notifications").to_string_lossy(),
-            &["--listen", "127.0.0.1:8084", "--amqp-url", &url],
-        )
-        .expect("notifications in a");
-    let _users = a
-        .spawn(
-            "users",
-            None,
-            &bin("users").to_string_lossy(),
-            &["--listen", "127.0.0.1:8082", "--amqp-url", &url],
-        )
-        .expect("users in a");
-    let users = SocketAddr::from(([127, 0, 0, 1], 8082));
-    let notified = SocketAddr::from(([127, 0, 0, 1], 8084));
-    eventually(STEP_DEADLINE, "notifications consumes", || async {
-        notifications.output().contains("consuming").then_some(())
-    })
-    .await;
-    eventually(STEP_DEADLINE, "users is up", || async {
-        let reply = a.http_get(users, "users", "/healthz").await.ok()?;
-        (reply.status == 200).then_some(())
-    })
-    .await;
-
-    let mut wire = WireCapture::start(&node).expect("start tshark on the bridge");
-    wire.mark(&[&a, &b]).await;
     let name = "Ada Marker-5a1f";
-    let body = json!({"name": name, "email": "ada@example.com"}).to_string();
-    let request = format!(
-        "POST /users HTTP/1.1\r\nhost: users\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = a.connect(users).await.expect("connect to users in a");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("send the sign-up");
-    let raw = client::read_until_closed(&mut stream, STEP_DEADLINE)
-        .await
-        .expect("users answers");
-    assert_eq!(
-        client::raw_status(&raw),
-        Some(201),
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
-    let answer = String::from_utf8_lossy(&raw);
-    assert!(answer.contains(r#""event":"confirmed""#), "{answer}");
-    eventually(STEP_DEADLINE, "the welcome notification", || async {
-        let reply = a
-            .http_get(notified, "notifications", "/notifications")
-            .await
-            .ok()?;
-        reply
-            .body
-            .contains(&format!("Welcome, {name}"))
-            .then_some(())
-    })
-    .await;
-    wire.mark(&[&a, &b]).await;
+    let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &["--amqp-url", &url], name).await;
     wire.stop().await.expect("tshark exits");
 
     assert!(
@@ -691,5 +709,103 @@ async fn checkout_and_sign_up_events_cross_kafka_through_the_mesh() {
         server.sum("weft_tcp_service_connections_total", &[("tls", "false")]),
         0.0,
         "a plaintext connection reached the broker"
+    );
+}
+
+/// Pods on a node's bridge: Kafka in pod b behind its sidecar, advertising the
+/// service's VIP, and users and notifications in pod a reaching it there. Both the
+/// bootstrap connection and the one to the advertised address are captured by pod
+/// a's iptables and cross over mTLS (Kafka's port is opaque by default). A sign-up
+/// is confirmed and welcomed; tshark on the bridge sees TLS on Kafka's port, no
+/// Kafka protocol and not the user's name; the broker's sidecar counts the
+/// connections from pod a's identity over TLS and none without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_advertising_its_service_address_is_reached_over_mtls_between_pods() {
+    const TEST: &str = "kafka_advertising_its_service_address_is_reached_over_mtls";
+    const VIP: &str = "10.96.0.92";
+    if !netns::available(TEST) {
+        return;
+    }
+    let Some(jars) = kafka::require(TEST) else {
+        return;
+    };
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {TEST}: tshark is not installed");
+        return;
+    }
+    let mut node = Node::create().expect("create the node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    let netns_b = b.netns.clone();
+    let launch: rabbitmq::Launcher = Box::new(move |program| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns_b]).arg(program);
+        cmd
+    });
+    let advertised: SocketAddr = format!("{VIP}:9092").parse().expect("the VIP");
+    let addrs = kafka::Addresses {
+        listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
+        probe: b.addr(9092),
+        advertised,
+    };
+    // Started before b's capture, so the readiness check reaches it directly.
+    let _broker = Kafka::start(&jars, addrs, launch, Some(&node.netns))
+        .await
+        .expect("kafka in pod b");
+    a.install_capture().expect("init in a");
+    b.install_capture().expect("init in b");
+    let services = [ServiceDef::new("kafka")
+        .vip(VIP)
+        .port(9092, "detect")
+        .endpoint_with_identity(b.addr(9092), &b.spiffe_id())];
+    let control = node
+        .start_control_plane(&services)
+        .await
+        .expect("control plane on the node");
+    let _a_proxy = a
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in a");
+    let b_proxy = b
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in b");
+
+    let addr = advertised.to_string();
+    let broker = ["--events-broker", "kafka", "--kafka-addr", &addr];
+    let name = "Emmy Marker-9c2e";
+    let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &broker, name).await;
+    wire.stop().await.expect("tshark exits");
+
+    assert!(
+        !wire
+            .read("tls && tcp.port == 9092", &["frame.number"])
+            .trim()
+            .is_empty(),
+        "no TLS on Kafka's port between the pods"
+    );
+    assert!(
+        wire.read("kafka", &["frame.number"]).trim().is_empty(),
+        "Kafka in clear on the wire"
+    );
+    assert!(
+        !wire.payload_hex().contains(&hex(name.as_bytes())),
+        "the new user's name crossed in clear"
+    );
+    let metrics = b_proxy.metrics().await.expect("b's sidecar metrics");
+    let caller = a.spiffe_id();
+    let inbound = [
+        ("direction", "inbound"),
+        ("peer_identity", caller.as_str()),
+        ("tls", "true"),
+    ];
+    let opened = metrics.sum("weft_tcp_service_connections_total", &inbound);
+    // users' and notifications' bootstrap and advertised-broker connections.
+    assert!(opened >= 2.0, "{opened} Kafka connections from a over mTLS");
+    assert_eq!(
+        metrics.sum("weft_tcp_service_connections_total", &[("tls", "false")]),
+        0.0,
+        "a plaintext connection reached the broker's pod"
     );
 }
