@@ -48,6 +48,9 @@ pub struct User {
     pub tier: &'static str,
 }
 
+/// Signed-up users kept; the oldest are forgotten beyond this.
+const MAX_SIGNED_UP: usize = 10_000;
+
 const FIRST: [&str; 8] = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Dennis",
 ];
@@ -143,7 +146,10 @@ async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
             .signed_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let id = state.config.count + signed_up.len() as u64 + 1;
+        let id = signed_up
+            .last_key_value()
+            .map_or(state.config.count, |(id, _)| *id)
+            + 1;
         let user = User {
             id: id.to_string(),
             name: new.name.trim().to_owned(),
@@ -151,6 +157,10 @@ async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
             tier: TIERS[0],
         };
         signed_up.insert(id, user.clone());
+        // A load generator signs users up for as long as it runs.
+        while signed_up.len() > MAX_SIGNED_UP {
+            signed_up.pop_first();
+        }
         user
     };
     tracing::info!(user_id = %user.id, "user signed up");

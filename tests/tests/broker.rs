@@ -136,6 +136,25 @@ async fn checkout_and_sign_up_events_cross_the_broker_and_name_their_subject() {
         welcome["message"],
         format!("Welcome, Grace Hopper (user {user_id})")
     );
+    // The load generator signs users up too (one profile read in ten), and their
+    // welcomes arrive the same way.
+    let load = eventually(STEP_DEADLINE, "a load generator's sign-up", || async {
+        notifications(notified).await.into_iter().find(|n| {
+            n["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Welcome, Load User "))
+        })
+    })
+    .await;
+    assert_eq!(load["event"], "user.signed_up", "{load}");
+    let load_user: u64 = load["user_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("a user id");
+    assert!(
+        load_user > 1000,
+        "a signed-up user, not one of the 1000: {load}"
+    );
 
     // Every client of the broker reached it over mTLS, counted with its identity.
     let broker = weft_tests::admin::get(demo.proxy_admin("rabbitmq"), "/metrics")
