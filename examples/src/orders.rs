@@ -22,7 +22,7 @@ use crate::cloudevents;
 use crate::events::{EventBroker, EventSink};
 use crate::http_client::HttpClient;
 use crate::http_server::{self, Body};
-use crate::inventory::{Reservation, Reserve};
+use crate::inventory::{Release, Released, Reservation, Reserve};
 use crate::payments::proto::ChargeRequest;
 use crate::payments::proto::payments_client::PaymentsClient;
 
@@ -254,6 +254,7 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let reply = match state.payments.clone().charge(charge).await {
         Ok(reply) => reply.into_inner(),
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            release_if_reserved(&state, id, stock_remaining).await;
             return http_server::error(
                 StatusCode::BAD_REQUEST,
                 format!("payments rejected the charge: {}", status.message()),
@@ -261,6 +262,7 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         Err(status) => {
             tracing::warn!(order_id = id, code = ?status.code(), message = status.message(), "payments call failed");
+            release_if_reserved(&state, id, stock_remaining).await;
             return http_server::bad_gateway(
                 "payments",
                 format!(
@@ -272,10 +274,13 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     if !reply.approved {
-        return http_server::json(
-            StatusCode::PAYMENT_REQUIRED,
-            &serde_json::json!({"error": "payment declined", "payment_id": reply.payment_id}),
-        );
+        let mut body =
+            serde_json::json!({"error": "payment declined", "payment_id": reply.payment_id});
+        if let Some(released) = release_if_reserved(&state, id, stock_remaining).await {
+            body["stock_released"] = released.quantity.into();
+            body["stock_remaining"] = released.remaining.into();
+        }
+        return http_server::json(StatusCode::PAYMENT_REQUIRED, &body);
     }
     let order = Order {
         id,
@@ -323,6 +328,46 @@ async fn reserve(broker: &Broker, order_id: u64, new: &NewOrder) -> Result<Reser
         .await?;
     serde_json::from_slice(&answer)
         .map_err(|e| AmqpError::BadAnswer(format!("not a reservation: {e}")))
+}
+
+/// Gives the stock reserved for order `id` back to inventory (over the broker)
+/// when the order is not placed after all; `stock_remaining` is what the
+/// reservation left, `None` when nothing was reserved. A failed release is logged:
+/// the customer's answer is about the payment.
+async fn release_if_reserved(
+    state: &State,
+    id: u64,
+    stock_remaining: Option<u64>,
+) -> Option<Released> {
+    let broker = state.broker.as_ref()?;
+    stock_remaining?;
+    let body = serde_json::to_vec(&Release { order_id: id }).unwrap_or_default();
+    let answer = broker
+        .inventory
+        .call(
+            amqp::INVENTORY_RELEASE_QUEUE,
+            &body,
+            broker.inventory_timeout,
+        )
+        .await;
+    match answer.map(|a| serde_json::from_slice::<Released>(&a)) {
+        Ok(Ok(released)) => {
+            tracing::info!(
+                order_id = id,
+                quantity = released.quantity,
+                "stock released"
+            );
+            Some(released)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(order_id = id, error = %e, "inventory's release answer is not one");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(order_id = id, error = %e, "stock not released");
+            None
+        }
+    }
 }
 
 /// Publishes `order.placed` to the broker and waits for its confirm; says how that

@@ -344,6 +344,55 @@ async fn request_reply_reserves_stock_and_times_out_cleanly_without_a_consumer()
     );
 }
 
+/// A checkout whose payment is declined gives its reserved stock back: orders
+/// asks inventory to release it over the broker, inventory's `/stock` shows the
+/// full count again, and the next order can take all of it; a second decline of
+/// the same quantity releases only its own reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_reserved_for_a_declined_payment_is_released() {
+    let Some(mesh) = BrokerMesh::start("stock_reserved_for_a_declined_payment").await else {
+        return;
+    };
+    let url = mesh.amqp_url();
+    let (inventory, stock) = mesh
+        .app("inventory", &["--amqp-url", &url, "--stock", "10"])
+        .await;
+    // Both of inventory's queues exist once it consumes them.
+    eventually(STEP_DEADLINE, "inventory consumes releases", || async {
+        let log = inventory.output();
+        log.lines()
+            .any(|l| l.contains("consuming") && l.contains("inventory.release"))
+            .then_some(())
+    })
+    .await;
+    let (_payments, _orders, orders) = mesh.orders("2000").await;
+    let declined = json!({"item": "clock", "quantity": 4, "amount_cents": 500_000, "user": "5"});
+    let (status, refused) = eventually(STEP_DEADLINE, "a first reservation", || async {
+        let reply = call(orders, "POST", "/orders", Some(declined.clone())).await;
+        (reply.0 != 502).then_some(reply)
+    })
+    .await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(refused["error"], "payment declined");
+    assert_eq!(refused["stock_released"], 4, "{refused}");
+    assert_eq!(refused["stock_remaining"], 10, "{refused}");
+    let (status, left) = call(stock, "GET", "/stock", None).await;
+    assert_eq!(status, 200, "{left}");
+    assert_eq!(left["left"]["clock"], 10, "{left}");
+
+    // Stock held by a placed order stays taken; a declined one's comes back.
+    let (status, placed) = call(orders, "POST", "/orders", Some(order("clock", 7))).await;
+    assert_eq!(status, 201, "{placed}");
+    assert_eq!(placed["stock_remaining"], 3, "{placed}");
+    let declined = json!({"item": "clock", "quantity": 3, "amount_cents": 500_000, "user": "5"});
+    let (status, refused) = call(orders, "POST", "/orders", Some(declined)).await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(refused["stock_remaining"], 3, "{refused}");
+    let (status, last) = call(orders, "POST", "/orders", Some(order("clock", 3))).await;
+    assert_eq!(status, 201, "{last}");
+    assert_eq!(last["stock_remaining"], 0, "{last}");
+}
+
 /// Orders placed while the broker stops and starts again: every order whose
 /// event the broker confirmed reaches notifications (durable queue, persistent
 /// messages, acks after handling), and orders and notifications reconnect through
