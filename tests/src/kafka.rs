@@ -37,7 +37,7 @@ pub fn require(test: &str) -> Option<Jars> {
             return Some(Jars { java, libs });
         }
         Ok(out) => format!(
-            "{} failed (it needs Maven: apt-get install -y maven): {}",
+            "{} failed (it fetches with Maven, apt-get install -y maven, from Maven Central): {}",
             script.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ),
