@@ -28,6 +28,8 @@ pub const ORDER_PLACED: &str = "order.placed";
 pub const USER_SIGNED_UP: &str = "user.signed_up";
 /// The queue inventory serves stock reservations on.
 pub const INVENTORY_QUEUE: &str = "inventory.reserve";
+/// The queue inventory takes back the stock of orders that were not placed on.
+pub const INVENTORY_RELEASE_QUEUE: &str = "inventory.release";
 
 /// Persistent: a durable queue keeps the message across a broker restart.
 const PERSISTENT: u8 = 2;

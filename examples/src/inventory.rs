@@ -1,6 +1,8 @@
 //! The inventory service: reserves stock for orders, answering requests that come
-//! over the broker (request-reply on the `inventory.reserve` queue). `GET /stock`
-//! shows what is left; `GET /healthz` is its health.
+//! over the broker (request-reply on the `inventory.reserve` queue), and takes the
+//! stock of an order that was not placed (its payment declined) back on
+//! `inventory.release`. `GET /stock` shows what is left; `GET /healthz` is its
+//! health.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,13 +43,43 @@ pub struct Reservation {
     pub remaining: u64,
 }
 
+/// A request to give back the stock reserved for an order that was not placed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Release {
+    pub order_id: u64,
+}
+
+/// Inventory's answer to a release: what came back (nothing when the order held
+/// nothing, or was released already) and what is left of the item now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Released {
+    pub order_id: u64,
+    pub item: Option<String>,
+    pub quantity: u32,
+    pub remaining: Option<u64>,
+}
+
+/// Reservations remembered for a release; the oldest are forgotten beyond this
+/// (an order is released within its checkout, long before).
+const MAX_HELD: usize = 10_000;
+
 /// Stock per item; an item not seen yet has the initial stock.
 struct Stock {
     initial: u64,
     left: BTreeMap<String, u64>,
+    /// What each order holds (item, quantity), until released or forgotten.
+    held: BTreeMap<u64, (String, u32)>,
 }
 
 impl Stock {
+    fn new(initial: u64) -> Stock {
+        Stock {
+            initial,
+            left: BTreeMap::new(),
+            held: BTreeMap::new(),
+        }
+    }
+
     fn reserve(&mut self, request: &Reserve) -> Reservation {
         let initial = self.initial;
         let left = self.left.entry(request.item.clone()).or_insert(initial);
@@ -55,6 +87,11 @@ impl Stock {
         let reserved = want > 0 && *left >= want;
         if reserved {
             *left -= want;
+            self.held
+                .insert(request.order_id, (request.item.clone(), request.quantity));
+            while self.held.len() > MAX_HELD {
+                self.held.pop_first();
+            }
         }
         Reservation {
             order_id: request.order_id,
@@ -62,6 +99,27 @@ impl Stock {
             quantity: request.quantity,
             reserved,
             remaining: *left,
+        }
+    }
+
+    /// Gives an order's stock back, once: a repeated release returns nothing.
+    fn release(&mut self, request: &Release) -> Released {
+        let Some((item, quantity)) = self.held.remove(&request.order_id) else {
+            return Released {
+                order_id: request.order_id,
+                item: None,
+                quantity: 0,
+                remaining: None,
+            };
+        };
+        let initial = self.initial;
+        let left = self.left.entry(item.clone()).or_insert(initial);
+        *left += u64::from(quantity);
+        Released {
+            order_id: request.order_id,
+            item: Some(item),
+            quantity,
+            remaining: Some(*left),
         }
     }
 }
@@ -73,29 +131,68 @@ pub async fn serve(
     config: InventoryConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let stock = Arc::new(Mutex::new(Stock {
-        initial: config.initial_stock,
-        left: BTreeMap::new(),
-    }));
+    let stock = Arc::new(Mutex::new(Stock::new(config.initial_stock)));
+    let reserving = answer_on(
+        &config.amqp_url,
+        amqp::INVENTORY_QUEUE,
+        stock.clone(),
+        |stock, reserve: Reserve| {
+            let reservation = stock.reserve(&reserve);
+            tracing::info!(order_id = reserve.order_id, item = %reserve.item, reserved = reservation.reserved, remaining = reservation.remaining, "reservation");
+            reservation
+        },
+    );
+    let releasing = answer_on(
+        &config.amqp_url,
+        amqp::INVENTORY_RELEASE_QUEUE,
+        stock.clone(),
+        |stock, release: Release| {
+            let released = stock.release(&release);
+            tracing::info!(order_id = release.order_id, item = ?released.item, quantity = released.quantity, "release");
+            released
+        },
+    );
+    let result = http_server::serve(
+        listener,
+        move |req| {
+            let stock = stock.clone();
+            async move { route(&stock, &req) }
+        },
+        shutdown,
+    )
+    .await;
+    reserving.abort();
+    releasing.abort();
+    result
+}
+
+/// Consumes `queue`, answering each request (JSON `Q`) with what `act` makes of it
+/// on the stock (JSON `A`), or with an error for a request that is not a `Q`.
+fn answer_on<Q, A, F>(
+    url: &str,
+    queue: &str,
+    stock: Arc<Mutex<Stock>>,
+    act: F,
+) -> tokio::task::JoinHandle<()>
+where
+    Q: serde::de::DeserializeOwned,
+    A: Serialize,
+    F: Fn(&mut Stock, Q) -> A + Send + Sync + Copy + 'static,
+{
     let subscription = Subscription {
-        queue: amqp::INVENTORY_QUEUE.to_string(),
+        queue: queue.to_string(),
         keys: Vec::new(),
     };
-    let consumer_stock = stock.clone();
-    let consumer = tokio::spawn(amqp::consume_forever(
-        config.amqp_url.clone(),
+    tokio::spawn(amqp::consume_forever(
+        url.to_owned(),
         subscription,
         move |channel, request| {
-            let stock = consumer_stock.clone();
+            let stock = stock.clone();
             async move {
-                let answer = match serde_json::from_slice::<Reserve>(&request.data) {
-                    Ok(reserve) => {
-                        let reservation = stock
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .reserve(&reserve);
-                        tracing::info!(order_id = reserve.order_id, item = %reserve.item, reserved = reservation.reserved, remaining = reservation.remaining, "reservation");
-                        serde_json::to_vec(&reservation)
+                let answer = match serde_json::from_slice::<Q>(&request.data) {
+                    Ok(q) => {
+                        let mut stock = stock.lock().unwrap_or_else(PoisonError::into_inner);
+                        serde_json::to_vec(&act(&mut stock, q))
                     }
                     Err(e) => serde_json::to_vec(
                         &serde_json::json!({"error": format!("invalid request: {e}")}),
@@ -118,18 +215,7 @@ pub async fn serve(
                 }
             }
         },
-    ));
-    let result = http_server::serve(
-        listener,
-        move |req| {
-            let stock = stock.clone();
-            async move { route(&stock, &req) }
-        },
-        shutdown,
-    )
-    .await;
-    consumer.abort();
-    result
+    ))
 }
 
 fn route(stock: &Mutex<Stock>, req: &Request<Incoming>) -> Response<Body> {
@@ -151,10 +237,7 @@ mod tests {
 
     #[test]
     fn stock_is_reserved_until_it_runs_out() {
-        let mut stock = Stock {
-            initial: 5,
-            left: BTreeMap::new(),
-        };
+        let mut stock = Stock::new(5);
         let ask = |quantity| Reserve {
             order_id: 1,
             item: "book".into(),
@@ -168,5 +251,24 @@ mod tests {
         assert_eq!(second.remaining, 2);
         assert!(!stock.reserve(&ask(0)).reserved);
         assert_eq!(stock.reserve(&ask(2)).remaining, 0);
+    }
+
+    #[test]
+    fn a_release_gives_an_orders_stock_back_once() {
+        let mut stock = Stock::new(5);
+        let reserve = |order_id, quantity| Reserve {
+            order_id,
+            item: "lamp".into(),
+            quantity,
+        };
+        assert!(stock.reserve(&reserve(1, 3)).reserved);
+        assert!(!stock.reserve(&reserve(2, 4)).reserved, "2 left");
+        let released = stock.release(&Release { order_id: 1 });
+        assert_eq!(released.item.as_deref(), Some("lamp"));
+        assert_eq!((released.quantity, released.remaining), (3, Some(5)));
+        let again = stock.release(&Release { order_id: 1 });
+        assert_eq!((again.quantity, again.remaining), (0, None));
+        assert_eq!(stock.release(&Release { order_id: 2 }).quantity, 0);
+        assert_eq!(stock.reserve(&reserve(3, 5)).remaining, 0);
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod amqp;
 pub mod cloudevents;
+pub mod events;
 pub mod graphql;
 pub mod http_client;
 pub mod http_proxy;
 pub mod http_server;
 pub mod inventory;
+pub mod kafka;
 pub mod listen;
 pub mod loadgen;
 pub mod notifications;

@@ -1,4 +1,4 @@
-//! A steady, bounded stream of checkouts and profile reads against web.
+//! A steady, bounded stream of checkouts, profile reads and sign-ups against web.
 
 use std::fmt;
 use std::future::Future;
@@ -26,6 +26,9 @@ pub struct LoadConfig {
     pub concurrency: usize,
     /// Profiles and checkouts use users `1..=users`.
     pub users: u64,
+    /// Every this many profile reads, one is a sign-up instead (`POST /signup`),
+    /// so the sign-up event flows too; 0: never.
+    pub sign_up_every: u64,
 }
 
 /// What happened.
@@ -96,10 +99,13 @@ pub async fn run(
         summary.sent += 1;
         let client = client.clone();
         let target = config.target.clone();
-        let users = config.users.max(1);
+        let mix = Mix {
+            users: config.users.max(1),
+            sign_up_every: config.sign_up_every,
+        };
         in_flight.spawn(async move {
             let began = Instant::now();
-            let ok = one_request(&client, &target, n, users).await;
+            let ok = one_request(&client, &target, n, mix).await;
             drop(permit);
             (ok, began.elapsed())
         });
@@ -135,22 +141,61 @@ fn record(
     }
 }
 
-/// Even requests are checkouts, odd ones profile reads, cycling through the users.
-async fn one_request(client: &HttpClient, target: &BaseUrl, n: u64, users: u64) -> bool {
-    let user = n / 2 % users + 1;
-    let result = if n.is_multiple_of(2) {
-        let item = ["book", "lamp", "mug", "pen"][(n / 2 % 4) as usize];
-        let order = serde_json::json!({
-            "item": item,
-            "quantity": n % 3 + 1,
-            "amount_cents": 500 + (n * 137) % 20_000,
-            "user": user.to_string(),
-        });
-        client
-            .post_json(&target.join("/checkout"), Bytes::from(order.to_string()))
-            .await
-    } else {
-        client.get(&target.join(&format!("/profile/{user}"))).await
+/// Which users the requests are for, and how often one signs up.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    users: u64,
+    sign_up_every: u64,
+}
+
+/// What request `n` is.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Checkout,
+    Profile,
+    SignUp,
+}
+
+impl Mix {
+    /// Even requests are checkouts, odd ones profile reads, every
+    /// `sign_up_every`-th of which is a sign-up instead.
+    fn kind(self, n: u64) -> Kind {
+        if n.is_multiple_of(2) {
+            Kind::Checkout
+        } else if self.sign_up_every > 0 && (n / 2 + 1).is_multiple_of(self.sign_up_every) {
+            Kind::SignUp
+        } else {
+            Kind::Profile
+        }
+    }
+}
+
+/// One request of the mix, cycling through the users.
+async fn one_request(client: &HttpClient, target: &BaseUrl, n: u64, mix: Mix) -> bool {
+    let user = n / 2 % mix.users + 1;
+    let result = match mix.kind(n) {
+        Kind::SignUp => {
+            let sign_up = serde_json::json!({
+                "name": format!("Load User {n}"),
+                "email": format!("load-{n}@example.com"),
+            });
+            client
+                .post_json(&target.join("/signup"), Bytes::from(sign_up.to_string()))
+                .await
+        }
+        Kind::Checkout => {
+            let item = ["book", "lamp", "mug", "pen"][(n / 2 % 4) as usize];
+            let order = serde_json::json!({
+                "item": item,
+                "quantity": n % 3 + 1,
+                "amount_cents": 500 + (n * 137) % 20_000,
+                "user": user.to_string(),
+            });
+            client
+                .post_json(&target.join("/checkout"), Bytes::from(order.to_string()))
+                .await
+        }
+        Kind::Profile => client.get(&target.join(&format!("/profile/{user}"))).await,
     };
     match result {
         Ok(reply) if reply.status.is_success() => true,
@@ -188,6 +233,22 @@ mod tests {
             Some(Duration::from_millis(1))
         );
         assert_eq!(percentile(&[], 50), None);
+    }
+
+    #[test]
+    fn one_profile_read_in_every_n_is_a_sign_up() {
+        let mix = Mix {
+            users: 5,
+            sign_up_every: 3,
+        };
+        let kinds: Vec<Kind> = (0..12).map(|n| mix.kind(n)).collect();
+        use Kind::{Checkout as C, Profile as P, SignUp as S};
+        assert_eq!(kinds, [C, P, C, P, C, S, C, P, C, P, C, S]);
+        let never = Mix {
+            sign_up_every: 0,
+            ..mix
+        };
+        assert!((0..100).all(|n| never.kind(n) != Kind::SignUp));
     }
 
     #[test]

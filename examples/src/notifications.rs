@@ -1,6 +1,7 @@
 //! The notifications service: a CloudEvents sink that remembers what it received,
-//! and, with a broker, a consumer of `order.placed` and `user.signed_up` events that
-//! turns each into a notification naming its order or user (`GET /notifications`).
+//! and, with a broker (RabbitMQ or Kafka), a consumer of `order.placed` and
+//! `user.signed_up` events that turns each into a notification naming its order or
+//! user (`GET /notifications`).
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -14,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::amqp::{self, Subscription};
 use crate::cloudevents::{self, Attributes};
+use crate::events::EventBroker;
 use crate::http_server::{self, Body};
+use crate::kafka;
 
 /// How much history the service keeps.
 #[derive(Debug, Clone)]
@@ -22,8 +25,8 @@ pub struct NotificationsConfig {
     /// Number of most recent events listed by `GET /events` and notifications by
     /// `GET /notifications`.
     pub keep: usize,
-    /// The AMQP broker whose events become notifications.
-    pub amqp_url: Option<String>,
+    /// The broker whose events become notifications.
+    pub events: Option<EventBroker>,
 }
 
 /// The queue notifications consumes from.
@@ -114,28 +117,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let received = Arc::new(Mutex::new(Received::default()));
-    let consumer = config.amqp_url.clone().map(|url| {
-        let received = received.clone();
-        let keep = config.keep;
-        let subscription = Subscription {
-            queue: QUEUE.to_owned(),
-            keys: vec![
-                amqp::ORDER_PLACED.to_owned(),
-                amqp::USER_SIGNED_UP.to_owned(),
-            ],
-        };
-        tokio::spawn(amqp::consume_forever(
-            url,
-            subscription,
-            move |_, delivery| {
+    let keep = config.keep;
+    let consumer = match config.events.clone() {
+        Some(EventBroker::Amqp(url)) => Some(consume_amqp(url, received.clone(), keep)),
+        Some(EventBroker::Kafka(addr)) => {
+            let received = received.clone();
+            Some(tokio::spawn(kafka::consume_forever(addr, move |event| {
                 let received = received.clone();
                 async move {
-                    record(&received, keep, &delivery);
-                    true
+                    let id = event.message_id.as_deref();
+                    record(&received, keep, &event.kind, id, &event.data);
                 }
-            },
-        ))
-    });
+            })))
+        }
+        None => None,
+    };
     let result = http_server::serve(
         listener,
         move |req| {
@@ -152,19 +148,51 @@ pub async fn serve(
     result
 }
 
+/// Consumes the AMQP queue of notifications, acknowledging each event once recorded.
+fn consume_amqp(
+    url: String,
+    received: Arc<Mutex<Received>>,
+    keep: usize,
+) -> tokio::task::JoinHandle<()> {
+    let subscription = Subscription {
+        queue: QUEUE.to_owned(),
+        keys: vec![
+            amqp::ORDER_PLACED.to_owned(),
+            amqp::USER_SIGNED_UP.to_owned(),
+        ],
+    };
+    tokio::spawn(amqp::consume_forever(
+        url,
+        subscription,
+        move |_, delivery| {
+            let received = received.clone();
+            async move {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str());
+                record(
+                    &received,
+                    keep,
+                    delivery.routing_key.as_str(),
+                    id,
+                    &delivery.data,
+                );
+                true
+            }
+        },
+    ))
+}
+
 /// Records one event from the broker as a notification, once per message id.
-fn record(received: &Mutex<Received>, keep: usize, delivery: &lapin::message::Delivery) {
-    let kind = delivery.routing_key.as_str();
-    let notification = match notification(kind, &delivery.data) {
+fn record(received: &Mutex<Received>, keep: usize, kind: &str, id: Option<&str>, data: &[u8]) {
+    let notification = match notification(kind, data) {
         Ok(n) => n,
         // Acknowledged all the same: a malformed event will not improve on redelivery.
         Err(e) => return tracing::warn!(kind, error = %e, "event dropped"),
     };
-    let id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned());
+    let id = id.map(str::to_owned);
     let mut received = received.lock().unwrap_or_else(PoisonError::into_inner);
     let n = &mut received.notifications;
     if let Some(id) = id {
@@ -280,8 +308,10 @@ mod tests {
             d.properties = lapin::BasicProperties::default().with_message_id("orders-3".into());
             d
         };
-        record(&received, 10, &delivery(1));
-        record(&received, 10, &delivery(2));
+        for d in [delivery(1), delivery(2)] {
+            let id = d.properties.message_id().as_ref().map(|id| id.as_str());
+            record(&received, 10, d.routing_key.as_str(), id, &d.data);
+        }
         let received = received.lock().unwrap_or_else(PoisonError::into_inner);
         assert_eq!(received.notifications.count, 1);
         assert_eq!(received.notifications.recent[0].order_id, Some(3));

@@ -1,7 +1,8 @@
 //! The orders service: REST/JSON in front of a synchronous gRPC call to payments and an
 //! asynchronous `order.placed` CloudEvent to whoever listens at the events URL. With a
-//! broker, it first asks inventory to reserve the stock (request-reply over the
-//! broker) and publishes `order.placed` to the broker, confirmed before it answers.
+//! AMQP broker, it first asks inventory to reserve the stock (request-reply over the
+//! broker); with an event broker (RabbitMQ or Kafka) it publishes `order.placed`
+//! there, confirmed before it answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,11 +17,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::amqp::{self, AmqpError, EventPublisher, RequestClient};
+use crate::amqp::{self, AmqpError, RequestClient};
 use crate::cloudevents;
+use crate::events::{EventBroker, EventSink};
 use crate::http_client::HttpClient;
 use crate::http_server::{self, Body};
-use crate::inventory::{Reservation, Reserve};
+use crate::inventory::{Release, Released, Reservation, Reserve};
 use crate::payments::proto::ChargeRequest;
 use crate::payments::proto::payments_client::PaymentsClient;
 
@@ -40,8 +42,13 @@ pub struct OrdersConfig {
     pub payments_timeout: Duration,
     /// Orders kept in memory; the oldest are forgotten beyond this.
     pub max_orders: usize,
-    /// The AMQP broker: stock reservations and `order.placed` events go there.
+    /// The AMQP broker stock reservations go to.
     pub broker: Option<BrokerConfig>,
+    /// The broker `order.placed` events go to.
+    pub events: Option<EventBroker>,
+    /// How long publishing an event keeps trying (reconnecting) before the order
+    /// is answered with the event unconfirmed.
+    pub publish_patience: Duration,
 }
 
 /// How orders uses the broker.
@@ -50,9 +57,6 @@ pub struct BrokerConfig {
     pub url: String,
     /// How long a reservation waits for inventory's answer.
     pub inventory_timeout: Duration,
-    /// How long publishing an event keeps trying (reconnecting) before the order
-    /// is answered with the event unconfirmed.
-    pub publish_patience: Duration,
 }
 
 /// A request to place an order.
@@ -106,6 +110,7 @@ struct State {
     payments: PaymentsClient<Channel>,
     events: HttpClient,
     broker: Option<Broker>,
+    event_sink: Option<EventSink>,
     /// Distinguishes this process's event ids from another replica's.
     instance: String,
 }
@@ -113,7 +118,6 @@ struct State {
 struct Broker {
     inventory: RequestClient,
     inventory_timeout: Duration,
-    events: EventPublisher,
 }
 
 impl State {
@@ -142,10 +146,14 @@ pub async fn serve(
     let broker = config.broker.as_ref().map(|b| Broker {
         inventory: RequestClient::new(&b.url),
         inventory_timeout: b.inventory_timeout,
-        events: EventPublisher::new(&b.url, b.publish_patience),
     });
+    let event_sink = config
+        .events
+        .as_ref()
+        .map(|broker| EventSink::new(broker, config.publish_patience));
     let state = Arc::new(State {
         broker,
+        event_sink,
         config,
         store: Mutex::new(Store {
             next_id: 1,
@@ -246,6 +254,7 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let reply = match state.payments.clone().charge(charge).await {
         Ok(reply) => reply.into_inner(),
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            release_if_reserved(&state, id, stock_remaining).await;
             return http_server::error(
                 StatusCode::BAD_REQUEST,
                 format!("payments rejected the charge: {}", status.message()),
@@ -253,6 +262,7 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         Err(status) => {
             tracing::warn!(order_id = id, code = ?status.code(), message = status.message(), "payments call failed");
+            release_if_reserved(&state, id, stock_remaining).await;
             return http_server::bad_gateway(
                 "payments",
                 format!(
@@ -264,10 +274,13 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     if !reply.approved {
-        return http_server::json(
-            StatusCode::PAYMENT_REQUIRED,
-            &serde_json::json!({"error": "payment declined", "payment_id": reply.payment_id}),
-        );
+        let mut body =
+            serde_json::json!({"error": "payment declined", "payment_id": reply.payment_id});
+        if let Some(released) = release_if_reserved(&state, id, stock_remaining).await {
+            body["stock_released"] = released.quantity.into();
+            body["stock_remaining"] = released.remaining.into();
+        }
+        return http_server::json(StatusCode::PAYMENT_REQUIRED, &body);
     }
     let order = Order {
         id,
@@ -282,8 +295,8 @@ async fn place(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         event: None,
     };
     let mut order = order;
-    if let Some(broker) = &state.broker {
-        order.event = Some(publish_to_broker(&state, broker, &order).await);
+    if let Some(sink) = &state.event_sink {
+        order.event = Some(publish_to_broker(&state, sink, &order).await);
     }
     {
         let mut store = state.store();
@@ -317,19 +330,55 @@ async fn reserve(broker: &Broker, order_id: u64, new: &NewOrder) -> Result<Reser
         .map_err(|e| AmqpError::BadAnswer(format!("not a reservation: {e}")))
 }
 
+/// Gives the stock reserved for order `id` back to inventory (over the broker)
+/// when the order is not placed after all; `stock_remaining` is what the
+/// reservation left, `None` when nothing was reserved. A failed release is logged:
+/// the customer's answer is about the payment.
+async fn release_if_reserved(
+    state: &State,
+    id: u64,
+    stock_remaining: Option<u64>,
+) -> Option<Released> {
+    let broker = state.broker.as_ref()?;
+    stock_remaining?;
+    let body = serde_json::to_vec(&Release { order_id: id }).unwrap_or_default();
+    let answer = broker
+        .inventory
+        .call(
+            amqp::INVENTORY_RELEASE_QUEUE,
+            &body,
+            broker.inventory_timeout,
+        )
+        .await;
+    match answer.map(|a| serde_json::from_slice::<Released>(&a)) {
+        Ok(Ok(released)) => {
+            tracing::info!(
+                order_id = id,
+                quantity = released.quantity,
+                "stock released"
+            );
+            Some(released)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(order_id = id, error = %e, "inventory's release answer is not one");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(order_id = id, error = %e, "stock not released");
+            None
+        }
+    }
+}
+
 /// Publishes `order.placed` to the broker and waits for its confirm; says how that
 /// went, for the order's `event` field.
-async fn publish_to_broker(state: &State, broker: &Broker, order: &Order) -> String {
+async fn publish_to_broker(state: &State, sink: &EventSink, order: &Order) -> String {
     let message_id = format!("{}-{}", state.instance, order.id);
     let body = match serde_json::to_vec(order) {
         Ok(body) => body,
         Err(e) => return format!("not published: {e}"),
     };
-    match broker
-        .events
-        .publish(amqp::ORDER_PLACED, &message_id, &body)
-        .await
-    {
+    match sink.publish(amqp::ORDER_PLACED, &message_id, &body).await {
         Ok(()) => "confirmed".to_owned(),
         Err(e) => {
             tracing::warn!(order_id = order.id, error = %e, "order.placed not confirmed");

@@ -1,5 +1,6 @@
 //! The users service: deterministic fake user records by numeric id, and sign-ups
-//! (`POST /users`), each announced as a `user.signed_up` event on the broker.
+//! (`POST /users`), each announced as a `user.signed_up` event on the broker
+//! (RabbitMQ or Kafka).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,7 +12,8 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::amqp::{self, EventPublisher};
+use crate::amqp;
+use crate::events::{EventBroker, EventSink};
 use crate::http_server::{self, Body};
 
 /// Which ids exist.
@@ -19,8 +21,8 @@ use crate::http_server::{self, Body};
 pub struct UsersConfig {
     /// Users `1..=count` exist; every other id is 404 until signed up.
     pub count: u64,
-    /// The AMQP broker `user.signed_up` events go to.
-    pub amqp_url: Option<String>,
+    /// The broker `user.signed_up` events go to.
+    pub events: Option<EventBroker>,
 }
 
 /// A sign-up: `POST /users`.
@@ -34,7 +36,7 @@ struct State {
     config: UsersConfig,
     /// Users who signed up, above the fake ones.
     signed_up: Mutex<BTreeMap<u64, User>>,
-    events: Option<EventPublisher>,
+    events: Option<EventSink>,
 }
 
 /// A user record.
@@ -45,6 +47,9 @@ pub struct User {
     pub email: String,
     pub tier: &'static str,
 }
+
+/// Signed-up users kept; the oldest are forgotten beyond this.
+const MAX_SIGNED_UP: usize = 10_000;
 
 const FIRST: [&str; 8] = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Dennis",
@@ -82,9 +87,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let events = config
-        .amqp_url
-        .as_deref()
-        .map(|url| EventPublisher::new(url, Duration::from_secs(5)));
+        .events
+        .as_ref()
+        .map(|broker| EventSink::new(broker, Duration::from_secs(5)));
     let state = Arc::new(State {
         config,
         signed_up: Mutex::new(BTreeMap::new()),
@@ -141,7 +146,10 @@ async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
             .signed_up
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let id = state.config.count + signed_up.len() as u64 + 1;
+        let id = signed_up
+            .last_key_value()
+            .map_or(state.config.count, |(id, _)| *id)
+            + 1;
         let user = User {
             id: id.to_string(),
             name: new.name.trim().to_owned(),
@@ -149,6 +157,10 @@ async fn sign_up(state: &State, req: Request<Incoming>) -> Response<Body> {
             tier: TIERS[0],
         };
         signed_up.insert(id, user.clone());
+        // A load generator signs users up for as long as it runs.
+        while signed_up.len() > MAX_SIGNED_UP {
+            signed_up.pop_first();
+        }
         user
     };
     tracing::info!(user_id = %user.id, "user signed up");
@@ -179,7 +191,7 @@ mod tests {
     fn users_are_deterministic_and_bounded() {
         let config = UsersConfig {
             count: 10,
-            amqp_url: None,
+            events: None,
         };
         assert_eq!(user(&config, "3"), user(&config, "3"));
         assert_ne!(user(&config, "3"), user(&config, "4"));

@@ -63,6 +63,11 @@ async fn loadgen_drives_the_whole_chain_and_every_service_stops_on_sigterm() {
     })
     .await;
 
+    // One of the ten profile reads was a sign-up: the first user above users' 1000.
+    let signed_up = format!("http://{users_addr}/users/1001");
+    let reply = client().get(&signed_up).await.expect("users answers");
+    assert_eq!(json(&reply)["name"], "Load User 19", "{reply:?}");
+
     for service in [web, orders, users, notifications, payments] {
         let name = service.name.clone();
         let status = service.terminate().await;

@@ -40,7 +40,7 @@ async fn start_notifications() -> SocketAddr {
         listener,
         NotificationsConfig {
             keep: 5,
-            amqp_url: None,
+            events: None,
         },
         std::future::pending(),
     ));
@@ -53,7 +53,7 @@ async fn start_users() -> SocketAddr {
         listener,
         UsersConfig {
             count: 100,
-            amqp_url: None,
+            events: None,
         },
         std::future::pending(),
     ));
@@ -73,6 +73,8 @@ async fn start_orders(payments: SocketAddr, notifications: SocketAddr) -> Socket
         payments_timeout: Duration::from_secs(5),
         max_orders: 100,
         broker: None,
+        events: None,
+        publish_patience: Duration::from_secs(5),
     };
     let events = HttpClient::new(ProxySettings::direct(), Duration::from_secs(5));
     tokio::spawn(orders::serve(

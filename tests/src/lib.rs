@@ -32,7 +32,8 @@
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
 //! - [`demo`] runs `weft-control demo` and reads its summary.
 //! - [`browser`] drives a headless Chromium over DevTools (pages, screenshots).
-//! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd).
+//! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd);
+//!   [`kafka`] a Kafka broker (KRaft, jars cached by tests/kafka/install.sh).
 //! - [`prometheus`] runs a real Prometheus server and `promtool`; [`tools`] finds
 //!   such third-party programs (skip, or fail under `CI=true`, when missing).
 //!
@@ -56,6 +57,7 @@ pub mod gateway_api;
 pub mod grpc;
 pub mod h2spec;
 pub mod hops;
+pub mod kafka;
 pub mod kube_mesh;
 pub mod load;
 pub mod metrics;

@@ -3,9 +3,12 @@
 //! notification names it; a sign-up is announced; inventory reserves stock by
 //! request-reply and a reservation nobody answers fails cleanly; a broker restarted
 //! under load loses no confirmed event and its clients reconnect through the mesh.
+//! The same events switched to Kafka (KRaft) cross it through the sidecars too, the
+//! broker advertising an address its clients' sidecar serves or captures.
 //!
-//! Without `rabbitmq-server` (Debian package) the tests are skipped with a message,
-//! or fail under `CI=true`.
+//! Without `rabbitmq-server` (Debian package), or Java and Kafka's jars (Maven,
+//! tests/kafka/install.sh) for the Kafka tests, the tests are skipped with a
+//! message, or fail under `CI=true`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,8 +20,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weft_tests::client::{self, H1Client};
 use weft_tests::demo::Demo;
+use weft_tests::kafka::{self, Kafka};
+use weft_tests::mtls_pair::{MtlsPair, PairOptions, SERVER_ID};
 use weft_tests::netns::{self, Node};
-use weft_tests::ports::free_addr;
+use weft_tests::ports::{free_addr, free_port};
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::rabbitmq::{self, RabbitMq};
@@ -131,6 +136,25 @@ async fn checkout_and_sign_up_events_cross_the_broker_and_name_their_subject() {
         welcome["message"],
         format!("Welcome, Grace Hopper (user {user_id})")
     );
+    // The load generator signs users up too (one profile read in ten), and their
+    // welcomes arrive the same way.
+    let load = eventually(STEP_DEADLINE, "a load generator's sign-up", || async {
+        notifications(notified).await.into_iter().find(|n| {
+            n["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Welcome, Load User "))
+        })
+    })
+    .await;
+    assert_eq!(load["event"], "user.signed_up", "{load}");
+    let load_user: u64 = load["user_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("a user id");
+    assert!(
+        load_user > 1000,
+        "a signed-up user, not one of the 1000: {load}"
+    );
 
     // Every client of the broker reached it over mTLS, counted with its identity.
     let broker = weft_tests::admin::get(demo.proxy_admin("rabbitmq"), "/metrics")
@@ -204,38 +228,7 @@ impl BrokerMesh {
 
     /// Starts example `name` on a free port with `args`; waits for its health.
     async fn app(&self, name: &str, args: &[&str]) -> (Process, SocketAddr) {
-        let addr = free_addr();
-        let mut cmd = Command::new(bins::binary(name).expect("example binary"));
-        cmd.arg("--listen")
-            .arg(addr.to_string())
-            .args(args)
-            .env("RUST_LOG", "info,weft_examples=debug")
-            .env("NO_COLOR", "1")
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY");
-        let mut process = Process::spawn(name, cmd, self.logs.path()).expect("start app");
-        let grpc = name == "payments";
-        let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
-        loop {
-            let up = if grpc {
-                tokio::net::TcpStream::connect(addr).await.is_ok()
-            } else {
-                weft_tests::admin::get(addr, "/healthz")
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            };
-            if up {
-                return (process, addr);
-            }
-            if let Ok(Some(status)) = process.try_exit() {
-                panic!("{name} exited ({status}):\n{}", process.output());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} not healthy within {STEP_DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        start_app(self.logs.path(), name, args).await
     }
 
     /// payments, then orders using it and the broker (`timeout_ms` for inventory).
@@ -257,6 +250,43 @@ impl BrokerMesh {
             )
             .await;
         (payments, orders, addr)
+    }
+}
+
+/// Starts example `name` on a free port with `args`, its log in `logs`; waits for
+/// its health.
+async fn start_app(logs: &std::path::Path, name: &str, args: &[&str]) -> (Process, SocketAddr) {
+    let addr = free_addr();
+    let mut cmd = Command::new(bins::binary(name).expect("example binary"));
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .args(args)
+        .env("RUST_LOG", "info,weft_examples=debug")
+        .env("NO_COLOR", "1")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY");
+    let mut process = Process::spawn(name, cmd, logs).expect("start app");
+    let grpc = name == "payments";
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let up = if grpc {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        } else {
+            weft_tests::admin::get(addr, "/healthz")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        };
+        if up {
+            return (process, addr);
+        }
+        if let Ok(Some(status)) = process.try_exit() {
+            panic!("{name} exited ({status}):\n{}", process.output());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not healthy within {STEP_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -312,6 +342,55 @@ async fn request_reply_reserves_stock_and_times_out_cleanly_without_a_consumer()
         Some(2),
         "{listed}"
     );
+}
+
+/// A checkout whose payment is declined gives its reserved stock back: orders
+/// asks inventory to release it over the broker, inventory's `/stock` shows the
+/// full count again, and the next order can take all of it; a second decline of
+/// the same quantity releases only its own reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_reserved_for_a_declined_payment_is_released() {
+    let Some(mesh) = BrokerMesh::start("stock_reserved_for_a_declined_payment").await else {
+        return;
+    };
+    let url = mesh.amqp_url();
+    let (inventory, stock) = mesh
+        .app("inventory", &["--amqp-url", &url, "--stock", "10"])
+        .await;
+    // Both of inventory's queues exist once it consumes them.
+    eventually(STEP_DEADLINE, "inventory consumes releases", || async {
+        let log = inventory.output();
+        log.lines()
+            .any(|l| l.contains("consuming") && l.contains("inventory.release"))
+            .then_some(())
+    })
+    .await;
+    let (_payments, _orders, orders) = mesh.orders("2000").await;
+    let declined = json!({"item": "clock", "quantity": 4, "amount_cents": 500_000, "user": "5"});
+    let (status, refused) = eventually(STEP_DEADLINE, "a first reservation", || async {
+        let reply = call(orders, "POST", "/orders", Some(declined.clone())).await;
+        (reply.0 != 502).then_some(reply)
+    })
+    .await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(refused["error"], "payment declined");
+    assert_eq!(refused["stock_released"], 4, "{refused}");
+    assert_eq!(refused["stock_remaining"], 10, "{refused}");
+    let (status, left) = call(stock, "GET", "/stock", None).await;
+    assert_eq!(status, 200, "{left}");
+    assert_eq!(left["left"]["clock"], 10, "{left}");
+
+    // Stock held by a placed order stays taken; a declined one's comes back.
+    let (status, placed) = call(orders, "POST", "/orders", Some(order("clock", 7))).await;
+    assert_eq!(status, 201, "{placed}");
+    assert_eq!(placed["stock_remaining"], 3, "{placed}");
+    let declined = json!({"item": "clock", "quantity": 3, "amount_cents": 500_000, "user": "5"});
+    let (status, refused) = call(orders, "POST", "/orders", Some(declined)).await;
+    assert_eq!(status, 402, "{refused}");
+    assert_eq!(refused["stock_remaining"], 3, "{refused}");
+    let (status, last) = call(orders, "POST", "/orders", Some(order("clock", 3))).await;
+    assert_eq!(status, 201, "{last}");
+    assert_eq!(last["stock_remaining"], 0, "{last}");
 }
 
 /// Orders placed while the broker stops and starts again: every order whose
@@ -412,6 +491,84 @@ async fn a_broker_restarted_under_load_loses_no_confirmed_event() {
     );
 }
 
+/// Starts notifications and users in pod `a`, their events on the broker that
+/// `broker` (their flags) names, then signs `name` up through users while tshark
+/// records the node's bridge: users answers that the broker confirmed the event and
+/// notifications welcomes the new user. The capture (still running) and the apps.
+async fn sign_up_in_pod(
+    node: &Node,
+    a: &netns::Pod,
+    b: &netns::Pod,
+    broker: &[&str],
+    name: &str,
+) -> (WireCapture, [Process; 2]) {
+    let bin = |name: &str| bins::binary(name).expect("example binary");
+    let notifications = a
+        .spawn(
+            "notifications",
+            None,
+            &bin("notifications").to_string_lossy(),
+            &[&["--listen", "127.0.0.1:8084"], broker].concat(),
+        )
+        .expect("notifications in a");
+    let users_app = a
+        .spawn(
+            "users",
+            None,
+            &bin("users").to_string_lossy(),
+            &[&["--listen", "127.0.0.1:8082"], broker].concat(),
+        )
+        .expect("users in a");
+    let users = SocketAddr::from(([127, 0, 0, 1], 8082));
+    let notified = SocketAddr::from(([127, 0, 0, 1], 8084));
+    eventually(STEP_DEADLINE, "notifications consumes", || async {
+        notifications.output().contains("consuming").then_some(())
+    })
+    .await;
+    eventually(STEP_DEADLINE, "users is up", || async {
+        let reply = a.http_get(users, "users", "/healthz").await.ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+
+    let wire = WireCapture::start(node).expect("start tshark on the bridge");
+    wire.mark(&[a, b]).await;
+    let body = json!({"name": name, "email": "ada@example.com"}).to_string();
+    let request = format!(
+        "POST /users HTTP/1.1\r\nhost: users\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = a.connect(users).await.expect("connect to users in a");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send the sign-up");
+    let raw = client::read_until_closed(&mut stream, STEP_DEADLINE)
+        .await
+        .expect("users answers");
+    assert_eq!(
+        client::raw_status(&raw),
+        Some(201),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let answer = String::from_utf8_lossy(&raw);
+    assert!(answer.contains(r#""event":"confirmed""#), "{answer}");
+    eventually(STEP_DEADLINE, "the welcome notification", || async {
+        let reply = a
+            .http_get(notified, "notifications", "/notifications")
+            .await
+            .ok()?;
+        reply
+            .body
+            .contains(&format!("Welcome, {name}"))
+            .then_some(())
+    })
+    .await;
+    wire.mark(&[a, b]).await;
+    (wire, [notifications, users_app])
+}
+
 /// Pods on a node's bridge: the broker in pod b behind its sidecar, users and
 /// notifications in pod a reaching it by a service VIP (iptables capture, AMQP's
 /// port opaque by default, mTLS between the sidecars). A sign-up is confirmed and
@@ -471,71 +628,8 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
         .expect("proxy in b");
 
     let url = format!("amqp://guest:guest@{VIP}:5672/%2f");
-    let bin = |name: &str| bins::binary(name).expect("example binary");
-    let notifications = a
-        .spawn(
-            "notifications",
-            None,
-            &bin("notifications").to_string_lossy(),
-            &["--listen", "127.0.0.1:8084", "--amqp-url", &url],
-        )
-        .expect("notifications in a");
-    let _users = a
-        .spawn(
-            "users",
-            None,
-            &bin("users").to_string_lossy(),
-            &["--listen", "127.0.0.1:8082", "--amqp-url", &url],
-        )
-        .expect("users in a");
-    let users = SocketAddr::from(([127, 0, 0, 1], 8082));
-    let notified = SocketAddr::from(([127, 0, 0, 1], 8084));
-    eventually(STEP_DEADLINE, "notifications consumes", || async {
-        notifications.output().contains("consuming").then_some(())
-    })
-    .await;
-    eventually(STEP_DEADLINE, "users is up", || async {
-        let reply = a.http_get(users, "users", "/healthz").await.ok()?;
-        (reply.status == 200).then_some(())
-    })
-    .await;
-
-    let mut wire = WireCapture::start(&node).expect("start tshark on the bridge");
-    wire.mark(&[&a, &b]).await;
     let name = "Ada Marker-5a1f";
-    let body = json!({"name": name, "email": "ada@example.com"}).to_string();
-    let request = format!(
-        "POST /users HTTP/1.1\r\nhost: users\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = a.connect(users).await.expect("connect to users in a");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .expect("send the sign-up");
-    let raw = client::read_until_closed(&mut stream, STEP_DEADLINE)
-        .await
-        .expect("users answers");
-    assert_eq!(
-        client::raw_status(&raw),
-        Some(201),
-        "{}",
-        String::from_utf8_lossy(&raw)
-    );
-    let answer = String::from_utf8_lossy(&raw);
-    assert!(answer.contains(r#""event":"confirmed""#), "{answer}");
-    eventually(STEP_DEADLINE, "the welcome notification", || async {
-        let reply = a
-            .http_get(notified, "notifications", "/notifications")
-            .await
-            .ok()?;
-        reply
-            .body
-            .contains(&format!("Welcome, {name}"))
-            .then_some(())
-    })
-    .await;
-    wire.mark(&[&a, &b]).await;
+    let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &["--amqp-url", &url], name).await;
     wire.stop().await.expect("tshark exits");
 
     assert!(
@@ -557,5 +651,229 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
     assert!(
         !payload.contains(&hex(name.as_bytes())),
         "the new user's name crossed in clear"
+    );
+}
+
+/// The event path switched to Kafka (KRaft, one broker) behind its sidecar, mTLS
+/// between the clients' sidecar and the broker's. The broker advertises the
+/// clients' sidecar listener for `kafka`, so the connection a client opens to the
+/// advertised address after bootstrapping goes through the mesh too. A checkout's
+/// `order.placed` crosses Kafka and the notification names the order; a sign-up
+/// is welcomed; both sidecars count the Kafka connections over TLS with the peer's
+/// identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_and_sign_up_events_cross_kafka_through_the_mesh() {
+    const TEST: &str = "checkout_and_sign_up_events_cross_kafka_through_the_mesh";
+    let Some(jars) = kafka::require(TEST) else {
+        return;
+    };
+    let broker_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // No protocol: Kafka's port is opaque by the default list.
+    let service = ServiceDef::new("kafka").port(9092, "detect");
+    let mut pair = MtlsPair::start(service, broker_addr, PairOptions::default())
+        .await
+        .expect("the sidecars");
+    let kafka_addr = pair.upstream();
+    let addrs = kafka::Addresses {
+        listen: broker_addr,
+        probe: broker_addr,
+        advertised: kafka_addr,
+    };
+    let broker = Kafka::start(&jars, addrs, Box::new(|p| Command::new(p)), None)
+        .await
+        .expect("start kafka");
+    let logs = tempfile::Builder::new()
+        .prefix("weft-e2e-kafka-")
+        .tempdir()
+        .expect("temp dir");
+    let kafka_addr = kafka_addr.to_string();
+    let events = ["--events-broker", "kafka", "--kafka-addr", &kafka_addr];
+    let (_notifications, notified) = start_app(logs.path(), "notifications", &events).await;
+    let (_users, users) = start_app(logs.path(), "users", &events).await;
+    let (_payments, payments) = start_app(logs.path(), "payments", &[]).await;
+    let payments = format!("http://{payments}");
+    let orders_args: Vec<&str> = ["--payments", payments.as_str()]
+        .into_iter()
+        .chain(events)
+        .collect();
+    let (_orders, orders) = start_app(logs.path(), "orders", &orders_args).await;
+
+    let new = json!({"item": "kettle", "quantity": 3, "amount_cents": 4200, "user": "77"});
+    let (status, placed) = call(orders, "POST", "/orders", Some(new)).await;
+    assert_eq!(status, 201, "{placed}\n{}", broker.output());
+    assert_eq!(placed["event"], "confirmed", "{placed}");
+    let id = placed["id"].as_u64().expect("an order id");
+    let payment = placed["payment_id"].as_str().expect("a payment id");
+    let note = eventually(STEP_DEADLINE, "the order's notification", || async {
+        notifications(notified)
+            .await
+            .into_iter()
+            .find(|n| n["order_id"].as_u64() == Some(id))
+    })
+    .await;
+    assert_eq!(note["event"], "order.placed");
+    assert_eq!(
+        note["message"],
+        format!("Order {id} placed: 3 x kettle for user 77, payment {payment}")
+    );
+
+    let sign_up = json!({"name": "Katherine Johnson", "email": "kj@example.com"});
+    let (status, user) = call(users, "POST", "/users", Some(sign_up)).await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["event"], "confirmed", "{user}");
+    let user_id = user["id"].as_str().expect("a user id").to_string();
+    let welcome = eventually(STEP_DEADLINE, "the sign-up's notification", || async {
+        notifications(notified)
+            .await
+            .into_iter()
+            .find(|n| n["event"] == "user.signed_up" && n["user_id"] == user_id.as_str())
+    })
+    .await;
+    assert_eq!(
+        welcome["message"],
+        format!("Welcome, Katherine Johnson (user {user_id})")
+    );
+
+    // Only the broker's sidecar holds connections to the broker: no client went
+    // around the mesh to an address the broker advertised.
+    let server_pid = pair.server.process().pid();
+    let holders = kafka::clients_of(broker_addr).expect("the broker's connections");
+    assert!(
+        !holders.is_empty() && holders.iter().all(|pid| *pid == server_pid),
+        "connections to the broker held by {holders:?}; its sidecar is {server_pid}"
+    );
+
+    // The clients' side: every Kafka connection went out over mTLS to the broker's
+    // sidecar (none plaintext). The broker's side: they came in over TLS from the
+    // clients' identity, and none without.
+    let client = pair.client.metrics().await.expect("client sidecar metrics");
+    let out = [
+        ("direction", "outbound"),
+        ("service", "kafka.default"),
+        ("peer_identity", SERVER_ID),
+        ("tls", "true"),
+    ];
+    let opened = client.sum("weft_tcp_service_connections_total", &out);
+    // Bootstrap and the advertised broker, for each of orders, users, notifications.
+    assert!(opened >= 3.0, "{opened} Kafka connections over mTLS");
+    assert_eq!(
+        client.sum(
+            "weft_tcp_service_connections_total",
+            &[("service", "kafka.default"), ("tls", "false")]
+        ),
+        0.0,
+        "a Kafka connection left the sidecar in plaintext"
+    );
+    let server = pair.server.metrics().await.expect("broker sidecar metrics");
+    let caller = spiffe("client");
+    let inbound = [
+        ("direction", "inbound"),
+        ("peer_identity", caller.as_str()),
+        ("tls", "true"),
+    ];
+    let open = server.sum("weft_tcp_service_open_connections", &inbound);
+    assert!(open >= 3.0, "{open} open Kafka connections over mTLS");
+    assert_eq!(
+        server.sum("weft_tcp_service_connections_total", &[("tls", "false")]),
+        0.0,
+        "a plaintext connection reached the broker"
+    );
+}
+
+/// Pods on a node's bridge: Kafka in pod b behind its sidecar, advertising the
+/// service's VIP, and users and notifications in pod a reaching it there. Both the
+/// bootstrap connection and the one to the advertised address are captured by pod
+/// a's iptables and cross over mTLS (Kafka's port is opaque by default). A sign-up
+/// is confirmed and welcomed; tshark on the bridge sees TLS on Kafka's port, no
+/// Kafka protocol and not the user's name; the broker's sidecar counts the
+/// connections from pod a's identity over TLS and none without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_advertising_its_service_address_is_reached_over_mtls_between_pods() {
+    const TEST: &str = "kafka_advertising_its_service_address_is_reached_over_mtls";
+    const VIP: &str = "10.96.0.92";
+    if !netns::available(TEST) {
+        return;
+    }
+    let Some(jars) = kafka::require(TEST) else {
+        return;
+    };
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {TEST}: tshark is not installed");
+        return;
+    }
+    let mut node = Node::create().expect("create the node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    let netns_b = b.netns.clone();
+    let launch: rabbitmq::Launcher = Box::new(move |program| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns_b]).arg(program);
+        cmd
+    });
+    let advertised: SocketAddr = format!("{VIP}:9092").parse().expect("the VIP");
+    let addrs = kafka::Addresses {
+        listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
+        probe: b.addr(9092),
+        advertised,
+    };
+    // Started before b's capture, so the readiness check reaches it directly.
+    let _broker = Kafka::start(&jars, addrs, launch, Some(&node.netns))
+        .await
+        .expect("kafka in pod b");
+    a.install_capture().expect("init in a");
+    b.install_capture().expect("init in b");
+    let services = [ServiceDef::new("kafka")
+        .vip(VIP)
+        .port(9092, "detect")
+        .endpoint_with_identity(b.addr(9092), &b.spiffe_id())];
+    let control = node
+        .start_control_plane(&services)
+        .await
+        .expect("control plane on the node");
+    let _a_proxy = a
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in a");
+    let b_proxy = b
+        .start_proxy_with_identity(&services, &control)
+        .await
+        .expect("proxy in b");
+
+    let addr = advertised.to_string();
+    let broker = ["--events-broker", "kafka", "--kafka-addr", &addr];
+    let name = "Emmy Marker-9c2e";
+    let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &broker, name).await;
+    wire.stop().await.expect("tshark exits");
+
+    assert!(
+        !wire
+            .read("tls && tcp.port == 9092", &["frame.number"])
+            .trim()
+            .is_empty(),
+        "no TLS on Kafka's port between the pods"
+    );
+    assert!(
+        wire.read("kafka", &["frame.number"]).trim().is_empty(),
+        "Kafka in clear on the wire"
+    );
+    assert!(
+        !wire.payload_hex().contains(&hex(name.as_bytes())),
+        "the new user's name crossed in clear"
+    );
+    let metrics = b_proxy.metrics().await.expect("b's sidecar metrics");
+    let caller = a.spiffe_id();
+    let inbound = [
+        ("direction", "inbound"),
+        ("peer_identity", caller.as_str()),
+        ("tls", "true"),
+    ];
+    let opened = metrics.sum("weft_tcp_service_connections_total", &inbound);
+    // users' and notifications' bootstrap and advertised-broker connections.
+    assert!(opened >= 2.0, "{opened} Kafka connections from a over mTLS");
+    assert_eq!(
+        metrics.sum("weft_tcp_service_connections_total", &[("tls", "false")]),
+        0.0,
+        "a plaintext connection reached the broker's pod"
     );
 }

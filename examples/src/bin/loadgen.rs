@@ -1,4 +1,5 @@
-//! `loadgen`: a steady, bounded stream of checkouts and profile reads against web.
+//! `loadgen`: a steady, bounded stream of checkouts, profile reads and sign-ups
+//! against web.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use weft_examples::http_proxy::ProxySettings;
 use weft_examples::loadgen::{self, LoadConfig};
 use weft_examples::{shutdown, telemetry};
 
-/// Sends checkouts and profile reads to web, then prints one summary line. Exits 1 when
+/// Sends checkouts, profile reads and sign-ups to web, then prints one summary line. Exits 1 when
 /// requests were sent and none succeeded.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -32,6 +33,9 @@ struct Args {
     /// Users 1..=users are used.
     #[arg(long, env = "LOADGEN_USERS", default_value_t = 100)]
     users: u64,
+    /// One profile read in this many is a sign-up (POST /signup) instead; 0: none.
+    #[arg(long, env = "LOADGEN_SIGN_UP_EVERY", default_value_t = 10)]
+    sign_up_every: u64,
     /// Deadline of each request, in milliseconds.
     #[arg(long, env = "LOADGEN_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
@@ -57,6 +61,7 @@ async fn main() -> ExitCode {
         count: args.count,
         concurrency: args.concurrency,
         users: args.users,
+        sign_up_every: args.sign_up_every,
     };
     let client = HttpClient::new(proxy, Duration::from_millis(args.timeout_ms));
     let summary = loadgen::run(config, client, signals.received()).await;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use weft_examples::events::EventArgs;
 use weft_examples::notifications::{self, NotificationsConfig};
 use weft_examples::{listen, shutdown, telemetry};
 
@@ -20,6 +21,8 @@ struct Args {
     /// notifications (GET /notifications).
     #[arg(long, env = "AMQP_URL")]
     amqp_url: Option<String>,
+    #[command(flatten)]
+    events: EventArgs,
 }
 
 #[tokio::main]
@@ -27,11 +30,11 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
-    let listener = listen::bind(args.listen).await?;
     let config = NotificationsConfig {
         keep: args.keep,
-        amqp_url: args.amqp_url,
+        events: args.events.broker(args.amqp_url.as_deref())?,
     };
+    let listener = listen::bind(args.listen).await?;
     notifications::serve(listener, config, signals.received()).await?;
     Ok(())
 }

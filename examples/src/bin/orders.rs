@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use http::Uri;
+use weft_examples::events::EventArgs;
 use weft_examples::http_client::HttpClient;
 use weft_examples::http_proxy::ProxySettings;
 use weft_examples::orders::{self, BrokerConfig, OrdersConfig};
@@ -39,6 +40,8 @@ struct Args {
     /// Orders kept in memory (the oldest are forgotten).
     #[arg(long, env = "ORDERS_MAX", default_value_t = 10_000)]
     max_orders: usize,
+    #[command(flatten)]
+    events: EventArgs,
 }
 
 #[tokio::main]
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let proxy = ProxySettings::from_env()?;
     tracing::info!(outgoing_http = %proxy, "proxy settings");
     let timeout = Duration::from_millis(args.timeout_ms);
+    let events = args.events.broker(args.amqp_url.as_deref())?;
     let listener = listen::bind(args.listen).await?;
     tracing::info!(payments = %args.payments, "calling payments");
     let config = OrdersConfig {
@@ -60,8 +64,9 @@ async fn main() -> anyhow::Result<()> {
         broker: args.amqp_url.map(|url| BrokerConfig {
             url,
             inventory_timeout: Duration::from_millis(args.inventory_timeout_ms),
-            publish_patience: timeout,
         }),
+        events,
+        publish_patience: timeout,
     };
     let events = HttpClient::new(proxy, timeout);
     orders::serve(listener, config, events, signals.received()).await?;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use weft_examples::events::EventArgs;
 use weft_examples::users::{self, UsersConfig};
 use weft_examples::{listen, shutdown, telemetry};
 
@@ -19,6 +20,8 @@ struct Args {
     /// The AMQP broker user.signed_up events go to (POST /users).
     #[arg(long, env = "AMQP_URL")]
     amqp_url: Option<String>,
+    #[command(flatten)]
+    events: EventArgs,
 }
 
 #[tokio::main]
@@ -26,12 +29,13 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let signals = shutdown::ShutdownSignals::install();
     let args = Args::parse();
+    let events = args.events.broker(args.amqp_url.as_deref())?;
     let listener = listen::bind(args.listen).await?;
     users::serve(
         listener,
         UsersConfig {
             count: args.count,
-            amqp_url: args.amqp_url,
+            events,
         },
         signals.received(),
     )
