@@ -118,32 +118,6 @@ impl KubeMesh {
         Ok(())
     }
 
-    /// Runs [`loadgen_pod`] in `ns` to completion; its (sent, ok, failed).
-    pub async fn run_loadgen(
-        &self,
-        ns: &str,
-        name: &str,
-        rps: u32,
-        seconds: u32,
-    ) -> (u64, u64, u64) {
-        let pods = Api::<Pod>::namespaced(self.client.clone(), ns);
-        pods.create(&Default::default(), &loadgen_pod(name, rps, seconds))
-            .await
-            .expect("create the load generator");
-        let limit = ROLLOUT_LIMIT + Duration::from_secs(seconds.into());
-        let phase = crate::eventually(limit, "load generator done", || async {
-            let p = pods.get(name).await.ok()?;
-            let phase = p.status?.phase?;
-            (phase == "Succeeded" || phase == "Failed").then_some(phase)
-        })
-        .await;
-        let log = self.node.container_log(ns, name, "loadgen");
-        let counts =
-            loadgen_summary(&log).unwrap_or_else(|| panic!("no summary ({phase}):\n{log}"));
-        assert_eq!(phase, "Succeeded", "{log}");
-        counts
-    }
-
     /// The checkout scenario's view of this cluster, as admin.
     pub fn checkout(&self) -> Checkout {
         Checkout::new(
@@ -168,40 +142,4 @@ pub fn is_ready(p: &Pod) -> bool {
         .iter()
         .flat_map(|s| s.conditions.iter().flatten())
         .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// A load generator pod (the examples' `loadgen`) calling web by its Service
-/// name: `rps` checkouts and profile reads a second for `seconds`.
-pub fn loadgen_pod(name: &str, rps: u32, seconds: u32) -> Pod {
-    let pod = serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
-            "containers": [{
-                "name": "loadgen",
-                "image": "weft/weft-examples:0.1.0",
-                "command": ["/usr/local/bin/loadgen"],
-                "env": [
-                    {"name": "TARGET_URL", "value": "http://web:8080"},
-                    {"name": "LOADGEN_RPS", "value": rps.to_string()},
-                    {"name": "LOADGEN_DURATION", "value": seconds.to_string()},
-                    {"name": "LOADGEN_CONCURRENCY", "value": "8"}
-                ]
-            }]
-        }
-    });
-    serde_json::from_value(pod).unwrap_or_else(|e| unreachable!("a valid pod: {e}"))
-}
-
-/// `sent= ok= failed=` from the load generator's summary line.
-pub fn loadgen_summary(log: &str) -> Option<(u64, u64, u64)> {
-    let line = log.lines().rev().find(|l| l.contains("sent="))?;
-    let field = |name: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("sent=")?, field("ok=")?, field("failed=")?))
 }

@@ -124,11 +124,12 @@ async fn an_httproute_splits_live_checkout_traffic_between_orders_and_its_canary
     let canary_ips = pod_ips(&mesh, "orders-canary").await;
     assert_eq!((stable_ips.len(), canary_ips.len()), (2, 1));
     let (stable_before, canary_before) = (served(&stable_ips).await, served(&canary_ips).await);
-    let (sent, ok, failed) = mesh.run_loadgen(NS, "loadgen", 20, 10).await;
-    assert!(
-        sent >= 100 && ok == sent && failed == 0,
-        "sent={sent} ok={ok} failed={failed}"
-    );
+    let load = mesh
+        .checkout()
+        .run_loadgen("loadgen", 20, 10)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", mesh.node.logs()));
+    assert!(load.all_ok(100), "{load}");
     let stable = served(&stable_ips).await - stable_before;
     let canary = served(&canary_ips).await - canary_before;
     eprintln!("orders-canary split: stable {stable}, canary {canary} inbound requests");

@@ -1162,10 +1162,10 @@ async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_
     }
 
     let dir = tempfile::tempdir().expect("dir");
-    let mut cp = as_weft_control(cluster, dir.path())
+    let cp = as_weft_control(cluster, dir.path())
         .await
         .expect("weft-control lists everything it watches and becomes ready");
-    let mut watch = Watch::start(cp.grpc, ns, &format!("weft-gateway.{ns}")).await;
+    let mut watch = Watch::start(cp.grpc(), ns, &format!("weft-gateway.{ns}")).await;
     watch
         .until("the gateway's Service without routes", |w| {
             w.service.is_some() && w.routes.is_empty()
@@ -1208,7 +1208,7 @@ async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_
             "missing False NoMatchingParent True"
         ]
     );
-    let log = cp.process().output();
+    let log = cp.output();
     assert!(
         !log.contains("forbidden"),
         "an API request was forbidden:\n{log}"
