@@ -91,32 +91,15 @@ impl ApiServer {
             received: Vec::new(),
         }));
         let served = state.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, state) = (acceptor.clone(), served.clone());
-                connections.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
+        let task = serve_https(listener, acceptor, move |req| {
+            let state = served.clone();
+            async move { answer(&state, req).await }
         });
         Ok(ApiServer {
             addr,
             ca_pem,
             state,
-            _task: AbortOnDrop(task),
+            _task: task,
         })
     }
 
@@ -156,6 +139,41 @@ impl ApiServer {
     pub fn write_kubeconfig(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         kubeconfig(dir, &format!("https://{}", self.addr), &self.ca_pem)
     }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 over TLS on `listener`, each request answered by
+/// `handler`, until the returned guard is dropped.
+pub fn serve_https<F, Fut>(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handler: F,
+) -> AbortOnDrop
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    AbortOnDrop(tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            connections.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }))
 }
 
 /// A kubeconfig for `server`, trusting `ca_pem`, presenting [`CALLER_TOKEN`].

@@ -19,10 +19,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::apps::AbortOnDrop;
 
@@ -41,32 +38,11 @@ impl KubeletApi {
             .context("bind the kubelet API")?;
         let addr = listener.local_addr()?;
         let dir = Arc::new(dir);
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, dir) = (acceptor.clone(), dir.clone());
-                connections.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req| {
-                        let dir = dir.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&dir, &req)) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-                while connections.try_join_next().is_some() {}
-            }
+        let task = crate::apiserver::serve_https(listener, acceptor, move |req| {
+            let dir = dir.clone();
+            async move { answer(&dir, &req) }
         });
-        Ok(KubeletApi {
-            addr,
-            _task: AbortOnDrop(task),
-        })
+        Ok(KubeletApi { addr, _task: task })
     }
 }
 
