@@ -417,6 +417,40 @@ impl ControlPlane {
     }
 }
 
+/// How [`Node::mesh`] starts each pod's sidecar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Sidecars {
+    /// Plain sidecars fed by the control plane.
+    Plain,
+    /// Sidecars with their pod's identity: mTLS between them.
+    WithIdentity,
+}
+
+impl Node {
+    /// Starts the control plane with `services`, then captures each of `pods`'
+    /// traffic and starts its sidecar: the control plane and the sidecars in
+    /// `pods`' order, which serve while held.
+    pub async fn mesh(
+        &self,
+        services: &[ServiceDef],
+        pods: &[&Pod],
+        sidecars: Sidecars,
+    ) -> anyhow::Result<(ControlPlane, Vec<PodProxy>)> {
+        let control = self.start_control_plane(services).await?;
+        let mut proxies = Vec::with_capacity(pods.len());
+        for pod in pods {
+            pod.install_capture()
+                .with_context(|| format!("init in pod {}", pod.name))?;
+            let proxy = match sidecars {
+                Sidecars::Plain => pod.start_proxy_with(&[], Some(&control)).await,
+                Sidecars::WithIdentity => pod.start_proxy_with_identity(services, &control).await,
+            };
+            proxies.push(proxy.with_context(|| format!("the sidecar of pod {}", pod.name))?);
+        }
+        Ok((control, proxies))
+    }
+}
+
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

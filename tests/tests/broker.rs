@@ -22,7 +22,7 @@ use weft_tests::client::{self, H1Client};
 use weft_tests::demo::Demo;
 use weft_tests::kafka::{self, Kafka};
 use weft_tests::mtls_pair::{MtlsPair, PairOptions, SERVER_ID};
-use weft_tests::netns::{self, Node};
+use weft_tests::netns::{self, Node, Sidecars};
 use weft_tests::ports::{free_addr, free_port};
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
@@ -491,6 +491,48 @@ async fn a_broker_restarted_under_load_loses_no_confirmed_event() {
     );
 }
 
+/// A node with pods `a` and `b` for the tests that watch the bridge with tshark, or
+/// `None` (skipped, or a failure under `CI=true`) without tshark.
+fn pods_on_a_watched_bridge(test: &str) -> Option<(Node, netns::Pod, netns::Pod)> {
+    if !netns::on_path("tshark") {
+        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
+        eprintln!("SKIPPED {test}: tshark is not installed");
+        return None;
+    }
+    let mut node = Node::create().expect("create the node");
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    Some((node, a, b))
+}
+
+/// Starts a broker's programs inside `pod`'s network namespace.
+fn in_pod(pod: &netns::Pod) -> rabbitmq::Launcher {
+    let netns = pod.netns.clone();
+    Box::new(move |program| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns]).arg(program);
+        cmd
+    })
+}
+
+/// The bridge carried TLS on the broker's `port`, nothing tshark decodes as
+/// `protocol`, and not the signed-up user's `name`.
+fn assert_only_tls_between_the_pods(wire: &WireCapture, port: u16, protocol: &str, name: &str) {
+    let tls = format!("tls && tcp.port == {port}");
+    assert!(
+        !wire.read(&tls, &["frame.number"]).trim().is_empty(),
+        "no TLS on the broker's port {port} between the pods"
+    );
+    assert!(
+        wire.read(protocol, &["frame.number"]).trim().is_empty(),
+        "{protocol} in clear on the wire"
+    );
+    assert!(
+        !wire.payload_hex().contains(&hex(name.as_bytes())),
+        "the new user's name crossed in clear"
+    );
+}
+
 /// Starts notifications and users in pod `a`, their events on the broker that
 /// `broker` (their flags) names, then signs `name` up through users while tshark
 /// records the node's bridge: users answers that the broker confirmed the event and
@@ -584,20 +626,10 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
     let Some(script) = rabbitmq::require(TEST) else {
         return;
     };
-    if !netns::on_path("tshark") {
-        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
-        eprintln!("SKIPPED {TEST}: tshark is not installed");
+    let Some((node, a, b)) = pods_on_a_watched_bridge(TEST) else {
         return;
-    }
-    let mut node = Node::create().expect("create the node");
-    let a = node.pod("a").expect("pod a");
-    let b = node.pod("b").expect("pod b");
-    let netns_b = b.netns.clone();
-    let launch: rabbitmq::Launcher = Box::new(move |program| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &netns_b]).arg(program);
-        cmd
-    });
+    };
+    let launch = in_pod(&b);
     // Started before b's capture, so the readiness check reaches it directly.
     let _broker = RabbitMq::start_with(
         script,
@@ -608,49 +640,24 @@ async fn the_broker_hop_between_pods_carries_only_tls() {
     )
     .await
     .expect("the broker in pod b");
-    a.install_capture().expect("init in a");
-    b.install_capture().expect("init in b");
-    let services = [ServiceDef::new("rabbitmq")
+    let service = ServiceDef::new("rabbitmq")
         .vip(VIP)
         .port(5672, "detect")
-        .endpoint_with_identity(b.addr(5672), &b.spiffe_id())];
-    let control = node
-        .start_control_plane(&services)
+        .endpoint_with_identity(b.addr(5672), &b.spiffe_id());
+    let (_control, _proxies) = node
+        .mesh(&[service], &[&a, &b], Sidecars::WithIdentity)
         .await
-        .expect("control plane on the node");
-    let _a_proxy = a
-        .start_proxy_with_identity(&services, &control)
-        .await
-        .expect("proxy in a");
-    let _b_proxy = b
-        .start_proxy_with_identity(&services, &control)
-        .await
-        .expect("proxy in b");
+        .expect("the mesh on the node");
 
     let url = format!("amqp://guest:guest@{VIP}:5672/%2f");
     let name = "Ada Marker-5a1f";
     let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &["--amqp-url", &url], name).await;
     wire.stop().await.expect("tshark exits");
 
+    assert_only_tls_between_the_pods(&wire, 5672, "amqp", name);
     assert!(
-        !wire
-            .read("tls && tcp.port == 5672", &["frame.number"])
-            .trim()
-            .is_empty(),
-        "no TLS on the broker's port between the pods"
-    );
-    assert!(
-        wire.read("amqp", &["frame.number"]).trim().is_empty(),
-        "AMQP in clear on the wire"
-    );
-    let payload = wire.payload_hex();
-    assert!(
-        !payload.contains(&hex(b"AMQP\x00\x00\x09\x01")),
+        !wire.payload_hex().contains(&hex(b"AMQP\x00\x00\x09\x01")),
         "an AMQP protocol header crossed in clear"
-    );
-    assert!(
-        !payload.contains(&hex(name.as_bytes())),
-        "the new user's name crossed in clear"
     );
 }
 
@@ -797,20 +804,10 @@ async fn kafka_advertising_its_service_address_is_reached_over_mtls_between_pods
     let Some(jars) = kafka::require(TEST) else {
         return;
     };
-    if !netns::on_path("tshark") {
-        assert!(!weft_tests::tools::in_ci(), "tshark is not installed");
-        eprintln!("SKIPPED {TEST}: tshark is not installed");
+    let Some((node, a, b)) = pods_on_a_watched_bridge(TEST) else {
         return;
-    }
-    let mut node = Node::create().expect("create the node");
-    let a = node.pod("a").expect("pod a");
-    let b = node.pod("b").expect("pod b");
-    let netns_b = b.netns.clone();
-    let launch: rabbitmq::Launcher = Box::new(move |program| {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &netns_b]).arg(program);
-        cmd
-    });
+    };
+    let launch = in_pod(&b);
     let advertised: SocketAddr = format!("{VIP}:9092").parse().expect("the VIP");
     let addrs = kafka::Addresses {
         listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
@@ -821,24 +818,15 @@ async fn kafka_advertising_its_service_address_is_reached_over_mtls_between_pods
     let _broker = Kafka::start(&jars, addrs, launch, Some(&node.netns))
         .await
         .expect("kafka in pod b");
-    a.install_capture().expect("init in a");
-    b.install_capture().expect("init in b");
-    let services = [ServiceDef::new("kafka")
+    let service = ServiceDef::new("kafka")
         .vip(VIP)
         .port(9092, "detect")
-        .endpoint_with_identity(b.addr(9092), &b.spiffe_id())];
-    let control = node
-        .start_control_plane(&services)
+        .endpoint_with_identity(b.addr(9092), &b.spiffe_id());
+    let (_control, proxies) = node
+        .mesh(&[service], &[&a, &b], Sidecars::WithIdentity)
         .await
-        .expect("control plane on the node");
-    let _a_proxy = a
-        .start_proxy_with_identity(&services, &control)
-        .await
-        .expect("proxy in a");
-    let b_proxy = b
-        .start_proxy_with_identity(&services, &control)
-        .await
-        .expect("proxy in b");
+        .expect("the mesh on the node");
+    let b_proxy = &proxies[1];
 
     let addr = advertised.to_string();
     let broker = ["--events-broker", "kafka", "--kafka-addr", &addr];
@@ -846,21 +834,7 @@ async fn kafka_advertising_its_service_address_is_reached_over_mtls_between_pods
     let (mut wire, _apps) = sign_up_in_pod(&node, &a, &b, &broker, name).await;
     wire.stop().await.expect("tshark exits");
 
-    assert!(
-        !wire
-            .read("tls && tcp.port == 9092", &["frame.number"])
-            .trim()
-            .is_empty(),
-        "no TLS on Kafka's port between the pods"
-    );
-    assert!(
-        wire.read("kafka", &["frame.number"]).trim().is_empty(),
-        "Kafka in clear on the wire"
-    );
-    assert!(
-        !wire.payload_hex().contains(&hex(name.as_bytes())),
-        "the new user's name crossed in clear"
-    );
+    assert_only_tls_between_the_pods(&wire, 9092, "kafka", name);
     let metrics = b_proxy.metrics().await.expect("b's sidecar metrics");
     let caller = a.spiffe_id();
     let inbound = [

@@ -20,7 +20,7 @@ use weft_tests::apps::HttpApp;
 use weft_tests::bins;
 use weft_tests::grpc::GrpcEchoApp;
 use weft_tests::netns::{
-    self, ControlPlane, INBOUND_PORT, Node, OUTBOUND_PORT, PROXY_UID, Pod, PodProxy,
+    self, ControlPlane, INBOUND_PORT, Node, OUTBOUND_PORT, PROXY_UID, Pod, PodProxy, Sidecars,
 };
 use weft_tests::pb::Msg;
 use weft_tests::pb::echo_client::EchoClient;
@@ -123,24 +123,19 @@ impl Mesh {
             weft_tests::apps::standard_handler("x"),
         )
         .expect("outside app");
-        a.install_capture().expect("init in a");
-        b.install_capture().expect("init in b");
         let (a_proxy, b_proxy, control) = if mtls {
             let services = Self::services_as(&b, Some(&b.spiffe_id()));
-            let control = node
-                .start_control_plane(&services)
+            let (control, proxies) = node
+                .mesh(&services, &[&a, &b], Sidecars::WithIdentity)
                 .await
-                .expect("control plane (the CA) on the node");
-            let a_proxy = a
-                .start_proxy_with_identity(&services, &control)
-                .await
-                .expect("proxy in a");
-            let b_proxy = b
-                .start_proxy_with_identity(&services, &control)
-                .await
-                .expect("proxy in b");
+                .expect("the control plane (the CA) and mTLS sidecars on the node");
+            let Ok([a_proxy, b_proxy]) = <[PodProxy; 2]>::try_from(proxies) else {
+                panic!("a sidecar per pod");
+            };
             (a_proxy, b_proxy, Some(control))
         } else {
+            a.install_capture().expect("init in a");
+            b.install_capture().expect("init in b");
             let services = Self::services(&b);
             let a_proxy = a.start_proxy(&services).await.expect("proxy in a");
             let b_proxy = b.start_proxy(&services).await.expect("proxy in b");
@@ -420,20 +415,11 @@ async fn vips_unknown_to_the_proxy_are_asked_of_the_control_plane() {
         weft_tests::apps::standard_handler("x"),
     )
     .expect("outside app");
-    let control = node
-        .start_control_plane(&Mesh::services(&b))
+    let (_control, proxies) = node
+        .mesh(&Mesh::services(&b), &[&a, &b], Sidecars::Plain)
         .await
-        .expect("control plane on the node");
-    a.install_capture().expect("init in a");
-    b.install_capture().expect("init in b");
-    let a_proxy = a
-        .start_proxy_with(&[], Some(&control))
-        .await
-        .expect("proxy in a");
-    let _b_proxy = b
-        .start_proxy_with(&[], Some(&control))
-        .await
-        .expect("proxy in b");
+        .expect("the mesh on the node");
+    let a_proxy = &proxies[0];
 
     let reply = a
         .http_get(vip(WEB_VIP, 80), WEB_VIP, "/")
@@ -453,7 +439,7 @@ async fn vips_unknown_to_the_proxy_are_asked_of_the_control_plane() {
         .await
         .expect("GET the outside pod");
     assert_eq!(reply.body.trim(), "hello from x");
-    assert_eq!(passthrough(&a_proxy).await, 1.0);
+    assert_eq!(passthrough(a_proxy).await, 1.0);
 }
 
 /// Connects from pod a with bash's /dev/tcp as `uid` (None: root) to `addr`, sends

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use weft_tests::apps::{HttpApp, standard_handler};
-use weft_tests::netns::{self, Node, Pod};
+use weft_tests::netns::{self, Node, Pod, Sidecars};
 use weft_tests::proxy::ServiceDef;
 
 const VIP: &str = "10.96.0.30";
@@ -80,25 +80,11 @@ async fn each_port_of_a_vip_reaches_its_own_target_ports_as_one_service() {
         .endpoint(b.addr(8080))
         .endpoint(c.addr(8080))
         .policy("{load_balancer: round-robin}");
-    let control = node
-        .start_control_plane(&[shop])
+    let (_control, proxies) = node
+        .mesh(&[shop], &[&a, &b, &c], Sidecars::Plain)
         .await
-        .expect("control plane on the node");
-    for pod in [&a, &b, &c] {
-        pod.install_capture().expect("init");
-    }
-    let a_proxy = a
-        .start_proxy_with(&[], Some(&control))
-        .await
-        .expect("proxy in a");
-    let _b_proxy = b
-        .start_proxy_with(&[], Some(&control))
-        .await
-        .expect("proxy in b");
-    let _c_proxy = c
-        .start_proxy_with(&[], Some(&control))
-        .await
-        .expect("proxy in c");
+        .expect("the mesh on the node");
+    let a_proxy = &proxies[0];
 
     let web = answers(&a, WEB_PORT).await;
     let admin = answers(&a, ADMIN_PORT).await;
