@@ -90,16 +90,40 @@ fn namespace(cluster: &Cluster, name: &str) {
 }
 
 /// weft-control watching the cluster as its ServiceAccount, with a real token: only
-/// deploy/k8s/rbac.yaml's rights apply. Ready once every kind it watches is listed.
-async fn as_weft_control(cluster: &Cluster, dir: &Path) -> anyhow::Result<WeftControl> {
-    let kubeconfig = cluster.service_account_kubeconfig(dir, "weft-system", "weft-control")?;
+/// deploy/k8s/rbac.yaml's rights apply. Ready once every kind it watches is listed;
+/// returned with the folder of its kubeconfig, which it needs while it runs.
+async fn weft_control_as_its_account(cluster: &Cluster) -> (WeftControl, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a folder for the kubeconfig");
+    let kubeconfig = cluster
+        .service_account_kubeconfig(dir.path(), "weft-system", "weft-control")
+        .expect("weft-control's kubeconfig");
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    WeftControl::start_with_env(
+    let cp = WeftControl::start_with_env(
         UNUSED_MESH,
         &["--source", "kubernetes"],
         &[("KUBECONFIG", &kubeconfig)],
     )
     .await
+    .expect("weft-control lists everything it watches and becomes ready");
+    (cp, dir)
+}
+
+/// No API request of weft-control's was refused: deploy/k8s/rbac.yaml grants all
+/// it uses.
+fn assert_nothing_forbidden(cp: &WeftControl) {
+    let log = cp.output();
+    assert!(
+        !log.contains("forbidden"),
+        "an API request was forbidden:\n{log}"
+    );
+}
+
+/// The shared cluster with deploy/k8s and the Gateway API's CRDs installed, or
+/// `None` when the test is skipped.
+fn installed_with_gateway_api(test: &str) -> Option<&'static Cluster> {
+    let cluster = installed(test)?;
+    weft_tests::gateway_api::installed(cluster)?;
+    Some(cluster)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,10 +444,7 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
     // weft-control runs as its ServiceAccount with a real token: only the RBAC of
     // deploy/k8s/rbac.yaml lets it list and watch, and it is ready only once every
     // kind it watches has been listed.
-    let dir = tempfile::tempdir().expect("dir");
-    let cp = as_weft_control(cluster, dir.path())
-        .await
-        .expect("weft-control lists everything it watches and becomes ready");
+    let (cp, _kubeconfig) = weft_control_as_its_account(cluster).await;
 
     let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
@@ -516,11 +537,7 @@ async fn weft_control_serves_a_real_apiservers_services_and_policies_with_its_ow
         }
     }
 
-    let log = cp.output();
-    assert!(
-        !log.contains("forbidden"),
-        "an API request was forbidden:\n{log}"
-    );
+    assert_nothing_forbidden(&cp);
 }
 
 /// An EndpointSlice of Service `service` whose endpoints `ips` serve `ports` (name,
@@ -589,10 +606,7 @@ async fn a_multi_port_service_is_one_mesh_service_with_an_endpoint_set_per_port(
         ))
         .expect("create the new pods' EndpointSlice");
 
-    let dir = tempfile::tempdir().expect("dir");
-    let cp = as_weft_control(cluster, dir.path())
-        .await
-        .expect("weft-control becomes ready");
+    let (cp, _kubeconfig) = weft_control_as_its_account(cluster).await;
     // As a captured connection to the cluster IP's second port asks for it.
     let vip = v1::SocketAddress {
         ip: cluster_ip.clone(),
@@ -668,10 +682,7 @@ async fn weft_control_keeps_serving_through_an_apiserver_restart_and_catches_up(
     cluster
         .apply(&endpoint_slice(ns, "orders-a", &["10.244.1.5"]))
         .expect("create the EndpointSlice");
-    let dir = tempfile::tempdir().expect("dir");
-    let mut cp = as_weft_control(&cluster, dir.path())
-        .await
-        .expect("weft-control ready");
+    let (mut cp, _kubeconfig) = weft_control_as_its_account(&cluster).await;
     let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("the first endpoint", |w| {
@@ -786,10 +797,7 @@ async fn endpoints_from_the_endpointslice_controller_carry_injected_pods_identit
     report_running(cluster, ns, "meshed", "10.244.3.10");
     report_running(cluster, ns, "plain", "10.244.3.11");
 
-    let dir = tempfile::tempdir().expect("dir");
-    let cp = as_weft_control(cluster, dir.path())
-        .await
-        .expect("weft-control ready");
+    let (cp, _kubeconfig) = weft_control_as_its_account(cluster).await;
     let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("both pods as endpoints", |w| {
@@ -1031,22 +1039,18 @@ fn canary_route(ns: &str, stable: u32, canary: u32) -> String {
 /// server refuses loopback endpoints).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_accepted() {
-    let Some(cluster) = installed("an_httproute_applied_with_kubectl_reaches_the_proxies") else {
+    let Some(cluster) =
+        installed_with_gateway_api("an_httproute_applied_with_kubectl_reaches_the_proxies")
+    else {
         return;
     };
-    if weft_tests::gateway_api::installed(cluster).is_none() {
-        return;
-    }
     let ns = "kd-routes";
     namespace(cluster, ns);
     service_at(cluster, ns, "orders", "10.244.3.5");
     service_at(cluster, ns, "orders-canary", "10.244.3.6");
 
     // weft-control finds the Gateway API at start, so it starts after the CRDs.
-    let dir = tempfile::tempdir().expect("dir");
-    let cp = as_weft_control(cluster, dir.path())
-        .await
-        .expect("weft-control lists everything it watches and becomes ready");
+    let (cp, _kubeconfig) = weft_control_as_its_account(cluster).await;
     let mut watch = Watch::start(cp.grpc(), ns, &format!("orders.{ns}")).await;
     watch
         .until("orders without routes", |w| {
@@ -1097,11 +1101,7 @@ async fn an_httproute_applied_with_kubectl_reaches_the_proxies_watch_and_is_acce
     )
     .await;
     assert!(accepted.ends_with(" 2"), "{accepted}");
-    let log = cp.output();
-    assert!(
-        !log.contains("forbidden"),
-        "an API request was forbidden:\n{log}"
-    );
+    assert_nothing_forbidden(&cp);
 }
 
 /// `parents[]` of an HTTPRoute's status as "name Accepted-status reason
@@ -1130,12 +1130,9 @@ fn route_parents(cluster: &Cluster, ns: &str, name: &str) -> Option<Vec<String>>
 /// not exist, and nothing for another controller's Gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_status() {
-    let Some(cluster) = installed("an_httproute_on_wefts_gateway") else {
+    let Some(cluster) = installed_with_gateway_api("an_httproute_on_wefts_gateway") else {
         return;
     };
-    if weft_tests::gateway_api::installed(cluster).is_none() {
-        return;
-    }
     let ns = "kd-gw-routes";
     namespace(cluster, ns);
     service_at(cluster, ns, "weft-gateway", "10.244.4.5");
@@ -1161,10 +1158,7 @@ async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_
             .expect("create the Gateway");
     }
 
-    let dir = tempfile::tempdir().expect("dir");
-    let cp = as_weft_control(cluster, dir.path())
-        .await
-        .expect("weft-control lists everything it watches and becomes ready");
+    let (cp, _kubeconfig) = weft_control_as_its_account(cluster).await;
     let mut watch = Watch::start(cp.grpc(), ns, &format!("weft-gateway.{ns}")).await;
     watch
         .until("the gateway's Service without routes", |w| {
@@ -1208,9 +1202,5 @@ async fn an_httproute_on_wefts_gateway_reaches_the_gateways_service_with_parent_
             "missing False NoMatchingParent True"
         ]
     );
-    let log = cp.output();
-    assert!(
-        !log.contains("forbidden"),
-        "an API request was forbidden:\n{log}"
-    );
+    assert_nothing_forbidden(&cp);
 }

@@ -167,11 +167,23 @@ fn payments() -> Objects {
     }
 }
 
-fn only_service(objects: &Objects) -> ServiceSpec {
-    let mesh = Translator::new(TRUST_DOMAIN)
+/// The mesh `objects` translate to, which must be valid.
+fn valid_mesh(objects: &Objects) -> weft_api::mesh::MeshSpec {
+    Translator::new(TRUST_DOMAIN)
         .translate(objects)
         .mesh
-        .expect("valid mesh");
+        .expect("valid mesh")
+}
+
+/// [`payments`] with its Service's `ports` replaced.
+fn payments_on_ports(ports: Value) -> Objects {
+    let mut objects = payments();
+    objects.services = vec![service("shop", "payments", "10.96.0.20", ports)];
+    objects
+}
+
+fn only_service(objects: &Objects) -> ServiceSpec {
+    let mesh = valid_mesh(objects);
     assert_eq!(mesh.services.len(), 1, "{mesh:?}");
     mesh.services[0].clone()
 }
@@ -329,26 +341,17 @@ fn per_port(s: &ServiceSpec) -> Vec<String> {
 
 #[test]
 fn a_multi_port_service_is_one_service_with_an_endpoint_set_per_port() {
-    let mut objects = payments();
-    objects.services = vec![service(
-        "shop",
-        "payments",
-        "10.96.0.20",
-        json!([
-            {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP", "appProtocol": "http"},
-            {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
-        ]),
-    )];
+    let mut objects = payments_on_ports(json!([
+        {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP", "appProtocol": "http"},
+        {"name": "metrics", "port": 9090, "targetPort": 9090, "protocol": "TCP"}
+    ]));
     objects.slices = vec![slice_with_ports(
         "payments",
         "payments-x",
         &[("metrics", 9090), ("web", 8081)],
         &[("10.244.1.5", "payments-1", true, true, false)],
     )];
-    let mesh = Translator::new(TRUST_DOMAIN)
-        .translate(&objects)
-        .mesh
-        .expect("valid mesh");
+    let mesh = valid_mesh(&objects);
     assert_eq!(mesh.services.len(), 1, "no `<port>-<name>` services");
     let svc = &mesh.services[0];
     assert_eq!(svc.name.as_str(), "payments");
@@ -378,17 +381,11 @@ fn a_multi_port_service_is_one_service_with_an_endpoint_set_per_port() {
 
 #[test]
 fn a_named_target_port_may_differ_per_pod_and_a_port_shared_by_all_adds_no_set() {
-    let mut objects = payments();
-    objects.services = vec![service(
-        "shop",
-        "payments",
-        "10.96.0.20",
-        json!([
-            {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
-            {"name": "grpc", "port": 9090, "targetPort": "grpc", "protocol": "TCP"},
-            {"name": "admin", "port": 9900, "targetPort": "http", "protocol": "TCP"}
-        ]),
-    )];
+    let mut objects = payments_on_ports(json!([
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 9090, "targetPort": "grpc", "protocol": "TCP"},
+        {"name": "admin", "port": 9900, "targetPort": "http", "protocol": "TCP"}
+    ]));
     // Two pod templates (a rollout): the old one names its ports differently, and only
     // the new one serves grpc.
     objects.slices = vec![
@@ -405,10 +402,7 @@ fn a_named_target_port_may_differ_per_pod_and_a_port_shared_by_all_adds_no_set()
             &[("10.244.1.6", "payments-2", true, true, false)],
         ),
     ];
-    let mesh = Translator::new(TRUST_DOMAIN)
-        .translate(&objects)
-        .mesh
-        .expect("valid mesh");
+    let mesh = valid_mesh(&objects);
     let svc = &mesh.services[0];
     assert_eq!(
         per_port(svc),
@@ -934,10 +928,7 @@ fn route_hostnames_reach_the_routes_and_exact_names_go_first() {
             "rules": [{"backendRefs": to_canary}]
         }),
     ));
-    let mesh = Translator::new(TRUST_DOMAIN)
-        .translate(&objects)
-        .mesh
-        .expect("valid mesh");
+    let mesh = valid_mesh(&objects);
     let routes = &mesh.find("payments", "shop").expect("payments").routes;
     let got: Vec<_> = routes
         .iter()
