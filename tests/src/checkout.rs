@@ -95,17 +95,7 @@ impl Checkout {
             cmd.arg("--kubeconfig").arg(k).env_remove("KUBECONFIG");
         }
         cmd.args(args);
-        let out = crate::cluster::run_bounded(cmd, None, KUBECTL_LIMIT)
-            .with_context(|| format!("kubectl {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::cluster::kubectl_stdout(cmd, args, None, KUBECTL_LIMIT)
     }
 
     /// Waits until deployment `ns/name` has all its replicas updated and Ready;
@@ -501,19 +491,10 @@ fn loadgen(name: &str, rps: u32, seconds: u32) -> anyhow::Result<Pod> {
 
 /// Polls `check` every 250 ms until it returns `Some`, or fails naming `what`
 /// once `limit` has passed.
-pub async fn poll<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn poll<T, F, Fut>(limit: Duration, what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{what}: not reached within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::poll_every(Duration::from_millis(250), limit, what, check).await
 }

@@ -97,7 +97,25 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
 /// Polls `check` every few milliseconds until it returns `Some`, or fails the test
 /// naming `what` once `limit` has passed. Use it to wait for a state change instead
 /// of sleeping for a guessed time.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_every(Duration::from_millis(10), limit, what, check).await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Polls `check` every `every` until it returns `Some`, or errs naming `what` once
+/// `limit` has passed.
+pub async fn poll_every<T, F, Fut>(
+    every: Duration,
+    limit: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -105,11 +123,11 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Ok(v);
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("{what}: condition not reached within {limit:?}");
+            anyhow::bail!("{what}: condition not reached within {limit:?}");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
 }

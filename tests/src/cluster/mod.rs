@@ -481,16 +481,7 @@ impl Cluster {
 
     /// Like [`Cluster::kubectl`], with `input` on its stdin (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
-        let out = self.kubectl_output(args, input)?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        kubectl_stdout(self.kubectl_command(args), args, input, KUBECTL_LIMIT)
     }
 
     /// Runs kubectl as admin and returns whatever it did, success or not.
@@ -616,6 +607,27 @@ fn write_kubeconfig(
 }
 
 /// Runs `cmd` with `input` on stdin, killing it if it takes longer than `limit`.
+/// Runs `cmd`, a kubectl with `args`, within `limit`: its stdout, or an error with
+/// its stderr.
+pub fn kubectl_stdout(
+    cmd: Command,
+    args: &[&str],
+    input: Option<&str>,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let out =
+        run_bounded(cmd, input, limit).with_context(|| format!("kubectl {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn run_bounded(
     mut cmd: Command,
     input: Option<&str>,
