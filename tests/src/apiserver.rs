@@ -23,6 +23,7 @@ use hyper_util::server::conn::auto;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -193,7 +194,6 @@ pub fn kubeconfig(dir: &Path, server: &str, ca_pem: &str) -> anyhow::Result<Path
 }
 
 fn tls() -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
     ca.distinguished_name
@@ -208,6 +208,18 @@ fn tls() -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
         .subject_alt_names
         .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
     let cert = params.signed_by(&key, &issuer)?;
+    Ok((
+        ca_cert.pem(),
+        tls_acceptor(&cert, &key, &[b"h2", b"http/1.1"])?,
+    ))
+}
+
+/// A TLS server (no client certificates) presenting `cert` and offering `alpn`.
+pub fn tls_acceptor(
+    cert: &rcgen::Certificate,
+    key: &KeyPair,
+    alpn: &[&[u8]],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -216,11 +228,8 @@ fn tls() -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
             vec![cert.der().clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((
-        ca_cert.pem(),
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    ))
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -82,21 +82,11 @@ fn answer(dir: &std::path::Path, req: &Request<Incoming>) -> Response<Full<Bytes
 }
 
 fn tls(ip: Ipv4Addr) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::new())?;
     params
         .subject_alt_names
         .push(rcgen::SanType::IpAddress(ip.into()));
     let cert = params.self_signed(&key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    crate::apiserver::tls_acceptor(&cert, &key, &[b"http/1.1"])
 }
