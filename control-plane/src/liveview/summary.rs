@@ -92,11 +92,11 @@ impl Delta {
 
 /// A counter's growth; a total that went down (the proxy restarted under the same
 /// name) counts from zero.
-fn grew(new: u64, old: u64) -> u64 {
+pub(super) fn grew(new: u64, old: u64) -> u64 {
     if new >= old { new - old } else { new }
 }
 
-fn per_second(n: u64, secs: f64) -> f64 {
+pub(super) fn per_second(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
@@ -177,6 +177,46 @@ fn key(node: &v1::Node) -> String {
     format!("{workload}.{}", node.namespace)
 }
 
+/// One proxy's part in a window: its latest report and what the window's
+/// differences start from.
+pub(super) struct Part<'h> {
+    pub(super) latest: &'h Arc<v1::ProxyReport>,
+    /// The newest report at least the window older than the latest, else the
+    /// oldest: the latest itself when it is the only one (nothing grew).
+    pub(super) base: &'h Arc<v1::ProxyReport>,
+    /// Seconds between the two.
+    pub(super) secs: f64,
+    /// The proxy reported lately: what it has open counts.
+    pub(super) fresh: bool,
+    /// Its workload, "name.namespace".
+    pub(super) from: String,
+}
+
+/// Each proxy's part in the window of `span` as of `now`; a proxy whose last
+/// report is older than `stale` is not fresh.
+pub(super) fn parts(
+    histories: &[Vec<super::Received>],
+    span: Duration,
+    now: Instant,
+    stale: Duration,
+) -> impl Iterator<Item = Part<'_>> {
+    histories.iter().filter_map(move |history| {
+        let (t_new, latest) = history.last()?;
+        let (t_old, base) = history
+            .iter()
+            .rev()
+            .find(|(t, _)| t_new.saturating_duration_since(*t) >= span)
+            .or_else(|| history.first())?;
+        Some(Part {
+            latest,
+            base,
+            secs: t_new.saturating_duration_since(*t_old).as_secs_f64(),
+            fresh: now.saturating_duration_since(*t_new) <= stale,
+            from: latest.node.as_ref().map(key).unwrap_or_default(),
+        })
+    })
+}
+
 /// The summary of `histories` (each one proxy's reports, oldest first) as of `now`.
 pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Duration) -> Summary {
     let mut bounds: Vec<f64> = Vec::new();
@@ -223,39 +263,25 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         // (service) → inbound delta; (from, service) → outbound delta.
         let mut inbound: BTreeMap<String, Delta> = BTreeMap::new();
         let mut edges: BTreeMap<(String, String), Delta> = BTreeMap::new();
-        for history in histories {
-            let Some((t_new, latest)) = history.last() else {
-                continue;
-            };
-            // The baseline: the newest report at least `span` old, else the oldest.
-            let (t_old, base) = history
-                .iter()
-                .rev()
-                .find(|(t, _)| t_new.saturating_duration_since(*t) >= span)
-                .or_else(|| history.first())
-                .map(|(t, r)| (*t, Some(r)))
-                .unwrap_or((*t_new, None));
-            let secs = t_new.saturating_duration_since(t_old).as_secs_f64();
-            let same = base.is_some_and(|b| Arc::ptr_eq(b, latest));
-            let from = latest.node.as_ref().map(key).unwrap_or_default();
-            let fresh = now.saturating_duration_since(*t_new) <= Duration::from_secs(5);
-            for t in &latest.traffic {
-                let old = base.and_then(|b| {
-                    b.traffic
-                        .iter()
-                        .find(|o| o.direction == t.direction && o.service == t.service)
-                });
+        for part in parts(histories, span, now, stale) {
+            let same = Arc::ptr_eq(part.base, part.latest);
+            for t in &part.latest.traffic {
+                let old = part
+                    .base
+                    .traffic
+                    .iter()
+                    .find(|o| o.direction == t.direction && o.service == t.service);
                 let mut d = if same {
                     Delta::default()
                 } else {
-                    delta(t, old, secs)
+                    delta(t, old, part.secs)
                 };
                 if t.direction == v1::TrafficDirection::Inbound as i32 {
-                    d.open = fresh.then_some(latest.open_inbound_connections);
+                    d.open = part.fresh.then_some(part.latest.open_inbound_connections);
                     inbound.entry(t.service.clone()).or_default().add(&d);
                 } else {
                     edges
-                        .entry((from.clone(), t.service.clone()))
+                        .entry((part.from.clone(), t.service.clone()))
                         .or_default()
                         .add(&d);
                 }
@@ -330,6 +356,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                 .and_then(|own| share(own.tls_requests, own.counts.requests));
             window.services.push(view(service, None, &d, tls));
         }
+        (window.tcp_services, window.tcp_edges) = super::tcp::window(histories, span, now, stale);
         windows.insert(name.to_string(), window);
     }
     Summary {
