@@ -67,7 +67,58 @@ struct Delta {
     routes: BTreeMap<String, (Counts, f64)>,
 }
 
-impl Delta {
+/// Numbers of one service or edge that add up over proxies.
+pub(super) trait Sum: Default + Clone {
+    fn add(&mut self, other: &Self);
+}
+
+/// One window's numbers by where they were seen: arriving at each service's own
+/// proxies, and sent by each calling workload to each service.
+pub(super) struct Tally<D> {
+    pub(super) inbound: BTreeMap<String, D>,
+    pub(super) edges: BTreeMap<(String, String), D>,
+}
+
+impl<D: Sum> Tally<D> {
+    pub(super) fn new() -> Tally<D> {
+        Tally {
+            inbound: BTreeMap::new(),
+            edges: BTreeMap::new(),
+        }
+    }
+
+    /// Adds what `part`'s proxy saw of `service` in `direction`.
+    pub(super) fn add(&mut self, part: &Part<'_>, direction: i32, service: &str, d: &D) {
+        if direction == v1::TrafficDirection::Inbound as i32 {
+            self.inbound.entry(service.to_string()).or_default().add(d);
+        } else {
+            self.edges
+                .entry((part.from.clone(), service.to_string()))
+                .or_default()
+                .add(d);
+        }
+    }
+
+    /// Into each service, what all its callers sent.
+    pub(super) fn called(&self) -> BTreeMap<&str, D> {
+        let mut called: BTreeMap<&str, D> = BTreeMap::new();
+        for ((_, service), d) in &self.edges {
+            called.entry(service).or_default().add(d);
+        }
+        called
+    }
+
+    /// Every service seen arriving or called, in order.
+    pub(super) fn services<'a>(&'a self, called: &BTreeMap<&'a str, D>) -> Vec<&'a str> {
+        let mut names: Vec<&str> = self.inbound.keys().map(String::as_str).collect();
+        names.extend(called.keys().copied());
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+impl Sum for Delta {
     fn add(&mut self, other: &Delta) {
         self.counts.add(&other.counts);
         self.rps += other.rps;
@@ -260,9 +311,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
     });
 
     for (name, span) in WINDOWS {
-        // (service) → inbound delta; (from, service) → outbound delta.
-        let mut inbound: BTreeMap<String, Delta> = BTreeMap::new();
-        let mut edges: BTreeMap<(String, String), Delta> = BTreeMap::new();
+        let mut tally: Tally<Delta> = Tally::new();
         for part in parts(histories, span, now, stale) {
             let same = Arc::ptr_eq(part.base, part.latest);
             for t in &part.latest.traffic {
@@ -278,13 +327,8 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                 };
                 if t.direction == v1::TrafficDirection::Inbound as i32 {
                     d.open = part.fresh.then_some(part.latest.open_inbound_connections);
-                    inbound.entry(t.service.clone()).or_default().add(&d);
-                } else {
-                    edges
-                        .entry((part.from.clone(), t.service.clone()))
-                        .or_default()
-                        .add(&d);
                 }
+                tally.add(&part, t.direction, &t.service, &d);
             }
         }
         let view = |service: &str, from: Option<&str>, d: &Delta, tls: Option<f64>| {
@@ -326,17 +370,13 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         let mut window = Window::default();
         // Into each service: what its callers sent, for the breakers and retries
         // (the callers' proxies enforce them) and for a service no proxy serves.
-        let mut called: BTreeMap<&str, Delta> = BTreeMap::new();
-        for ((from, service), d) in &edges {
+        for ((from, service), d) in &tally.edges {
             let tls = share(d.tls_requests, d.attempts);
             window.edges.push(view(service, Some(from), d, tls));
-            called.entry(service).or_default().add(d);
         }
-        let mut names: Vec<&str> = inbound.keys().map(String::as_str).collect();
-        names.extend(called.keys().copied());
-        names.sort_unstable();
-        names.dedup();
-        for service in names {
+        let called = tally.called();
+        let inbound = &tally.inbound;
+        for service in tally.services(&called) {
             let callers = called.get(service);
             let mut d = match inbound.get(service) {
                 Some(own) => own.clone(),

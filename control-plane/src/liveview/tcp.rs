@@ -2,14 +2,13 @@
 //! connections open now, those opened and the bytes moved over a window, the
 //! share over mTLS and the connections that could not be forwarded.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use weft_api::live::TcpView;
 use weft_api::v1;
 
 use super::Received;
-use super::summary::{grew, parts, per_second};
+use super::summary::{Sum, Tally, grew, parts, per_second};
 
 /// One service's or edge's numbers, summed over proxies as they are added.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +47,9 @@ impl Tcp {
             bytes_out_per_second: per_second(bytes_out, secs),
         }
     }
+}
 
+impl Sum for Tcp {
     fn add(&mut self, o: &Tcp) {
         self.open += o.open;
         self.open_tls += o.open_tls;
@@ -61,7 +62,9 @@ impl Tcp {
         self.bytes_in_per_second += o.bytes_in_per_second;
         self.bytes_out_per_second += o.bytes_out_per_second;
     }
+}
 
+impl Tcp {
     fn view(&self, service: &str, from: Option<&str>) -> TcpView {
         // A broker's connections live for hours: what is open says more than
         // what opened in the last seconds.
@@ -96,8 +99,7 @@ pub(super) fn window(
     now: Instant,
     stale: Duration,
 ) -> (Vec<TcpView>, Vec<TcpView>) {
-    let mut inbound: BTreeMap<String, Tcp> = BTreeMap::new();
-    let mut edges: BTreeMap<(String, String), Tcp> = BTreeMap::new();
+    let mut tally: Tally<Tcp> = Tally::new();
     for part in parts(histories, span, now, stale) {
         for t in &part.latest.tcp {
             let old = part
@@ -106,31 +108,21 @@ pub(super) fn window(
                 .iter()
                 .find(|o| o.direction == t.direction && o.service == t.service);
             let d = Tcp::grown(t, old, part.secs, part.fresh);
-            if t.direction == v1::TrafficDirection::Inbound as i32 {
-                inbound.entry(t.service.clone()).or_default().add(&d);
-            } else {
-                edges
-                    .entry((part.from.clone(), t.service.clone()))
-                    .or_default()
-                    .add(&d);
-            }
+            tally.add(&part, t.direction, &t.service, &d);
         }
     }
-    let mut called: BTreeMap<&str, Tcp> = BTreeMap::new();
-    let mut edge_views = Vec::new();
-    for ((from, service), d) in &edges {
-        edge_views.push(d.view(service, Some(from)));
-        called.entry(service).or_default().add(d);
-    }
-    let mut names: Vec<&str> = inbound.keys().map(String::as_str).collect();
-    names.extend(called.keys().copied());
-    names.sort_unstable();
-    names.dedup();
-    let services = names
+    let edges = tally
+        .edges
+        .iter()
+        .map(|((from, service), d)| d.view(service, Some(from)))
+        .collect();
+    let called = tally.called();
+    let services = tally
+        .services(&called)
         .into_iter()
         .map(|service| {
             let callers = called.get(service);
-            let d = match inbound.get(service) {
+            let d = match tally.inbound.get(service) {
                 Some(own) => {
                     // Callers' failures (no endpoint, connect failed) never reached
                     // the service's own proxy: they add to its own.
@@ -143,7 +135,7 @@ pub(super) fn window(
             d.view(service, None)
         })
         .collect();
-    (services, edge_views)
+    (services, edges)
 }
 
 #[cfg(test)]
