@@ -26,7 +26,7 @@ use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::inbound_policy::TlsMode;
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
-use crate::metrics::{Direction, ServiceMetrics};
+use crate::metrics::{Direction, ServiceMetrics, TcpFailure};
 use crate::observe::Observer;
 use crate::ports::PortSet;
 use weft_api::spiffe::SpiffeId;
@@ -265,10 +265,14 @@ impl Inbound {
                 serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
             }
             Detected::Tls | Detected::Opaque => {
-                if peer.allowed {
-                    let peer_id = peer.id.as_ref().map(|(_, id)| &**id);
-                    let metrics = self.metrics.tcp(peer_id);
-                    crate::tcp::forward(io, peer.app, self.connect_timeout, Some(&metrics)).await;
+                if !peer.allowed {
+                    self.metrics.tcp_failed(TcpFailure::Forbidden);
+                    return;
+                }
+                let peer_id = peer.id.as_ref().map(|(_, id)| &**id);
+                let metrics = self.metrics.tcp(peer_id);
+                if !crate::tcp::forward(io, peer.app, self.connect_timeout, Some(&metrics)).await {
+                    self.metrics.tcp_failed(TcpFailure::ConnectFailure);
                 }
             }
         }

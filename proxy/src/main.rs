@@ -133,7 +133,18 @@ fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        match weft_proxy::proxy::start(config).await {
+        let mut signals = weft_proxy::proxy::StopSignals::install();
+        let started = match signals.as_mut() {
+            Some(s) => tokio::select! {
+                started = weft_proxy::proxy::start(config) => started,
+                name = s.recv() => {
+                    tracing::info!("{name} received while starting; stopped");
+                    return ExitCode::SUCCESS;
+                }
+            },
+            None => weft_proxy::proxy::start(config).await,
+        };
+        match started {
             Ok(proxy) => {
                 tracing::info!(
                     outbound = ?proxy.outbound,
@@ -142,7 +153,7 @@ fn run(config: Config) -> ExitCode {
                     upstreams = ?proxy.upstreams,
                     "weft-proxy ready"
                 );
-                proxy.run_until_shutdown().await;
+                proxy.run_until_shutdown(signals).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

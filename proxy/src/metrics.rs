@@ -106,6 +106,12 @@ const TCP_SERVICE_SENT: Def = def(
     "Bytes sent to the client of opaque TCP connections.",
     TCP_SERVICE_LABELS,
 );
+const TCP_SERVICE_FAILURES: Def = def(
+    "weft_tcp_service_failures_total",
+    "Opaque TCP connections not forwarded, by direction, service and reason \
+     (no-endpoints, connect-failure, forbidden).",
+    &["direction", "service", "reason"],
+);
 /// Distinct label sets of the per-service TCP metrics. Services come from the
 /// control plane and identities are verified against the mesh's CA, so real meshes
 /// stay far below; past it, new combinations are counted under `overflow`, so a
@@ -246,6 +252,7 @@ struct TcpFamilies {
     open: IntGaugeVec,
     received: IntCounterVec,
     sent: IntCounterVec,
+    failures: IntCounterVec,
     resolved: Mutex<HashMap<TcpKey, TcpConnMetrics>>,
 }
 
@@ -267,6 +274,7 @@ impl TcpFamilies {
             ),
             received: counter_vec(r, &TCP_SERVICE_RECEIVED),
             sent: counter_vec(r, &TCP_SERVICE_SENT),
+            failures: counter_vec(r, &TCP_SERVICE_FAILURES),
             resolved: Mutex::new(HashMap::new()),
         }
     }
@@ -350,6 +358,27 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
             Direction::Gateway => "gateway",
+        }
+    }
+}
+
+/// Why an opaque connection was not forwarded, as the `reason` label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TcpFailure {
+    /// The service had no endpoint to pick.
+    NoEndpoints,
+    /// No endpoint (outbound) or the app (inbound) accepted the connection.
+    ConnectFailure,
+    /// Inbound authorization refused the caller.
+    Forbidden,
+}
+
+impl TcpFailure {
+    fn label(self) -> &'static str {
+        match self {
+            TcpFailure::NoEndpoints => "no-endpoints",
+            TcpFailure::ConnectFailure => "connect-failure",
+            TcpFailure::Forbidden => "forbidden",
         }
     }
 }
@@ -439,6 +468,20 @@ impl ServiceMetrics {
             peer_identity: peer.unwrap_or_default().to_string(),
             tls: peer.is_some(),
         })
+    }
+
+    /// Counts an opaque connection of this service that could not be forwarded.
+    /// The service comes from the snapshot and the reasons are fixed, so this
+    /// label set is as bounded as the services'.
+    pub(crate) fn tcp_failed(&self, reason: TcpFailure) {
+        self.tcp
+            .failures
+            .with_label_values(&[
+                self.direction.label(),
+                self.service.as_str(),
+                reason.label(),
+            ])
+            .inc();
     }
 
     /// Counts an error the proxy answered itself, by the reason in `weft-error`.

@@ -37,7 +37,7 @@ use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
-use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics};
+use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics, TcpFailure};
 use crate::observe::{Observer, Picked};
 use crate::outcome::Outcome;
 use crate::ports::PortSet;
@@ -253,6 +253,12 @@ impl Outbound {
         for _ in 0..attempts {
             let Some(idx) = svc.pick(key, skip) else {
                 tracing::debug!(service = %svc.key(), "no endpoints for opaque connection");
+                let reason = if skip.is_some() {
+                    TcpFailure::ConnectFailure
+                } else {
+                    TcpFailure::NoEndpoints
+                };
+                svc.metrics.tcp_failed(reason);
                 return;
             };
             let ep = &svc.endpoints[idx];
@@ -282,6 +288,7 @@ impl Outbound {
                 }
             }
         }
+        svc.metrics.tcp_failed(TcpFailure::ConnectFailure);
     }
 
     async fn handle(

@@ -399,11 +399,11 @@ impl Proxy {
         self.shutdown.clone()
     }
 
-    /// Waits for a shutdown request (token, SIGTERM or SIGINT), then drains: stop
+    /// Waits for a shutdown request (token, or one of `signals`), then drains: stop
     /// accepting, let in-flight requests finish within the grace period, close idle
     /// connections.
-    pub async fn run_until_shutdown(self) {
-        wait_for_signal(&self.shutdown).await;
+    pub async fn run_until_shutdown(self, signals: Option<StopSignals>) {
+        wait_for_signal(&self.shutdown, signals).await;
         self.drain().await;
     }
 
@@ -426,21 +426,45 @@ impl Proxy {
     }
 }
 
-async fn wait_for_signal(shutdown: &CancellationToken) {
-    #[cfg(unix)]
-    {
+/// SIGTERM and SIGINT, listened for from before start-up on: a proxy told to stop
+/// while it starts (a pod deleted at once) stops cleanly instead of by the
+/// signal's default action.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Listens from now on; `None` (logged) when the signals cannot be had.
+    pub fn install() -> Option<StopSignals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        if let (Ok(mut term), Ok(mut int)) = (term, int) {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some(StopSignals { term, int }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for signals; only /shutdown stops the proxy");
+                None
             }
-            return;
         }
-        tracing::warn!("cannot listen for signals; only /shutdown stops the proxy");
     }
-    shutdown.cancelled().await;
+
+    /// The next stop signal's name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+async fn wait_for_signal(shutdown: &CancellationToken, signals: Option<StopSignals>) {
+    match signals {
+        Some(mut signals) => tokio::select! {
+            _ = shutdown.cancelled() => {}
+            name = signals.recv() => tracing::info!("{name} received"),
+        },
+        None => shutdown.cancelled().await,
+    }
 }

@@ -77,6 +77,21 @@ async fn report_once(inputs: &ReportInputs) -> String {
 }
 
 type Traffic = BTreeMap<(i32, String), v1::TrafficTotals>;
+type Tcp = BTreeMap<(i32, String), v1::TcpTotals>;
+
+/// The opaque TCP totals for one direction and service, created on first sight.
+fn tcp_totals<'t>(
+    tcp: &'t mut Tcp,
+    direction: v1::TrafficDirection,
+    service: &str,
+) -> &'t mut v1::TcpTotals {
+    tcp.entry((direction as i32, service.to_string()))
+        .or_insert_with(|| v1::TcpTotals {
+            direction: direction as i32,
+            service: service.to_string(),
+            ..Default::default()
+        })
+}
 
 /// The totals for one direction and service, created on first sight.
 fn totals<'t>(
@@ -102,6 +117,7 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
     // in the proxy's namespace.
     let inbound_key = format!("{}.{}", inputs.node.workload, inputs.node.namespace);
     let mut traffic = Traffic::new();
+    let mut tcp = Tcp::new();
     let mut bounds = Vec::new();
     let (mut open_in, mut open_out, mut tls_in) = (0, 0, 0);
     for family in &families {
@@ -161,6 +177,30 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
                 "weft_inbound_requests_by_peer_total" if label(labels, "tls") == Some("true") => {
                     tls_in += counter;
                 }
+                "weft_tcp_service_connections_total" => {
+                    let t = tcp_totals(&mut tcp, direction, service);
+                    t.connections += counter;
+                    if label(labels, "tls") == Some("true") {
+                        t.tls_connections += counter;
+                    }
+                }
+                "weft_tcp_service_open_connections" => {
+                    let n = m.get_gauge().get_value().max(0.0) as u64;
+                    let t = tcp_totals(&mut tcp, direction, service);
+                    t.open += n;
+                    if label(labels, "tls") == Some("true") {
+                        t.open_tls += n;
+                    }
+                }
+                "weft_tcp_service_received_bytes_total" => {
+                    tcp_totals(&mut tcp, direction, service).received_bytes += counter;
+                }
+                "weft_tcp_service_sent_bytes_total" => {
+                    tcp_totals(&mut tcp, direction, service).sent_bytes += counter;
+                }
+                "weft_tcp_service_failures_total" => {
+                    tcp_totals(&mut tcp, direction, service).failures += counter;
+                }
                 "weft_open_connections" => {
                     let n = m.get_gauge().get_value().max(0.0) as u64;
                     match direction {
@@ -177,6 +217,8 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
     }
     // Requests the outbound could not place have no service to show.
     traffic.retain(|(_, service), t| service != "unknown" && t.requests > 0);
+    // Label sets past the proxy's bound are counted under "overflow": no service.
+    tcp.retain(|(_, service), t| service != "overflow" && (t.connections > 0 || t.failures > 0));
     for t in traffic.values_mut() {
         // A series made ready but never used (a service's unmatched requests) is
         // not a route anyone sends to.
@@ -192,7 +234,8 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
     let mut endpoints = Vec::new();
     for svc in snapshot.services.values() {
         let key = svc.key();
-        if !traffic.contains_key(&(Outbound as i32, key.clone())) {
+        let outbound = (Outbound as i32, key.clone());
+        if !traffic.contains_key(&outbound) && !tcp.contains_key(&outbound) {
             continue;
         }
         for ep in &svc.endpoints {
@@ -234,6 +277,7 @@ pub(crate) fn build(inputs: &ReportInputs, sequence: u64) -> v1::ProxyReport {
         open_outbound_connections: open_out,
         latency_bounds: bounds,
         endpoints,
+        tcp: tcp.into_values().collect(),
     }
 }
 
@@ -267,4 +311,67 @@ fn label<'a>(labels: &'a [LabelPair], name: &str) -> Option<&'a str> {
         .iter()
         .find(|l| l.name() == name)
         .map(LabelPair::value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+
+    use super::*;
+    use crate::metrics::{Direction, TcpFailure};
+    use crate::snapshot::Snapshot;
+
+    fn inputs(metrics: Metrics) -> ReportInputs {
+        ReportInputs {
+            // Never connected: build only reads the metrics and the snapshot.
+            channel: Channel::from_static("http://127.0.0.1:9").connect_lazy(),
+            node: v1::Node {
+                id: "rabbitmq-1".into(),
+                namespace: "default".into(),
+                workload: "rabbitmq".into(),
+                ..Default::default()
+            },
+            metrics,
+            store: Arc::new(ArcSwap::from_pointee(Snapshot::empty("default"))),
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn opaque_tcp_is_reported_per_direction_and_service() {
+        let metrics = Metrics::new();
+        let inbound = metrics.service(Direction::Inbound, "rabbitmq");
+        let peer = "spiffe://cluster.local/ns/default/sa/orders";
+        let mtls = inbound.tcp(Some(peer));
+        let _open = mtls.open();
+        drop(mtls.open());
+        mtls.received.inc_by(300);
+        mtls.sent.inc_by(200);
+        let plain = inbound.tcp(None);
+        let _open_plain = plain.open();
+        plain.received.inc_by(5);
+        inbound.tcp_failed(TcpFailure::Forbidden);
+        let outbound = metrics.service(Direction::Outbound, "db.default");
+        outbound.tcp_failed(TcpFailure::NoEndpoints);
+
+        let report = build(&inputs(metrics), 1);
+        let find = |direction: v1::TrafficDirection, service: &str| {
+            report
+                .tcp
+                .iter()
+                .find(|t| t.direction == direction as i32 && t.service == service)
+                .cloned()
+                .unwrap_or_else(|| panic!("{service} in {:?}", report.tcp))
+        };
+        let broker = find(v1::TrafficDirection::Inbound, "rabbitmq.default");
+        assert_eq!((broker.connections, broker.tls_connections), (3, 2));
+        assert_eq!((broker.open, broker.open_tls), (2, 1));
+        assert_eq!((broker.received_bytes, broker.sent_bytes), (305, 200));
+        assert_eq!(broker.failures, 1);
+        let db = find(v1::TrafficDirection::Outbound, "db.default");
+        assert_eq!((db.connections, db.failures), (0, 1));
+        assert!(report.traffic.is_empty(), "no HTTP: {:?}", report.traffic);
+    }
 }

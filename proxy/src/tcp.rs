@@ -12,13 +12,15 @@ use crate::io::CountingIo;
 use crate::metrics::TcpConnMetrics;
 
 /// Connects to `upstream` in plaintext and splices; with `metrics`, the connection
-/// is counted in its service's TCP metrics once it is connected.
+/// is counted in its service's TCP metrics once it is connected. False: the
+/// upstream could not be reached.
 pub(crate) async fn forward<I>(
     client: I,
     upstream: SocketAddr,
     connect_timeout: Duration,
     metrics: Option<&TcpConnMetrics>,
-) where
+) -> bool
+where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let server = match connect_to(&Key::plain(upstream), connect_timeout, None, Alpn::Opaque).await
@@ -26,13 +28,14 @@ pub(crate) async fn forward<I>(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%upstream, reason = e.reason(), "opaque connect failed");
-            return;
+            return false;
         }
     };
     match metrics {
         Some(metrics) => splice_counted(client, server, upstream, metrics).await,
         None => splice(client, server, upstream).await,
     }
+    true
 }
 
 /// [`splice`], counted in a service's TCP metrics while it lasts: open, and bytes

@@ -5,6 +5,8 @@
 //! orders=1, payments=2, notifications=3, users=4, and with RabbitMQ inventory=5,
 //! rabbitmq=6), the gateway's listener base+500 (admin 501, outbound 502),
 //! control-plane admin = base+990.
+//!
+//! [`Demo`] runs it as a child; [`TerminalDemo`] is its command for a terminal.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -16,6 +18,7 @@ use anyhow::Context as _;
 use tempfile::TempDir;
 
 use crate::bins;
+use crate::client::{self, H1Client, Reply};
 use crate::process::Process;
 
 /// The demo's HTTP services in port order.
@@ -79,6 +82,38 @@ pub fn free_port_block() -> u16 {
     panic!("no free block of demo ports between {FIRST_BASE} and {LAST_BASE}");
 }
 
+/// The control plane's admin port above the demo's base.
+const CONTROL_ADMIN: u16 = 990;
+
+/// What every demo run of the tests shares: a free block of ports, a state dir in
+/// a temp dir of its own, and the command line of `weft-control demo` on them.
+struct Setup {
+    base: u16,
+    dir: TempDir,
+    /// `weft-control demo --base-port .. --state-dir .. <the test's args>`.
+    argv: Vec<String>,
+}
+
+impl Setup {
+    fn new(args: &[&str]) -> anyhow::Result<Setup> {
+        let base = free_port_block();
+        let dir = tempfile::Builder::new()
+            .prefix("weft-e2e-demo-")
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let mut argv = vec![
+            bins::binary("weft-control")?.display().to_string(),
+            "demo".to_string(),
+            "--base-port".to_string(),
+            base.to_string(),
+            "--state-dir".to_string(),
+            dir.path().join("state").display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Ok(Setup { base, dir, argv })
+    }
+}
+
 /// A running `weft-control demo`. It leads its own process group: dropped, it gets
 /// SIGTERM and time to stop its children, then whatever is left is killed.
 pub struct Demo {
@@ -87,29 +122,46 @@ pub struct Demo {
     _dir: TempDir,
 }
 
+/// `weft-control demo` as a shell command for a terminal (a [`crate::tmux`]
+/// session), on a port block and state dir of its own, which it keeps while
+/// this lives.
+pub struct TerminalDemo {
+    pub base: u16,
+    pub command: String,
+    _dir: TempDir,
+}
+
+impl TerminalDemo {
+    pub fn new(args: &[&str]) -> anyhow::Result<TerminalDemo> {
+        let setup = Setup::new(args)?;
+        // The demo's own children talk HTTP on loopback: no proxy in between.
+        let command = format!("env -u http_proxy -u HTTP_PROXY {}", setup.argv.join(" "));
+        Ok(TerminalDemo {
+            base: setup.base,
+            command,
+            _dir: setup.dir,
+        })
+    }
+
+    pub fn control_admin(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.base + CONTROL_ADMIN))
+    }
+}
+
 impl Demo {
     /// Starts `weft-control demo --base-port <free block> <args>`.
     pub fn start(args: &[&str]) -> anyhow::Result<Demo> {
-        let base = free_port_block();
-        let dir = tempfile::Builder::new()
-            .prefix("weft-e2e-demo-")
-            .tempdir()
-            .context("cannot create a temp dir")?;
-        let mut cmd = Command::new(bins::binary("weft-control")?);
-        cmd.arg("demo")
-            .arg("--base-port")
-            .arg(base.to_string())
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(args)
+        let setup = Setup::new(args)?;
+        let mut cmd = Command::new(&setup.argv[0]);
+        cmd.args(&setup.argv[1..])
             .env("NO_COLOR", "1")
             .env_remove("http_proxy")
             .env_remove("HTTP_PROXY");
-        let process = Process::spawn_group("weft-control-demo", cmd, dir.path())?;
+        let process = Process::spawn_group("weft-control-demo", cmd, setup.dir.path())?;
         Ok(Demo {
-            base,
+            base: setup.base,
             process,
-            _dir: dir,
+            _dir: setup.dir,
         })
     }
 
@@ -141,12 +193,21 @@ impl Demo {
     }
 
     pub fn control_admin(&self) -> SocketAddr {
-        self.port(990)
+        self.port(CONTROL_ADMIN)
     }
 
     /// The gateway in front of web (plain HTTP).
     pub fn gateway(&self) -> SocketAddr {
         self.port(500)
+    }
+
+    /// A connection to the gateway that names it in Host, as a browser would.
+    pub async fn gateway_client(&self) -> anyhow::Result<GatewayClient> {
+        let gateway = self.gateway();
+        Ok(GatewayClient {
+            client: H1Client::connect(gateway).await?,
+            host: format!("127.0.0.1:{}", gateway.port()),
+        })
     }
 
     pub fn output(&self) -> String {
@@ -238,6 +299,55 @@ impl Demo {
     }
 }
 
+/// One connection to the demo's gateway.
+pub struct GatewayClient {
+    client: H1Client,
+    host: String,
+}
+
+impl GatewayClient {
+    /// `GET path` with the gateway's own address as Host.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Reply> {
+        let host = self.host.clone();
+        self.get_as(path, &host).await
+    }
+
+    /// `GET path` with Host `host`.
+    pub async fn get_as(&mut self, path: &str, host: &str) -> anyhow::Result<Reply> {
+        self.client
+            .send(client::request("GET", path, &[("host", host)], ""))
+            .await
+    }
+
+    /// `GET path` `times` times; each must be answered 200.
+    pub async fn get_ok(&mut self, path: &str, times: usize) -> anyhow::Result<()> {
+        for _ in 0..times {
+            let reply = self.get(path).await?;
+            anyhow::ensure!(reply.status == 200, "{path}: {}", reply.text());
+        }
+        Ok(())
+    }
+}
+
+/// `weftctl top --admin <admin> <args>` with its output not a terminal (plain
+/// lines; give it `--iterations`): what it printed, once it ended well.
+pub async fn weftctl_top(
+    admin: SocketAddr,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let admin = admin.to_string();
+    let out = tokio::process::Command::new(bins::binary("weftctl")?)
+        .args(["top", "--admin", &admin])
+        .args(args)
+        .output();
+    let out = tokio::time::timeout(limit, out)
+        .await
+        .map_err(|_| anyhow::anyhow!("weftctl top {args:?} did not end within {limit:?}"))??;
+    anyhow::ensure!(out.status.success(), "weftctl top {args:?}: {out:?}");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// One service of a live view summary's `window` (`10s` or `1m`).
 pub fn live_service<'a>(
     s: &'a serde_json::Value,
@@ -245,6 +355,18 @@ pub fn live_service<'a>(
     name: &str,
 ) -> Option<&'a serde_json::Value> {
     s["windows"][window]["services"]
+        .as_array()?
+        .iter()
+        .find(|v| v["service"] == name)
+}
+
+/// One opaque TCP service of a live view summary's `window`.
+pub fn live_tcp_service<'a>(
+    s: &'a serde_json::Value,
+    window: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    s["windows"][window]["tcp_services"]
         .as_array()?
         .iter()
         .find(|v| v["service"] == name)

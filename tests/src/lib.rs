@@ -30,7 +30,9 @@
 //! - [`cluster`] is a real Kubernetes control plane (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler) built once by tests/cluster/build.sh.
 //! - [`load`] keeps bounded HTTP load running through a proxy and counts failures.
-//! - [`demo`] runs `weft-control demo` and reads its summary.
+//! - [`demo`] runs `weft-control demo` (as a child, or as the command of a
+//!   [`tmux`] session: a terminal program driven by keys and read off the screen)
+//!   and reads its summary; `weftctl top`'s plain output.
 //! - [`browser`] drives a headless Chromium over DevTools (pages, screenshots).
 //! - [`rabbitmq`] runs a RabbitMQ broker of the test's own (ports, data, epmd);
 //!   [`kafka`] a Kafka broker (KRaft, jars cached by tests/kafka/install.sh).
@@ -70,6 +72,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rabbitmq;
 pub mod record_app;
+pub mod tmux;
 pub mod tools;
 pub mod wire;
 

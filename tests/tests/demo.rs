@@ -6,7 +6,6 @@ use std::time::Duration;
 use http::StatusCode;
 use nix::sys::signal::Signal;
 use weft_tests::admin;
-use weft_tests::client::{self, H1Client};
 use weft_tests::demo::{Demo, SERVICES, last_summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,17 +114,9 @@ async fn the_demo_gateway_routes_api_orders_to_orders_and_api_profile_to_web() {
         "the demo tells the user where the gateway is:\n{}",
         demo.output()
     );
-    let mut c = H1Client::connect(gateway)
-        .await
-        .expect("connect to the gateway");
-    let host = format!("127.0.0.1:{}", gateway.port());
+    let mut c = demo.gateway_client().await.expect("connect to the gateway");
     let orders = c
-        .send(client::request(
-            "GET",
-            "/api/orders?user=1",
-            &[("host", &host)],
-            "",
-        ))
+        .get("/api/orders?user=1")
         .await
         .expect("orders through the gateway");
     assert_eq!(orders.status, StatusCode::OK, "{}", orders.text());
@@ -135,12 +126,7 @@ async fn the_demo_gateway_routes_api_orders_to_orders_and_api_profile_to_web() {
         orders.text()
     );
     let profile = c
-        .send(client::request(
-            "GET",
-            "/api/profile/1",
-            &[("host", &host)],
-            "",
-        ))
+        .get("/api/profile/1")
         .await
         .expect("a profile through the gateway");
     assert_eq!(profile.status, StatusCode::OK, "{}", profile.text());
@@ -150,12 +136,7 @@ async fn the_demo_gateway_routes_api_orders_to_orders_and_api_profile_to_web() {
         profile.text()
     );
     let unknown = c
-        .send(client::request(
-            "GET",
-            "/",
-            &[("host", "elsewhere.example")],
-            "",
-        ))
+        .get_as("/", "elsewhere.example")
         .await
         .expect("an answer for an unknown host");
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);

@@ -3,18 +3,18 @@
 //! that draws it, loaded in a headless Chromium (screenshots under
 //! target/test-artefacts/live_view).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use weft_tests::apps::HttpApp;
+use weft_tests::apps::{Handler, HttpApp, full};
 use weft_tests::browser::{Browser, artefact_dir};
-use weft_tests::client::{self, H1Client};
 use weft_tests::control::WeftControl;
-use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, live_service};
+use weft_tests::demo::{Demo, PROXIES_WITHOUT_BROKER, SERVICES, live_service, weftctl_top};
 use weft_tests::load::{Load, LoadSpec};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
-use weft_tests::{admin, bins, eventually, within};
+use weft_tests::{admin, eventually, within};
 
 const UP_LIMIT: Duration = Duration::from_secs(60);
 /// Reports come every second and the short window is 10 s; a change shows well
@@ -207,18 +207,12 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
     );
     // Through the gateway, web's two routes carry requests: the page lists both
     // under Routes.
-    let gateway = demo.gateway();
-    let host = format!("127.0.0.1:{}", gateway.port());
-    let mut c = H1Client::connect(gateway)
-        .await
-        .expect("connect to the gateway");
+    let mut c = demo.gateway_client().await.expect("connect to the gateway");
     for _ in 0..10 {
         for path in ["/api/orders?user=1", "/api/profile/1"] {
-            let reply = c
-                .send(client::request("GET", path, &[("host", &host)], ""))
+            c.get_ok(path, 1)
                 .await
                 .expect("a request through the gateway");
-            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
         }
     }
     let deadline = tokio::time::Instant::now() + CHANGE_LIMIT;
@@ -278,6 +272,97 @@ async fn the_live_view_page_shows_the_demo_and_a_failing_backend() {
     }
 }
 
+/// A control plane serving `service` and a proxy of workload `web` that calls
+/// it and reports to it.
+async fn web_calling(service: ServiceDef) -> (WeftControl, WeftProxy) {
+    let control = WeftControl::start(&[service])
+        .await
+        .expect("start the control plane");
+    let proxy = WeftProxy::start(
+        ProxyConfig::new()
+            .control_plane(&control.url())
+            .workload("web"),
+    )
+    .await
+    .expect("start proxy");
+    (control, proxy)
+}
+
+/// An app that answers every request 500.
+async fn failing_app() -> HttpApp {
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            let mut resp = http::Response::new(full("failed\n"));
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        })
+    });
+    HttpApp::with_handler("failing", handler)
+        .await
+        .expect("start app")
+}
+
+/// A service behind a concurrency limit, one of whose two endpoints fails every
+/// request and is retried on the other: the live view (and top's table) shows the
+/// breaker's hits and the retries it took, from the caller's proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_hits_and_retries_show_in_the_live_view() {
+    let good = HttpApp::start("good").await.expect("start app");
+    let failing = failing_app().await;
+    let orders = ServiceDef::new("orders")
+        .endpoint(failing.addr)
+        .endpoint(good.addr)
+        .policy(
+            "{load_balancer: round-robin, retry: {max_attempts: 2, retry_on_status: [500]}, \
+              circuit_breaker: {max_active_requests: 2}}",
+        );
+    let (control, proxy) = web_calling(orders).await;
+    let load = Load::start(LoadSpec {
+        clients: 6,
+        pause: Duration::from_millis(5),
+        max_requests_per_client: 2_000,
+        max_time: Duration::from_secs(90),
+        ..LoadSpec::new(proxy.outbound(), "http://orders/slow?ms=50")
+    });
+
+    let orders = eventually(CHANGE_LIMIT, "breaker hits and retries", || async {
+        let reply = admin::get(control.admin(), "/api/summary").await.ok()?;
+        let s: Value = serde_json::from_str(&reply.body).ok()?;
+        let svc = live_service(&s, "10s", "orders.default")?.clone();
+        let hits = svc["breaker"]["active"].as_u64()?;
+        (hits > 0 && svc["retries"].as_u64()? > 0).then_some(svc)
+    })
+    .await;
+    assert!(
+        orders["retry_ratio"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0 && r <= 1.0),
+        "{orders:#}"
+    );
+    // Retried onto the good endpoint, or turned away by the limit at once.
+    assert!(
+        orders["success_rate"].as_f64().is_some_and(|r| r > 0.0),
+        "{orders:#}"
+    );
+
+    // top's BREAKER column counts the same hits.
+    let text = weftctl_top(control.admin(), &["--iterations", "1"], CHANGE_LIMIT)
+        .await
+        .expect("weftctl top --iterations 1");
+    let row: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&"orders"))
+        .unwrap_or_else(|| panic!("no orders row in:\n{text}"));
+    let breaker: u64 = row
+        .get(7)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no BREAKER cell in {row:?}"));
+    assert!(breaker > 0, "{text}");
+    let report = load.stop().await;
+    assert!(report.ok > 0, "nothing got through");
+}
+
 fn route<'a>(service: &'a Value, name: &str) -> Option<&'a Value> {
     service["routes"]
         .as_array()?
@@ -297,16 +382,7 @@ async fn a_service_with_two_routes_is_summarised_per_route() {
           {name: broken, match: [{path: {prefix: /broken}}], \
            filters: {fault: {abort: {status: 503, percent: 100}}}}]",
     );
-    let control = WeftControl::start(&[orders])
-        .await
-        .expect("start the control plane");
-    let proxy = WeftProxy::start(
-        ProxyConfig::new()
-            .control_plane(&control.url())
-            .workload("web"),
-    )
-    .await
-    .expect("start proxy");
+    let (control, proxy) = web_calling(orders).await;
     let bounded = |uri: &str| LoadSpec {
         clients: 2,
         pause: Duration::from_millis(5),
@@ -347,17 +423,9 @@ async fn a_service_with_two_routes_is_summarised_per_route() {
     assert_eq!(edge["tls_share"], 0.0, "{edge:#}");
     assert!(route(edge, "api").is_some(), "{edge:#}");
 
-    let weftctl = bins::binary("weftctl").expect("weftctl is built");
-    let admin_addr = control.admin().to_string();
-    let out = tokio::process::Command::new(weftctl)
-        .args(["top", "--admin", &admin_addr, "--iterations", "1"])
-        .output();
-    let out = tokio::time::timeout(CHANGE_LIMIT, out)
+    let text = weftctl_top(control.admin(), &["--iterations", "1"], CHANGE_LIMIT)
         .await
-        .expect("weftctl top --iterations 1 ends")
-        .expect("run weftctl");
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+        .expect("weftctl top --iterations 1");
     for name in ["api", "broken"] {
         assert!(
             text.lines()

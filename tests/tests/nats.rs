@@ -5,6 +5,9 @@
 //! INFO before the client says anything), so with detection left on, this also
 //! proves sniffing gives up in time instead of hanging.
 //!
+//! The client proxy reports to the control plane: the subscribed consumer's
+//! connection shows in the live view and `weftctl top` as a TCP service.
+//!
 //! Without nats-server the tests are skipped with a message, or fail under `CI=true`.
 
 use std::net::SocketAddr;
@@ -16,10 +19,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use weft_tests::control::WeftControl;
+use weft_tests::demo::{live_tcp_service, weftctl_top};
 use weft_tests::ports::free_addr;
 use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
-use weft_tests::{STEP_DEADLINE, bins, tools};
+use weft_tests::{STEP_DEADLINE, bins, eventually, tools};
 
 const MESSAGES: usize = 3;
 
@@ -119,7 +123,8 @@ async fn event_crosses_the_mesh(test: &str, protocol: Option<&str>) {
         ProxyConfig::new()
             .upstream("nats")
             .limit("detect_timeout", "300ms")
-            .control_plane(&control.url()),
+            .control_plane(&control.url())
+            .workload("orders"),
     )
     .await
     .expect("start client proxy");
@@ -133,6 +138,7 @@ async fn event_crosses_the_mesh(test: &str, protocol: Option<&str>) {
     )
     .expect("start nats-consume");
     wait_for_output(&mut consumer, "subscribed").await;
+    consumer_shows_in_the_live_view(&control).await;
     let mut publisher = Process::spawn(
         "nats-publish",
         example("nats-publish", &nats_url, subject, MESSAGES),
@@ -176,6 +182,41 @@ async fn event_crosses_the_mesh(test: &str, protocol: Option<&str>) {
     assert!(
         outbound >= 2.0 && inbound >= 2.0,
         "connections: client outbound {outbound}, server inbound {inbound}"
+    );
+}
+
+/// The subscribed consumer's connection, as the client proxy reports it: the
+/// control plane's live view lists `nats` among its TCP services with it open, and
+/// `weftctl top` prints that line.
+async fn consumer_shows_in_the_live_view(control: &WeftControl) {
+    let limit = Duration::from_secs(30);
+    let nats = eventually(limit, "nats open in the live view", || async {
+        let reply = weft_tests::admin::get(control.admin(), "/api/summary")
+            .await
+            .ok()?;
+        let s: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
+        let nats = live_tcp_service(&s, "10s", "nats.default")?;
+        (nats["open_connections"].as_u64()? >= 1).then(|| nats.clone())
+    })
+    .await;
+    // Plaintext here: no identities in this mesh.
+    assert_eq!(nats["tls_share"], 0.0, "{nats:#}");
+    let text = weftctl_top(control.admin(), &["--iterations", "1"], limit)
+        .await
+        .expect("weftctl top");
+    let open = |name: &str| {
+        text.lines().find_map(|l| {
+            let cells: Vec<&str> = l.trim_start_matches("  ← ").split_whitespace().collect();
+            (cells.first() == Some(&name) && cells.len() == 7).then(|| cells[1].parse::<u64>())
+        })
+    };
+    assert!(
+        matches!(open("nats"), Some(Ok(n)) if n >= 1),
+        "no nats TCP line with an open connection in:\n{text}"
+    );
+    assert!(
+        matches!(open("orders"), Some(Ok(n)) if n >= 1),
+        "no caller line under nats in:\n{text}"
     );
 }
 

@@ -43,6 +43,39 @@ pub struct EndpointView {
 pub struct Window {
     pub services: Vec<TrafficView>,
     pub edges: Vec<TrafficView>,
+    /// Opaque TCP (brokers, databases) per service: what its own proxies saw
+    /// arrive, or, without one, what its callers sent.
+    #[serde(default)]
+    pub tcp_services: Vec<TcpView>,
+    /// Opaque TCP per calling workload and service, as the caller's proxy saw it.
+    #[serde(default)]
+    pub tcp_edges: Vec<TcpView>,
+}
+
+/// The opaque TCP connections of one service or edge over one window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TcpView {
+    /// The service ("name.namespace"); for an edge, the service called.
+    pub service: String,
+    /// For an edge: the calling workload ("name.namespace").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Open now (from proxies that reported in the last few seconds).
+    pub open_connections: u64,
+    /// Opened in the window, and per second.
+    pub connections: u64,
+    pub connections_per_second: f64,
+    /// Bytes towards the service (from its clients) and back, in the window.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in_per_second: f64,
+    pub bytes_out_per_second: f64,
+    /// Share over mTLS: of the connections open now, or without any, of those
+    /// opened in the window; null with neither.
+    pub tls_share: Option<f64>,
+    /// Connections not forwarded in the window (no endpoint, connect failed,
+    /// refused by authorization).
+    pub failures: u64,
 }
 
 /// One service or edge over one window.

@@ -1,11 +1,12 @@
 //! The live view: what the proxies report (`weft.v1.Telemetry`), kept for a minute
 //! and summarised per service and per edge (caller → service) over the last 10 s
-//! and 1 min, served by the admin port as JSON (`/live/summary`), as server-sent
+//! and 1 min (opaque TCP apart: connections and bytes, not requests), served by the admin port as JSON (`/live/summary`), as server-sent
 //! events (`/live/events`) and as a web page (`/live/`).
 
 pub mod collector;
 pub mod page;
 pub mod summary;
+mod tcp;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

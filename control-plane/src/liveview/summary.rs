@@ -67,7 +67,58 @@ struct Delta {
     routes: BTreeMap<String, (Counts, f64)>,
 }
 
-impl Delta {
+/// Numbers of one service or edge that add up over proxies.
+pub(super) trait Sum: Default + Clone {
+    fn add(&mut self, other: &Self);
+}
+
+/// One window's numbers by where they were seen: arriving at each service's own
+/// proxies, and sent by each calling workload to each service.
+pub(super) struct Tally<D> {
+    pub(super) inbound: BTreeMap<String, D>,
+    pub(super) edges: BTreeMap<(String, String), D>,
+}
+
+impl<D: Sum> Tally<D> {
+    pub(super) fn new() -> Tally<D> {
+        Tally {
+            inbound: BTreeMap::new(),
+            edges: BTreeMap::new(),
+        }
+    }
+
+    /// Adds what `part`'s proxy saw of `service` in `direction`.
+    pub(super) fn add(&mut self, part: &Part<'_>, direction: i32, service: &str, d: &D) {
+        if direction == v1::TrafficDirection::Inbound as i32 {
+            self.inbound.entry(service.to_string()).or_default().add(d);
+        } else {
+            self.edges
+                .entry((part.from.clone(), service.to_string()))
+                .or_default()
+                .add(d);
+        }
+    }
+
+    /// Into each service, what all its callers sent.
+    pub(super) fn called(&self) -> BTreeMap<&str, D> {
+        let mut called: BTreeMap<&str, D> = BTreeMap::new();
+        for ((_, service), d) in &self.edges {
+            called.entry(service).or_default().add(d);
+        }
+        called
+    }
+
+    /// Every service seen arriving or called, in order.
+    pub(super) fn services<'a>(&'a self, called: &BTreeMap<&'a str, D>) -> Vec<&'a str> {
+        let mut names: Vec<&str> = self.inbound.keys().map(String::as_str).collect();
+        names.extend(called.keys().copied());
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+impl Sum for Delta {
     fn add(&mut self, other: &Delta) {
         self.counts.add(&other.counts);
         self.rps += other.rps;
@@ -92,11 +143,11 @@ impl Delta {
 
 /// A counter's growth; a total that went down (the proxy restarted under the same
 /// name) counts from zero.
-fn grew(new: u64, old: u64) -> u64 {
+pub(super) fn grew(new: u64, old: u64) -> u64 {
     if new >= old { new - old } else { new }
 }
 
-fn per_second(n: u64, secs: f64) -> f64 {
+pub(super) fn per_second(n: u64, secs: f64) -> f64 {
     if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
@@ -177,6 +228,46 @@ fn key(node: &v1::Node) -> String {
     format!("{workload}.{}", node.namespace)
 }
 
+/// One proxy's part in a window: its latest report and what the window's
+/// differences start from.
+pub(super) struct Part<'h> {
+    pub(super) latest: &'h Arc<v1::ProxyReport>,
+    /// The newest report at least the window older than the latest, else the
+    /// oldest: the latest itself when it is the only one (nothing grew).
+    pub(super) base: &'h Arc<v1::ProxyReport>,
+    /// Seconds between the two.
+    pub(super) secs: f64,
+    /// The proxy reported lately: what it has open counts.
+    pub(super) fresh: bool,
+    /// Its workload, "name.namespace".
+    pub(super) from: String,
+}
+
+/// Each proxy's part in the window of `span` as of `now`; a proxy whose last
+/// report is older than `stale` is not fresh.
+pub(super) fn parts(
+    histories: &[Vec<super::Received>],
+    span: Duration,
+    now: Instant,
+    stale: Duration,
+) -> impl Iterator<Item = Part<'_>> {
+    histories.iter().filter_map(move |history| {
+        let (t_new, latest) = history.last()?;
+        let (t_old, base) = history
+            .iter()
+            .rev()
+            .find(|(t, _)| t_new.saturating_duration_since(*t) >= span)
+            .or_else(|| history.first())?;
+        Some(Part {
+            latest,
+            base,
+            secs: t_new.saturating_duration_since(*t_old).as_secs_f64(),
+            fresh: now.saturating_duration_since(*t_new) <= stale,
+            from: latest.node.as_ref().map(key).unwrap_or_default(),
+        })
+    })
+}
+
 /// The summary of `histories` (each one proxy's reports, oldest first) as of `now`.
 pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Duration) -> Summary {
     let mut bounds: Vec<f64> = Vec::new();
@@ -220,45 +311,24 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
     });
 
     for (name, span) in WINDOWS {
-        // (service) → inbound delta; (from, service) → outbound delta.
-        let mut inbound: BTreeMap<String, Delta> = BTreeMap::new();
-        let mut edges: BTreeMap<(String, String), Delta> = BTreeMap::new();
-        for history in histories {
-            let Some((t_new, latest)) = history.last() else {
-                continue;
-            };
-            // The baseline: the newest report at least `span` old, else the oldest.
-            let (t_old, base) = history
-                .iter()
-                .rev()
-                .find(|(t, _)| t_new.saturating_duration_since(*t) >= span)
-                .or_else(|| history.first())
-                .map(|(t, r)| (*t, Some(r)))
-                .unwrap_or((*t_new, None));
-            let secs = t_new.saturating_duration_since(t_old).as_secs_f64();
-            let same = base.is_some_and(|b| Arc::ptr_eq(b, latest));
-            let from = latest.node.as_ref().map(key).unwrap_or_default();
-            let fresh = now.saturating_duration_since(*t_new) <= Duration::from_secs(5);
-            for t in &latest.traffic {
-                let old = base.and_then(|b| {
-                    b.traffic
-                        .iter()
-                        .find(|o| o.direction == t.direction && o.service == t.service)
-                });
+        let mut tally: Tally<Delta> = Tally::new();
+        for part in parts(histories, span, now, stale) {
+            let same = Arc::ptr_eq(part.base, part.latest);
+            for t in &part.latest.traffic {
+                let old = part
+                    .base
+                    .traffic
+                    .iter()
+                    .find(|o| o.direction == t.direction && o.service == t.service);
                 let mut d = if same {
                     Delta::default()
                 } else {
-                    delta(t, old, secs)
+                    delta(t, old, part.secs)
                 };
                 if t.direction == v1::TrafficDirection::Inbound as i32 {
-                    d.open = fresh.then_some(latest.open_inbound_connections);
-                    inbound.entry(t.service.clone()).or_default().add(&d);
-                } else {
-                    edges
-                        .entry((from.clone(), t.service.clone()))
-                        .or_default()
-                        .add(&d);
+                    d.open = part.fresh.then_some(part.latest.open_inbound_connections);
                 }
+                tally.add(&part, t.direction, &t.service, &d);
             }
         }
         let view = |service: &str, from: Option<&str>, d: &Delta, tls: Option<f64>| {
@@ -300,17 +370,13 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         let mut window = Window::default();
         // Into each service: what its callers sent, for the breakers and retries
         // (the callers' proxies enforce them) and for a service no proxy serves.
-        let mut called: BTreeMap<&str, Delta> = BTreeMap::new();
-        for ((from, service), d) in &edges {
+        for ((from, service), d) in &tally.edges {
             let tls = share(d.tls_requests, d.attempts);
             window.edges.push(view(service, Some(from), d, tls));
-            called.entry(service).or_default().add(d);
         }
-        let mut names: Vec<&str> = inbound.keys().map(String::as_str).collect();
-        names.extend(called.keys().copied());
-        names.sort_unstable();
-        names.dedup();
-        for service in names {
+        let called = tally.called();
+        let inbound = &tally.inbound;
+        for service in tally.services(&called) {
             let callers = called.get(service);
             let mut d = match inbound.get(service) {
                 Some(own) => own.clone(),
@@ -330,6 +396,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
                 .and_then(|own| share(own.tls_requests, own.counts.requests));
             window.services.push(view(service, None, &d, tls));
         }
+        (window.tcp_services, window.tcp_edges) = super::tcp::window(histories, span, now, stale);
         windows.insert(name.to_string(), window);
     }
     Summary {

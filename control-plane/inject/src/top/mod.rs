@@ -1,5 +1,6 @@
 //! `weftctl top`: the live view in a terminal. On a terminal it redraws in place
-//! (sortable service table, drill-down to a service's endpoints); otherwise it
+//! (sortable service table, drill-down to a service's endpoints, opaque TCP
+//! services with their callers below); otherwise it
 //! prints the table as plain lines every interval, for scripts and logs.
 
 pub mod fetch;
@@ -109,6 +110,14 @@ fn plain_table(s: &Summary, opts: &TopOptions) -> String {
             out.push_str(&format!(
                 "  route {:<16}{:>8}{:>9}{:>10}{:>10}\n",
                 r[0], r[1], r[2], r[3], r[4]
+            ));
+        }
+    }
+    if let Some(w) = s.windows.get(&opts.window) {
+        for row in summary::tcp_rows(w) {
+            out.push_str(&format!(
+                "{:<22}{:>6}{:>8}{:>10}{:>10}{:>8}{:>7}\n",
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6]
             ));
         }
     }

@@ -1,6 +1,6 @@
 //! How `weftctl top` sorts and lays out the control plane's `/api/summary`.
 
-pub use weft_api::live::{RouteView, Summary, TrafficView};
+pub use weft_api::live::{RouteView, Summary, TcpView, TrafficView, Window};
 
 /// The column the service table is sorted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,61 @@ pub fn service_rows(services: &[TrafficView]) -> Vec<[String; 9]> {
     rows
 }
 
+/// Bytes per second, in the unit that keeps the number short.
+pub fn rate(bytes_per_second: f64) -> String {
+    const UNITS: [&str; 4] = ["B/s", "KB/s", "MB/s", "GB/s"];
+    let mut v = bytes_per_second.max(0.0);
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+/// The opaque TCP services as rows of cells, header first, each service followed
+/// by its callers (`  ← caller`); none without TCP traffic.
+pub fn tcp_rows(w: &Window) -> Vec<[String; 7]> {
+    if w.tcp_services.is_empty() {
+        return Vec::new();
+    }
+    let cells = |name: String, t: &TcpView| {
+        [
+            name,
+            t.open_connections.to_string(),
+            format!("{:.1}", t.connections_per_second),
+            rate(t.bytes_in_per_second),
+            rate(t.bytes_out_per_second),
+            pct(t.tls_share),
+            t.failures.to_string(),
+        ]
+    };
+    let mut rows = vec![
+        [
+            "TCP SERVICE",
+            "OPEN",
+            "CONN/S",
+            "IN",
+            "OUT",
+            "MTLS",
+            "FAILED",
+        ]
+        .map(str::to_string),
+    ];
+    for t in &w.tcp_services {
+        rows.push(cells(short(&t.service).to_string(), t));
+        for e in w.tcp_edges.iter().filter(|e| e.service == t.service) {
+            let from = short(e.from.as_deref().unwrap_or("?"));
+            rows.push(cells(format!("  ← {from}"), e));
+        }
+    }
+    rows
+}
+
 /// A service's routes as rows of cells, header first; none for a service without
 /// routes.
 pub fn route_rows(t: &TrafficView) -> Vec<[String; 5]> {
@@ -152,6 +207,34 @@ mod tests {
             success_rate: success,
             ..TrafficView::default()
         }
+    }
+
+    #[test]
+    fn tcp_services_are_listed_with_their_callers() {
+        let tcp = |service: &str, from: Option<&str>, open: u64| TcpView {
+            service: service.into(),
+            from: from.map(str::to_string),
+            open_connections: open,
+            bytes_in_per_second: 2048.0,
+            tls_share: Some(1.0),
+            ..TcpView::default()
+        };
+        let w = Window {
+            tcp_services: vec![tcp("rabbitmq.default", None, 3)],
+            tcp_edges: vec![
+                tcp("rabbitmq.default", Some("orders.default"), 2),
+                tcp("db.default", Some("orders.default"), 1),
+            ],
+            ..Window::default()
+        };
+        let rows = tcp_rows(&w);
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[1][..4], ["rabbitmq", "3", "0.0", "2.0KB/s"]);
+        assert_eq!(rows[1][5], "100.0%");
+        assert_eq!(rows[2][..2], ["  ← orders", "2"]);
+        assert!(tcp_rows(&Window::default()).is_empty());
+        assert_eq!(rate(10.0), "10B/s");
+        assert_eq!(rate(3.5 * 1024.0 * 1024.0), "3.5MB/s");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Keys: `n` `r` `s` `l` `p` sort by name, rps, success, p50, p99; `i` inverts;
 //! `w` switches between the 10 s and 1 min windows; up/down (or `k`/`j`) select a
-//! service, Enter shows its endpoints, Esc goes back; `q` quits.
+//! service, Enter shows its endpoints, Esc goes back; `q` quits. Opaque TCP
+//! services (no requests to sort by) sit in a block of their own below.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -179,8 +180,21 @@ fn draw_services(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &mut Sta
         .as_ref()
         .map(|s| s.ejections.clone())
         .unwrap_or_default();
-    let [table_area, ejected_area] = Layout::vertical([
+    let tcp = state
+        .summary
+        .as_ref()
+        .and_then(|s| s.windows.get(&state.window))
+        .map(summary::tcp_rows)
+        .unwrap_or_default();
+    // Rows and borders; no block at all without opaque TCP.
+    let tcp_height = if tcp.is_empty() {
+        0
+    } else {
+        u16::try_from(tcp.len()).unwrap_or(12).min(12) + 2
+    };
+    let [table_area, tcp_area, ejected_area] = Layout::vertical([
         Constraint::Min(3),
+        Constraint::Length(tcp_height),
         Constraint::Length(u16::try_from(ejections.len()).unwrap_or(10).min(10) + 2),
     ])
     .areas(area);
@@ -208,6 +222,9 @@ fn draw_services(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &mut Sta
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("> ");
     f.render_stateful_widget(table, table_area, &mut state.table);
+    if !tcp.is_empty() {
+        draw_tcp(f, tcp_area, tcp);
+    }
     let lines: Vec<Line<'_>> = if ejections.is_empty() {
         vec![Line::from("none")]
     } else {
@@ -229,6 +246,39 @@ fn draw_services(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &mut Sta
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title("ejected endpoints")),
         ejected_area,
+    );
+}
+
+/// Opaque TCP services, each with its callers below it.
+fn draw_tcp(f: &mut Frame<'_>, area: ratatui::layout::Rect, rows: Vec<[String; 7]>) {
+    let mut rows = rows.into_iter();
+    let header =
+        Row::new(rows.next().unwrap_or_default()).style(Style::new().add_modifier(Modifier::BOLD));
+    let body: Vec<Row<'_>> = rows
+        .map(|cells| {
+            let failed = cells[6] != "0";
+            let style = if failed {
+                Style::new().fg(Color::Red)
+            } else {
+                Style::new()
+            };
+            Row::new(cells).style(style)
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(22),
+        Constraint::Length(6),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(7),
+    ];
+    f.render_widget(
+        Table::new(body, widths)
+            .header(header)
+            .block(Block::bordered().title("tcp services (connections and bytes)")),
+        area,
     );
 }
 
@@ -341,7 +391,7 @@ fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, se
             .block(Block::bordered().title("endpoints")),
         endpoints,
     );
-    let lines: Vec<Line<'_>> = window
+    let mut lines: Vec<Line<'_>> = window
         .edges
         .iter()
         .filter(|e| e.service == service || e.from.as_deref() == Some(service))
@@ -357,6 +407,24 @@ fn draw_detail(f: &mut Frame<'_>, area: ratatui::layout::Rect, state: &State, se
             .style(success_style(e.success_rate))
         })
         .collect();
+    lines.extend(
+        window
+            .tcp_edges
+            .iter()
+            .filter(|e| e.service == service || e.from.as_deref() == Some(service))
+            .map(|e| {
+                Line::from(format!(
+                    "{} → {}   tcp: {} open   in {}   out {}   mTLS {}   failed {}",
+                    short(e.from.as_deref().unwrap_or("?")),
+                    short(&e.service),
+                    e.open_connections,
+                    summary::rate(e.bytes_in_per_second),
+                    summary::rate(e.bytes_out_per_second),
+                    pct(e.tls_share),
+                    e.failures
+                ))
+            }),
+    );
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title("calls in and out")),
         edges,

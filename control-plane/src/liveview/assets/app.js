@@ -99,6 +99,31 @@ function drawEdges(w) {
   });
 }
 
+const bytes = (x) => {
+  const units = ["B/s", "KB/s", "MB/s", "GB/s"];
+  let i = 0;
+  while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+  return (i === 0 ? x.toFixed(0) : x.toFixed(1)) + " " + units[i];
+};
+// Opaque TCP has no requests: failures colour it, else open or new connections.
+const tcpRate = (t) => (t.failures > 0 ? 0 : t.open_connections > 0 || t.connections > 0 ? 1 : null);
+
+function drawTcp(w) {
+  const rows = (w.tcp_services || []).flatMap((s) => [s, ...(w.tcp_edges || []).filter((e) => e.service === s.service)]);
+  fillTable("#tcp", rows, "no opaque TCP traffic", (t) => {
+    const tr = el("tr", { "data-service": t.service, "data-from": t.from || "", "data-open": t.open_connections });
+    cell(tr, t.from ? "" : short(t.service));
+    cell(tr, t.from ? "← " + short(t.from) : "");
+    cell(tr, t.open_connections);
+    cell(tr, rps(t.connections_per_second));
+    cell(tr, bytes(t.bytes_in_per_second));
+    cell(tr, bytes(t.bytes_out_per_second));
+    cell(tr, pct(t.tls_share));
+    cell(tr, t.failures, t.failures > 0 ? "bad" : "");
+    return tr;
+  });
+}
+
 function drawRoutes(w) {
   const rows = w.services.flatMap((s) => (s.routes || []).map((r) => ({ service: s.service, ...r })));
   fillTable("#routes", rows, "no service with routes", (r) => {
@@ -158,9 +183,14 @@ function drawGraph(w, ejections) {
   const svg = $("#graph");
   svg.replaceChildren();
   const byName = new Map(w.services.map((s) => [s.service, s]));
-  const names = [...new Set([...w.services.map((s) => s.service), ...w.edges.map((e) => e.from)])];
+  const tcpServices = w.tcp_services || [], tcpEdges = w.tcp_edges || [];
+  const tcpByName = new Map(tcpServices.map((s) => [s.service, s]));
+  const names = [...new Set([
+    ...w.services.map((s) => s.service), ...w.edges.map((e) => e.from),
+    ...tcpServices.map((s) => s.service), ...tcpEdges.map((e) => e.from),
+  ])];
   if (names.length === 0) return;
-  const { pos, width, height } = layout(names, w.edges);
+  const { pos, width, height } = layout(names, [...w.edges, ...tcpEdges]);
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const defs = el("svg:defs");
   for (const c of ["ok", "warn", "bad", "idle"]) {
@@ -181,12 +211,26 @@ function drawGraph(w, ejections) {
     svg.appendChild(line);
     svg.appendChild(el("svg:text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 5 }, `${rps(e.rps)} rps · ${pct(e.success_rate)}`));
   }
+  for (const e of tcpEdges) {
+    const a = pos.get(e.from), b = pos.get(e.service);
+    if (!a || !b) continue;
+    const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
+    const x1 = a.x + (dx / len) * R, y1 = a.y + (dy / len) * R, x2 = b.x - (dx / len) * (R + 3), y2 = b.y - (dy / len) * (R + 3);
+    const c = cls(tcpRate(e));
+    const line = el("svg:line", { class: "edge tcp", x1, y1, x2, y2, stroke: colour(tcpRate(e)), "stroke-dasharray": "6 4", "marker-end": `url(#arrow-${c})`, "data-from": e.from, "data-to": e.service, "data-class": c, "data-kind": "tcp", "data-open": e.open_connections });
+    line.appendChild(el("svg:title", {}, `${short(e.from)} → ${short(e.service)} (TCP): ${e.open_connections} open, ${bytes(e.bytes_in_per_second)} in, ${bytes(e.bytes_out_per_second)} out, ${pct(e.tls_share)} mTLS`));
+    svg.appendChild(line);
+    svg.appendChild(el("svg:text", { class: "edge-label", x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 5 }, `tcp ${e.open_connections} open · ${bytes(e.bytes_in_per_second + e.bytes_out_per_second)}`));
+  }
   for (const n of names) {
-    const p = pos.get(n), s = byName.get(n);
-    const g = el("svg:g", { class: "node", "data-service": n, transform: `translate(${p.x},${p.y})` });
-    g.appendChild(el("svg:circle", { r: R, fill: colour(s && s.requests > 0 ? s.success_rate : null) }));
+    const p = pos.get(n), s = byName.get(n), t = tcpByName.get(n);
+    const kind = !s && t ? "tcp" : "http";
+    const g = el("svg:g", { class: "node", "data-service": n, "data-kind": kind, transform: `translate(${p.x},${p.y})` });
+    const fill = kind === "tcp" ? colour(tcpRate(t)) : colour(s && s.requests > 0 ? s.success_rate : null);
+    g.appendChild(el("svg:circle", kind === "tcp" ? { r: R, fill, "stroke-dasharray": "5 3", class: "tcp" } : { r: R, fill }));
     g.appendChild(el("svg:text", { y: R + 14 }, short(n)));
     if (s) g.appendChild(el("svg:text", { class: "sub", y: R + 27 }, `${rps(s.rps)} rps · ${pct(s.success_rate)} · p99 ${ms(s.p99_ms)}`));
+    else if (t) g.appendChild(el("svg:text", { class: "sub", y: R + 27 }, `tcp · ${t.open_connections} open · ${pct(t.tls_share)} mTLS`));
     const ejected = ejections.filter((e) => e.service === n).length;
     if (ejected > 0) {
       g.appendChild(el("svg:circle", { class: "badge", cx: R - 4, cy: -R + 4, r: 9 }));
@@ -202,6 +246,7 @@ function draw() {
   drawGraph(w, latest.ejections);
   drawServices(w);
   drawEdges(w);
+  drawTcp(w);
   drawRoutes(w);
   drawEjections(latest.ejections);
   const when = new Date(latest.generated_at_ms).toLocaleTimeString();
