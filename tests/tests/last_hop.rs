@@ -141,7 +141,11 @@ async fn grpc_stays_http2_to_an_app_port_declared_http1() {
     )
     .await
     .expect("start a proxy");
-    let url = format!("http://{}/version", proxy.inbound());
+    // To /upload, which reads the whole request before it answers, as a gRPC server
+    // reads its request message. An app that answers first ends the stream with
+    // RST_STREAM(NO_ERROR) (RFC 9113 §8.1), and curl 7.88 takes that for a stream
+    // error (exit 92) when its body had not left yet.
+    let url = format!("http://{}/upload", proxy.inbound());
     let out = curl(&[
         "--http2-prior-knowledge",
         "--include",
@@ -158,6 +162,7 @@ async fn grpc_stays_http2_to_an_app_port_declared_http1() {
         text.contains("x-version: HTTP/2.0"),
         "the app saw HTTP/2: {text}"
     );
+    assert!(text.contains("x-body-len: 1"), "the body arrived: {text}");
 }
 
 /// Sends `GET /` and a POST to `/upload` over HTTP/1.1 to `addr`, and checks each
