@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody, observed};
-use crate::http::convert::to_http1;
+use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::headers::conflicting_host;
@@ -49,6 +49,8 @@ pub(crate) struct Inbound {
     opaque_ports: PortSet,
     /// App ports that speak HTTP/1.1 only.
     http1_ports: PortSet,
+    /// App ports that speak HTTP/2 only (h2c).
+    http2_ports: PortSet,
     observer: Observer,
 }
 
@@ -99,6 +101,7 @@ pub(crate) struct InboundInputs {
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
     pub(crate) http1_ports: PortSet,
+    pub(crate) http2_ports: PortSet,
     pub(crate) observer: Observer,
 }
 
@@ -114,6 +117,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            http2_ports,
             observer,
         } = inputs;
         Arc::new(Inbound {
@@ -126,6 +130,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            http2_ports,
             observer,
         })
     }
@@ -239,14 +244,20 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
-                let app_http1 = self.http1_ports.contains(peer.app.port());
+                let app_port = peer.app.port();
+                let app_http1 = self.http1_ports.contains(app_port);
+                let app_http2 = self.http2_ports.contains(app_port);
                 let peer = Arc::new(peer);
                 let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
+                    // A carried HTTP/1 request is HTTP/1.1 again first, so an h2c app
+                    // gets it as any HTTP/1 caller's: Host as the authority.
                     let orig = orig_proto::to_h1(&mut req, peer.h2_orig);
                     if app_http1 && !orig {
                         to_http1(&mut req);
+                    } else if app_http2 {
+                        to_http2(&mut req);
                     }
                     let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {

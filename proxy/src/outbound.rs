@@ -220,7 +220,8 @@ impl Outbound {
             let dest = dest.clone();
             match app {
                 Some(Protocol::Http1) => to_http1(&mut req),
-                Some(Protocol::Http2) => to_http2(&mut req),
+                // A gRPC server speaks HTTP/2 only, whatever the request carries.
+                Some(Protocol::Http2 | Protocol::Grpc) => to_http2(&mut req),
                 _ => {}
             }
             let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));

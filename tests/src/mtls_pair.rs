@@ -22,6 +22,8 @@ pub struct PairOptions {
     pub server_identity: String,
     /// The server proxy's `inbound.http1_ports`.
     pub server_http1_ports: Option<String>,
+    /// The server proxy's `inbound.http2_ports`.
+    pub server_http2_ports: Option<String>,
 }
 
 pub struct MtlsPair {
@@ -46,6 +48,9 @@ impl MtlsPair {
         let mut server_config = ProxyConfig::new().inbound(app);
         if let Some(ports) = &options.server_http1_ports {
             server_config = server_config.inbound_http1_ports(ports);
+        }
+        if let Some(ports) = &options.server_http2_ports {
+            server_config = server_config.inbound_http2_ports(ports);
         }
         server_config.extra = cp.identity_yaml("server", "{}", &options.server_identity);
         let server = WeftProxy::start_named("server-proxy", server_config).await?;
