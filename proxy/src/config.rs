@@ -464,6 +464,7 @@ impl RawIdentity {
             )
             .map_err(|e| invalid("inbound", e))?,
             ports: Default::default(),
+            app_http: Default::default(),
         };
         for (i, p) in raw.ports.iter().enumerate() {
             let policy = port_policy(

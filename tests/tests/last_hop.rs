@@ -368,3 +368,40 @@ async fn http1_to_a_service_port_declared_grpc_goes_on_as_http2() {
         .expect("start the pair");
     http1_requests_arrive_as_http2(pair.upstream()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_proxy_learns_an_h2c_app_port_from_the_mesh() {
+    // The control plane's mesh (as from a Service with appProtocol h2c) declares
+    // the port the server's own endpoint listens on; the client proxy's config says
+    // nothing of it, so HTTP/1.1 crosses the pair as a carried stream, and only the
+    // server proxy's inbound, told by its inbound policy, can send it on as HTTP/2.
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let mesh = format!(
+        "services:\n  - name: h2c\n    ports: [{{port: 80, protocol: http2}}]\n    \
+         endpoints: [{{address: '{{app}}', identity: '{}'}}]\n",
+        weft_tests::mtls_pair::SERVER_ID
+    );
+    let options = PairOptions {
+        control_plane_mesh: Some(mesh),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(ServiceDef::new("h2c"), app.addr, options)
+        .await
+        .expect("start the pair");
+    // The policy stream may land just after the proxy is ready.
+    weft_tests::eventually(
+        weft_tests::STEP_DEADLINE,
+        "the server proxy applies the mesh's app ports",
+        || async {
+            http1_head(pair.upstream())
+                .await
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        },
+    )
+    .await;
+    http1_requests_arrive_as_http2(pair.upstream()).await;
+    python_http1_client_reaches_an_h2c_app(pair.upstream()).await;
+}
