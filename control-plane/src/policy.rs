@@ -33,7 +33,8 @@ impl PolicyService {
 }
 
 fn policy_for(mesh: &MeshSpec, namespace: &str, account: &str, version: u64) -> v1::InboundPolicy {
-    mesh.workloads
+    let mut policy = mesh
+        .workloads
         .iter()
         .find(|w| w.namespace.as_str() == namespace && w.service_account.as_str() == account)
         .map_or(
@@ -41,9 +42,12 @@ fn policy_for(mesh: &MeshSpec, namespace: &str, account: &str, version: u64) -> 
                 version,
                 ports: Vec::new(),
                 trust_bundle: None,
+                app_ports: Vec::new(),
             },
             |w| w.to_policy(version),
-        )
+        );
+    policy.app_ports = mesh.app_ports(namespace, account);
+    policy
 }
 
 fn or_default<'a>(value: &'a str, default: &'a str) -> &'a str {
@@ -69,16 +73,18 @@ impl Policy for PolicyService {
         let mut stop = self.stop.clone();
         let trust_bundle = self.trust_bundle.clone();
         tokio::spawn(async move {
-            let mut sent: Option<Vec<v1::PortPolicy>> = None;
+            let mut sent: Option<(Vec<v1::PortPolicy>, Vec<v1::AppPort>)> = None;
             loop {
                 let policy = states
                     .borrow_and_update()
                     .as_ref()
                     .map(|s| policy_for(&s.mesh, &namespace, &account, s.generation));
                 if let Some(mut policy) = policy
-                    && sent.as_ref() != Some(&policy.ports)
+                    && sent.as_ref().is_none_or(|(ports, app_ports)| {
+                        *ports != policy.ports || *app_ports != policy.app_ports
+                    })
                 {
-                    sent = Some(policy.ports.clone());
+                    sent = Some((policy.ports.clone(), policy.app_ports.clone()));
                     policy.trust_bundle = trust_bundle.clone();
                     if tx.send(Ok(policy)).await.is_err() {
                         return;
@@ -113,5 +119,19 @@ mod tests {
         assert_eq!(authz.allow_namespaces, vec!["shop".to_string()]);
         assert!(!authz.allow_any_meshed);
         assert!(policy_for(&mesh, "shop", "payments", 3).ports.is_empty());
+    }
+
+    #[test]
+    fn a_workload_without_a_policy_still_learns_its_app_ports() {
+        let mesh = MeshSpec::from_yaml(
+            "services:\n  - name: rpc\n    namespace: shop\n    ports: [{port: 80, protocol: http2}]\n    endpoints: [{address: '10.0.0.1:50051', identity: 'spiffe://td/ns/shop/sa/rpc'}]\n",
+            "t.yaml",
+        )
+        .expect("mesh");
+        let p = policy_for(&mesh, "shop", "rpc", 1);
+        assert!(p.ports.is_empty(), "no policy: the config's stays");
+        assert_eq!(p.app_ports.len(), 1);
+        assert_eq!(p.app_ports[0].port, 50051);
+        assert_eq!(p.app_ports[0].protocol(), v1::Protocol::Http2);
     }
 }

@@ -205,6 +205,11 @@ struct InboundConfig {
     /// from a caller that could not say so) is sent on as HTTP/1.1; gRPC stays HTTP/2.
     #[serde(default)]
     http1_ports: PortSet,
+    /// App ports that speak HTTP/2 only (h2c): an HTTP/1 request to one (plaintext,
+    /// or HTTP/1 a peer proxy carried as a stream) is sent on as HTTP/2; upgrades
+    /// (WebSocket) and CONNECT stay HTTP/1.1.
+    #[serde(default)]
+    http2_ports: PortSet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +464,7 @@ impl RawIdentity {
             )
             .map_err(|e| invalid("inbound", e))?,
             ports: Default::default(),
+            app_http: Default::default(),
         };
         for (i, p) in raw.ports.iter().enumerate() {
             let policy = port_policy(
@@ -498,6 +504,8 @@ pub struct Config {
     pub(crate) inbound_opaque_ports: PortSet,
     /// App ports that speak HTTP/1.1 only.
     pub(crate) inbound_http1_ports: PortSet,
+    /// App ports that speak HTTP/2 only (h2c); never one of `inbound_http1_ports`.
+    pub(crate) inbound_http2_ports: PortSet,
     pub(crate) admin: SocketAddr,
     /// App ports the admin server forwards kubelet probes to (`/app-probe/<port>/…`).
     pub(crate) probe_ports: PortSet,
@@ -653,6 +661,11 @@ impl Config {
                 .as_ref()
                 .map(|i| i.http1_ports.clone())
                 .unwrap_or_default(),
+            inbound_http2_ports: raw
+                .inbound
+                .as_ref()
+                .map(|i| i.http2_ports.clone())
+                .unwrap_or_default(),
             inbound: raw.inbound.map(|i| (i.listen, i.app)),
             admin: raw
                 .admin
@@ -669,9 +682,22 @@ impl Config {
         };
         config
             .check_listeners()
+            .and_then(|()| config.check_app_ports("inbound.http2_ports", "inbound.http1_ports"))
             .and_then(|()| config.check_upstreams())
             .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
         Ok(config)
+    }
+
+    /// An app port speaks HTTP/1.1 only or HTTP/2 only, not both; the error names
+    /// the two fields (or variables) as given.
+    pub(crate) fn check_app_ports(&self, http2: &str, http1: &str) -> Result<(), String> {
+        match self
+            .inbound_http2_ports
+            .first_shared(&self.inbound_http1_ports)
+        {
+            Some(port) => Err(format!("{http2}: port {port} is also in {http1}")),
+            None => Ok(()),
+        }
     }
 
     /// Two listeners on one port cannot both bind: refused here, so `check` and a
@@ -789,6 +815,28 @@ mod tests {
         assert!(c.inbound.is_none());
         assert!(!c.outbound_transparent);
         assert_eq!(c.limits.max_connections, 10_000);
+    }
+
+    #[test]
+    fn inbound_app_ports_say_which_http_the_app_speaks_never_both() {
+        let c = Config::parse(
+            "inbound: {listen: 0.0.0.0:7143, http1_ports: \"8080\", http2_ports: [9090, \"50051-50052\"]}\n",
+            "t",
+        )
+        .expect("valid");
+        assert!(c.inbound_http1_ports.contains(8080) && !c.inbound_http1_ports.contains(9090));
+        assert!(c.inbound_http2_ports.contains(9090) && c.inbound_http2_ports.contains(50052));
+        assert!(!c.inbound_http2_ports.contains(8080));
+        let err = Config::parse(
+            "inbound: {listen: 0.0.0.0:7143, http1_ports: \"8000-8099\", http2_ports: \"8080\"}\n",
+            "t",
+        )
+        .expect_err("overlap");
+        assert!(
+            err.to_string()
+                .contains("inbound.http2_ports: port 8080 is also in inbound.http1_ports"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | `WEFT_ADMIN_PORT` | `7191` | admin server on all addresses (kubelet probes, Prometheus); `/shutdown` and `/config` answer loopback callers only |
 //! | `WEFT_OPAQUE_PORTS` | the well-known server-first and broker ports (`weft_api::ports::DEFAULT_OPAQUE_PORTS`) | destination and app ports never sniffed (both directions); empty: none |
 //! | `WEFT_HTTP1_PORTS` | none | app ports that speak HTTP/1.1 only: HTTP/2 requests to them (except gRPC) are sent on as HTTP/1.1 |
+//! | `WEFT_HTTP2_PORTS` | none | app ports that speak HTTP/2 only (h2c): HTTP/1 requests to them (except upgrades and CONNECT) are sent on as HTTP/2; none may be in `WEFT_HTTP1_PORTS` |
 //! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
@@ -165,6 +166,13 @@ impl Config {
         };
         let probe_ports = ports("WEFT_PROBE_PORTS")?;
         let http1_ports = ports("WEFT_HTTP1_PORTS")?;
+        let http2_ports = ports("WEFT_HTTP2_PORTS")?;
+        if let Some(port) = http2_ports.first_shared(&http1_ports) {
+            return Err(invalid(
+                "WEFT_HTTP2_PORTS",
+                format!("port {port} is also in WEFT_HTTP1_PORTS"),
+            ));
+        }
         let http1_over_http2 = match get("WEFT_HTTP1_OVER_HTTP2").as_deref() {
             None | Some("true") => true,
             Some("false") => false,
@@ -224,6 +232,7 @@ impl Config {
             inbound: Some((SocketAddr::new(any_v4, inbound), None)),
             inbound_opaque_ports: opaque,
             inbound_http1_ports: http1_ports,
+            inbound_http2_ports: http2_ports,
             admin: SocketAddr::new(any_v4, admin),
             probe_ports,
             upstreams: Vec::new(),
@@ -297,6 +306,7 @@ mod tests {
             ("WEFT_OPAQUE_PORTS", "3306,8000-8099"),
             ("WEFT_PROBE_PORTS", "8080"),
             ("WEFT_HTTP1_PORTS", "8080"),
+            ("WEFT_HTTP2_PORTS", "9090,50051"),
             ("WEFT_HTTP1_OVER_HTTP2", "false"),
             ("WEFT_LOG", "debug"),
         ]
@@ -356,6 +366,7 @@ mod tests {
         }
         assert!(c.probe_ports.contains(8080) && !c.probe_ports.contains(8081));
         assert!(c.inbound_http1_ports.contains(8080) && !c.inbound_http1_ports.contains(3306));
+        assert!(c.inbound_http2_ports.contains(50051) && !c.inbound_http2_ports.contains(8080));
         assert!(!id.http1_over_http2);
         assert!(c.mesh.services.is_empty() && c.upstreams.is_empty());
     }
@@ -498,6 +509,10 @@ mod tests {
             (
                 vec![("WEFT_NODE_IP", Some("10.1.2"))],
                 "WEFT_NODE_IP: \"10.1.2\" is not an IP address",
+            ),
+            (
+                vec![("WEFT_HTTP2_PORTS", Some("8000-8100"))],
+                "WEFT_HTTP2_PORTS: port 8080 is also in WEFT_HTTP1_PORTS",
             ),
             (
                 vec![("WEFT_TRUST_ANCHORS", Some("not pem"))],

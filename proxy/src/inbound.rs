@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody, observed};
-use crate::http::convert::to_http1;
+use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
 use crate::http::headers::conflicting_host;
@@ -23,7 +23,7 @@ use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
 use crate::http::{ServerLimits, serve_handler};
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
-use crate::inbound_policy::TlsMode;
+use crate::inbound_policy::{AppHttp, TlsMode};
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
 use crate::metrics::{Direction, ServiceMetrics, TcpFailure};
@@ -49,6 +49,8 @@ pub(crate) struct Inbound {
     opaque_ports: PortSet,
     /// App ports that speak HTTP/1.1 only.
     http1_ports: PortSet,
+    /// App ports that speak HTTP/2 only (h2c).
+    http2_ports: PortSet,
     observer: Observer,
 }
 
@@ -69,6 +71,8 @@ struct Peer {
     /// A peer proxy on an `Alpn::H2Orig` connection: its marked requests were
     /// HTTP/1 and go to the app as HTTP/1.1 again.
     h2_orig: bool,
+    /// What the mesh declares the app port to speak (inbound policy).
+    declared: Option<AppHttp>,
 }
 
 impl Peer {
@@ -82,6 +86,7 @@ impl Peer {
             header: None,
             requests: None,
             h2_orig: false,
+            declared: None,
         }
     }
 }
@@ -99,6 +104,7 @@ pub(crate) struct InboundInputs {
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) opaque_ports: PortSet,
     pub(crate) http1_ports: PortSet,
+    pub(crate) http2_ports: PortSet,
     pub(crate) observer: Observer,
 }
 
@@ -114,6 +120,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            http2_ports,
             observer,
         } = inputs;
         Arc::new(Inbound {
@@ -126,6 +133,7 @@ impl Inbound {
             identity,
             opaque_ports,
             http1_ports,
+            http2_ports,
             observer,
         })
     }
@@ -184,6 +192,7 @@ impl Inbound {
                 port,
                 app,
                 h2_orig: alpn == Some(Alpn::H2Orig),
+                declared: policy.app_http(app.port()),
             };
             if !peer.allowed {
                 tracing::debug!(port, "caller denied by inbound policy");
@@ -217,6 +226,7 @@ impl Inbound {
                 header: None,
                 requests: Some(identity.metrics.peer_requests(None)),
                 h2_orig: false,
+                declared: policy.app_http(app.port()),
             };
             let detected = if declared_opaque {
                 Detected::Opaque
@@ -239,14 +249,26 @@ impl Inbound {
         match detected {
             Detected::Http1 | Detected::Http2 => {
                 let this = self.clone();
-                let app_http1 = self.http1_ports.contains(peer.app.port());
+                // The proxy's own lists (the pod's annotations) first, then the mesh.
+                let app_port = peer.app.port();
+                let app_http = if self.http1_ports.contains(app_port) {
+                    Some(AppHttp::Http1)
+                } else if self.http2_ports.contains(app_port) {
+                    Some(AppHttp::Http2)
+                } else {
+                    peer.declared
+                };
                 let peer = Arc::new(peer);
                 let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
+                    // A carried HTTP/1 request is HTTP/1.1 again first, so an h2c app
+                    // gets it as any HTTP/1 caller's: Host as the authority.
                     let orig = orig_proto::to_h1(&mut req, peer.h2_orig);
-                    if app_http1 && !orig {
-                        to_http1(&mut req);
+                    match app_http {
+                        Some(AppHttp::Http1) if !orig => to_http1(&mut req),
+                        Some(AppHttp::Http2) => to_http2(&mut req),
+                        _ => {}
                     }
                     let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
                     async move {

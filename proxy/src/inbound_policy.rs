@@ -63,11 +63,21 @@ pub(crate) struct PortPolicy {
     pub(crate) authorization: Authorization,
 }
 
+/// The HTTP version an app port speaks, when only one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppHttp {
+    Http1,
+    Http2,
+}
+
 /// The whole inbound policy of one workload; swapped in whole.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct InboundPolicy {
     pub(crate) default: PortPolicy,
     pub(crate) ports: HashMap<u16, PortPolicy>,
+    /// App ports whose HTTP version the mesh declares (the control plane's
+    /// `app_ports`); the proxy's own `http1_ports`/`http2_ports` come first.
+    pub(crate) app_http: HashMap<u16, AppHttp>,
 }
 
 impl InboundPolicy {
@@ -75,8 +85,35 @@ impl InboundPolicy {
         self.ports.get(&port).unwrap_or(&self.default)
     }
 
+    /// What the mesh declares app port `port` to speak, if anything.
+    pub(crate) fn app_http(&self, port: u16) -> Option<AppHttp> {
+        if self.app_http.is_empty() {
+            return None;
+        }
+        self.app_http.get(&port).copied()
+    }
+
+    /// The control plane's app ports; ports not HTTP/1.1 or HTTP/2 (gRPC is
+    /// HTTP/2) are left out.
+    pub(crate) fn app_http_from_proto(ports: &[v1::AppPort]) -> HashMap<u16, AppHttp> {
+        ports
+            .iter()
+            .filter_map(|p| {
+                let http = match p.protocol() {
+                    v1::Protocol::Http1 => AppHttp::Http1,
+                    v1::Protocol::Http2 | v1::Protocol::Grpc => AppHttp::Http2,
+                    v1::Protocol::Detect | v1::Protocol::Opaque => return None,
+                };
+                Some((u16::try_from(p.port).ok()?, http))
+            })
+            .collect()
+    }
+
     pub(crate) fn from_proto(p: &v1::InboundPolicy) -> Self {
-        let mut policy = InboundPolicy::default();
+        let mut policy = InboundPolicy {
+            app_http: Self::app_http_from_proto(&p.app_ports),
+            ..InboundPolicy::default()
+        };
         for port in &p.ports {
             let pp = PortPolicy {
                 mode: if port.mode == v1::TlsMode::Permissive as i32 {
@@ -121,5 +158,29 @@ mod tests {
         assert!(!check("spiffe://td/ns/a/sa/y"));
         assert!(check("spiffe://td/ns/b/sa/anything"));
         assert!(!a.allows(None, None));
+    }
+
+    #[test]
+    fn the_meshs_app_ports_say_which_http_an_app_speaks() {
+        let port = |port, protocol: v1::Protocol| v1::AppPort {
+            port,
+            protocol: protocol as i32,
+        };
+        let policy = InboundPolicy::from_proto(&v1::InboundPolicy {
+            app_ports: vec![
+                port(8080, v1::Protocol::Http1),
+                port(9090, v1::Protocol::Http2),
+                port(50051, v1::Protocol::Grpc),
+                port(3306, v1::Protocol::Opaque),
+                port(70000, v1::Protocol::Http2),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(policy.app_http(8080), Some(AppHttp::Http1));
+        assert_eq!(policy.app_http(9090), Some(AppHttp::Http2));
+        assert_eq!(policy.app_http(50051), Some(AppHttp::Http2));
+        assert_eq!(policy.app_http(3306), None);
+        assert_eq!(policy.app_http(80), None);
+        assert_eq!(policy.app_http.len(), 3, "no port out of range");
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -220,7 +220,8 @@ impl Outbound {
             let dest = dest.clone();
             match app {
                 Some(Protocol::Http1) => to_http1(&mut req),
-                Some(Protocol::Http2) => to_http2(&mut req),
+                // A gRPC server speaks HTTP/2 only, whatever the request carries.
+                Some(Protocol::Http2 | Protocol::Grpc) => to_http2(&mut req),
                 _ => {}
             }
             let mut req = Box::new(req.map(|b| RequestBody::client(b, in_flight.as_ref())));
@@ -392,7 +393,7 @@ impl Outbound {
 
 /// How many times one request refused unprocessed is sent again, beyond its
 /// policy's attempts: bounds the loop against a peer that refuses everything.
-const MAX_REFUSED_RESENDS: u32 = 3;
+const MAX_REFUSED_RESENDS: u32 = 2;
 
 /// What a request is sent under: the service's policy, or a route's overrides.
 struct Plan<'a> {
@@ -451,7 +452,13 @@ impl Outbound {
                 let idx = svc
                     .pick_at(key, None, start)
                     .ok_or(ProxyError::NoEndpoints)?;
-                pin!(self.attempt(svc, idx, req, start)).await.0
+                if self.may_be_refused(&req, &svc.endpoints[idx]) {
+                    // Boxed: the copy kept for a resend stays out of every other
+                    // request's future.
+                    Box::pin(self.send_resending_refused(svc, key, idx, req, start)).await
+                } else {
+                    pin!(self.attempt(svc, idx, req, start)).await.0
+                }
             }
             // Boxed: with retries on, the request carries its replay state and a
             // backoff timer; keeping that out of line keeps every other request's
@@ -459,6 +466,64 @@ impl Outbound {
             Some(retry) => Box::pin(self.send_retrying(svc, retry, key, req)).await,
         };
         result.map(|resp| resp.map(|body| body.holding(active)))
+    }
+
+    /// Whether `req` to `ep` may travel as a stream of a shared HTTP/2 connection,
+    /// the only kind an upstream can refuse unprocessed: an HTTP/2 request, or an
+    /// HTTP/1 one to a peer proxy that may carry it (`orig_proto`).
+    fn may_be_refused(&self, req: &BoxedRequest, ep: &Endpoint) -> bool {
+        req.version() == Version::HTTP_2
+            || (ep.identity.is_some() && self.pool.h2_orig() && !is_upgrade(req.headers()))
+    }
+
+    /// A request with no retry policy: sent once, and sent again only if the upstream
+    /// refused it unprocessed (RFC 9113 §8.7: REFUSED_STREAM, or past a GOAWAY's last
+    /// stream), which is safe whatever the method. The body is recorded as it
+    /// streams, up to the retry policy's default limit; one refused before the client
+    /// finished sending it, or over the limit, cannot be sent again.
+    async fn send_resending_refused(
+        &self,
+        svc: &Service,
+        key: Option<u64>,
+        mut idx: usize,
+        req: BoxedRequest,
+        start: u64,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let (mut body, replay) = match body {
+            RequestBody::Streaming { body, in_flight } if !body.is_end_stream() => {
+                let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
+                let first = RequestBody::Recording {
+                    body,
+                    recording: recording.clone(),
+                    in_flight,
+                };
+                (first, Some(Replay::Recorded(recording)))
+            }
+            body if body.is_end_stream() => (body, Some(Replay::Buffered(Bytes::new()))),
+            // Only a client's body is ever handed in here; anything else is sent once.
+            body => (body, None),
+        };
+        let mut now = start;
+        let mut resends = 0;
+        loop {
+            let (result, outcome) = self
+                .attempt(svc, idx, Box::new(rebuild(&parts, body)), now)
+                .await;
+            if outcome != Outcome::Refused || resends >= MAX_REFUSED_RESENDS {
+                return result;
+            }
+            let Some(again) = replay.as_ref().and_then(Replay::body) else {
+                return result;
+            };
+            resends += 1;
+            svc.metrics.refused_resends.inc();
+            body = again;
+            now = now_nanos();
+            idx = svc
+                .pick_at(key, Some(idx), now)
+                .ok_or(ProxyError::NoEndpoints)?;
+        }
     }
 
     async fn send_retrying(

@@ -30,6 +30,11 @@ impl PortSet {
         self.0.contains(port)
     }
 
+    /// The lowest port in both sets, if any.
+    pub(crate) fn first_shared(&self, other: &PortSet) -> Option<u16> {
+        self.0.first_shared(&other.0)
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()

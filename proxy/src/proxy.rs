@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Proxy> {
             identity: identity.clone(),
             opaque_ports: config.inbound_opaque_ports.clone(),
             http1_ports: config.inbound_http1_ports.clone(),
+            http2_ports: config.inbound_http2_ports.clone(),
             observer: Observer::new(sinks, Direction::Inbound, Some(workload)),
         });
         proxy.inbound = Some(serve_inbound(listen, app, &acceptor, &metrics, inbound).await?);

@@ -22,6 +22,12 @@ pub struct PairOptions {
     pub server_identity: String,
     /// The server proxy's `inbound.http1_ports`.
     pub server_http1_ports: Option<String>,
+    /// The server proxy's `inbound.http2_ports`.
+    pub server_http2_ports: Option<String>,
+    /// The control plane's mesh YAML; default: one placeholder service. Its
+    /// services may name the app (`{app}`, replaced by its address) as an endpoint
+    /// with the server's identity, so the server proxy learns what the app speaks.
+    pub control_plane_mesh: Option<String>,
 }
 
 pub struct MtlsPair {
@@ -40,12 +46,17 @@ impl MtlsPair {
         app: SocketAddr,
         options: PairOptions,
     ) -> anyhow::Result<MtlsPair> {
-        let cp =
-            WeftControl::start_yaml("services:\n  - name: placeholder\n    endpoints: []\n", &[])
-                .await?;
+        let mesh = options.control_plane_mesh.as_deref().map_or_else(
+            || "services:\n  - name: placeholder\n    endpoints: []\n".to_string(),
+            |m| m.replace("{app}", &app.to_string()),
+        );
+        let cp = WeftControl::start_yaml(&mesh, &[]).await?;
         let mut server_config = ProxyConfig::new().inbound(app);
         if let Some(ports) = &options.server_http1_ports {
             server_config = server_config.inbound_http1_ports(ports);
+        }
+        if let Some(ports) = &options.server_http2_ports {
+            server_config = server_config.inbound_http2_ports(ports);
         }
         server_config.extra = cp.identity_yaml("server", "{}", &options.server_identity);
         let server = WeftProxy::start_named("server-proxy", server_config).await?;

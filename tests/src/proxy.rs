@@ -230,6 +230,8 @@ pub struct ProxyConfig {
     pub inbound_opaque_ports: Option<String>,
     /// `inbound.http1_ports`: app ports that speak HTTP/1.1 only.
     pub inbound_http1_ports: Option<String>,
+    /// `inbound.http2_ports`: app ports that speak HTTP/2 only (h2c).
+    pub inbound_http2_ports: Option<String>,
     /// (service, listen)
     pub upstreams: Vec<(String, SocketAddr)>,
     /// `limits:` keys and their YAML values, e.g. ("detect_timeout", "200ms").
@@ -260,6 +262,7 @@ impl ProxyConfig {
             probe_ports: None,
             inbound_opaque_ports: None,
             inbound_http1_ports: None,
+            inbound_http2_ports: None,
             upstreams: Vec::new(),
             limits: Vec::new(),
             services: Vec::new(),
@@ -295,6 +298,12 @@ impl ProxyConfig {
     /// `inbound.http1_ports`, in the injector's list syntax.
     pub fn inbound_http1_ports(mut self, ports: &str) -> Self {
         self.inbound_http1_ports = Some(ports.to_string());
+        self
+    }
+
+    /// `inbound.http2_ports`, in the injector's list syntax.
+    pub fn inbound_http2_ports(mut self, ports: &str) -> Self {
+        self.inbound_http2_ports = Some(ports.to_string());
         self
     }
 
@@ -359,8 +368,13 @@ impl ProxyConfig {
                 .as_ref()
                 .map(|p| format!(", http1_ports: \"{p}\""))
                 .unwrap_or_default();
+            let http2 = self
+                .inbound_http2_ports
+                .as_ref()
+                .map(|p| format!(", http2_ports: \"{p}\""))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "inbound: {{listen: \"{listen}\", app: \"{app}\"{opaque}{http1}}}\n"
+                "inbound: {{listen: \"{listen}\", app: \"{app}\"{opaque}{http1}{http2}}}\n"
             ));
         }
         let probe_ports = self

@@ -2,8 +2,10 @@
 //! knowledge, h2c) reaches an app that speaks HTTP/1.1 only (Python's http.server),
 //! through one proxy and through an mTLS pair, by the app port's declared protocol:
 //! the mesh service's port (`protocol: http1`) or the inbound's `http1_ports`. And
-//! the other way: an HTTP/1.1 caller reaches an app that speaks HTTP/2 only (h2c, a
-//! hyper server) by the service port's `protocol: http2`.
+//! the other way: an HTTP/1.1 caller (curl, Python's http.client) reaches an app
+//! that speaks HTTP/2 only (h2c, a hyper server) by the service port's
+//! `protocol: http2` or the inbound's `http2_ports`; undeclared, it gets a 502 at
+//! once.
 
 use weft_tests::apps::HttpApp;
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
@@ -141,7 +143,11 @@ async fn grpc_stays_http2_to_an_app_port_declared_http1() {
     )
     .await
     .expect("start a proxy");
-    let url = format!("http://{}/version", proxy.inbound());
+    // To /upload, which reads the whole request before it answers, as a gRPC server
+    // reads its request message. An app that answers first ends the stream with
+    // RST_STREAM(NO_ERROR) (RFC 9113 §8.1), and curl 7.88 takes that for a stream
+    // error (exit 92) when its body had not left yet.
+    let url = format!("http://{}/upload", proxy.inbound());
     let out = curl(&[
         "--http2-prior-knowledge",
         "--include",
@@ -158,6 +164,7 @@ async fn grpc_stays_http2_to_an_app_port_declared_http1() {
         text.contains("x-version: HTTP/2.0"),
         "the app saw HTTP/2: {text}"
     );
+    assert!(text.contains("x-body-len: 1"), "the body arrived: {text}");
 }
 
 /// Sends `GET /` and a POST to `/upload` over HTTP/1.1 to `addr`, and checks each
@@ -238,4 +245,163 @@ async fn http1_through_an_mtls_pair_reaches_an_h2c_app_by_the_service_port() {
         .await
         .expect("start the pair");
     http1_requests_arrive_as_http2(pair.upstream()).await;
+}
+
+/// What an HTTP/1.1 `GET /` to `addr` is answered: the status line and headers.
+async fn http1_head(addr: std::net::SocketAddr) -> String {
+    let url = format!("http://{addr}/");
+    let out = curl(&["--http1.1", "--include", "--output", "-", &url])
+        .await
+        .expect("curl got an answer");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The premise of an undeclared h2c-only port: HTTP/1.1 goes on as HTTP/1.1, which
+/// the app cannot read, and the caller is told so at once (a 502 naming the proxy's
+/// reason), not left waiting.
+async fn http1_to_an_undeclared_h2c_app_fails_clearly(addr: std::net::SocketAddr) {
+    let head = http1_head(addr).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("weft-error:"), "{head}");
+}
+
+/// Python's http.client: a POST and then a GET on the same kept-alive HTTP/1.1
+/// connection to `addr`, each answered by the h2c-only app, which saw HTTP/2.
+async fn python_http1_client_reaches_an_h2c_app(addr: std::net::SocketAddr) {
+    const SCRIPT: &str = r#"
+import http.client, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = http.client.HTTPConnection(host, port, timeout=20)
+c.request("POST", "/upload?reply=5", body=b"from-python", headers={"x-trace": "py"})
+r = c.getresponse()
+print(r.status, r.version, r.getheader("x-version"), r.getheader("x-body-len"), len(r.read()))
+c.request("GET", "/again")
+r = c.getresponse()
+print(r.status, r.version, r.getheader("x-version"), r.read().decode().strip())
+"#;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                SCRIPT,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ])
+            .output(),
+    )
+    .await
+    .expect("python finished")
+    .expect("python ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    // Status, HTTP/1.1 to the client, what the app read, the body length it got
+    // and the length of its 5-byte answer.
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "200 11 HTTP/2.0 11 5", "{text}");
+    assert_eq!(lines[1], "200 11 HTTP/2.0 hello from h2c-app", "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_sends_http1_to_a_declared_http2_app_port_as_http2() {
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let plain = WeftProxy::start_named("inbound", ProxyConfig::new().inbound(app.addr))
+        .await
+        .expect("start a proxy with no declaration");
+    http1_to_an_undeclared_h2c_app_fails_clearly(plain.inbound()).await;
+
+    let port = app.addr.port().to_string();
+    let proxy = WeftProxy::start_named(
+        "inbound-http2",
+        ProxyConfig::new()
+            .inbound(app.addr)
+            .inbound_http2_ports(&port),
+    )
+    .await
+    .expect("start a proxy");
+    http1_requests_arrive_as_http2(proxy.inbound()).await;
+    python_http1_client_reaches_an_h2c_app(proxy.inbound()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_through_an_mtls_pair_reaches_an_h2c_app_by_the_inbound_ports() {
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    // The caller's mesh says nothing of the port: HTTP/1.1 crosses the pair as a
+    // carried stream and, undeclared, reaches the app as HTTP/1.1 again.
+    let undeclared = MtlsPair::start(ServiceDef::new("h2c"), app.addr, PairOptions::default())
+        .await
+        .expect("start the pair");
+    http1_to_an_undeclared_h2c_app_fails_clearly(undeclared.upstream()).await;
+    drop(undeclared);
+
+    // The server proxy knows its app: it sends the carried request on as HTTP/2.
+    let options = PairOptions {
+        server_http2_ports: Some(app.addr.port().to_string()),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(ServiceDef::new("h2c"), app.addr, options)
+        .await
+        .expect("start the pair");
+    http1_requests_arrive_as_http2(pair.upstream()).await;
+    python_http1_client_reaches_an_h2c_app(pair.upstream()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_to_a_service_port_declared_grpc_goes_on_as_http2() {
+    // appProtocol grpc (mesh `protocol: grpc`): the app is a gRPC server, which
+    // speaks HTTP/2 only, so even a plain HTTP/1.1 request reaches it as HTTP/2.
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let service = ServiceDef::new("rpc").port(80, "grpc");
+    let pair = MtlsPair::start(service, app.addr, PairOptions::default())
+        .await
+        .expect("start the pair");
+    http1_requests_arrive_as_http2(pair.upstream()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_proxy_learns_an_h2c_app_port_from_the_mesh() {
+    // The control plane's mesh (as from a Service with appProtocol h2c) declares
+    // the port the server's own endpoint listens on; the client proxy's config says
+    // nothing of it, so HTTP/1.1 crosses the pair as a carried stream, and only the
+    // server proxy's inbound, told by its inbound policy, can send it on as HTTP/2.
+    let app = HttpApp::start_h2c_only("h2c-app")
+        .await
+        .expect("start the app");
+    let mesh = format!(
+        "services:\n  - name: h2c\n    ports: [{{port: 80, protocol: http2}}]\n    \
+         endpoints: [{{address: '{{app}}', identity: '{}'}}]\n",
+        weft_tests::mtls_pair::SERVER_ID
+    );
+    let options = PairOptions {
+        control_plane_mesh: Some(mesh),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(ServiceDef::new("h2c"), app.addr, options)
+        .await
+        .expect("start the pair");
+    // The policy stream may land just after the proxy is ready.
+    weft_tests::eventually(
+        weft_tests::STEP_DEADLINE,
+        "the server proxy applies the mesh's app ports",
+        || async {
+            http1_head(pair.upstream())
+                .await
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        },
+    )
+    .await;
+    http1_requests_arrive_as_http2(pair.upstream()).await;
+    python_http1_client_reaches_an_h2c_app(pair.upstream()).await;
 }

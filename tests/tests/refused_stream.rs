@@ -2,6 +2,8 @@
 //! above the last stream of its GOAWAY) is sent again whatever its method, outside
 //! the retry budget, and counted in `weft_refused_resends_total`; a stream reset
 //! after the endpoint processed it (INTERNAL_ERROR) is not retried for a POST.
+//! The resend needs no retry policy (a refused stream was never processed, RFC 9113
+//! §8.7) and is bounded: a request refused every time is answered 503 after two.
 //!
 //! The endpoints are real HTTP/2 servers that misbehave on purpose: one on the h2
 //! crate, resetting the first stream it gets; one writing raw frames, going away
@@ -34,6 +36,11 @@ enum First {
     Served,
     /// Reset at once, unread.
     Refused,
+    /// Reset with REFUSED_STREAM once its body was read: a server shedding load
+    /// refuses what it has not started, whatever of it already arrived.
+    RefusedAfterBody,
+    /// Every stream reset at once, unread.
+    AlwaysRefused,
     /// Reset with INTERNAL_ERROR after its body was read: it was processed.
     Failed,
 }
@@ -58,7 +65,11 @@ async fn endpoint(first: First) -> (SocketAddr, Seen) {
                     let log = log.clone();
                     tokio::spawn(async move {
                         let mut body = req.into_body();
-                        let first = if n == 0 { first } else { First::Served };
+                        let first = match first {
+                            First::AlwaysRefused => First::Refused,
+                            first if n == 0 => first,
+                            _ => First::Served,
+                        };
                         if let First::Refused = first {
                             log.lock().expect("log").push(Vec::new());
                             resp.send_reset(Reason::REFUSED_STREAM);
@@ -74,9 +85,12 @@ async fn endpoint(first: First) -> (SocketAddr, Seen) {
                             got.extend_from_slice(&chunk);
                         }
                         log.lock().expect("log").push(got);
-                        if let First::Failed = first {
-                            resp.send_reset(Reason::INTERNAL_ERROR);
-                            return;
+                        match first {
+                            First::Failed => return resp.send_reset(Reason::INTERNAL_ERROR),
+                            First::RefusedAfterBody => {
+                                return resp.send_reset(Reason::REFUSED_STREAM);
+                            }
+                            _ => {}
                         }
                         if let Ok(mut send) = resp.send_response(Response::new(()), false) {
                             let _ = send.send_data(Bytes::from_static(b"served"), true);
@@ -100,10 +114,14 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// An endpoint whose first connection reads the preface, then frames until the
-/// first HEADERS, and answers it with GOAWAY (last stream 0, NO_ERROR): nothing was
-/// processed. Later connections go to `then`, a well-behaved h2 endpoint. Returns
-/// how many connections went away like that.
-async fn going_away_endpoint(then: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+/// first HEADERS (with `whole_request`: until the first frame that ends a stream),
+/// and answers it with GOAWAY (last stream 0, NO_ERROR): nothing was processed.
+/// Later connections go to `then`, a well-behaved h2 endpoint. Returns how many
+/// connections went away like that.
+async fn going_away_endpoint(
+    then: SocketAddr,
+    whole_request: bool,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let gone = Arc::new(AtomicUsize::new(0));
@@ -144,7 +162,10 @@ async fn going_away_endpoint(then: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>)
                     if socket.read_exact(&mut payload).await.is_err() {
                         return;
                     }
-                    if head[3] == 0x1 {
+                    // HEADERS (0x1), or with `whole_request` HEADERS or DATA (0x0)
+                    // with END_STREAM (0x1).
+                    let ends_stream = head[4] & 0x1 != 0 && head[3] <= 0x1;
+                    if (!whole_request && head[3] == 0x1) || ends_stream {
                         break;
                     }
                 }
@@ -186,7 +207,16 @@ async fn post_h2(addr: SocketAddr, body: &str) -> (String, String) {
 }
 
 async fn proxy_to(name: &str, endpoint: SocketAddr) -> (WeftProxy, String) {
-    let service = ServiceDef::new("orders").policy(POLICY).endpoint(endpoint);
+    proxy_with(name, endpoint, Some(POLICY)).await
+}
+
+/// A proxy for "orders" at `endpoint`, under `policy` if any.
+async fn proxy_with(name: &str, endpoint: SocketAddr, policy: Option<&str>) -> (WeftProxy, String) {
+    let service = ServiceDef::new("orders").endpoint(endpoint);
+    let service = match policy {
+        Some(policy) => service.policy(policy),
+        None => service,
+    };
     let label = service.metric_label();
     let proxy =
         WeftProxy::start_named(name, ProxyConfig::new().upstream("orders").service(service))
@@ -223,7 +253,7 @@ async fn a_post_the_endpoint_refused_is_sent_again_and_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_past_the_endpoints_goaway_is_sent_again_and_succeeds() {
     let (good, seen) = endpoint(First::Served).await;
-    let (endpoint, gone) = going_away_endpoint(good).await;
+    let (endpoint, gone) = going_away_endpoint(good, false).await;
     let (proxy, label) = proxy_to("goaway", endpoint).await;
     let (status, answer) = post_h2(proxy.upstream("orders"), "item=2").await;
     assert_eq!(status, "200", "{answer}");
@@ -257,4 +287,116 @@ async fn a_post_reset_after_it_was_processed_is_not_retried() {
         0.0
     );
     assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+}
+
+/// GETs `/order` over HTTP/2 (prior knowledge) from `addr`; returns the status and
+/// the answer's body.
+async fn get_h2(addr: SocketAddr) -> (String, String) {
+    let url = format!("http://{addr}/order");
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "--write-out",
+        "\n%{http_code}",
+        &url,
+    ])
+    .await
+    .expect("curl ran");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), answer.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_retry_policy_a_refused_get_is_sent_again() {
+    let (endpoint, seen) = endpoint(First::Refused).await;
+    let (proxy, label) = proxy_with("refused-get", endpoint, None).await;
+    let (status, answer) = get_h2(proxy.upstream("orders")).await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    assert_eq!(seen.lock().expect("log").len(), 2, "refused, then served");
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        1.0
+    );
+    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_retry_policy_a_post_refused_after_its_body_arrived_is_sent_again() {
+    let (endpoint, seen) = endpoint(First::RefusedAfterBody).await;
+    let (proxy, label) = proxy_with("refused-post", endpoint, None).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=4").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        [b"item=4".to_vec(), b"item=4".to_vec()],
+        "refused, then served, whole both times"
+    );
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        1.0
+    );
+    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_retry_policy_a_post_past_the_endpoints_goaway_is_sent_again() {
+    let (good, seen) = endpoint(First::Served).await;
+    let (endpoint, gone) = going_away_endpoint(good, true).await;
+    let (proxy, label) = proxy_with("goaway-no-policy", endpoint, None).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=5").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    assert_eq!(
+        gone.load(Ordering::SeqCst),
+        1,
+        "the first connection went away"
+    );
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen, [b"item=5".to_vec()], "served once, whole");
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_retry_policy_a_processed_post_is_not_sent_again() {
+    let (endpoint, seen) = endpoint(First::Failed).await;
+    let (proxy, label) = proxy_with("reset-no-policy", endpoint, None).await;
+    let (status, answer) = post_h2(proxy.upstream("orders"), "item=6").await;
+    assert_eq!(status, "502", "{answer}");
+    assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_every_time_is_resent_twice_then_answered_503() {
+    let (endpoint, seen) = endpoint(First::AlwaysRefused).await;
+    let (proxy, label) = proxy_with("always-refused", endpoint, None).await;
+    let (status, answer) = get_h2(proxy.upstream("orders")).await;
+    assert_eq!(status, "503", "{answer}");
+    assert!(
+        answer.contains("refused the request unprocessed"),
+        "{answer}"
+    );
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        3,
+        "sent, then resent twice"
+    );
+    let service = [("service", label.as_str())];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        2.0
+    );
 }

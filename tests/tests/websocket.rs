@@ -62,3 +62,36 @@ async fn websocket_echo_through_outbound_and_upstream_listeners() {
     }
     assert_eq!(app.accepted(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_an_app_port_declared_http2_stays_http1() {
+    // The server proxy sends HTTP/1 requests to this port on as HTTP/2, but an
+    // Upgrade has no HTTP/2 form here: it keeps its own HTTP/1.1 connection.
+    let app = websocket_echo_app().await;
+    let port = app.addr.port().to_string();
+    let hops = Hops::start_with(
+        ServiceDef::new("chat"),
+        app.addr,
+        |c| c,
+        |c| c.inbound_http2_ports(&port),
+    )
+    .await
+    .expect("start proxies");
+    let stream = TcpStream::connect(hops.upstream()).await.expect("connect");
+    let (mut ws, resp) = within(
+        STEP_DEADLINE,
+        "websocket handshake",
+        tokio_tungstenite::client_async("ws://chat/echo", stream),
+    )
+    .await
+    .expect("the upgrade went through");
+    assert_eq!(resp.status(), 101);
+    let m = Message::text("still HTTP/1.1");
+    ws.send(m.clone()).await.expect("send");
+    let echoed = within(STEP_DEADLINE, "echo", ws.next())
+        .await
+        .expect("a message")
+        .expect("ok");
+    assert_eq!(echoed, m);
+    ws.close(None).await.expect("close");
+}

@@ -114,6 +114,7 @@ impl WorkloadSpec {
                 })
                 .collect(),
             trust_bundle: None,
+            app_ports: Vec::new(),
         }
     }
 }
@@ -471,6 +472,52 @@ pub(crate) fn millis(d: Option<DurationSpec>) -> u64 {
 }
 
 impl MeshSpec {
+    /// The app ports of the workload `namespace`/`account` whose HTTP version the
+    /// mesh declares: for each service port saying `http1`, `http2` or `grpc`, the
+    /// port the workload's endpoints of it listen on. A port two services declare
+    /// differently (HTTP/1.1 and HTTP/2) is left out: the inbound cannot know.
+    pub fn app_ports(&self, namespace: &str, account: &str) -> Vec<v1::AppPort> {
+        let mut declared: BTreeMap<u16, Option<ProtocolSpec>> = BTreeMap::new();
+        for svc in &self.services {
+            for port in &svc.ports {
+                let protocol = match port.protocol {
+                    ProtocolSpec::Http1 => ProtocolSpec::Http1,
+                    // gRPC servers speak HTTP/2 only.
+                    ProtocolSpec::Http2 | ProtocolSpec::Grpc => ProtocolSpec::Http2,
+                    ProtocolSpec::Detect | ProtocolSpec::Opaque => continue,
+                };
+                let endpoints = port.endpoints.as_ref().unwrap_or(&svc.endpoints);
+                let mine = endpoints.iter().filter(|e| {
+                    e.identity
+                        .as_ref()
+                        .and_then(|id| crate::spiffe::SpiffeId::parse(id.as_str()).ok())
+                        .is_some_and(|id| {
+                            id.namespace == namespace && id.service_account == account
+                        })
+                });
+                for ep in mine {
+                    let app_port = match (&port.endpoints, port.target_port) {
+                        (None, Some(target)) => target,
+                        _ => ep.address.port(),
+                    };
+                    let entry = declared.entry(app_port).or_insert(Some(protocol));
+                    if *entry != Some(protocol) {
+                        *entry = None;
+                    }
+                }
+            }
+        }
+        declared
+            .into_iter()
+            .filter_map(|(port, protocol)| {
+                Some(v1::AppPort {
+                    port: u32::from(port),
+                    protocol: protocol?.to_proto() as i32,
+                })
+            })
+            .collect()
+    }
+
     /// Parses and validates a mesh description; `origin` names the file in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, MeshError> {
         let spec: MeshSpec = if text.trim().is_empty() {
@@ -913,6 +960,36 @@ services:
         let timeouts = update.policy.and_then(|p| p.timeouts).expect("timeouts");
         assert_eq!(timeouts.request_ms, 5000);
         assert_eq!(timeouts.connect_ms, 250);
+    }
+
+    #[test]
+    fn a_workloads_app_ports_carry_what_its_services_declare() {
+        let text = r#"
+services:
+  - name: web
+    ports: [{port: 80, protocol: http1}, {port: 9090, protocol: grpc, target_port: 19090}]
+    endpoints:
+      - {address: '10.0.0.1:8080', identity: 'spiffe://td/ns/shop/sa/web'}
+      - {address: '10.0.0.2:8080', identity: 'spiffe://td/ns/shop/sa/other'}
+  - name: h2c
+    ports: [{port: 81, protocol: http2}, {port: 82, protocol: opaque}]
+    endpoints: [{address: '10.0.0.1:7070', identity: 'spiffe://td/ns/shop/sa/web'}]
+  - name: clash
+    ports: [{port: 83, protocol: http2}]
+    endpoints: [{address: '10.0.0.1:8080', identity: 'spiffe://td/ns/shop/sa/web'}]
+"#;
+        let mesh = MeshSpec::from_yaml(text, "m").expect("valid");
+        let ports: Vec<(u32, v1::Protocol)> = mesh
+            .app_ports("shop", "web")
+            .iter()
+            .map(|p| (p.port, p.protocol()))
+            .collect();
+        assert_eq!(
+            ports,
+            [(7070, v1::Protocol::Http2), (19090, v1::Protocol::Http2),],
+            "8080 is http1 to web and http2 to clash: left out"
+        );
+        assert!(mesh.app_ports("shop", "nobody").is_empty());
     }
 
     #[test]

@@ -110,6 +110,20 @@ impl PortList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The lowest port in both lists, if any: two lists that must not overlap (an
+    /// app port cannot speak only HTTP/1.1 and only HTTP/2) are refused by it.
+    pub fn first_shared(&self, other: &PortList) -> Option<u16> {
+        self.0
+            .iter()
+            .flat_map(|a| {
+                other.0.iter().filter_map(move |b| {
+                    let first = a.first.max(b.first);
+                    (first <= a.last.min(b.last)).then_some(first)
+                })
+            })
+            .min()
+    }
 }
 
 /// The list syntax `parse` reads: `3306,8000-8099`.
@@ -136,6 +150,15 @@ mod tests {
         assert!(l.contains(8005) && !l.contains(8011));
         assert_eq!(l.clone().with(1).to_string(), "1,3306,5432,8000-8010");
         assert!(PortList::parse("").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn the_first_shared_port_of_two_lists() {
+        let l = |t: &str| PortList::parse(t).expect("valid list");
+        assert_eq!(l("80,8000-8010").first_shared(&l("8005-9000")), Some(8005));
+        assert_eq!(l("9000,8080").first_shared(&l("1-8080")), Some(8080));
+        assert_eq!(l("80,8000-8010").first_shared(&l("81-7999,8011")), None);
+        assert_eq!(l("").first_shared(&l("80")), None);
     }
 
     #[test]

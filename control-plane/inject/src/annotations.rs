@@ -15,6 +15,9 @@ pub const OPAQUE_PORTS: &str = "weft.io/opaque-ports";
 /// App ports that speak HTTP/1.1 only: the proxy sends HTTP/2 callers on to them
 /// as HTTP/1.1 (gRPC excepted).
 pub const HTTP1_PORTS: &str = "weft.io/http1-ports";
+/// App ports that speak HTTP/2 only (h2c, gRPC): the proxy sends HTTP/1 callers on
+/// to them as HTTP/2 (upgrades and CONNECT excepted). None may be an http1 port.
+pub const HTTP2_PORTS: &str = "weft.io/http2-ports";
 /// `enabled` (or `stdout`, `stderr`): the proxy writes an access log, one JSON
 /// line per request; `disabled` or absent: it does not.
 pub const ACCESS_LOG: &str = "weft.io/access-log";
@@ -95,6 +98,7 @@ pub struct PodOverrides {
     pub skip_outbound_ports: PortList,
     pub opaque_ports: PortList,
     pub http1_ports: PortList,
+    pub http2_ports: PortList,
     pub proxy_resources: Resources,
     /// `WEFT_ACCESS_LOG` for the proxy: where its access log goes, if anywhere.
     pub access_log: Option<&'static str>,
@@ -224,6 +228,15 @@ impl PodOverrides {
             Some("json") => Some("json"),
             Some(other) => return Err(bad(LOG_FORMAT, other, "is not one of: plain, json")),
         };
+        let http1_ports = ports(HTTP1_PORTS)?;
+        let http2_ports = ports(HTTP2_PORTS)?;
+        if let Some(port) = http2_ports.first_shared(&http1_ports) {
+            return Err(bad(
+                HTTP2_PORTS,
+                get(HTTP2_PORTS).unwrap_or(""),
+                format!("names port {port}, which {HTTP1_PORTS} names too"),
+            ));
+        }
         Ok(PodOverrides {
             access_log,
             log_format,
@@ -236,7 +249,8 @@ impl PodOverrides {
                 None => PortList::default_opaque(),
                 Some(_) => ports(OPAQUE_PORTS)?,
             },
-            http1_ports: ports(HTTP1_PORTS)?,
+            http1_ports,
+            http2_ports,
             proxy_resources: resources,
         })
     }
@@ -318,6 +332,23 @@ mod tests {
             let err = port_list("weft.io/opaque-ports", bad).expect_err(bad);
             assert!(err.to_string().contains("weft.io/opaque-ports"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_app_port_is_http1_only_or_http2_only_not_both() {
+        let defaults = crate::config::InjectConfig::default().proxy_resources;
+        let with = |http1: &str, http2: &str| {
+            let a = BTreeMap::from([
+                (HTTP1_PORTS.to_string(), http1.to_string()),
+                (HTTP2_PORTS.to_string(), http2.to_string()),
+            ]);
+            PodOverrides::from_annotations(Some(&a), &defaults)
+        };
+        let o = with("8080", "9090,50051").expect("disjoint");
+        assert_eq!(o.http2_ports.to_string(), "9090,50051");
+        let err = with("8000-8099", "8080").expect_err("overlap");
+        assert!(err.to_string().contains(HTTP2_PORTS), "{err}");
+        assert!(err.to_string().contains("port 8080"), "{err}");
     }
 
     #[test]

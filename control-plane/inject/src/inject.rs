@@ -52,6 +52,7 @@
 //! | `WEFT_ADMIN_PORT` | `7191` | listen on all addresses: the kubelet probes it and Prometheus scrapes it |
 //! | `WEFT_OPAQUE_PORTS` | `weft.io/opaque-ports` (e.g. `3306,8000-8099`, may be empty), else `weft_api::ports::DEFAULT_OPAQUE_PORTS` | destination/app ports never sniffed, handled as opaque TCP both ways |
 //! | `WEFT_HTTP1_PORTS` | annotation `weft.io/http1-ports`, e.g. `8080`; set only when annotated | app ports that speak HTTP/1.1 only (HTTP/2 callers are sent on as HTTP/1.1) |
+//! | `WEFT_HTTP2_PORTS` | annotation `weft.io/http2-ports`, e.g. `9090`; set only when annotated | app ports that speak HTTP/2 only, h2c (HTTP/1 callers are sent on as HTTP/2) |
 //! | `WEFT_PROBE_PORTS` | e.g. `8080`, may be empty | app ports whose rewritten probes the admin server forwards (`GET /app-probe/<port><path>`, `GET /app-grpc-probe/<port>[/<service>]`); other ports are refused |
 //! | `WEFT_LOG` | `info` | a `tracing` env filter |
 //! | `WEFT_ACCESS_LOG` | `stdout` or `stderr`, only with the `weft.io/access-log` annotation | one JSON line per request |
@@ -393,6 +394,10 @@ impl Injector {
                             .then(|| env("WEFT_HTTP1_PORTS", overrides.http1_ports.to_string())),
                     )
                     .chain(
+                        (!overrides.http2_ports.is_empty())
+                            .then(|| env("WEFT_HTTP2_PORTS", overrides.http2_ports.to_string())),
+                    )
+                    .chain(
                         overrides
                             .access_log
                             .map(|to| env("WEFT_ACCESS_LOG", to.to_string())),
@@ -586,21 +591,27 @@ mod tests {
     }
 
     #[test]
-    fn http1_ports_reach_the_proxy_only_when_annotated() {
+    fn http1_and_http2_ports_reach_the_proxy_only_when_annotated() {
         let patch_text = |outcome: &Outcome| match outcome {
             Outcome::Inject(patch) => serde_json::to_string(patch).expect("patch as JSON"),
             Outcome::Skip(reason) => panic!("skipped: {reason}"),
         };
-        let annotated = plan(&pod(
-            json!({"metadata": {"annotations": {"weft.io/http1-ports": "8080,9000-9001"}}}),
-        ));
+        let annotated = plan(&pod(json!({"metadata": {"annotations": {
+            "weft.io/http1-ports": "8080,9000-9001",
+            "weft.io/http2-ports": "50051",
+        }}})));
         let text = patch_text(&annotated);
         assert!(
             text.contains(r#"{"name":"WEFT_HTTP1_PORTS","value":"8080,9000-9001"}"#),
             "{text}"
         );
+        assert!(
+            text.contains(r#"{"name":"WEFT_HTTP2_PORTS","value":"50051"}"#),
+            "{text}"
+        );
         let plain = patch_text(&plan(&pod(json!({}))));
         assert!(!plain.contains("WEFT_HTTP1_PORTS"), "{plain}");
+        assert!(!plain.contains("WEFT_HTTP2_PORTS"), "{plain}");
     }
 
     #[test]

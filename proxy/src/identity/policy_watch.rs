@@ -45,7 +45,10 @@ pub(crate) fn spawn(
                         tracing::warn!(error = %e, "trust bundle rejected; keeping the current one");
                     }
                     let (next, from) = if policy.ports.is_empty() {
-                        (local.clone(), "config")
+                        // The config's policy, with what the mesh says of the app.
+                        let mut next = (*local).clone();
+                        next.app_http = InboundPolicy::app_http_from_proto(&policy.app_ports);
+                        (Arc::new(next), "config")
                     } else {
                         (
                             Arc::new(InboundPolicy::from_proto(&policy)),
