@@ -26,7 +26,10 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pin_project! {
     #[project = UpstreamProj]
     enum Upstream {
-        H1 { #[pin] body: H1Body },
+        // Boxed (by `H1Conn::send`): an HTTP/1 body (its connection's return
+        // path, the request body's rest) is eight times an HTTP/2 one, and the
+        // response carrying it is moved through every layer on the way out.
+        H1 { body: Box<H1Body> },
         H2 { #[pin] body: H2Body },
     }
 }
@@ -34,7 +37,7 @@ pin_project! {
 impl Upstream {
     fn is_end_stream(&self) -> bool {
         match self {
-            Upstream::H1 { body } => Body::is_end_stream(body),
+            Upstream::H1 { body } => Body::is_end_stream(&**body),
             Upstream::H2 { body } => Body::is_end_stream(body),
         }
     }
@@ -56,7 +59,7 @@ pin_project! {
 }
 
 impl PooledBody {
-    pub(crate) fn h1(inner: H1Body) -> Self {
+    pub(crate) fn h1(inner: Box<H1Body>) -> Self {
         PooledBody {
             inner: Upstream::H1 { body: inner },
             active: None,
@@ -86,7 +89,9 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         let res = match this.inner.as_mut().project() {
-            UpstreamProj::H1 { body } => body.poll_frame(cx).map_err(BodyError::from),
+            UpstreamProj::H1 { body } => Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map_err(BodyError::from),
             UpstreamProj::H2 { body } => body.poll_frame(cx).map_err(BodyError::from),
         };
         let done = match &res {

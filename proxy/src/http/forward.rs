@@ -184,7 +184,7 @@ fn respond_h1(
     pool: &Pool,
     key: Key,
     target: &Target<'_>,
-    mut resp: Response<H1Body>,
+    mut resp: Response<Box<H1Body>>,
     downstream_upgrade: Option<OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -208,7 +208,7 @@ async fn send_on_fresh(
     target: &Target<'_>,
     req: BoxedRequest,
     upgrade: bool,
-) -> Result<Response<H1Body>, ProxyError> {
+) -> Result<Response<Box<H1Body>>, ProxyError> {
     let pending = admit(target)?;
     let limit = target.gate.map(|g| g.connections);
     let fresh = pool.new_h1(key, target.connect_timeout, limit).await;

@@ -106,7 +106,7 @@ impl H1Conn {
         self,
         req: Box<Request<B>>,
         upgrade: bool,
-    ) -> Result<Response<H1Body<B>>, SendError<B>>
+    ) -> Result<Response<Box<H1Body<B>>>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BodyError>,
@@ -154,14 +154,16 @@ impl H1Conn {
         // Content-Length (RFC 9112 §6.3), leaves nothing safe to reuse.
         let keep_alive =
             head.keep_alive && decode != Decode::Close && !(head.has_te && head.has_cl);
-        let body = H1Body {
+        // Boxed: the response is moved through every layer on its way out, and
+        // the body is most of its size.
+        let body = Box::new(H1Body {
             conn: Some(conn),
             decode,
             upload,
             keep_alive,
             upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
             giveback: None,
-        };
+        });
         let mut resp = Response::new(body);
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;

@@ -69,7 +69,7 @@ pub(super) async fn checkout(pool: &Pool, addr: SocketAddr) -> H1Conn {
     .expect("connection")
 }
 
-async fn send<B>(conn: H1Conn, req: Box<Request<B>>) -> Response<H1Body<B>>
+async fn send<B>(conn: H1Conn, req: Box<Request<B>>) -> Response<Box<H1Body<B>>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
@@ -93,7 +93,7 @@ async fn answering(answer: &'static [u8]) -> SocketAddr {
 }
 
 /// A GET on a connection from `pool`, which takes it back at the body's end.
-async fn get(pool: &Pool, addr: SocketAddr) -> Response<H1Body<Empty<Bytes>>> {
+async fn get(pool: &Pool, addr: SocketAddr) -> Response<Box<H1Body<Empty<Bytes>>>> {
     let mut resp = send(
         checkout(pool, addr).await,
         request(Method::GET, Empty::new()),
