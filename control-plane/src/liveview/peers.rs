@@ -203,3 +203,57 @@ async fn fetch(addr: SocketAddr) -> anyhow::Result<(String, Export)> {
     conn.abort();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(id: &str, sequence: u64) -> v1::ProxyReport {
+        v1::ProxyReport {
+            node: Some(v1::Node {
+                id: id.into(),
+                ..Default::default()
+            }),
+            sequence,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_export_comes_back_with_its_ages_and_order() {
+        let live = LiveView::new();
+        let t0 = Instant::now();
+        live.record(t0, report("web-1", 1));
+        live.record(t0 + Duration::from_secs(1), report("web-1", 2));
+        live.record(t0 + Duration::from_secs(1), report("shop-1", 1));
+        let sent_at = t0 + Duration::from_secs(3);
+        let bytes = live.export(sent_at).encode_to_vec();
+        // The receiver's clock differs; only ages carry over.
+        let received_at = Instant::now() + Duration::from_secs(100);
+        let histories = import(
+            Export::decode(bytes.as_slice()).expect("decodes"),
+            received_at,
+        );
+        let web = &histories["web-1"];
+        let ages: Vec<_> = web.iter().map(|(at, _)| received_at - *at).collect();
+        assert_eq!(ages, [Duration::from_secs(3), Duration::from_secs(2)]);
+        assert_eq!(web[1].1.sequence, 2);
+        assert_eq!(histories["shop-1"].len(), 1);
+    }
+
+    #[test]
+    fn a_proxy_seen_by_two_replicas_counts_once_as_the_newest_sees_it() {
+        let t0 = Instant::now();
+        let old = vec![(t0, Arc::new(report("web-1", 1)))];
+        let new = vec![(t0 + Duration::from_secs(2), Arc::new(report("web-1", 9)))];
+        let mut into = HashMap::new();
+        merge(&mut into, "web-1".into(), new.clone());
+        merge(&mut into, "web-1".into(), old.clone());
+        assert_eq!(into["web-1"][0].1.sequence, 9);
+        let mut into = HashMap::new();
+        merge(&mut into, "web-1".into(), old);
+        merge(&mut into, "web-1".into(), new);
+        assert_eq!(into["web-1"][0].1.sequence, 9);
+        assert_eq!(into.len(), 1);
+    }
+}
