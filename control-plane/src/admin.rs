@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/metrics` (Prometheus text), `/live` and `/ready`, and
 //! the live view: the page at `/`, its data at `/api/summary` (JSON) and
-//! `/api/events` (server-sent events, one summary a second).
+//! `/api/events` (server-sent events, one summary a second); `/api/reports` is this
+//! replica's proxies' raw reports, for the other replicas.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::liveview::{LiveView, page};
+use prost::Message as _;
+
+use crate::liveview::{LiveView, page, peers};
 use crate::metrics::Metrics;
 
 /// Every admin answer's body: a whole one, or the event stream.
@@ -36,6 +39,8 @@ pub struct AdminState {
     /// Turns true when the server stops: ends the event streams, which would
     /// otherwise keep their connections open for ever.
     pub stopping: watch::Receiver<bool>,
+    /// This process's id among the replicas, sent with `/api/reports`.
+    pub instance: String,
 }
 
 /// Serves until `shutdown` resolves. Requests are tiny and answered at once, so open
@@ -93,6 +98,14 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<AdminBody> {
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "summary failed\n"),
         },
         "/api/events" => events(state),
+        "/api/reports" => {
+            let body = state.live.export(Instant::now()).encode_to_vec();
+            let mut resp = typed(Bytes::from(body), "application/x-protobuf");
+            if let Ok(id) = header::HeaderValue::from_str(&state.instance) {
+                resp.headers_mut().insert(peers::REPLICA_HEADER, id);
+            }
+            resp
+        }
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(

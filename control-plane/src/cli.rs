@@ -347,6 +347,18 @@ pub struct ServeArgs {
         default_value = "weft-control"
     )]
     pub tls_name: Vec<String>,
+    /// The other control-plane replicas' admin addresses (HOST:PORT), for a live
+    /// view of the whole mesh: each proxy reports to one replica. A name resolving
+    /// to several addresses (a headless Service) is every one of them; this
+    /// replica's own address among them is recognised and skipped. Repeat the
+    /// flag, or give a comma-separated list in the environment variable.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "WEFT_LIVE_PEERS",
+        value_delimiter = ','
+    )]
+    pub live_peers: Vec<String>,
 }
 
 /// Parses the command line, runs it and maps the outcome to the process exit code.
@@ -414,7 +426,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut server = Server::bind(&config).await?;
+    let mut server = Server::bind(&config)
+        .await?
+        .with_live_peers(args.live_peers.clone());
     if args.grpc_tls {
         let mut ips = vec![
             std::net::IpAddr::from([127, 0, 0, 1]),

@@ -49,6 +49,7 @@ pub struct Server {
     index: Arc<Index>,
     identity: Option<IdentityConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    live_peers: Vec<String>,
 }
 
 /// The rustls server config for the gRPC endpoint from a PEM chain and a PKCS#8 key.
@@ -94,6 +95,7 @@ impl Server {
             index: Arc::new(Index::new()),
             identity: None,
             tls: None,
+            live_peers: Vec::new(),
         })
     }
 
@@ -106,6 +108,13 @@ impl Server {
     /// Serves `Identity.Certify` with this CA and proof check.
     pub fn with_identity(mut self, identity: IdentityConfig) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// The other replicas' admin addresses (`HOST:PORT`; a name may resolve to
+    /// several), whose proxies' reports the live view merges with this one's.
+    pub fn with_live_peers(mut self, peers: Vec<String>) -> Self {
+        self.live_peers = peers;
         self
     }
 
@@ -136,6 +145,7 @@ impl Server {
             index,
             identity,
             tls,
+            live_peers,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -144,12 +154,23 @@ impl Server {
         };
 
         let live = LiveView::new();
+        let instance = format!("{:016x}", rand::random::<u64>());
         let admin_state = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
             ready: false.into(),
             live: Arc::clone(&live),
             stopping: stop_rx.clone(),
+            instance: instance.clone(),
         });
+        // Ends by itself when the server stops.
+        if !live_peers.is_empty() {
+            tokio::spawn(crate::liveview::peers::run(
+                Arc::clone(&live),
+                live_peers,
+                instance,
+                stop_rx.clone(),
+            ));
+        }
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         let admin_task = tokio::spawn(admin::serve(
             admin,

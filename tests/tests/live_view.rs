@@ -438,3 +438,105 @@ async fn a_service_with_two_routes_is_summarised_per_route() {
     let broken = broken.stop().await;
     assert_eq!(broken.ok, 0, "the broken route answered a request");
 }
+
+/// The services in `s`'s 10 s window that carried requests.
+fn busy_services(s: &Value) -> Vec<String> {
+    s["windows"]["10s"]["services"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter(|v| v["requests"].as_u64().is_some_and(|n| n > 0))
+                .filter_map(|v| v["service"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn admin_summary(control: &WeftControl) -> Option<Value> {
+    let reply = admin::get(control.admin(), "/api/summary").await.ok()?;
+    serde_json::from_str(&reply.body).ok()
+}
+
+/// Two control-plane replicas, each with one proxy reporting to it, told of each
+/// other with --live-peers: either one's summary (and top) covers both proxies'
+/// services; once one replica is gone the other shows it missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_shows_the_whole_mesh() {
+    let orders_app = HttpApp::start("orders-app").await.expect("start app");
+    let users_app = HttpApp::start("users-app").await.expect("start app");
+    let services = [
+        ServiceDef::new("orders").endpoint(orders_app.addr),
+        ServiceDef::new("users").endpoint(users_app.addr),
+    ];
+    let mut a = WeftControl::start(&services)
+        .await
+        .expect("start replica a");
+    let b_peers = a.admin().to_string();
+    let yaml = weft_tests::control::mesh_yaml(&services);
+    let mut b = WeftControl::start_yaml(&yaml, &["--live-peers", &b_peers])
+        .await
+        .expect("start replica b");
+    // a's own address in its list is recognised and skipped.
+    let a_peers = format!("{},{}", b.admin(), a.admin());
+    a.restart_with(&["--live-peers", &a_peers])
+        .await
+        .expect("restart replica a with its peer");
+
+    let web = WeftProxy::start(ProxyConfig::new().control_plane(&a.url()).workload("web"))
+        .await
+        .expect("start web's proxy");
+    let shop = WeftProxy::start(ProxyConfig::new().control_plane(&b.url()).workload("shop"))
+        .await
+        .expect("start shop's proxy");
+    let bounded = |proxy: &WeftProxy, uri: &str| LoadSpec {
+        clients: 1,
+        pause: Duration::from_millis(20),
+        max_requests_per_client: 5_000,
+        max_time: Duration::from_secs(90),
+        ..LoadSpec::new(proxy.outbound(), uri)
+    };
+    let to_orders = Load::start(bounded(&web, "http://orders/"));
+    let to_users = Load::start(bounded(&shop, "http://users/"));
+
+    for (name, replica) in [("a", &a), ("b", &b)] {
+        let s = eventually(CHANGE_LIMIT, "both proxies' services", || async {
+            let s = admin_summary(replica).await?;
+            let busy = busy_services(&s);
+            let both = busy.iter().any(|s| s == "orders.default")
+                && busy.iter().any(|s| s == "users.default");
+            (both && s["replicas"] == serde_json::json!({"answered": 2, "total": 2})).then_some(s)
+        })
+        .await;
+        assert_eq!(s["proxies"], 2, "replica {name}: {s}");
+        let text = weftctl_top(replica.admin(), &["--iterations", "1"], CHANGE_LIMIT)
+            .await
+            .expect("weftctl top --iterations 1");
+        assert!(
+            text.contains("2 proxies — 2/2 replicas answered"),
+            "replica {name}:\n{text}"
+        );
+        for service in ["orders", "users"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.split_whitespace().next() == Some(service)),
+                "replica {name}: no {service} row in:\n{text}"
+            );
+        }
+    }
+
+    // b gone: a keeps its own proxy's service and says a replica did not answer.
+    b.kill().await.expect("kill replica b");
+    let s = eventually(CHANGE_LIMIT, "b's proxies left out", || async {
+        let s = admin_summary(&a).await?;
+        let left_out = s["replicas"] == serde_json::json!({"answered": 1, "total": 2});
+        (left_out && s["proxies"] == 1).then_some(s)
+    })
+    .await;
+    assert!(
+        busy_services(&s).iter().any(|s| s == "orders.default"),
+        "{s}"
+    );
+    to_orders.stop().await.assert_no_failures();
+    let users = to_users.stop().await;
+    assert!(users.ok > 0, "nothing reached users");
+}

@@ -21,6 +21,25 @@ pub struct Summary {
     /// service.
     #[serde(default)]
     pub endpoints: Vec<EndpointView>,
+    /// With several control-plane replicas: how many were asked for their proxies'
+    /// reports (this one included) and how many answered. Absent with one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicas {
+    pub answered: usize,
+    pub total: usize,
+}
+
+impl Summary {
+    /// For a title: " — 1/2 replicas answered", or nothing with one replica.
+    pub fn replicas_note(&self) -> String {
+        self.replicas.map_or_else(String::new, |r| {
+            format!(" — {}/{} replicas answered", r.answered, r.total)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! The live view: what the proxies report (`weft.v1.Telemetry`), kept for a minute
 //! and summarised per service and per edge (caller → service) over the last 10 s
 //! and 1 min (opaque TCP apart: connections and bytes, not requests), served by the admin port as JSON (`/live/summary`), as server-sent
-//! events (`/live/events`) and as a web page (`/live/`).
+//! events (`/live/events`) and as a web page (`/live/`). With several replicas each
+//! also merges the others' reports (`peers`).
 
 pub mod collector;
 pub mod page;
+pub mod peers;
 pub mod summary;
 mod tcp;
 
@@ -30,6 +32,8 @@ pub type Received = (Instant, Arc<v1::ProxyReport>);
 #[derive(Default)]
 pub struct LiveView {
     proxies: Mutex<HashMap<String, VecDeque<Received>>>,
+    /// The other replicas' proxies, as last fetched (see `peers`).
+    peers: Mutex<peers::PeerReports>,
 }
 
 impl LiveView {
@@ -59,18 +63,42 @@ impl LiveView {
         });
     }
 
-    /// The summary as of `now`.
-    pub fn summary(&self, now: Instant) -> Summary {
+    /// This replica's own proxies that reported within `KEEP` of `now`, by id.
+    fn own_histories(&self, now: Instant) -> HashMap<String, Vec<Received>> {
         let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
-        let histories: Vec<Vec<Received>> = proxies
-            .values()
-            .filter(|h| {
+        proxies
+            .iter()
+            .filter(|(_, h)| {
                 h.back()
                     .is_some_and(|(t, _)| now.saturating_duration_since(*t) <= KEEP)
             })
-            .map(|h| h.iter().cloned().collect())
-            .collect();
-        drop(proxies);
-        summary::summarise(&histories, now, STALE)
+            .map(|(id, h)| (id.clone(), h.iter().cloned().collect()))
+            .collect()
+    }
+
+    /// Replaces what the other replicas reported.
+    pub fn set_peers(&self, reports: peers::PeerReports) {
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = reports;
+    }
+
+    /// The summary as of `now`: this replica's proxies and the other replicas'.
+    pub fn summary(&self, now: Instant) -> Summary {
+        let mut histories = self.own_histories(now);
+        let replicas = {
+            let fetched = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, history) in &fetched.histories {
+                let fresh = history
+                    .last()
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) <= KEEP);
+                if fresh {
+                    peers::merge(&mut histories, id.clone(), history.clone());
+                }
+            }
+            fetched.replicas
+        };
+        let histories: Vec<Vec<Received>> = histories.into_values().collect();
+        let mut summary = summary::summarise(&histories, now, STALE);
+        summary.replicas = replicas;
+        summary
     }
 }

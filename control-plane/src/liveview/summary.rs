@@ -407,6 +407,7 @@ pub fn summarise(histories: &[Vec<super::Received>], now: Instant, stale: Durati
         windows,
         ejections,
         endpoints,
+        replicas: None,
     }
 }
 

@@ -87,9 +87,10 @@ fn plain_table(s: &Summary, opts: &TopOptions) -> String {
         .unwrap_or_default();
     summary::sort(&mut services, opts.sort, false);
     let mut out = format!(
-        "{} — {} proxies — last {} — sorted by {}\n",
+        "{} — {} proxies{} — last {} — sorted by {}\n",
         opts.title,
         s.proxies,
+        s.replicas_note(),
         opts.window,
         opts.sort.label()
     );

@@ -140,8 +140,12 @@ fn draw(f: &mut Frame<'_>, state: &mut State) {
     ])
     .areas(f.area());
     let proxies = state.summary.as_ref().map_or(0, |s| s.proxies);
+    let replicas = state
+        .summary
+        .as_ref()
+        .map_or_else(String::new, |s| s.replicas_note());
     let head = format!(
-        "{} — {proxies} proxies — last {} — sorted by {}{}",
+        "{} — {proxies} proxies{replicas} — last {} — sorted by {}{}",
         state.title,
         state.window,
         state.sort.label(),

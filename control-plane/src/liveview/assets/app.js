@@ -250,7 +250,10 @@ function draw() {
   drawRoutes(w);
   drawEjections(latest.ejections);
   const when = new Date(latest.generated_at_ms).toLocaleTimeString();
-  $("#status").textContent = `${latest.proxies} proxies reporting · ${when}`;
+  const replicas = latest.replicas
+    ? ` · ${latest.replicas.answered}/${latest.replicas.total} replicas answered`
+    : "";
+  $("#status").textContent = `${latest.proxies} proxies reporting${replicas} · ${when}`;
   $("#status").className = "status live";
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 }
