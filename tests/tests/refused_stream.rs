@@ -225,6 +225,21 @@ async fn proxy_with(name: &str, endpoint: SocketAddr, policy: Option<&str>) -> (
     (proxy, label)
 }
 
+/// The proxy counted `resends` refused-stream resends for service `label` and no
+/// retry: a resend of an unprocessed request spends none of the retry budget.
+async fn assert_resends(proxy: &WeftProxy, label: &str, resends: f64) {
+    let service = [("service", label)];
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &service).await,
+        resends
+    );
+    assert_eq!(
+        proxy.metric("weft_retries_total", &service).await,
+        0.0,
+        "a refusal spends no retry"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_the_endpoint_refused_is_sent_again_and_succeeds() {
     let (endpoint, seen) = endpoint(First::Refused).await;
@@ -238,16 +253,7 @@ async fn a_post_the_endpoint_refused_is_sent_again_and_succeeds() {
         [b"".to_vec(), b"item=1".to_vec()],
         "refused, then served whole"
     );
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        1.0
-    );
-    assert_eq!(
-        proxy.metric("weft_retries_total", &service).await,
-        0.0,
-        "a refusal spends no retry"
-    );
+    assert_resends(&proxy, &label, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,12 +271,7 @@ async fn a_post_past_the_endpoints_goaway_is_sent_again_and_succeeds() {
     );
     let seen = seen.lock().expect("log").clone();
     assert_eq!(seen, [b"item=2".to_vec()], "served once, whole");
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        1.0
-    );
-    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+    assert_resends(&proxy, &label, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,12 +282,7 @@ async fn a_post_reset_after_it_was_processed_is_not_retried() {
     assert_eq!(status, "502", "{answer}");
     assert!(answer.contains("closed the connection"), "{answer}");
     assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        0.0
-    );
-    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+    assert_resends(&proxy, &label, 0.0).await;
 }
 
 /// GETs `/order` over HTTP/2 (prior knowledge) from `addr`; returns the status and
@@ -314,12 +310,7 @@ async fn without_a_retry_policy_a_refused_get_is_sent_again() {
     assert_eq!(status, "200", "{answer}");
     assert_eq!(answer, "served");
     assert_eq!(seen.lock().expect("log").len(), 2, "refused, then served");
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        1.0
-    );
-    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+    assert_resends(&proxy, &label, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,12 +326,7 @@ async fn without_a_retry_policy_a_post_refused_after_its_body_arrived_is_sent_ag
         [b"item=4".to_vec(), b"item=4".to_vec()],
         "refused, then served, whole both times"
     );
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        1.0
-    );
-    assert_eq!(proxy.metric("weft_retries_total", &service).await, 0.0);
+    assert_resends(&proxy, &label, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,11 +344,7 @@ async fn without_a_retry_policy_a_post_past_the_endpoints_goaway_is_sent_again()
     );
     let seen = seen.lock().expect("log").clone();
     assert_eq!(seen, [b"item=5".to_vec()], "served once, whole");
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        1.0
-    );
+    assert_resends(&proxy, &label, 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,11 +354,7 @@ async fn without_a_retry_policy_a_processed_post_is_not_sent_again() {
     let (status, answer) = post_h2(proxy.upstream("orders"), "item=6").await;
     assert_eq!(status, "502", "{answer}");
     assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        0.0
-    );
+    assert_resends(&proxy, &label, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,9 +372,5 @@ async fn a_request_refused_every_time_is_resent_twice_then_answered_503() {
         3,
         "sent, then resent twice"
     );
-    let service = [("service", label.as_str())];
-    assert_eq!(
-        proxy.metric("weft_refused_resends_total", &service).await,
-        2.0
-    );
+    assert_resends(&proxy, &label, 2.0).await;
 }
