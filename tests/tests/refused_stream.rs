@@ -190,17 +190,23 @@ async fn going_away_endpoint(
 /// POSTs `body` over HTTP/2 (prior knowledge) to `addr`; returns the status and the
 /// answer's body.
 async fn post_h2(addr: SocketAddr, body: &str) -> (String, String) {
+    h2_request(addr, &["--data-binary", body]).await
+}
+
+/// GETs `/order` over HTTP/2 (prior knowledge) from `addr`; returns the status and
+/// the answer's body.
+async fn get_h2(addr: SocketAddr) -> (String, String) {
+    h2_request(addr, &[]).await
+}
+
+/// curl to `http://addr/order` over HTTP/2 (prior knowledge) with `args`; the
+/// status and the answer's body.
+async fn h2_request(addr: SocketAddr, args: &[&str]) -> (String, String) {
     let url = format!("http://{addr}/order");
-    let out = curl(&[
-        "--http2-prior-knowledge",
-        "--data-binary",
-        body,
-        "--write-out",
-        "\n%{http_code}",
-        &url,
-    ])
-    .await
-    .expect("curl ran");
+    let mut all = vec!["--http2-prior-knowledge", "--write-out", "\n%{http_code}"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = curl(&all).await.expect("curl ran");
     let text = String::from_utf8_lossy(&out).into_owned();
     let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
     (status.to_string(), answer.to_string())
@@ -270,23 +276,6 @@ async fn a_post_reset_after_it_was_processed_is_not_retried() {
     assert!(answer.contains("closed the connection"), "{answer}");
     assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
     assert_resends(&proxy, &label, 0.0).await;
-}
-
-/// GETs `/order` over HTTP/2 (prior knowledge) from `addr`; returns the status and
-/// the answer's body.
-async fn get_h2(addr: SocketAddr) -> (String, String) {
-    let url = format!("http://{addr}/order");
-    let out = curl(&[
-        "--http2-prior-knowledge",
-        "--write-out",
-        "\n%{http_code}",
-        &url,
-    ])
-    .await
-    .expect("curl ran");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.to_string(), answer.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
