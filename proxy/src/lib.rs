@@ -57,6 +57,7 @@ mod outcome;
 mod ports;
 mod probe;
 pub mod proxy;
+mod replay;
 mod report;
 mod retry;
 mod route;

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +41,7 @@ use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics, TcpFailure};
 use crate::observe::{Observer, Picked};
 use crate::outcome::Outcome;
 use crate::ports::PortSet;
+use crate::replay::{MAX_REFUSED_RESENDS, RefusedResends, Replay, rebuild};
 use crate::retry::RetryPolicy;
 use crate::snapshot::lookup::{Dest, Lookup};
 use crate::snapshot::{Protocol, Service};
@@ -391,10 +392,6 @@ impl Outbound {
     }
 }
 
-/// How many times one request refused unprocessed is sent again, beyond its
-/// policy's attempts: bounds the loop against a peer that refuses everything.
-const MAX_REFUSED_RESENDS: u32 = 2;
-
 /// What a request is sent under: the service's policy, or a route's overrides.
 struct Plan<'a> {
     request_timeout: Option<Duration>,
@@ -477,10 +474,7 @@ impl Outbound {
     }
 
     /// A request with no retry policy: sent once, and sent again only if the upstream
-    /// refused it unprocessed (RFC 9113 §8.7: REFUSED_STREAM, or past a GOAWAY's last
-    /// stream), which is safe whatever the method. The body is recorded as it
-    /// streams, up to the retry policy's default limit; one refused before the client
-    /// finished sending it, or over the limit, cannot be sent again.
+    /// refused it unprocessed (`RefusedResends`), each time to an endpoint picked anew.
     async fn send_resending_refused(
         &self,
         svc: &Service,
@@ -489,36 +483,18 @@ impl Outbound {
         req: BoxedRequest,
         start: u64,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let (mut body, replay) = match body {
-            RequestBody::Streaming { body, in_flight } if !body.is_end_stream() => {
-                let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
-                let first = RequestBody::Recording {
-                    body,
-                    recording: recording.clone(),
-                    in_flight,
-                };
-                (first, Some(Replay::Recorded(recording)))
-            }
-            body if body.is_end_stream() => (body, Some(Replay::Buffered(Bytes::new()))),
-            // Only a client's body is ever handed in here; anything else is sent once.
-            body => (body, None),
-        };
+        let (mut kept, mut req) = RefusedResends::keep(req);
         let mut now = start;
-        let mut resends = 0;
         loop {
-            let (result, outcome) = self
-                .attempt(svc, idx, Box::new(rebuild(&parts, body)), now)
-                .await;
-            if outcome != Outcome::Refused || resends >= MAX_REFUSED_RESENDS {
+            let (result, outcome) = self.attempt(svc, idx, req, now).await;
+            if outcome != Outcome::Refused {
                 return result;
             }
-            let Some(again) = replay.as_ref().and_then(Replay::body) else {
+            let Some(again) = kept.again() else {
                 return result;
             };
-            resends += 1;
             svc.metrics.refused_resends.inc();
-            body = again;
+            req = again;
             now = now_nanos();
             idx = svc
                 .pick_at(key, Some(idx), now)
@@ -784,35 +760,6 @@ async fn replayable(body: Incoming, limit: usize) -> Result<Result<Bytes, Incomi
         },
         _ => Ok(Err(body)),
     }
-}
-
-/// Where a retry's body comes from.
-enum Replay {
-    Buffered(Bytes),
-    /// Copied as the first attempt streamed it.
-    Recorded(Arc<Mutex<Recording>>),
-}
-
-impl Replay {
-    fn body(&self) -> Option<RequestBody> {
-        match self {
-            Replay::Buffered(bytes) => Some(RequestBody::replay(bytes.clone())),
-            Replay::Recorded(rec) => rec
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .replay()
-                .map(RequestBody::replay),
-        }
-    }
-}
-
-fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
 }
 
 #[cfg(test)]
