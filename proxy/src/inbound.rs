@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,6 +29,7 @@ use crate::listener::Conn;
 use crate::metrics::{Direction, ServiceMetrics, TcpFailure};
 use crate::observe::Observer;
 use crate::ports::PortSet;
+use crate::replay::RefusedResends;
 use weft_api::spiffe::SpiffeId;
 
 /// Set by the inbound proxy to the caller's verified identity; anything a client
@@ -346,13 +347,42 @@ impl Inbound {
             idle_timeout: None,
             gate: None,
         };
-        let resp = pin!(forward(&self.pool, req, &target))
-            .await
-            .unwrap_or_else(|e| {
-                self.metrics.proxy_error(e.reason());
-                e.response()
-            });
+        // Only an HTTP/2 request can be refused unprocessed: the inbound never
+        // carries HTTP/1 to the app on a stream.
+        let result = if req.version() == Version::HTTP_2 {
+            // Boxed: the copy kept for a resend stays out of every other
+            // request's future.
+            Box::pin(self.forward_resending_refused(req, &target)).await
+        } else {
+            pin!(forward(&self.pool, req, &target)).await
+        };
+        let resp = result.unwrap_or_else(|e| {
+            self.metrics.proxy_error(e.reason());
+            e.response()
+        });
         self.metrics.record(resp.status().as_u16(), since(start));
         resp
+    }
+
+    /// Sends `req` to the app, and again (as the outbound does to an endpoint) if
+    /// the app refused it unprocessed: an h2c app shedding load or going away must
+    /// not turn into an error for a caller whose request it never started.
+    async fn forward_resending_refused(
+        &self,
+        req: BoxedRequest,
+        target: &Target<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut kept, mut req) = RefusedResends::keep(req);
+        loop {
+            let result = pin!(forward(&self.pool, req, target)).await;
+            if !matches!(result, Err(ProxyError::Refused)) {
+                return result;
+            }
+            let Some(again) = kept.again() else {
+                return result;
+            };
+            self.metrics.refused_resends.inc();
+            req = again;
+        }
     }
 }

@@ -5,6 +5,10 @@
 //! The resend needs no retry policy (a refused stream was never processed, RFC 9113
 //! §8.7) and is bounded: a request refused every time is answered 503 after two.
 //!
+//! The inbound does the same on its hop to an app that speaks HTTP/2 only (h2c),
+//! for HTTP/1.1 callers (plain, or carried between the proxies of an mTLS pair)
+//! as for HTTP/2 ones: the app's refusal never reaches the caller as a 503.
+//!
 //! The endpoints are real HTTP/2 servers that misbehave on purpose: one on the h2
 //! crate, resetting the first stream it gets; one writing raw frames, going away
 //! with last stream 0 after it has read the first request's HEADERS.
@@ -19,6 +23,7 @@ use h2::Reason;
 use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weft_tests::mtls_pair::{MtlsPair, PairOptions};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::record_app::curl;
 
@@ -356,4 +361,132 @@ async fn a_request_refused_every_time_is_resent_twice_then_answered_503() {
         "sent, then resent twice"
     );
     assert_resends(&proxy, &label, 2.0).await;
+}
+
+/// POSTs `body` over HTTP/1.1 to `addr`; returns the status and the answer's body.
+async fn post_h1(addr: SocketAddr, body: &str) -> (String, String) {
+    h1_request(addr, &["--data-binary", body]).await
+}
+
+/// curl to `http://addr/order` over HTTP/1.1 with `args`; the status and the
+/// answer's body.
+async fn h1_request(addr: SocketAddr, args: &[&str]) -> (String, String) {
+    let url = format!("http://{addr}/order");
+    let mut all = vec!["--http1.1", "--write-out", "\n%{http_code}"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = curl(&all).await.expect("curl ran");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_string(), answer.to_string())
+}
+
+/// A transparent-style inbound in front of the h2c-only app at `app`, whose port it
+/// is told speaks HTTP/2 only.
+async fn inbound_to(name: &str, app: SocketAddr) -> WeftProxy {
+    let config = ProxyConfig::new()
+        .inbound(app)
+        .inbound_http2_ports(&app.port().to_string());
+    WeftProxy::start_named(name, config)
+        .await
+        .expect("start a proxy")
+}
+
+/// The inbound proxy counted `resends` refused-stream resends (it has no other
+/// service, so every series is the inbound's) and answered one request 2xx, or
+/// none when `resends` ran out.
+async fn assert_inbound_resends(proxy: &WeftProxy, resends: f64, ok: f64) {
+    assert_eq!(
+        proxy.metric("weft_refused_resends_total", &[]).await,
+        resends
+    );
+    let inbound_ok = [("direction", "inbound"), ("status_class", "2xx")];
+    assert_eq!(proxy.metric("weft_requests_total", &inbound_ok).await, ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_sends_an_http1_get_its_h2c_app_refused_again() {
+    let (app, seen) = endpoint(First::Refused).await;
+    let proxy = inbound_to("inbound-refused", app).await;
+    let (status, answer) = h1_request(proxy.inbound(), &[]).await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    assert_eq!(seen.lock().expect("log").len(), 2, "refused, then served");
+    assert_inbound_resends(&proxy, 1.0, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_sends_a_post_past_its_h2c_apps_goaway_again() {
+    let (good, seen) = endpoint(First::Served).await;
+    // The app goes away once it has read the whole first request.
+    let (app, gone) = going_away_endpoint(good, true).await;
+    let proxy = inbound_to("inbound-goaway", app).await;
+    let (status, answer) = post_h1(proxy.inbound(), "item=8").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    assert_eq!(
+        gone.load(Ordering::SeqCst),
+        1,
+        "the first connection went away"
+    );
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(seen, [b"item=8".to_vec()], "served once, whole");
+    assert_inbound_resends(&proxy, 1.0, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_answers_503_to_an_http2_caller_its_app_refused_every_time() {
+    let (app, seen) = endpoint(First::AlwaysRefused).await;
+    let proxy = inbound_to("inbound-always-refused", app).await;
+    let (status, answer) = get_h2(proxy.inbound()).await;
+    assert_eq!(status, "503", "{answer}");
+    assert!(
+        answer.contains("refused the request unprocessed"),
+        "{answer}"
+    );
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        3,
+        "sent, then resent twice"
+    );
+    assert_inbound_resends(&proxy, 2.0, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_does_not_send_a_post_its_app_processed_again() {
+    let (app, seen) = endpoint(First::Failed).await;
+    let proxy = inbound_to("inbound-reset", app).await;
+    let (status, answer) = post_h1(proxy.inbound(), "item=10").await;
+    assert_eq!(status, "502", "{answer}");
+    assert_eq!(seen.lock().expect("log").len(), 1, "sent once");
+    assert_inbound_resends(&proxy, 0.0, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_an_mtls_pair_the_server_proxy_resends_what_its_h2c_app_refused() {
+    let (app, seen) = endpoint(First::RefusedAfterBody).await;
+    // The caller's mesh says nothing of the port: the POST crosses the pair as a
+    // carried HTTP/1.1 request, and the server proxy sends it to its app as HTTP/2.
+    let options = PairOptions {
+        server_http2_ports: Some(app.port().to_string()),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(ServiceDef::new("orders"), app, options)
+        .await
+        .expect("start the pair");
+    let (status, answer) = post_h1(pair.upstream(), "item=9").await;
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(answer, "served");
+    let seen = seen.lock().expect("log").clone();
+    assert_eq!(
+        seen,
+        [b"item=9".to_vec(), b"item=9".to_vec()],
+        "refused, then served, whole both times"
+    );
+    // The server proxy resent it; the client proxy never saw a refusal.
+    assert_inbound_resends(&pair.server, 1.0, 1.0).await;
+    assert_eq!(
+        pair.client.metric("weft_refused_resends_total", &[]).await,
+        0.0
+    );
 }
