@@ -71,6 +71,12 @@ impl HttpApp {
         Self::serve(name, bind_loopback().await?, standard_handler(name), true)
     }
 
+    /// [`HttpApp::start_h2c_only`] on a listener bound elsewhere (e.g. inside a
+    /// network namespace).
+    pub fn h2c_only_on_listener(name: &str, listener: TcpListener) -> anyhow::Result<HttpApp> {
+        Self::serve(name, listener, standard_handler(name), true)
+    }
+
     /// Serves on a listener bound elsewhere (e.g. inside a network namespace).
     pub fn on_listener(
         name: &str,
