@@ -13,7 +13,8 @@
 //! - [`proxy`] writes a weft-proxy config and runs the proxy.
 //! - [`hops`] starts the usual two-proxy path (client pod, server pod);
 //!   [`mtls_pair`] the same with identities and mTLS between the proxies.
-//! - [`record_app`] is an HTTP/1.1-only Python app that answers with what it got.
+//! - [`record_app`] is an HTTP/1.1-only Python app that answers with what it got;
+//!   [`refusing_app`] an h2c app that refuses streams (REFUSED_STREAM) on purpose.
 //! - [`apps`] are in-process backends (HTTP, raw TCP) that record what they saw.
 //! - [`client`] sends HTTP/1, HTTP/2 and raw bytes with bounded waits.
 //! - [`grpc`] and [`pb`]: a small gRPC echo service and client for streaming tests.
@@ -72,6 +73,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rabbitmq;
 pub mod record_app;
+pub mod refusing_app;
 pub mod tmux;
 pub mod tools;
 pub mod wire;

@@ -12,6 +12,9 @@
 //! service h2c, VIP 10.96.0.40:80 -> b:8080; service plain, VIP 10.96.0.41:80 -> c:8080
 //! ```
 //!
+//! An h2c app there that refuses a stream unprocessed (REFUSED_STREAM) is sent it
+//! again by its own sidecar: the client gets the answer, not a 503.
+//!
 //! Neither service declares a protocol, so the client's sidecar knows nothing of
 //! the app: only the server pod's own sidecar does. Needs root, iproute2, iptables
 //! and setpriv (CI has them; elsewhere the test says so and skips).
@@ -23,10 +26,12 @@ use std::process::Stdio;
 use weft_tests::apps::HttpApp;
 use weft_tests::netns::{self, Pod};
 use weft_tests::proxy::ServiceDef;
+use weft_tests::refusing_app::{First, endpoint_on};
 use weft_tests::{STEP_DEADLINE, bins, within};
 
 const H2C_VIP: &str = "10.96.0.40";
 const PLAIN_VIP: &str = "10.96.0.41";
+const REFUSING_VIP: &str = "10.96.0.42";
 const APP_PORT: u16 = 8080;
 
 /// The sidecar's environment variables with a plain value, as `weftctl inject`
@@ -254,4 +259,48 @@ async fn an_http1_client_reaches_an_h2c_app_by_its_pods_http2_ports_annotation()
         plain.to_ascii_lowercase().contains("weft-error:"),
         "{plain}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_an_injected_pods_h2c_app_refused_is_sent_again_by_its_sidecar() {
+    if !netns::available("a_stream_an_injected_pods_h2c_app_refused_is_sent_again_by_its_sidecar") {
+        return;
+    }
+    let port = APP_PORT.to_string();
+    let d_env = injected_env("d", &[("weft.io/http2-ports", &port)]);
+    let mut node = netns::Node::create().expect("node");
+    let a = node.pod("a").expect("pod a");
+    let d = node.pod("d").expect("pod d");
+    // The app resets the first stream it gets with REFUSED_STREAM, unread.
+    let seen = endpoint_on(
+        d.listen(APP_PORT).await.expect("listen in d"),
+        First::Refused,
+    );
+    for pod in [&a, &d] {
+        pod.install_capture().expect("init");
+    }
+    let services = [ServiceDef::new("orders")
+        .vip(REFUSING_VIP)
+        .port(80, "detect")
+        .endpoint_with_identity(d.addr(APP_PORT), &d.spiffe_id())];
+    let control = node
+        .start_control_plane(&services)
+        .await
+        .expect("control plane on the node");
+    let a_proxy = a
+        .start_injected_proxy(&control, &[])
+        .await
+        .expect("sidecar in a");
+    let d_proxy = d
+        .start_injected_proxy(&control, &app_protocol_env(&d_env))
+        .await
+        .expect("sidecar in d");
+
+    let url = format!("http://{REFUSING_VIP}/order");
+    let out = curl_in(&a, &["--http1.1", "--write-out", "\n%{http_code}", &url]).await;
+    assert_eq!(out, "served\n200", "answered after the resend");
+    assert_eq!(seen.lock().expect("log").len(), 2, "refused, then served");
+    // d's sidecar resent it; a's never saw a refusal.
+    assert_eq!(d_proxy.metric("weft_refused_resends_total", &[]).await, 1.0);
+    assert_eq!(a_proxy.metric("weft_refused_resends_total", &[]).await, 0.0);
 }

@@ -10,7 +10,8 @@
 //! as for HTTP/2 ones: the app's refusal never reaches the caller as a 503.
 //!
 //! The endpoints are real HTTP/2 servers that misbehave on purpose: one on the h2
-//! crate, resetting the first stream it gets; one writing raw frames, going away
+//! crate, resetting the first stream it gets (`weft_tests::refusing_app`); one
+//! writing raw frames, going away
 //! with last stream 0 after it has read the first request's HEADERS.
 
 use std::net::SocketAddr;
@@ -18,95 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::Reason;
-use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::record_app::curl;
+use weft_tests::refusing_app::{First, endpoint};
 
-/// Bounds each wait on a socket in the servers below.
+/// Bounds each wait on a socket in the server below.
 const LIMIT: Duration = Duration::from_secs(20);
 /// A retry policy that would retry a POST only on a refusal.
 const POLICY: &str = "{retry: {max_attempts: 2, backoff_base: 1ms}}";
-
-/// Streams an endpoint took, in order, each with its request body.
-type Seen = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
-
-/// How an endpoint treats the first stream it gets.
-#[derive(Clone, Copy)]
-enum First {
-    Served,
-    /// Reset at once, unread.
-    Refused,
-    /// Reset with REFUSED_STREAM once its body was read: a server shedding load
-    /// refuses what it has not started, whatever of it already arrived.
-    RefusedAfterBody,
-    /// Every stream reset at once, unread.
-    AlwaysRefused,
-    /// Reset with INTERNAL_ERROR after its body was read: it was processed.
-    Failed,
-}
-
-/// An h2 endpoint that treats its first stream as `first` says and answers every
-/// other 200 "served".
-async fn endpoint(first: First) -> (SocketAddr, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen: Seen = Arc::default();
-    let streams = Arc::new(AtomicUsize::new(0));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let (log, streams) = (log.clone(), streams.clone());
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut resp))) = conn.accept().await {
-                    let n = streams.fetch_add(1, Ordering::SeqCst);
-                    let log = log.clone();
-                    tokio::spawn(async move {
-                        let mut body = req.into_body();
-                        let first = match first {
-                            First::AlwaysRefused => First::Refused,
-                            first if n == 0 => first,
-                            _ => First::Served,
-                        };
-                        if let First::Refused = first {
-                            log.lock().expect("log").push(Vec::new());
-                            resp.send_reset(Reason::REFUSED_STREAM);
-                            return;
-                        }
-                        let mut got = Vec::new();
-                        while let Some(Ok(chunk)) = tokio::time::timeout(LIMIT, body.data())
-                            .await
-                            .ok()
-                            .flatten()
-                        {
-                            let _ = body.flow_control().release_capacity(chunk.len());
-                            got.extend_from_slice(&chunk);
-                        }
-                        log.lock().expect("log").push(got);
-                        match first {
-                            First::Failed => return resp.send_reset(Reason::INTERNAL_ERROR),
-                            First::RefusedAfterBody => {
-                                return resp.send_reset(Reason::REFUSED_STREAM);
-                            }
-                            _ => {}
-                        }
-                        if let Ok(mut send) = resp.send_response(Response::new(()), false) {
-                            let _ = send.send_data(Bytes::from_static(b"served"), true);
-                        }
-                    });
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len())
