@@ -151,8 +151,9 @@ const RETRIES_REFUSED: Def = def(
 );
 const REFUSED_RESENDS: Def = def(
     "weft_refused_resends_total",
-    "Requests sent again because an HTTP/2 endpoint refused them unprocessed \
-     (REFUSED_STREAM, or past its GOAWAY); outside the retry budget and weft_retries_total.",
+    "Requests sent again because an HTTP/2 endpoint (inbound: the app) refused them \
+     unprocessed (REFUSED_STREAM, or past its GOAWAY); outside the retry budget and \
+     weft_retries_total.",
     &["service"],
 );
 const ATTEMPTS: Def = def(
