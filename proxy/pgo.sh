@@ -163,7 +163,7 @@ render weft-client.yaml.in "$work/single.yaml" ID=pgo-single OUTBOUND_PORT="$(po
     ADMIN_PORT="$(port 4)" LISTEN_PORT="$(port 5)" ENDPOINT="127.0.0.1:$UPSTREAM"
 render weft-mtls-client.yaml.in "$work/a.yaml" OUTBOUND_PORT="$(port 6)" \
     ADMIN_PORT="$(port 7)" LISTEN_PORT="$(port 8)" ENDPOINT="127.0.0.1:$(port 9)" \
-    TOKEN="$(token bench-client)" CP_PORT="$(port 1)"
+    TOKEN="$(token bench-client)" CP_PORT="$(port 1)" H1_OVER_H2=true
 render weft-mtls-server.yaml.in "$work/b.yaml" OUTBOUND_PORT="$(port 10)" \
     ADMIN_PORT="$(port 11)" LISTEN_PORT="$(port 9)" ENDPOINT="127.0.0.1:$UPSTREAM" \
     TOKEN="$(token bench-server)" CP_PORT="$(port 1)"

@@ -50,6 +50,12 @@ render() {
     done
     # shellcheck disable=SC2154 # $here is set by the sourcing script
     sed "${args[@]}" "$here/$template" >"$out"
+    # A placeholder left over is a caller that missed a new one: say which, rather
+    # than let the proxy fail on a config it cannot parse.
+    if grep -v '^[[:space:]]*#' "$out" | grep -o '@[A-Z0-9_]*@' | sort -u | grep .; then
+        echo "render: $template: the placeholders above were given no value" >&2
+        return 1
+    fi
 }
 
 # start NAME COMMAND...: runs COMMAND on the server CPU, its output in
