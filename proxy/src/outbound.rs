@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -425,7 +426,7 @@ impl Outbound {
     async fn send(
         &self,
         svc: &Service,
-        req: BoxedRequest,
+        mut req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
         retry: Option<&RetryPolicy>,
@@ -452,12 +453,18 @@ impl Outbound {
                 let idx = svc
                     .pick_at(key, None, start)
                     .ok_or(ProxyError::NoEndpoints)?;
-                if self.may_be_refused(&req, &svc.endpoints[idx]) {
-                    // Boxed: the copy kept for a resend stays out of every other
-                    // request's future.
-                    Box::pin(self.send_resending_refused(svc, key, idx, req, start)).await
-                } else {
-                    pin!(self.attempt(svc, idx, req, start)).await.0
+                // What a request the upstream may refuse unprocessed is sent again
+                // from: the request itself goes first.
+                let kept = self
+                    .may_be_refused(&req, &svc.endpoints[idx])
+                    .then(|| Kept::of(&mut req));
+                let (result, outcome) = pin!(self.attempt(svc, idx, req, start)).await;
+                match kept {
+                    // Boxed: the resend's state stays out of every request's future.
+                    Some(kept) if outcome == Outcome::Refused => {
+                        Box::pin(self.resend_refused(svc, key, idx, kept, result)).await
+                    }
+                    _ => result,
                 }
             }
             // Boxed: with retries on, the request carries its replay state and a
@@ -476,54 +483,37 @@ impl Outbound {
             || (ep.identity.is_some() && self.pool.h2_orig() && !is_upgrade(req.headers()))
     }
 
-    /// A request with no retry policy: sent once, and sent again only if the upstream
-    /// refused it unprocessed (RFC 9113 §8.7: REFUSED_STREAM, or past a GOAWAY's last
-    /// stream), which is safe whatever the method. The body is recorded as it
-    /// streams, up to the retry policy's default limit; one refused before the client
-    /// finished sending it, or over the limit, cannot be sent again.
-    async fn send_resending_refused(
+    /// A request with no retry policy, refused unprocessed by the upstream (RFC 9113
+    /// §8.7: REFUSED_STREAM, or past a GOAWAY's last stream): sent again, which is
+    /// safe whatever the method, at most `MAX_REFUSED_RESENDS` times. A body refused
+    /// before the client finished sending it, or over the recording's limit, cannot
+    /// be sent again.
+    async fn resend_refused(
         &self,
         svc: &Service,
         key: Option<u64>,
         mut idx: usize,
-        req: BoxedRequest,
-        start: u64,
+        kept: Kept,
+        refused: Result<Response<ProxyBody>, ProxyError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let (mut body, replay) = match body {
-            RequestBody::Streaming { body, in_flight } if !body.is_end_stream() => {
-                let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
-                let first = RequestBody::Recording {
-                    body,
-                    recording: recording.clone(),
-                    in_flight,
-                };
-                (first, Some(Replay::Recorded(recording)))
-            }
-            body if body.is_end_stream() => (body, Some(Replay::Buffered(Bytes::new()))),
-            // Only a client's body is ever handed in here; anything else is sent once.
-            body => (body, None),
-        };
-        let mut now = start;
-        let mut resends = 0;
-        loop {
-            let (result, outcome) = self
-                .attempt(svc, idx, Box::new(rebuild(&parts, body)), now)
-                .await;
-            if outcome != Outcome::Refused || resends >= MAX_REFUSED_RESENDS {
-                return result;
-            }
-            let Some(again) = replay.as_ref().and_then(Replay::body) else {
+        let mut result = refused;
+        for _ in 0..MAX_REFUSED_RESENDS {
+            let Some(body) = kept.replay.as_ref().and_then(Replay::body) else {
                 return result;
             };
-            resends += 1;
             svc.metrics.refused_resends.inc();
-            body = again;
-            now = now_nanos();
+            let now = now_nanos();
             idx = svc
                 .pick_at(key, Some(idx), now)
                 .ok_or(ProxyError::NoEndpoints)?;
+            let req = Box::new(kept.head.request(body));
+            let (again, outcome) = self.attempt(svc, idx, req, now).await;
+            if outcome != Outcome::Refused {
+                return again;
+            }
+            result = again;
         }
+        result
     }
 
     async fn send_retrying(
@@ -803,6 +793,77 @@ impl Replay {
                 .replay()
                 .map(RequestBody::replay),
         }
+    }
+}
+
+/// What a request the upstream may refuse unprocessed is sent again from: a copy of
+/// its head, and its body's (recorded as it streams when it has not ended yet, up
+/// to the retry policy's default limit).
+struct Kept {
+    head: KeptHead,
+    replay: Option<Replay>,
+}
+
+impl Kept {
+    fn of(req: &mut BoxedRequest) -> Kept {
+        let head = KeptHead::of(req);
+        if req.body().is_end_stream() {
+            return Kept {
+                head,
+                replay: Some(Replay::Buffered(Bytes::new())),
+            };
+        }
+        let body = std::mem::replace(req.body_mut(), RequestBody::replay(Bytes::new()));
+        let (body, replay) = match body {
+            RequestBody::Streaming { body, in_flight } => {
+                let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
+                let first = RequestBody::Recording {
+                    body,
+                    recording: recording.clone(),
+                    in_flight,
+                };
+                (first, Some(Replay::Recorded(recording)))
+            }
+            // Only a client's body is ever handed in here; anything else is sent once.
+            body => (body, None),
+        };
+        *req.body_mut() = body;
+        Kept { head, replay }
+    }
+}
+
+/// A request's head as it came in, kept to send it again. Its fields in a list rather than a `HeaderMap`: one allocation
+/// where a map's copy takes two, and the map is only built again on a resend.
+struct KeptHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl KeptHead {
+    fn of<B>(req: &Request<B>) -> KeptHead {
+        let mut headers = Vec::with_capacity(req.headers().len());
+        headers.extend(req.headers().iter().map(|(n, v)| (n.clone(), v.clone())));
+        KeptHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers,
+        }
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        req
     }
 }
 
