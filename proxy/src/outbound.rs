@@ -892,6 +892,32 @@ mod tests {
     use crate::identity::metrics::IdentityMetrics;
     use crate::snapshot;
 
+    #[test]
+    fn a_kept_head_sends_the_request_again_as_it_came() {
+        let req = Request::post("http://orders:8080/a?b=c")
+            .version(Version::HTTP_11)
+            .header("x-b", "1")
+            .header("host", "orders:8080")
+            .header("x-b", "2")
+            .header("x-a", "3")
+            .body(())
+            .expect("request");
+        let again = KeptHead::of(&req).request(RequestBody::replay(Bytes::new()));
+        assert_eq!(again.method(), Method::POST);
+        assert_eq!(again.uri(), req.uri());
+        assert_eq!(again.version(), Version::HTTP_11);
+        let fields = |h: &http::HeaderMap| {
+            h.iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(again.headers()), fields(req.headers()));
+        assert_eq!(
+            fields(again.headers()),
+            ["x-b: 1", "x-b: 2", "host: orders:8080", "x-a: 3"]
+        );
+    }
+
     /// An upstream answering every HTTP/1.1 request with `status`, keeping the
     /// connection open; returns its address and a count of requests answered.
     async fn upstream(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
