@@ -22,7 +22,7 @@
 //! | `WEFT_HTTP2_PORTS` | none | app ports that speak HTTP/2 only (h2c): HTTP/1 requests to them (except upgrades and CONNECT) are sent on as HTTP/2; none may be in `WEFT_HTTP1_PORTS` |
 //! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
-//! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes) |
+//! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes); release builds log nothing finer than `debug` |
 //! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
 //! | `WEFT_ACCESS_LOG_BUFFER` | `4096` | lines waiting for the writer before lines are dropped (counted in `weft_access_log_dropped_total`) |
 //! | `WEFT_TRACE_COLLECTOR` | off | OTLP/gRPC collector (`http://host:port`) the proxy's spans go to |

@@ -349,12 +349,14 @@ impl Inbound {
         };
         // Only an HTTP/2 request can be refused unprocessed: the inbound never
         // carries HTTP/1 to the app on a stream.
-        let result = if req.version() == Version::HTTP_2 {
-            // Boxed: the copy kept for a resend stays out of every other
-            // request's future.
-            Box::pin(self.forward_resending_refused(req, &target)).await
-        } else {
-            pin!(forward(&self.pool, req, &target)).await
+        let kept = (req.version() == Version::HTTP_2).then(|| RefusedResends::keep(&mut req));
+        let result = pin!(forward(&self.pool, req, &target)).await;
+        let result = match kept {
+            // Boxed: the resend's state stays out of every request's future.
+            Some(kept) if matches!(result, Err(ProxyError::Refused)) => {
+                Box::pin(self.resend_refused(kept, result, &target)).await
+            }
+            _ => result,
         };
         let resp = result.unwrap_or_else(|e| {
             self.metrics.proxy_error(e.reason());
@@ -364,25 +366,23 @@ impl Inbound {
         resp
     }
 
-    /// Sends `req` to the app, and again (as the outbound does to an endpoint) if
-    /// the app refused it unprocessed: an h2c app shedding load or going away must
-    /// not turn into an error for a caller whose request it never started.
-    async fn forward_resending_refused(
+    /// Sends a request the app refused unprocessed again (as the outbound does to an
+    /// endpoint): an h2c app shedding load or going away must not turn into an error
+    /// for a caller whose request it never started.
+    async fn resend_refused(
         &self,
-        req: BoxedRequest,
+        mut kept: RefusedResends,
+        refused: Result<Response<ProxyBody>, ProxyError>,
         target: &Target<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut kept, mut req) = RefusedResends::keep(req);
-        loop {
-            let result = pin!(forward(&self.pool, req, target)).await;
-            if !matches!(result, Err(ProxyError::Refused)) {
-                return result;
-            }
-            let Some(again) = kept.again() else {
-                return result;
-            };
+        let mut result = refused;
+        while let Some(req) = kept.again() {
             self.metrics.refused_resends.inc();
-            req = again;
+            result = pin!(forward(&self.pool, req, target)).await;
+            if !matches!(result, Err(ProxyError::Refused)) {
+                break;
+            }
         }
+        result
     }
 }

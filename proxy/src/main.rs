@@ -93,6 +93,8 @@ fn main() -> ExitCode {
 /// is reported once logging works rather than stopping the proxy. `Targets` (level
 /// per module path) rather than EnvFilter: the sidecar needs no span-field filters,
 /// and EnvFilter's regex engine is resident text the sidecar would carry for nothing.
+/// Release builds stop at `debug` (`release_max_level_debug` in Cargo.toml): a
+/// `trace` filter there logs what `debug` does.
 fn log_filter() -> (Targets, Option<(&'static str, ParseError)>) {
     for name in ["WEFT_LOG", "RUST_LOG"] {
         match std::env::var(name) {

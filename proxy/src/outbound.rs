@@ -422,7 +422,7 @@ impl Outbound {
     async fn send(
         &self,
         svc: &Service,
-        req: BoxedRequest,
+        mut req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
         retry: Option<&RetryPolicy>,
@@ -449,12 +449,18 @@ impl Outbound {
                 let idx = svc
                     .pick_at(key, None, start)
                     .ok_or(ProxyError::NoEndpoints)?;
-                if self.may_be_refused(&req, &svc.endpoints[idx]) {
-                    // Boxed: the copy kept for a resend stays out of every other
-                    // request's future.
-                    Box::pin(self.send_resending_refused(svc, key, idx, req, start)).await
-                } else {
-                    pin!(self.attempt(svc, idx, req, start)).await.0
+                // The request itself goes first; what a resend needs is kept beside
+                // it, only for a request the upstream may refuse unprocessed.
+                let kept = self
+                    .may_be_refused(&req, &svc.endpoints[idx])
+                    .then(|| RefusedResends::keep(&mut req));
+                let (result, outcome) = pin!(self.attempt(svc, idx, req, start)).await;
+                match kept {
+                    // Boxed: the resend's state stays out of every request's future.
+                    Some(kept) if outcome == Outcome::Refused => {
+                        Box::pin(self.resend_refused(svc, key, idx, kept, result)).await
+                    }
+                    _ => result,
                 }
             }
             // Boxed: with retries on, the request carries its replay state and a
@@ -473,33 +479,31 @@ impl Outbound {
             || (ep.identity.is_some() && self.pool.h2_orig() && !is_upgrade(req.headers()))
     }
 
-    /// A request with no retry policy: sent once, and sent again only if the upstream
-    /// refused it unprocessed (`RefusedResends`), each time to an endpoint picked anew.
-    async fn send_resending_refused(
+    /// A request with no retry policy that the upstream refused unprocessed
+    /// (`RefusedResends`): sent again, each time to an endpoint picked anew, until
+    /// one is not refused or the resends are spent.
+    async fn resend_refused(
         &self,
         svc: &Service,
         key: Option<u64>,
         mut idx: usize,
-        req: BoxedRequest,
-        start: u64,
+        mut kept: RefusedResends,
+        refused: Result<Response<ProxyBody>, ProxyError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut kept, mut req) = RefusedResends::keep(req);
-        let mut now = start;
-        loop {
-            let (result, outcome) = self.attempt(svc, idx, req, now).await;
-            if outcome != Outcome::Refused {
-                return result;
-            }
-            let Some(again) = kept.again() else {
-                return result;
-            };
+        let mut result = refused;
+        while let Some(req) = kept.again() {
             svc.metrics.refused_resends.inc();
-            req = again;
-            now = now_nanos();
+            let now = now_nanos();
             idx = svc
                 .pick_at(key, Some(idx), now)
                 .ok_or(ProxyError::NoEndpoints)?;
+            let (again, outcome) = self.attempt(svc, idx, req, now).await;
+            if outcome != Outcome::Refused {
+                return again;
+            }
+            result = again;
         }
+        result
     }
 
     async fn send_retrying(

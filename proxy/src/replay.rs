@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::Request;
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
+use http::{Method, Request, Uri, Version};
 use http_body::Body as _;
 
 use crate::http::body::{Recording, RequestBody};
@@ -52,37 +53,42 @@ pub(crate) fn rebuild(parts: &Parts, body: RequestBody) -> Request<RequestBody> 
 /// is recorded as it streams, up to the retry policy's default limit; one refused
 /// before the client finished sending it, or over the limit, cannot be sent again.
 pub(crate) struct RefusedResends {
-    parts: Parts,
+    head: KeptHead,
     replay: Option<Replay>,
     resends: u32,
 }
 
 impl RefusedResends {
-    /// Keeps what it takes to send `req` again; returns that and the request to
-    /// send first.
-    pub(crate) fn keep(req: BoxedRequest) -> (RefusedResends, BoxedRequest) {
-        let (parts, body) = req.into_parts();
-        let (first, replay) = match body {
-            RequestBody::Streaming { body, in_flight } if !body.is_end_stream() => {
-                let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
-                let first = RequestBody::Recording {
-                    body,
-                    recording: recording.clone(),
-                    in_flight,
-                };
-                (first, Some(Replay::Recorded(recording)))
-            }
-            body if body.is_end_stream() => (body, Some(Replay::Buffered(Bytes::new()))),
-            // Only a client's body is ever handed in here; anything else is sent once.
-            body => (body, None),
+    /// Keeps what it takes to send `req` again. The request itself goes first as it
+    /// is (its body recorded as it streams): a copy is made only of the head, and a
+    /// request is built again only on a refusal.
+    pub(crate) fn keep(req: &mut BoxedRequest) -> RefusedResends {
+        let head = KeptHead::of(req);
+        let replay = if req.body().is_end_stream() {
+            Some(Replay::Buffered(Bytes::new()))
+        } else {
+            let body = std::mem::replace(req.body_mut(), RequestBody::replay(Bytes::new()));
+            let (body, replay) = match body {
+                RequestBody::Streaming { body, in_flight } => {
+                    let recording = Recording::new(crate::retry::DEFAULT_MAX_BODY);
+                    let first = RequestBody::Recording {
+                        body,
+                        recording: recording.clone(),
+                        in_flight,
+                    };
+                    (first, Some(Replay::Recorded(recording)))
+                }
+                // Only a client's body is ever handed in here; anything else is sent once.
+                body => (body, None),
+            };
+            *req.body_mut() = body;
+            replay
         };
-        let first = Box::new(rebuild(&parts, first));
-        let kept = RefusedResends {
-            parts,
+        RefusedResends {
+            head,
             replay,
             resends: 0,
-        };
-        (kept, first)
+        }
     }
 
     /// The request to send again after the endpoint refused it unprocessed, or
@@ -93,15 +99,75 @@ impl RefusedResends {
         }
         let body = self.replay.as_ref().and_then(Replay::body)?;
         self.resends += 1;
-        Some(Box::new(rebuild(&self.parts, body)))
+        Some(Box::new(self.head.request(body)))
+    }
+}
+
+/// A request's head as it came in. Its fields in a list rather than a `HeaderMap`:
+/// one allocation where a map's copy takes two, and the map is only built again on
+/// a resend.
+struct KeptHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl KeptHead {
+    fn of<B>(req: &Request<B>) -> KeptHead {
+        let mut headers = Vec::with_capacity(req.headers().len());
+        headers.extend(req.headers().iter().map(|(n, v)| (n.clone(), v.clone())));
+        KeptHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers,
+        }
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        req
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use http::Method;
-
     use super::*;
+
+    #[test]
+    fn a_kept_head_sends_the_request_again_as_it_came() {
+        let req = Request::post("http://orders:8080/a?b=c")
+            .version(Version::HTTP_11)
+            .header("x-b", "1")
+            .header("host", "orders:8080")
+            .header("x-b", "2")
+            .header("x-a", "3")
+            .body(())
+            .expect("request");
+        let again = KeptHead::of(&req).request(RequestBody::replay(Bytes::new()));
+        assert_eq!(again.method(), Method::POST);
+        assert_eq!(again.uri(), req.uri());
+        assert_eq!(again.version(), Version::HTTP_11);
+        let fields = |h: &http::HeaderMap| {
+            h.iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(again.headers()), fields(req.headers()));
+        assert_eq!(
+            fields(again.headers()),
+            ["x-b: 1", "x-b: 2", "host: orders:8080", "x-a: 3"]
+        );
+    }
 
     fn request(body: RequestBody) -> BoxedRequest {
         let mut req = Request::new(body);
@@ -114,7 +180,8 @@ mod tests {
 
     #[test]
     fn a_bodiless_request_is_sent_again_twice_with_its_head() {
-        let (mut kept, first) = RefusedResends::keep(request(RequestBody::replay(Bytes::new())));
+        let mut first = request(RequestBody::replay(Bytes::new()));
+        let mut kept = RefusedResends::keep(&mut first);
         assert_eq!(first.method(), Method::DELETE);
         for _ in 0..MAX_REFUSED_RESENDS {
             let again = kept.again().expect("sent again");
@@ -128,8 +195,8 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_the_clients_is_sent_once() {
-        let (mut kept, _) =
-            RefusedResends::keep(request(RequestBody::replay(Bytes::from_static(b"copy"))));
+        let mut first = request(RequestBody::replay(Bytes::from_static(b"copy")));
+        let mut kept = RefusedResends::keep(&mut first);
         assert!(kept.again().is_none());
     }
 }

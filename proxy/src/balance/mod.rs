@@ -132,7 +132,7 @@ impl Load {
     /// lower samples pull it down with a weight that grows with the time since the
     /// last.
     pub(crate) fn observe(&self, rtt: Duration, decay: Duration, now: u64) {
-        let sample = rtt.as_nanos() as f64;
+        let sample = nanos(rtt) as f64;
         let last = self.stamp.swap(now, Ordering::Relaxed);
         let next = match self.ewma_nanos() {
             Some(prev) if sample < prev => {
@@ -160,7 +160,7 @@ impl Load {
                 let idle = now.saturating_sub(self.stamp.load(Ordering::Relaxed)) as f64;
                 ewma * (-idle / nanos(decay).max(1) as f64).exp() * (in_flight + 1.0)
             }
-            None => default_rtt.as_nanos() as f64 * in_flight,
+            None => nanos(default_rtt) as f64 * in_flight,
         }
     }
 }

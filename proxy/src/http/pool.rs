@@ -7,6 +7,7 @@
 //! connection per endpoint, shared by all requests. Idle connections are closed after
 //! the idle timeout, which also drains connections to endpoints that left the set.
 
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -25,11 +26,28 @@ use crate::identity::{Alpn, Identity, client_negotiated_h2_orig};
 use crate::sync::lock;
 
 /// One endpoint as the pool sees it: where, and who it must be.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
     pub(crate) addr: SocketAddr,
     /// The SPIFFE ID the endpoint must present; `None`: plaintext.
     pub(crate) identity: Option<Arc<str>>,
+}
+
+/// Hashes the address alone, as one word: one address rarely has more than one
+/// identity, and hashing the SPIFFE ID cost more than the rest of a lookup, which
+/// every request through the pool makes.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self.addr {
+            SocketAddr::V4(a) => {
+                state.write_u64(u64::from(a.ip().to_bits()) << 16 | u64::from(a.port()))
+            }
+            SocketAddr::V6(a) => {
+                state.write_u128(a.ip().to_bits());
+                state.write_u16(a.port());
+            }
+        }
+    }
 }
 
 impl Key {
