@@ -165,12 +165,12 @@ async fn send_body(body: ProxyBody, mut send: SendStream<Bytes>) {
     let mut body = pin!(body);
     loop {
         // The next frame first, then window for it: reserving window before there
-        // is data to send would pin the connection's window (hyper #4003).
-        let frame = poll_fn(|cx| {
-            if send.poll_reset(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            body.as_mut().poll_frame(cx).map(Some)
+        // is data to send would pin the connection's window (hyper #4003). The
+        // client's reset is watched only while the body has nothing to give.
+        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending if send.poll_reset(cx).is_ready() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         })
         .await;
         let frame = match frame {
@@ -190,7 +190,10 @@ async fn send_body(body: ProxyBody, mut send: SendStream<Bytes>) {
         match frame.into_data() {
             Ok(data) => {
                 let eos = body.is_end_stream();
-                if !data.is_empty() {
+                // A last chunk goes at once: h2 holds it until the window lets it
+                // out, and nothing follows it. Any other waits for window, so a
+                // body is read no faster than the client takes it.
+                if !eos && !data.is_empty() {
                     send.reserve_capacity(1);
                     if !poll_fn(|cx| has_capacity(&mut send, cx)).await {
                         return;
