@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::http::body::{ProxyBody, RequestBody, observed};
+use crate::http::client_body::ClientBody;
 use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::{self, ProxyError, is_grpc};
 use crate::http::forward::{BoxedRequest, Target, forward};
@@ -260,7 +260,7 @@ impl Inbound {
                     peer.declared
                 };
                 let peer = Arc::new(peer);
-                let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
+                let handler = move |mut req: Request<ClientBody>, in_flight: Option<InFlight>| {
                     let this = this.clone();
                     let peer = peer.clone();
                     // A carried HTTP/1 request is HTTP/1.1 again first, so an h2c app

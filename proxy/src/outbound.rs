@@ -18,7 +18,6 @@ use http::request::Parts;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use crate::balance::{self, HashKey, hash_bytes};
 use crate::breaker::Permit;
@@ -27,6 +26,7 @@ use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
 use crate::gateway_config::GatewayEntry;
 use crate::http::body::{ProxyBody, Recording, RequestBody, observed};
+use crate::http::client_body::ClientBody;
 use crate::http::convert::{to_http1, to_http2};
 use crate::http::error::ProxyError;
 use crate::http::error::{self, GRPC_STATUS, is_grpc};
@@ -216,7 +216,7 @@ impl Outbound {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
-        let handler = move |mut req: Request<Incoming>, in_flight: Option<InFlight>| {
+        let handler = move |mut req: Request<ClientBody>, in_flight: Option<InFlight>| {
             let this = this.clone();
             let dest = dest.clone();
             match app {
@@ -752,7 +752,10 @@ impl Drop for AttemptGuard<'_> {
 
 /// The request body as bytes that can be sent again, if it is known to fit in
 /// `limit`; otherwise the body back, untouched.
-async fn replayable(body: Incoming, limit: usize) -> Result<Result<Bytes, Incoming>, ProxyError> {
+async fn replayable(
+    body: ClientBody,
+    limit: usize,
+) -> Result<Result<Bytes, ClientBody>, ProxyError> {
     if body.is_end_stream() {
         return Ok(Ok(Bytes::new()));
     }

@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::client_body::ClientBody;
 use super::h1_client::H1Body;
 use super::h2_client::H2Body;
 use super::watch::InFlight;
@@ -19,8 +20,8 @@ use crate::breaker::Permit;
 use crate::observe::Observation;
 use crate::sync::lock;
 
-/// Errors of a body the proxy streams: hyper's (HTTP/1 upstreams, clients) or
-/// h2's (HTTP/2 upstreams). Boxed only when one happens.
+/// Errors of a body the proxy streams: hyper's (HTTP/1 upstreams and clients) or
+/// h2's (HTTP/2 upstreams and clients). Boxed only when one happens.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
@@ -294,9 +295,9 @@ pin_project! {
     /// head clock must not run while it is still sending.
     #[project = RequestBodyProj]
     pub(crate) enum RequestBody {
-        Streaming { #[pin] body: Incoming, in_flight: Option<InFlight> },
+        Streaming { #[pin] body: ClientBody, in_flight: Option<InFlight> },
         Recording {
-            #[pin] body: Incoming,
+            #[pin] body: ClientBody,
             recording: Arc<Mutex<Recording>>,
             in_flight: Option<InFlight>,
         },
@@ -313,7 +314,7 @@ impl RequestBody {
 
     /// A client's body, holding a copy of the request's `in_flight` mark unless it
     /// is already at its end.
-    pub(crate) fn client(body: Incoming, in_flight: Option<&InFlight>) -> Self {
+    pub(crate) fn client(body: ClientBody, in_flight: Option<&InFlight>) -> Self {
         let in_flight = in_flight.filter(|_| !body.is_end_stream()).cloned();
         RequestBody::Streaming { body, in_flight }
     }
@@ -322,7 +323,7 @@ impl RequestBody {
 impl From<Incoming> for RequestBody {
     fn from(body: Incoming) -> Self {
         RequestBody::Streaming {
-            body,
+            body: ClientBody::from(body),
             in_flight: None,
         }
     }
@@ -339,12 +340,12 @@ fn ended<T, E>(res: &Poll<Option<Result<T, E>>>, at_end: bool) -> bool {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             RequestBodyProj::Streaming {
                 mut body,

@@ -302,7 +302,7 @@ async fn send_body(
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "request body failed; resetting the stream");
-                let _ = fault.send(ClientBodyError(e.into()).proxy_error());
+                let _ = fault.send(ClientBodyError(e).proxy_error());
                 send.send_reset(Reason::CANCEL);
                 return;
             }

@@ -2,11 +2,13 @@
 //! requests over pooled connections, and the proxy's own error answers.
 
 pub(crate) mod body;
+pub(crate) mod client_body;
 pub(crate) mod convert;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod h1_client;
 pub(crate) mod h2_client;
+pub(crate) mod h2_server;
 pub(crate) mod headers;
 pub(crate) mod orig_proto;
 pub(crate) mod pool;
@@ -17,15 +19,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::Service;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use body::ProxyBody;
+use client_body::ClientBody;
 use watch::{InFlight, Stop, Watch, Watched};
 
 /// HTTP/2 flow-control windows, the same on the proxy's server and client sides so
@@ -47,41 +50,29 @@ pub(crate) struct ServerLimits {
 /// Serves one accepted connection with `handler` answering each request. On
 /// HTTP/1 the handler also gets the request's `InFlight` mark, which the response
 /// body must hold (`ProxyBody::until_sent`) so the header-read clock stays stopped
-/// until the response is sent.
-///
-/// For HTTP/2 the handler's future is boxed: hyper spawns a task per stream and moves
-/// the future into it, so boxing turns two copies of it into one allocation. HTTP/1
-/// keeps it inline: its dispatcher moves the future once, and boxing cost more there
-/// than it saved.
+/// until the response is sent. HTTP/2 is served on the `h2` crate (`h2_server`).
 pub(crate) async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, Option<InFlight>) -> Fut + Send + 'static,
+    F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     if h2 {
         let watched = limits.conns.watch(false);
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let head = req.method() == Method::HEAD;
-            let answer = handler(req, None);
-            Box::pin(async move {
-                let resp = answer.await?;
-                Ok(if head { without_body(resp) } else { resp })
-            })
-        });
-        serve_h2(io, svc, &watched, limits).await;
+        let handler = move |req| handler(req, None);
+        h2_server::serve(io, handler, &watched, limits.max_header_bytes).await;
     } else {
         let watched = Arc::new(limits.conns.watch(true));
         let svc = hyper::service::service_fn({
             let watched = Arc::clone(&watched);
-            move |req| handler(req, Some(watched.begin()))
+            move |req: Request<Incoming>| handler(req.map(ClientBody::from), Some(watched.begin()))
         });
         serve_h1(io, svc, &watched, limits).await;
     }
 }
 
 /// An answer to HEAD keeps its fields and loses its body. hyper's HTTP/1 server
-/// drops a HEAD answer's body itself, its HTTP/2 server does not, and h2 resets a
+/// drops a HEAD answer's body itself, `h2_server` does it here, and h2 resets a
 /// stream that sends DATA after a HEAD (RFC 9110 §9.3.2): without this, the proxy's
 /// own error answers, or an upstream's stray body, reach an HTTP/2 client as
 /// PROTOCOL_ERROR instead of a status.
@@ -96,37 +87,6 @@ fn without_body(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     resp.map(|_| ProxyBody::full(Bytes::new()))
-}
-
-/// Serves one accepted HTTP/2 connection. On drain, sends GOAWAY and lets
-/// in-flight streams finish.
-async fn serve_h2<I, S>(io: I, svc: S, watched: &Watched, limits: &ServerLimits)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = http2::Builder::new(BoxingExecutor)
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    // biased: the connection first, with no random pick on every wake.
-    let result = tokio::select! {
-        biased;
-        res = conn.as_mut() => res,
-        _ = watched.stopped() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "client connection ended with an error");
-    }
 }
 
 /// Serves one accepted HTTP/1 connection. On drain, closes it after the current
@@ -167,22 +127,6 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
-    }
-}
-
-/// Spawns hyper's HTTP/2 tasks (one or two per request) boxed. A tokio task is
-/// 128-byte aligned, and mimalloc serves such blocks from its slow aligned path
-/// unless they are small: the client's per-request task is an enum as large as
-/// its connection task. Boxed, the task is small and the box a plain allocation.
-#[derive(Clone, Copy)]
-pub(crate) struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
     }
 }
 

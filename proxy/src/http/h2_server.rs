@@ -1,0 +1,511 @@
+//! The server side of accepted HTTP/2 connections, on the `h2` crate directly.
+//!
+//! hyper's HTTP/2 server runs a boxed task per stream around a boxed handler
+//! future, pipes the response body through an adapter of its own and strips the
+//! answer's connection fields in a pass over a fixed list. Here each stream's task
+//! awaits the handler and sends its answer itself, in one allocation; the
+//! connection's task only accepts streams and drives the socket. Settings and
+//! limits are hyper 1.12's server defaults, so its flood and rapid-reset
+//! protections stay as they were.
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::{Context, Poll, ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, SendStream};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::body::{BodyError, ProxyBody};
+use super::client_body::ClientBody;
+use super::watch::Watched;
+
+/// hyper 1.12's server defaults.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Serves one accepted HTTP/2 connection, `handler` answering each stream in a task
+/// of its own (so a slow one stalls no other). On drain, sends GOAWAY and lets
+/// in-flight streams finish.
+pub(crate) async fn serve<I, F, Fut>(io: I, handler: F, watched: &Watched, max_header_bytes: usize)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Request<ClientBody>) -> Fut,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(super::H2_STREAM_WINDOW)
+        .initial_connection_window_size(super::H2_CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let mut stopped = pin!(watched.stopped());
+    let mut draining = false;
+    let mut handshake = pin!(builder.handshake::<I, Bytes>(io));
+    // A drain during the handshake takes effect once it is done, as in hyper.
+    let conn = tokio::select! {
+        biased;
+        conn = handshake.as_mut() => conn,
+        _ = stopped.as_mut() => {
+            draining = true;
+            handshake.await
+        }
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "client HTTP/2 handshake failed");
+            return;
+        }
+    };
+    if draining {
+        conn.graceful_shutdown();
+    }
+    loop {
+        // biased: the connection first, with no random pick on every wake.
+        let next = tokio::select! {
+            biased;
+            next = poll_fn(|cx| conn.poll_accept(cx)) => next,
+            _ = stopped.as_mut(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                let head = req.method() == Method::HEAD;
+                let (parts, recv) = req.into_parts();
+                let body = ClientBody::h2(recv, &parts.headers);
+                let answer = handler(Request::from_parts(parts, body));
+                // Boxed: a tokio task is 128-byte aligned, and mimalloc serves
+                // such blocks from its slow aligned path unless they are small.
+                tokio::spawn(Box::pin(serve_stream(answer, respond, head)));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "client connection ended with an error");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Awaits a stream's answer and sends it. A client's RST_STREAM before the answer
+/// drops the handler, cancelling the request.
+async fn serve_stream<Fut>(answer: Fut, mut respond: SendResponse<Bytes>, head: bool)
+where
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    let resp = {
+        let mut answer = pin!(answer);
+        poll_fn(|cx| {
+            match answer.as_mut().poll(cx) {
+                Poll::Ready(Ok(resp)) => return Poll::Ready(Some(resp)),
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => {}
+            }
+            match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
+    let Some(resp) = resp else {
+        return;
+    };
+    let resp = if head {
+        super::without_body(resp)
+    } else {
+        resp
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_connection_fields(&mut parts.headers);
+    if !parts.headers.contains_key(DATE)
+        && let Some(date) = http_date()
+    {
+        parts.headers.insert(DATE, date);
+    }
+    let eos = body.is_end_stream();
+    if !eos
+        && let Some(len) = body.size_hint().exact()
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+    {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let send = match respond.send_response(Response::from_parts(parts, ()), eos) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "sending a response head failed");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !eos {
+        send_body(body, send).await;
+    }
+}
+
+/// Streams a response body into its HTTP/2 stream as flow control allows, then its
+/// trailers. A failing body resets the stream; so does the client, which ends it.
+async fn send_body(body: ProxyBody, mut send: SendStream<Bytes>) {
+    let mut body = pin!(body);
+    loop {
+        // The next frame first, then window for it: reserving window before there
+        // is data to send would pin the connection's window (hyper #4003). The
+        // client's reset is watched only while the body has nothing to give.
+        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending if send.poll_reset(cx).is_ready() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        let frame = match frame {
+            // The client reset the stream.
+            None => return,
+            Some(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Err(e))) => {
+                tracing::debug!(error = %e, "response body failed; resetting the stream");
+                send.send_reset(reason_of(&e));
+                return;
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let eos = body.is_end_stream();
+                // A last chunk goes at once: h2 holds it until the window lets it
+                // out, and nothing follows it. Any other waits for window, so a
+                // body is read no faster than the client takes it.
+                if !eos && !data.is_empty() {
+                    send.reserve_capacity(1);
+                    if !poll_fn(|cx| has_capacity(&mut send, cx)).await {
+                        return;
+                    }
+                }
+                if send.send_data(data, eos).is_err() || eos {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.reserve_capacity(0);
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the stream may send (true), or has been reset or closed (false).
+fn has_capacity(send: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<bool> {
+    if send.poll_reset(cx).is_ready() {
+        return Poll::Ready(false);
+    }
+    while send.capacity() == 0 {
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(0)) => {}
+            Some(Ok(_)) => break,
+            Some(Err(_)) | None => return Poll::Ready(false),
+        }
+    }
+    Poll::Ready(true)
+}
+
+/// The reset a failed body's stream gets: the reason of an HTTP/2 error in its
+/// chain (an upstream's reset passes on), else INTERNAL_ERROR, as in hyper.
+fn reason_of(e: &BodyError) -> Reason {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+    while let Some(err) = cause {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason().unwrap_or(Reason::INTERNAL_ERROR);
+        }
+        cause = err.source();
+    }
+    Reason::INTERNAL_ERROR
+}
+
+/// Fields HTTP/2 forbids (RFC 9113 §8.2.2), which h2 would refuse the answer for.
+/// Most answers carry none, so one pass over the fields decides.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    static LISTED: [HeaderName; 5] = [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TE,
+    ];
+    if !headers
+        .keys()
+        .any(|name| *name == CONNECTION || LISTED.contains(name))
+    {
+        return;
+    }
+    for name in &LISTED {
+        headers.remove(name);
+    }
+    if let Some(connection) = headers.remove(CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+}
+
+/// Today's Date field, formatted once a second per thread, as hyper does.
+fn http_date() -> Option<HeaderValue> {
+    thread_local! {
+        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match &*cached {
+            Some((at, value)) if *at == secs => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
+                *cached = Some((secs, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::watch::Watch;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::oneshot;
+    use tokio_util::sync::CancellationToken;
+
+    /// Bounds every wait in these tests.
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    /// Sends `()` when dropped: tells a test a handler's future was dropped.
+    struct Dropped(Option<oneshot::Sender<()>>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// What the handler of the test server does per path.
+    #[derive(Default)]
+    struct Script {
+        /// `/slow` never answers; its future reports being dropped here.
+        slow_dropped: Option<oneshot::Sender<()>>,
+        /// `/held` answers once this fires.
+        held: Option<oneshot::Receiver<()>>,
+    }
+
+    /// Serves one connection on loopback with `serve`; the returned token drains it.
+    async fn server(script: Script) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let drain = CancellationToken::new();
+        let watch = Watch::start(Duration::from_secs(60), drain.clone());
+        let script = Arc::new(Mutex::new(script));
+        tokio::spawn(async move {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let watched = watch.watch(false);
+            let handler = move |req: Request<ClientBody>| {
+                let mut script = crate::sync::lock(&script);
+                let slow = script.slow_dropped.take();
+                let held = script.held.take();
+                let path = req.uri().path().to_owned();
+                async move {
+                    match path.as_str() {
+                        "/slow" => {
+                            let _guard = Dropped(slow);
+                            std::future::pending::<()>().await;
+                        }
+                        "/held" => {
+                            if let Some(held) = held {
+                                let _ = held.await;
+                            }
+                        }
+                        _ => {}
+                    }
+                    let resp = Response::builder()
+                        .header(CONNECTION, "close, x-hop")
+                        .header("x-hop", "1")
+                        .header(TRANSFER_ENCODING, "chunked")
+                        .body(ProxyBody::full(Bytes::from_static(b"hello")))
+                        .expect("response");
+                    Ok::<_, Infallible>(resp)
+                }
+            };
+            serve(socket, handler, &watched, 16 * 1024).await;
+        });
+        (addr, drain)
+    }
+
+    async fn client(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+        let socket = TcpStream::connect(addr).await.expect("connect");
+        let (tx, conn) = h2::client::handshake(socket).await.expect("handshake");
+        tokio::spawn(conn);
+        tx
+    }
+
+    fn get(method: Method, path: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://test{path}"))
+            .body(())
+            .expect("request")
+    }
+
+    async fn body_of(resp: Response<h2::RecvStream>) -> Vec<u8> {
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.expect("data");
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_slow_stream_stalls_no_other_and_a_reset_cancels_its_handler() {
+        let (dropped_tx, dropped) = oneshot::channel();
+        let script = Script {
+            slow_dropped: Some(dropped_tx),
+            ..Script::default()
+        };
+        let (addr, _drain) = server(script).await;
+        let mut tx = client(addr).await;
+        let (_slow, mut slow_stream) = tx
+            .send_request(get(Method::GET, "/slow"), true)
+            .expect("slow");
+        let (fast, _) = tx
+            .send_request(get(Method::GET, "/fast"), true)
+            .expect("fast");
+        let fast = tokio::time::timeout(LIMIT, fast)
+            .await
+            .expect("in time")
+            .expect("answer");
+        assert_eq!(fast.status(), 200);
+        let h = fast.headers();
+        assert!(h.get(CONNECTION).is_none() && h.get("x-hop").is_none());
+        assert!(h.get(TRANSFER_ENCODING).is_none());
+        assert_eq!(h.get(CONTENT_LENGTH).map(|v| v.as_bytes()), Some(&b"5"[..]));
+        assert!(h.contains_key(DATE));
+        let body = tokio::time::timeout(LIMIT, body_of(fast))
+            .await
+            .expect("in time");
+        assert_eq!(body, b"hello");
+        slow_stream.send_reset(Reason::CANCEL);
+        tokio::time::timeout(LIMIT, dropped)
+            .await
+            .expect("the handler was dropped in time")
+            .expect("the handler was dropped");
+    }
+
+    #[tokio::test]
+    async fn a_head_answer_keeps_its_length_and_loses_its_body() {
+        let (addr, _drain) = server(Script::default()).await;
+        let mut tx = client(addr).await;
+        let (resp, _) = tx.send_request(get(Method::HEAD, "/"), true).expect("head");
+        let resp = tokio::time::timeout(LIMIT, resp)
+            .await
+            .expect("in time")
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
+        assert!(resp.body().is_end_stream(), "END_STREAM on the head");
+    }
+
+    #[tokio::test]
+    async fn a_drain_sends_goaway_and_lets_the_stream_in_flight_finish() {
+        let (release, held) = oneshot::channel();
+        let script = Script {
+            held: Some(held),
+            ..Script::default()
+        };
+        let (addr, drain) = server(script).await;
+        let mut tx = client(addr).await;
+        let (resp, _) = tx
+            .send_request(get(Method::GET, "/held"), true)
+            .expect("held");
+        // The stream is open at the server before the drain begins.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drain.cancel();
+        // A new stream is refused once the GOAWAY arrives.
+        let give_up = tokio::time::Instant::now() + LIMIT;
+        let refused = loop {
+            match std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                Err(_) => break true,
+                Ok(()) if tokio::time::Instant::now() > give_up => break false,
+                Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        assert!(refused, "no GOAWAY came");
+        let _ = release.send(());
+        let resp = tokio::time::timeout(LIMIT, resp)
+            .await
+            .expect("in time")
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(LIMIT, body_of(resp))
+            .await
+            .expect("in time");
+        assert_eq!(body, b"hello");
+    }
+
+    #[test]
+    fn connection_fields_and_those_connection_names_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_connection_fields(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn a_reset_reason_in_a_body_error_passes_on() {
+        let e: BodyError = Box::new(h2::Error::from(Reason::CANCEL));
+        assert_eq!(reason_of(&e), Reason::CANCEL);
+        let e: BodyError = Box::new(std::io::Error::other("broken"));
+        assert_eq!(reason_of(&e), Reason::INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn the_date_field_is_an_http_date() {
+        let date = http_date().expect("a date");
+        let text = date.to_str().expect("ascii");
+        assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
+    }
+}
