@@ -35,6 +35,10 @@ impl Reply {
     }
 }
 
+/// A Python `http.client` script: a POST and then a GET on one kept-alive HTTP/1.1
+/// connection to `argv[1]:argv[2]`, one line per answer (tests/src/py/keepalive_client.py).
+pub const PY_KEEPALIVE_CLIENT: &str = include_str!("py/keepalive_client.py");
+
 /// A request with an empty body.
 pub fn get(uri: &str) -> Request<Full<Bytes>> {
     Request::get(uri)

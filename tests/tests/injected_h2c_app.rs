@@ -114,18 +114,8 @@ async fn curl_in(pod: &Pod, args: &[&str]) -> String {
 /// Python's http.client in `pod`: a POST and then a GET on one kept-alive HTTP/1.1
 /// connection to `vip`:80; one line per answer.
 async fn python_in(pod: &Pod, vip: &str) -> String {
-    const SCRIPT: &str = r#"
-import http.client, sys
-c = http.client.HTTPConnection(sys.argv[1], 80, timeout=20)
-c.request("POST", "/upload?reply=5", body=b"from-python", headers={"x-trace": "py"})
-r = c.getresponse()
-print(r.status, r.version, r.getheader("x-version"), r.getheader("x-body-len"), len(r.read()))
-c.request("GET", "/again")
-r = c.getresponse()
-print(r.status, r.version, r.getheader("x-version"), r.read().decode().strip())
-"#;
     let mut cmd = tokio::process::Command::from(pod.exec("python3"));
-    cmd.args(["-c", SCRIPT, vip]);
+    cmd.args(["-c", weft_tests::client::PY_KEEPALIVE_CLIENT, vip, "80"]);
     let out = within(
         STEP_DEADLINE + STEP_DEADLINE,
         "python in a pod",

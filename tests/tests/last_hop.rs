@@ -268,23 +268,12 @@ async fn http1_to_an_undeclared_h2c_app_fails_clearly(addr: std::net::SocketAddr
 /// Python's http.client: a POST and then a GET on the same kept-alive HTTP/1.1
 /// connection to `addr`, each answered by the h2c-only app, which saw HTTP/2.
 async fn python_http1_client_reaches_an_h2c_app(addr: std::net::SocketAddr) {
-    const SCRIPT: &str = r#"
-import http.client, sys
-host, port = sys.argv[1], int(sys.argv[2])
-c = http.client.HTTPConnection(host, port, timeout=20)
-c.request("POST", "/upload?reply=5", body=b"from-python", headers={"x-trace": "py"})
-r = c.getresponse()
-print(r.status, r.version, r.getheader("x-version"), r.getheader("x-body-len"), len(r.read()))
-c.request("GET", "/again")
-r = c.getresponse()
-print(r.status, r.version, r.getheader("x-version"), r.read().decode().strip())
-"#;
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         tokio::process::Command::new("python3")
             .args([
                 "-c",
-                SCRIPT,
+                weft_tests::client::PY_KEEPALIVE_CLIENT,
                 &addr.ip().to_string(),
                 &addr.port().to_string(),
             ])

@@ -118,20 +118,20 @@ async fn going_away_endpoint(
 /// POSTs `body` over HTTP/2 (prior knowledge) to `addr`; returns the status and the
 /// answer's body.
 async fn post_h2(addr: SocketAddr, body: &str) -> (String, String) {
-    h2_request(addr, &["--data-binary", body]).await
+    order_request(addr, "--http2-prior-knowledge", &["--data-binary", body]).await
 }
 
 /// GETs `/order` over HTTP/2 (prior knowledge) from `addr`; returns the status and
 /// the answer's body.
 async fn get_h2(addr: SocketAddr) -> (String, String) {
-    h2_request(addr, &[]).await
+    order_request(addr, "--http2-prior-knowledge", &[]).await
 }
 
-/// curl to `http://addr/order` over HTTP/2 (prior knowledge) with `args`; the
-/// status and the answer's body.
-async fn h2_request(addr: SocketAddr, args: &[&str]) -> (String, String) {
+/// curl to `http://addr/order` with `proto` (`--http1.1`, `--http2-prior-knowledge`)
+/// and `args`; the status and the answer's body.
+async fn order_request(addr: SocketAddr, proto: &str, args: &[&str]) -> (String, String) {
     let url = format!("http://{addr}/order");
-    let mut all = vec!["--http2-prior-knowledge", "--write-out", "\n%{http_code}"];
+    let mut all = vec![proto, "--write-out", "\n%{http_code}"];
     all.extend_from_slice(args);
     all.push(&url);
     let out = curl(&all).await.expect("curl ran");
@@ -288,20 +288,7 @@ async fn a_request_refused_every_time_is_resent_twice_then_answered_503() {
 
 /// POSTs `body` over HTTP/1.1 to `addr`; returns the status and the answer's body.
 async fn post_h1(addr: SocketAddr, body: &str) -> (String, String) {
-    h1_request(addr, &["--data-binary", body]).await
-}
-
-/// curl to `http://addr/order` over HTTP/1.1 with `args`; the status and the
-/// answer's body.
-async fn h1_request(addr: SocketAddr, args: &[&str]) -> (String, String) {
-    let url = format!("http://{addr}/order");
-    let mut all = vec!["--http1.1", "--write-out", "\n%{http_code}"];
-    all.extend_from_slice(args);
-    all.push(&url);
-    let out = curl(&all).await.expect("curl ran");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.to_string(), answer.to_string())
+    order_request(addr, "--http1.1", &["--data-binary", body]).await
 }
 
 /// A transparent-style inbound in front of the h2c-only app at `app`, whose port it
@@ -331,7 +318,7 @@ async fn assert_inbound_resends(proxy: &WeftProxy, resends: f64, ok: f64) {
 async fn an_inbound_sends_an_http1_get_its_h2c_app_refused_again() {
     let (app, seen) = endpoint(First::Refused).await;
     let proxy = inbound_to("inbound-refused", app).await;
-    let (status, answer) = h1_request(proxy.inbound(), &[]).await;
+    let (status, answer) = order_request(proxy.inbound(), "--http1.1", &[]).await;
     assert_eq!(status, "200", "{answer}");
     assert_eq!(answer, "served");
     assert_eq!(seen.lock().expect("log").len(), 2, "refused, then served");
