@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 
 use super::client_body::ClientBody;
 use super::h1_client::H1Body;
-use super::h2_client::H2Body;
+use super::h2_body::H2Body;
 use super::watch::InFlight;
 use crate::breaker::Permit;
 use crate::observe::Observation;

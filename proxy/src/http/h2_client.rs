@@ -17,15 +17,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use h2::{Ping, PingPong, Reason, SendStream};
+use http::{Request, Response};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::body::RequestBody;
 use super::error::ClientBodyError;
 use super::error::ProxyError;
+use super::h2_body::H2Body;
 
 /// How a connection's liveness is checked: a ping every `interval`, and the
 /// connection dropped if its pong is not back within `timeout`.
@@ -146,7 +147,7 @@ impl H2Sender {
         if let Some(c) = cancel.as_mut() {
             c.0.take();
         }
-        Ok(response.map(H2Body::new))
+        Ok(response.map(H2Body::response))
     }
 }
 
@@ -325,82 +326,12 @@ async fn send_body(
     }
 }
 
-/// A response body read from an HTTP/2 stream, giving back flow-control window as
-/// each chunk is taken.
-pub(crate) struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-    done: bool,
-}
-
-impl H2Body {
-    fn new(recv: RecvStream) -> Self {
-        let done = recv.is_end_stream();
-        H2Body {
-            recv,
-            data_done: done,
-            done,
-        }
-    }
-}
-
-impl Body for H2Body {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !this.data_done {
-            match this.recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if this.recv.is_end_stream() {
-                        this.data_done = true;
-                        this.done = true;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(None) => this.data_done = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let trailers: Result<Option<HeaderMap>, h2::Error> =
-            std::task::ready!(this.recv.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.done {
-            SizeHint::with_exact(0)
-        } else {
-            SizeHint::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use h2::RecvStream;
     use h2::server::SendResponse;
+    use http::HeaderMap;
     use http_body_util::BodyExt;
     use tokio::net::{TcpListener, TcpStream};
 

@@ -7,6 +7,7 @@ pub(crate) mod convert;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod h1_client;
+pub(crate) mod h2_body;
 pub(crate) mod h2_client;
 pub(crate) mod h2_server;
 pub(crate) mod headers;
