@@ -46,9 +46,13 @@ build_shipped_proxy() {
     if [[ $pgo != 0 ]]; then
         "$repo/proxy/pgo.sh" --profile "$profile" ${target:+--target "$target"} | tail -n 1
     else
-        # The codegen flag pgo.sh builds the proxy with (see there), so that PGO=0
+        # The flags pgo.sh builds the proxy with (see there), so that PGO=0
         # differs from the shipped build by the profile alone.
-        (cd "$repo" && RUSTFLAGS="${RUSTFLAGS:-} -Cllvm-args=--max-store-memcpy=32" \
+        local flags="${RUSTFLAGS:-} -Cllvm-args=--max-store-memcpy=32"
+        if [[ $target == *musl ]]; then
+            flags="$flags -Clink-arg=-Wl,-z,pack-relative-relocs"
+        fi
+        (cd "$repo" && RUSTFLAGS=$flags \
             cargo build --profile "$profile" ${target:+--target "$target"} --quiet -p weft-proxy)
         echo "${CARGO_TARGET_DIR:-$repo/target}/${target:+$target/}$profile/weft-proxy"
     fi
