@@ -74,6 +74,7 @@ pub mod proxy;
 pub mod rabbitmq;
 pub mod record_app;
 pub mod refusing_app;
+pub mod refusing_peer;
 pub mod tmux;
 pub mod tools;
 pub mod wire;
