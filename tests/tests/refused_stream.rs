@@ -615,7 +615,79 @@ async fn a_carried_chunked_post_past_the_peers_goaway_is_sent_again_and_arrives_
     assert_eq!(x_fields(&record), fields, "{record}");
     assert_eq!(record["body"], body, "{record}");
     assert_eq!(arrivals(&pair.app, &[line.to_string()]).await, [1]);
+    // Sent again on a connection that stays: read as the resent one was.
+    let served = h1_request(addr, target, args).await;
+    assert_eq!(served.record(), record, "a resend is the request as sent");
+    assert_eq!(pair.peer.misbehaved(), 1);
     assert_resends(&pair.client, &pair.label, 1.0).await;
+}
+
+/// Python's http.client on one kept-alive connection: a POST with a Content-Length
+/// body, a chunked PUT and a GET, each as `[version, status, reason, body]`.
+const PY_KEPT_ALIVE: &str = "import http.client, json, sys\n\
+    c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)\n\
+    out = []\n\
+    for method, path, body, chunked in [('POST', '/py/post', b'from-python', False),\n\
+    \x20       ('PUT', '/py/put', iter([b'chunk-1;', b'chunk-2']), True), ('GET', '/py/get', None, False)]:\n\
+    \x20   c.request(method, path, body=body, headers={'X-Client': 'py', 'X-Step': method},\n\
+    \x20             encode_chunked=chunked)\n\
+    \x20   r = c.getresponse()\n\
+    \x20   out.append([r.version, r.status, r.reason, r.read().decode()])\n\
+    print(json.dumps(out))\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_client_requests_the_peer_refused_arrive_once_on_a_kept_alive_connection() {
+    let pair = carried_pair(Misbehaviour::RefuseOnce, None).await;
+    let addr = pair.client.upstream("orders");
+    let py = tokio::time::timeout(
+        LIMIT,
+        tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                PY_KEPT_ALIVE,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ])
+            .output(),
+    )
+    .await
+    .expect("python3 finished")
+    .expect("run python3");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let answers: Vec<(u8, u16, String, String)> =
+        serde_json::from_slice(&py.stdout).expect("the script's JSON");
+    let expected = [
+        ("POST /py/post HTTP/1.1", "length", "from-python", "POST"),
+        ("PUT /py/put HTTP/1.1", "chunked", "chunk-1;chunk-2", "PUT"),
+        ("GET /py/get HTTP/1.1", "none", "", "GET"),
+    ];
+    assert_eq!(answers.len(), expected.len(), "{answers:?}");
+    for ((version, status, reason, body), (line, framing, sent, step)) in
+        answers.iter().zip(expected)
+    {
+        assert_eq!(
+            (*version, *status, reason.as_str()),
+            (11, 200, "Recorded Fine"),
+            "{body}"
+        );
+        let record = parse_record(body.as_bytes()).expect("the app's record");
+        assert_eq!(record["request_line"], line, "{record}");
+        assert_eq!(record["framing"], framing, "{record}");
+        assert_eq!(record["body"], sent, "{record}");
+        assert_eq!(
+            x_fields(&record),
+            ["x-client: py".to_string(), format!("x-step: {step}")],
+            "{record}"
+        );
+    }
+    assert_eq!(pair.peer.misbehaved(), 3, "each refused once");
+    let lines = expected.map(|(line, ..)| line.to_string());
+    assert_eq!(arrivals(&pair.app, &lines).await, [1, 1, 1]);
+    assert_resends(&pair.client, &pair.label, 3.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
