@@ -121,9 +121,7 @@ impl Peer {
                 };
                 match peer.how {
                     Misbehaviour::GoAway { requests } => {
-                        if go_away(tls, requests).await {
-                            peer.misbehaved.fetch_add(1, Ordering::SeqCst);
-                        }
+                        go_away(tls, requests, &peer.misbehaved).await;
                     }
                     _ => peer.relay_connection(tls).await,
                 }
@@ -145,13 +143,14 @@ impl Peer {
         while let Some(Ok((req, respond))) = conn.accept().await {
             let key = format!("{} {}", req.method(), req.uri());
             let first = self.seen.lock().expect("seen").insert(key);
-            let (peer, to) = (self.clone(), to.clone());
-            tokio::spawn(async move {
-                let how = first.then_some(peer.how);
-                if relay(req, respond, to, how).await {
-                    peer.misbehaved.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+            let how = first.then_some(self.how);
+            tokio::spawn(relay(
+                req,
+                respond,
+                to.clone(),
+                how,
+                self.misbehaved.clone(),
+            ));
         }
     }
 
@@ -171,14 +170,15 @@ impl Peer {
     }
 }
 
-/// One stream: refused or failed as `how` says (None: served). Whether it
-/// misbehaved.
+/// One stream: refused or failed as `how` says (None: served), counted in
+/// `misbehaved` before the caller can learn of it.
 async fn relay(
     req: Request<RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     to: h2::client::SendRequest<Bytes>,
     how: Option<Misbehaviour>,
-) -> bool {
+    misbehaved: Arc<AtomicUsize>,
+) {
     let (parts, mut body) = req.into_parts();
     if let Some(Misbehaviour::RefuseOnce) = how {
         // Whole first: the caller can send again only what it finished sending.
@@ -189,8 +189,9 @@ async fn relay(
         {
             let _ = body.flow_control().release_capacity(chunk.len());
         }
+        misbehaved.fetch_add(1, Ordering::SeqCst);
         respond.send_reset(Reason::REFUSED_STREAM);
-        return true;
+        return;
     }
     let answer = async {
         let end = body.is_end_stream();
@@ -203,11 +204,12 @@ async fn relay(
     };
     let Ok(answer) = answer.await else {
         respond.send_reset(Reason::INTERNAL_ERROR);
-        return false;
+        return;
     };
     if let Some(Misbehaviour::FailOnceAfterProcessing) = how {
+        misbehaved.fetch_add(1, Ordering::SeqCst);
         respond.send_reset(Reason::INTERNAL_ERROR);
-        return true;
+        return;
     }
     let (parts, mut body) = answer.into_parts();
     let end = body.is_end_stream();
@@ -216,7 +218,6 @@ async fn relay(
     {
         let _ = pipe(&mut body, &mut send).await;
     }
-    false
 }
 
 /// Copies a body and its trailers from one stream to another.
@@ -244,9 +245,13 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the preface and frames until `requests` streams have ended (or one has and
-/// the connection goes quiet), then goes away with last stream 0 and stays until
-/// the caller closes, as a draining server does. Whether it went away.
-async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S, requests: usize) -> bool {
+/// the connection goes quiet), then goes away with last stream 0 (counted in
+/// `gone` first) and stays until the caller closes, as a draining server does.
+async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tls: S,
+    requests: usize,
+    gone: &AtomicUsize,
+) {
     let mut preface = [0u8; 24];
     if tokio::time::timeout(LIMIT, tls.read_exact(&mut preface))
         .await
@@ -254,7 +259,7 @@ async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S, requests: usize)
         || tls.write_all(&frame(0x4, 0, 0, &[])).await.is_err()
         || tls.flush().await.is_err()
     {
-        return false;
+        return;
     }
     let mut ended = HashSet::new();
     while ended.len() < requests {
@@ -263,12 +268,12 @@ async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S, requests: usize)
         match tokio::time::timeout(wait, tls.read_exact(&mut head)).await {
             Ok(Ok(_)) => {}
             Err(_) if !ended.is_empty() => break,
-            _ => return false,
+            _ => return,
         }
         let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
         let mut payload = vec![0u8; len];
         if tls.read_exact(&mut payload).await.is_err() {
-            return false;
+            return;
         }
         // HEADERS (0x1) or DATA (0x0) with END_STREAM (0x1).
         if head[4] & 0x1 != 0 && head[3] <= 0x1 {
@@ -277,8 +282,9 @@ async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S, requests: usize)
     }
     let mut goaway = 0u32.to_be_bytes().to_vec();
     goaway.extend_from_slice(&0u32.to_be_bytes());
+    gone.fetch_add(1, Ordering::SeqCst);
     if tls.write_all(&frame(0x7, 0, 0, &goaway)).await.is_err() || tls.flush().await.is_err() {
-        return false;
+        return;
     }
     let mut sink = [0u8; 1024];
     while let Ok(Ok(n)) = tokio::time::timeout(LIMIT, tls.read(&mut sink)).await {
@@ -286,7 +292,6 @@ async fn go_away<S: AsyncRead + AsyncWrite + Unpin>(mut tls: S, requests: usize)
             break;
         }
     }
-    true
 }
 
 async fn pass_through(mut socket: TcpStream, server: SocketAddr) {
