@@ -63,6 +63,7 @@ pub mod hops;
 pub mod kafka;
 pub mod kube_mesh;
 pub mod load;
+pub mod mesh_ca;
 pub mod metrics;
 pub mod mtls_pair;
 pub mod netns;

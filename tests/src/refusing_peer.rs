@@ -16,21 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response};
-use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::control::WeftControl;
+use crate::mesh_ca::{AnyServer, MeshCa};
 
 /// Bounds each wait on a socket or a stream.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -49,6 +44,8 @@ pub enum Misbehaviour {
     /// Each request (method and target) the first time it comes: read whole, then
     /// reset with REFUSED_STREAM, unprocessed. Its next arrival is served.
     RefuseOnce,
+    /// Every stream: read whole, then reset with REFUSED_STREAM, unprocessed.
+    RefuseAlways,
     /// Each request the first time it comes: sent on and answered by the app, then
     /// reset with INTERNAL_ERROR in place of the answer. Its next arrival is served.
     FailOnceAfterProcessing,
@@ -143,7 +140,10 @@ impl Peer {
         while let Some(Ok((req, respond))) = conn.accept().await {
             let key = format!("{} {}", req.method(), req.uri());
             let first = self.seen.lock().expect("seen").insert(key);
-            let how = first.then_some(self.how);
+            let how = match self.how {
+                Misbehaviour::RefuseAlways => Some(Misbehaviour::RefuseOnce),
+                how => first.then_some(how),
+            };
             tokio::spawn(relay(
                 req,
                 respond,
@@ -300,41 +300,6 @@ async fn pass_through(mut socket: TcpStream, server: SocketAddr) {
     }
 }
 
-/// The control plane's CA, read from its state directory (the development root it
-/// generated on first start).
-struct MeshCa {
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl MeshCa {
-    fn of(cp: &WeftControl) -> anyhow::Result<MeshCa> {
-        let dir = cp.state_dir();
-        let cert = std::fs::read_to_string(dir.join("ca.pem")).context("reading ca.pem")?;
-        let key = std::fs::read_to_string(dir.join("ca-key.pem")).context("reading ca-key.pem")?;
-        let key = KeyPair::from_pem(&key)?;
-        Ok(MeshCa {
-            issuer: Issuer::from_ca_cert_pem(&cert, key)?,
-        })
-    }
-
-    /// A workload certificate for SPIFFE ID `id`, as the CA issues them.
-    fn leaf(&self, id: &str) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((cert.der().clone(), key))
-    }
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -363,41 +328,4 @@ fn client_config(
         .with_client_auth_cert(vec![cert], key)?;
     config.alpn_protocols = vec![ALPN_H2_ORIG.to_vec()];
     Ok(config)
-}
-
-#[derive(Debug)]
-struct AnyServer;
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

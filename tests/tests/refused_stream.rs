@@ -719,6 +719,25 @@ async fn a_carried_post_the_peer_processed_then_reset_is_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_post_the_peer_refuses_every_time_is_resent_twice_then_answered_503() {
+    let pair = carried_pair(Misbehaviour::RefuseAlways, None).await;
+    let addr = pair.client.upstream("orders");
+    let (target, args, line, ..) = REFUSED_ONCE[0];
+    let answer = h1_request(addr, target, args).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nweft-error: upstream-refused"),
+        "{answer:?}"
+    );
+    assert_eq!(pair.peer.misbehaved(), 3, "sent, then resent twice");
+    assert_eq!(arrivals(&pair.app, &[line.to_string()]).await, [0]);
+    assert_resends(&pair.client, &pair.label, 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_carried_http1_requests_caught_by_the_peers_goaway_each_arrive_once() {
     const CLIENTS: usize = 6;
     let pair = carried_pair(Misbehaviour::GoAway { requests: CLIENTS }, None).await;
