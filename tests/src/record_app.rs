@@ -46,6 +46,13 @@ impl RecordApp {
             _dir: dir,
         })
     }
+
+    /// The request lines of every request the app has read so far, in order.
+    pub async fn seen(&self) -> anyhow::Result<Vec<String>> {
+        let url = format!("http://{}/__seen", self.addr);
+        let out = curl(&["--http1.1", &url]).await?;
+        serde_json::from_slice(&out).context("the app's /__seen is not a list of lines")
+    }
 }
 
 /// What the app answered for one request: the JSON record, parsed.

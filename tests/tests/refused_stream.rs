@@ -9,10 +9,17 @@
 //! for HTTP/1.1 callers (plain, or carried between the proxies of an mTLS pair)
 //! as for HTTP/2 ones: the app's refusal never reaches the caller as a 503.
 //!
+//! The outbound resends the same way what a peer proxy refused of the HTTP/1.1
+//! requests it carries to it as HTTP/2 streams (`weft.h2-orig/1`, issue 19): an
+//! HTTP/1.1 client sees none of it, and the app behind the peer reads each request
+//! once, as it was sent.
+//!
 //! The endpoints are real HTTP/2 servers that misbehave on purpose: one on the h2
 //! crate, resetting the first stream it gets (`weft_tests::refusing_app`); one
 //! writing raw frames, going away
-//! with last stream 0 after it has read the first request's HEADERS.
+//! with last stream 0 after it has read the first request's HEADERS; and a peer
+//! proxy stand-in with the server proxy's identity from the mesh CA, relaying what it
+//! does not refuse to a real server proxy (`weft_tests::refusing_peer`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +28,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_tests::mtls_pair::{MtlsPair, PairOptions};
+use weft_tests::control::WeftControl;
+use weft_tests::mtls_pair::{MtlsPair, PairOptions, SERVER_ID};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
-use weft_tests::record_app::curl;
+use weft_tests::record_app::{RecordApp, curl, parse_record};
 use weft_tests::refusing_app::{First, endpoint};
+use weft_tests::refusing_peer::{Misbehaviour, RefusingPeer};
 
 /// Bounds each wait on a socket in the server below.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -399,4 +408,379 @@ async fn through_an_mtls_pair_the_server_proxy_resends_what_its_h2c_app_refused(
         pair.client.metric("weft_refused_resends_total", &[]).await,
         0.0
     );
+}
+
+/// A client proxy whose "orders" endpoint is a peer that refuses streams on
+/// purpose (`refusing_peer`), in front of a real server proxy and an HTTP/1.1-only
+/// app that records what reaches it: HTTP/1.1 requests cross as carried HTTP/2
+/// streams, and the peer refuses them as a real one shedding load would.
+struct CarriedPair {
+    app: RecordApp,
+    peer: RefusingPeer,
+    client: WeftProxy,
+    label: String,
+    _server: WeftProxy,
+    _cp: WeftControl,
+}
+
+async fn carried_pair(how: Misbehaviour, policy: Option<&str>) -> CarriedPair {
+    let app = RecordApp::start().await.expect("start the app");
+    let cp = WeftControl::start_yaml(MESH, &[])
+        .await
+        .expect("start the control plane");
+    let mut server_config = ProxyConfig::new().inbound(app.addr);
+    server_config.extra = cp.identity_yaml("server", "{}", "");
+    let server = WeftProxy::start_named("server-proxy", server_config)
+        .await
+        .expect("start the server proxy");
+    let peer = RefusingPeer::start(&cp, server.inbound(), SERVER_ID, how)
+        .await
+        .expect("start the refusing peer");
+    let service = ServiceDef::new("orders").endpoint_with_identity(peer.addr, SERVER_ID);
+    let service = match policy {
+        Some(policy) => service.policy(policy),
+        None => service,
+    };
+    let label = service.metric_label();
+    let mut client_config = ProxyConfig::new().upstream("orders").service(service);
+    client_config.extra = cp.identity_yaml("client", "{}", "");
+    let client = WeftProxy::start_named("client-proxy", client_config)
+        .await
+        .expect("start the client proxy");
+    CarriedPair {
+        app,
+        peer,
+        client,
+        label,
+        _server: server,
+        _cp: cp,
+    }
+}
+
+const MESH: &str = "services:\n  - name: placeholder\n    endpoints: []\n";
+
+/// What an HTTP/1.1 client read: its status line, and the app's record of the
+/// request when the answer was one.
+#[derive(Debug)]
+struct H1Answer {
+    status_line: String,
+    head: String,
+    body: String,
+}
+
+impl H1Answer {
+    fn record(&self) -> serde_json::Value {
+        parse_record(self.body.as_bytes()).expect("the app's record")
+    }
+}
+
+/// curl --http1.1 to `http://addr{target}` with `args`: what came back.
+async fn h1_request(addr: SocketAddr, target: &str, args: &[&str]) -> H1Answer {
+    let url = format!("http://{addr}{target}");
+    let mut all = vec!["--http1.1", "--include"];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = curl(&all).await.expect("curl ran");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    H1Answer {
+        status_line: head.lines().next().unwrap_or("").to_string(),
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// How often the app read each of `lines`.
+async fn arrivals(app: &RecordApp, lines: &[String]) -> Vec<usize> {
+    let seen = app.seen().await.expect("the app's request lines");
+    lines
+        .iter()
+        .map(|l| seen.iter().filter(|s| *s == l).count())
+        .collect()
+}
+
+/// The `x-` fields the app read, in order: the pair keeps their order and values,
+/// and names reach the app in lower case with or without a refusal.
+fn x_fields(record: &serde_json::Value) -> Vec<String> {
+    record["headers"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| {
+            let name = f[0].as_str()?;
+            name.starts_with("x-")
+                .then(|| format!("{name}: {}", f[1].as_str().unwrap_or("?")))
+        })
+        .collect()
+}
+
+/// HTTP/1.1 requests with a body (Content-Length, chunked) and without, each
+/// refused unprocessed by the peer the first time: target, curl arguments, the
+/// request line, framing and `x-` fields the app must read, and the body.
+type Case = (
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static str,
+);
+
+const REFUSED_ONCE: [Case; 3] = [
+    (
+        "/order/length?item=1",
+        &[
+            "-H",
+            "X-Order-Id: 7",
+            "-H",
+            "x-Mixed-Case: Kept",
+            "--data-binary",
+            "item=1&qty=2",
+        ],
+        "POST /order/length?item=1 HTTP/1.1",
+        "length",
+        &["x-order-id: 7", "x-mixed-case: Kept"],
+        "item=1&qty=2",
+    ),
+    (
+        "/order/chunked",
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "X-Order-Id: 8",
+            "--data-binary",
+            "item=2&qty=3",
+        ],
+        "POST /order/chunked HTTP/1.1",
+        "chunked",
+        &["x-order-id: 8"],
+        "item=2&qty=3",
+    ),
+    (
+        "/order/list",
+        &["-H", "X-Order-Id: 9"],
+        "GET /order/list HTTP/1.1",
+        "none",
+        &["x-order-id: 9"],
+        "",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carried_http1_requests_the_peer_refused_are_sent_again_and_arrive_once_as_sent() {
+    let pair = carried_pair(Misbehaviour::RefuseOnce, None).await;
+    let addr = pair.client.upstream("orders");
+    for (n, (target, args, line, framing, fields, body)) in REFUSED_ONCE.into_iter().enumerate() {
+        let resent = h1_request(addr, target, args).await;
+        assert_eq!(
+            resent.status_line, "HTTP/1.1 200 Recorded Fine",
+            "{resent:?}"
+        );
+        assert_eq!(pair.peer.misbehaved(), n + 1, "the peer refused {target}");
+        let record = resent.record();
+        assert_eq!(record["request_line"], line, "{record}");
+        assert_eq!(record["framing"], framing, "{record}");
+        assert_eq!(x_fields(&record), fields, "{record}");
+        assert_eq!(record["body"], body, "{record}");
+        assert_eq!(
+            arrivals(&pair.app, &[line.to_string()]).await,
+            [1],
+            "{target} arrived once"
+        );
+        // The same request again, which the peer now serves at once: the app reads
+        // the resent one exactly as it reads one never refused.
+        let served = h1_request(addr, target, args).await;
+        assert_eq!(served.status_line, resent.status_line);
+        assert_eq!(served.record(), record, "a resend is the request as sent");
+        assert_eq!(pair.peer.misbehaved(), n + 1);
+    }
+    assert_resends(&pair.client, &pair.label, 3.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_chunked_post_past_the_peers_goaway_is_sent_again_and_arrives_once() {
+    let pair = carried_pair(Misbehaviour::GoAway { requests: 1 }, None).await;
+    let addr = pair.client.upstream("orders");
+    let (target, args, line, framing, fields, body) = REFUSED_ONCE[1];
+    let answer = h1_request(addr, target, args).await;
+    assert_eq!(
+        answer.status_line, "HTTP/1.1 200 Recorded Fine",
+        "{answer:?}"
+    );
+    assert_eq!(pair.peer.misbehaved(), 1, "the first connection went away");
+    let record = answer.record();
+    assert_eq!(record["request_line"], line, "{record}");
+    assert_eq!(record["framing"], framing, "{record}");
+    assert_eq!(x_fields(&record), fields, "{record}");
+    assert_eq!(record["body"], body, "{record}");
+    assert_eq!(arrivals(&pair.app, &[line.to_string()]).await, [1]);
+    // Sent again on a connection that stays: read as the resent one was.
+    let served = h1_request(addr, target, args).await;
+    assert_eq!(served.record(), record, "a resend is the request as sent");
+    assert_eq!(pair.peer.misbehaved(), 1);
+    assert_resends(&pair.client, &pair.label, 1.0).await;
+}
+
+/// Python's http.client on one kept-alive connection: a POST with a Content-Length
+/// body, a chunked PUT and a GET, each as `[version, status, reason, body]`.
+const PY_KEPT_ALIVE: &str = "import http.client, json, sys\n\
+    c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)\n\
+    out = []\n\
+    for method, path, body, chunked in [('POST', '/py/post', b'from-python', False),\n\
+    \x20       ('PUT', '/py/put', iter([b'chunk-1;', b'chunk-2']), True), ('GET', '/py/get', None, False)]:\n\
+    \x20   c.request(method, path, body=body, headers={'X-Client': 'py', 'X-Step': method},\n\
+    \x20             encode_chunked=chunked)\n\
+    \x20   r = c.getresponse()\n\
+    \x20   out.append([r.version, r.status, r.reason, r.read().decode()])\n\
+    print(json.dumps(out))\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_client_requests_the_peer_refused_arrive_once_on_a_kept_alive_connection() {
+    let pair = carried_pair(Misbehaviour::RefuseOnce, None).await;
+    let addr = pair.client.upstream("orders");
+    let py = tokio::time::timeout(
+        LIMIT,
+        tokio::process::Command::new("python3")
+            .args([
+                "-c",
+                PY_KEPT_ALIVE,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ])
+            .output(),
+    )
+    .await
+    .expect("python3 finished")
+    .expect("run python3");
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let answers: Vec<(u8, u16, String, String)> =
+        serde_json::from_slice(&py.stdout).expect("the script's JSON");
+    let expected = [
+        ("POST /py/post HTTP/1.1", "length", "from-python", "POST"),
+        ("PUT /py/put HTTP/1.1", "chunked", "chunk-1;chunk-2", "PUT"),
+        ("GET /py/get HTTP/1.1", "none", "", "GET"),
+    ];
+    assert_eq!(answers.len(), expected.len(), "{answers:?}");
+    for ((version, status, reason, body), (line, framing, sent, step)) in
+        answers.iter().zip(expected)
+    {
+        assert_eq!(
+            (*version, *status, reason.as_str()),
+            (11, 200, "Recorded Fine"),
+            "{body}"
+        );
+        let record = parse_record(body.as_bytes()).expect("the app's record");
+        assert_eq!(record["request_line"], line, "{record}");
+        assert_eq!(record["framing"], framing, "{record}");
+        assert_eq!(record["body"], sent, "{record}");
+        assert_eq!(
+            x_fields(&record),
+            ["x-client: py".to_string(), format!("x-step: {step}")],
+            "{record}"
+        );
+    }
+    assert_eq!(pair.peer.misbehaved(), 3, "each refused once");
+    let lines = expected.map(|(line, ..)| line.to_string());
+    assert_eq!(arrivals(&pair.app, &lines).await, [1, 1, 1]);
+    assert_resends(&pair.client, &pair.label, 3.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_post_the_peer_processed_then_reset_is_not_sent_again() {
+    // Even under a retry policy: a POST that may have been processed is not repeated.
+    let pair = carried_pair(Misbehaviour::FailOnceAfterProcessing, Some(POLICY)).await;
+    let addr = pair.client.upstream("orders");
+    let (target, args, line, ..) = REFUSED_ONCE[0];
+    let answer = h1_request(addr, target, args).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 502"), "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nweft-error: upstream-reset"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        pair.peer.misbehaved(),
+        1,
+        "the peer reset it after the app answered"
+    );
+    assert_eq!(
+        arrivals(&pair.app, &[line.to_string()]).await,
+        [1],
+        "processed once, not again"
+    );
+    assert_resends(&pair.client, &pair.label, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_post_the_peer_refuses_every_time_is_resent_twice_then_answered_503() {
+    let pair = carried_pair(Misbehaviour::RefuseAlways, None).await;
+    let addr = pair.client.upstream("orders");
+    let (target, args, line, ..) = REFUSED_ONCE[0];
+    let answer = h1_request(addr, target, args).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\nweft-error: upstream-refused"),
+        "{answer:?}"
+    );
+    assert_eq!(pair.peer.misbehaved(), 3, "sent, then resent twice");
+    assert_eq!(arrivals(&pair.app, &[line.to_string()]).await, [0]);
+    assert_resends(&pair.client, &pair.label, 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_carried_http1_requests_caught_by_the_peers_goaway_each_arrive_once() {
+    const CLIENTS: usize = 6;
+    let pair = carried_pair(Misbehaviour::GoAway { requests: CLIENTS }, None).await;
+    let addr = pair.client.upstream("orders");
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        clients.spawn(async move {
+            let body = format!("item={i}");
+            let target = format!("/order/{i}");
+            let answer = h1_request(addr, &target, &["--data-binary", &body]).await;
+            (i, answer)
+        });
+    }
+    let mut lines = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        let (i, answer) = done.expect("a client");
+        assert_eq!(
+            answer.status_line, "HTTP/1.1 200 Recorded Fine",
+            "{answer:?}"
+        );
+        let record = answer.record();
+        assert_eq!(record["request_line"], format!("POST /order/{i} HTTP/1.1"));
+        assert_eq!(record["body"], format!("item={i}"));
+        lines.push(format!("POST /order/{i} HTTP/1.1"));
+    }
+    assert_eq!(pair.peer.misbehaved(), 1, "the first connection went away");
+    assert_eq!(
+        arrivals(&pair.app, &lines).await,
+        [1; CLIENTS],
+        "each arrived exactly once"
+    );
+    assert_eq!(
+        pair.app
+            .seen()
+            .await
+            .expect("the app's request lines")
+            .len(),
+        CLIENTS
+    );
+    // At least the request the peer read whole before going away was refused.
+    let resends = pair
+        .client
+        .metric("weft_refused_resends_total", &[("service", &pair.label)])
+        .await;
+    assert!((1.0..=CLIENTS as f64).contains(&resends), "{resends}");
 }

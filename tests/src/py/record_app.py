@@ -5,12 +5,18 @@ how the body was framed, the body, and any trailers.
 Usage: record_app.py PORT. Paths steer the answer: /close answers with
 `Connection: close`; /chunked answers with a chunked body; /v10 answers with an
 HTTP/1.0 status line; every answer's reason phrase is "Recorded Fine", which is no
-status's usual one.
+status's usual one. GET /__seen answers the request lines of every request so far
+(itself not among them), in order, so a test can tell what arrived how often.
 """
 
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+SEEN = []
+SEEN_LOCK = threading.Lock()
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -42,6 +48,16 @@ class Recorder(BaseHTTPRequestHandler):
         return "none", b"", []
 
     def answer(self):
+        if self.path == "/__seen":
+            with SEEN_LOCK:
+                out = json.dumps(SEEN).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        with SEEN_LOCK:
+            SEEN.append(self.raw_requestline.decode("latin-1").rstrip("\r\n"))
         framing, body, trailers = self.read_body()
         record = {
             "request_line": self.raw_requestline.decode("latin-1").rstrip("\r\n"),
