@@ -147,6 +147,11 @@ impl OutlierPolicy {
         }
     }
 
+    /// Whether an answer's gRPC status can make it a failure.
+    pub(crate) fn reads_grpc(&self) -> bool {
+        self.failure_on.contains(&FailureClass::Grpc) && !self.grpc_codes.is_empty()
+    }
+
     fn is_failure(&self, outcome: Outcome) -> Option<bool> {
         let classes = &self.failure_on;
         match outcome {

@@ -20,7 +20,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
 use crate::balance::{self, HashKey, hash_bytes};
-use crate::breaker::Permit;
+use crate::breaker::{OutlierPolicy, Permit};
 use crate::clock::{now_nanos, since};
 use crate::detect::{Detected, detect};
 use crate::endpoint::Endpoint;
@@ -454,7 +454,7 @@ impl Outbound {
                 let kept = self
                     .may_be_refused(&req, &svc.endpoints[idx])
                     .then(|| RefusedResends::keep(&mut req));
-                let (result, outcome) = pin!(self.attempt(svc, idx, req, start)).await;
+                let (result, outcome) = pin!(self.attempt(svc, idx, req, start, None)).await;
                 match kept {
                     // Boxed: the resend's state stays out of every request's future.
                     Some(kept) if outcome == Outcome::Refused => {
@@ -497,7 +497,7 @@ impl Outbound {
             idx = svc
                 .pick_at(key, Some(idx), now)
                 .ok_or(ProxyError::NoEndpoints)?;
-            let (again, outcome) = self.attempt(svc, idx, req, now).await;
+            let (again, outcome) = self.attempt(svc, idx, req, now, None).await;
             if outcome != Outcome::Refused {
                 return again;
             }
@@ -522,7 +522,7 @@ impl Outbound {
             other => {
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
                 let req = Box::new(Request::from_parts(parts, other));
-                return self.attempt(svc, idx, req, now_nanos()).await.0;
+                return self.attempt(svc, idx, req, now_nanos(), None).await.0;
             }
         };
         let replay = match replayable(body, retry.max_buffered_body_bytes).await? {
@@ -546,7 +546,7 @@ impl Outbound {
                 let idx = svc.pick(key, None).ok_or(ProxyError::NoEndpoints)?;
                 let body = RequestBody::Streaming { body, in_flight };
                 let req = Box::new(Request::from_parts(parts, body));
-                return self.attempt(svc, idx, req, now_nanos()).await.0;
+                return self.attempt(svc, idx, req, now_nanos(), None).await.0;
             }
         };
         let first = replay
@@ -575,7 +575,7 @@ impl Outbound {
             let now = now_nanos();
             let idx = svc.pick_at(key, skip, now).ok_or(ProxyError::NoEndpoints)?;
             let (result, outcome) = self
-                .attempt(svc, idx, Box::new(rebuild(parts, body)), now)
+                .attempt(svc, idx, Box::new(rebuild(parts, body)), now, Some(retry))
                 .await;
             let resend = outcome == Outcome::Refused && resends < MAX_REFUSED_RESENDS;
             if !resend
@@ -626,13 +626,14 @@ impl Outbound {
     }
 
     /// One attempt on one endpoint, with its outcome recorded for balancing and
-    /// ejection, and returned for retrying.
+    /// ejection, and returned for retrying under `retry`.
     async fn attempt(
         &self,
         svc: &Service,
         idx: usize,
         req: BoxedRequest,
         now: u64,
+        retry: Option<&RetryPolicy>,
     ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome) {
         let ep = &svc.endpoints[idx];
         svc.metrics.attempted(ep.identity.is_some());
@@ -661,9 +662,11 @@ impl Outbound {
         let outcome = match &result {
             Ok(resp) => Outcome::Response {
                 status: resp.status().as_u16(),
-                grpc: resp
-                    .headers()
-                    .get(GRPC_STATUS)
+                // Looked up only for a policy that reads it: most answers are not
+                // gRPC, and the lookup hashes the field's name every time.
+                grpc: reads_grpc(svc, retry)
+                    .then(|| resp.headers().get(GRPC_STATUS))
+                    .flatten()
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok()),
             },
@@ -679,6 +682,17 @@ impl Outbound {
         guard.finish(outcome);
         (result, outcome)
     }
+}
+
+/// Whether an attempt's outcome is judged by its gRPC status: by the service's
+/// ejection or the retry policy in force.
+fn reads_grpc(svc: &Service, retry: Option<&RetryPolicy>) -> bool {
+    retry.is_some_and(RetryPolicy::reads_grpc)
+        || svc
+            .policy
+            .outlier
+            .as_ref()
+            .is_some_and(OutlierPolicy::reads_grpc)
 }
 
 /// Tracks one attempt on an endpoint: in flight while it runs, latency and outcome

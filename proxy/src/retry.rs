@@ -52,6 +52,11 @@ pub(crate) fn is_idempotent(method: &Method) -> bool {
 }
 
 impl RetryPolicy {
+    /// Whether `should_retry` looks at an answer's gRPC status.
+    pub(crate) fn reads_grpc(&self) -> bool {
+        !self.retry_on_grpc.is_empty()
+    }
+
     pub(crate) fn should_retry(&self, method: &Method, outcome: Outcome) -> bool {
         let named = |status: u16, grpc: Option<u32>| {
             self.retry_on_status.contains(&status)

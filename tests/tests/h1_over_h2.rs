@@ -171,6 +171,10 @@ const CASES: &[(&str, &str)] = &[
          Connection: close\r\n\r\nabc",
     ),
     (
+        "a Host that is no valid authority (carried: crosses without :authority)",
+        "GET /bh HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n",
+    ),
+    (
         "OPTIONS * (not carried: its own connection)",
         "OPTIONS * HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
     ),
@@ -285,7 +289,13 @@ async fn http1_crosses_as_http2_streams_and_arrives_as_without_the_upgrade() {
         got[4].iter().all(|a| !a.chunked),
         "an HTTP/1.0 client never gets chunked"
     );
-    assert_eq!(got[10].len(), 2, "100 Continue, then the answer");
+    assert_eq!(got[11].len(), 2, "100 Continue, then the answer");
+    let bad_host = record(8, 0);
+    assert_eq!(bad_host["request_line"], "GET /bh HTTP/1.1", "{bad_host}");
+    assert!(
+        bad_host.to_string().contains("bad host"),
+        "Host as it was: {bad_host}"
+    );
     assert_eq!(got[6][0].status_line, "HTTP/1.0 200 Recorded Fine");
 
     // All of it on one shared connection with the upgrade, but `OPTIONS *` and

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -133,13 +133,9 @@ async fn forward_h1(
     to_origin_form(&mut req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
-    if !upgrade
-        && target.identity.is_some()
-        && pool.h2_orig()
-        && let Some(authority) = orig_proto::carried_authority(&req)
-    {
+    if !upgrade && target.identity.is_some() && pool.h2_orig() && orig_proto::carried(&req) {
         // Boxed: its state stays out of every other HTTP/1 request's future.
-        return Box::pin(forward_to_peer(pool, req, authority, target)).await;
+        return Box::pin(forward_to_peer(pool, req, target)).await;
     }
 
     let limit = target.gate.map(|g| g.connections);
@@ -317,15 +313,14 @@ async fn carrier(pool: &Pool, target: &Target<'_>) -> Result<Carrier, ProxyError
 async fn forward_to_peer(
     pool: &Pool,
     mut req: BoxedRequest,
-    authority: Authority,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let tx = match carrier(pool, target).await? {
         Carrier::Stream(tx) => tx,
         Carrier::Conn(conn) => return send_h1(pool, target.key(), target, conn, req, None).await,
     };
-    orig_proto::to_h2(&mut req, authority);
-    let resp = match tx.send(req).await {
+    orig_proto::to_h2(&mut req);
+    let mut resp = match tx.send(req).await {
         Ok(resp) => resp,
         // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
         // so any request may go again, once, on a new connection.
@@ -338,7 +333,6 @@ async fn forward_to_peer(
         },
         Err(e) => return Err(send_error(e)),
     };
-    let mut resp = resp;
     strip_hop_by_hop(resp.headers_mut(), false);
     orig_proto::unmark_response(&mut resp);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))

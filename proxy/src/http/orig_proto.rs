@@ -14,7 +14,7 @@
 //!
 //! A field rather than an ALPN per request kind: one connection carries both kinds.
 //! Requests the upgrade cannot carry faithfully (Upgrade, CONNECT, `OPTIONS *`, no
-//! usable Host) take their own HTTP/1.1 connection as before.
+//! Host or more than one) take their own HTTP/1.1 connection as before.
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName};
@@ -32,29 +32,37 @@ const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 const HTTP_10: HeaderValue = HeaderValue::from_static("HTTP/1.0");
 
 /// Whether an HTTP/1 request, as the proxy would write it upstream, can cross as a
-/// stream and arrive unchanged (a Host the HTTP/2 authority can hold, an ordinary
-/// target, and no tunnel), as the authority it crosses with: its Host.
-pub(crate) fn carried_authority<B>(req: &Request<B>) -> Option<Authority> {
+/// stream and arrive unchanged: one Host, an ordinary target, and no tunnel.
+pub(crate) fn carried<B>(req: &Request<B>) -> bool {
     if req.method() == Method::CONNECT || req.uri().path() == "*" {
-        return None;
+        return false;
     }
     let mut hosts = req.headers().get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None) => Authority::try_from(host.as_bytes()).ok(),
-        _ => None,
-    }
+    hosts.next().is_some() && hosts.next().is_none()
 }
 
-/// Outbound: the origin-form HTTP/1.1 request (hop-by-hop fields already gone)
-/// becomes an HTTP/2 one for the same target, marked. Its Host stays as it was,
-/// so the peer hands it on unchanged. `authority` is `carried_authority`'s.
-pub(crate) fn to_h2<B>(req: &mut Request<B>, authority: Authority) {
-    as_h2(req, authority);
+/// The authority an HTTP/1 request's HTTP/2 form names (`as_h2`), when it has
+/// one: a `carried` request's Host, if that is a valid authority.
+pub(crate) fn carried_authority<B>(req: &Request<B>) -> Option<Authority> {
+    if !carried(req) {
+        return None;
+    }
+    let host = req.headers().get(HOST)?;
+    Authority::try_from(host.as_bytes()).ok()
+}
+
+/// Outbound: marks a `carried` origin-form HTTP/1.1 request (hop-by-hop fields
+/// already gone), which then goes as a stream as it is. Its version stays
+/// HTTP/1.1: that is how h2 knows a relative target is an HTTP/1 request
+/// forwarded, and sends it with the scheme `http` and no :authority (RFC 9113
+/// §8.3.1: origin-form carries none). Its Host goes along as a field, so the
+/// peer hands it on unchanged; nothing has to parse it on either side.
+pub(crate) fn to_h2<B>(req: &mut Request<B>) {
     req.headers_mut().insert(ORIG_PROTO, HTTP_11);
 }
 
 /// An origin-form HTTP/1 request as the HTTP/2 one for the same target, `authority`
-/// (`carried_authority`): its Host stays, so the next hop sees it unchanged.
+/// (`carried_authority`), for an app that speaks HTTP/2 only: its Host stays.
 pub(crate) fn as_h2<B>(req: &mut Request<B>, authority: Authority) {
     let pq = req
         .uri()
@@ -81,12 +89,16 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, trusted: bool) -> bool {
         return false;
     }
     *req.version_mut() = Version::HTTP_11;
-    let pq = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(pq);
+    // A carried request crosses without :authority, so it arrives origin-form
+    // already; one that named an authority (an older peer's) loses it here.
+    if req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
     true
 }
 
@@ -158,10 +170,14 @@ mod tests {
     #[test]
     fn a_request_crosses_marked_and_arrives_as_it_left() {
         let mut req = h1(Method::POST, "/a/b?c=d", Some("Orders.Shop:8080"));
-        let authority = carried_authority(&req).expect("carried");
-        to_h2(&mut req, authority);
-        assert_eq!(req.version(), Version::HTTP_2);
-        assert_eq!(req.uri(), "http://Orders.Shop:8080/a/b?c=d");
+        assert!(carried(&req));
+        to_h2(&mut req);
+        assert_eq!(
+            req.version(),
+            Version::HTTP_11,
+            "h2 sends it without :authority"
+        );
+        assert_eq!(req.uri(), "/a/b?c=d");
         assert_eq!(req.headers().get(&ORIG_PROTO), Some(&HTTP_11));
 
         assert!(to_h1(&mut req, true));
@@ -171,6 +187,16 @@ mod tests {
         let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-b", "x-a"], "order kept, mark gone");
         assert_eq!(req.headers()[HOST], "Orders.Shop:8080");
+    }
+
+    #[test]
+    fn a_request_an_older_peer_sent_with_an_authority_arrives_origin_form() {
+        let mut req = h1(Method::GET, "http://x:1/a?b", Some("x:1"));
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+        assert!(to_h1(&mut req, true));
+        assert_eq!(req.uri(), "/a?b");
+        assert_eq!(req.version(), Version::HTTP_11);
     }
 
     #[test]
@@ -186,14 +212,29 @@ mod tests {
 
     #[test]
     fn tunnels_and_hostless_requests_keep_their_own_connection() {
-        assert!(carried_authority(&h1(Method::CONNECT, "x:443", Some("x:443"))).is_none());
-        assert!(carried_authority(&h1(Method::OPTIONS, "*", Some("x"))).is_none());
-        assert!(carried_authority(&h1(Method::GET, "/", None)).is_none());
-        assert!(carried_authority(&h1(Method::GET, "/", Some("bad host"))).is_none());
+        assert!(!carried(&h1(Method::CONNECT, "x:443", Some("x:443"))));
+        assert!(!carried(&h1(Method::OPTIONS, "*", Some("x"))));
+        assert!(!carried(&h1(Method::GET, "/", None)));
         let mut two = h1(Method::GET, "/", Some("a"));
         two.headers_mut()
             .append(HOST, HeaderValue::from_static("b"));
+        assert!(!carried(&two));
         assert!(carried_authority(&two).is_none());
+    }
+
+    #[test]
+    fn a_host_that_is_no_authority_crosses_as_a_field_but_names_none() {
+        let req = h1(Method::GET, "/", Some("bad host"));
+        assert!(carried(&req), "carried as it is, Host and all");
+        assert!(
+            carried_authority(&req).is_none(),
+            "no HTTP/2 form for an h2c app"
+        );
+        let ok = h1(Method::GET, "/", Some("Orders.Shop:8080"));
+        assert_eq!(
+            carried_authority(&ok).map(|a| a.to_string()),
+            Some("Orders.Shop:8080".to_string())
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::identity::{Alpn, Identity, client_negotiated_h2_orig};
 use crate::sync::lock;
 
 /// One endpoint as the pool sees it: where, and who it must be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 pub(crate) struct Key {
     pub(crate) addr: SocketAddr,
     /// The SPIFFE ID the endpoint must present; `None`: plaintext.
@@ -47,6 +47,20 @@ impl Hash for Key {
                 state.write_u16(a.port());
             }
         }
+    }
+}
+
+/// The identity compared by pointer first: a request's key shares its endpoint's
+/// `Arc`, as the key its connection was opened with usually does, and `Arc<str>`'s
+/// own `==` compares the bytes whatever the pointers (a byte loop in a musl build).
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.addr == other.addr
+            && match (&self.identity, &other.identity) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (None, None) => true,
+                _ => false,
+            }
     }
 }
 

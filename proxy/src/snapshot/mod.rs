@@ -3,9 +3,9 @@
 //! sources (the config file, the control plane) build a new one and swap it in, so a
 //! request never sees half an update.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,7 @@ use crate::breaker::{ConnLimit, Limits, OutlierPolicy};
 use crate::endpoint::{Endpoint, EndpointState, Registry, ServiceStats};
 use crate::metrics::{Direction, Metrics, ServiceMetrics};
 use crate::retry::RetryPolicy;
+use crate::sync::lock;
 
 pub(crate) mod lookup;
 mod policy;
@@ -407,11 +408,34 @@ fn endpoint_from_proto(
     Ok(Endpoint {
         addr,
         weight,
-        identity: (!e.identity.is_empty()).then(|| Arc::from(e.identity.as_str())),
+        identity: (!e.identity.is_empty()).then(|| shared_identity(&e.identity)),
         labels: e.labels.clone().into_iter().collect(),
         state,
         stats: stats.endpoint(service, addr, svc_metrics),
     })
+}
+
+/// One `Arc` for a SPIFFE ID in every snapshot that names it. The pool finds a
+/// request's open connection by endpoint and identity, comparing the identity's
+/// pointer before its bytes: with an `Arc` of its own in each rebuilt snapshot,
+/// every request to an endpoint already connected would compare the whole ID.
+fn shared_identity(id: &str) -> Arc<str> {
+    /// The IDs handed out, and the size at which the table is next pruned of the
+    /// ones no snapshot holds any more.
+    static IDS: LazyLock<Mutex<(HashSet<Arc<str>>, usize)>> =
+        LazyLock::new(|| Mutex::new((HashSet::new(), 64)));
+    let mut guard = lock(&IDS);
+    let (ids, prune_at) = &mut *guard;
+    if let Some(known) = ids.get(id) {
+        return known.clone();
+    }
+    if ids.len() >= *prune_at {
+        ids.retain(|i| Arc::strong_count(i) > 1);
+        *prune_at = (ids.len() * 2).max(64);
+    }
+    let new: Arc<str> = Arc::from(id);
+    ids.insert(new.clone());
+    new
 }
 
 /// Every service the proxy knows, indexed the ways a destination can be named.
@@ -555,6 +579,24 @@ mod tests {
         assert!(snap.by_host("users.other").is_some());
         assert!(snap.by_vip("10.0.0.1:80".parse().expect("addr")).is_some());
         assert!(snap.by_vip("10.0.0.1:81".parse().expect("addr")).is_none());
+    }
+
+    #[test]
+    fn snapshots_built_apart_share_one_arc_per_identity() {
+        let yaml = "services:\n  - name: idd\n    endpoints:\n      - {address: '127.0.0.1:1', identity: 'spiffe://t/ns/a/sa/idd'}\n      - {address: '127.0.0.2:1', identity: 'spiffe://t/ns/a/sa/idd'}\n      - {address: '127.0.0.3:1', identity: 'spiffe://t/ns/a/sa/other'}\n";
+        let (one, two) = (snapshot(yaml), snapshot(yaml));
+        let ids = |snap: &Snapshot| -> Vec<Arc<str>> {
+            let svc = snap.by_host("idd").expect("idd");
+            svc.endpoints
+                .iter()
+                .map(|e| e.identity.clone().expect("an identity"))
+                .collect()
+        };
+        let (a, b) = (ids(&one), ids(&two));
+        assert!(Arc::ptr_eq(&a[0], &a[1]), "one ID, one Arc");
+        assert!(Arc::ptr_eq(&a[0], &b[0]), "and across snapshots");
+        assert_eq!(&*a[2], "spiffe://t/ns/a/sa/other");
+        assert!(!Arc::ptr_eq(&a[0], &a[2]));
     }
 
     const TWO_PORTS: &str = "services:\n  - name: shop\n    vips: [10.0.0.1]\n    ports: [{port: 8080}, {port: 9090, target_port: 19090}, {port: 9100}]\n    endpoints: [{address: '127.0.0.1:18080'}, {address: '127.0.0.2:18080'}]\n";
