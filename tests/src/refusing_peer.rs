@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -179,7 +179,12 @@ async fn relay(
     how: Option<Misbehaviour>,
     misbehaved: Arc<AtomicUsize>,
 ) {
-    let (parts, mut body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    if parts.uri.authority().is_none() {
+        // A carried HTTP/1 request crosses without :authority; h2 sends a relative
+        // target on only for a request it is told is HTTP/1.1, as it came.
+        parts.version = Version::HTTP_11;
+    }
     if let Some(Misbehaviour::RefuseOnce) = how {
         // Whole first: the caller can send again only what it finished sending.
         while let Some(Ok(chunk)) = tokio::time::timeout(LIMIT, body.data())
