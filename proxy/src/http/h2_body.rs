@@ -25,10 +25,15 @@ impl H2Body {
     /// A request's body, whose length is its Content-Length when it has one (h2
     /// holds the stream to it).
     pub(crate) fn request(recv: RecvStream, headers: &HeaderMap) -> Self {
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .and_then(|v| v.parse().ok());
+        // A request that ended with its head has no length to look up.
+        let length = if recv.is_end_stream() {
+            None
+        } else {
+            headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .and_then(|v| v.parse().ok())
+        };
         Self::new(recv, length)
     }
 
