@@ -25,21 +25,29 @@ impl H2Body {
     /// A request's body, whose length is its Content-Length when it has one (h2
     /// holds the stream to it).
     pub(crate) fn request(recv: RecvStream, headers: &HeaderMap) -> Self {
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .and_then(|v| v.parse().ok());
-        Self::new(recv, length)
+        // A request that ended with its head has no length to look up.
+        let done = recv.is_end_stream();
+        let length = if done {
+            None
+        } else {
+            headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .and_then(|v| v.parse().ok())
+        };
+        Self::new(recv, done, length)
     }
 
     /// An answer's body. Its length is left unknown: an answer's Content-Length
     /// need not describe the bytes that follow (HEAD, 304).
     pub(crate) fn response(recv: RecvStream) -> Self {
-        Self::new(recv, None)
+        let done = recv.is_end_stream();
+        Self::new(recv, done, None)
     }
 
-    fn new(recv: RecvStream, length: Option<u64>) -> Self {
-        let done = recv.is_end_stream();
+    /// `done`: the stream's `is_end_stream`, which locks h2's stream store, so it
+    /// is asked once.
+    fn new(recv: RecvStream, done: bool, length: Option<u64>) -> Self {
         H2Body {
             recv,
             data_done: done,

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -133,8 +133,13 @@ where
         resp
     };
     let (mut parts, body) = resp.into_parts();
-    strip_connection_fields(&mut parts.headers);
-    if !parts.headers.contains_key(DATE)
+    let mut has = Has::of(&parts.headers);
+    if has.connection_fields {
+        strip_connection_fields(&mut parts.headers);
+        // Connection may have named Date or Content-Length too.
+        has = Has::of(&parts.headers);
+    }
+    if !has.date
         && let Some(date) = http_date()
     {
         parts.headers.insert(DATE, date);
@@ -142,7 +147,7 @@ where
     let eos = body.is_end_stream();
     if !eos
         && let Some(len) = body.size_hint().exact()
-        && !parts.headers.contains_key(CONTENT_LENGTH)
+        && !has.content_length
     {
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -155,14 +160,14 @@ where
         }
     };
     if !eos {
-        send_body(body, send).await;
+        // Pinned here rather than moved into `send_body`'s own state.
+        send_body(pin!(body), send).await;
     }
 }
 
 /// Streams a response body into its HTTP/2 stream as flow control allows, then its
 /// trailers. A failing body resets the stream; so does the client, which ends it.
-async fn send_body(body: ProxyBody, mut send: SendStream<Bytes>) {
-    let mut body = pin!(body);
+async fn send_body(mut body: Pin<&mut ProxyBody>, mut send: SendStream<Bytes>) {
     loop {
         // The next frame first, then window for it: reserving window before there
         // is data to send would pin the connection's window (hyper #4003). The
@@ -242,22 +247,47 @@ fn reason_of(e: &BodyError) -> Reason {
     Reason::INTERNAL_ERROR
 }
 
-/// Fields HTTP/2 forbids (RFC 9113 §8.2.2), which h2 would refuse the answer for.
-/// Most answers carry none, so one pass over the fields decides.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    static LISTED: [HeaderName; 5] = [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        TRANSFER_ENCODING,
-        UPGRADE,
-        TE,
-    ];
-    if !headers
-        .keys()
-        .any(|name| *name == CONNECTION || LISTED.contains(name))
-    {
-        return;
+/// Fields HTTP/2 forbids (RFC 9113 §8.2.2), which h2 would refuse the answer for,
+/// besides Connection.
+static LISTED: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TE,
+];
+
+/// What an answer's fields hold that `serve_stream` must act on, found in one pass
+/// over their names: cheaper, for the few fields most answers carry, than a hash
+/// lookup for each.
+struct Has {
+    connection_fields: bool,
+    date: bool,
+    content_length: bool,
+}
+
+impl Has {
+    fn of(headers: &HeaderMap) -> Has {
+        let mut has = Has {
+            connection_fields: false,
+            date: false,
+            content_length: false,
+        };
+        for name in headers.keys() {
+            if *name == DATE {
+                has.date = true;
+            } else if *name == CONTENT_LENGTH {
+                has.content_length = true;
+            } else if *name == CONNECTION || LISTED.contains(name) {
+                has.connection_fields = true;
+            }
+        }
+        has
     }
+}
+
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2), and those Connection names.
+fn strip_connection_fields(headers: &mut HeaderMap) {
     for name in &LISTED {
         headers.remove(name);
     }

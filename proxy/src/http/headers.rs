@@ -4,30 +4,33 @@
 use http::header::{CONNECTION, HOST, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue};
 
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
-const PROXY_AUTHORIZATION: &str = "proxy-authorization";
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
+// Names compared as names, not as strings: a standard name's string is a table
+// lookup away, and that lookup ran for every field of every message.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == CONNECTION
         || *name == TE
         || *name == TRANSFER_ENCODING
         || *name == UPGRADE
-        || matches!(
-            name.as_str(),
-            KEEP_ALIVE | PROXY_CONNECTION | PROXY_AUTHORIZATION
-        )
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == PROXY_AUTHORIZATION
 }
 
 /// More than one Host field: RFC 9112 §3.2 has a server answer 400, since two
 /// parties reading different ones is how requests get smuggled past routing.
 pub(crate) fn conflicting_host(headers: &HeaderMap) -> bool {
-    headers.get_all(HOST).iter().nth(1).is_some()
+    // Without a repeated field of any name (most requests), no lookup is needed.
+    headers.len() > headers.keys_len() && headers.get_all(HOST).iter().nth(1).is_some()
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+    // A pass over the names: cheaper than a hash lookup for the few most carry.
+    headers.keys().any(|name| *name == UPGRADE) && connection_has(headers, "upgrade")
 }
 
 pub(super) fn connection_has(headers: &HeaderMap, token: &str) -> bool {

@@ -50,6 +50,9 @@ struct Conn {
     io: Upstream,
     /// Read but not yet consumed: the rest of a head, body bytes.
     rbuf: BytesMut,
+    /// Where each field of the head being read lies in it: kept between
+    /// responses, so reading a head zeroes no table of `MAX_HEADERS` entries.
+    spans: Vec<(u32, u32, u32, u32)>,
     next_read: usize,
     out: Out,
     /// Whether it came from the idle stack (the peer may have closed it meanwhile).
@@ -74,6 +77,7 @@ impl H1Conn {
         H1Conn(Box::new(Conn {
             io,
             rbuf: BytesMut::new(),
+            spans: Vec::new(),
             next_read: READ_MIN,
             out: Out::default(),
             reused: false,

@@ -29,10 +29,56 @@ pub(super) struct Head {
     /// A reason phrase other than the status's usual one, passed on as hyper does.
     pub(super) reason: Option<hyper::ext::ReasonPhrase>,
     pub(super) keep_alive: bool,
-    /// Whether it has Transfer-Encoding and Content-Length fields: noted while
-    /// the fields are read, so a message without them costs no lookups.
+    /// Whether it has Transfer-Encoding and Content-Length fields, and what they
+    /// say: noted while the fields are read, so framing costs no lookups.
     pub(super) has_te: bool,
     pub(super) has_cl: bool,
+    /// The last Transfer-Encoding field's last coding is chunked.
+    pub(super) chunked: bool,
+    pub(super) length: Length,
+}
+
+/// What a head's Content-Length fields say, all of them together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Length {
+    Absent,
+    Is(u64),
+    /// A value that is no number, or two that differ: no framing can be trusted.
+    Invalid,
+}
+
+impl Length {
+    /// With one more Content-Length field's value.
+    fn and(self, value: &HeaderValue) -> Length {
+        match (self, decimal(value.as_bytes().trim_ascii())) {
+            (Length::Absent, Some(n)) => Length::Is(n),
+            (Length::Is(l), Some(n)) if l == n => self,
+            _ => Length::Invalid,
+        }
+    }
+}
+
+/// A decimal number as `u64::from_str` reads one (a leading `+` allowed), without
+/// going through `str`.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Whether a Transfer-Encoding value's last coding is chunked.
+fn ends_chunked(te: &HeaderValue) -> bool {
+    te.to_str()
+        .ok()
+        .and_then(|s| s.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
 impl Conn {
@@ -87,15 +133,15 @@ impl Conn {
             let offset = (s.as_ptr() as usize).checked_sub(base)?;
             (offset + s.len() <= len).then_some((offset as u32, s.len() as u32))
         };
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let count = resp.headers.len();
-        for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+        let spans = &mut self.spans;
+        spans.clear();
+        for f in resp.headers.iter() {
             let (Some((name, name_len)), Some((value, value_len))) =
                 (at(f.name.as_bytes()), at(f.value))
             else {
                 return Err(invalid("malformed response head"));
             };
-            *span = (name, name_len, value, value_len);
+            spans.push((name, name_len, value, value_len));
         }
         let reason = resp
             .reason
@@ -103,17 +149,24 @@ impl Conn {
             // An empty one, as hyper makes of it.
             .map(|r| at(r.as_bytes()).unwrap_or((0, 0)));
         let head = self.rbuf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::with_capacity(self.spans.len());
         let (mut has_connection, mut has_te, mut has_cl) = (false, false, false);
+        let (mut chunked, mut length) = (false, Length::Absent);
         let range = |at: u32, len: u32| at as usize..(at + len) as usize;
-        for &(name, name_len, value, value_len) in &spans[..count] {
+        for &(name, name_len, value, value_len) in &self.spans {
             let name = HeaderName::from_bytes(&head[range(name, name_len)])
                 .map_err(|_| invalid("bad response field name"))?;
-            has_connection |= name == CONNECTION;
-            has_te |= name == TRANSFER_ENCODING;
-            has_cl |= name == CONTENT_LENGTH;
             let value = HeaderValue::from_maybe_shared(head.slice(range(value, value_len)))
                 .map_err(|_| invalid("bad response field value"))?;
+            if name == CONNECTION {
+                has_connection = true;
+            } else if name == TRANSFER_ENCODING {
+                has_te = true;
+                chunked = ends_chunked(&value);
+            } else if name == CONTENT_LENGTH {
+                has_cl = true;
+                length = length.and(&value);
+            }
             headers.append(name, value);
         }
         let reason = reason.and_then(|(at, len)| {
@@ -131,6 +184,8 @@ impl Conn {
             keep_alive,
             has_te,
             has_cl,
+            chunked,
+            length,
         }))
     }
 
@@ -286,34 +341,49 @@ pub(super) fn decode_for(head: &Head, is_head: bool, upgrade: bool) -> Option<De
     {
         return Some(Decode::Done);
     }
-    if let Some(te) = head
-        .has_te
-        .then(|| head.headers.get_all(TRANSFER_ENCODING).iter().next_back())
-        .flatten()
-    {
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Some(if chunked {
+    if head.has_te {
+        return Some(if head.chunked {
             Decode::Chunk(Chunk::Size)
         } else {
             Decode::Close
         });
     }
-    let mut length = None;
-    let lengths = head.has_cl.then(|| head.headers.get_all(CONTENT_LENGTH));
-    for v in lengths.iter().flatten() {
-        let n: u64 = v.to_str().ok()?.trim().parse().ok()?;
-        if length.is_some_and(|l| l != n) {
-            return None;
-        }
-        length = Some(n);
+    match head.length {
+        Length::Invalid => None,
+        Length::Is(0) => Some(Decode::Done),
+        Length::Is(n) => Some(Decode::Length(n)),
+        Length::Absent => Some(Decode::Close),
     }
-    Some(match length {
-        Some(0) => Decode::Done,
-        Some(n) => Decode::Length(n),
-        None => Decode::Close,
-    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(values: &[&'static str]) -> Length {
+        values
+            .iter()
+            .fold(Length::Absent, |l, v| l.and(&HeaderValue::from_static(v)))
+    }
+
+    #[test]
+    fn content_lengths_are_read_as_str_parse_reads_them_and_must_agree() {
+        assert_eq!(lengths(&[]), Length::Absent);
+        assert_eq!(lengths(&["64"]), Length::Is(64));
+        assert_eq!(lengths(&[" 7\t"]), Length::Is(7));
+        assert_eq!(lengths(&["+5"]), Length::Is(5), "as u64::from_str");
+        assert_eq!(lengths(&["5", "5"]), Length::Is(5));
+        assert_eq!(lengths(&["18446744073709551615"]), Length::Is(u64::MAX));
+        for bad in [
+            &["5", "6"][..],
+            &["5, 5"],
+            &[""],
+            &["+"],
+            &["-1"],
+            &["0x10"],
+            &["18446744073709551616"],
+        ] {
+            assert_eq!(lengths(bad), Length::Invalid, "{bad:?}");
+        }
+    }
 }
