@@ -133,11 +133,11 @@ where
         resp
     };
     let (mut parts, body) = resp.into_parts();
-    let mut has = Has::of(&parts.headers);
+    let mut has = Has::of(&mut parts.headers);
     if has.connection_fields {
         strip_connection_fields(&mut parts.headers);
         // Connection may have named Date or Content-Length too.
-        has = Has::of(&parts.headers);
+        has = Has::of(&mut parts.headers);
     }
     if !has.date
         && let Some(date) = http_date()
@@ -259,7 +259,8 @@ static LISTED: [HeaderName; 5] = [
 
 /// What an answer's fields hold that `serve_stream` must act on, found in one pass
 /// over their names: cheaper, for the few fields most answers carry, than a hash
-/// lookup for each.
+/// lookup for each. The pass also keeps Date out of HPACK's dynamic table (see
+/// `unindexed`).
 struct Has {
     connection_fields: bool,
     date: bool,
@@ -267,15 +268,16 @@ struct Has {
 }
 
 impl Has {
-    fn of(headers: &HeaderMap) -> Has {
+    fn of(headers: &mut HeaderMap) -> Has {
         let mut has = Has {
             connection_fields: false,
             date: false,
             content_length: false,
         };
-        for name in headers.keys() {
+        for (name, value) in headers.iter_mut() {
             if *name == DATE {
                 has.date = true;
+                unindexed(value);
             } else if *name == CONTENT_LENGTH {
                 has.content_length = true;
             } else if *name == CONNECTION || LISTED.contains(name) {
@@ -300,6 +302,15 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     }
 }
 
+/// Marks a value h2 must send as a literal, never entering HPACK's dynamic table.
+/// For Date: h2's encoder keeps every value a name had in one chain and walks it
+/// from the oldest on each lookup, so a Date that changes every second leaves up
+/// to ~60 stale entries in a 4 KiB table, all compared byte by byte on every
+/// answer of a long-lived connection. A literal costs a few bytes more instead.
+fn unindexed(value: &mut HeaderValue) {
+    value.set_sensitive(true);
+}
+
 /// Today's Date field, formatted once a second per thread, as hyper does.
 fn http_date() -> Option<HeaderValue> {
     thread_local! {
@@ -312,7 +323,8 @@ fn http_date() -> Option<HeaderValue> {
         match &*cached {
             Some((at, value)) if *at == secs => Some(value.clone()),
             _ => {
-                let value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
+                let mut value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
+                unindexed(&mut value);
                 *cached = Some((secs, value.clone()));
                 Some(value)
             }
@@ -530,6 +542,22 @@ mod tests {
         assert_eq!(reason_of(&e), Reason::CANCEL);
         let e: BodyError = Box::new(std::io::Error::other("broken"));
         assert_eq!(reason_of(&e), Reason::INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn a_date_goes_as_a_literal_whether_the_app_sent_it_or_not() {
+        // h2 encodes a sensitive value as a never-indexed literal.
+        assert!(http_date().expect("a date").is_sensitive());
+        let mut h = HeaderMap::new();
+        h.insert(
+            DATE,
+            HeaderValue::from_static("Fri, 04 Dec 2026 18:00:12 GMT"),
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let has = Has::of(&mut h);
+        assert!(has.date && has.content_length && !has.connection_fields);
+        assert!(h[DATE].is_sensitive());
+        assert!(!h[CONTENT_LENGTH].is_sensitive());
     }
 
     #[test]
