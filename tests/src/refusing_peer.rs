@@ -239,7 +239,8 @@ async fn pipe(from: &mut RecvStream, to: &mut SendStream<Bytes>) -> anyhow::Resu
     Ok(())
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+/// One raw HTTP/2 frame: for peers that must send what h2 would not.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len())
         .expect("small frame")
         .to_be_bytes();

@@ -33,22 +33,12 @@ use weft_tests::mtls_pair::{MtlsPair, PairOptions, SERVER_ID};
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, curl, parse_record};
 use weft_tests::refusing_app::{First, endpoint};
-use weft_tests::refusing_peer::{Misbehaviour, RefusingPeer};
+use weft_tests::refusing_peer::{Misbehaviour, RefusingPeer, frame};
 
 /// Bounds each wait on a socket in the server below.
 const LIMIT: Duration = Duration::from_secs(20);
 /// A retry policy that would retry a POST only on a refusal.
 const POLICY: &str = "{retry: {max_attempts: 2, backoff_base: 1ms}}";
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len())
-        .expect("small frame")
-        .to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// An endpoint whose first connection reads the preface, then frames until the
 /// first HEADERS (with `whole_request`: until the first frame that ends a stream),
