@@ -17,6 +17,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 
@@ -38,6 +39,16 @@ const PERSISTENT: u8 = 2;
 /// accepted for a broker that is away may never be answered; without a bound, a
 /// client would wait on it for good instead of trying again.
 const SETUP_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the broker's own confirm of one message may take before the
+/// connection counts as broken. A live broker confirms in milliseconds.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(5);
+
+/// Heartbeat asked for when the URL does not name one (seconds). RabbitMQ's
+/// default, 60 s, leaves a connection that died silently (a peer gone behind a
+/// proxy, a cut path) looking alive for two minutes; at 10 s either side notices
+/// within 20 s and the client reconnects.
+const HEARTBEAT: u16 = 10;
 
 /// Why a message did not get where it was sent.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +72,14 @@ pub enum AmqpError {
 }
 
 async fn connect(url: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(url, ConnectionProperties::default()).await
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| {
+        lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("broker URL: {e}"),
+        ))
+    })?;
+    uri.query.heartbeat.get_or_insert(HEARTBEAT);
+    Connection::connect_uri(uri, ConnectionProperties::default()).await
 }
 
 async fn declare_events(channel: &Channel) -> Result<(), lapin::Error> {
@@ -81,8 +99,11 @@ async fn declare_events(channel: &Channel) -> Result<(), lapin::Error> {
 
 /// Waits for the broker's confirm of one publish; a mandatory message no queue took
 /// comes back as `Unroutable`.
+/// A confirm that does not come within [`CONFIRM_LIMIT`] is `Unconfirmed`.
 async fn confirmed(confirm: lapin::PublisherConfirm, key: &str) -> Result<(), AmqpError> {
-    let confirmation = confirm.await?;
+    let confirmation = tokio::time::timeout(CONFIRM_LIMIT, confirm)
+        .await
+        .map_err(|_| AmqpError::Unconfirmed)??;
     if !confirmation.is_ack() {
         return Err(AmqpError::Nacked);
     }
@@ -161,6 +182,21 @@ impl Link {
             close(conn).await;
         }
     }
+
+    /// Forgets connection number `n` after a failure on it; a newer one that
+    /// another call has made meanwhile stays.
+    async fn broken_if(&self, n: u64) {
+        let old = {
+            let mut current = self.current.lock().await;
+            match current.as_ref() {
+                Some((_, _, made)) if *made == n => current.take(),
+                _ => None,
+            }
+        };
+        if let Some((conn, _, _)) = old {
+            close(conn).await;
+        }
+    }
 }
 
 /// Publishes durable events, each acknowledged by the broker before `publish`
@@ -194,8 +230,11 @@ impl EventPublisher {
             .with_delivery_mode(PERSISTENT)
             .with_message_id(message_id.into())
             .with_type(kind.into());
-        retry(self.patience, || async {
-            let (channel, _) = self.link.channel().await?;
+        // The connection the latest attempt used (0: none yet).
+        let used = AtomicU64::new(0);
+        let result = retry(self.patience, || async {
+            let (channel, conn) = self.link.channel().await?;
+            used.store(conn, Ordering::Relaxed);
             let mandatory = BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()
@@ -215,13 +254,21 @@ impl EventPublisher {
             };
             if matches!(
                 result,
-                Err(AmqpError::Broker(_) | AmqpError::Unreachable(_))
+                Err(AmqpError::Broker(_) | AmqpError::Unreachable(_) | AmqpError::Unconfirmed)
             ) {
-                self.link.broken().await;
+                self.link.broken_if(conn).await;
             }
             result
         })
-        .await
+        .await;
+        // Patience ran out mid-attempt: whatever the attempt waited on may never
+        // answer, so the next publish starts on a new connection.
+        if let Err(AmqpError::GaveUp(_, cause)) = &result
+            && matches!(**cause, AmqpError::Unconfirmed)
+        {
+            self.link.broken_if(used.load(Ordering::Relaxed)).await;
+        }
+        result
     }
 }
 
@@ -387,7 +434,9 @@ pub async fn reply(channel: &Channel, request: &Delivery, reply: &[u8]) -> Resul
     confirmed(confirm, reply_to.as_str()).await
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+/// Calls waiting for an answer, by correlation id, with the number of the
+/// connection whose reply queue the answer comes to.
+type Pending = Arc<Mutex<HashMap<String, (u64, oneshot::Sender<Vec<u8>>)>>>;
 
 /// Request-reply over the broker: each request goes to a named queue with the
 /// client's own reply queue (exclusive to its connection) and a fresh correlation
@@ -416,10 +465,10 @@ impl RequestClient {
 
     /// The reply queue on `channel`'s connection, consumed by a task that hands each
     /// answer to its pending call.
-    async fn reply_queue(&self, channel: &Channel, id: u64) -> Result<String, lapin::Error> {
+    async fn reply_queue(&self, channel: &Channel, conn: u64) -> Result<String, lapin::Error> {
         let mut current = self.reply_queue.lock().await;
         if let Some((made_on, queue)) = current.as_ref()
-            && *made_on == id
+            && *made_on == conn
         {
             return Ok(queue.clone());
         }
@@ -455,12 +504,18 @@ impl RequestClient {
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(id.as_str());
                 // A late answer to a call that timed out has nobody to go to.
-                if let Some(waiter) = waiter {
+                if let Some((_, waiter)) = waiter {
                     let _ = waiter.send(answer.data);
                 }
             }
+            // No answer comes to this reply queue any more: its waiting calls
+            // fail now instead of at their timeout.
+            pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, (made_on, _)| *made_on != conn);
         });
-        *current = Some((id, name.clone()));
+        *current = Some((conn, name.clone()));
         Ok(name)
     }
 
@@ -472,14 +527,14 @@ impl RequestClient {
         timeout: Duration,
     ) -> Result<Vec<u8>, AmqpError> {
         let ready = async {
-            let (channel, id) = self.link.channel().await?;
-            let reply_queue = tokio::time::timeout(SETUP_LIMIT, self.reply_queue(&channel, id))
+            let (channel, conn) = self.link.channel().await?;
+            let reply_queue = tokio::time::timeout(SETUP_LIMIT, self.reply_queue(&channel, conn))
                 .await
                 .map_err(|_| AmqpError::Unreachable(SETUP_LIMIT))??;
-            Ok::<_, AmqpError>((channel, reply_queue))
+            Ok::<_, AmqpError>((channel, conn, reply_queue))
         };
-        let (channel, reply_queue) = match ready.await {
-            Ok(pair) => pair,
+        let (channel, conn, reply_queue) = match ready.await {
+            Ok(ready) => ready,
             Err(e) => {
                 self.link.broken().await;
                 return Err(e);
@@ -494,7 +549,7 @@ impl RequestClient {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone(), tx);
+            .insert(id.clone(), (conn, tx));
         let forget = || {
             self.pending
                 .lock()
@@ -522,17 +577,21 @@ impl RequestClient {
         if let Err(e) = published {
             forget();
             if matches!(e, AmqpError::Broker(_) | AmqpError::Unconfirmed) {
-                self.link.broken().await;
+                self.link.broken_if(conn).await;
             }
             return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
-            // The reply queue's consumer ended with its connection.
-            Ok(Err(_)) => Err(AmqpError::NoAnswer {
-                queue: queue.to_string(),
-                after: timeout,
-            }),
+            // The reply queue's consumer ended with its channel: the next call
+            // needs a new connection (and reply queue).
+            Ok(Err(_)) => {
+                self.link.broken_if(conn).await;
+                Err(AmqpError::NoAnswer {
+                    queue: queue.to_string(),
+                    after: timeout,
+                })
+            }
             Err(_) => {
                 forget();
                 Err(AmqpError::NoAnswer {

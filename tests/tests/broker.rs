@@ -28,7 +28,7 @@ use weft_tests::process::Process;
 use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::rabbitmq::{self, RabbitMq};
 use weft_tests::wire::{WireCapture, hex};
-use weft_tests::{STEP_DEADLINE, bins, eventually};
+use weft_tests::{STEP_DEADLINE, bins, eventually, poll_every};
 
 /// Sends `method path` with a JSON body (or none) to `addr`; the status and JSON.
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -455,11 +455,31 @@ async fn a_broker_restarted_under_load_loses_no_confirmed_event() {
         .expect("start the broker again");
     // Checkouts succeed again: orders reconnected (its sidecar counts new
     // connections to the broker's service).
-    eventually(Duration::from_secs(60), "orders reconnects", || async {
-        let (status, body) = call(orders, "POST", "/orders", Some(order("pen", 1))).await;
-        (status == 201 && body["event"] == "confirmed").then_some(())
-    })
+    let last = std::sync::Mutex::new(None);
+    let reconnected = poll_every(
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+        "orders reconnects",
+        || async {
+            let (status, body) = call(orders, "POST", "/orders", Some(order("pen", 1))).await;
+            let placed = status == 201 && body["event"] == "confirmed";
+            *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((status, body));
+            placed.then_some(())
+        },
+    )
     .await;
+    if let Err(e) = reconnected {
+        let broker = mesh.broker.output();
+        let tail: Vec<&str> = broker.lines().rev().take(40).collect();
+        panic!(
+            "{e}; orders' last answer: {:?}\nthe restarted broker's last lines:\n{}",
+            last.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let (confirmed, failed) = load.await.expect("the load task");
