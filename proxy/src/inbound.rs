@@ -21,7 +21,7 @@ use crate::http::headers::conflicting_host;
 use crate::http::orig_proto;
 use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
-use crate::http::{ServerLimits, serve_handler};
+use crate::http::{Dates, ServerLimits, serve_handler};
 use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
 use crate::inbound_policy::{AppHttp, TlsMode};
 use crate::io::PrefixedIo;
@@ -259,6 +259,11 @@ impl Inbound {
                 } else {
                     peer.declared
                 };
+                let h2 = (detected == Detected::Http2).then_some(if peer.h2_orig {
+                    Dates::Peer
+                } else {
+                    Dates::Here
+                });
                 let peer = Arc::new(peer);
                 let handler = move |mut req: Request<ClientBody>, in_flight: Option<InFlight>| {
                     let this = this.clone();
@@ -285,7 +290,7 @@ impl Inbound {
                         Ok::<_, Infallible>(observed(resp, obs))
                     }
                 };
-                serve_handler(io, detected == Detected::Http2, handler, &self.limits).await;
+                serve_handler(io, h2, handler, &self.limits).await;
             }
             Detected::Tls | Detected::Opaque => {
                 if !peer.allowed {
@@ -346,6 +351,7 @@ impl Inbound {
             request_timeout: None,
             idle_timeout: None,
             gate: None,
+            leave_date: peer.h2_orig,
         };
         // Only an HTTP/2 request can be refused unprocessed: the inbound never
         // carries HTTP/1 to the app on a stream.

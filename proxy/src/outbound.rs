@@ -34,7 +34,7 @@ use crate::http::forward::{BoxedRequest, Gate, Target, forward};
 use crate::http::headers::{conflicting_host, is_upgrade};
 use crate::http::pool::{Key, Pool, connect_to};
 use crate::http::watch::InFlight;
-use crate::http::{ServerLimits, authority_of, serve_handler};
+use crate::http::{Dates, ServerLimits, authority_of, serve_handler};
 use crate::identity::Alpn;
 use crate::listener::Conn;
 use crate::metrics::{Direction, Limit, Metrics, ServiceMetrics, TcpFailure};
@@ -235,7 +235,7 @@ impl Outbound {
                 Ok::<_, Infallible>(observed(resp, obs))
             }
         };
-        serve_handler(io, h2, handler, &self.limits).await;
+        serve_handler(io, h2.then_some(Dates::Here), handler, &self.limits).await;
     }
 
     /// An opaque connection: balanced per connection; a failed connect feeds
@@ -652,6 +652,7 @@ impl Outbound {
                 max_pending: svc.policy.limits.max_pending_requests,
                 metrics: &svc.metrics,
             }),
+            leave_date: false,
         };
         let mut result = pin!(forward(&self.pool, req, &target)).await;
         self.observer.picked(&mut result, || Picked {

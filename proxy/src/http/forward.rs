@@ -46,6 +46,10 @@ pub(crate) struct Target<'a> {
     /// pool's default).
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) gate: Option<Gate<'a>>,
+    /// The answer goes back to a Weft proxy (ALPN `weft.h2-orig`), whose servers
+    /// date what they forward: an HTTP/1 app's Date of this second is left out
+    /// for it to write again, sparing both proxies HPACK's literal.
+    pub(crate) leave_date: bool,
 }
 
 /// A service's connection-level limits: open connections and requests waiting for
@@ -161,7 +165,7 @@ async fn send_h1(
     // The stale-connection path is set up inside the match and awaited after it, so
     // the send's result (which can hold the whole request) is not kept in this
     // future's state across that await.
-    let resend = match pin!(conn.send(req, upgrade)).await {
+    let resend = match pin!(conn.send(req, upgrade, target.leave_date)).await {
         Ok(resp) => return Ok(respond_h1(pool, key, target, resp, downstream_upgrade)),
         // The peer closed a kept-alive connection just as we picked it, before
         // answering a request that may be repeated: it goes on a fresh connection.
@@ -211,10 +215,13 @@ async fn send_on_fresh(
     let fresh = pool.new_h1(key, target.connect_timeout, limit).await;
     note_connect(target, &fresh);
     drop(pending);
-    fresh?.send(req, upgrade).await.map_err(|e| match e {
-        h1_client::SendError::Client(e) => e,
-        _ => ProxyError::UpstreamReset,
-    })
+    fresh?
+        .send(req, upgrade, target.leave_date)
+        .await
+        .map_err(|e| match e {
+            h1_client::SendError::Client(e) => e,
+            _ => ProxyError::UpstreamReset,
+        })
 }
 
 /// Joins the client's and the upstream's sides of an upgraded (101) connection.

@@ -600,6 +600,7 @@ mod tests {
                 request_timeout: None,
                 idle_timeout: None,
                 gate: None,
+                leave_date: false,
             };
             let mut req = get();
             *req.version_mut() = http::Version::HTTP_2;

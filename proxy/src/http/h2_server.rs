@@ -8,12 +8,10 @@
 //! limits are hyper 1.12's server defaults, so its flood and rapid-reset
 //! protections stay as they were.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -25,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{BodyError, ProxyBody};
 use super::client_body::ClientBody;
+use super::date;
 use super::watch::Watched;
 
 /// hyper 1.12's server defaults.
@@ -33,11 +32,28 @@ const MAX_FRAME_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
+/// Who puts a Date on the answers: RFC 9110 §6.6.1 has a proxy add one to an
+/// answer that lacks it before forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dates {
+    /// This server: every answer leaves with a Date.
+    Here,
+    /// The client, a Weft proxy (ALPN `weft.h2-orig`), whose servers date every
+    /// answer they forward: one without a Date costs neither side HPACK's
+    /// literal (see `forward::Target::leave_date`).
+    Peer,
+}
+
 /// Serves one accepted HTTP/2 connection, `handler` answering each stream in a task
 /// of its own (so a slow one stalls no other). On drain, sends GOAWAY and lets
 /// in-flight streams finish.
-pub(crate) async fn serve<I, F, Fut>(io: I, handler: F, watched: &Watched, max_header_bytes: usize)
-where
+pub(crate) async fn serve<I, F, Fut>(
+    io: I,
+    handler: F,
+    watched: &Watched,
+    max_header_bytes: usize,
+    dates: Dates,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
@@ -92,7 +108,7 @@ where
                 let answer = handler(Request::from_parts(parts, body));
                 // Boxed: a tokio task is 128-byte aligned, and mimalloc serves
                 // such blocks from its slow aligned path unless they are small.
-                tokio::spawn(Box::pin(serve_stream(answer, respond, head)));
+                tokio::spawn(Box::pin(serve_stream(answer, respond, head, dates)));
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "client connection ended with an error");
@@ -105,7 +121,7 @@ where
 
 /// Awaits a stream's answer and sends it. A client's RST_STREAM before the answer
 /// drops the handler, cancelling the request.
-async fn serve_stream<Fut>(answer: Fut, mut respond: SendResponse<Bytes>, head: bool)
+async fn serve_stream<Fut>(answer: Fut, mut respond: SendResponse<Bytes>, head: bool, dates: Dates)
 where
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
@@ -140,7 +156,8 @@ where
         has = Has::of(&mut parts.headers);
     }
     if !has.date
-        && let Some(date) = http_date()
+        && dates == Dates::Here
+        && let Some(date) = date::now()
     {
         parts.headers.insert(DATE, date);
     }
@@ -260,7 +277,7 @@ static LISTED: [HeaderName; 5] = [
 /// What an answer's fields hold that `serve_stream` must act on, found in one pass
 /// over their names: cheaper, for the few fields most answers carry, than a hash
 /// lookup for each. The pass also keeps Date out of HPACK's dynamic table (see
-/// `unindexed`).
+/// `date::unindexed`).
 struct Has {
     connection_fields: bool,
     date: bool,
@@ -277,7 +294,7 @@ impl Has {
         for (name, value) in headers.iter_mut() {
             if *name == DATE {
                 has.date = true;
-                unindexed(value);
+                date::unindexed(value);
             } else if *name == CONTENT_LENGTH {
                 has.content_length = true;
             } else if *name == CONNECTION || LISTED.contains(name) {
@@ -300,36 +317,6 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
             headers.remove(name.trim());
         }
     }
-}
-
-/// Marks a value h2 must send as a literal, never entering HPACK's dynamic table.
-/// For Date: h2's encoder keeps every value a name had in one chain and walks it
-/// from the oldest on each lookup, so a Date that changes every second leaves up
-/// to ~60 stale entries in a 4 KiB table, all compared byte by byte on every
-/// answer of a long-lived connection. A literal costs a few bytes more instead.
-fn unindexed(value: &mut HeaderValue) {
-    value.set_sensitive(true);
-}
-
-/// Today's Date field, formatted once a second per thread, as hyper does.
-fn http_date() -> Option<HeaderValue> {
-    thread_local! {
-        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    CACHED.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        match &*cached {
-            Some((at, value)) if *at == secs => Some(value.clone()),
-            _ => {
-                let mut value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
-                unindexed(&mut value);
-                *cached = Some((secs, value.clone()));
-                Some(value)
-            }
-        }
-    })
 }
 
 #[cfg(test)]
@@ -363,6 +350,8 @@ mod tests {
         slow_dropped: Option<oneshot::Sender<()>>,
         /// `/held` answers once this fires.
         held: Option<oneshot::Receiver<()>>,
+        /// The client is a Weft proxy, which dates the answers itself.
+        peer_dates: bool,
     }
 
     /// Serves one connection on loopback with `serve`; the returned token drains it.
@@ -371,6 +360,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let drain = CancellationToken::new();
         let watch = Watch::start(Duration::from_secs(60), drain.clone());
+        let dates = if script.peer_dates {
+            Dates::Peer
+        } else {
+            Dates::Here
+        };
         let script = Arc::new(Mutex::new(script));
         tokio::spawn(async move {
             let Ok((socket, _)) = listener.accept().await else {
@@ -404,7 +398,7 @@ mod tests {
                     Ok::<_, Infallible>(resp)
                 }
             };
-            serve(socket, handler, &watched, 16 * 1024).await;
+            serve(socket, handler, &watched, 16 * 1024, dates).await;
         });
         (addr, drain)
     }
@@ -469,6 +463,24 @@ mod tests {
             .await
             .expect("the handler was dropped in time")
             .expect("the handler was dropped");
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_a_weft_peer_leaves_the_date_to_it() {
+        let script = Script {
+            peer_dates: true,
+            ..Script::default()
+        };
+        let (addr, _drain) = server(script).await;
+        let mut tx = client(addr).await;
+        let (resp, _) = tx.send_request(get(Method::GET, "/"), true).expect("get");
+        let resp = tokio::time::timeout(LIMIT, resp)
+            .await
+            .expect("in time")
+            .expect("answer");
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key(DATE));
+        assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
     }
 
     #[tokio::test]
@@ -547,7 +559,6 @@ mod tests {
     #[test]
     fn a_date_goes_as_a_literal_whether_the_app_sent_it_or_not() {
         // h2 encodes a sensitive value as a never-indexed literal.
-        assert!(http_date().expect("a date").is_sensitive());
         let mut h = HeaderMap::new();
         h.insert(
             DATE,
@@ -558,12 +569,5 @@ mod tests {
         assert!(has.date && has.content_length && !has.connection_fields);
         assert!(h[DATE].is_sensitive());
         assert!(!h[CONTENT_LENGTH].is_sensitive());
-    }
-
-    #[test]
-    fn the_date_field_is_an_http_date() {
-        let date = http_date().expect("a date");
-        let text = date.to_str().expect("ascii");
-        assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod body;
 pub(crate) mod client_body;
 pub(crate) mod convert;
+pub(crate) mod date;
 pub(crate) mod error;
 pub(crate) mod forward;
 pub(crate) mod h1_client;
@@ -30,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use body::ProxyBody;
 use client_body::ClientBody;
+pub(crate) use h2_server::Dates;
 use watch::{InFlight, Stop, Watch, Watched};
 
 /// HTTP/2 flow-control windows, the same on the proxy's server and client sides so
@@ -51,17 +53,22 @@ pub(crate) struct ServerLimits {
 /// Serves one accepted connection with `handler` answering each request. On
 /// HTTP/1 the handler also gets the request's `InFlight` mark, which the response
 /// body must hold (`ProxyBody::until_sent`) so the header-read clock stays stopped
-/// until the response is sent. HTTP/2 is served on the `h2` crate (`h2_server`).
-pub(crate) async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
-where
+/// until the response is sent. HTTP/2 (`h2`: who dates its answers) is served on the
+/// `h2` crate (`h2_server`).
+pub(crate) async fn serve_handler<I, F, Fut>(
+    io: I,
+    h2: Option<Dates>,
+    handler: F,
+    limits: &ServerLimits,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    if h2 {
+    if let Some(dates) = h2 {
         let watched = limits.conns.watch(false);
         let handler = move |req| handler(req, None);
-        h2_server::serve(io, handler, &watched, limits.max_header_bytes).await;
+        h2_server::serve(io, handler, &watched, limits.max_header_bytes, dates).await;
     } else {
         let watched = Arc::new(limits.conns.watch(true));
         let svc = hyper::service::service_fn({

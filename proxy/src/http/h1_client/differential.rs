@@ -183,7 +183,7 @@ where
 
 async fn by_weft(pool: &Pool, addr: SocketAddr) -> Result<Seen, String> {
     let conn: H1Conn = checkout(pool, addr).await;
-    match conn.send(Box::new(get()), false).await {
+    match conn.send(Box::new(get()), false, false).await {
         Ok(resp) => collect(resp).await,
         Err(SendError::Failed | SendError::Stale(_)) => Err("failed".into()),
         Err(SendError::Client(e)) => Err(format!("client {e:?}")),

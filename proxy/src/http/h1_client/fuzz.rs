@@ -47,7 +47,7 @@ pub(crate) fn response(answer: &[u8]) {
                 .ok()?;
             let mut req = Request::new(Empty::<Bytes>::new());
             *req.uri_mut() = http::Uri::from_static("/");
-            let resp = conn.send(Box::new(req), false).await.ok()?;
+            let resp = conn.send(Box::new(req), false, false).await.ok()?;
             resp.into_body().collect().await.ok()
         };
         // The upstream closes after its bytes, so every read ends; the bound

@@ -59,6 +59,9 @@ struct Conn {
     reused: bool,
     /// Whether the current request has had any byte of answer.
     answered: bool,
+    /// The current answer's Date is dropped when it is this second's (see
+    /// `forward::Target::leave_date`).
+    leave_date: bool,
     _guard: Permit,
 }
 
@@ -82,6 +85,7 @@ impl H1Conn {
             out: Out::default(),
             reused: false,
             answered: false,
+            leave_date: false,
             _guard: guard,
         }))
     }
@@ -105,11 +109,13 @@ impl H1Conn {
     }
 
     /// Writes `req` and waits for the response head. With `upgrade`, a 101 answer
-    /// leaves the connection to [`H1Body::take_upgraded`].
+    /// leaves the connection to [`H1Body::take_upgraded`]; with `leave_date`, the
+    /// answer loses a Date of this second.
     pub(crate) async fn send<B>(
         self,
         req: Box<Request<B>>,
         upgrade: bool,
+        leave_date: bool,
     ) -> Result<Response<Box<H1Body<B>>>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -117,6 +123,7 @@ impl H1Conn {
     {
         let mut conn = self.0;
         conn.answered = false;
+        conn.leave_date = leave_date;
         let is_head = req.method() == Method::HEAD;
         let Some(framing) = framing(&req) else {
             return Err(SendError::Failed);

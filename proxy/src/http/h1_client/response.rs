@@ -6,11 +6,12 @@ use std::mem::MaybeUninit;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use http_body::Frame;
 
 use super::{Conn, invalid};
+use crate::http::date;
 use crate::http::headers::connection_has;
 
 /// Most fields a response head, or a chunked body's trailers, may carry: hyper's
@@ -156,7 +157,11 @@ impl Conn {
         for &(name, name_len, value, value_len) in &self.spans {
             let name = HeaderName::from_bytes(&head[range(name, name_len)])
                 .map_err(|_| invalid("bad response field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(range(value, value_len)))
+            let value = range(value, value_len);
+            if self.leave_date && name == DATE && date::is_now(&head[value.clone()]) {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| invalid("bad response field value"))?;
             if name == CONNECTION {
                 has_connection = true;

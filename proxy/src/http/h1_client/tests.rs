@@ -74,7 +74,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
-    match conn.send(req, false).await {
+    match conn.send(req, false, false).await {
         Ok(resp) => resp,
         Err(SendError::Stale(_)) => panic!("stale"),
         Err(SendError::Failed) => panic!("failed"),
@@ -286,7 +286,7 @@ async fn a_reused_connection_closed_unanswered_gives_back_only_a_repeatable_requ
         } else {
             Full::new(Bytes::new())
         };
-        match conn.send(request(method.clone(), body), false).await {
+        match conn.send(request(method.clone(), body), false, false).await {
             Err(SendError::Stale(req)) => {
                 assert!(repeatable, "{method} came back to be sent again");
                 assert_eq!(req.method(), method);
@@ -320,7 +320,7 @@ async fn malformed_or_oversized_heads_fail_the_request() {
     for case in ["bad status", "head too large", "two lengths", "unasked 101"] {
         let conn = checkout(&pool, addr).await;
         let res = conn
-            .send(request(Method::GET, Empty::<Bytes>::new()), false)
+            .send(request(Method::GET, Empty::<Bytes>::new()), false, false)
             .await;
         assert!(matches!(res, Err(SendError::Failed)), "{case}");
     }
@@ -369,7 +369,7 @@ async fn a_switch_of_protocols_hands_over_the_bytes_after_the_head() {
     let pool = Pool::new(Duration::from_secs(60));
     let conn = checkout(&pool, addr).await;
     let Ok(mut resp) = conn
-        .send(request(Method::GET, Empty::<Bytes>::new()), true)
+        .send(request(Method::GET, Empty::<Bytes>::new()), true, false)
         .await
     else {
         panic!("upgrade failed");
@@ -426,4 +426,73 @@ async fn a_response_arriving_a_byte_at_a_time_is_read_the_same() {
         1,
         "one kept-alive connection"
     );
+}
+
+#[tokio::test]
+async fn only_a_date_of_this_second_is_left_out_and_only_when_asked() {
+    // Each connection answers one request with the Date the test hands it.
+    let (dates_tx, dates_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let dates_rx = Arc::new(tokio::sync::Mutex::new(dates_rx));
+    let (addr, _) = server(move |mut s| {
+        let dates_rx = dates_rx.clone();
+        async move {
+            read_head(&mut s).await;
+            let Some(date) = dates_rx.lock().await.recv().await else {
+                return;
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nserver: app\r\ndate: {date}\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n"
+            );
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let stale = "Thu, 01 Jan 1970 00:00:00 GMT";
+    for (date, leave, kept) in [
+        (None, true, false),
+        (None, false, true),
+        (Some(stale), true, true),
+    ] {
+        // The second may turn between the answer and the check; then try again.
+        let mut tries = 0;
+        let fields = loop {
+            let now = crate::http::date::now().expect("a date");
+            let sent = date.unwrap_or(now.to_str().expect("ascii"));
+            dates_tx.send(sent.to_owned()).expect("the server is up");
+            let conn = checkout(&pool, addr).await;
+            let resp = match conn
+                .send(request(Method::GET, Empty::<Bytes>::new()), false, leave)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(_) => panic!("the request failed"),
+            };
+            let fields: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let turned = crate::http::date::now().expect("a date") != now;
+            tries += 1;
+            if !turned || date.is_some() || tries == 5 {
+                break fields;
+            }
+        };
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        if kept {
+            assert_eq!(
+                names,
+                ["server", "date", "x-a", "content-length"],
+                "{date:?} {leave}"
+            );
+        } else {
+            // The other fields keep their order.
+            assert_eq!(
+                names,
+                ["server", "x-a", "content-length"],
+                "{date:?} {leave}"
+            );
+        }
+    }
 }
