@@ -545,3 +545,69 @@ async fn a_malformed_chunked_body_across_the_upgraded_pair_is_the_clients_400() 
     assert_eq!(counted("bad-request-body").await, 1.0);
     assert_eq!(counted("upstream-reset").await, 0.0);
 }
+
+/// The Date an HTTP/1 app writes reaches the client once. A Date of this second
+/// does not cross the pair's HTTP/2 hop: the client's proxy writes its own, of the
+/// same second, after the app's other fields, which keep their order. Any other
+/// Date (a cached answer's, say) crosses as the app wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_date_reaches_the_client_once_and_a_stale_one_unchanged() {
+    const STALE: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+    let app = TcpApp::serve(|mut stream| async move {
+        loop {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let date = if head.starts_with(b"GET /stale ") {
+                STALE.to_string()
+            } else {
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            };
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nServer: app\r\nDate: {date}\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok");
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("start the app");
+    let pair = pair(app.addr, true, true).await;
+    for path in ["/now", "/stale"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+        let raw = raw_exchange(pair.upstream(), request.as_bytes(), STEP_DEADLINE)
+            .await
+            .expect("an answer");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        let fields: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let dates: Vec<&str> = fields
+            .iter()
+            .filter(|(n, _)| n == "date")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(dates.len(), 1, "one Date for {path}: {text}");
+        assert!(httpdate::parse_http_date(dates[0]).is_ok(), "{text}");
+        let others: Vec<&str> = fields
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != "date" && *n != "connection")
+            .collect();
+        assert_eq!(others, ["server", "x-a", "content-length"], "{text}");
+        if path == "/stale" {
+            assert_eq!(dates[0], STALE, "{text}");
+        }
+    }
+    // Both crossed on one shared HTTP/2 connection, not on HTTP/1.1 of their own.
+    assert_eq!(inbound_handshakes(&pair.server).await, 1.0);
+}
