@@ -19,6 +19,8 @@ pub(crate) struct H2Body {
     done: bool,
     /// Bytes still to come, when the head gave a length.
     remaining: Option<u64>,
+    /// An upstream's answer (`response`), not a client's request.
+    answer: bool,
 }
 
 impl H2Body {
@@ -35,24 +37,25 @@ impl H2Body {
                 .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .and_then(|v| v.parse().ok())
         };
-        Self::new(recv, done, length)
+        Self::new(recv, done, length, false)
     }
 
     /// An answer's body. Its length is left unknown: an answer's Content-Length
     /// need not describe the bytes that follow (HEAD, 304).
     pub(crate) fn response(recv: RecvStream) -> Self {
         let done = recv.is_end_stream();
-        Self::new(recv, done, None)
+        Self::new(recv, done, None, true)
     }
 
     /// `done`: the stream's `is_end_stream`, which locks h2's stream store, so it
     /// is asked once.
-    fn new(recv: RecvStream, done: bool, length: Option<u64>) -> Self {
+    fn new(recv: RecvStream, done: bool, length: Option<u64>, answer: bool) -> Self {
         H2Body {
             recv,
             data_done: done,
             done,
             remaining: if done { Some(0) } else { length },
+            answer,
         }
     }
 }
@@ -72,13 +75,18 @@ impl Body for H2Body {
         if !this.data_done {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
                     if let Some(left) = this.remaining.as_mut() {
                         *left = left.saturating_sub(data.len() as u64);
                     }
                     if this.recv.is_end_stream() {
                         this.data_done = true;
                         this.done = true;
+                    }
+                    // An answer's last chunk needs no release: h2 gives a stream's
+                    // unreleased window back to the connection when its last
+                    // reference drops, and an answer's body is dropped once it ends.
+                    if !(this.done && this.answer) {
+                        let _ = this.recv.flow_control().release_capacity(data.len());
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }

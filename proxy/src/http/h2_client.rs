@@ -127,6 +127,11 @@ impl H2Sender {
         // Dropped before the response head arrives, this request is cancelled:
         // the body task then resets the stream.
         let (mut cancel, mut fault) = if eos {
+            // Let go of the stream's send side while the stream is still open: h2
+            // then only counts the reference down, where a drop after the answer
+            // closed the stream would take it through its closing bookkeeping once
+            // more (the ResponseFuture keeps the request cancellable).
+            drop(send);
             (None, None)
         } else {
             let (cancel, cancelled) = oneshot::channel();

@@ -37,8 +37,11 @@ pub(crate) fn carried<B>(req: &Request<B>) -> bool {
     if req.method() == Method::CONNECT || req.uri().path() == "*" {
         return false;
     }
-    let mut hosts = req.headers().get_all(HOST).iter();
-    hosts.next().is_some() && hosts.next().is_none()
+    // A pass over the names finds Host without hashing it; the map's counts say
+    // whether any field repeats, and only then is Host looked up for a second one.
+    let headers = req.headers();
+    headers.keys().any(|name| *name == HOST)
+        && (headers.len() == headers.keys_len() || headers.get_all(HOST).iter().nth(1).is_none())
 }
 
 /// The authority an HTTP/1 request's HTTP/2 form names (`as_h2`), when it has
