@@ -53,6 +53,9 @@ struct Conn {
     /// Where each field of the head being read lies in it: kept between
     /// responses, so reading a head zeroes no table of `MAX_HEADERS` entries.
     spans: Vec<(u32, u32, u32, u32)>,
+    /// The last heads' field names by position, as read and as parsed (see
+    /// `response::Names`).
+    names: response::Names,
     next_read: usize,
     out: Out,
     /// Whether it came from the idle stack (the peer may have closed it meanwhile).
@@ -78,6 +81,7 @@ impl H1Conn {
             io,
             rbuf: BytesMut::new(),
             spans: Vec::new(),
+            names: response::Names::default(),
             next_read: READ_MIN,
             out: Out::default(),
             reused: false,
