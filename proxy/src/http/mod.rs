@@ -55,7 +55,7 @@ pub(crate) struct ServerLimits {
 pub(crate) async fn serve_handler<I, F, Fut>(io: I, h2: bool, handler: F, limits: &ServerLimits)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + 'static,
+    F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     if h2 {
