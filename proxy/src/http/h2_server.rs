@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -55,9 +56,10 @@ pub(crate) async fn serve<I, F, Fut>(
     dates: Dates,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(Request<ClientBody>) -> Fut,
+    F: Fn(Request<ClientBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
+    let handler = Arc::new(handler);
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(super::H2_STREAM_WINDOW)
@@ -102,13 +104,9 @@ pub(crate) async fn serve<I, F, Fut>(
         };
         match next {
             Some(Ok((req, respond))) => {
-                let head = req.method() == Method::HEAD;
-                let (parts, recv) = req.into_parts();
-                let body = ClientBody::h2(recv, &parts.headers);
-                let answer = handler(Request::from_parts(parts, body));
                 // Boxed: a tokio task is 128-byte aligned, and mimalloc serves
                 // such blocks from its slow aligned path unless they are small.
-                tokio::spawn(Box::pin(serve_stream(answer, respond, head, dates)));
+                tokio::spawn(Box::pin(serve_stream(handler.clone(), req, respond, dates)));
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "client connection ended with an error");
@@ -119,12 +117,27 @@ pub(crate) async fn serve<I, F, Fut>(
     }
 }
 
-/// Awaits a stream's answer and sends it. A client's RST_STREAM before the answer
-/// drops the handler, cancelling the request.
-async fn serve_stream<Fut>(answer: Fut, mut respond: SendResponse<Bytes>, head: bool, dates: Dates)
-where
+/// Has `handler` answer a stream, and sends the answer. A client's RST_STREAM
+/// before the answer drops the handler, cancelling the request.
+///
+/// The handler is called here rather than by the connection's task: an async fn
+/// keeps each argument for its whole life, beside the locals it is moved into
+/// (rust-lang/rust#62958), so a handler's future passed in would be laid out twice
+/// in every stream's task, where the request it is made from is much smaller.
+async fn serve_stream<F, Fut>(
+    handler: Arc<F>,
+    req: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    dates: Dates,
+) where
+    F: Fn(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
+    let head = req.method() == Method::HEAD;
+    let (parts, recv) = req.into_parts();
+    let body = ClientBody::h2(recv, &parts.headers);
+    let answer = handler(Request::from_parts(parts, body));
+    drop(handler);
     let resp = {
         let mut answer = pin!(answer);
         poll_fn(|cx| {

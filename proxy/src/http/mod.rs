@@ -62,7 +62,7 @@ pub(crate) async fn serve_handler<I, F, Fut>(
     limits: &ServerLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + 'static,
+    F: Fn(Request<ClientBody>, Option<InFlight>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     if let Some(dates) = h2 {

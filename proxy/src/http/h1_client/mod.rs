@@ -29,6 +29,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::either::Either;
 
 use super::body::BodyError;
 use super::error::{ClientBodyError, ProxyError};
@@ -53,6 +54,9 @@ struct Conn {
     /// Where each field of the head being read lies in it: kept between
     /// responses, so reading a head zeroes no table of `MAX_HEADERS` entries.
     spans: Vec<(u32, u32, u32, u32)>,
+    /// The last heads' field names by position, as read and as parsed (see
+    /// `response::Names`).
+    names: response::Names,
     next_read: usize,
     out: Out,
     /// Whether it came from the idle stack (the peer may have closed it meanwhile).
@@ -81,6 +85,7 @@ impl H1Conn {
             io,
             rbuf: BytesMut::new(),
             spans: Vec::new(),
+            names: response::Names::default(),
             next_read: READ_MIN,
             out: Out::default(),
             reused: false,
@@ -97,15 +102,23 @@ impl H1Conn {
 
     /// Whether the peer has closed (or written out of turn on) this idle
     /// connection. Asks the socket without waiting: readiness the runtime already
-    /// cleared costs no system call.
+    /// cleared costs no system call. A plain socket is asked with `try_read`,
+    /// which leaves no waker behind, as a poll (even with a no-op waker) does.
     pub(super) fn is_closed(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
+        if !self.0.rbuf.is_empty() {
+            return true;
+        }
         let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        !self.0.rbuf.is_empty()
-            || Pin::new(&mut self.0.io)
-                .poll_read(&mut cx, &mut buf)
-                .is_ready()
+        match &mut self.0.io {
+            Either::Left(tcp) => {
+                !matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            tls => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut buf = ReadBuf::new(&mut byte);
+                Pin::new(tls).poll_read(&mut cx, &mut buf).is_ready()
+            }
+        }
     }
 
     /// Writes `req` and waits for the response head. With `upgrade`, a 101 answer

@@ -82,6 +82,42 @@ fn ends_chunked(te: &HeaderValue) -> bool {
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
+/// Field names a connection's heads carried, by position: as read, and as parsed.
+/// An app answers with the same names in the same order, answer after answer, and
+/// comparing a name's bytes with the last head's costs a fraction of parsing it
+/// (`HeaderName::from_bytes` validates and lowercases it byte by byte, then matches
+/// it against the standard names). The bytes are compared exactly, so a name
+/// spelled another way is parsed anew.
+#[derive(Default)]
+pub(super) struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// Positions remembered, and the longest name kept: a bound on what a
+    /// connection holds, well above what ordinary answers carry.
+    const KEPT: usize = 32;
+    const LONGEST: usize = 64;
+
+    /// The name of field `i`, `raw` as read.
+    fn parse(&mut self, i: usize, raw: &[u8]) -> io::Result<HeaderName> {
+        if let Some((seen, name)) = self.0.get(i)
+            && **seen == *raw
+        {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| invalid("bad response field name"))?;
+        if i < Self::KEPT && raw.len() <= Self::LONGEST {
+            let entry = (Box::from(raw), name.clone());
+            if let Some(kept) = self.0.get_mut(i) {
+                *kept = entry;
+            } else if i == self.0.len() {
+                // A head's fields come in order: i extends the positions kept.
+                self.0.push(entry);
+            }
+        }
+        Ok(name)
+    }
+}
+
 impl Conn {
     /// Reads the response head, passing over interim (1xx) answers other than 101.
     pub(super) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Head>> {
@@ -154,9 +190,8 @@ impl Conn {
         let (mut has_connection, mut has_te, mut has_cl) = (false, false, false);
         let (mut chunked, mut length) = (false, Length::Absent);
         let range = |at: u32, len: u32| at as usize..(at + len) as usize;
-        for &(name, name_len, value, value_len) in &self.spans {
-            let name = HeaderName::from_bytes(&head[range(name, name_len)])
-                .map_err(|_| invalid("bad response field name"))?;
+        for (i, &(name, name_len, value, value_len)) in self.spans.iter().enumerate() {
+            let name = self.names.parse(i, &head[range(name, name_len)])?;
             let value = range(value, value_len);
             if self.leave_date && name == DATE && date::is_now(&head[value.clone()]) {
                 continue;

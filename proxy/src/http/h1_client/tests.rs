@@ -161,6 +161,88 @@ async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
 }
 
 #[tokio::test]
+async fn field_names_read_again_on_a_kept_connection_are_the_ones_sent() {
+    // Names repeat by position from one answer to the next, then change: each
+    // head's names must be its own, whatever the last head's were.
+    let answers: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\nServer: s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 2\r\nServer: s\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nX-B: 3\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-B: 4\r\nServer: s\r\nX-Ab: 5\r\n\r\n",
+    ];
+    let (addr, accepted) = server(move |mut s| async move {
+        for answer in answers {
+            if read_head(&mut s).await.is_empty() {
+                return;
+            }
+            let _ = s.write_all(answer).await;
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let expected: [&[&str]; 4] = [
+        &["content-length", "x-a", "server"],
+        &["content-length", "x-a", "server"],
+        &["content-length", "x-b"],
+        &["content-length", "x-b", "server", "x-ab"],
+    ];
+    for (i, names) in expected.into_iter().enumerate() {
+        let resp = get(&pool, addr).await;
+        let got: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(got, names, "answer {i}");
+        let value = resp.headers().get(names[1]).map(|v| v.as_bytes().to_vec());
+        assert_eq!(value, Some((i + 1).to_string().into_bytes()), "answer {i}");
+        resp.into_body().collect().await.expect("body");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_app_closed_is_not_handed_out_again() {
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let closed_tx = Arc::new(std::sync::Mutex::new(Some(closed_tx)));
+    let (addr, accepted) = server(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            drop(s);
+            if let Some(tx) = crate::sync::lock(&closed_tx).take() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    get(&pool, addr)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("body");
+    assert_eq!(pool.idle_h1(addr), 1);
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("closed in time")
+        .expect("closed");
+    // Lets the runtime see the close on loopback before the checkout asks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    get(&pool, addr)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("body");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection served it"
+    );
+}
+
+#[tokio::test]
 async fn a_close_delimited_body_ends_at_eof_and_its_connection_is_not_kept() {
     let addr = answering(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
     let pool = Pool::new(Duration::from_secs(60));
