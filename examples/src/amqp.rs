@@ -44,6 +44,16 @@ const SETUP_LIMIT: Duration = Duration::from_secs(5);
 /// connection counts as broken. A live broker confirms in milliseconds.
 const CONFIRM_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long acknowledging one delivery may take. lapin completes an ack once its
+/// frame is handed to the connection's I/O loop; an ack issued as that loop dies
+/// can stay pending for good, and the consumer with it.
+const ACK_LIMIT: Duration = Duration::from_secs(5);
+
+/// How often a consumer waiting for a delivery checks that its connection is
+/// still up: the consumer stops on a connection that lapin no longer counts as
+/// connected even if the delivery stream was never ended.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
 /// Heartbeat asked for when the URL does not name one (seconds). RabbitMQ's
 /// default, 60 s, leaves a connection that died silently (a peer gone behind a
 /// proxy, a cut path) looking alive for two minutes; at 10 s either side notices
@@ -352,21 +362,45 @@ where
     };
     let (conn, channel, mut deliveries) = setup?;
     tracing::info!(queue = %subscription.queue, "consuming");
-    while let Some(delivery) = deliveries.next().await {
+    loop {
+        let next = tokio::select! {
+            next = deliveries.next() => next,
+            () = lost(&conn) => return Err(stalled("the connection to the broker is down")),
+        };
+        let Some(delivery) = next else { break };
         let delivery = delivery?;
         let acker = delivery.acker.clone();
-        if handle(channel.clone(), delivery).await {
-            acker.ack(BasicAckOptions::default()).await?;
+        let settled = if handle(channel.clone(), delivery).await {
+            tokio::time::timeout(ACK_LIMIT, acker.ack(BasicAckOptions::default())).await
         } else {
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..Default::default()
             };
-            acker.nack(requeue).await?;
+            tokio::time::timeout(ACK_LIMIT, acker.nack(requeue)).await
+        };
+        match settled {
+            Ok(settled) => {
+                settled?;
+            }
+            Err(_) => return Err(stalled("a delivery's ack was not sent in time")),
         }
     }
     close(conn).await;
     Ok(())
+}
+
+/// Completes once `conn` is no longer connected (checked every [`LIVENESS_CHECK`]).
+async fn lost(conn: &Connection) {
+    while conn.status().connected() {
+        tokio::time::sleep(LIVENESS_CHECK).await;
+    }
+}
+
+/// The error a consumer stops with when its connection stopped working without
+/// lapin reporting an error.
+fn stalled(why: &str) -> lapin::Error {
+    lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
 }
 
 /// Connects, declares the queue and its bindings, and starts consuming.
@@ -422,16 +456,23 @@ pub async fn reply(channel: &Channel, request: &Delivery, reply: &[u8]) -> Resul
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_correlation_id(correlation.clone());
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            reply_to.clone(),
-            BasicPublishOptions::default(),
-            reply,
-            properties,
-        )
-        .await?;
-    confirmed(confirm, reply_to.as_str()).await
+    // The publish itself is bounded too: its frame may never be sent on a
+    // connection that is going away.
+    let publish = async {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                reply,
+                properties,
+            )
+            .await?;
+        confirmed(confirm, reply_to.as_str()).await
+    };
+    tokio::time::timeout(CONFIRM_LIMIT, publish)
+        .await
+        .unwrap_or(Err(AmqpError::Unconfirmed))
 }
 
 /// Calls waiting for an answer, by correlation id, with the number of the
