@@ -478,19 +478,24 @@ mod tests {
             .expect("the handler was dropped");
     }
 
+    /// The answer to one `method` request for `/` from a server running `script`.
+    async fn answer(script: Script, method: Method) -> Response<h2::RecvStream> {
+        let (addr, _drain) = server(script).await;
+        let mut tx = client(addr).await;
+        let (resp, _) = tx.send_request(get(method, "/"), true).expect("request");
+        tokio::time::timeout(LIMIT, resp)
+            .await
+            .expect("in time")
+            .expect("answer")
+    }
+
     #[tokio::test]
     async fn an_answer_to_a_weft_peer_leaves_the_date_to_it() {
         let script = Script {
             peer_dates: true,
             ..Script::default()
         };
-        let (addr, _drain) = server(script).await;
-        let mut tx = client(addr).await;
-        let (resp, _) = tx.send_request(get(Method::GET, "/"), true).expect("get");
-        let resp = tokio::time::timeout(LIMIT, resp)
-            .await
-            .expect("in time")
-            .expect("answer");
+        let resp = answer(script, Method::GET).await;
         assert_eq!(resp.status(), 200);
         assert!(!resp.headers().contains_key(DATE));
         assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
@@ -498,13 +503,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_answer_keeps_its_length_and_loses_its_body() {
-        let (addr, _drain) = server(Script::default()).await;
-        let mut tx = client(addr).await;
-        let (resp, _) = tx.send_request(get(Method::HEAD, "/"), true).expect("head");
-        let resp = tokio::time::timeout(LIMIT, resp)
-            .await
-            .expect("in time")
-            .expect("answer");
+        let resp = answer(Script::default(), Method::HEAD).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()[CONTENT_LENGTH], "5");
         assert!(resp.body().is_end_stream(), "END_STREAM on the head");

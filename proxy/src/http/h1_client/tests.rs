@@ -92,6 +92,22 @@ async fn answering(answer: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// A server that answers the requests of each connection with `answers`, one each,
+/// in turn.
+async fn answering_in_turn<const N: usize>(
+    answers: [&'static [u8]; N],
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    server(move |mut s| async move {
+        for answer in answers {
+            if read_head(&mut s).await.is_empty() {
+                return;
+            }
+            let _ = s.write_all(answer).await;
+        }
+    })
+    .await
+}
+
 /// A GET on a connection from `pool`, which takes it back at the body's end.
 async fn get(pool: &Pool, addr: SocketAddr) -> Response<Box<H1Body<Empty<Bytes>>>> {
     let mut resp = send(
@@ -112,15 +128,7 @@ async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
         b"HTTP/1.1 204 No Content\r\n\r\n",
         b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 5\r\n\r\n",
     ];
-    let (addr, accepted) = server(move |mut s| async move {
-        for answer in answers {
-            if read_head(&mut s).await.is_empty() {
-                return;
-            }
-            let _ = s.write_all(answer).await;
-        }
-    })
-    .await;
+    let (addr, accepted) = answering_in_turn(answers).await;
     let pool = Pool::new(Duration::from_secs(60));
     let key = Key::plain(addr);
     for (i, method) in [Method::GET, Method::GET, Method::DELETE, Method::HEAD]
@@ -170,15 +178,7 @@ async fn field_names_read_again_on_a_kept_connection_are_the_ones_sent() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nX-B: 3\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-B: 4\r\nServer: s\r\nX-Ab: 5\r\n\r\n",
     ];
-    let (addr, accepted) = server(move |mut s| async move {
-        for answer in answers {
-            if read_head(&mut s).await.is_empty() {
-                return;
-            }
-            let _ = s.write_all(answer).await;
-        }
-    })
-    .await;
+    let (addr, accepted) = answering_in_turn(answers).await;
     let pool = Pool::new(Duration::from_secs(60));
     let expected: [&[&str]; 4] = [
         &["content-length", "x-a", "server"],
