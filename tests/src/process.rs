@@ -187,6 +187,26 @@ impl Process {
     }
 }
 
+/// How much of each process's log a failing test prints: the end, where the
+/// failure is. A test's every log in full buries it (CI keeps only the start and
+/// the end of a long output).
+const PANIC_LINES: usize = 80;
+
+/// The last `n` lines of `text`, saying how many came before.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skipped = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    if skipped > 0 {
+        out.push_str(&format!("[{skipped} earlier lines]\n"));
+    }
+    for line in &lines[skipped..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         self.stop_blocking();
@@ -195,9 +215,22 @@ impl Drop for Process {
                 "----- {} output ({}) -----\n{}----- end of {} output -----",
                 self.name,
                 self.log.display(),
-                self.output(),
+                last_lines(&self.output(), PANIC_LINES),
                 self.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn a_long_log_keeps_its_end_and_counts_the_rest() {
+        let log: String = (1..=5).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(last_lines(&log, 2), "[3 earlier lines]\nline 4\nline 5\n");
+        assert_eq!(last_lines(&log, 5), log);
+        assert_eq!(last_lines("", 2), "");
     }
 }
