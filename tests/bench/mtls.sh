@@ -30,9 +30,13 @@
 # ztunnel's (+0.17 / +0.20 ms). Those were measured on other machines: a guide, not a
 # same-run comparison.
 #
+# Each load and latency run is repeated $ROUNDS times, paths in turn (reversed on even
+# rounds); the summary's figures are medians over the rounds, since one run's p99 (and
+# HAProxy's above all) swings from run to run on a shared machine.
+#
 # Usage:  tests/bench/mtls.sh          QUICK=1 tests/bench/mtls.sh
 # Environment: DURATION=10 H1_CONNS=50 H2_CONNS=10 H2_STREAMS=10 LOAD_CPU=0
-#   FIXED_RPS=2000 ADDED_RPS=1000 RATE_CONNS=20
+#   FIXED_RPS=2000 ADDED_RPS=1000 RATE_CONNS=20 ROUNDS=3
 #   SERVER_CPU=1 BASE_PORT=18400 TLS_SECONDS=5 CARGO_TARGET_DIR KEEP_LOGS=1
 #   PROFILE TARGET PGO (how weft-proxy is built: as shipped by default, see proxy.sh)
 #   WEFT_PROXY_BIN (a weft-proxy binary to measure instead of building one)
@@ -46,6 +50,7 @@ repo=$(cd "$here/../.." && pwd)
 if [[ "${QUICK:-0}" == 1 ]]; then
     DURATION=${DURATION:-3}
     TLS_SECONDS=${TLS_SECONDS:-2}
+    ROUNDS=${ROUNDS:-1}
 fi
 DURATION=${DURATION:-10}
 TLS_SECONDS=${TLS_SECONDS:-5}
@@ -58,6 +63,7 @@ BASE_PORT=${BASE_PORT:-18400}
 FIXED_RPS=${FIXED_RPS:-2000}
 ADDED_RPS=${ADDED_RPS:-1000}
 RATE_CONNS=${RATE_CONNS:-20}
+ROUNDS=${ROUNDS:-3}
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
 missing=0
@@ -210,23 +216,58 @@ parse_load() {
     fi
 }
 
-printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run; load on CPU %s, servers on CPU %s\n' \
-    "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$LOAD_CPU" "$SERVER_CPU"
-printf '%-5s %-18s %9s %8s %8s %14s %7s\n' proto path rps p50_ms p99_ms pair_us/req failed
+# In path order on odd rounds and reversed on even ones, so drift over the run (heat,
+# other work) falls on both sides alike; every figure is then the median of its rounds.
+in_order() { # ROUND PATH... -> the paths, reversed on even rounds
+    local round=$1 i
+    shift
+    local list=("$@")
+    if ((round % 2)); then
+        printf '%s\n' "${list[@]}"
+    else
+        for ((i = ${#list[@]} - 1; i >= 0; i--)); do printf '%s\n' "${list[i]}"; done
+    fi
+}
+median() { # VALUE... -> their median ("nan" if none is a number)
+    printf '%s\n' "$@" | grep -E '^[-+]?[0-9]*\.?[0-9]+$' | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]
+        else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# keeps result[KEY/ROUND] and sets result[KEY] to the median over the rounds so far
+record() { # KEY ROUND VALUE
+    local key=$1 r values=()
+    result[$key/$2]=$3
+    for ((r = 1; r <= $2; r++)); do values+=("${result[$key/$r]}"); done
+    result[$key]=$(median "${values[@]}")
+}
+
+printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run, %s rounds; load on CPU %s, servers on CPU %s\n' \
+    "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$ROUNDS" "$LOAD_CPU" "$SERVER_CPU"
+printf '%-5s %5s %-18s %9s %8s %8s %14s %7s\n' proto round path rps p50_ms p99_ms pair_us/req failed
 declare -A result
+for ((round = 1; round <= ROUNDS; round++)); do
+    for proto in h1 h2; do
+        if [[ $proto == h1 ]]; then proto_paths=("${h1_paths[@]}"); else proto_paths=("${paths[@]}"); fi
+        while read -r path; do
+            if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
+            read -ra ps <<<"${procs[$path]}"
+            run_load "$proto" "$url" 1
+            before=$(cpu_ticks "${ps[@]}")
+            run_load "$proto" "$url" "$DURATION"
+            parse_load "$proto"
+            cpu=$(per_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
+            record "$proto/$path/rps" "$round" "$rps"
+            record "$proto/$path/cpu" "$round" "$cpu"
+            printf '%-5s %5s %-18s %9s %8s %8s %14s %7s\n' "$proto" "$round" "$path" "$rps" "$p50" "$p99" "$cpu" "$failed"
+        done < <(in_order "$round" "${proto_paths[@]}")
+    done
+done
+printf '\nmedian of %s rounds\n' "$ROUNDS"
+printf '%-5s %-18s %9s %14s\n' proto path rps pair_us/req
 for proto in h1 h2; do
     if [[ $proto == h1 ]]; then proto_paths=("${h1_paths[@]}"); else proto_paths=("${paths[@]}"); fi
     for path in "${proto_paths[@]}"; do
-        if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
-        read -ra ps <<<"${procs[$path]}"
-        run_load "$proto" "$url" 1
-        before=$(cpu_ticks "${ps[@]}")
-        run_load "$proto" "$url" "$DURATION"
-        parse_load "$proto"
-        cpu=$(per_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
-        result[$proto/$path/rps]=$rps
-        result[$proto/$path/cpu]=$cpu
-        printf '%-5s %-18s %9s %8s %8s %14s %7s\n' "$proto" "$path" "$rps" "$p50" "$p99" "$cpu" "$failed"
+        printf '%-5s %-18s %9s %14s\n' "$proto" "$path" "${result[$proto/$path/rps]}" "${result[$proto/$path/cpu]}"
     done
 done
 
@@ -247,32 +288,54 @@ fixed_rate() { # URL RPS -> p50 p90 p99 (ms) and failures in $work/load.out
         --log-file="$work/h2load.log" "$1" >"$work/load.out" 2>&1
     percentiles "$work/h2load.log" 3
 }
-printf '\nHTTP/1.1 at a fixed %s requests/s (h2load --h1 -c%s, %ss)\n' "$FIXED_RPS" "$RATE_CONNS" "$DURATION"
-printf '%-18s %8s %8s %8s %7s\n' path p50_ms p90_ms p99_ms failed
-for path in "${h1_paths[@]}"; do
-    read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$FIXED_RPS")
-    failed=$(rate_failures)
-    result[fixed/$path/p99]=$p99
-    printf '%-18s %8s %8s %8s %7s\n' "$path" "$p50" "$p90" "$p99" "$failed"
-    show_statuses "$failed"
+printf '\nHTTP/1.1 at a fixed %s requests/s (h2load --h1 -c%s, %ss, %s rounds)\n' \
+    "$FIXED_RPS" "$RATE_CONNS" "$DURATION" "$ROUNDS"
+printf '%5s %-18s %8s %8s %8s %7s\n' round path p50_ms p90_ms p99_ms failed
+for ((round = 1; round <= ROUNDS; round++)); do
+    while read -r path; do
+        read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$FIXED_RPS")
+        failed=$(rate_failures)
+        record "fixed/$path/p99" "$round" "$p99"
+        printf '%5s %-18s %8s %8s %8s %7s\n' "$round" "$path" "$p50" "$p90" "$p99" "$failed"
+        show_statuses "$failed"
+    done < <(in_order "$round" "${h1_paths[@]}")
 done
+printf 'median p99 of %s rounds:' "$ROUNDS"
+for path in "${h1_paths[@]}"; do printf ' %s %s' "$path" "${result[fixed/$path/p99]}"; done
+printf '\n'
 
-printf '\nadded latency over a direct call, HTTP/1.1 at %s requests/s (%ss each)\n' "$ADDED_RPS" "$DURATION"
-printf '%-18s %8s %8s %8s %7s   %s\n' path +p50_ms +p90_ms +p99_ms failed "(absolute p50/p90/p99)"
-read -r d50 d90 d99 < <(fixed_rate "${url_h1[direct]}" "$ADDED_RPS")
-failed=$(rate_failures)
-printf '%-18s %8s %8s %8s %7s   %s\n' direct - - - "$failed" "$d50/$d90/$d99"
-show_statuses "$failed"
-for path in "${h1_paths[@]}"; do
-    read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$ADDED_RPS")
-    failed=$(rate_failures)
-    added=$(awk -v a="$p50" -v b="$p90" -v c="$p99" -v x="$d50" -v y="$d90" -v z="$d99" \
-        'BEGIN { printf "%+8.3f %+8.3f %+8.3f", a - x, b - y, c - z }')
-    printf '%-18s %s %7s   %s\n' "$path" "$added" "$failed" "$p50/$p90/$p99"
-    show_statuses "$failed"
+printf '\nadded latency over a direct call, HTTP/1.1 at %s requests/s (%ss each, %s rounds)\n' \
+    "$ADDED_RPS" "$DURATION" "$ROUNDS"
+printf '%5s %-18s %8s %8s %8s %7s   %s\n' round path +p50_ms +p90_ms +p99_ms failed "(absolute p50/p90/p99)"
+added_paths=(direct "${h1_paths[@]}")
+for ((round = 1; round <= ROUNDS; round++)); do
+    declare -A lat=()
+    while read -r path; do
+        read -r p50 p90 p99 < <(fixed_rate "${url_h1[$path]}" "$ADDED_RPS")
+        lat[$path]="$p50 $p90 $p99"
+        lat[$path/failed]=$(rate_failures)
+        show_statuses "${lat[$path/failed]}"
+    done < <(in_order "$round" "${added_paths[@]}")
+    read -r d50 d90 d99 <<<"${lat[direct]}"
+    printf '%5s %-18s %8s %8s %8s %7s   %s\n' "$round" direct - - - "${lat[direct/failed]}" "$d50/$d90/$d99"
+    for path in "${h1_paths[@]}"; do
+        read -r p50 p90 p99 <<<"${lat[$path]}"
+        read -r a50 a90 a99 < <(awk -v a="$p50" -v b="$p90" -v c="$p99" -v x="$d50" -v y="$d90" -v z="$d99" \
+            'BEGIN { printf "%+.3f %+.3f %+.3f\n", a - x, b - y, c - z }')
+        record "added/$path/p50" "$round" "$a50"
+        record "added/$path/p90" "$round" "$a90"
+        record "added/$path/p99" "$round" "$a99"
+        printf '%5s %-18s %8s %8s %8s %7s   %s\n' "$round" "$path" "$a50" "$a90" "$a99" "${lat[$path/failed]}" "$p50/$p90/$p99"
+    done
 done
-printf '%-18s %8s %8s %8s %7s   %s\n' "istio sidecars" - +0.228 +0.298 - "published, 1,000 rps, other hardware"
-printf '%-18s %8s %8s %8s %7s   %s\n' "ztunnel" - +0.170 +0.200 - "published, 1,000 rps, other hardware"
+printf 'median of %s rounds\n' "$ROUNDS"
+printf '%-18s %8s %8s %8s\n' path +p50_ms +p90_ms +p99_ms
+for path in "${h1_paths[@]}"; do
+    printf '%-18s %+8.3f %+8.3f %+8.3f\n' "$path" "${result[added/$path/p50]}" "${result[added/$path/p90]}" \
+        "${result[added/$path/p99]}"
+done
+printf '%-18s %8s %8s %8s   %s\n' "istio sidecars" - +0.228 +0.298 "published, 1,000 rps, other hardware"
+printf '%-18s %8s %8s %8s   %s\n' "ztunnel" - +0.170 +0.200 "published, 1,000 rps, other hardware"
 
 # New TLS 1.3 connections per second accepted by proxy B (full handshakes with a
 # client certificate; the client is openssl on the load CPU).
@@ -292,7 +355,7 @@ for target in weft-b:$WEFT_B haproxy-b:$HAPB_H1; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
-printf '\nsummary: weft-mtls / haproxy-mtls, same run\n'
+printf '\nsummary: weft-mtls / haproxy-mtls, same run, medians of %s rounds\n' "$ROUNDS"
 for proto in h1 h2; do
     printf '%-5s rps %s   cpu/request %s\n' "$proto" \
         "$(ratio "${result[$proto/weft-mtls/rps]}" "${result[$proto/haproxy-mtls/rps]}")" \
