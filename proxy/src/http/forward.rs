@@ -315,26 +315,31 @@ async fn carrier(pool: &Pool, target: &Target<'_>) -> Result<Carrier, ProxyError
 }
 
 /// Sends an HTTP/1 request (already as it would be written upstream) to a peer
-/// proxy: as a marked stream of its shared HTTP/2 connection (`orig_proto`) when
-/// it takes them, else on an HTTP/1.1 connection as before.
+/// proxy: as a stream of its shared HTTP/2 connection (`orig_proto`) when it
+/// takes them, else on an HTTP/1.1 connection as before.
 async fn forward_to_peer(
     pool: &Pool,
     mut req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let tx = match carrier(pool, target).await? {
-        Carrier::Stream(tx) => tx,
+    let (tx, version) = match carrier(pool, target).await? {
+        Carrier::Stream(tx, version) => (tx, version),
         Carrier::Conn(conn) => return send_h1(pool, target.key(), target, conn, req, None).await,
     };
-    orig_proto::to_h2(&mut req);
+    orig_proto::to_h2(&mut req, version);
     let mut resp = match tx.send(req).await {
         Ok(resp) => resp,
         // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
-        // so any request may go again, once, on a new connection.
+        // so any request may go again, once, on a new connection, which may have
+        // settled on another version (the peer restarted).
         Err(SendError::Unsent(mut req)) => match carrier(pool, target).await? {
-            Carrier::Stream(tx) => tx.send(req).await.map_err(send_error)?,
+            Carrier::Stream(tx, again) => {
+                orig_proto::unmark_request(&mut req, version);
+                orig_proto::to_h2(&mut req, again);
+                tx.send(req).await.map_err(send_error)?
+            }
             Carrier::Conn(conn) => {
-                orig_proto::to_h1(&mut req, true);
+                orig_proto::unmark_request(&mut req, version);
                 return send_h1(pool, target.key(), target, conn, req, None).await;
             }
         },
