@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_tests::apps::{HttpApp, TcpApp};
-use weft_tests::client::{raw_exchange, read_until_closed};
+use weft_tests::client::{H2Client, get, raw_exchange, read_until_closed};
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
 use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, curl, parse_record};
@@ -642,4 +642,36 @@ async fn the_apps_date_reaches_the_client_once_and_a_stale_one_unchanged() {
     }
     // Both crossed on one shared HTTP/2 connection, not on HTTP/1.1 of their own.
     assert_eq!(inbound_handshakes(&pair.server).await, 1.0);
+}
+
+/// An h2c client may name its target by Host alone, without :authority (RFC 9113
+/// §8.3.1). Between two proxies on `weft.h2-orig/2` a request without :authority
+/// is a carried HTTP/1 one, so the calling proxy names the target by that Host,
+/// and the app gets the HTTP/2 request it was sent; without a Host it is the
+/// client's 400, not the 502 of a request h2 refused to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_without_authority_crosses_as_http2() {
+    let app = HttpApp::start_h2c_only("legacy").await.expect("app");
+    let pair = pair(app.addr, true, true).await;
+    let mut client = H2Client::connect(pair.upstream()).await.expect("connect");
+    for n in 0..2 {
+        let mut req = get("/headers");
+        // Not HTTP/2: so h2 sends a relative target without :authority.
+        *req.version_mut() = http::Version::HTTP_11;
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("legacy:8080"),
+        );
+        let reply = client.send(req).await.expect("an answer");
+        assert_eq!(reply.status, 200, "request {n}: {}", reply.text());
+        assert_eq!(reply.header("x-version"), Some("HTTP/2.0"), "request {n}");
+        assert_eq!(reply.header("x-host"), Some("legacy:8080"), "request {n}");
+        assert!(!reply.text().contains("weft-orig"), "{}", reply.text());
+    }
+    // Nothing to name the target by: the client's fault, told so.
+    let mut hostless = get("/headers");
+    *hostless.version_mut() = http::Version::HTTP_11;
+    let reply = client.send(hostless).await.expect("an answer");
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(app.requests(), 2);
 }

@@ -260,6 +260,9 @@ async fn forward_h2(
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
+    if req.uri().authority().is_none() {
+        name_authority(&mut req)?;
+    }
     let tx = pin!(shared_h2(pool, target)).await?;
     let mut resp = match pin!(tx.send(req)).await {
         Ok(resp) => resp,
@@ -270,6 +273,17 @@ async fn forward_h2(
     };
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+}
+
+/// Names the target of an HTTP/2 request that came without :authority by its
+/// Host (RFC 9113 §8.3.1 lets a client send Host alone), as its HTTP/1 form
+/// would. h2 sends no HTTP/2 request without one, and between two proxies on
+/// `weft.h2-orig/2` a missing one says the request was HTTP/1 (`orig_proto`).
+/// Without one usable Host there is nothing to name it by: malformed.
+fn name_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let authority = orig_proto::carried_authority(req).ok_or(ProxyError::MalformedRequest)?;
+    orig_proto::as_h2(req, authority);
+    Ok(())
 }
 
 /// The pool's HTTP/2 connection to the target, counted as a pending request while
@@ -348,4 +362,42 @@ async fn forward_to_peer(
     strip_hop_by_hop(resp.headers_mut(), false);
     orig_proto::unmark_response(&mut resp);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_by_host(hosts: &[&'static str]) -> Request<()> {
+        let mut req = Request::builder()
+            .uri("/a?b")
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("request");
+        for host in hosts {
+            req.headers_mut()
+                .append(HOST, HeaderValue::from_static(host));
+        }
+        req
+    }
+
+    #[test]
+    fn an_http2_request_named_by_host_alone_is_named_by_it() {
+        let mut req = h2_by_host(&["Orders.Shop:8080"]);
+        assert!(name_authority(&mut req).is_ok());
+        assert_eq!(req.uri(), "http://Orders.Shop:8080/a?b");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.headers()[HOST], "Orders.Shop:8080", "Host stays");
+    }
+
+    #[test]
+    fn an_http2_request_with_nothing_to_name_its_target_is_malformed() {
+        for hosts in [&[][..], &["a", "b"], &["bad host"]] {
+            let mut req = h2_by_host(hosts);
+            assert!(
+                matches!(name_authority(&mut req), Err(ProxyError::MalformedRequest)),
+                "{hosts:?}"
+            );
+        }
+    }
 }
