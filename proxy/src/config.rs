@@ -326,14 +326,36 @@ struct RawIdentity {
     #[serde(default)]
     inbound: RawInbound,
     /// HTTP/1 requests to peer proxies travel as streams of one shared HTTP/2
-    /// connection per peer (ALPN `weft.h2-orig/1`); false turns it off both ways,
-    /// as in a Weft that predates it.
-    #[serde(default = "default_true")]
-    http1_over_http2: bool,
+    /// connection per peer (ALPN `weft.h2-orig/2`, or /1 with a peer that knows
+    /// only that); false turns it off both ways, as in a Weft that predates it,
+    /// and 1 keeps to `weft.h2-orig/1`, as a Weft that predates /2.
+    #[serde(default)]
+    http1_over_http2: RawHttp1OverHttp2,
 }
 
-fn default_true() -> bool {
-    true
+/// `identity.http1_over_http2` as written: true, false, or the newest version of
+/// `weft.h2-orig` to use.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum RawHttp1OverHttp2 {
+    On(bool),
+    UpTo(u8),
+}
+
+impl Default for RawHttp1OverHttp2 {
+    fn default() -> Self {
+        RawHttp1OverHttp2::On(true)
+    }
+}
+
+/// Whether HTTP/1 between proxies travels as HTTP/2 streams, and in which
+/// versions of `weft.h2-orig` (`http::orig_proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Http1OverHttp2 {
+    Off,
+    /// `weft.h2-orig/1` only, as a Weft that predates /2.
+    V1Only,
+    On,
 }
 
 pub(crate) fn default_trust_domain() -> String {
@@ -406,7 +428,7 @@ pub(crate) struct IdentityConfig {
     pub(crate) control_plane: String,
     pub(crate) inbound: InboundPolicy,
     /// HTTP/1 between proxies as HTTP/2 streams (`http::orig_proto`).
-    pub(crate) http1_over_http2: bool,
+    pub(crate) http1_over_http2: Http1OverHttp2,
 }
 
 impl RawIdentity {
@@ -477,12 +499,23 @@ impl RawIdentity {
             .map_err(|e| invalid(&format!("inbound.ports[{i}]"), e))?;
             inbound.ports.insert(p.port, policy);
         }
+        let http1_over_http2 = match self.http1_over_http2 {
+            RawHttp1OverHttp2::On(false) => Http1OverHttp2::Off,
+            RawHttp1OverHttp2::UpTo(1) => Http1OverHttp2::V1Only,
+            RawHttp1OverHttp2::On(true) | RawHttp1OverHttp2::UpTo(2) => Http1OverHttp2::On,
+            RawHttp1OverHttp2::UpTo(n) => {
+                return Err(invalid(
+                    "http1_over_http2",
+                    format!("{n} is not true, false, 1 or 2"),
+                ));
+            }
+        };
         Ok(IdentityConfig {
             id,
             token,
             control_plane,
             inbound,
-            http1_over_http2: self.http1_over_http2,
+            http1_over_http2,
         })
     }
 }
@@ -919,6 +952,37 @@ mod tests {
         )
         .expect_err("two tokens");
         assert!(err.to_string().contains("identity.token"), "{err}");
+    }
+
+    #[test]
+    fn http1_over_http2_is_on_off_or_kept_to_v1() {
+        let parse = |value: &str| {
+            Config::parse(
+                &format!(
+                    "identity: {{token: t, control_plane: http://a:1, http1_over_http2: {value}}}\n"
+                ),
+                "p.yaml",
+            )
+            .map(|c| c.identity.expect("identity").http1_over_http2)
+        };
+        assert_eq!(parse("true").expect("valid"), Http1OverHttp2::On);
+        assert_eq!(parse("2").expect("valid"), Http1OverHttp2::On);
+        assert_eq!(parse("false").expect("valid"), Http1OverHttp2::Off);
+        assert_eq!(parse("1").expect("valid"), Http1OverHttp2::V1Only);
+        let err = parse("3").expect_err("no such version");
+        assert!(
+            err.to_string().contains("identity.http1_over_http2"),
+            "{err}"
+        );
+        let default = Config::parse(
+            "identity: {token: t, control_plane: http://a:1}\n",
+            "p.yaml",
+        )
+        .expect("valid");
+        assert_eq!(
+            default.identity.expect("identity").http1_over_http2,
+            Http1OverHttp2::On
+        );
     }
 
     #[test]

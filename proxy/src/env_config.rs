@@ -20,7 +20,7 @@
 //! | `WEFT_OPAQUE_PORTS` | the well-known server-first and broker ports (`weft_api::ports::DEFAULT_OPAQUE_PORTS`) | destination and app ports never sniffed (both directions); empty: none |
 //! | `WEFT_HTTP1_PORTS` | none | app ports that speak HTTP/1.1 only: HTTP/2 requests to them (except gRPC) are sent on as HTTP/1.1 |
 //! | `WEFT_HTTP2_PORTS` | none | app ports that speak HTTP/2 only (h2c): HTTP/1 requests to them (except upgrades and CONNECT) are sent on as HTTP/2; none may be in `WEFT_HTTP1_PORTS` |
-//! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways) |
+//! | `WEFT_HTTP1_OVER_HTTP2` | `true` | `false`: HTTP/1 to peer proxies on its own connections, as before the upgrade (both ways); `1`: only `weft.h2-orig/1`, as before its /2 |
 //! | `WEFT_PROBE_PORTS` | none | app ports whose rewritten kubelet probes (HTTP and gRPC) the admin server forwards |
 //! | `WEFT_LOG` | `info` | `tracing` filter (read by `main`, in both modes); release builds log nothing finer than `debug` |
 //! | `WEFT_ACCESS_LOG` | off | `stdout`, `stderr` or a file: one JSON line per request (the injector's `weft.io/access-log` annotation) |
@@ -46,7 +46,7 @@ use weft_api::spiffe::SpiffeId;
 use crate::config::Token;
 use crate::config::TrustAnchors;
 use crate::config::{
-    Config, ConfigError, IdentityConfig, LimitsConfig, NodeConfig, default_node_id,
+    Config, ConfigError, Http1OverHttp2, IdentityConfig, LimitsConfig, NodeConfig, default_node_id,
     default_trust_domain, default_workers,
 };
 use crate::inbound_policy::InboundPolicy;
@@ -174,12 +174,13 @@ impl Config {
             ));
         }
         let http1_over_http2 = match get("WEFT_HTTP1_OVER_HTTP2").as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
+            None | Some("true" | "2") => Http1OverHttp2::On,
+            Some("false") => Http1OverHttp2::Off,
+            Some("1") => Http1OverHttp2::V1Only,
             Some(v) => {
                 return Err(invalid(
                     "WEFT_HTTP1_OVER_HTTP2",
-                    format!("{v:?} is not true or false"),
+                    format!("{v:?} is not true, false, 1 or 2"),
                 ));
             }
         };
@@ -367,7 +368,7 @@ mod tests {
         assert!(c.probe_ports.contains(8080) && !c.probe_ports.contains(8081));
         assert!(c.inbound_http1_ports.contains(8080) && !c.inbound_http1_ports.contains(3306));
         assert!(c.inbound_http2_ports.contains(50051) && !c.inbound_http2_ports.contains(8080));
-        assert!(!id.http1_over_http2);
+        assert_eq!(id.http1_over_http2, Http1OverHttp2::Off);
         assert!(c.mesh.services.is_empty() && c.upstreams.is_empty());
     }
 
@@ -544,7 +545,7 @@ mod tests {
             ),
             (
                 vec![("WEFT_HTTP1_OVER_HTTP2", Some("no"))],
-                "WEFT_HTTP1_OVER_HTTP2: \"no\" is not true or false",
+                "WEFT_HTTP1_OVER_HTTP2: \"no\" is not true, false, 1 or 2",
             ),
         ] {
             let err = error_with(&change);

@@ -22,7 +22,7 @@ use crate::http::orig_proto;
 use crate::http::pool::Pool;
 use crate::http::watch::InFlight;
 use crate::http::{Dates, ServerLimits, serve_handler};
-use crate::identity::{Alpn, HandshakeFailure, Identity, negotiated};
+use crate::identity::{Alpn, H2Orig, HandshakeFailure, Identity, negotiated, negotiated_h2_orig};
 use crate::inbound_policy::{AppHttp, TlsMode};
 use crate::io::PrefixedIo;
 use crate::listener::Conn;
@@ -69,9 +69,9 @@ struct Peer {
     /// The verified SPIFFE ID, as the `weft-client-id` value.
     header: Option<HeaderValue>,
     requests: Option<IntCounter>,
-    /// A peer proxy on an `Alpn::H2Orig` connection: its marked requests were
-    /// HTTP/1 and go to the app as HTTP/1.1 again.
-    h2_orig: bool,
+    /// A peer proxy on an `Alpn::H2Orig` connection of this version: its
+    /// carried requests were HTTP/1 and go to the app as HTTP/1.1 again.
+    h2_orig: Option<H2Orig>,
     /// What the mesh declares the app port to speak (inbound policy).
     declared: Option<AppHttp>,
 }
@@ -86,7 +86,7 @@ impl Peer {
             app,
             header: None,
             requests: None,
-            h2_orig: false,
+            h2_orig: None,
             declared: None,
         }
     }
@@ -192,7 +192,7 @@ impl Inbound {
                 id: Some((id, id_str)),
                 port,
                 app,
-                h2_orig: alpn == Some(Alpn::H2Orig),
+                h2_orig: negotiated_h2_orig(&tls),
                 declared: policy.app_http(app.port()),
             };
             if !peer.allowed {
@@ -226,7 +226,7 @@ impl Inbound {
                 app,
                 header: None,
                 requests: Some(identity.metrics.peer_requests(None)),
-                h2_orig: false,
+                h2_orig: None,
                 declared: policy.app_http(app.port()),
             };
             let detected = if declared_opaque {
@@ -259,7 +259,7 @@ impl Inbound {
                 } else {
                     peer.declared
                 };
-                let h2 = (detected == Detected::Http2).then_some(if peer.h2_orig {
+                let h2 = (detected == Detected::Http2).then_some(if peer.h2_orig.is_some() {
                     Dates::Peer
                 } else {
                     Dates::Here
@@ -351,7 +351,7 @@ impl Inbound {
             request_timeout: None,
             idle_timeout: None,
             gate: None,
-            leave_date: peer.h2_orig,
+            leave_date: peer.h2_orig.is_some(),
         };
         // Only an HTTP/2 request can be refused unprocessed: the inbound never
         // carries HTTP/1 to the app on a stream.

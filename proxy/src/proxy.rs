@@ -15,15 +15,15 @@ use weft_api::v1;
 
 use crate::admin::Admin;
 use crate::capture::listen::ipv6_twin;
-use crate::config::Config;
+use crate::config::{Config, Http1OverHttp2};
 use crate::endpoint::Registry;
 use crate::fd_limit;
 use crate::http::ServerLimits;
 use crate::http::pool::Pool;
 use crate::http::watch::Watch;
-use crate::identity::Identity;
 use crate::identity::certify::Certifier;
 use crate::identity::metrics::IdentityMetrics;
+use crate::identity::{H2Orig, Identity};
 use crate::inbound::{Inbound, InboundInputs};
 use crate::listener::{Acceptor, Conn};
 use crate::metrics::{Direction, Metrics};
@@ -255,8 +255,10 @@ fn start_identity(
         c.inbound.clone(),
         IdentityMetrics::new(metrics.registry()),
     );
-    if !c.http1_over_http2 {
-        identity.disable_h2_orig();
+    match c.http1_over_http2 {
+        Http1OverHttp2::Off => identity.disable_h2_orig(),
+        Http1OverHttp2::V1Only => identity.limit_h2_orig(H2Orig::V1),
+        Http1OverHttp2::On => {}
     }
     let channel =
         control_plane::unary_channel(&c.control_plane, cp_tls).map_err(anyhow::Error::msg)?;

@@ -12,20 +12,29 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_tests::apps::{HttpApp, TcpApp};
-use weft_tests::client::{raw_exchange, read_until_closed};
+use weft_tests::client::{H2Client, get, raw_exchange, read_until_closed};
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
 use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, curl, parse_record};
 use weft_tests::{STEP_DEADLINE, within};
 
 const OFF: &str = "  http1_over_http2: false\n";
+/// A side that knows only `weft.h2-orig/1`, as a Weft before /2: it marks each
+/// carried request, and takes an unmarked one for native HTTP/2.
+const V1_ONLY: &str = "  http1_over_http2: 1\n";
+const ON: &str = "";
 
 /// A pair whose sides have the upgrade on or off.
 async fn pair(app: SocketAddr, client_on: bool, server_on: bool) -> MtlsPair {
-    let side = |on: bool| if on { String::new() } else { OFF.to_string() };
+    let side = |on: bool| if on { ON } else { OFF };
+    pair_of(app, side(client_on), side(server_on)).await
+}
+
+/// A pair whose sides have these `identity:` lines.
+async fn pair_of(app: SocketAddr, client: &str, server: &str) -> MtlsPair {
     let options = PairOptions {
-        client_identity: side(client_on),
-        server_identity: side(server_on),
+        client_identity: client.to_string(),
+        server_identity: server.to_string(),
         ..PairOptions::default()
     };
     MtlsPair::start(ServiceDef::new("legacy"), app, options)
@@ -253,6 +262,22 @@ async fn http1_crosses_as_http2_streams_and_arrives_as_without_the_upgrade() {
     for ((what, want), got) in names.iter().zip(&expected).zip(&got) {
         assert_eq!(got, want, "{what}: upgraded (left) vs direct (right)");
     }
+    // A side that knows only `weft.h2-orig/1` (an older Weft) with a new one,
+    // either way round: they settle on /1, and the app cannot tell either.
+    for (client, server, which) in [
+        (ON, V1_ONLY, "to a /1 peer"),
+        (V1_ONLY, ON, "from a /1 peer"),
+    ] {
+        let mixed = pair_of(app.addr, client, server).await;
+        for ((what, want), got) in names.iter().zip(&expected).zip(&run_cases(&mixed).await) {
+            assert_eq!(
+                got, want,
+                "{what} {which}: upgraded (left) vs direct (right)"
+            );
+        }
+        let handshakes = inbound_handshakes(&mixed.server).await;
+        assert!((2.0..=3.0).contains(&handshakes), "{which}: {handshakes}");
+    }
     // What the comparison rests on: the app's own view of a few of them.
     let record = |case: usize, answer: usize| {
         parse_record(&got[case][answer].body).expect("the app's record")
@@ -335,14 +360,21 @@ async fn concurrent_requests(addr: SocketAddr, n: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_http1_requests_share_one_connection_and_mixed_pairs_fall_back() {
     let app = RecordApp::start().await.expect("start the app");
-    for (client_on, server_on, shared) in [
-        (true, true, true),
-        (true, false, false),
-        (false, true, false),
+    for (client, server, shared) in [
+        (ON, ON, true),
+        (ON, V1_ONLY, true),
+        (V1_ONLY, ON, true),
+        (ON, OFF, false),
+        (OFF, ON, false),
     ] {
-        let pair = pair(app.addr, client_on, server_on).await;
+        let pair = pair_of(app.addr, client, server).await;
         let ok = concurrent_requests(pair.upstream(), 4).await;
-        let what = format!("client upgrade {client_on}, server upgrade {server_on}");
+        let side = |s: &str| match s {
+            ON => "on",
+            V1_ONLY => "/1 only",
+            _ => "off",
+        };
+        let what = format!("client {}, server {}", side(client), side(server));
         assert_eq!(ok, 4, "{what}: every request served");
         let handshakes = inbound_handshakes(&pair.server).await;
         if shared {
@@ -610,4 +642,36 @@ async fn the_apps_date_reaches_the_client_once_and_a_stale_one_unchanged() {
     }
     // Both crossed on one shared HTTP/2 connection, not on HTTP/1.1 of their own.
     assert_eq!(inbound_handshakes(&pair.server).await, 1.0);
+}
+
+/// An h2c client may name its target by Host alone, without :authority (RFC 9113
+/// §8.3.1). Between two proxies on `weft.h2-orig/2` a request without :authority
+/// is a carried HTTP/1 one, so the calling proxy names the target by that Host,
+/// and the app gets the HTTP/2 request it was sent; without a Host it is the
+/// client's 400, not the 502 of a request h2 refused to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_without_authority_crosses_as_http2() {
+    let app = HttpApp::start_h2c_only("legacy").await.expect("app");
+    let pair = pair(app.addr, true, true).await;
+    let mut client = H2Client::connect(pair.upstream()).await.expect("connect");
+    for n in 0..2 {
+        let mut req = get("/headers");
+        // Not HTTP/2: so h2 sends a relative target without :authority.
+        *req.version_mut() = http::Version::HTTP_11;
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("legacy:8080"),
+        );
+        let reply = client.send(req).await.expect("an answer");
+        assert_eq!(reply.status, 200, "request {n}: {}", reply.text());
+        assert_eq!(reply.header("x-version"), Some("HTTP/2.0"), "request {n}");
+        assert_eq!(reply.header("x-host"), Some("legacy:8080"), "request {n}");
+        assert!(!reply.text().contains("weft-orig"), "{}", reply.text());
+    }
+    // Nothing to name the target by: the client's fault, told so.
+    let mut hostless = get("/headers");
+    *hostless.version_mut() = http::Version::HTTP_11;
+    let reply = client.send(hostless).await.expect("an answer");
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(app.requests(), 2);
 }

@@ -260,6 +260,9 @@ async fn forward_h2(
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
+    if req.uri().authority().is_none() {
+        name_authority(&mut req)?;
+    }
     let tx = pin!(shared_h2(pool, target)).await?;
     let mut resp = match pin!(tx.send(req)).await {
         Ok(resp) => resp,
@@ -270,6 +273,17 @@ async fn forward_h2(
     };
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+}
+
+/// Names the target of an HTTP/2 request that came without :authority by its
+/// Host (RFC 9113 §8.3.1 lets a client send Host alone), as its HTTP/1 form
+/// would. h2 sends no HTTP/2 request without one, and between two proxies on
+/// `weft.h2-orig/2` a missing one says the request was HTTP/1 (`orig_proto`).
+/// Without one usable Host there is nothing to name it by: malformed.
+fn name_authority<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let authority = orig_proto::carried_authority(req).ok_or(ProxyError::MalformedRequest)?;
+    orig_proto::as_h2(req, authority);
+    Ok(())
 }
 
 /// The pool's HTTP/2 connection to the target, counted as a pending request while
@@ -315,26 +329,31 @@ async fn carrier(pool: &Pool, target: &Target<'_>) -> Result<Carrier, ProxyError
 }
 
 /// Sends an HTTP/1 request (already as it would be written upstream) to a peer
-/// proxy: as a marked stream of its shared HTTP/2 connection (`orig_proto`) when
-/// it takes them, else on an HTTP/1.1 connection as before.
+/// proxy: as a stream of its shared HTTP/2 connection (`orig_proto`) when it
+/// takes them, else on an HTTP/1.1 connection as before.
 async fn forward_to_peer(
     pool: &Pool,
     mut req: BoxedRequest,
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let tx = match carrier(pool, target).await? {
-        Carrier::Stream(tx) => tx,
+    let (tx, version) = match carrier(pool, target).await? {
+        Carrier::Stream(tx, version) => (tx, version),
         Carrier::Conn(conn) => return send_h1(pool, target.key(), target, conn, req, None).await,
     };
-    orig_proto::to_h2(&mut req);
+    orig_proto::to_h2(&mut req, version);
     let mut resp = match tx.send(req).await {
         Ok(resp) => resp,
         // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
-        // so any request may go again, once, on a new connection.
+        // so any request may go again, once, on a new connection, which may have
+        // settled on another version (the peer restarted).
         Err(SendError::Unsent(mut req)) => match carrier(pool, target).await? {
-            Carrier::Stream(tx) => tx.send(req).await.map_err(send_error)?,
+            Carrier::Stream(tx, again) => {
+                orig_proto::unmark_request(&mut req, version);
+                orig_proto::to_h2(&mut req, again);
+                tx.send(req).await.map_err(send_error)?
+            }
             Carrier::Conn(conn) => {
-                orig_proto::to_h1(&mut req, true);
+                orig_proto::unmark_request(&mut req, version);
                 return send_h1(pool, target.key(), target, conn, req, None).await;
             }
         },
@@ -343,4 +362,42 @@ async fn forward_to_peer(
     strip_hop_by_hop(resp.headers_mut(), false);
     orig_proto::unmark_response(&mut resp);
     Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_by_host(hosts: &[&'static str]) -> Request<()> {
+        let mut req = Request::builder()
+            .uri("/a?b")
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("request");
+        for host in hosts {
+            req.headers_mut()
+                .append(HOST, HeaderValue::from_static(host));
+        }
+        req
+    }
+
+    #[test]
+    fn an_http2_request_named_by_host_alone_is_named_by_it() {
+        let mut req = h2_by_host(&["Orders.Shop:8080"]);
+        assert!(name_authority(&mut req).is_ok());
+        assert_eq!(req.uri(), "http://Orders.Shop:8080/a?b");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.headers()[HOST], "Orders.Shop:8080", "Host stays");
+    }
+
+    #[test]
+    fn an_http2_request_with_nothing_to_name_its_target_is_malformed() {
+        for hosts in [&[][..], &["a", "b"], &["bad host"]] {
+            let mut req = h2_by_host(hosts);
+            assert!(
+                matches!(name_authority(&mut req), Err(ProxyError::MalformedRequest)),
+                "{hosts:?}"
+            );
+        }
+    }
 }

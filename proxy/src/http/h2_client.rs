@@ -27,6 +27,7 @@ use super::body::RequestBody;
 use super::error::ClientBodyError;
 use super::error::ProxyError;
 use super::h2_body::H2Body;
+use crate::identity::H2Orig;
 
 /// How a connection's liveness is checked: a ping every `interval`, and the
 /// connection dropped if its pong is not back within `timeout`.
@@ -80,18 +81,19 @@ impl std::fmt::Debug for SendError {
 pub(crate) struct H2Sender {
     tx: SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
-    /// The peer takes HTTP/1 requests as marked streams (`http::orig_proto`).
-    carries_h1: bool,
+    /// The peer takes HTTP/1 requests as streams (`http::orig_proto`), told
+    /// apart from HTTP/2 ones as this version of `Alpn::H2Orig` says.
+    carries_h1: Option<H2Orig>,
 }
 
 impl H2Sender {
-    /// Notes that the peer settled on `Alpn::H2Orig`.
-    pub(crate) fn carrying_h1(mut self, carries_h1: bool) -> H2Sender {
+    /// Notes the version of `Alpn::H2Orig` the peer settled on, if any.
+    pub(crate) fn carrying_h1(mut self, carries_h1: Option<H2Orig>) -> H2Sender {
         self.carries_h1 = carries_h1;
         self
     }
 
-    pub(crate) fn carries_h1(&self) -> bool {
+    pub(crate) fn carries_h1(&self) -> Option<H2Orig> {
         self.carries_h1
     }
 
@@ -220,7 +222,7 @@ where
     Ok(H2Sender {
         tx,
         closed,
-        carries_h1: false,
+        carries_h1: None,
     })
 }
 

@@ -2,19 +2,29 @@
 //! connection, so a burst of HTTP/1.1 requests to one peer costs streams, not one
 //! TLS connection each.
 //!
-//! The connection says the peer understands it (ALPN `Alpn::H2Orig`); each request
-//! says it was HTTP/1 (the `weft-orig-proto` field), since native HTTP/2 requests
-//! share the connection. The peer's inbound turns a marked request back into the
-//! HTTP/1.1 request it would have read from its own connection and strips the mark
-//! before the app sees anything; the answer carries back what HTTP/2 has no place
-//! for (a reason phrase, an HTTP/1.0 status line) in fields of Weft's own, which
-//! the calling proxy removes. Fields describing one connection (Connection,
-//! Keep-Alive, Transfer-Encoding) are stripped on both paths alike, so body framing
-//! and keep-alive are each side's own business, as they are without the upgrade.
+//! The connection says the peer understands it (ALPN `Alpn::H2Orig`), and its
+//! version says how a carried HTTP/1 request is told from a native HTTP/2 one,
+//! since both share the connection:
+//! - `weft.h2-orig/2`: by its missing `:authority`. A carried request keeps its
+//!   version, HTTP/1.1, so h2 sends its origin-form target with none, while h2
+//!   refuses to send an HTTP/2 request without one (and `forward` gives every
+//!   native request one first). Nothing is added to the request.
+//! - `weft.h2-orig/1`: by a `weft-orig-proto` field the calling proxy adds and the
+//!   peer removes. Still offered and accepted, after /2, so a proxy that knows
+//!   only /1 is spoken to, and sees requests, as before /2 existed.
 //!
-//! A field rather than an ALPN per request kind: one connection carries both kinds.
-//! Requests the upgrade cannot carry faithfully (Upgrade, CONNECT, `OPTIONS *`, no
-//! Host or more than one) take their own HTTP/1.1 connection as before.
+//! The peer's inbound turns a carried request back into the HTTP/1.1 request it
+//! would have read from its own connection before the app sees anything; the
+//! answer carries back what HTTP/2 has no place for (a reason phrase, an HTTP/1.0
+//! status line) in fields of Weft's own, in both versions, which the calling
+//! proxy removes. Fields describing one connection (Connection, Keep-Alive,
+//! Transfer-Encoding) are stripped on both paths alike, so body framing and
+//! keep-alive are each side's own business, as they are without the upgrade.
+//!
+//! Per request rather than an ALPN per request kind: one connection carries both
+//! kinds. Requests the upgrade cannot carry faithfully (Upgrade, CONNECT,
+//! `OPTIONS *`, no Host or more than one) take their own HTTP/1.1 connection as
+//! before.
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName};
@@ -22,8 +32,10 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::ext::ReasonPhrase;
 
-/// On a request: it was HTTP/1 before it crossed. On an answer: the app's status
-/// line said HTTP/1.0.
+use crate::identity::H2Orig;
+
+/// On a request (`weft.h2-orig/1` only): it was HTTP/1 before it crossed. On an
+/// answer: the app's status line said HTTP/1.0.
 pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// On an answer: the app's reason phrase, when it was not the status's usual one.
 const ORIG_REASON: HeaderName = HeaderName::from_static("weft-orig-reason");
@@ -54,14 +66,29 @@ pub(crate) fn carried_authority<B>(req: &Request<B>) -> Option<Authority> {
     Authority::try_from(host.as_bytes()).ok()
 }
 
-/// Outbound: marks a `carried` origin-form HTTP/1.1 request (hop-by-hop fields
-/// already gone), which then goes as a stream as it is. Its version stays
-/// HTTP/1.1: that is how h2 knows a relative target is an HTTP/1 request
-/// forwarded, and sends it with the scheme `http` and no :authority (RFC 9113
-/// §8.3.1: origin-form carries none). Its Host goes along as a field, so the
-/// peer hands it on unchanged; nothing has to parse it on either side.
-pub(crate) fn to_h2<B>(req: &mut Request<B>) {
-    req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+/// Outbound: readies a `carried` origin-form HTTP/1.1 request (hop-by-hop fields
+/// already gone) for a connection of `version`, on which it then goes as a
+/// stream as it is. Its version stays HTTP/1.1: that is how h2 knows a relative
+/// target is an HTTP/1 request forwarded, and sends it with the scheme `http` and
+/// no :authority (RFC 9113 §8.3.1: origin-form carries none), which is all /2
+/// needs; /1 also marks it. Its Host goes along as a field, so the peer hands it
+/// on unchanged; nothing has to parse it on either side.
+pub(crate) fn to_h2<B>(req: &mut Request<B>, version: H2Orig) {
+    debug_assert!(
+        req.uri().authority().is_none(),
+        "a carried request is origin-form"
+    );
+    if version == H2Orig::V1 {
+        req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+    }
+}
+
+/// Outbound: takes back what `to_h2` added for a connection of `version`, for a
+/// request that goes on another connection after all.
+pub(crate) fn unmark_request<B>(req: &mut Request<B>, version: H2Orig) {
+    if version == H2Orig::V1 {
+        req.headers_mut().remove(ORIG_PROTO);
+    }
 }
 
 /// An origin-form HTTP/1 request as the HTTP/2 one for the same target, `authority`
@@ -82,27 +109,53 @@ pub(crate) fn as_h2<B>(req: &mut Request<B>, authority: Authority) {
     *req.version_mut() = Version::HTTP_2;
 }
 
-/// Inbound: removes the mark (never passed to an app) and reports whether there
-/// was one. With `trusted` (the caller is a peer proxy on an `Alpn::H2Orig`
-/// connection) a marked request becomes HTTP/1.1 again, origin-form, its Host
-/// untouched. The outbound uses the same to take back a request a new connection
-/// will not carry.
-pub(crate) fn to_h1<B>(req: &mut Request<B>, trusted: bool) -> bool {
-    if req.headers_mut().remove(ORIG_PROTO).is_none() || !trusted {
-        return false;
+/// Inbound: whether a request came as a carried HTTP/1 one, from a peer proxy on
+/// a connection of `Alpn::H2Orig`'s `version` (None: any other connection); if
+/// so it becomes HTTP/1.1 again, origin-form, its Host untouched. A
+/// `weft-orig-proto` field is removed whatever the connection: it is never
+/// passed to an app.
+pub(crate) fn to_h1<B>(req: &mut Request<B>, version: Option<H2Orig>) -> bool {
+    match version {
+        Some(H2Orig::V2) => {
+            // The calling proxy adds no mark on /2, but it passes its client's
+            // fields on as they are, and a client may have sent one: it is
+            // removed here, where every request to the app passes, for the cost
+            // of one pass over the names (no hashing) on a request without one.
+            remove_request_mark(req.headers_mut());
+            // h2 names no authority only for a request that was HTTP/1.
+            if req.uri().authority().is_some() {
+                return false;
+            }
+        }
+        Some(H2Orig::V1) => {
+            if req.headers_mut().remove(ORIG_PROTO).is_none() {
+                return false;
+            }
+            // A carried request crosses without :authority, so it arrives
+            // origin-form already; one that named an authority (an older peer's)
+            // loses it here.
+            if req.uri().authority().is_some() {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+            }
+        }
+        None => {
+            req.headers_mut().remove(ORIG_PROTO);
+            return false;
+        }
     }
     *req.version_mut() = Version::HTTP_11;
-    // A carried request crosses without :authority, so it arrives origin-form
-    // already; one that named an authority (an older peer's) loses it here.
-    if req.uri().authority().is_some() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-    }
     true
+}
+
+fn remove_request_mark(headers: &mut HeaderMap) {
+    if headers.keys().any(|k| *k == ORIG_PROTO) {
+        headers.remove(ORIG_PROTO);
+    }
 }
 
 /// Inbound: what the app's HTTP/1 answer said that HTTP/2 cannot, as fields.
@@ -170,11 +223,17 @@ mod tests {
             .expect("request")
     }
 
+    /// A carried request as the peer's h2 server hands it on: HTTP/2, and the
+    /// target h2 built from its pseudo-fields (no :authority, so origin-form).
+    fn arrived<B>(req: &mut Request<B>) {
+        *req.version_mut() = Version::HTTP_2;
+    }
+
     #[test]
-    fn a_request_crosses_marked_and_arrives_as_it_left() {
+    fn a_request_crosses_marked_on_v1_and_arrives_as_it_left() {
         let mut req = h1(Method::POST, "/a/b?c=d", Some("Orders.Shop:8080"));
         assert!(carried(&req));
-        to_h2(&mut req);
+        to_h2(&mut req, H2Orig::V1);
         assert_eq!(
             req.version(),
             Version::HTTP_11,
@@ -183,7 +242,8 @@ mod tests {
         assert_eq!(req.uri(), "/a/b?c=d");
         assert_eq!(req.headers().get(&ORIG_PROTO), Some(&HTTP_11));
 
-        assert!(to_h1(&mut req, true));
+        arrived(&mut req);
+        assert!(to_h1(&mut req, Some(H2Orig::V1)));
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.uri(), "/a/b?c=d");
         assert!(req.uri().authority().is_none());
@@ -193,24 +253,91 @@ mod tests {
     }
 
     #[test]
+    fn a_request_crosses_unmarked_on_v2_and_arrives_as_it_left() {
+        let mut req = h1(Method::POST, "/a/b?c=d", Some("Orders.Shop:8080"));
+        let sent = req.headers().clone();
+        to_h2(&mut req, H2Orig::V2);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri(), "/a/b?c=d");
+        assert_eq!(*req.headers(), sent, "nothing added");
+
+        arrived(&mut req);
+        assert!(to_h1(&mut req, Some(H2Orig::V2)), "no :authority: carried");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri(), "/a/b?c=d");
+        let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-b", "x-a"]);
+    }
+
+    #[test]
+    fn on_v2_an_authority_says_http2_and_a_stray_mark_never_reaches_the_app() {
+        // A native HTTP/2 request, marked by a client of the calling proxy.
+        let mut native = h1(Method::GET, "http://x:1/a?b", None);
+        arrived(&mut native);
+        native.headers_mut().insert(ORIG_PROTO, HTTP_11);
+        assert!(!to_h1(&mut native, Some(H2Orig::V2)));
+        assert_eq!(native.version(), Version::HTTP_2);
+        assert_eq!(native.uri(), "http://x:1/a?b");
+        assert!(!native.headers().contains_key(ORIG_PROTO));
+
+        // A carried one whose HTTP/1 client sent the field itself.
+        let mut carried = h1(Method::GET, "/a", Some("x"));
+        carried.headers_mut().insert(ORIG_PROTO, HTTP_10);
+        to_h2(&mut carried, H2Orig::V2);
+        assert_eq!(
+            carried.headers()[&ORIG_PROTO],
+            HTTP_10,
+            "passed on as it came"
+        );
+        arrived(&mut carried);
+        assert!(to_h1(&mut carried, Some(H2Orig::V2)));
+        assert!(!carried.headers().contains_key(ORIG_PROTO));
+        assert_eq!(carried.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn on_v1_only_the_mark_says_http1() {
+        let mut native = h1(Method::GET, "http://x:1/a?b", None);
+        arrived(&mut native);
+        assert!(!to_h1(&mut native, Some(H2Orig::V1)));
+        assert_eq!(native.version(), Version::HTTP_2);
+        assert_eq!(native.uri(), "http://x:1/a?b");
+    }
+
+    #[test]
+    fn a_request_taken_back_from_a_stream_goes_as_it_came() {
+        for version in [H2Orig::V1, H2Orig::V2] {
+            let mut req = h1(Method::GET, "/a", Some("x"));
+            let sent = req.headers().clone();
+            to_h2(&mut req, version);
+            unmark_request(&mut req, version);
+            assert_eq!(*req.headers(), sent, "{version:?}");
+            assert_eq!(req.version(), Version::HTTP_11);
+        }
+    }
+
+    #[test]
     fn a_request_an_older_peer_sent_with_an_authority_arrives_origin_form() {
         let mut req = h1(Method::GET, "http://x:1/a?b", Some("x:1"));
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().insert(ORIG_PROTO, HTTP_11);
-        assert!(to_h1(&mut req, true));
+        assert!(to_h1(&mut req, Some(H2Orig::V1)));
         assert_eq!(req.uri(), "/a?b");
         assert_eq!(req.version(), Version::HTTP_11);
     }
 
     #[test]
     fn an_untrusted_mark_is_removed_and_ignored() {
-        let mut req = h1(Method::GET, "http://x/", Some("x"));
+        let mut req = h1(Method::GET, "/", Some("x"));
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().insert(ORIG_PROTO, HTTP_11);
-        assert!(!to_h1(&mut req, false));
+        assert!(!to_h1(&mut req, None));
         assert!(!req.headers().contains_key(ORIG_PROTO));
         assert_eq!(req.version(), Version::HTTP_2);
-        assert!(!to_h1(&mut req, true), "no mark, nothing to undo");
+        assert!(
+            !to_h1(&mut req, Some(H2Orig::V1)),
+            "no mark, nothing to undo"
+        );
     }
 
     #[test]

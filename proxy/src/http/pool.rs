@@ -22,7 +22,7 @@ use super::h2_client::{H2Sender, KeepAlive};
 use crate::FastMap;
 use crate::breaker::{ConnLimit, Permit};
 use crate::clock::now_nanos;
-use crate::identity::{Alpn, Identity, client_negotiated_h2_orig};
+use crate::identity::{Alpn, H2Orig, Identity, client_negotiated_h2_orig};
 use crate::sync::lock;
 
 /// One endpoint as the pool sees it: where, and who it must be.
@@ -129,8 +129,9 @@ struct Idle {
 
 /// What an HTTP/1 request to a peer proxy travels on.
 pub(crate) enum Carrier {
-    /// A stream of the peer's shared HTTP/2 connection (`http::orig_proto`).
-    Stream(H2Sender),
+    /// A stream of the peer's shared HTTP/2 connection (`http::orig_proto`), in
+    /// the version of `Alpn::H2Orig` it settled on.
+    Stream(H2Sender, H2Orig),
     /// An HTTP/1.1 connection of its own: the peer takes no HTTP/1 streams.
     Conn(H1Conn),
 }
@@ -335,8 +336,11 @@ impl Pool {
         now: u64,
     ) -> Result<Carrier, ProxyError> {
         match self.shared_h2(key, now) {
-            Some(tx) if tx.carries_h1() => return Ok(Carrier::Stream(tx)),
-            Some(_) => {}
+            Some(tx) => {
+                if let Some(version) = tx.carries_h1() {
+                    return Ok(Carrier::Stream(tx, version));
+                }
+            }
             None if !self.h1_only(key, now) => {
                 // Boxed: waiting for or making a dial is the cold path.
                 return Box::pin(self.h1_carrier_dial(key, connect_timeout, limit)).await;
@@ -374,24 +378,33 @@ impl Pool {
         let dialed = self
             .dial_gated(key, || async {
                 let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::H2Orig).await?;
-                if matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls)) {
+                let carries_h1 = match &stream {
+                    Either::Right(tls) => client_negotiated_h2_orig(tls),
+                    Either::Left(_) => None,
+                };
+                if let Some(version) = carries_h1 {
                     return self
-                        .start_h2(key, stream, guard, true)
+                        .start_h2(key, stream, guard, carries_h1)
                         .await
-                        .map(Carrier::Stream);
+                        .map(|tx| Carrier::Stream(tx, version));
                 }
                 lock(&self.inner.h1_only).insert(key.clone(), now_nanos());
                 Ok(Carrier::Conn(H1Conn::new(stream, guard)))
             })
             .await?;
         match dialed {
-            Gated::Dialed(carrier) => Ok(carrier),
-            Gated::Shared(tx) if tx.carries_h1() => Ok(Carrier::Stream(tx)),
-            // Another request found the peer without the upgrade while we waited.
-            Gated::Shared(_) | Gated::NoShared => Ok(Carrier::Conn(
-                self.h1(key, connect_timeout, limit, now_nanos()).await?,
-            )),
+            Gated::Dialed(carrier) => return Ok(carrier),
+            Gated::Shared(tx) => {
+                if let Some(version) = tx.carries_h1() {
+                    return Ok(Carrier::Stream(tx, version));
+                }
+            }
+            Gated::NoShared => {}
         }
+        // Another request found the peer without the upgrade while we waited.
+        Ok(Carrier::Conn(
+            self.h1(key, connect_timeout, limit, now_nanos()).await?,
+        ))
     }
 
     /// Waits for the endpoint's dial gate, then uses a connection another waiter
@@ -405,8 +418,10 @@ impl Pool {
         let dialed = self
             .dial_gated(key, || async {
                 let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
-                let carries_h1 =
-                    matches!(&stream, Either::Right(tls) if client_negotiated_h2_orig(tls));
+                let carries_h1 = match &stream {
+                    Either::Right(tls) => client_negotiated_h2_orig(tls),
+                    Either::Left(_) => None,
+                };
                 self.start_h2(key, stream, guard, carries_h1).await
             })
             .await?;
@@ -494,7 +509,7 @@ impl Pool {
         key: &Key,
         stream: Upstream,
         guard: Permit,
-        carries_h1: bool,
+        carries_h1: Option<H2Orig>,
     ) -> Result<H2Sender, ProxyError> {
         let tx = super::h2_client::handshake(stream, key.addr, guard, KeepAlive::DEFAULT)
             .await

@@ -14,7 +14,7 @@ pub(crate) mod policy_watch;
 pub(crate) mod verify;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,8 +39,8 @@ use crate::inbound_policy::InboundPolicy;
 pub(crate) enum Alpn {
     Http1,
     Http2,
-    /// HTTP/2 whose streams may carry HTTP/1 requests, each marked with its
-    /// original protocol (`http::orig_proto`). Offered with `h2` beside it for
+    /// HTTP/2 whose streams may carry HTTP/1 requests (`http::orig_proto`), in
+    /// either version (`H2Orig`, newest first). Offered with `h2` beside it for
     /// HTTP/2 requests (`Http2`), and for HTTP/1 ones (connecting with `H2Orig`)
     /// with `http/1.1` beside it, so a peer that does not know it (an older Weft,
     /// or one with the upgrade off) settles on what the request speaks.
@@ -51,12 +51,57 @@ pub(crate) enum Alpn {
     Opaque,
 }
 
+/// The version of `Alpn::H2Orig` a connection settled on: how its carried HTTP/1
+/// requests are told from native HTTP/2 ones (`http::orig_proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum H2Orig {
+    /// Each carried request has a `weft-orig-proto` field.
+    V1 = 1,
+    /// A request without `:authority` is a carried one.
+    V2 = 2,
+}
+
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 pub(crate) const ALPN_H1: &[u8] = b"http/1.1";
 /// Weft's own protocol name for "opaque bytes follow"; only proxies offer it.
 const ALPN_OPAQUE: &[u8] = b"weft.opaque/1";
-/// Weft's own name for `Alpn::H2Orig`; only proxies offer it.
-const ALPN_H2_ORIG: &[u8] = b"weft.h2-orig/1";
+/// Weft's own names for `Alpn::H2Orig`'s versions; only proxies offer them.
+const ALPN_H2_ORIG_1: &[u8] = b"weft.h2-orig/1";
+const ALPN_H2_ORIG_2: &[u8] = b"weft.h2-orig/2";
+
+/// The versions of `Alpn::H2Orig` up to `newest` (none: the upgrade off), newest
+/// first, as both sides list them: rustls takes the first of the server's
+/// protocols that the client offers, so two proxies settle on the newest both
+/// know, and an older one (`weft.h2-orig/1` only) on the one it knows.
+fn h2_orig_alpns(newest: Option<H2Orig>) -> &'static [&'static [u8]] {
+    match newest {
+        None => &[],
+        Some(H2Orig::V1) => &[ALPN_H2_ORIG_1],
+        Some(H2Orig::V2) => &[ALPN_H2_ORIG_2, ALPN_H2_ORIG_1],
+    }
+}
+
+/// What each side lists for a proxy whose newest `Alpn::H2Orig` is `newest`:
+/// the server's protocols, then the client's for an HTTP/2 request and for an
+/// HTTP/1 one.
+fn alpn_lists(newest: Option<H2Orig>) -> [Vec<&'static [u8]>; 3] {
+    let orig = h2_orig_alpns(newest);
+    let with = |rest: &[&'static [u8]]| orig.iter().chain(rest).copied().collect();
+    [
+        with(&[ALPN_H2, ALPN_H1, ALPN_OPAQUE]),
+        with(&[ALPN_H2]),
+        with(&[ALPN_H1]),
+    ]
+}
+
+/// The version of `Alpn::H2Orig` a negotiated protocol names, if any.
+fn h2_orig_of(protocol: Option<&[u8]>) -> Option<H2Orig> {
+    match protocol {
+        Some(ALPN_H2_ORIG_2) => Some(H2Orig::V2),
+        Some(ALPN_H2_ORIG_1) => Some(H2Orig::V1),
+        _ => None,
+    }
+}
 
 /// Why a handshake failed, as the `reason` label of the handshake metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,9 +200,10 @@ pub(crate) struct Identity {
     roots_pem: Mutex<Vec<String>>,
     pub(crate) inbound: ArcSwap<InboundPolicy>,
     pub(crate) metrics: IdentityMetrics,
-    /// Whether this proxy offers and accepts `Alpn::H2Orig` (on unless configured
-    /// off); read when TLS configs are built.
-    h2_orig: AtomicBool,
+    /// The newest version of `Alpn::H2Orig` this proxy offers and accepts, as
+    /// `H2Orig as u8` (0: none, the upgrade configured off); read when TLS
+    /// configs are built.
+    h2_orig: AtomicU8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,19 +237,34 @@ impl Identity {
             roots_pem: Mutex::new(Vec::new()),
             inbound: ArcSwap::from_pointee(inbound),
             metrics,
-            h2_orig: AtomicBool::new(true),
+            h2_orig: AtomicU8::new(H2Orig::V2 as u8),
         })
     }
 
     pub(crate) fn h2_orig(&self) -> bool {
-        self.h2_orig.load(Ordering::Relaxed)
+        self.newest_h2_orig().is_some()
+    }
+
+    fn newest_h2_orig(&self) -> Option<H2Orig> {
+        match self.h2_orig.load(Ordering::Relaxed) {
+            0 => None,
+            1 => Some(H2Orig::V1),
+            _ => Some(H2Orig::V2),
+        }
     }
 
     /// Turns HTTP/1 over shared HTTP/2 off, both ways: as a client this proxy
     /// then never offers it, and as a server it answers like a Weft that predates
     /// it. Call before the first certificate is installed.
     pub(crate) fn disable_h2_orig(&self) {
-        self.h2_orig.store(false, Ordering::Relaxed);
+        self.h2_orig.store(0, Ordering::Relaxed);
+    }
+
+    /// Offers and accepts no version of `Alpn::H2Orig` newer than `newest`, as a
+    /// Weft that predates the others would. Call before the first certificate is
+    /// installed.
+    pub(crate) fn limit_h2_orig(&self, newest: H2Orig) {
+        self.h2_orig.fetch_min(newest as u8, Ordering::Relaxed);
     }
 
     pub(crate) fn spiffe_id(&self) -> &Arc<str> {
@@ -303,22 +364,12 @@ impl Identity {
             .map_err(tls)?
             .with_client_cert_verifier(client_verifier)
             .with_cert_resolver(self.current.clone());
-        // rustls takes the first of the server's protocols that the client offers.
-        let h2_orig = self.h2_orig.load(Ordering::Relaxed);
-        server.alpn_protocols = [ALPN_H2_ORIG, ALPN_H2, ALPN_H1, ALPN_OPAQUE]
-            .into_iter()
-            .filter(|p| h2_orig || *p != ALPN_H2_ORIG)
-            .map(<[u8]>::to_vec)
-            .collect();
-        let (h2_alpns, h1_alpns): (&[&[u8]], &[&[u8]]) = if h2_orig {
-            (&[ALPN_H2_ORIG, ALPN_H2], &[ALPN_H2_ORIG, ALPN_H1])
-        } else {
-            (&[ALPN_H2], &[ALPN_H1])
-        };
+        let [server_alpns, h2_alpns, h1_alpns] = alpn_lists(self.newest_h2_orig());
+        server.alpn_protocols = server_alpns.iter().map(|p| p.to_vec()).collect();
         Ok(TlsConfigs {
             h1: client(&[ALPN_H1])?,
-            h2: client(h2_alpns)?,
-            h1_or_h2_orig: client(h1_alpns)?,
+            h2: client(&h2_alpns)?,
+            h1_or_h2_orig: client(&h1_alpns)?,
             opaque: client(&[ALPN_OPAQUE])?,
             server: TlsAcceptor::from(Arc::new(server)),
         })
@@ -421,7 +472,7 @@ impl Identity {
 /// The protocol a terminated inbound connection negotiated, if ALPN settled it.
 pub(crate) fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
     match stream.get_ref().1.alpn_protocol() {
-        Some(ALPN_H2_ORIG) => Some(Alpn::H2Orig),
+        Some(ALPN_H2_ORIG_2 | ALPN_H2_ORIG_1) => Some(Alpn::H2Orig),
         Some(ALPN_H2) => Some(Alpn::Http2),
         Some(ALPN_H1) => Some(Alpn::Http1),
         Some(ALPN_OPAQUE) => Some(Alpn::Opaque),
@@ -429,13 +480,182 @@ pub(crate) fn negotiated<IO>(stream: &server::TlsStream<IO>) -> Option<Alpn> {
     }
 }
 
-/// Whether an outbound connection settled on `Alpn::H2Orig`.
-pub(crate) fn client_negotiated_h2_orig<IO>(stream: &client::TlsStream<IO>) -> bool {
-    stream.get_ref().1.alpn_protocol() == Some(ALPN_H2_ORIG)
+/// The version of `Alpn::H2Orig` a terminated inbound connection settled on, if
+/// it did.
+pub(crate) fn negotiated_h2_orig<IO>(stream: &server::TlsStream<IO>) -> Option<H2Orig> {
+    h2_orig_of(stream.get_ref().1.alpn_protocol())
+}
+
+/// The version of `Alpn::H2Orig` an outbound connection settled on, if it did.
+pub(crate) fn client_negotiated_h2_orig<IO>(stream: &client::TlsStream<IO>) -> Option<H2Orig> {
+    h2_orig_of(stream.get_ref().1.alpn_protocol())
 }
 
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+
+    const TRUST_DOMAIN: &str = "spiffe://cluster.local";
+
+    /// A proxy's identity under the CA `issuer`, whose newest `Alpn::H2Orig` is
+    /// `newest` (None: the upgrade off).
+    fn proxy(
+        issuer: &Issuer<'_, KeyPair>,
+        root: &str,
+        name: &str,
+        newest: Option<H2Orig>,
+    ) -> Arc<Identity> {
+        let id = format!("{TRUST_DOMAIN}/ns/shop/sa/{name}");
+        let identity = Identity::new(
+            SpiffeId::parse(&id).expect("a SPIFFE ID"),
+            InboundPolicy::default(),
+            IdentityMetrics::new(&prometheus::Registry::new()),
+        );
+        match newest {
+            None => identity.disable_h2_orig(),
+            Some(v) => identity.limit_h2_orig(v),
+        }
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];
+        let leaf = params.signed_by(&key, issuer).expect("leaf");
+        let der = PrivatePkcs8KeyDer::from(key.serialize_der());
+        identity
+            .install(
+                &[leaf.pem()],
+                der.into(),
+                &[root.to_string()],
+                unix_now() + 3600,
+            )
+            .expect("install");
+        identity
+    }
+
+    /// What a client proxy connecting with `alpn` and a server proxy settle on:
+    /// the protocol, and each side's reading of `Alpn::H2Orig`'s version.
+    async fn handshake(
+        client: &Identity,
+        server: &Identity,
+        alpn: Alpn,
+    ) -> (
+        Option<Vec<u8>>,
+        Option<H2Orig>,
+        Option<Alpn>,
+        Option<H2Orig>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tcp, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (tcp, (inbound, _)) = (tcp.expect("connect"), accepted.expect("accept"));
+        let expected = server.spiffe_id().to_string();
+        let (out, inn) = tokio::join!(
+            client.connect(tcp, addr, &expected, alpn),
+            server.accept(inbound)
+        );
+        let (out, (inn, _, _)) = (out.expect("client side"), inn.expect("server side"));
+        (
+            out.get_ref().1.alpn_protocol().map(<[u8]>::to_vec),
+            client_negotiated_h2_orig(&out),
+            negotiated(&inn),
+            negotiated_h2_orig(&inn),
+        )
+    }
+
+    fn ca() -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = params.self_signed(&key).expect("root");
+        (root.pem(), Issuer::new(params, key))
+    }
+
+    #[test]
+    fn both_versions_are_listed_newest_first_and_none_when_off() {
+        let [server, h2, h1] = alpn_lists(Some(H2Orig::V2));
+        let names = |l: &[&[u8]]| {
+            l.iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&server),
+            [
+                "weft.h2-orig/2",
+                "weft.h2-orig/1",
+                "h2",
+                "http/1.1",
+                "weft.opaque/1"
+            ]
+        );
+        assert_eq!(names(&h2), ["weft.h2-orig/2", "weft.h2-orig/1", "h2"]);
+        assert_eq!(names(&h1), ["weft.h2-orig/2", "weft.h2-orig/1", "http/1.1"]);
+        let [server, h2, h1] = alpn_lists(Some(H2Orig::V1));
+        assert_eq!(
+            names(&server),
+            ["weft.h2-orig/1", "h2", "http/1.1", "weft.opaque/1"]
+        );
+        assert_eq!(names(&h2), ["weft.h2-orig/1", "h2"]);
+        assert_eq!(names(&h1), ["weft.h2-orig/1", "http/1.1"]);
+        let [server, h2, h1] = alpn_lists(None);
+        assert_eq!(names(&server), ["h2", "http/1.1", "weft.opaque/1"]);
+        assert_eq!(names(&h2), ["h2"]);
+        assert_eq!(names(&h1), ["http/1.1"]);
+    }
+
+    #[tokio::test]
+    async fn two_proxies_settle_on_the_newest_version_both_know() {
+        let (root, issuer) = ca();
+        let new = proxy(&issuer, &root, "new", Some(H2Orig::V2));
+        let old = proxy(&issuer, &root, "old", Some(H2Orig::V1));
+        let off = proxy(&issuer, &root, "off", None);
+        let v2 = Some(b"weft.h2-orig/2".to_vec());
+        let v1 = Some(b"weft.h2-orig/1".to_vec());
+        let h2 = Some(b"h2".to_vec());
+        let h1 = Some(b"http/1.1".to_vec());
+        let orig = Some(Alpn::H2Orig);
+        for alpn in [Alpn::H2Orig, Alpn::Http2] {
+            let what = format!("{alpn:?}");
+            assert_eq!(
+                handshake(&new, &new, alpn).await,
+                (v2.clone(), Some(H2Orig::V2), orig, Some(H2Orig::V2)),
+                "{what}: new to new"
+            );
+            assert_eq!(
+                handshake(&new, &old, alpn).await,
+                (v1.clone(), Some(H2Orig::V1), orig, Some(H2Orig::V1)),
+                "{what}: new to old"
+            );
+            assert_eq!(
+                handshake(&old, &new, alpn).await,
+                (v1.clone(), Some(H2Orig::V1), orig, Some(H2Orig::V1)),
+                "{what}: old to new"
+            );
+            let plain = if alpn == Alpn::Http2 { &h2 } else { &h1 };
+            let plain_alpn = if alpn == Alpn::Http2 {
+                Alpn::Http2
+            } else {
+                Alpn::Http1
+            };
+            assert_eq!(
+                handshake(&new, &off, alpn).await,
+                (plain.clone(), None, Some(plain_alpn), None),
+                "{what}: new to off"
+            );
+            assert_eq!(
+                handshake(&off, &new, alpn).await,
+                (plain.clone(), None, Some(plain_alpn), None),
+                "{what}: off to new"
+            );
+        }
+    }
 }
