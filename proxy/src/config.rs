@@ -336,7 +336,7 @@ struct RawIdentity {
 /// `identity.http1_over_http2` as written: true, false, or the newest version of
 /// `weft.h2-orig` to use.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "true, false, 1 or 2")]
 enum RawHttp1OverHttp2 {
     On(bool),
     UpTo(u8),
@@ -974,6 +974,8 @@ mod tests {
             err.to_string().contains("identity.http1_over_http2"),
             "{err}"
         );
+        let err = parse("yes").expect_err("not a version");
+        assert!(err.to_string().contains("true, false, 1 or 2"), "{err}");
         let default = Config::parse(
             "identity: {token: t, control_plane: http://a:1}\n",
             "p.yaml",
