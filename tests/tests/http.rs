@@ -556,3 +556,59 @@ async fn an_app_closing_kept_alive_connections_loses_only_a_request_unsafe_to_re
     assert_eq!(heads.load(Ordering::SeqCst), 5);
     hops.stop().await.expect("both proxies drain and exit 0");
 }
+
+/// hyper's HTTP/1 server watches for the client's EOF while a request is in
+/// flight (its `half_close` off): a client that hangs up before its answer has
+/// its request cancelled, so the upstream connection is closed at once rather
+/// than left to the upstream's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_request_cancels_the_upstream_request() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use weft_tests::proxy::{ProxyConfig, WeftProxy};
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let service = ServiceDef::new("stall").endpoint(upstream.local_addr().expect("addr"));
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: stall\r\n\r\n")
+        .await
+        .expect("send the request");
+    // The upstream takes the request and never answers.
+    let (mut conn, _) = within(
+        STEP_DEADLINE,
+        "the request reaches the upstream",
+        upstream.accept(),
+    )
+    .await
+    .expect("accept");
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = within(STEP_DEADLINE, "the request head", conn.read(&mut chunk))
+            .await
+            .expect("read the head");
+        assert!(n > 0, "the proxy closed before sending the whole head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(head.starts_with(b"GET /slow HTTP/1.1\r\n"));
+
+    drop(client);
+    let after = within(
+        STEP_DEADLINE,
+        "the proxy lets go of the upstream request",
+        conn.read(&mut chunk),
+    )
+    .await;
+    assert!(
+        matches!(after, Ok(0) | Err(_)),
+        "the upstream connection stays open: {after:?}"
+    );
+}
