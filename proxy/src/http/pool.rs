@@ -76,6 +76,14 @@ impl Key {
 /// A connection to an endpoint, in plaintext or mTLS.
 pub(crate) type Upstream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
+/// The version of `Alpn::H2Orig` a new connection settled on: none on plaintext.
+fn settled_h2_orig(stream: &Upstream) -> Option<H2Orig> {
+    match stream {
+        Either::Right(tls) => client_negotiated_h2_orig(tls),
+        Either::Left(_) => None,
+    }
+}
+
 /// Idle HTTP/1 connections kept per endpoint; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 
@@ -378,10 +386,7 @@ impl Pool {
         let dialed = self
             .dial_gated(key, || async {
                 let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::H2Orig).await?;
-                let carries_h1 = match &stream {
-                    Either::Right(tls) => client_negotiated_h2_orig(tls),
-                    Either::Left(_) => None,
-                };
+                let carries_h1 = settled_h2_orig(&stream);
                 if let Some(version) = carries_h1 {
                     return self
                         .start_h2(key, stream, guard, carries_h1)
@@ -418,10 +423,7 @@ impl Pool {
         let dialed = self
             .dial_gated(key, || async {
                 let (guard, stream) = self.open(key, connect_timeout, limit, Alpn::Http2).await?;
-                let carries_h1 = match &stream {
-                    Either::Right(tls) => client_negotiated_h2_orig(tls),
-                    Either::Left(_) => None,
-                };
+                let carries_h1 = settled_h2_orig(&stream);
                 self.start_h2(key, stream, guard, carries_h1).await
             })
             .await?;
