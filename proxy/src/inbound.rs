@@ -354,8 +354,10 @@ impl Inbound {
             leave_date: peer.h2_orig.is_some(),
         };
         // Only an HTTP/2 request can be refused unprocessed: the inbound never
-        // carries HTTP/1 to the app on a stream.
-        let kept = (req.version() == Version::HTTP_2).then(|| RefusedResends::keep(&mut req));
+        // carries HTTP/1 to the app on a stream. Boxed: a copy of the head would
+        // otherwise take its room in every request's future, HTTP/1 ones too.
+        let kept =
+            (req.version() == Version::HTTP_2).then(|| Box::new(RefusedResends::keep(&mut req)));
         let result = pin!(forward(&self.pool, req, &target)).await;
         let result = match kept {
             // Boxed: the resend's state stays out of every request's future.
@@ -377,7 +379,7 @@ impl Inbound {
     /// for a caller whose request it never started.
     async fn resend_refused(
         &self,
-        mut kept: RefusedResends,
+        mut kept: Box<RefusedResends>,
         refused: Result<Response<ProxyBody>, ProxyError>,
         target: &Target<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {

@@ -153,30 +153,37 @@ async fn forward_h1(
 
 /// Sends an HTTP/1 request on `conn` and answers with its response (or on a fresh
 /// connection, when `conn` turns out stale).
-async fn send_h1(
-    pool: &Pool,
+///
+/// An async block rather than an async fn: an async fn keeps each argument beside
+/// the local it is moved into (rust-lang/rust#62958), in every request's future.
+#[allow(clippy::manual_async_fn)]
+fn send_h1<'a>(
+    pool: &'a Pool,
     key: Key,
-    target: &Target<'_>,
+    target: &'a Target<'_>,
     conn: H1Conn,
     req: BoxedRequest,
     downstream_upgrade: Option<OnUpgrade>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upgrade = downstream_upgrade.is_some();
-    // The stale-connection path is set up inside the match and awaited after it, so
-    // the send's result (which can hold the whole request) is not kept in this
-    // future's state across that await.
-    let resend = match pin!(conn.send(req, upgrade, target.leave_date)).await {
-        Ok(resp) => return Ok(respond_h1(pool, key, target, resp, downstream_upgrade)),
-        // The peer closed a kept-alive connection just as we picked it, before
-        // answering a request that may be repeated: it goes on a fresh connection.
-        Err(h1_client::SendError::Stale(req)) => {
-            Box::pin(send_on_fresh(pool, &key, target, req, upgrade))
-        }
-        Err(h1_client::SendError::Client(e)) => return Err(e),
-        Err(h1_client::SendError::Failed) => return Err(ProxyError::UpstreamReset),
-    };
-    let resp = resend.await?;
-    Ok(respond_h1(pool, key, target, resp, downstream_upgrade))
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let upgrade = downstream_upgrade.is_some();
+        // The stale-connection path is set up inside the match and awaited after
+        // it, so the send's result (which can hold the whole request) is not kept
+        // in this future's state across that await.
+        let resend = match pin!(conn.send(req, upgrade, target.leave_date)).await {
+            Ok(resp) => return Ok(respond_h1(pool, key, target, resp, downstream_upgrade)),
+            // The peer closed a kept-alive connection just as we picked it, before
+            // answering a request that may be repeated: it goes on a fresh
+            // connection.
+            Err(h1_client::SendError::Stale(req)) => {
+                Box::pin(send_on_fresh(pool, &key, target, req, upgrade))
+            }
+            Err(h1_client::SendError::Client(e)) => return Err(e),
+            Err(h1_client::SendError::Failed) => return Err(ProxyError::UpstreamReset),
+        };
+        let resp = resend.await?;
+        Ok(respond_h1(pool, key, target, resp, downstream_upgrade))
+    }
 }
 
 /// The client's response from an HTTP/1 upstream's: the connection goes back to the
@@ -263,16 +270,25 @@ async fn forward_h2(
     if req.uri().authority().is_none() {
         name_authority(&mut req)?;
     }
-    let tx = pin!(shared_h2(pool, target)).await?;
-    let mut resp = match pin!(tx.send(req)).await {
-        Ok(resp) => resp,
-        // The shared connection is going away (GOAWAY) or gone, so the request
-        // was not sent: it takes a new connection, once.
-        Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)).await?,
-        Err(e) => return Err(send_error(e)),
+    // The resend is set up inside the block and awaited after it, so the sender
+    // and its send future are not kept in this future's state across that await.
+    let resend = {
+        let tx = pin!(shared_h2(pool, target)).await?;
+        match pin!(tx.send(req)).await {
+            Ok(resp) => return Ok(respond_h2(resp)),
+            // The shared connection is going away (GOAWAY) or gone, so the request
+            // was not sent: it takes a new connection, once.
+            Err(SendError::Unsent(req)) => Box::pin(resend_h2(pool, req, target)),
+            Err(e) => return Err(send_error(e)),
+        }
     };
+    Ok(respond_h2(resend.await?))
+}
+
+/// The client's response from an HTTP/2 upstream's.
+fn respond_h2(mut resp: Response<H2Body>) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+    resp.map(|b| ProxyBody::upstream(PooledBody::h2(b)))
 }
 
 /// Names the target of an HTTP/2 request that came without :authority by its

@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use h2::{Reason, SendStream};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{BodyError, ProxyBody};
@@ -59,7 +59,6 @@ pub(crate) async fn serve<I, F, Fut>(
     F: Fn(Request<ClientBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
-    let handler = Arc::new(handler);
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(super::H2_STREAM_WINDOW)
@@ -106,7 +105,7 @@ pub(crate) async fn serve<I, F, Fut>(
             Some(Ok((req, respond))) => {
                 // Boxed: a tokio task is 128-byte aligned, and mimalloc serves
                 // such blocks from its slow aligned path unless they are small.
-                tokio::spawn(Box::pin(serve_stream(handler.clone(), req, respond, dates)));
+                tokio::spawn(Box::pin(serve_stream(&handler, req, respond, dates)));
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "client connection ended with an error");
@@ -117,45 +116,118 @@ pub(crate) async fn serve<I, F, Fut>(
     }
 }
 
-/// Has `handler` answer a stream, and sends the answer. A client's RST_STREAM
-/// before the answer drops the handler, cancelling the request.
-///
-/// The handler is called here rather than by the connection's task: an async fn
-/// keeps each argument for its whole life, beside the locals it is moved into
-/// (rust-lang/rust#62958), so a handler's future passed in would be laid out twice
-/// in every stream's task, where the request it is made from is much smaller.
-async fn serve_stream<F, Fut>(
-    handler: Arc<F>,
+pin_project! {
+    /// One stream's task: the handler's answer, then its body. A client's
+    /// RST_STREAM before the answer drops the handler, cancelling the request.
+    ///
+    /// Written by hand, not as an async fn: one keeps each argument for its whole
+    /// life beside the local it is moved into, and any local once borrowed until
+    /// its scope ends (rust-lang/rust#62958), so the request and its parts would
+    /// sit beside the handler's future in every stream's task. This holds the
+    /// handler's future, then the body, and what it takes to answer.
+    #[project = StreamProj]
+    enum Stream<Fut> {
+        Answering {
+            #[pin]
+            answer: Fut,
+            // Taken when the answer goes out; `Some` while answering.
+            respond: Option<SendResponse<Bytes>>,
+            head: bool,
+            dates: Dates,
+        },
+        Sending {
+            #[pin]
+            body: ProxyBody,
+            send: SendStream<Bytes>,
+            // A chunk waiting for window.
+            held: Option<Bytes>,
+        },
+        Done,
+    }
+}
+
+/// Has `handler` make the answer to a stream, in the connection's task: the
+/// stream's task then holds its future alone (see `Stream`).
+fn serve_stream<F, Fut>(
+    handler: &F,
     req: Request<h2::RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     dates: Dates,
-) where
+) -> Stream<Fut>
+where
     F: Fn(Request<ClientBody>) -> Fut,
-    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
     let head = req.method() == Method::HEAD;
     let (parts, recv) = req.into_parts();
     let body = ClientBody::h2(recv, &parts.headers);
-    let answer = handler(Request::from_parts(parts, body));
-    drop(handler);
-    let resp = {
-        let mut answer = pin!(answer);
-        poll_fn(|cx| {
-            match answer.as_mut().poll(cx) {
-                Poll::Ready(Ok(resp)) => return Poll::Ready(Some(resp)),
+    Stream::Answering {
+        answer: handler(Request::from_parts(parts, body)),
+        respond: Some(respond),
+        head,
+        dates,
+    }
+}
+
+impl<Fut> Future for Stream<Fut>
+where
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let StreamProj::Answering {
+            answer,
+            respond,
+            head,
+            dates,
+        } = self.as_mut().project()
+        {
+            let resp = match answer.poll(cx) {
+                Poll::Ready(Ok(resp)) => resp,
                 Poll::Ready(Err(never)) => match never {},
-                Poll::Pending => {}
+                Poll::Pending => match respond.as_mut().map(|r| r.poll_reset(cx)) {
+                    Some(Poll::Pending) => return Poll::Pending,
+                    // Reset by the client: the handler is dropped.
+                    _ => {
+                        self.set(Stream::Done);
+                        return Poll::Ready(());
+                    }
+                },
+            };
+            let sending = respond
+                .take()
+                .and_then(|respond| send_head(resp, respond, *head, *dates));
+            match sending {
+                Some((body, send)) => self.set(Stream::Sending {
+                    body,
+                    send,
+                    held: None,
+                }),
+                None => {
+                    self.set(Stream::Done);
+                    return Poll::Ready(());
+                }
             }
-            match respond.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+        }
+        match self.as_mut().project() {
+            StreamProj::Sending { body, send, held } => {
+                ready!(poll_body(body, send, held, cx));
+                self.set(Stream::Done);
+                Poll::Ready(())
             }
-        })
-        .await
-    };
-    let Some(resp) = resp else {
-        return;
-    };
+            StreamProj::Answering { .. } | StreamProj::Done => Poll::Ready(()),
+        }
+    }
+}
+
+/// Sends the answer's head: the body and the stream to send it on when there is
+/// a body to send.
+fn send_head(
+    resp: Response<ProxyBody>,
+    mut respond: SendResponse<Bytes>,
+    head: bool,
+    dates: Dates,
+) -> Option<(ProxyBody, SendStream<Bytes>)> {
     let resp = if head {
         super::without_body(resp)
     } else {
@@ -181,46 +253,54 @@ async fn serve_stream<F, Fut>(
     {
         parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
-    let send = match respond.send_response(Response::from_parts(parts, ()), eos) {
-        Ok(send) => send,
+    match respond.send_response(Response::from_parts(parts, ()), eos) {
+        Ok(send) => (!eos).then_some((body, send)),
         Err(e) => {
             tracing::debug!(error = %e, "sending a response head failed");
             respond.send_reset(Reason::INTERNAL_ERROR);
-            return;
+            None
         }
-    };
-    if !eos {
-        // Pinned here rather than moved into `send_body`'s own state.
-        send_body(pin!(body), send).await;
     }
 }
 
 /// Streams a response body into its HTTP/2 stream as flow control allows, then its
 /// trailers. A failing body resets the stream; so does the client, which ends it.
-async fn send_body(mut body: Pin<&mut ProxyBody>, mut send: SendStream<Bytes>) {
+fn poll_body(
+    mut body: Pin<&mut ProxyBody>,
+    send: &mut SendStream<Bytes>,
+    held: &mut Option<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
     loop {
+        if held.is_some() {
+            if !ready!(has_capacity(send, cx)) {
+                return Poll::Ready(());
+            }
+            if let Some(data) = held.take()
+                && send.send_data(data, false).is_err()
+            {
+                return Poll::Ready(());
+            }
+        }
         // The next frame first, then window for it: reserving window before there
         // is data to send would pin the connection's window (hyper #4003). The
         // client's reset is watched only while the body has nothing to give.
-        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
-            Poll::Ready(frame) => Poll::Ready(Some(frame)),
-            Poll::Pending if send.poll_reset(cx).is_ready() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        })
-        .await;
+        let frame = match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending if send.poll_reset(cx).is_ready() => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        };
         let frame = match frame {
-            // The client reset the stream.
-            None => return,
-            Some(None) => {
+            None => {
                 let _ = send.send_data(Bytes::new(), true);
-                return;
+                return Poll::Ready(());
             }
-            Some(Some(Err(e))) => {
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "response body failed; resetting the stream");
                 send.send_reset(reason_of(&e));
-                return;
+                return Poll::Ready(());
             }
-            Some(Some(Ok(frame))) => frame,
+            Some(Ok(frame)) => frame,
         };
         match frame.into_data() {
             Ok(data) => {
@@ -230,19 +310,18 @@ async fn send_body(mut body: Pin<&mut ProxyBody>, mut send: SendStream<Bytes>) {
                 // body is read no faster than the client takes it.
                 if !eos && !data.is_empty() {
                     send.reserve_capacity(1);
-                    if !poll_fn(|cx| has_capacity(&mut send, cx)).await {
-                        return;
-                    }
+                    *held = Some(data);
+                    continue;
                 }
                 if send.send_data(data, eos).is_err() || eos {
-                    return;
+                    return Poll::Ready(());
                 }
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     send.reserve_capacity(0);
                     let _ = send.send_trailers(trailers);
-                    return;
+                    return Poll::Ready(());
                 }
             }
         }
