@@ -612,3 +612,294 @@ async fn a_client_that_hangs_up_mid_request_cancels_the_upstream_request() {
         "the upstream connection stays open: {after:?}"
     );
 }
+
+/// Reads one HTTP/1.1 response framed by content-length from `stream`, with `buf`
+/// holding what was read past the previous one; returns its status line and body.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = within(STEP_DEADLINE, "a response head", stream.read(&mut chunk))
+            .await
+            .expect("read a response head");
+        assert!(n > 0, "closed before a whole response head: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    while buf.len() < head_end + len {
+        let n = within(STEP_DEADLINE, "a response body", stream.read(&mut chunk))
+            .await
+            .expect("read a response body");
+        assert!(n > 0, "closed before a whole response body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_shuts_down_its_sending_side_after_a_request_gets_no_answer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use weft_tests::proxy::{ProxyConfig, WeftProxy};
+
+    // An upstream that takes requests and never answers. Whether the request
+    // reaches it depends on when the proxy sees the client's FIN.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let service = ServiceDef::new("stall").endpoint(upstream.local_addr().expect("addr"));
+    let _held = AbortOnDrop(tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = upstream.accept().await {
+            held.push(conn);
+        }
+    }));
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: stall\r\n\r\n")
+        .await
+        .expect("send the request");
+    // As `nc -N` does: a complete request, then FIN. The proxy takes a FIN
+    // mid-request for a client gone (as hyper's server does unless `half_close`):
+    // the request ends unanswered and the connection closes.
+    client.shutdown().await.expect("shut down the sending side");
+    let mut answer = Vec::new();
+    within(
+        STEP_DEADLINE,
+        "the proxy closes the connection",
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read to the end");
+    assert!(
+        answer.is_empty(),
+        "answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_after_sending_its_body_cancels_the_upstream_request() {
+    use tokio::io::AsyncWriteExt as _;
+    use weft_tests::proxy::{ProxyConfig, WeftProxy};
+
+    // Far more than one read of the socket.
+    const BODY: usize = 256 * 1024;
+    // `/hold` reads the whole body, says so, and never answers; its future's drop
+    // (the upstream request cancelled) is reported too.
+    let (read_tx, mut read_rx) = mpsc::channel::<usize>(4);
+    let (dropped_tx, mut dropped_rx) = mpsc::channel::<()>(4);
+    struct OnDrop(mpsc::Sender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.try_send(());
+        }
+    }
+    let app = HttpApp::with_handler(
+        "uploads",
+        Arc::new(move |req: Request<hyper::body::Incoming>| {
+            let (read_tx, dropped_tx) = (read_tx.clone(), dropped_tx.clone());
+            Box::pin(async move {
+                let hold = req.uri().path() == "/hold";
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let len = body.map_or(0, |b| b.len());
+                if hold {
+                    let _dropped = OnDrop(dropped_tx);
+                    let _ = read_tx.send(len).await;
+                    std::future::pending::<()>().await;
+                }
+                Response::new(full(len.to_string()))
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app");
+    let service = ServiceDef::new("uploads").endpoint(app.addr);
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    let body = pattern(BODY, 5);
+    let head = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: uploads\r\ncontent-length: {BODY}\r\n\r\n")
+    };
+    // First an upload answered on the kept-alive connection.
+    client
+        .write_all(head("/upload").as_bytes())
+        .await
+        .expect("send a head");
+    client.write_all(&body).await.expect("send a body");
+    let mut buf = Vec::new();
+    let (status, answer) = read_response(&mut client, &mut buf).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(answer, BODY.to_string().as_bytes());
+
+    // Then one whose answer never comes: the client leaves once it is all sent.
+    client
+        .write_all(head("/hold").as_bytes())
+        .await
+        .expect("send a head");
+    client.write_all(&body).await.expect("send a body");
+    let read = within(STEP_DEADLINE, "the app reads the body", read_rx.recv())
+        .await
+        .expect("the app's report");
+    assert_eq!(read, BODY);
+    drop(client);
+    within(
+        STEP_DEADLINE,
+        "the proxy cancels the upstream request",
+        dropped_rx.recv(),
+    )
+    .await
+    .expect("the app's request dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_while_one_is_in_flight() {
+    use tokio::io::AsyncWriteExt as _;
+    use weft_tests::proxy::{ProxyConfig, WeftProxy};
+
+    // `/one` is answered only once released; every other path at once.
+    let release = Arc::new(Notify::new());
+    let (one_tx, mut one_rx) = mpsc::channel::<()>(4);
+    let app = HttpApp::with_handler(
+        "pipeline",
+        Arc::new({
+            let release = release.clone();
+            move |req: Request<hyper::body::Incoming>| {
+                let (release, one_tx) = (release.clone(), one_tx.clone());
+                Box::pin(async move {
+                    let path = req.uri().path().to_string();
+                    if path == "/one" {
+                        let _ = one_tx.send(()).await;
+                        release.notified().await;
+                    }
+                    Response::new(full(path))
+                }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+            }
+        }),
+    )
+    .await
+    .expect("start app");
+    let service = ServiceDef::new("pipeline").endpoint(app.addr);
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: pipeline\r\n\r\n");
+    // Two at once: the second waits in the proxy's read buffer.
+    client
+        .write_all(format!("{}{}", get("/one"), get("/two")).as_bytes())
+        .await
+        .expect("send two requests");
+    within(
+        STEP_DEADLINE,
+        "the first request reaches the app",
+        one_rx.recv(),
+    )
+    .await
+    .expect("the app's report");
+    // A third while the first is in flight: it waits on the socket, which the
+    // proxy checks for the client leaving. The pause lets the proxy find it there
+    // before the first answer; the outcome must not depend on it.
+    client
+        .write_all(get("/three").as_bytes())
+        .await
+        .expect("send a third request");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    release.notify_one();
+
+    let mut buf = Vec::new();
+    for path in ["/one", "/two", "/three"] {
+        let (status, body) = read_response(&mut client, &mut buf).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        assert_eq!(body, path.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_while_its_answer_streams_cancels_the_upstream_response() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use weft_tests::proxy::{ProxyConfig, WeftProxy};
+
+    // `/stream` answers "first" and then nothing, until its body is dropped
+    // (the upstream response cancelled), which it reports.
+    let (dropped_tx, mut dropped_rx) = mpsc::channel::<()>(4);
+    let app = HttpApp::with_handler(
+        "streams",
+        Arc::new(move |_req: Request<hyper::body::Incoming>| {
+            let dropped_tx = dropped_tx.clone();
+            Box::pin(async move {
+                let (tx, body) = channel_body();
+                tokio::spawn(async move {
+                    let _ = tx.send(Bytes::from_static(b"first")).await;
+                    tx.closed().await;
+                    let _ = dropped_tx.send(()).await;
+                });
+                Response::new(body)
+            }) as weft_tests::apps::BoxFuture<Response<AppBody>>
+        }),
+    )
+    .await
+    .expect("start app");
+    let service = ServiceDef::new("streams").endpoint(app.addr);
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: streams\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !seen.windows(5).any(|w| w == b"first") {
+        let n = within(
+            STEP_DEADLINE,
+            "the answer's first chunk",
+            client.read(&mut chunk),
+        )
+        .await
+        .expect("read the answer");
+        assert!(n > 0, "closed before the first chunk: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
+
+    drop(client);
+    within(
+        STEP_DEADLINE,
+        "the proxy cancels the upstream response",
+        dropped_rx.recv(),
+    )
+    .await
+    .expect("the app's body dropped");
+}
