@@ -293,102 +293,112 @@ impl Outbound {
         svc.metrics.tcp_failed(TcpFailure::ConnectFailure);
     }
 
-    async fn handle(
-        &self,
+    /// Answers one request. This and the steps under it (`dispatch`, `send`,
+    /// `attempt`) return async blocks: an async fn keeps each argument beside the
+    /// local it is moved into (rust-lang/rust#62958), at every level of the
+    /// request's future, which hyper moves whole.
+    #[allow(clippy::manual_async_fn)]
+    fn handle<'a>(
+        &'a self,
         req: BoxedRequest,
-        dest: &Destination,
+        dest: &'a Destination,
         client: Option<IpAddr>,
-    ) -> Response<ProxyBody> {
-        // The request's one clock read on the way in: its latency, its pick and its
-        // first attempt all start here.
-        let start = now_nanos();
-        if conflicting_host(req.headers()) {
-            self.unknown
-                .proxy_error(ProxyError::MalformedRequest.reason());
-            return ProxyError::MalformedRequest.response();
-        }
-        // A service named with a port (`http://shop:9090`) is reached on that port.
-        let mut named_port = None;
-        // The gateway's host table may be swapped meanwhile: its service name is
-        // held here for the lookup.
-        let gateway_service: Arc<str>;
-        let want = match dest {
-            Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
-            Destination::Original(addr) => Dest::Vip(*addr),
-            Destination::Authority => match authority_of(&req) {
-                Some((host, port)) => match host.parse::<IpAddr>() {
-                    Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
-                    Err(_) => {
-                        named_port = Some(port);
-                        Dest::Name(Cow::Borrowed(host))
+    ) -> impl Future<Output = Response<ProxyBody>> {
+        async move {
+            // The request's one clock read on the way in: its latency, its pick and its
+            // first attempt all start here.
+            let start = now_nanos();
+            if conflicting_host(req.headers()) {
+                self.unknown
+                    .proxy_error(ProxyError::MalformedRequest.reason());
+                return ProxyError::MalformedRequest.response();
+            }
+            // A service named with a port (`http://shop:9090`) is reached on that port.
+            let mut named_port = None;
+            // The gateway's host table may be swapped meanwhile: its service name is
+            // held here for the lookup.
+            let gateway_service: Arc<str>;
+            let want = match dest {
+                Destination::Service(name) => Dest::Name(Cow::Borrowed(name)),
+                Destination::Original(addr) => Dest::Vip(*addr),
+                Destination::Authority => match authority_of(&req) {
+                    Some((host, port)) => match host.parse::<IpAddr>() {
+                        Ok(ip) => Dest::Vip(SocketAddr::new(ip, port)),
+                        Err(_) => {
+                            named_port = Some(port);
+                            Dest::Name(Cow::Borrowed(host))
+                        }
+                    },
+                    None => {
+                        self.unknown.proxy_error(ProxyError::NoAuthority.reason());
+                        return ProxyError::NoAuthority.response();
                     }
                 },
-                None => {
-                    self.unknown.proxy_error(ProxyError::NoAuthority.reason());
-                    return ProxyError::NoAuthority.response();
-                }
-            },
-            Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
-                Ok(name) => {
-                    gateway_service = name;
-                    Dest::Name(Cow::Borrowed(&*gateway_service))
-                }
-                Err(resp) => {
-                    if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
-                        self.unknown
-                            .proxy_error(reason.to_str().unwrap_or("unknown"));
+                Destination::Gateway(entry) => match crate::routing::gateway_dest(entry, &req) {
+                    Ok(name) => {
+                        gateway_service = name;
+                        Dest::Name(Cow::Borrowed(&*gateway_service))
                     }
-                    self.unknown.record(resp.status().as_u16(), since(start));
-                    return *resp;
-                }
-            },
-        };
-        let svc = pin!(self.lookup.service(want)).await;
-        let Some(svc) = svc else {
-            self.unknown
-                .proxy_error(ProxyError::UnknownService.reason());
-            let resp = ProxyError::UnknownService.response();
-            self.unknown.record(resp.status().as_u16(), since(start));
-            return resp;
-        };
-        let svc = match named_port {
-            Some(port) => svc.for_port(port).clone(),
-            None => svc,
-        };
-        if !svc.routes.is_empty() {
-            // Boxed: a service without routes keeps its request's future small.
-            return Box::pin(self.handle_routed(svc, req, client, start)).await;
+                    Err(resp) => {
+                        if let Some(reason) = resp.headers().get(error::WEFT_ERROR) {
+                            self.unknown
+                                .proxy_error(reason.to_str().unwrap_or("unknown"));
+                        }
+                        self.unknown.record(resp.status().as_u16(), since(start));
+                        return *resp;
+                    }
+                },
+            };
+            let svc = pin!(self.lookup.service(want)).await;
+            let Some(svc) = svc else {
+                self.unknown
+                    .proxy_error(ProxyError::UnknownService.reason());
+                let resp = ProxyError::UnknownService.response();
+                self.unknown.record(resp.status().as_u16(), since(start));
+                return resp;
+            };
+            let svc = match named_port {
+                Some(port) => svc.for_port(port).clone(),
+                None => svc,
+            };
+            if !svc.routes.is_empty() {
+                // Boxed: a service without routes keeps its request's future small.
+                return Box::pin(self.handle_routed(svc, req, client, start)).await;
+            }
+            let plan = Plan::of(&svc);
+            self.dispatch(&svc, req, client, start, &plan).await
         }
-        let plan = Plan::of(&svc);
-        self.dispatch(&svc, req, client, start, &plan).await
     }
 
     /// Sends a request to `svc` under `plan` and records its answer.
-    async fn dispatch(
-        &self,
-        svc: &Service,
+    #[allow(clippy::manual_async_fn)]
+    fn dispatch<'a>(
+        &'a self,
+        svc: &'a Service,
         req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
-        plan: &Plan<'_>,
-    ) -> Response<ProxyBody> {
-        // The request timeout covers every attempt and backoff. Boxed when set, so
-        // the untimed path does not lay the request's future out twice.
-        let result = match plan.request_timeout {
-            Some(t) => Box::pin(tokio::time::timeout(
-                t,
-                self.send(svc, req, client, start, plan.retry),
-            ))
-            .await
-            .unwrap_or(Err(ProxyError::Timeout)),
-            None => pin!(self.send(svc, req, client, start, plan.retry)).await,
-        };
-        let resp = result.unwrap_or_else(|e| {
-            plan.metrics.proxy_error(e.reason());
-            e.response()
-        });
-        plan.metrics.record(resp.status().as_u16(), since(start));
-        resp
+        plan: &'a Plan<'_>,
+    ) -> impl Future<Output = Response<ProxyBody>> {
+        async move {
+            // The request timeout covers every attempt and backoff. Boxed when set, so
+            // the untimed path does not lay the request's future out twice.
+            let result = match plan.request_timeout {
+                Some(t) => Box::pin(tokio::time::timeout(
+                    t,
+                    self.send(svc, req, client, start, plan.retry),
+                ))
+                .await
+                .unwrap_or(Err(ProxyError::Timeout)),
+                None => pin!(self.send(svc, req, client, start, plan.retry)).await,
+            };
+            let resp = result.unwrap_or_else(|e| {
+                plan.metrics.proxy_error(e.reason());
+                e.response()
+            });
+            plan.metrics.record(resp.status().as_u16(), since(start));
+            resp
+        }
     }
 }
 
@@ -419,56 +429,59 @@ fn hash_ip(ip: IpAddr) -> u64 {
 
 impl Outbound {
     /// Admits a request to `svc` and sends it, retrying as the policy allows.
-    async fn send(
-        &self,
-        svc: &Service,
+    #[allow(clippy::manual_async_fn)]
+    fn send<'a>(
+        &'a self,
+        svc: &'a Service,
         mut req: BoxedRequest,
         client: Option<IpAddr>,
         start: u64,
-        retry: Option<&RetryPolicy>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let policy = &svc.policy;
-        let active = &svc.stats.concurrency.active;
-        let Some(active) = Permit::acquire(active.clone(), policy.limits.max_active_requests)
-        else {
-            svc.metrics.overloaded(Limit::Active);
-            return Err(ProxyError::Overloaded);
-        };
-        let key = match svc.hash_key() {
-            None => None,
-            Some(HashKey::Header(name)) => {
-                req.headers().get(name).map(|v| hash_bytes(v.as_bytes()))
-            }
-            Some(HashKey::ClientIdentity) => self.client_key(client),
-        };
-        // Under a retry policy every request is kept for replay, whatever its
-        // method: an HTTP/2 peer may refuse any request unprocessed.
-        let retry = retry.filter(|_| !is_upgrade(req.headers()));
-        let result = match retry {
-            None => {
-                let idx = svc
-                    .pick_at(key, None, start)
-                    .ok_or(ProxyError::NoEndpoints)?;
-                // The request itself goes first; what a resend needs is kept beside
-                // it, only for a request the upstream may refuse unprocessed.
-                let kept = self
-                    .may_be_refused(&req, &svc.endpoints[idx])
-                    .then(|| RefusedResends::keep(&mut req));
-                let (result, outcome) = pin!(self.attempt(svc, idx, req, start, None)).await;
-                match kept {
-                    // Boxed: the resend's state stays out of every request's future.
-                    Some(kept) if outcome == Outcome::Refused => {
-                        Box::pin(self.resend_refused(svc, key, idx, kept, result)).await
-                    }
-                    _ => result,
+        retry: Option<&'a RetryPolicy>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+        async move {
+            let policy = &svc.policy;
+            let active = &svc.stats.concurrency.active;
+            let Some(active) = Permit::acquire(active.clone(), policy.limits.max_active_requests)
+            else {
+                svc.metrics.overloaded(Limit::Active);
+                return Err(ProxyError::Overloaded);
+            };
+            let key = match svc.hash_key() {
+                None => None,
+                Some(HashKey::Header(name)) => {
+                    req.headers().get(name).map(|v| hash_bytes(v.as_bytes()))
                 }
-            }
-            // Boxed: with retries on, the request carries its replay state and a
-            // backoff timer; keeping that out of line keeps every other request's
-            // future small.
-            Some(retry) => Box::pin(self.send_retrying(svc, retry, key, req)).await,
-        };
-        result.map(|resp| resp.map(|body| body.holding(active)))
+                Some(HashKey::ClientIdentity) => self.client_key(client),
+            };
+            // Under a retry policy every request is kept for replay, whatever its
+            // method: an HTTP/2 peer may refuse any request unprocessed.
+            let retry = retry.filter(|_| !is_upgrade(req.headers()));
+            let result = match retry {
+                None => {
+                    let idx = svc
+                        .pick_at(key, None, start)
+                        .ok_or(ProxyError::NoEndpoints)?;
+                    // The request itself goes first; what a resend needs is kept beside
+                    // it, only for a request the upstream may refuse unprocessed.
+                    let kept = self
+                        .may_be_refused(&req, &svc.endpoints[idx])
+                        .then(|| RefusedResends::keep(&mut req));
+                    let (result, outcome) = pin!(self.attempt(svc, idx, req, start, None)).await;
+                    match kept {
+                        // Boxed: the resend's state stays out of every request's future.
+                        Some(kept) if outcome == Outcome::Refused => {
+                            Box::pin(self.resend_refused(svc, key, idx, kept, result)).await
+                        }
+                        _ => result,
+                    }
+                }
+                // Boxed: with retries on, the request carries its replay state and a
+                // backoff timer; keeping that out of line keeps every other request's
+                // future small.
+                Some(retry) => Box::pin(self.send_retrying(svc, retry, key, req)).await,
+            };
+            result.map(|resp| resp.map(|body| body.holding(active)))
+        }
     }
 
     /// Whether `req` to `ep` may travel as a stream of a shared HTTP/2 connection,
@@ -627,61 +640,64 @@ impl Outbound {
 
     /// One attempt on one endpoint, with its outcome recorded for balancing and
     /// ejection, and returned for retrying under `retry`.
-    async fn attempt(
-        &self,
-        svc: &Service,
+    #[allow(clippy::manual_async_fn)]
+    fn attempt<'a>(
+        &'a self,
+        svc: &'a Service,
         idx: usize,
         req: BoxedRequest,
         now: u64,
-        retry: Option<&RetryPolicy>,
-    ) -> (Result<Response<ProxyBody>, ProxyError>, Outcome) {
-        let ep = &svc.endpoints[idx];
-        svc.metrics.attempted(ep.identity.is_some());
-        let mut guard = AttemptGuard::start(svc, ep, now);
-        let concurrency = &svc.stats.concurrency;
-        let target = Target {
-            started: now,
-            addr: ep.addr,
-            identity: ep.identity.clone(),
-            connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
-            request_timeout: svc.policy.timeouts.per_try,
-            idle_timeout: svc.policy.timeouts.idle,
-            gate: Some(Gate {
-                connections: &svc.conn_limit,
-                pending: &concurrency.pending,
-                max_pending: svc.policy.limits.max_pending_requests,
-                metrics: &svc.metrics,
-            }),
-            leave_date: false,
-        };
-        let mut result = pin!(forward(&self.pool, req, &target)).await;
-        self.observer.picked(&mut result, || Picked {
-            service: svc.key(),
-            endpoint: ep.addr,
-            identity: ep.identity.clone(),
-        });
-        let outcome = match &result {
-            Ok(resp) => Outcome::Response {
-                status: resp.status().as_u16(),
-                // Looked up only for a policy that reads it: most answers are not
-                // gRPC, and the lookup hashes the field's name every time.
-                grpc: reads_grpc(svc, retry)
-                    .then(|| resp.headers().get(GRPC_STATUS))
-                    .flatten()
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-            },
-            // Refused by a local limit (the endpoint was never tried), or the
-            // client's own fault: nothing to blame on the endpoint or to retry.
-            Err(ProxyError::Overloaded | ProxyError::BadRequestBody | ProxyError::ClientAbort) => {
-                Outcome::Cancelled
-            }
-            Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
-            Err(ProxyError::Refused) => Outcome::Refused,
-            Err(_) => Outcome::NoResponse,
-        };
-        guard.finish(outcome);
-        (result, outcome)
+        retry: Option<&'a RetryPolicy>,
+    ) -> impl Future<Output = (Result<Response<ProxyBody>, ProxyError>, Outcome)> {
+        async move {
+            let ep = &svc.endpoints[idx];
+            svc.metrics.attempted(ep.identity.is_some());
+            let mut guard = AttemptGuard::start(svc, ep, now);
+            let concurrency = &svc.stats.concurrency;
+            let target = Target {
+                started: now,
+                addr: ep.addr,
+                identity: ep.identity.clone(),
+                connect_timeout: svc.policy.timeouts.connect.unwrap_or(self.connect_timeout),
+                request_timeout: svc.policy.timeouts.per_try,
+                idle_timeout: svc.policy.timeouts.idle,
+                gate: Some(Gate {
+                    connections: &svc.conn_limit,
+                    pending: &concurrency.pending,
+                    max_pending: svc.policy.limits.max_pending_requests,
+                    metrics: &svc.metrics,
+                }),
+                leave_date: false,
+            };
+            let mut result = pin!(forward(&self.pool, req, &target)).await;
+            self.observer.picked(&mut result, || Picked {
+                service: svc.key(),
+                endpoint: ep.addr,
+                identity: ep.identity.clone(),
+            });
+            let outcome = match &result {
+                Ok(resp) => Outcome::Response {
+                    status: resp.status().as_u16(),
+                    // Looked up only for a policy that reads it: most answers are not
+                    // gRPC, and the lookup hashes the field's name every time.
+                    grpc: reads_grpc(svc, retry)
+                        .then(|| resp.headers().get(GRPC_STATUS))
+                        .flatten()
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                },
+                // Refused by a local limit (the endpoint was never tried), or the
+                // client's own fault: nothing to blame on the endpoint or to retry.
+                Err(
+                    ProxyError::Overloaded | ProxyError::BadRequestBody | ProxyError::ClientAbort,
+                ) => Outcome::Cancelled,
+                Err(ProxyError::ConnectRefused | ProxyError::ConnectTimeout) => Outcome::NotSent,
+                Err(ProxyError::Refused) => Outcome::Refused,
+                Err(_) => Outcome::NoResponse,
+            };
+            guard.finish(outcome);
+            (result, outcome)
+        }
     }
 }
 

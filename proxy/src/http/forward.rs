@@ -24,6 +24,7 @@ use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::orig_proto;
 use super::pool::{Carrier, Key, Pool};
 use crate::breaker::{ConnLimit, Permit};
+use crate::identity::H2Orig;
 use crate::metrics::{Limit, ServiceMetrics};
 
 /// A request on its way through the proxy's layers. Boxed once, where it enters:
@@ -127,28 +128,32 @@ async fn forward_untimed(
     }
 }
 
-async fn forward_h1(
-    pool: &Pool,
+#[allow(clippy::manual_async_fn)]
+fn forward_h1<'a>(
+    pool: &'a Pool,
     mut req: BoxedRequest,
-    target: &Target<'_>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upgrade = is_upgrade(req.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
-    to_origin_form(&mut req);
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    *req.version_mut() = Version::HTTP_11;
-    if !upgrade && target.identity.is_some() && pool.h2_orig() && orig_proto::carried(&req) {
-        // Boxed: its state stays out of every other HTTP/1 request's future.
-        return Box::pin(forward_to_peer(pool, req, target)).await;
-    }
+    target: &'a Target<'_>,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        let upgrade = is_upgrade(req.headers());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+        to_origin_form(&mut req);
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        *req.version_mut() = Version::HTTP_11;
+        if !upgrade && target.identity.is_some() && pool.h2_orig() && orig_proto::carried(&req) {
+            return pin!(forward_to_peer(pool, req, target)).await;
+        }
 
-    let limit = target.gate.map(|g| g.connections);
-    let key = target.key();
-    let pending = admit(target)?;
-    let conn = pin!(pool.h1(&key, target.connect_timeout, limit, target.started)).await;
-    note_connect(target, &conn);
-    drop(pending);
-    pin!(send_h1(pool, key, target, conn?, req, downstream_upgrade)).await
+        let limit = target.gate.map(|g| g.connections);
+        let key = target.key();
+        let pending = admit(target)?;
+        let conn = pin!(pool.h1(&key, target.connect_timeout, limit, target.started)).await;
+        note_connect(target, &conn);
+        drop(pending);
+        // Unwrapped apart from the call, so the `?`'s result is not kept across it.
+        let conn = conn?;
+        pin!(send_h1(pool, key, target, conn, req, downstream_upgrade)).await
+    }
 }
 
 /// Sends an HTTP/1 request on `conn` and answers with its response (or on a fresh
@@ -347,37 +352,75 @@ async fn carrier(pool: &Pool, target: &Target<'_>) -> Result<Carrier, ProxyError
 /// Sends an HTTP/1 request (already as it would be written upstream) to a peer
 /// proxy: as a stream of its shared HTTP/2 connection (`orig_proto`) when it
 /// takes them, else on an HTTP/1.1 connection as before.
-async fn forward_to_peer(
-    pool: &Pool,
+///
+/// An async block, and the rare paths (an HTTP/1.1 connection, a resend) boxed
+/// and awaited after the match: the common path's state then fits within
+/// `forward_h1`'s own, so it needs no box of its own on every request.
+#[allow(clippy::manual_async_fn)]
+fn forward_to_peer<'a>(
+    pool: &'a Pool,
     mut req: BoxedRequest,
+    target: &'a Target<'_>,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        // The rare paths leave the block with what they need and are awaited
+        // after it: awaited inside, they would keep the carrier's future (or a
+        // `Carrier`, once taken apart) in the state beside the send's.
+        let rare = 'common: {
+            let (tx, version) = match pin!(carrier(pool, target)).await? {
+                Carrier::Stream(tx, version) => (tx, version),
+                Carrier::Conn(conn) => break 'common ToPeer::Conn(conn, req),
+            };
+            orig_proto::to_h2(&mut req, version);
+            match pin!(tx.send(req)).await {
+                Ok(resp) => return Ok(respond_peer(resp)),
+                Err(SendError::Unsent(req)) => ToPeer::Unsent(req, version),
+                Err(e) => return Err(send_error(e)),
+            }
+        };
+        Box::pin(to_peer_rarely(pool, target, rare)).await
+    }
+}
+
+/// What is left of a request to a peer proxy off the common path.
+enum ToPeer {
+    /// The peer takes no HTTP/1 streams: the request goes on this connection.
+    Conn(H1Conn, BoxedRequest),
+    /// The shared connection was going away (GOAWAY) or gone before the stream
+    /// opened (marked for this version of the convention).
+    Unsent(BoxedRequest, H2Orig),
+}
+
+async fn to_peer_rarely(
+    pool: &Pool,
     target: &Target<'_>,
+    rare: ToPeer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (tx, version) = match carrier(pool, target).await? {
-        Carrier::Stream(tx, version) => (tx, version),
-        Carrier::Conn(conn) => return send_h1(pool, target.key(), target, conn, req, None).await,
+    let mut req = match rare {
+        ToPeer::Conn(conn, req) => {
+            return send_h1(pool, target.key(), target, conn, req, None).await;
+        }
+        ToPeer::Unsent(mut req, version) => {
+            orig_proto::unmark_request(&mut req, version);
+            req
+        }
     };
-    orig_proto::to_h2(&mut req, version);
-    let mut resp = match tx.send(req).await {
-        Ok(resp) => resp,
-        // Going away (GOAWAY) or gone before the stream opened: nothing was sent,
-        // so any request may go again, once, on a new connection, which may have
-        // settled on another version (the peer restarted).
-        Err(SendError::Unsent(mut req)) => match carrier(pool, target).await? {
-            Carrier::Stream(tx, again) => {
-                orig_proto::unmark_request(&mut req, version);
-                orig_proto::to_h2(&mut req, again);
-                tx.send(req).await.map_err(send_error)?
-            }
-            Carrier::Conn(conn) => {
-                orig_proto::unmark_request(&mut req, version);
-                return send_h1(pool, target.key(), target, conn, req, None).await;
-            }
-        },
-        Err(e) => return Err(send_error(e)),
-    };
+    // Nothing was sent, so any request may go again, once, on a new connection,
+    // which may have settled on another version (the peer restarted).
+    match carrier(pool, target).await? {
+        Carrier::Stream(tx, again) => {
+            orig_proto::to_h2(&mut req, again);
+            Ok(respond_peer(tx.send(req).await.map_err(send_error)?))
+        }
+        Carrier::Conn(conn) => send_h1(pool, target.key(), target, conn, req, None).await,
+    }
+}
+
+/// The client's response from a peer proxy's answer to a carried request.
+fn respond_peer(mut resp: Response<H2Body>) -> Response<ProxyBody> {
     strip_hop_by_hop(resp.headers_mut(), false);
     orig_proto::unmark_response(&mut resp);
-    Ok(resp.map(|b| ProxyBody::upstream(PooledBody::h2(b))))
+    resp.map(|b| ProxyBody::upstream(PooledBody::h2(b)))
 }
 
 #[cfg(test)]
