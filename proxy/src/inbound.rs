@@ -281,13 +281,23 @@ impl Inbound {
                         let grpc = is_grpc(req.headers());
                         let caller = peer.id.as_ref().map(|(_, id)| &**id);
                         let obs = this.observer.begin(&mut req, caller, Some(peer.app));
-                        let resp = pin!(this.handle(req, &peer)).await;
-                        let mut resp = error::for_client(grpc, resp);
+                        let mut resp = pin!(this.handle(req, &peer)).await;
+                        // Each step runs only when it has work to do: passing the
+                        // answer through one that returns it as it is still copies it.
+                        if grpc && !resp.status().is_success() {
+                            resp = error::for_client(grpc, resp);
+                        }
                         if orig {
                             orig_proto::mark_response(&mut resp);
                         }
-                        let resp = resp.map(|b| b.until_sent(in_flight));
-                        Ok::<_, Infallible>(observed(resp, obs))
+                        // An HTTP/2 request has no in-flight mark to hand on.
+                        if in_flight.is_some() {
+                            resp = resp.map(|b| b.until_sent(in_flight));
+                        }
+                        if obs.is_some() {
+                            resp = observed(resp, obs);
+                        }
+                        Ok::<_, Infallible>(resp)
                     }
                 };
                 serve_handler(io, h2, handler, &self.limits).await;
