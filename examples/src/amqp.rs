@@ -21,6 +21,8 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::oneshot;
 
+use crate::readiness::Part;
+
 /// The topic exchange every event goes to, routed by its type.
 pub const EVENTS_EXCHANGE: &str = "weft.events";
 /// Routing key (and event type) of a placed order.
@@ -323,16 +325,20 @@ pub struct Subscription {
 
 /// Consumes `subscription` until the task is dropped, calling `handle` for each
 /// delivery and acknowledging it once `handle` returns true (false: requeued).
-/// A broken connection is made again with backoff; unacknowledged deliveries come
+/// `ready` is told once the queue is first declared and bound. A broken connection is made again with backoff; unacknowledged deliveries come
 /// back from the broker, so `handle` must tolerate a redelivered message.
-pub async fn consume_forever<H, Fut>(url: String, subscription: Subscription, handle: H)
-where
+pub async fn consume_forever<H, Fut>(
+    url: String,
+    subscription: Subscription,
+    mut ready: Part,
+    handle: H,
+) where
     H: Fn(Channel, Delivery) -> Fut,
     Fut: Future<Output = bool>,
 {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match consume_once(&url, &subscription, &handle).await {
+        match consume_once(&url, &subscription, &mut ready, &handle).await {
             Ok(()) => {
                 tracing::warn!(queue = %subscription.queue, "consumer stopped; reconnecting");
                 backoff = Duration::from_millis(100);
@@ -347,6 +353,7 @@ where
 async fn consume_once<H, Fut>(
     url: &str,
     subscription: &Subscription,
+    ready: &mut Part,
     handle: &H,
 ) -> Result<(), lapin::Error>
 where
@@ -362,6 +369,8 @@ where
     };
     let (conn, channel, mut deliveries) = setup?;
     tracing::info!(queue = %subscription.queue, "consuming");
+    // Bound: from here on the queue keeps what is published for it.
+    ready.ready();
     loop {
         let next = tokio::select! {
             next = deliveries.next() => next,

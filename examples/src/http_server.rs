@@ -15,6 +15,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::readiness::Readiness;
+
 /// Response body type of every example handler.
 pub type Body = Full<Bytes>;
 
@@ -37,6 +39,20 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_when_ready(listener, handler, Readiness::default(), shutdown).await
+}
+
+/// As `serve`, with `GET /healthz` answering 503 until `readiness` is ready.
+pub async fn serve_when_ready<H, F>(
+    listener: TcpListener,
+    handler: H,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -52,11 +68,17 @@ where
                     }
                 };
                 let handler = handler.clone();
+                let readiness = readiness.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let handler = handler.clone();
+                    let ready = readiness.is_ready();
                     async move {
                         if req.method() == Method::GET && req.uri().path() == "/healthz" {
-                            return Ok::<_, Infallible>(json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+                            return Ok::<_, Infallible>(if ready {
+                                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                            } else {
+                                json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "starting"}))
+                            });
                         }
                         Ok(handler(req).await)
                     }

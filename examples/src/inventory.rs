@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::amqp::{self, Subscription};
 use crate::http_server::{self, Body};
+use crate::readiness::{Part, Readiness};
 
 /// Where inventory's requests come from and how much it holds.
 #[derive(Debug, Clone)]
@@ -132,9 +133,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let stock = Arc::new(Mutex::new(Stock::new(config.initial_stock)));
+    // Not ready until both queues are bound: a reservation sent before that would
+    // find no queue and fail the caller's checkout.
+    let readiness = Readiness::default();
     let reserving = answer_on(
         &config.amqp_url,
         amqp::INVENTORY_QUEUE,
+        readiness.part(),
         stock.clone(),
         |stock, reserve: Reserve| {
             let reservation = stock.reserve(&reserve);
@@ -145,6 +150,7 @@ pub async fn serve(
     let releasing = answer_on(
         &config.amqp_url,
         amqp::INVENTORY_RELEASE_QUEUE,
+        readiness.part(),
         stock.clone(),
         |stock, release: Release| {
             let released = stock.release(&release);
@@ -152,12 +158,13 @@ pub async fn serve(
             released
         },
     );
-    let result = http_server::serve(
+    let result = http_server::serve_when_ready(
         listener,
         move |req| {
             let stock = stock.clone();
             async move { route(&stock, &req) }
         },
+        readiness,
         shutdown,
     )
     .await;
@@ -171,6 +178,7 @@ pub async fn serve(
 fn answer_on<Q, A, F>(
     url: &str,
     queue: &str,
+    ready: Part,
     stock: Arc<Mutex<Stock>>,
     act: F,
 ) -> tokio::task::JoinHandle<()>
@@ -186,6 +194,7 @@ where
     tokio::spawn(amqp::consume_forever(
         url.to_owned(),
         subscription,
+        ready,
         move |channel, request| {
             let stock = stock.clone();
             async move {

@@ -19,6 +19,7 @@ pub mod loadgen;
 pub mod notifications;
 pub mod orders;
 pub mod payments;
+pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;
 pub mod users;

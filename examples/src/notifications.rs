@@ -18,6 +18,7 @@ use crate::cloudevents::{self, Attributes};
 use crate::events::EventBroker;
 use crate::http_server::{self, Body};
 use crate::kafka;
+use crate::readiness::{Part, Readiness};
 
 /// How much history the service keeps.
 #[derive(Debug, Clone)]
@@ -118,8 +119,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let received = Arc::new(Mutex::new(Received::default()));
     let keep = config.keep;
+    // Over AMQP, not ready until its queue is bound: an event published before
+    // that reaches no queue and is lost.
+    let readiness = Readiness::default();
     let consumer = match config.events.clone() {
-        Some(EventBroker::Amqp(url)) => Some(consume_amqp(url, received.clone(), keep)),
+        Some(EventBroker::Amqp(url)) => {
+            Some(consume_amqp(url, readiness.part(), received.clone(), keep))
+        }
         Some(EventBroker::Kafka(addr)) => {
             let received = received.clone();
             Some(tokio::spawn(kafka::consume_forever(addr, move |event| {
@@ -132,13 +138,14 @@ pub async fn serve(
         }
         None => None,
     };
-    let result = http_server::serve(
+    let result = http_server::serve_when_ready(
         listener,
         move |req| {
             let received = received.clone();
             let keep = config.keep;
             async move { route(&received, keep, req).await }
         },
+        readiness,
         shutdown,
     )
     .await;
@@ -151,6 +158,7 @@ pub async fn serve(
 /// Consumes the AMQP queue of notifications, acknowledging each event once recorded.
 fn consume_amqp(
     url: String,
+    ready: Part,
     received: Arc<Mutex<Received>>,
     keep: usize,
 ) -> tokio::task::JoinHandle<()> {
@@ -164,6 +172,7 @@ fn consume_amqp(
     tokio::spawn(amqp::consume_forever(
         url,
         subscription,
+        ready,
         move |_, delivery| {
             let received = received.clone();
             async move {

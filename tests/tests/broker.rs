@@ -308,13 +308,9 @@ async fn request_reply_reserves_stock_and_times_out_cleanly_without_a_consumer()
         .await;
     let (_payments, _orders, orders) = mesh.orders("1000").await;
 
-    // Inventory declares its queue once it is connected; until then a reservation
-    // is unroutable.
-    let (status, first) = eventually(STEP_DEADLINE, "a first reservation", || async {
-        let reply = call(orders, "POST", "/orders", Some(order("lamp", 3))).await;
-        (reply.0 != 502).then_some(reply)
-    })
-    .await;
+    // Inventory is healthy only once its queues are bound, so the first
+    // reservation finds one.
+    let (status, first) = call(orders, "POST", "/orders", Some(order("lamp", 3))).await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["stock_remaining"], 7, "{first}");
     let (status, second) = call(orders, "POST", "/orders", Some(order("lamp", 3))).await;
@@ -341,6 +337,47 @@ async fn request_reply_reserves_stock_and_times_out_cleanly_without_a_consumer()
         listed["orders"].as_array().map(Vec::len),
         Some(2),
         "{listed}"
+    );
+}
+
+/// Inventory whose broker cannot be reached is not ready: its `/healthz` answers
+/// 503 (so the demo, or a readiness probe, sends it nothing yet) while the rest of
+/// it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_is_not_ready_until_its_queues_are_bound() {
+    let logs = tempfile::tempdir().expect("log dir");
+    // A port nothing listens on: the consumer keeps retrying.
+    let nowhere = free_addr();
+    let addr = free_addr();
+    let mut cmd = Command::new(bins::binary("inventory").expect("example binary"));
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--amqp-url")
+        .arg(RabbitMq::url_at(nowhere))
+        .env("NO_COLOR", "1");
+    let mut inventory = Process::spawn("inventory", cmd, logs.path()).expect("start inventory");
+    let stock = eventually(STEP_DEADLINE, "inventory's /stock", || async {
+        weft_tests::admin::get(addr, "/stock").await.ok()
+    })
+    .await;
+    assert_eq!(stock.status, 200, "the app itself serves: {}", stock.body);
+    // Bounded: 20 probes over about a second, every one refused.
+    for _ in 0..20 {
+        let health = weft_tests::admin::get(addr, "/healthz")
+            .await
+            .expect("inventory answers");
+        assert_eq!(
+            health.status, 503,
+            "ready without a broker: {}",
+            health.body
+        );
+        assert!(health.body.contains("starting"), "{}", health.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        inventory.try_exit().ok().flatten().is_none(),
+        "inventory exited: {}",
+        inventory.output()
     );
 }
 
