@@ -18,10 +18,26 @@ use weft_tests::apps::{AbortOnDrop, AppBody, HttpApp, full};
 use weft_tests::client::{self, H1Client, H2Client};
 use weft_tests::data::{checksum, pattern};
 use weft_tests::hops::Hops;
-use weft_tests::proxy::ServiceDef;
+use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 use weft_tests::{STEP_DEADLINE, within};
 
 const MIB: usize = 1024 * 1024;
+
+/// A proxy whose one service, `name`, is the app at `app`, and a raw TCP client
+/// connected to its outbound.
+async fn proxy_with_raw_client(
+    name: &str,
+    app: std::net::SocketAddr,
+) -> (WeftProxy, tokio::net::TcpStream) {
+    let service = ServiceDef::new(name).endpoint(app);
+    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
+        .await
+        .expect("start proxy");
+    let client = tokio::net::TcpStream::connect(proxy.outbound())
+        .await
+        .expect("connect");
+    (proxy, client)
+}
 
 async fn orders() -> (HttpApp, Hops) {
     let app = HttpApp::start("orders-app").await.expect("start app");
@@ -564,19 +580,12 @@ async fn an_app_closing_kept_alive_connections_loses_only_a_request_unsafe_to_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_request_cancels_the_upstream_request() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use weft_tests::proxy::{ProxyConfig, WeftProxy};
 
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
-    let service = ServiceDef::new("stall").endpoint(upstream.local_addr().expect("addr"));
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
-
-    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
-        .await
-        .expect("connect");
+    let addr = upstream.local_addr().expect("addr");
+    let (_proxy, mut client) = proxy_with_raw_client("stall", addr).await;
     client
         .write_all(b"GET /slow HTTP/1.1\r\nhost: stall\r\n\r\n")
         .await
@@ -653,27 +662,20 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_shuts_down_its_sending_side_after_a_request_gets_no_answer() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use weft_tests::proxy::{ProxyConfig, WeftProxy};
 
     // An upstream that takes requests and never answers. Whether the request
     // reaches it depends on when the proxy sees the client's FIN.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
-    let service = ServiceDef::new("stall").endpoint(upstream.local_addr().expect("addr"));
+    let addr = upstream.local_addr().expect("addr");
     let _held = AbortOnDrop(tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((conn, _)) = upstream.accept().await {
             held.push(conn);
         }
     }));
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
-
-    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
-        .await
-        .expect("connect");
+    let (_proxy, mut client) = proxy_with_raw_client("stall", addr).await;
     client
         .write_all(b"GET /slow HTTP/1.1\r\nhost: stall\r\n\r\n")
         .await
@@ -700,7 +702,6 @@ async fn a_client_that_shuts_down_its_sending_side_after_a_request_gets_no_answe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_after_sending_its_body_cancels_the_upstream_request() {
     use tokio::io::AsyncWriteExt as _;
-    use weft_tests::proxy::{ProxyConfig, WeftProxy};
 
     // Far more than one read of the socket.
     const BODY: usize = 256 * 1024;
@@ -733,14 +734,7 @@ async fn a_client_that_hangs_up_after_sending_its_body_cancels_the_upstream_requ
     )
     .await
     .expect("start app");
-    let service = ServiceDef::new("uploads").endpoint(app.addr);
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
-
-    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
-        .await
-        .expect("connect");
+    let (_proxy, mut client) = proxy_with_raw_client("uploads", app.addr).await;
     let body = pattern(BODY, 5);
     let head = |path: &str| {
         format!("POST {path} HTTP/1.1\r\nhost: uploads\r\ncontent-length: {BODY}\r\n\r\n")
@@ -779,7 +773,6 @@ async fn a_client_that_hangs_up_after_sending_its_body_cancels_the_upstream_requ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_while_one_is_in_flight() {
     use tokio::io::AsyncWriteExt as _;
-    use weft_tests::proxy::{ProxyConfig, WeftProxy};
 
     // `/one` is answered only once released; every other path at once.
     let release = Arc::new(Notify::new());
@@ -803,14 +796,7 @@ async fn pipelined_requests_are_answered_in_order_while_one_is_in_flight() {
     )
     .await
     .expect("start app");
-    let service = ServiceDef::new("pipeline").endpoint(app.addr);
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
-
-    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
-        .await
-        .expect("connect");
+    let (_proxy, mut client) = proxy_with_raw_client("pipeline", app.addr).await;
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: pipeline\r\n\r\n");
     // Two at once: the second waits in the proxy's read buffer.
     client
@@ -845,7 +831,6 @@ async fn pipelined_requests_are_answered_in_order_while_one_is_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_while_its_answer_streams_cancels_the_upstream_response() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use weft_tests::proxy::{ProxyConfig, WeftProxy};
 
     // `/stream` answers "first" and then nothing, until its body is dropped
     // (the upstream response cancelled), which it reports.
@@ -867,14 +852,7 @@ async fn a_client_that_hangs_up_while_its_answer_streams_cancels_the_upstream_re
     )
     .await
     .expect("start app");
-    let service = ServiceDef::new("streams").endpoint(app.addr);
-    let proxy = WeftProxy::start(ProxyConfig::new().service(service))
-        .await
-        .expect("start proxy");
-
-    let mut client = tokio::net::TcpStream::connect(proxy.outbound())
-        .await
-        .expect("connect");
+    let (_proxy, mut client) = proxy_with_raw_client("streams", app.addr).await;
     client
         .write_all(b"GET /stream HTTP/1.1\r\nhost: streams\r\n\r\n")
         .await
