@@ -284,7 +284,7 @@ impl Inbound {
                         let mut resp = pin!(this.handle(req, &peer)).await;
                         // Each step runs only when it has work to do: passing the
                         // answer through one that returns it as it is still copies it.
-                        if grpc && !resp.status().is_success() {
+                        if error::changed_for_client(grpc, &resp) {
                             resp = error::for_client(grpc, resp);
                         }
                         if orig {

@@ -191,10 +191,17 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Whether `for_client` may change `resp`: only a failed answer to a gRPC call. A
+/// caller on the hot path asks first, so an answer passed through unchanged is not
+/// moved through the call.
+pub(crate) fn changed_for_client(grpc: bool, resp: &Response<ProxyBody>) -> bool {
+    grpc && !resp.status().is_success()
+}
+
 /// For a gRPC request: turns an error the proxy answered itself into gRPC's form.
 /// Call it after metrics are recorded, so they keep the error's HTTP status class.
 pub(crate) fn for_client(grpc: bool, resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    if !grpc || resp.status().is_success() {
+    if !changed_for_client(grpc, &resp) {
         return resp;
     }
     match resp
