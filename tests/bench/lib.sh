@@ -88,14 +88,33 @@ wait_ready() {
 
 # cpu_ticks PID...: utime+stime of the processes, summed, in clock ticks (CLK_TCK).
 cpu_ticks() {
-    local pid stat total=0 fields
+    local user sys
+    read -r user sys < <(cpu_ticks_split "$@")
+    echo $((user + sys))
+}
+
+# cpu_ticks_split PID...: "UTIME STIME" of the processes, each summed, in clock ticks.
+cpu_ticks_split() {
+    local pid stat user=0 sys=0 fields
     for pid in "$@"; do
         stat=$(<"/proc/$pid/stat")
         # Fields after the ")" that ends the command name: state is 1st, utime 12th.
         read -ra fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
+        user=$((user + fields[11]))
+        sys=$((sys + fields[12]))
     done
-    echo "$total"
+    echo "$user $sys"
+}
+
+# haproxy_cert NAME SERVICE_ACCOUNT: $work/NAME.pem, a key and certificate for HAProxy
+# from weft-control's development CA ($work/cp), with the SPIFFE ID of SERVICE_ACCOUNT.
+haproxy_cert() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/O=Weft bench" \
+        -addext "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/$2" \
+        -keyout "$work/$1.key" -out "$work/$1.csr" 2>/dev/null
+    openssl x509 -req -in "$work/$1.csr" -CA "$work/cp/ca.pem" -CAkey "$work/cp/ca-key.pem" \
+        -CAcreateserial -days 1 -copy_extensions copy -out "$work/$1.crt" 2>/dev/null
+    cat "$work/$1.crt" "$work/$1.key" >"$work/$1.pem"
 }
 
 # per_us TICKS COUNT: CPU microseconds per item, from clock ticks.

@@ -115,16 +115,8 @@ wait_ready control "http://127.0.0.1:$CP_ADMIN/ready"
 token() { "$control_bin" token --state-dir "$work/cp" --service-account "$1"; }
 
 # HAProxy's certificates, from the same CA, with the same SPIFFE IDs.
-issue() { # NAME SERVICE_ACCOUNT
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/O=Weft bench" \
-        -addext "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/$2" \
-        -keyout "$work/$1.key" -out "$work/$1.csr" 2>/dev/null
-    openssl x509 -req -in "$work/$1.csr" -CA "$work/cp/ca.pem" -CAkey "$work/cp/ca-key.pem" \
-        -CAcreateserial -days 1 -copy_extensions copy -out "$work/$1.crt" 2>/dev/null
-    cat "$work/$1.crt" "$work/$1.key" >"$work/$1.pem"
-}
-issue hap-a bench-client
-issue hap-b bench-server
+haproxy_cert hap-a bench-client
+haproxy_cert hap-b bench-server
 
 render weft-mtls-client.yaml.in "$work/weft-a.yaml" OUTBOUND_PORT="$(port 10)" ADMIN_PORT="$(port 11)" \
     LISTEN_PORT="$WEFT_A" ENDPOINT="127.0.0.1:$WEFT_B" TOKEN="$(token bench-client)" CP_PORT="$CP_GRPC" \
@@ -243,7 +235,7 @@ record() { # KEY ROUND VALUE
 
 printf '\nload: HTTP/1.1 wrk -t1 -c%s, h2c h2load -c%s -m%s; %ss per run, %s rounds; load on CPU %s, servers on CPU %s\n' \
     "$H1_CONNS" "$H2_CONNS" "$H2_STREAMS" "$DURATION" "$ROUNDS" "$LOAD_CPU" "$SERVER_CPU"
-printf '%-5s %5s %-18s %9s %8s %8s %14s %7s\n' proto round path rps p50_ms p99_ms pair_us/req failed
+printf '%-5s %5s %-18s %9s %8s %8s %14s %8s %8s %7s\n' proto round path rps p50_ms p99_ms pair_us/req user_us sys_us failed
 declare -A result
 for ((round = 1; round <= ROUNDS; round++)); do
     for proto in h1 h2; do
@@ -252,22 +244,29 @@ for ((round = 1; round <= ROUNDS; round++)); do
             if [[ $proto == h1 ]]; then url=${url_h1[$path]}; else url=${url_h2[$path]}; fi
             read -ra ps <<<"${procs[$path]}"
             run_load "$proto" "$url" 1
-            before=$(cpu_ticks "${ps[@]}")
+            read -r user_before sys_before < <(cpu_ticks_split "${ps[@]}")
             run_load "$proto" "$url" "$DURATION"
             parse_load "$proto"
-            cpu=$(per_us $(($(cpu_ticks "${ps[@]}") - before)) "$requests")
+            read -r user_after sys_after < <(cpu_ticks_split "${ps[@]}")
+            user=$(per_us $((user_after - user_before)) "$requests")
+            sys=$(per_us $((sys_after - sys_before)) "$requests")
+            cpu=$(per_us $((user_after - user_before + sys_after - sys_before)) "$requests")
             record "$proto/$path/rps" "$round" "$rps"
             record "$proto/$path/cpu" "$round" "$cpu"
-            printf '%-5s %5s %-18s %9s %8s %8s %14s %7s\n' "$proto" "$round" "$path" "$rps" "$p50" "$p99" "$cpu" "$failed"
+            record "$proto/$path/user" "$round" "$user"
+            record "$proto/$path/sys" "$round" "$sys"
+            printf '%-5s %5s %-18s %9s %8s %8s %14s %8s %8s %7s\n' "$proto" "$round" "$path" "$rps" "$p50" "$p99" \
+                "$cpu" "$user" "$sys" "$failed"
         done < <(in_order "$round" "${proto_paths[@]}")
     done
 done
 printf '\nmedian of %s rounds\n' "$ROUNDS"
-printf '%-5s %-18s %9s %14s\n' proto path rps pair_us/req
+printf '%-5s %-18s %9s %14s %8s %8s\n' proto path rps pair_us/req user_us sys_us
 for proto in h1 h2; do
     if [[ $proto == h1 ]]; then proto_paths=("${h1_paths[@]}"); else proto_paths=("${paths[@]}"); fi
     for path in "${proto_paths[@]}"; do
-        printf '%-5s %-18s %9s %14s\n' "$proto" "$path" "${result[$proto/$path/rps]}" "${result[$proto/$path/cpu]}"
+        printf '%-5s %-18s %9s %14s %8s %8s\n' "$proto" "$path" "${result[$proto/$path/rps]}" \
+            "${result[$proto/$path/cpu]}" "${result[$proto/$path/user]}" "${result[$proto/$path/sys]}"
     done
 done
 
@@ -368,6 +367,14 @@ printf 'cpu/request %s (target <= 0.8)   rps %s (target >= 1.1)   p99 at %s rps 
     "$(ratio "${result[h1/weft-mtls/cpu]}" "${result[h1/haproxy-mtls-h2hop/cpu]}")" \
     "$(ratio "${result[h1/weft-mtls/rps]}" "${result[h1/haproxy-mtls-h2hop/rps]}")" \
     "$FIXED_RPS" "$(ratio "${result[fixed/weft-mtls/p99]}" "${result[fixed/haproxy-mtls-h2hop/p99]}")"
+# CPU splits into user time (the proxies' own code) and system time (the kernel's
+# socket work, about alike for both pairs): the user time 0.8x would leave Weft.
+printf 'user / system time per request: weft-mtls %s / %s us, haproxy-mtls-h2hop %s / %s us; ' \
+    "${result[h1/weft-mtls/user]}" "${result[h1/weft-mtls/sys]}" \
+    "${result[h1/haproxy-mtls-h2hop/user]}" "${result[h1/haproxy-mtls-h2hop/sys]}"
+awk -v hu="${result[h1/haproxy-mtls-h2hop/user]}" -v hs="${result[h1/haproxy-mtls-h2hop/sys]}" \
+    -v ws="${result[h1/weft-mtls/sys]}" 'BEGIN { u = 0.8 * (hu + hs) - ws
+        printf "0.8x at this system time leaves %.1f us of user time (%.2fx HAProxy'"'"'s)\n", u, u / hu }'
 printf 'weft-mtls / weft-mtls-h1hop (the upgrade on / off): cpu/request %s   rps %s\n' \
     "$(ratio "${result[h1/weft-mtls/cpu]}" "${result[h1/weft-mtls-h1hop/cpu]}")" \
     "$(ratio "${result[h1/weft-mtls/rps]}" "${result[h1/weft-mtls-h1hop/rps]}")"
