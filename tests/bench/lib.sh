@@ -106,6 +106,21 @@ cpu_ticks_split() {
     echo "$user $sys"
 }
 
+# start_upstream_and_control UPSTREAM_BIN CONTROL_BIN UPSTREAM_PORT GRPC_PORT ADMIN_PORT:
+# starts bench-upstream and weft-control (an empty mesh, its state and CA in $work/cp)
+# and waits for both; `token SERVICE_ACCOUNT` then prints a bootstrap token from it.
+control_bin_for_tokens=
+start_upstream_and_control() {
+    start upstream "$1" "127.0.0.1:$3"
+    wait_ready upstream "http://127.0.0.1:$3/"
+    printf 'services: []\n' >"$work/mesh.yaml"
+    RUST_LOG=warn start control "$2" serve --mesh "$work/mesh.yaml" \
+        --grpc "127.0.0.1:$4" --admin "127.0.0.1:$5" --state-dir "$work/cp"
+    wait_ready control "http://127.0.0.1:$5/ready"
+    control_bin_for_tokens=$2
+}
+token() { "$control_bin_for_tokens" token --state-dir "$work/cp" --service-account "$1"; }
+
 # haproxy_cert NAME SERVICE_ACCOUNT: $work/NAME.pem, a key and certificate for HAProxy
 # from weft-control's development CA ($work/cp), with the SPIFFE ID of SERVICE_ACCOUNT.
 haproxy_cert() {

@@ -105,14 +105,7 @@ HAPA_H1H2=$(port 14)
 HAPB_H1H2=$(port 15)
 WEFT_A_H1=$(port 16)
 
-start upstream "$upstream_bin" "127.0.0.1:$UPSTREAM"
-wait_ready upstream "http://127.0.0.1:$UPSTREAM/"
-
-printf 'services: []\n' >"$work/mesh.yaml"
-RUST_LOG=warn start control "$control_bin" serve --mesh "$work/mesh.yaml" \
-    --grpc "127.0.0.1:$CP_GRPC" --admin "127.0.0.1:$CP_ADMIN" --state-dir "$work/cp"
-wait_ready control "http://127.0.0.1:$CP_ADMIN/ready"
-token() { "$control_bin" token --state-dir "$work/cp" --service-account "$1"; }
+start_upstream_and_control "$upstream_bin" "$control_bin" "$UPSTREAM" "$CP_GRPC" "$CP_ADMIN"
 
 # HAProxy's certificates, from the same CA, with the same SPIFFE IDs.
 haproxy_cert hap-a bench-client

@@ -55,13 +55,8 @@ pair_start() {
     b=$(port 4)
     pair_url=http://127.0.0.1:$a/
 
-    start upstream "$tools/bench-upstream" "127.0.0.1:$upstream"
-    wait_ready upstream "http://127.0.0.1:$upstream/"
-    printf 'services: []\n' >"$work/mesh.yaml"
-    RUST_LOG=warn start control "$tools/weft-control" serve --mesh "$work/mesh.yaml" \
-        --grpc "127.0.0.1:$cp_grpc" --admin "127.0.0.1:$cp_admin" --state-dir "$work/cp"
-    wait_ready control "http://127.0.0.1:$cp_admin/ready"
-    token() { "$tools/weft-control" token --state-dir "$work/cp" --service-account "$1"; }
+    start_upstream_and_control "$tools/bench-upstream" "$tools/weft-control" "$upstream" \
+        "$cp_grpc" "$cp_admin"
 
     if [[ $PAIR == weft ]]; then
         render weft-mtls-client.yaml.in "$work/weft-a.yaml" OUTBOUND_PORT="$(port 10)" \
