@@ -1,0 +1,48 @@
+"""httpx with HTTP/2 by prior knowledge (h2c), as a sidecar's app calls its outbound.
+
+Usage: httpx_h2.py HOST PORT. Prints one JSON object: for a GET, a POST with a body
+and CONCURRENT GETs sent at once on the client's one connection, the HTTP version
+httpx spoke, the status, the body (the record app's JSON) and the local port of the
+connection each answer came on.
+"""
+
+import asyncio
+import json
+import sys
+
+import httpx
+
+CONCURRENT = 8
+
+
+def answer(r):
+    stream = r.extensions["network_stream"]
+    return {
+        "http_version": r.http_version,
+        "status": r.status_code,
+        "body": r.text,
+        "local_port": stream.get_extra_info("client_addr")[1],
+    }
+
+
+async def main():
+    base = "http://%s:%s" % (sys.argv[1], sys.argv[2])
+    out = {}
+    # http1=False: HTTP/2 with prior knowledge, no Upgrade dance.
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=20) as client:
+        r = await client.get(base + "/get?x=1", headers={"x-trace": "abc"})
+        out["get"] = answer(r)
+        r = await client.post(
+            base + "/post",
+            content=b"name=weft&body=1",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        out["post"] = answer(r)
+        rs = await asyncio.gather(
+            *[client.get("%s/concurrent/%d" % (base, i)) for i in range(CONCURRENT)]
+        )
+        out["concurrent"] = [answer(r) for r in rs]
+    print(json.dumps(out))
+
+
+asyncio.run(main())
