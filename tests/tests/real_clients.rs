@@ -76,9 +76,9 @@ fn field<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
     })
 }
 
-/// httpx (HTTP/2, prior knowledge) to `addr`: a GET, a POST with a body, and
-/// concurrent GETs on its one connection, each answered over HTTP/2 and each
-/// reaching the app as HTTP/1.1 with what httpx sent.
+/// httpx (HTTP/2, prior knowledge) to `addr`: a GET, a POST with a body,
+/// concurrent GETs and a 1 MiB POST on its one connection, each answered over
+/// HTTP/2 and each reaching the app as HTTP/1.1 with what httpx sent.
 async fn httpx_h2_reaches_the_http1_app(python: &PathBuf, addr: SocketAddr, what: &str) {
     let out = run_script(python, HTTPX_H2, addr).await;
     let check = |name: &str, answer: &Value| -> Value {
@@ -127,10 +127,16 @@ async fn httpx_h2_reaches_the_http1_app(python: &PathBuf, addr: SocketAddr, what
             "{what}: {record}"
         );
     }
+    // More than HTTP/2's default windows each way: the body whole, in order.
+    let large = &out["large"];
+    assert_eq!(large["http_version"], "HTTP/2", "{what}: {large}");
+    assert_eq!(large["status"], 200, "{what}: {large}");
+    assert_eq!(large["sent"][0], 1 << 20, "{what}: {large}");
+    assert_eq!(large["recorded"], large["sent"], "{what}: {large}");
     // httpx multiplexed them all on the one connection it had opened.
     let port = &out["get"]["local_port"];
     assert!(port.is_u64(), "{what}: {out}");
-    for answer in [&out["post"]].into_iter().chain(concurrent) {
+    for answer in [&out["post"], large].into_iter().chain(concurrent) {
         assert_eq!(&answer["local_port"], port, "{what}: one connection: {out}");
     }
 }

@@ -3,16 +3,20 @@
 Usage: httpx_h2.py HOST PORT. Prints one JSON object: for a GET, a POST with a body
 and CONCURRENT GETs sent at once on the client's one connection, the HTTP version
 httpx spoke, the status, the body (the record app's JSON) and the local port of the
-connection each answer came on.
+connection each answer came on; and for a POST of LARGE bytes (more than HTTP/2's
+default windows, both ways, as the app echoes it), the length and SHA-256 of what
+was sent and of what the app recorded.
 """
 
 import asyncio
+import hashlib
 import json
 import sys
 
 import httpx
 
 CONCURRENT = 8
+LARGE = 1 << 20
 
 
 def answer(r):
@@ -42,6 +46,13 @@ async def main():
             *[client.get("%s/concurrent/%d" % (base, i)) for i in range(CONCURRENT)]
         )
         out["concurrent"] = [answer(r) for r in rs]
+        sent = b"".join(b"%07d\n" % i for i in range(LARGE // 8))
+        r = await client.post(base + "/large", content=sent)
+        large = answer(r)
+        recorded = json.loads(large.pop("body"))["body"].encode("latin-1")
+        large["sent"] = [len(sent), hashlib.sha256(sent).hexdigest()]
+        large["recorded"] = [len(recorded), hashlib.sha256(recorded).hexdigest()]
+        out["large"] = large
     print(json.dumps(out))
 
 
