@@ -77,8 +77,9 @@ fn field<'a>(record: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// httpx (HTTP/2, prior knowledge) to `addr`: a GET, a POST with a body,
-/// concurrent GETs and a 1 MiB POST on its one connection, each answered over
-/// HTTP/2 and each reaching the app as HTTP/1.1 with what httpx sent.
+/// concurrent GETs, a 1 MiB POST, a body of no length and answers the app frames
+/// its HTTP/1 ways, on its one connection, each answered over HTTP/2 and each
+/// reaching the app as HTTP/1.1 with what httpx sent.
 async fn httpx_h2_reaches_the_http1_app(python: &PathBuf, addr: SocketAddr, what: &str) {
     let out = run_script(python, HTTPX_H2, addr).await;
     let check = |name: &str, answer: &Value| -> Value {
@@ -133,10 +134,32 @@ async fn httpx_h2_reaches_the_http1_app(python: &PathBuf, addr: SocketAddr, what
     assert_eq!(large["status"], 200, "{what}: {large}");
     assert_eq!(large["sent"][0], 1 << 20, "{what}: {large}");
     assert_eq!(large["recorded"], large["sent"], "{what}: {large}");
+    // A body of no length crosses to the HTTP/1.1 app chunked; the app's own
+    // framings (close, chunked, HTTP/1.0) reach httpx as valid HTTP/2.
+    let framings = &out["framings"];
+    let streamed = check("a streamed upload", &framings["streamed upload"]);
+    assert_eq!(streamed["framing"], "chunked", "{what}: {streamed}");
+    assert_eq!(
+        streamed["body"], "piece 0;piece 1;piece 2;piece 3;",
+        "{what}: {streamed}"
+    );
+    for path in ["/close", "/chunked", "/v10"] {
+        let record = check(path, &framings[path]);
+        assert_eq!(
+            record["request_line"],
+            format!("GET {path} HTTP/1.1"),
+            "{what}: {record}"
+        );
+    }
     // httpx multiplexed them all on the one connection it had opened.
     let port = &out["get"]["local_port"];
     assert!(port.is_u64(), "{what}: {out}");
-    for answer in [&out["post"], large].into_iter().chain(concurrent) {
+    let framed = ["streamed upload", "/close", "/chunked", "/v10"].map(|k| &framings[k]);
+    for answer in [&out["post"], large]
+        .into_iter()
+        .chain(concurrent)
+        .chain(framed)
+    {
         assert_eq!(&answer["local_port"], port, "{what}: one connection: {out}");
     }
 }

@@ -5,7 +5,10 @@ and CONCURRENT GETs sent at once on the client's one connection, the HTTP versio
 httpx spoke, the status, the body (the record app's JSON) and the local port of the
 connection each answer came on; and for a POST of LARGE bytes (more than HTTP/2's
 default windows, both ways, as the app echoes it), the length and SHA-256 of what
-was sent and of what the app recorded.
+was sent and of what the app recorded. Then, on the same connection, a body of no
+declared length (an async generator) and answers the app frames its own HTTP/1
+ways (`Connection: close`, chunked, an HTTP/1.0 status line), which h2's checks
+must accept as HTTP/2: under "framings", each as for the GET.
 """
 
 import asyncio
@@ -53,6 +56,17 @@ async def main():
         large["sent"] = [len(sent), hashlib.sha256(sent).hexdigest()]
         large["recorded"] = [len(recorded), hashlib.sha256(recorded).hexdigest()]
         out["large"] = large
+
+        async def pieces():
+            for i in range(4):
+                yield b"piece %d;" % i
+
+        framings = {}
+        r = await client.post(base + "/streamed", content=pieces())
+        framings["streamed upload"] = answer(r)
+        for path in ("/close", "/chunked", "/v10"):
+            framings[path] = answer(await client.get(base + path))
+        out["framings"] = framings
     print(json.dumps(out))
 
 
