@@ -100,6 +100,8 @@ async fn httpx_h2_reaches_the_http1_app(python: &PathBuf, addr: SocketAddr, what
         Some(addr.to_string().as_str()),
         "{what}: the authority as Host: {get}"
     );
+    // Where :authority stood, and where an HTTP/1.1 client writes Host: first.
+    assert_eq!(get["headers"][0][0], "host", "{what}: {get}");
     assert!(
         !get.to_string().contains("weft-orig"),
         "{what}: no mark reaches the app: {get}"
