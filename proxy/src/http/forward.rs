@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -249,14 +249,26 @@ async fn tunnel(downstream: OnUpgrade, mut upstream: Upgraded) {
     }
 }
 
-/// An absolute-form target (from a client using us as its `http_proxy`) becomes
-/// origin-form, with the authority moved into Host as RFC 9112 §3.2.2 asks.
+/// An absolute-form target (from a client using us as its `http_proxy`, or an
+/// HTTP/2 request's :authority) becomes origin-form, with the authority moved into
+/// Host as RFC 9112 §3.2.2 asks. A Host the request lacked goes first, where
+/// HTTP/1.1 clients write it (§3.2) and where :authority stood, not after every
+/// other field.
 fn to_origin_form<B>(req: &mut Request<B>) {
     let Some(authority) = req.uri().authority().cloned() else {
         return;
     };
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-        req.headers_mut().insert(HOST, host);
+        let headers = req.headers_mut();
+        if headers.contains_key(HOST) {
+            headers.insert(HOST, host);
+        } else {
+            // A HeaderMap only appends new names: rebuilt with Host first.
+            let mut first = HeaderMap::with_capacity(headers.len() + 1);
+            first.insert(HOST, host);
+            first.extend(std::mem::take(headers));
+            *headers = first;
+        }
     }
     let pq = req
         .uri()
@@ -447,6 +459,45 @@ mod tests {
         assert_eq!(req.uri(), "http://Orders.Shop:8080/a?b");
         assert_eq!(req.version(), Version::HTTP_2);
         assert_eq!(req.headers()[HOST], "Orders.Shop:8080", "Host stays");
+    }
+
+    #[test]
+    fn a_host_made_from_the_authority_comes_first_and_one_given_keeps_its_place() {
+        let names = |req: &Request<()>| {
+            req.headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+        };
+        let request = |host: Option<&'static str>| {
+            let mut req = Request::builder()
+                .uri("http://app:8080/a?b=1")
+                .header("x-b", "1")
+                .header("x-dup", "1")
+                .header("x-a", "2")
+                .header("x-dup", "2")
+                .body(())
+                .expect("request");
+            if let Some(h) = host {
+                req.headers_mut().append(HOST, HeaderValue::from_static(h));
+            }
+            req
+        };
+
+        let mut converted = request(None);
+        to_origin_form(&mut converted);
+        assert_eq!(converted.uri(), "/a?b=1");
+        assert_eq!(
+            names(&converted),
+            ["host: app:8080", "x-b: 1", "x-dup: 1", "x-dup: 2", "x-a: 2"]
+        );
+
+        let mut proxied = request(Some("old"));
+        to_origin_form(&mut proxied);
+        assert_eq!(
+            names(&proxied),
+            ["x-b: 1", "x-dup: 1", "x-dup: 2", "x-a: 2", "host: app:8080"]
+        );
     }
 
     #[test]
