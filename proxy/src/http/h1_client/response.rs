@@ -209,6 +209,12 @@ impl Conn {
             }
             headers.append(name, value);
         }
+        // Chunked overrules a Content-Length (RFC 9112 §6.3), which a proxy must
+        // then drop before forwarding: left on, it frames the answer again the
+        // next hop, which finds the body a different length and fails it.
+        if has_te && has_cl {
+            headers.remove(CONTENT_LENGTH);
+        }
         let reason = reason.and_then(|(at, len)| {
             hyper::ext::ReasonPhrase::try_from(head.slice(range(at, len))).ok()
         });

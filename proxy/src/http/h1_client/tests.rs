@@ -169,6 +169,26 @@ async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
 }
 
 #[tokio::test]
+async fn a_content_length_beside_transfer_encoding_is_dropped_and_the_chunks_read() {
+    let addr = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n\
+          2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let resp = get(&pool, addr).await;
+    assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
+    assert_eq!(resp.headers()["x-a"], "1");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        pool.idle_h1(addr),
+        0,
+        "a connection whose framing conflicted is not kept"
+    );
+}
+
+#[tokio::test]
 async fn field_names_read_again_on_a_kept_connection_are_the_ones_sent() {
     // Names repeat by position from one answer to the next, then change: each
     // head's names must be its own, whatever the last head's were.
