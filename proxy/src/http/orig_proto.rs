@@ -133,6 +133,14 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, version: Option<H2Orig>) -> bool {
             if req.headers_mut().remove(ORIG_PROTO).is_none() {
                 return false;
             }
+            // Every carried request has one Host (`carried`), in every version
+            // of the convention. A mark on one without is an HTTP/2 client's own
+            // field, passed on: taken for a mark, it would cost the request its
+            // authority, and the app its Host.
+            let mut hosts = req.headers().get_all(HOST).iter();
+            if hosts.next().is_none() || hosts.next().is_some() {
+                return false;
+            }
             // A carried request crosses without :authority, so it arrives
             // origin-form already; one that named an authority (an older peer's)
             // loses it here.
@@ -352,6 +360,24 @@ mod tests {
         assert!(!to_h1(&mut native, Some(H2Orig::V1)));
         assert_eq!(native.version(), Version::HTTP_2);
         assert_eq!(native.uri(), "http://x:1/a?b");
+    }
+
+    #[test]
+    fn on_v1_a_mark_on_a_request_without_one_host_is_no_mark() {
+        for hosts in [&[][..], &["a", "b"]] {
+            let mut native = h1(Method::GET, "http://x:1/a?b", None);
+            for host in hosts {
+                native
+                    .headers_mut()
+                    .append(HOST, HeaderValue::from_static(host));
+            }
+            arrived(&mut native);
+            native.headers_mut().insert(ORIG_PROTO, HTTP_11);
+            assert!(!to_h1(&mut native, Some(H2Orig::V1)), "{hosts:?}");
+            assert_eq!(native.version(), Version::HTTP_2);
+            assert_eq!(native.uri(), "http://x:1/a?b", "its authority stays");
+            assert!(!native.headers().contains_key(ORIG_PROTO));
+        }
     }
 
     #[test]
