@@ -408,6 +408,11 @@ async fn malformed_or_oversized_heads_fail_the_request() {
         big.into_bytes(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nab".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n\
+          2\r\nab\r\n0\r\n\r\n"
+            .to_vec(),
     ]);
     let next = Arc::new(AtomicUsize::new(0));
     let (addr, _) = server(move |mut s| {
@@ -419,7 +424,15 @@ async fn malformed_or_oversized_heads_fail_the_request() {
     })
     .await;
     let pool = Pool::new(Duration::from_secs(60));
-    for case in ["bad status", "head too large", "two lengths", "unasked 101"] {
+    for case in [
+        "bad status",
+        "head too large",
+        "two lengths",
+        "unasked 101",
+        "a coding other than chunked",
+        "another coding before chunked",
+        "chunked twice",
+    ] {
         let conn = checkout(&pool, addr).await;
         let res = conn
             .send(request(Method::GET, Empty::<Bytes>::new()), false, false)
