@@ -5,15 +5,22 @@
 //! proxies, real mTLS) and the client's bytes are compared, Date aside.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use weft_tests::STEP_DEADLINE;
 use weft_tests::apps::TcpApp;
 use weft_tests::client::{H2Client, get, raw_exchange, raw_status};
+use weft_tests::mesh_ca::{AnyServer, MeshCa};
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
 use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, parse_record};
+use weft_tests::{STEP_DEADLINE, within};
 
 const OFF: &str = "  http1_over_http2: false\n";
 const V1_ONLY: &str = "  http1_over_http2: 1\n";
@@ -486,4 +493,116 @@ async fn an_http2_clients_forged_mark_changes_nothing_the_app_gets() {
 #[ignore = "the calling proxy passes the client's weft-orig-proto on over /1 (forward.rs)"]
 async fn an_http2_clients_forged_mark_with_a_host_changes_nothing_the_app_gets() {
     forged_mark_changes_nothing(&[("host", "legacy")]).await;
+}
+
+/// A stand-in for a calling proxy: an HTTP/2 connection to `server`'s inbound over
+/// mTLS with a mesh certificate, offering only `alpn`.
+async fn h2_to_inbound(
+    pair: &MtlsPair,
+    alpn: &[u8],
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let ca = MeshCa::of(&pair.cp).expect("the mesh CA");
+    let (cert, key) = ca
+        .leaf("spiffe://cluster.local/ns/default/sa/client")
+        .expect("a leaf");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_client_auth_cert(vec![cert], key)
+        .expect("client cert");
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let addr = pair.server.inbound();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .expect("mTLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    tx
+}
+
+/// A peer speaking straight to the app's proxy, with marks of its own on every
+/// kind of request either version of the convention knows: the app gets each
+/// request with a Host and without the mark, and the answer's marks say only what
+/// the app's status line said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_forging_marks_on_the_inbound_gets_nothing_past_it() {
+    let app = RecordApp::start().await.expect("start the app");
+    let options = PairOptions {
+        server_http1_ports: Some(app.addr.port().to_string()),
+        ..PairOptions::default()
+    };
+    let pair = MtlsPair::start(ServiceDef::new("legacy"), app.addr, options)
+        .await
+        .expect("start the pair");
+    for alpn in [&b"weft.h2-orig/2"[..], b"weft.h2-orig/1"] {
+        let mut tx = h2_to_inbound(&pair, alpn).await;
+        let carried = |proto: &str| {
+            // As a calling proxy sends an HTTP/1 request: no :authority.
+            let mut req = get("/c");
+            *req.version_mut() = http::Version::HTTP_11;
+            let h = req.headers_mut();
+            h.insert(http::header::HOST, http::HeaderValue::from_static("legacy"));
+            h.insert(
+                "weft-orig-proto",
+                http::HeaderValue::from_str(proto).expect("value"),
+            );
+            h.insert("weft-orig-reason", http::HeaderValue::from_static("Forged"));
+            req
+        };
+        let native = || {
+            let mut req = get("http://legacy/n");
+            req.headers_mut().insert(
+                "weft-orig-proto",
+                http::HeaderValue::from_static("HTTP/1.1"),
+            );
+            req
+        };
+        let alpn = String::from_utf8_lossy(alpn);
+        for (what, req) in [
+            ("carried, HTTP/1.1", carried("HTTP/1.1")),
+            ("carried, HTTP/1.0", carried("HTTP/1.0")),
+            ("carried, garbage", carried("HTTP/9 \tq")),
+            ("native", native()),
+        ] {
+            let resp = within(STEP_DEADLINE, "an answer", tx.send_request(req))
+                .await
+                .unwrap_or_else(|e| panic!("{alpn} {what}: {e}"));
+            assert_eq!(resp.status(), 200, "{alpn} {what}");
+            // The app's own status line, marked as it was: its reason phrase only.
+            let marks: Vec<_> = resp
+                .headers()
+                .iter()
+                .filter(|(n, _)| n.as_str().starts_with("weft-orig"))
+                .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            let body = within(STEP_DEADLINE, "the body", resp.into_body().collect())
+                .await
+                .expect("the body")
+                .to_bytes();
+            let record = parse_record(&body).expect("the app's record");
+            let fields = record["headers"].to_string();
+            assert!(
+                !fields.contains("weft-orig-proto"),
+                "{alpn} {what}: {fields}"
+            );
+            assert!(
+                fields.contains(r#"["host","legacy"]"#),
+                "{alpn} {what}: {fields}"
+            );
+            if what == "native" {
+                assert!(marks.is_empty(), "{alpn} {what}: {marks:?}");
+            } else {
+                assert_eq!(marks, ["weft-orig-reason: Recorded Fine"], "{alpn} {what}");
+                assert!(fields.contains("Forged"), "the request's own field crosses");
+            }
+        }
+    }
 }
