@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use weft_tests::apps::TcpApp;
@@ -90,6 +89,17 @@ async fn scripted_app(answers: &'static [(&'static str, &'static [u8])]) -> TcpA
     })
     .await
     .expect("start the scripted app")
+}
+
+/// mTLS connections the server proxy's inbound accepted: one, on an upgrading
+/// pair, for as long as the shared connection serves.
+async fn inbound_handshakes(pair: &MtlsPair) -> f64 {
+    pair.server
+        .metric(
+            "weft_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "ok")],
+        )
+        .await
 }
 
 async fn requests_counted(proxy: &WeftProxy) -> f64 {
@@ -255,14 +265,19 @@ async fn hostile_answers_reach_the_client_as_without_the_upgrade() {
     // calling proxy as a reused connection closed unanswered, so it sends the GET
     // again: the server proxy, and the app, see those twice.
     let count = (2 * HOSTILE_ANSWERS.len()) as f64;
-    for (name, pair, resent) in [("off", &off, 2.0), ("on", &on, 0.0), ("v1", &v1, 0.0)] {
+    for (name, pair, upgraded) in [("off", &off, false), ("on", &on, true), ("v1", &v1, true)] {
         let client = requests_counted(&pair.client).await;
         let server = requests_counted(&pair.server).await;
         assert_eq!(client, count, "{name}");
+        let resent = if upgraded { 0.0 } else { 2.0 };
         assert!(
             (count..=count + resent).contains(&server),
             "{name}: {server} of {count}"
         );
+        if upgraded {
+            let handshakes = inbound_handshakes(pair).await;
+            assert_eq!(handshakes, 1.0, "{name}: one shared connection throughout");
+        }
     }
 }
 
