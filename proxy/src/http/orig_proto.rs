@@ -17,7 +17,8 @@
 //! would have read from its own connection before the app sees anything; the
 //! answer carries back what HTTP/2 has no place for (a reason phrase, an HTTP/1.0
 //! status line) in fields of Weft's own, in both versions, which the calling
-//! proxy removes. Fields describing one connection (Connection, Keep-Alive,
+//! proxy removes: each the first value of its name, so an app's own field of
+//! that name crosses as the app sent it and can never pass for one. Fields describing one connection (Connection, Keep-Alive,
 //! Transfer-Encoding) are stripped on both paths alike, so body framing and
 //! keep-alive are each side's own business, as they are without the upgrade.
 //!
@@ -27,7 +28,7 @@
 //! before.
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName};
+use http::header::{Entry, HOST, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::ext::ReasonPhrase;
@@ -37,7 +38,8 @@ use crate::identity::H2Orig;
 /// On a request (`weft.h2-orig/1` only): it was HTTP/1 before it crossed. On an
 /// answer: the app's status line said HTTP/1.0.
 pub(crate) const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
-/// On an answer: the app's reason phrase, when it was not the status's usual one.
+/// On an answer: the app's reason phrase, when it was not the status's usual one
+/// (or when the app sent a field of this name itself: `mark_response`).
 const ORIG_REASON: HeaderName = HeaderName::from_static("weft-orig-reason");
 
 const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
@@ -131,6 +133,14 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, version: Option<H2Orig>) -> bool {
             if req.headers_mut().remove(ORIG_PROTO).is_none() {
                 return false;
             }
+            // Every carried request has one Host (`carried`), in every version
+            // of the convention. A mark on one without is an HTTP/2 client's own
+            // field, passed on: taken for a mark, it would cost the request its
+            // authority, and the app its Host.
+            let mut hosts = req.headers().get_all(HOST).iter();
+            if hosts.next().is_none() || hosts.next().is_some() {
+                return false;
+            }
             // A carried request crosses without :authority, so it arrives
             // origin-form already; one that named an authority (an older peer's)
             // loses it here.
@@ -159,53 +169,101 @@ fn remove_request_mark(headers: &mut HeaderMap) {
 }
 
 /// Inbound: what the app's HTTP/1 answer said that HTTP/2 cannot, as fields.
+///
+/// An app's own field of a mark's name crosses too, as it would without the
+/// upgrade: the mark then goes first among that name's values, even when it says
+/// only what the caller would assume, so the caller takes the first value as
+/// Weft's and leaves the rest (`unmark_response`). Nothing the app sends can pass
+/// for a mark.
 pub(crate) fn mark_response<B>(resp: &mut Response<B>) {
-    // Only ours: an app's own field of these names must not steer the caller.
-    remove_marks(resp.headers_mut());
-    if resp.version() == Version::HTTP_10 {
-        resp.headers_mut().insert(ORIG_PROTO, HTTP_10);
-    }
+    let proto = (resp.version() == Version::HTTP_10).then_some(HTTP_10);
     let reason = resp
         .extensions()
         .get::<ReasonPhrase>()
         .and_then(|r| HeaderValue::from_bytes(r.as_bytes()).ok());
-    if let Some(reason) = reason {
-        resp.headers_mut().insert(ORIG_REASON, reason);
+    let status = resp.status();
+    let headers = resp.headers_mut();
+    // Most answers carry no field of these names: one pass over the names is
+    // cheaper than a hash lookup for each.
+    if !has_mark_names(headers) {
+        if let Some(proto) = proto {
+            headers.insert(ORIG_PROTO, proto);
+        }
+        if let Some(reason) = reason {
+            headers.insert(ORIG_REASON, reason);
+        }
+        return;
+    }
+    mark_before_apps(headers, ORIG_PROTO, proto.unwrap_or(HTTP_11), true);
+    let usual = status.canonical_reason().unwrap_or("");
+    let always = reason.is_some();
+    let reason = reason.unwrap_or_else(|| HeaderValue::from_static(usual));
+    mark_before_apps(headers, ORIG_REASON, reason, always);
+}
+
+/// Puts `ours` first among `name`'s values when the app sent the field too;
+/// otherwise only when it is `needed`. The field keeps its place among the others.
+fn mark_before_apps(headers: &mut HeaderMap, name: HeaderName, ours: HeaderValue, needed: bool) {
+    match headers.entry(name) {
+        Entry::Vacant(e) => {
+            if needed {
+                e.insert(ours);
+            }
+        }
+        // Not `insert_mult`: http 1.5 panics draining three or more values.
+        Entry::Occupied(mut e) => {
+            let apps: Vec<HeaderValue> = e.iter().cloned().collect();
+            e.insert(ours);
+            for value in apps {
+                e.append(value);
+            }
+        }
     }
 }
 
-/// Removes the answer's marks. Most answers carry none: one pass over the names is
-/// cheaper than a hash lookup for each.
-fn remove_marks(headers: &mut HeaderMap) {
-    if headers
+fn has_mark_names(headers: &HeaderMap) -> bool {
+    headers
         .keys()
         .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
-    {
-        headers.remove(ORIG_PROTO);
-        headers.remove(ORIG_REASON);
-    }
 }
 
-/// Outbound: the answer as the client would have had it over HTTP/1.
+/// Outbound: the answer as the client would have had it over HTTP/1: each mark is
+/// the first value of its name (`mark_response`); any after it are the app's own
+/// and stay where they were.
 pub(crate) fn unmark_response<B>(resp: &mut Response<B>) {
-    if !resp
-        .headers()
-        .keys()
-        .any(|k| *k == ORIG_PROTO || *k == ORIG_REASON)
-    {
+    if !has_mark_names(resp.headers()) {
         *resp.version_mut() = Version::HTTP_11;
         return;
     }
-    let version = match resp.headers_mut().remove(ORIG_PROTO) {
+    let version = match take_first(resp.headers_mut(), ORIG_PROTO) {
         Some(v) if v == HTTP_10 => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
     *resp.version_mut() = version;
-    if let Some(reason) = resp.headers_mut().remove(ORIG_REASON)
+    if let Some(reason) = take_first(resp.headers_mut(), ORIG_REASON)
         && let Ok(reason) = ReasonPhrase::try_from(Bytes::copy_from_slice(reason.as_bytes()))
     {
         resp.extensions_mut().insert(reason);
     }
+}
+
+/// Removes and returns the first of `name`'s values, leaving the rest in place.
+fn take_first(headers: &mut HeaderMap, name: HeaderName) -> Option<HeaderValue> {
+    let Entry::Occupied(mut e) = headers.entry(name) else {
+        return None;
+    };
+    if e.iter().nth(1).is_none() {
+        return Some(e.remove());
+    }
+    let mut values = e.iter().cloned().collect::<Vec<_>>().into_iter();
+    let first = values.next();
+    if let Some(next) = values.next() {
+        e.insert(next);
+    }
+    for value in values {
+        e.append(value);
+    }
+    first
 }
 
 #[cfg(test)]
@@ -305,6 +363,24 @@ mod tests {
     }
 
     #[test]
+    fn on_v1_a_mark_on_a_request_without_one_host_is_no_mark() {
+        for hosts in [&[][..], &["a", "b"]] {
+            let mut native = h1(Method::GET, "http://x:1/a?b", None);
+            for host in hosts {
+                native
+                    .headers_mut()
+                    .append(HOST, HeaderValue::from_static(host));
+            }
+            arrived(&mut native);
+            native.headers_mut().insert(ORIG_PROTO, HTTP_11);
+            assert!(!to_h1(&mut native, Some(H2Orig::V1)), "{hosts:?}");
+            assert_eq!(native.version(), Version::HTTP_2);
+            assert_eq!(native.uri(), "http://x:1/a?b", "its authority stays");
+            assert!(!native.headers().contains_key(ORIG_PROTO));
+        }
+    }
+
+    #[test]
     fn a_request_taken_back_from_a_stream_goes_as_it_came() {
         for version in [H2Orig::V1, H2Orig::V2] {
             let mut req = h1(Method::GET, "/a", Some("x"));
@@ -373,8 +449,6 @@ mod tests {
         *resp.version_mut() = Version::HTTP_10;
         resp.extensions_mut()
             .insert(ReasonPhrase::from_static(b"Recorded Fine"));
-        resp.headers_mut()
-            .insert(ORIG_REASON, HeaderValue::from_static("forged"));
         mark_response(&mut resp);
         assert_eq!(resp.headers()[&ORIG_REASON], "Recorded Fine");
 
@@ -389,5 +463,59 @@ mod tests {
             .get::<ReasonPhrase>()
             .expect("a reason");
         assert_eq!(reason.as_bytes(), b"Recorded Fine");
+    }
+
+    /// An answer as the app sent it, marked, crossed and unmarked.
+    fn cross(resp: &Response<()>) -> Response<()> {
+        let mut marked = Response::new(());
+        *marked.status_mut() = resp.status();
+        *marked.version_mut() = resp.version();
+        *marked.headers_mut() = resp.headers().clone();
+        if let Some(r) = resp.extensions().get::<ReasonPhrase>() {
+            marked.extensions_mut().insert(r.clone());
+        }
+        mark_response(&mut marked);
+        let mut crossed = Response::new(());
+        *crossed.version_mut() = Version::HTTP_2;
+        *crossed.headers_mut() = marked.headers().clone();
+        unmark_response(&mut crossed);
+        crossed
+    }
+
+    #[test]
+    fn an_apps_own_mark_fields_cross_as_sent_and_steer_nothing() {
+        let mut resp = Response::new(());
+        let h = resp.headers_mut();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append(ORIG_REASON, HeaderValue::from_static("Forged"));
+        h.append(ORIG_PROTO, HeaderValue::from_static("HTTP/1.0"));
+        h.append(ORIG_REASON, HeaderValue::from_static("Twice"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let sent = resp.headers().clone();
+
+        // The usual reason, HTTP/1.1: the app's fields alone decide nothing.
+        let crossed = cross(&resp);
+        assert_eq!(*crossed.headers(), sent, "values and order as sent");
+        assert_eq!(crossed.version(), Version::HTTP_11);
+        let reason = crossed.extensions().get::<ReasonPhrase>();
+        assert!(reason.is_none_or(|r| r.as_bytes() == b"OK"), "{reason:?}");
+
+        // A reason and a version of the app's own line win over its fields.
+        *resp.version_mut() = Version::HTTP_10;
+        resp.extensions_mut()
+            .insert(ReasonPhrase::from_static(b"Fine Indeed"));
+        let crossed = cross(&resp);
+        assert_eq!(*crossed.headers(), sent);
+        assert_eq!(crossed.version(), Version::HTTP_10);
+        let reason = crossed.extensions().get::<ReasonPhrase>().expect("reason");
+        assert_eq!(reason.as_bytes(), b"Fine Indeed");
+
+        // Only one of the names sent by the app.
+        let mut only = Response::new(());
+        only.headers_mut()
+            .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.0"));
+        let crossed = cross(&only);
+        assert_eq!(crossed.headers(), only.headers());
+        assert_eq!(crossed.version(), Version::HTTP_11);
     }
 }

@@ -34,7 +34,7 @@ pub(super) struct Head {
     /// say: noted while the fields are read, so framing costs no lookups.
     pub(super) has_te: bool,
     pub(super) has_cl: bool,
-    /// The last Transfer-Encoding field's last coding is chunked.
+    /// Transfer-Encoding names chunked and nothing else.
     pub(super) chunked: bool,
     pub(super) length: Length,
 }
@@ -74,12 +74,9 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether a Transfer-Encoding value's last coding is chunked.
-fn ends_chunked(te: &HeaderValue) -> bool {
-    te.to_str()
-        .ok()
-        .and_then(|s| s.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+/// Whether a Transfer-Encoding value is chunked alone.
+fn is_chunked(te: &HeaderValue) -> bool {
+    te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// Field names a connection's heads carried, by position: as read, and as parsed.
@@ -201,13 +198,19 @@ impl Conn {
             if name == CONNECTION {
                 has_connection = true;
             } else if name == TRANSFER_ENCODING {
+                chunked = !has_te && is_chunked(&value);
                 has_te = true;
-                chunked = ends_chunked(&value);
             } else if name == CONTENT_LENGTH {
                 has_cl = true;
                 length = length.and(&value);
             }
             headers.append(name, value);
+        }
+        // Chunked overrules a Content-Length (RFC 9112 §6.3), which a proxy must
+        // then drop before forwarding: left on, it frames the answer again the
+        // next hop, which finds the body a different length and fails it.
+        if has_te && has_cl {
+            headers.remove(CONTENT_LENGTH);
         }
         let reason = reason.and_then(|(at, len)| {
             hyper::ext::ReasonPhrase::try_from(head.slice(range(at, len))).ok()
@@ -368,7 +371,9 @@ pub(super) enum Chunk {
 }
 
 /// None: a response no body framing can be trusted for (conflicting lengths, a 101
-/// nobody asked for).
+/// nobody asked for), or one with a transfer coding other than chunked: the coding
+/// is this hop's alone, so its body would reach the client still coded and with
+/// nothing naming the coding.
 pub(super) fn decode_for(head: &Head, is_head: bool, upgrade: bool) -> Option<Decode> {
     let status = head.status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -382,11 +387,7 @@ pub(super) fn decode_for(head: &Head, is_head: bool, upgrade: bool) -> Option<De
         return Some(Decode::Done);
     }
     if head.has_te {
-        return Some(if head.chunked {
-            Decode::Chunk(Chunk::Size)
-        } else {
-            Decode::Close
-        });
+        return head.chunked.then_some(Decode::Chunk(Chunk::Size));
     }
     match head.length {
         Length::Invalid => None,

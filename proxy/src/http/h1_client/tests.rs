@@ -169,6 +169,26 @@ async fn every_response_framing_is_read_whole_on_one_kept_alive_connection() {
 }
 
 #[tokio::test]
+async fn a_content_length_beside_transfer_encoding_is_dropped_and_the_chunks_read() {
+    let addr = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n\
+          2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let pool = Pool::new(Duration::from_secs(60));
+    let resp = get(&pool, addr).await;
+    assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
+    assert_eq!(resp.headers()["x-a"], "1");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(
+        pool.idle_h1(addr),
+        0,
+        "a connection whose framing conflicted is not kept"
+    );
+}
+
+#[tokio::test]
 async fn field_names_read_again_on_a_kept_connection_are_the_ones_sent() {
     // Names repeat by position from one answer to the next, then change: each
     // head's names must be its own, whatever the last head's were.
@@ -388,6 +408,11 @@ async fn malformed_or_oversized_heads_fail_the_request() {
         big.into_bytes(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec(),
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nab".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n\
+          2\r\nab\r\n0\r\n\r\n"
+            .to_vec(),
     ]);
     let next = Arc::new(AtomicUsize::new(0));
     let (addr, _) = server(move |mut s| {
@@ -399,7 +424,15 @@ async fn malformed_or_oversized_heads_fail_the_request() {
     })
     .await;
     let pool = Pool::new(Duration::from_secs(60));
-    for case in ["bad status", "head too large", "two lengths", "unasked 101"] {
+    for case in [
+        "bad status",
+        "head too large",
+        "two lengths",
+        "unasked 101",
+        "a coding other than chunked",
+        "another coding before chunked",
+        "chunked twice",
+    ] {
         let conn = checkout(&pool, addr).await;
         let res = conn
             .send(request(Method::GET, Empty::<Bytes>::new()), false, false)
