@@ -18,9 +18,10 @@
 //! answer carries back what HTTP/2 has no place for (a reason phrase, an HTTP/1.0
 //! status line) in fields of Weft's own, in both versions, which the calling
 //! proxy removes: each the first value of its name, so an app's own field of
-//! that name crosses as the app sent it and can never pass for one. Fields describing one connection (Connection, Keep-Alive,
-//! Transfer-Encoding) are stripped on both paths alike, so body framing and
-//! keep-alive are each side's own business, as they are without the upgrade.
+//! that name crosses as the app sent it and can never pass for one. Fields
+//! describing one connection (Connection, Keep-Alive, Transfer-Encoding) are
+//! stripped on both paths alike, so body framing and keep-alive are each side's
+//! own business, as they are without the upgrade.
 //!
 //! Per request rather than an ALPN per request kind: one connection carries both
 //! kinds. Requests the upgrade cannot carry faithfully (Upgrade, CONNECT,
