@@ -499,13 +499,11 @@ async fn an_http2_clients_forged_mark_changes_nothing_the_app_gets() {
 
 /// As above, for an HTTP/2 request that has a Host field beside its authority,
 /// as a carried HTTP/1 request has: on `weft.h2-orig/1` the peer cannot tell the
-/// two apart, so only the calling proxy can keep the client's field from passing
-/// for its mark (remove `weft-orig-proto` from every request it sends natively
-/// on a /1 connection, in `forward`'s HTTP/2 path). Until it does, the app gets
-/// the request as HTTP/1 (its cookies not joined, say) and the client gets the
-/// answer's marks as fields.
+/// two apart, so the calling proxy keeps the client's field from passing for its
+/// mark (it sends no `weft-orig-proto` of a client's on to a peer). Passed on,
+/// the app got the request as HTTP/1 (its cookies not joined, say) and the client
+/// got the answer's marks as fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the calling proxy passes the client's weft-orig-proto on over /1 (forward.rs)"]
 async fn an_http2_clients_forged_mark_with_a_host_changes_nothing_the_app_gets() {
     forged_mark_changes_nothing(&[("host", "legacy")]).await;
 }

@@ -284,6 +284,9 @@ async fn forward_h2(
     target: &Target<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     strip_hop_by_hop(req.headers_mut(), false);
+    if target.identity.is_some() {
+        orig_proto::remove_request_mark(req.headers_mut());
+    }
     if req.uri().authority().is_none() {
         name_authority(&mut req)?;
     }

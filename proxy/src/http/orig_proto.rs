@@ -163,7 +163,10 @@ pub(crate) fn to_h1<B>(req: &mut Request<B>, version: Option<H2Orig>) -> bool {
     true
 }
 
-fn remove_request_mark(headers: &mut HeaderMap) {
+/// Removes a request's `weft-orig-proto` field: no app is handed one, and a
+/// calling proxy sends an HTTP/2 client's own on to no peer, since on /1 the peer
+/// could not tell it from a mark (a request with one Host, as a carried one has).
+pub(crate) fn remove_request_mark(headers: &mut HeaderMap) {
     if headers.keys().any(|k| *k == ORIG_PROTO) {
         headers.remove(ORIG_PROTO);
     }
