@@ -13,6 +13,14 @@ use crate::proxy::{ProxyConfig, ServiceDef, WeftProxy};
 /// The server proxy's identity, which the client proxy requires of its endpoint.
 pub const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 
+/// `identity:` lines for a side with HTTP/1.1 over HTTP/2 off.
+pub const UPGRADE_OFF: &str = "  http1_over_http2: false\n";
+/// A side that knows only `weft.h2-orig/1`, as a Weft before /2: it marks each
+/// carried request, and takes an unmarked one for native HTTP/2.
+pub const UPGRADE_V1_ONLY: &str = "  http1_over_http2: 1\n";
+/// A side with the upgrade as it ships (on).
+pub const UPGRADE_ON: &str = "";
+
 /// How each side of the pair differs from the default.
 #[derive(Debug, Clone, Default)]
 pub struct PairOptions {
@@ -72,6 +80,31 @@ impl MtlsPair {
             service,
             cp,
         })
+    }
+
+    /// A pair for the service `legacy` in front of `app`, whose sides have these
+    /// `identity:` lines (`UPGRADE_OFF`, ...).
+    pub async fn legacy(app: SocketAddr, client_identity: &str, server_identity: &str) -> MtlsPair {
+        let options = PairOptions {
+            client_identity: client_identity.to_string(),
+            server_identity: server_identity.to_string(),
+            ..PairOptions::default()
+        };
+        MtlsPair::start(ServiceDef::new("legacy"), app, options)
+            .await
+            .expect("start the pair")
+    }
+
+    /// A pair for the service `legacy`, whose caller's mesh says nothing of what
+    /// `app` speaks; only the server proxy's inbound ports say HTTP/1.1.
+    pub async fn legacy_http1_app(app: SocketAddr) -> MtlsPair {
+        let options = PairOptions {
+            server_http1_ports: Some(app.port().to_string()),
+            ..PairOptions::default()
+        };
+        MtlsPair::start(ServiceDef::new("legacy"), app, options)
+            .await
+            .expect("start the pair")
     }
 
     /// The client proxy's upstream listener for the service.

@@ -13,33 +13,15 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_tests::apps::{HttpApp, TcpApp};
 use weft_tests::client::{H2Client, get, raw_exchange, read_until_closed};
-use weft_tests::mtls_pair::{MtlsPair, PairOptions};
+use weft_tests::mtls_pair::{MtlsPair, PairOptions, UPGRADE_OFF, UPGRADE_ON, UPGRADE_V1_ONLY};
 use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, curl, parse_record};
 use weft_tests::{STEP_DEADLINE, within};
 
-const OFF: &str = "  http1_over_http2: false\n";
-/// A side that knows only `weft.h2-orig/1`, as a Weft before /2: it marks each
-/// carried request, and takes an unmarked one for native HTTP/2.
-const V1_ONLY: &str = "  http1_over_http2: 1\n";
-const ON: &str = "";
-
 /// A pair whose sides have the upgrade on or off.
 async fn pair(app: SocketAddr, client_on: bool, server_on: bool) -> MtlsPair {
-    let side = |on: bool| if on { ON } else { OFF };
-    pair_of(app, side(client_on), side(server_on)).await
-}
-
-/// A pair whose sides have these `identity:` lines.
-async fn pair_of(app: SocketAddr, client: &str, server: &str) -> MtlsPair {
-    let options = PairOptions {
-        client_identity: client.to_string(),
-        server_identity: server.to_string(),
-        ..PairOptions::default()
-    };
-    MtlsPair::start(ServiceDef::new("legacy"), app, options)
-        .await
-        .expect("start the pair")
+    let side = |on: bool| if on { UPGRADE_ON } else { UPGRADE_OFF };
+    MtlsPair::legacy(app, side(client_on), side(server_on)).await
 }
 
 async fn inbound_handshakes(server: &WeftProxy) -> f64 {
@@ -265,10 +247,10 @@ async fn http1_crosses_as_http2_streams_and_arrives_as_without_the_upgrade() {
     // A side that knows only `weft.h2-orig/1` (an older Weft) with a new one,
     // either way round: they settle on /1, and the app cannot tell either.
     for (client, server, which) in [
-        (ON, V1_ONLY, "to a /1 peer"),
-        (V1_ONLY, ON, "from a /1 peer"),
+        (UPGRADE_ON, UPGRADE_V1_ONLY, "to a /1 peer"),
+        (UPGRADE_V1_ONLY, UPGRADE_ON, "from a /1 peer"),
     ] {
-        let mixed = pair_of(app.addr, client, server).await;
+        let mixed = MtlsPair::legacy(app.addr, client, server).await;
         for ((what, want), got) in names.iter().zip(&expected).zip(&run_cases(&mixed).await) {
             assert_eq!(
                 got, want,
@@ -361,17 +343,17 @@ async fn concurrent_requests(addr: SocketAddr, n: usize) -> usize {
 async fn concurrent_http1_requests_share_one_connection_and_mixed_pairs_fall_back() {
     let app = RecordApp::start().await.expect("start the app");
     for (client, server, shared) in [
-        (ON, ON, true),
-        (ON, V1_ONLY, true),
-        (V1_ONLY, ON, true),
-        (ON, OFF, false),
-        (OFF, ON, false),
+        (UPGRADE_ON, UPGRADE_ON, true),
+        (UPGRADE_ON, UPGRADE_V1_ONLY, true),
+        (UPGRADE_V1_ONLY, UPGRADE_ON, true),
+        (UPGRADE_ON, UPGRADE_OFF, false),
+        (UPGRADE_OFF, UPGRADE_ON, false),
     ] {
-        let pair = pair_of(app.addr, client, server).await;
+        let pair = MtlsPair::legacy(app.addr, client, server).await;
         let ok = concurrent_requests(pair.upstream(), 4).await;
         let side = |s: &str| match s {
-            ON => "on",
-            V1_ONLY => "/1 only",
+            UPGRADE_ON => "on",
+            UPGRADE_V1_ONLY => "/1 only",
             _ => "off",
         };
         let what = format!("client {}, server {}", side(client), side(server));
@@ -391,7 +373,7 @@ async fn concurrent_http1_requests_share_one_connection_and_mixed_pairs_fall_bac
 async fn one_allowed_connection_to_a_peer_without_the_upgrade_serves_http1() {
     let app = RecordApp::start().await.expect("start the app");
     let options = PairOptions {
-        server_identity: OFF.to_string(),
+        server_identity: UPGRADE_OFF.to_string(),
         ..PairOptions::default()
     };
     let service = ServiceDef::new("legacy").policy("{circuit_breaker: {max_connections: 1}}");

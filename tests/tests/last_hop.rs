@@ -118,14 +118,7 @@ async fn http2_through_an_mtls_pair_reaches_an_http1_app_by_the_inbound_ports() 
     let app = RecordApp::start().await.expect("start the app");
     // The caller's mesh says nothing of the port: h2 crosses the pair as h2, and the
     // server proxy, which knows its app, sends it on as HTTP/1.1.
-    let service = ServiceDef::new("legacy");
-    let options = PairOptions {
-        server_http1_ports: Some(app.addr.port().to_string()),
-        ..PairOptions::default()
-    };
-    let pair = MtlsPair::start(service, app.addr, options)
-        .await
-        .expect("start the pair");
+    let pair = MtlsPair::legacy_http1_app(app.addr).await;
     h2c_requests_arrive_as_http1(pair.upstream()).await;
 }
 

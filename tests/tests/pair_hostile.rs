@@ -4,7 +4,6 @@
 //! pass for one of Weft's own marks. Each case runs through both pairs (real
 //! proxies, real mTLS) and the client's bytes are compared, Date aside.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,25 +15,10 @@ use tokio::net::TcpStream;
 use weft_tests::apps::TcpApp;
 use weft_tests::client::{H2Client, get, raw_exchange, raw_status};
 use weft_tests::mesh_ca::{AnyServer, MeshCa};
-use weft_tests::mtls_pair::{MtlsPair, PairOptions};
+use weft_tests::mtls_pair::{MtlsPair, PairOptions, UPGRADE_OFF, UPGRADE_ON, UPGRADE_V1_ONLY};
 use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, parse_record};
 use weft_tests::{STEP_DEADLINE, within};
-
-const OFF: &str = "  http1_over_http2: false\n";
-const V1_ONLY: &str = "  http1_over_http2: 1\n";
-const ON: &str = "";
-
-async fn pair_of(app: SocketAddr, client: &str, server: &str) -> MtlsPair {
-    let options = PairOptions {
-        client_identity: client.to_string(),
-        server_identity: server.to_string(),
-        ..PairOptions::default()
-    };
-    MtlsPair::start(ServiceDef::new("legacy"), app, options)
-        .await
-        .expect("start the pair")
-}
 
 /// The client's bytes with the Date line taken out (each proxy writes its own).
 fn without_date(raw: &[u8]) -> String {
@@ -232,9 +216,9 @@ const HOSTILE_ANSWERS: &[(&str, &[u8])] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_answers_reach_the_client_as_without_the_upgrade() {
     let app = scripted_app(HOSTILE_ANSWERS).await;
-    let off = pair_of(app.addr, OFF, OFF).await;
-    let on = pair_of(app.addr, ON, ON).await;
-    let v1 = pair_of(app.addr, V1_ONLY, ON).await;
+    let off = MtlsPair::legacy(app.addr, UPGRADE_OFF, UPGRADE_OFF).await;
+    let on = MtlsPair::legacy(app.addr, UPGRADE_ON, UPGRADE_ON).await;
+    let v1 = MtlsPair::legacy(app.addr, UPGRADE_V1_ONLY, UPGRADE_ON).await;
     let n = HOSTILE_ANSWERS.len();
     let expected = run_answers(&off, n, "GET").await;
     let got = run_answers(&on, n, "GET").await;
@@ -247,11 +231,16 @@ async fn hostile_answers_reach_the_client_as_without_the_upgrade() {
         );
         if *what == TRUNCATED {
             // Whether the head is out before the body fails is a race on every
-            // hop: the client gets the head and a short body, or a 502.
+            // hop: the client gets the head and a short body, a 502, or, when
+            // the short body and its failure reach proxy A together, nothing
+            // (hyper's server drops a head it has not flushed when the body
+            // fails). Each is a failed answer to the client.
             let short = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nok";
             for answer in [&expected[i], &got[i], &got_v1[i]] {
                 assert!(
-                    answer == short || raw_status(answer.as_bytes()) == Some(502),
+                    answer == short
+                        || answer.is_empty()
+                        || raw_status(answer.as_bytes()) == Some(502),
                     "{what}: {answer:?}"
                 );
             }
@@ -379,9 +368,9 @@ async fn run_requests(pair: &MtlsPair, requests: &[(&str, Vec<u8>)]) -> Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_or_reach_the_app_as_without_the_upgrade() {
     let app = RecordApp::start().await.expect("start the app");
-    let off = pair_of(app.addr, OFF, OFF).await;
-    let on = pair_of(app.addr, ON, ON).await;
-    let v1 = pair_of(app.addr, V1_ONLY, ON).await;
+    let off = MtlsPair::legacy(app.addr, UPGRADE_OFF, UPGRADE_OFF).await;
+    let on = MtlsPair::legacy(app.addr, UPGRADE_ON, UPGRADE_ON).await;
+    let v1 = MtlsPair::legacy(app.addr, UPGRADE_V1_ONLY, UPGRADE_ON).await;
     let requests = hostile_requests();
     let expected = run_requests(&off, &requests).await;
     let got = run_requests(&on, &requests).await;
@@ -422,8 +411,8 @@ const HEAD_ANSWERS: &[(&str, &[u8])] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_on_an_answer_to_head_never_reaches_the_client() {
     let app = scripted_app(HEAD_ANSWERS).await;
-    let off = pair_of(app.addr, OFF, OFF).await;
-    let on = pair_of(app.addr, ON, ON).await;
+    let off = MtlsPair::legacy(app.addr, UPGRADE_OFF, UPGRADE_OFF).await;
+    let on = MtlsPair::legacy(app.addr, UPGRADE_ON, UPGRADE_ON).await;
     let n = HEAD_ANSWERS.len();
     let expected = run_answers(&off, n, "HEAD").await;
     let got = run_answers(&on, n, "HEAD").await;
@@ -468,10 +457,14 @@ async fn record_of_h2(
 /// the same answer's fields.
 async fn forged_mark_changes_nothing(fields: &[(&str, &str)]) {
     let app = RecordApp::start().await.expect("start the app");
-    for (name, client) in [("off", OFF), ("on", ON), ("v1", V1_ONLY)] {
+    for (name, client) in [
+        ("off", UPGRADE_OFF),
+        ("on", UPGRADE_ON),
+        ("v1", UPGRADE_V1_ONLY),
+    ] {
         let options = PairOptions {
             client_identity: client.to_string(),
-            server_identity: ON.to_string(),
+            server_identity: UPGRADE_ON.to_string(),
             server_http1_ports: Some(app.addr.port().to_string()),
             ..PairOptions::default()
         };
@@ -548,13 +541,7 @@ async fn h2_to_inbound(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_forging_marks_on_the_inbound_gets_nothing_past_it() {
     let app = RecordApp::start().await.expect("start the app");
-    let options = PairOptions {
-        server_http1_ports: Some(app.addr.port().to_string()),
-        ..PairOptions::default()
-    };
-    let pair = MtlsPair::start(ServiceDef::new("legacy"), app.addr, options)
-        .await
-        .expect("start the pair");
+    let pair = MtlsPair::legacy_http1_app(app.addr).await;
     for alpn in [&b"weft.h2-orig/2"[..], b"weft.h2-orig/1"] {
         let mut tx = h2_to_inbound(&pair, alpn).await;
         let carried = |proto: &str| {

@@ -197,13 +197,7 @@ async fn httpx_over_http2_reaches_an_http1_app_through_one_proxy_and_the_pair() 
     drop(pair);
 
     // ...or only by the server proxy, which knows its app's port.
-    let options = PairOptions {
-        server_http1_ports: Some(app.addr.port().to_string()),
-        ..PairOptions::default()
-    };
-    let pair = MtlsPair::start(ServiceDef::new("legacy"), app.addr, options)
-        .await
-        .expect("start the pair");
+    let pair = MtlsPair::legacy_http1_app(app.addr).await;
     httpx_h2_reaches_the_http1_app(&python, pair.upstream(), "pair, inbound ports").await;
 }
 
