@@ -95,6 +95,15 @@ impl MtlsPair {
             .expect("start the pair")
     }
 
+    /// A pair for the service `legacy`, whose port the caller's mesh declares
+    /// `http1`.
+    pub async fn legacy_http1_service(app: SocketAddr) -> MtlsPair {
+        let service = ServiceDef::new("legacy").port(80, "http1");
+        MtlsPair::start(service, app, PairOptions::default())
+            .await
+            .expect("start the pair")
+    }
+
     /// A pair for the service `legacy`, whose caller's mesh says nothing of what
     /// `app` speaks; only the server proxy's inbound ports say HTTP/1.1.
     pub async fn legacy_http1_app(app: SocketAddr) -> MtlsPair {

@@ -466,6 +466,12 @@ impl WeftProxy {
         Self::start_with_env(name, config, &[]).await
     }
 
+    /// A proxy named `upstream` whose only listener is an upstream one for `service`.
+    pub async fn upstream_for(service: ServiceDef) -> anyhow::Result<WeftProxy> {
+        let config = ProxyConfig::new().upstream(&service.name).service(service);
+        Self::start_named("upstream", config).await
+    }
+
     /// Like [`WeftProxy::start_named`], with environment changes: `(name, Some(v))`
     /// sets a variable, `(name, None)` removes it (e.g. the harness's `NO_COLOR`).
     pub async fn start_with_env(

@@ -94,22 +94,16 @@ async fn an_upstream_listener_sends_http2_to_a_service_declared_http1_as_http1()
     let service = ServiceDef::new("legacy")
         .port(80, "http1")
         .endpoint(app.addr);
-    let proxy = WeftProxy::start_named(
-        "upstream",
-        ProxyConfig::new().upstream("legacy").service(service),
-    )
-    .await
-    .expect("start a proxy");
+    let proxy = WeftProxy::upstream_for(service)
+        .await
+        .expect("start a proxy");
     h2c_requests_arrive_as_http1(proxy.upstream("legacy")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_through_an_mtls_pair_reaches_an_http1_app_by_the_service_port() {
     let app = RecordApp::start().await.expect("start the app");
-    let service = ServiceDef::new("legacy").port(80, "http1");
-    let pair = MtlsPair::start(service, app.addr, PairOptions::default())
-        .await
-        .expect("start the pair");
+    let pair = MtlsPair::legacy_http1_service(app.addr).await;
     h2c_requests_arrive_as_http1(pair.upstream()).await;
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use weft_tests::mtls_pair::{MtlsPair, PairOptions};
-use weft_tests::proxy::{ProxyConfig, ServiceDef, WeftProxy};
+use weft_tests::proxy::{ServiceDef, WeftProxy};
 use weft_tests::record_app::{RecordApp, parse_record};
 use weft_tests::{STEP_DEADLINE, tools, within};
 
@@ -177,22 +177,13 @@ async fn httpx_over_http2_reaches_an_http1_app_through_one_proxy_and_the_pair() 
     let service = ServiceDef::new("legacy")
         .port(80, "http1")
         .endpoint(app.addr);
-    let proxy = WeftProxy::start_named(
-        "upstream",
-        ProxyConfig::new().upstream("legacy").service(service),
-    )
-    .await
-    .expect("start a proxy");
+    let proxy = WeftProxy::upstream_for(service)
+        .await
+        .expect("start a proxy");
     httpx_h2_reaches_the_http1_app(&python, proxy.upstream("legacy"), "one proxy").await;
 
     // The pair, told by the caller's mesh (the service port)...
-    let pair = MtlsPair::start(
-        ServiceDef::new("legacy").port(80, "http1"),
-        app.addr,
-        PairOptions::default(),
-    )
-    .await
-    .expect("start the pair");
+    let pair = MtlsPair::legacy_http1_service(app.addr).await;
     httpx_h2_reaches_the_http1_app(&python, pair.upstream(), "pair, service port").await;
     drop(pair);
 
