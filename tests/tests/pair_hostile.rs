@@ -94,6 +94,15 @@ async fn requests_counted(proxy: &WeftProxy) -> f64 {
         .sum("weft_requests_total", &[])
 }
 
+/// The pair answers an ordinary request at `path` after `what`.
+async fn still_answers(pair: &MtlsPair, path: &str, what: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n");
+    let after = raw_exchange(pair.upstream(), request.as_bytes(), STEP_DEADLINE)
+        .await
+        .expect("the request after");
+    assert_eq!(raw_status(&after), Some(200), "after {what}");
+}
+
 /// What a client gets for `GET /<i>` of each answer, through `pair`; after each,
 /// a plain request on a new client connection must still be answered, which on an
 /// upgrading pair goes on the same shared HTTP/2 connection.
@@ -106,14 +115,7 @@ async fn run_answers(pair: &MtlsPair, count: usize, method: &str) -> Vec<String>
             .await
             .unwrap_or_else(|e| panic!("answer {i}: {e}"));
         got.push(without_date(&raw));
-        let after = raw_exchange(
-            pair.upstream(),
-            b"GET /good HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
-            STEP_DEADLINE,
-        )
-        .await
-        .expect("the request after");
-        assert_eq!(raw_status(&after), Some(200), "after answer {i}");
+        still_answers(pair, "/good", &format!("answer {i}")).await;
     }
     got
 }
@@ -353,14 +355,7 @@ async fn run_requests(pair: &MtlsPair, requests: &[(&str, Vec<u8>)]) -> Vec<Stri
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         got.push(without_date(&answer));
-        let after = raw_exchange(
-            pair.upstream(),
-            b"GET /after HTTP/1.1\r\nHost: legacy\r\nConnection: close\r\n\r\n",
-            STEP_DEADLINE,
-        )
-        .await
-        .expect("the request after");
-        assert_eq!(raw_status(&after), Some(200), "after {what}");
+        still_answers(pair, "/after", what).await;
     }
     got
 }
